@@ -1,0 +1,228 @@
+"""The landmark catalog: what the model can name, and where each landmark is.
+
+A catalog is an ordered list of landmarks; a landmark's ``id`` is its class index in the model's head.
+The default catalog is the 50-class Udacity "Landmark Classification & Tagging" subset of Google Landmarks v2,
+in the dataset's folder order. Any class-folder dataset can make its own catalog (names from folder names,
+coordinates from an optional CSV/JSON), and the catalog travels inside every model artifact.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Landmark:
+    id: int
+    folder: str  # class folder name, e.g. "09.Golden_Gate_Bridge"
+    name: str  # display name, e.g. "Golden Gate Bridge"
+    lat: float | None = None
+    lon: float | None = None
+    country: str | None = None  # ISO 3166-1 alpha-2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CatalogError(ValueError):
+    pass
+
+
+def display_name(folder: str) -> str:
+    """'09.Golden_Gate_Bridge' -> 'Golden Gate Bridge'; 'halong_bay' -> 'Halong Bay'."""
+    stem = re.sub(r"^\d+[._-]", "", folder)
+    words = stem.replace("_", " ").replace("-", " ").split()
+    if stem.islower():
+        words = [w.capitalize() for w in words]
+    return " ".join(words)
+
+
+class Catalog:
+    """An ordered, immutable list of landmarks with lookups by id, name and folder."""
+
+    def __init__(self, landmarks: Sequence[Landmark], *, name: str = "custom"):
+        if not landmarks:
+            raise CatalogError("a catalog needs at least one landmark")
+        for i, lm in enumerate(landmarks):
+            if lm.id != i:
+                raise CatalogError(f"landmark ids must be 0..n-1 in order; {lm.folder!r} has id {lm.id}, expected {i}")
+            _check_coords(lm)
+        folders = [lm.folder for lm in landmarks]
+        if len(set(folders)) != len(folders):
+            raise CatalogError("duplicate folder names in catalog")
+        self.name = name
+        self.landmarks: tuple[Landmark, ...] = tuple(landmarks)
+        self._by_key = {}
+        for lm in self.landmarks:
+            self._by_key[lm.folder.lower()] = lm
+            self._by_key.setdefault(lm.name.lower(), lm)
+
+    def __len__(self) -> int:
+        return len(self.landmarks)
+
+    def __iter__(self):
+        return iter(self.landmarks)
+
+    def __getitem__(self, i: int) -> Landmark:
+        return self.landmarks[i]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Catalog) and self.landmarks == other.landmarks
+
+    @property
+    def names(self) -> list[str]:
+        return [lm.name for lm in self.landmarks]
+
+    @property
+    def folders(self) -> list[str]:
+        return [lm.folder for lm in self.landmarks]
+
+    def find(self, key: str) -> Landmark:
+        """Look a landmark up by folder name or display name (case-insensitive)."""
+        lm = self._by_key.get(key.strip().lower())
+        if lm is None:
+            raise CatalogError(f"no landmark {key!r} in catalog {self.name!r}")
+        return lm
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "landmarks": [lm.to_dict() for lm in self.landmarks]}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Catalog":
+        try:
+            return cls([Landmark(**lm) for lm in data["landmarks"]], name=data.get("name", "custom"))
+        except (KeyError, TypeError) as e:
+            raise CatalogError(f"malformed catalog JSON: {e}") from e
+
+    @classmethod
+    def from_folders(cls, folders: Iterable[str], *, coords: Mapping[str, Mapping] | None = None,
+                     name: str = "custom") -> "Catalog":
+        """A catalog from class-folder names (sorted, as torchvision's ImageFolder does).
+
+        ``coords`` maps a folder name (or display name) to ``{"lat", "lon", "country", "name"}``, all optional.
+        """
+        coords = {k.lower(): v for k, v in (coords or {}).items()}
+        out = []
+        for i, folder in enumerate(sorted(set(folders))):
+            extra = coords.get(folder.lower()) or coords.get(display_name(folder).lower()) or {}
+            out.append(Landmark(
+                id=i, folder=folder, name=extra.get("name") or display_name(folder),
+                lat=_opt_float(extra.get("lat")), lon=_opt_float(extra.get("lon")),
+                country=extra.get("country") or None,
+            ))
+        return cls(out, name=name)
+
+
+def load_coords(path: str | Path) -> dict[str, dict]:
+    """Read landmark coordinates from CSV (columns folder|name, lat, lon[, country]) or JSON.
+
+    JSON is either ``{folder: {lat, lon, country}}`` or a list of such objects with a ``folder`` or ``name`` key.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    rows: list[dict]
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            rows = [{"folder": k, **v} for k, v in data.items()]
+        else:
+            rows = list(data)
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    out = {}
+    for row in rows:
+        key = row.get("folder") or row.get("name")
+        if not key:
+            raise CatalogError(f"{path}: each row needs a 'folder' or 'name'")
+        out[str(key)] = {k: v for k, v in row.items() if k != "folder"}
+    return out
+
+
+def _opt_float(v) -> float | None:
+    if v is None or v == "":
+        return None
+    return float(v)
+
+
+def _check_coords(lm: Landmark) -> None:
+    if (lm.lat is None) != (lm.lon is None):
+        raise CatalogError(f"{lm.folder}: lat and lon must both be set or both be empty")
+    if lm.lat is not None and not (-90 <= lm.lat <= 90 and -180 <= lm.lon <= 180):
+        raise CatalogError(f"{lm.folder}: coordinates out of range ({lm.lat}, {lm.lon})")
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    r = 6371.0088
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * r * math.asin(math.sqrt(a))
+
+
+# folder, lat, lon, country. A representative point for each landmark; for an area (national park, reef, sea,
+# the Great Wall) its centre or most-visited point.
+_UDACITY_50 = [
+    ("00.Haleakala_National_Park", 20.7204, -156.1552, "US"),
+    ("01.Mount_Rainier_National_Park", 46.8523, -121.7603, "US"),
+    ("02.Ljubljana_Castle", 46.0489, 14.5086, "SI"),
+    ("03.Dead_Sea", 31.5590, 35.4732, "IL"),
+    ("04.Wroclaws_Dwarves", 51.1100, 17.0320, "PL"),
+    ("05.London_Olympic_Stadium", 51.5387, -0.0166, "GB"),
+    ("06.Niagara_Falls", 43.0799, -79.0747, "CA"),
+    ("07.Stonehenge", 51.1789, -1.8262, "GB"),
+    ("08.Grand_Canyon", 36.1069, -112.1129, "US"),
+    ("09.Golden_Gate_Bridge", 37.8199, -122.4783, "US"),
+    ("10.Edinburgh_Castle", 55.9486, -3.1999, "GB"),
+    ("11.Mount_Rushmore_National_Memorial", 43.8791, -103.4591, "US"),
+    ("12.Kantanagar_Temple", 25.7904, 88.6739, "BD"),
+    ("13.Yellowstone_National_Park", 44.4280, -110.5885, "US"),
+    ("14.Terminal_Tower", 41.4985, -81.6937, "US"),
+    ("15.Central_Park", 40.7829, -73.9654, "US"),
+    ("16.Eiffel_Tower", 48.8584, 2.2945, "FR"),
+    ("17.Changdeokgung", 37.5794, 126.9910, "KR"),
+    ("18.Delicate_Arch", 38.7436, -109.4993, "US"),
+    ("19.Vienna_City_Hall", 48.2108, 16.3574, "AT"),
+    ("20.Matterhorn", 45.9763, 7.6586, "CH"),
+    ("21.Taj_Mahal", 27.1751, 78.0421, "IN"),
+    ("22.Moscow_Raceway", 56.0003, 36.2689, "RU"),
+    ("23.Externsteine", 51.8689, 8.9172, "DE"),
+    ("24.Soreq_Cave", 31.7566, 35.0222, "IL"),
+    ("25.Banff_National_Park", 51.4968, -115.9281, "CA"),
+    ("26.Pont_du_Gard", 43.9475, 4.5350, "FR"),
+    ("27.Seattle_Japanese_Garden", 47.6290, -122.2964, "US"),
+    ("28.Sydney_Harbour_Bridge", -33.8523, 151.2108, "AU"),
+    ("29.Petronas_Towers", 3.1578, 101.7117, "MY"),
+    ("30.Brooklyn_Bridge", 40.7061, -73.9969, "US"),
+    ("31.Washington_Monument", 38.8895, -77.0353, "US"),
+    ("32.Hanging_Temple", 39.6737, 113.7358, "CN"),
+    ("33.Sydney_Opera_House", -33.8568, 151.2153, "AU"),
+    ("34.Great_Barrier_Reef", -18.2871, 147.6992, "AU"),
+    ("35.Monumento_a_la_Revolucion", 19.4361, -99.1547, "MX"),
+    ("36.Badlands_National_Park", 43.8554, -102.3397, "US"),
+    ("37.Atomium", 50.8949, 4.3415, "BE"),
+    ("38.Forth_Bridge", 56.0006, -3.3884, "GB"),
+    ("39.Gateway_of_India", 18.9220, 72.8347, "IN"),
+    ("40.Stockholm_City_Hall", 59.3275, 18.0543, "SE"),
+    ("41.Machu_Picchu", -13.1631, -72.5450, "PE"),
+    ("42.Death_Valley_National_Park", 36.5054, -117.0794, "US"),
+    ("43.Gullfoss_Falls", 64.3271, -20.1199, "IS"),
+    ("44.Trevi_Fountain", 41.9009, 12.4833, "IT"),
+    ("45.Temple_of_Heaven", 39.8822, 116.4066, "CN"),
+    ("46.Great_Wall_of_China", 40.3598, 116.0200, "CN"),
+    ("47.Prague_Astronomical_Clock", 50.0870, 14.4207, "CZ"),
+    ("48.Whitby_Abbey", 54.4886, -0.6078, "GB"),
+    ("49.Temple_of_Olympian_Zeus", 37.9693, 23.7331, "GR"),
+]
+
+UDACITY_50 = Catalog(
+    [Landmark(id=i, folder=f, name=display_name(f), lat=lat, lon=lon, country=cc)
+     for i, (f, lat, lon, cc) in enumerate(_UDACITY_50)],
+    name="udacity-50",
+)
