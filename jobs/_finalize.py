@@ -1,0 +1,149 @@
+"""After training (on the driver, numpy only): calibrate, pick the abstain threshold, evaluate, write the artifact."""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from landmark_core import abstention, storage
+from landmark_core.artifact import Artifact, save
+from landmark_core.calibration import (
+    auroc, expected_calibration_error, fit_temperature, per_class_accuracy, reliability, softmax,
+    threshold_at_accept_rate, topk_accuracy,
+)
+from landmark_core.models import ModelSpec
+from landmark_core.preprocess import presets_for
+
+# Chosen by measurement on real photos (README, "Knowing when there is no landmark"): see DEFAULT_METHOD's note.
+DEFAULT_METHOD = "knn"
+
+
+def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) -> dict:
+    from safetensors.torch import load_file
+
+    ev = dict(np.load(ckpt_dir / "eval.npz"))
+    history = json.loads((ckpt_dir / "history.json").read_text())
+    state_dict = load_file(str(ckpt_dir / "best.safetensors"))
+    n_classes = len(data.catalog)
+
+    val_logits, val_y = ev["val_logits"], ev["val_labels"]
+    temperature = fit_temperature(val_logits, val_y) if len(val_y) else 1.0
+    method = DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method
+    extra = abstention.reference_tensors(method, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
+                                         seed=cfg.seed)
+    score = _scorer(method, temperature, extra)
+    val_scores = score(val_logits, ev["val_emb"])
+    threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
+
+    metrics = {
+        "model": cfg.model, "freeze_backbone": cfg.freeze_backbone, "workers": cfg.workers,
+        "epochs": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1) if history else 0,
+        "train_seconds": round(train_seconds, 1),
+        "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
+        "temperature": temperature, "abstain_method": method, "abstain_threshold": threshold,
+        "accept_rate": cfg.accept_rate,
+        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+    }
+    metrics.update(_split_metrics("val", val_logits, val_y, temperature, n_classes))
+    if len(ev["test_labels"]):
+        metrics.update(_split_metrics("test", ev["test_logits"], ev["test_labels"], temperature, n_classes))
+        metrics["test_per_class"] = dict(zip(data.catalog.names, per_class_accuracy(
+            softmax(ev["test_logits"], temperature), ev["test_labels"], n_classes)))
+        test_scores = score(ev["test_logits"], ev["test_emb"])
+        metrics["test_false_abstain"] = float((test_scores < threshold).mean())
+    if len(ev["unknown_logits"]):
+        metrics.update(_open_set(ev, temperature, threshold, score, cfg, n_classes))
+    abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
+    _, eval_preset = presets_for(cfg.image_size)
+    art = Artifact(
+        spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
+        catalog=data.catalog, preprocess=eval_preset, state_dict=state_dict, temperature=temperature,
+        abstain=abstain, extra_tensors={k: _torch(v) for k, v in extra.items()}, metrics=metrics,
+        provenance=_provenance(cfg, run_name),
+    )
+    opts = cfg.s3_options()
+    metrics["model_id"] = save(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+    storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
+    storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
+    if cfg.report:
+        _write_report(cfg, data, ev, history, temperature, opts)
+    print(f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): "
+          + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_top1", "test_top1", "test_top5", "test_ece",
+                                                        "open_auroc", "open_reject_at_95") if k in metrics),
+          flush=True)
+    return metrics
+
+
+def _torch(a: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _scorer(method: str, temperature: float, extra: dict):
+    def score(logits, emb):
+        return abstention.known_score(method, logits, emb, temperature=temperature, extra=extra)
+    return score
+
+
+def _split_metrics(split: str, logits, labels, temperature: float, n_classes: int) -> dict:
+    if not len(labels):
+        return {}
+    probs = softmax(logits, temperature)
+    return {
+        f"{split}_top1": topk_accuracy(probs, labels, 1),
+        f"{split}_top5": topk_accuracy(probs, labels, 5),
+        f"{split}_ece": expected_calibration_error(probs, labels),
+        f"{split}_ece_uncalibrated": expected_calibration_error(softmax(logits, 1.0), labels),
+    }
+
+
+def _open_set(ev: dict, temperature: float, threshold: float, score, cfg, n_classes: int) -> dict:
+    """Known test photos vs photos of no catalog landmark, for the chosen score and every candidate."""
+    known_logits = ev["test_logits"] if len(ev["test_labels"]) else ev["val_logits"]
+    known_emb = ev["test_emb"] if len(ev["test_labels"]) else ev["val_emb"]
+    known, unknown = score(known_logits, known_emb), score(ev["unknown_logits"], ev["unknown_emb"])
+    out = {
+        "open_auroc": auroc(known, unknown),
+        "open_reject_at_95": _reject_at(ev, score, unknown, 0.95),
+        "open_reject_at_threshold": float((unknown < threshold).mean()),
+        "open_false_abstain": float((known < threshold).mean()),
+        "n_unknown": int(len(unknown)),
+        "open_methods": {},
+    }
+    for m in abstention.METHODS:
+        extra = abstention.reference_tensors(m, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
+                                             seed=cfg.seed)
+        s = _scorer(m, temperature, extra)
+        u = s(ev["unknown_logits"], ev["unknown_emb"])
+        out["open_methods"][m] = {"auroc": auroc(s(known_logits, known_emb), u),
+                                  "reject_at_95": _reject_at(ev, s, u, 0.95)}
+    return out
+
+
+def _reject_at(ev: dict, score, unknown_scores, accept_rate: float) -> float:
+    """Share of unknown photos rejected at the threshold accepting ``accept_rate`` of known validation photos."""
+    thr = threshold_at_accept_rate(score(ev["val_logits"], ev["val_emb"]), accept_rate)
+    return float((unknown_scores < thr).mean())
+
+
+def _provenance(cfg, run_name: str) -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except Exception:
+        commit = None
+    safe = {k: v for k, v in cfg.__dict__.items() if k not in ("s3_endpoint",)}
+    return {"run_name": run_name, "git_commit": commit, "python": platform.python_version(), "config": safe}
+
+
+def _write_report(cfg, data, ev, history, temperature, opts) -> None:
+    from landmark_core.report import training_report_pngs
+
+    files = training_report_pngs(history, ev, temperature, data.catalog.names)
+    for name, blob in files.items():
+        storage.write_bytes(storage.join(cfg.output, "report", name), blob, opts)

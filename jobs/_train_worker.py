@@ -1,0 +1,297 @@
+"""The Ray Train worker loop: one DDP process, its shard of the data, a checkpoint per epoch."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from landmark_core import storage
+from landmark_core.models import ModelSpec, build_model
+from landmark_core.preprocess import presets_for
+from landmark_core.training import (
+    TrainState, UriImageDataset, cached_features, eval_arrays, forward_uint8, load_checkpoint_dir,
+    make_optimizer, param_groups, save_checkpoint_dir, smoothed_ce, warmup_cosine,
+)
+
+
+class Worker:
+    def __init__(self, loop_cfg: dict):
+        import ray.train
+        import ray.train.torch
+
+        self.c = loop_cfg["cfg"]
+        self.loop_cfg = loop_cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.cuda = self.device.type == "cuda"
+        torch.set_num_threads(max(1, int(self.c["cpus_per_worker"])))
+        torch.manual_seed(self.c["seed"] + self.rank)
+        self.opts = storage.S3Options(endpoint=self.c["s3_endpoint"])
+        self.train_preset, self.eval_preset = presets_for(self.c["image_size"])
+        self.spec = ModelSpec(self.c["model"], loop_cfg["n_classes"], dropout=self.c["dropout"],
+                              weights=self.c["weights"])
+        self.net = build_model(self.spec, storage_options={"endpoint": self.c["s3_endpoint"]}).to(self.device)
+        if self.cuda:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.loss_fn = smoothed_ce(self.c["label_smoothing"])
+        self.state = TrainState(history=[])
+
+    # -------------------------------------------------------------- sharding
+
+    def shard(self, pair):
+        uris, labels = pair
+        return uris[self.rank::self.world], labels[self.rank::self.world]
+
+    # -------------------------------------------------------------- distributed sums
+
+    def all_sum(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    # -------------------------------------------------------------- main flow
+
+    def run(self):
+        import ray.train
+
+        frozen = self.c["freeze_backbone"]
+        trainable = self.net.head if frozen else self.net
+        if frozen:
+            self.net.freeze_backbone()
+        self.ddp = self._wrap(trainable)
+        epochs = self.c["epochs"]
+        steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = make_optimizer(self.c["optimizer"],
+                                        param_groups(self.net, self._lr(), self.c["backbone_lr_mult"]),
+                                        self._lr(), self.c["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(self.c["warmup_epochs"] * steps_per_epoch)))
+        self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self._restore(ray.train.get_checkpoint())
+        val_uris, val_labels = self.shard(self.loop_cfg["val"])
+        self.val_images = eval_arrays(val_uris, self.opts, self.eval_preset)
+        self.val_labels = np.asarray(val_labels, dtype=np.int64)
+        train_epoch = self._frozen_epoch_fn() if frozen else self._finetune_epoch_fn()
+        while self.state.epoch < epochs and not self.state.stopped_early:
+            t0 = time.time()
+            loss, correct, seen = train_epoch(self.state.epoch)
+            elapsed = time.time() - t0
+            if not frozen:  # skipped photos carry label -100 and are not counted as seen
+                self._check_bad(len(self.shard(self.loop_cfg["train"])[0]) - seen, len(self.shard(self.loop_cfg["train"])[0]))
+            loss, correct, seen = self.all_sum(loss, correct, seen)
+            val_loss, val_acc = self._validate()
+            self._end_epoch(loss / max(seen, 1), correct / max(seen, 1), val_loss, val_acc, seen / elapsed)
+        self._final_eval()
+
+    def _lr(self) -> float:
+        c = self.c
+        if c["lr"] is not None:
+            return c["lr"]
+        return 2e-3 if c["model"] == "scratch" else (3e-3 if c["freeze_backbone"] else 1e-3)
+
+    def _wrap(self, module):
+        if self.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(module, device_ids=[self.device.index] if self.cuda else None)
+
+    def _steps_per_epoch(self) -> int:
+        n = len(self.shard(self.loop_cfg["train"])[0])
+        return max(1, -(-n // self.c["batch_size"]))
+
+    # -------------------------------------------------------------- epochs
+
+    def _train_dataset(self, transform) -> UriImageDataset:
+        uris, labels = self.shard(self.loop_cfg["train"])
+        return UriImageDataset(uris, labels, transform, opts=self.opts, draft_to=self.eval_preset.resize,
+                               cache_side=round(self.c["image_size"] * 1.5), cache_mb=self.c["cache_mb"])
+
+    def _frozen_epoch_fn(self):
+        ds = self._train_dataset(None)
+        t0 = time.time()
+        feats = cached_features(self.net, ds, self.device, views=self.c["feature_views"],
+                                eval_preset=self.eval_preset, train_preset=self.train_preset, amp=self.cuda)
+        labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
+        labels[list(ds.bad)] = -100
+        self._check_bad(len(ds.bad), len(ds))
+        if self.rank == 0:
+            print(f"[train] cached frozen-backbone features: {feats.shape[0]} view(s) x {feats.shape[1]} photos "
+                  f"per worker in {time.time() - t0:.1f}s", flush=True)
+        feats_t = torch.from_numpy(feats)
+        bs = self.c["batch_size"]
+
+        def epoch(e: int):
+            self.net.head.train()
+            g = torch.Generator().manual_seed(self.c["seed"] * 1000 + e * 10 + self.rank)
+            order = torch.randperm(len(labels), generator=g)
+            view = feats_t[e % feats_t.shape[0]]
+            total, correct, seen = 0.0, 0, 0
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
+                x, y = view[idx].to(self.device), labels[idx].to(self.device)
+                logits = self.ddp(self.net.dropout(x))
+                loss = self.loss_fn(logits, y)
+                self._step(loss)
+                total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
+            return total, correct, seen
+        return epoch
+
+    def _finetune_epoch_fn(self):
+        ds = self._train_dataset(self.train_preset.transform())
+        bs = self.c["batch_size"]
+        workers = self.c["loader_workers"]
+        if workers is None:
+            workers = 4 if self.cuda else 0
+        scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
+        self.scaler = scaler
+
+        def epoch(e: int):
+            self.net.train()
+            g = torch.Generator().manual_seed(self.c["seed"] * 1000 + e * 10 + self.rank)
+            loader = torch.utils.data.DataLoader(
+                ds, batch_size=bs, sampler=torch.randperm(len(ds), generator=g).tolist(), num_workers=workers,
+                pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
+            total, correct, seen = 0.0, 0, 0
+            for x, y in loader:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                if self.cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
+                    logits = self.ddp(x)
+                    loss = self.loss_fn(logits, y)
+                self._step(loss)
+                total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
+            return total, correct, seen
+        return epoch
+
+    def _check_bad(self, bad: int, n: int) -> None:
+        """A few bad photos are skipped; a dataset that is mostly unreadable is an error, not a silent run."""
+        bad, n = self.all_sum(float(bad), float(n))
+        if n and bad / n > 0.2:
+            raise RuntimeError(f"{int(bad)} of {int(n)} training photos could not be read or decoded "
+                               f"(see the warnings above); check --data and --s3-endpoint")
+
+    def _step(self, loss):
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = getattr(self, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.scheduler.step()
+
+    @staticmethod
+    def _tally(total, correct, seen, loss, logits, y):
+        valid = y != -100
+        n = int(valid.sum())
+        return (total + float(loss.detach()) * n,
+                correct + int((logits.argmax(1)[valid] == y[valid]).sum()), seen + n)
+
+    def _validate(self) -> tuple[float, float]:
+        images, ok = self.val_images
+        logits, _ = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
+        y = torch.as_tensor(self.val_labels[ok])
+        loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y, reduction="sum")) if len(y) else 0.0
+        correct = float((logits.argmax(1) == y.numpy()).sum()) if len(y) else 0.0
+        loss, correct, n = self.all_sum(loss, correct, float(len(y)))
+        return (loss / n, correct / n) if n else (float("nan"), float("nan"))
+
+    def _end_epoch(self, loss, acc, val_loss, val_acc, ips):
+        import ray.train
+
+        st = self.state
+        st.epoch += 1
+        st.history.append({"epoch": st.epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
+                           "val_acc": val_acc, "images_per_second": ips, "lr": self.scheduler.get_last_lr()[0]})
+        improved = not np.isfinite(val_loss) or val_loss < st.best_val_loss - 1e-4
+        if improved:
+            st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, st.epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        else:
+            st.bad_epochs += 1
+            st.stopped_early = st.bad_epochs >= self.c["patience"]
+        if self.rank == 0:
+            print(f"[train] epoch {st.epoch}/{self.c['epochs']}  loss {loss:.4f}  acc {acc:.3f}  "
+                  f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {ips:.1f} img/s"
+                  + ("  (early stop)" if st.stopped_early else ""), flush=True)
+        metrics = {k: v for k, v in st.history[-1].items()}
+        self._report(metrics, final=False)
+
+    def _report(self, metrics: dict, *, final: bool, extra_files: dict | None = None):
+        import ray.train
+        from ray.train import Checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.rank == 0:
+                d = Path(tmp)
+                save_checkpoint_dir(d, net_state=self.net.state_dict(), best_state=self.best_state,
+                                    optim_state=None if final else self.optimizer.state_dict(),
+                                    sched_state=None if final else self.scheduler.state_dict(), state=self.state)
+                for name, blob in (extra_files or {}).items():
+                    (d / name).write_bytes(blob)
+                ckpt = Checkpoint.from_directory(tmp)
+            ray.train.report({**metrics, "final": final}, checkpoint=ckpt)
+
+    def _restore(self, ckpt) -> None:
+        if ckpt is None:
+            return
+        with ckpt.as_directory() as d:
+            net_state, best_state, optim, state = load_checkpoint_dir(Path(d))
+        self.net.load_state_dict(net_state)
+        self.best_state = best_state
+        if optim is not None:
+            self.optimizer.load_state_dict(optim["optimizer"])
+            self.scheduler.load_state_dict(optim["scheduler"])
+        self.state = state
+        if self.rank == 0:
+            print(f"[train] resumed from checkpoint after epoch {state.epoch}", flush=True)
+
+    # -------------------------------------------------------------- end of training
+
+    def _final_eval(self):
+        """Best weights; logits/embeddings of every split gathered to rank 0 for calibration and metrics."""
+        from landmark_core.training import to_bytes_npz
+
+        self.net.load_state_dict(self.best_state)
+        arrays = {}
+        for split in ("val", "test", "train"):
+            uris, labels = self.shard(self.loop_cfg[split])
+            self._eval_into(arrays, split, uris, labels)
+        unknown = self.loop_cfg["unknown"][self.rank::self.world]
+        self._eval_into(arrays, "unknown", unknown, [-1] * len(unknown))
+        gathered = [None] * self.world
+        if self.world > 1:
+            dist.all_gather_object(gathered, arrays)
+        else:
+            gathered = [arrays]
+        merged = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
+        self._report({"epoch": self.state.epoch}, final=True,
+                     extra_files={"eval.npz": to_bytes_npz(**merged),
+                                  "history.json": json.dumps(self.state.history).encode()})
+
+    def _eval_into(self, arrays: dict, split: str, uris: list, labels: list) -> None:
+        images, ok = eval_arrays(uris, self.opts, self.eval_preset)
+        logits, emb = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
+        arrays[f"{split}_logits"] = logits.astype(np.float32)
+        arrays[f"{split}_emb"] = emb.astype(np.float16 if split == "train" else np.float32)
+        arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)[ok]
+
+
+def train_loop(loop_cfg: dict) -> None:
+    import logging
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per epoch is ours; no per-report INFO
+    Worker(loop_cfg).run()

@@ -1,0 +1,318 @@
+"""Distributed training on Ray Train: `landmark train` / `python -m jobs.train`.
+
+    driver: validate config -> list the dataset -> TorchTrainer(workers) -> final checkpoint -> calibrate,
+            choose the abstain threshold, evaluate, write the artifact + metrics.json + report PNGs
+    worker: its shard of the data -> DDP epochs (or a head on cached frozen features) -> a checkpoint per epoch
+            -> at the end, logits/embeddings of val/test/unknown gathered on rank 0 into the last checkpoint
+
+Checkpoints go to --storage through Ray Train; a killed worker restarts the group from the last one
+(FailureConfig), and --resume continues a run whose driver died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from landmark_core import storage
+from landmark_core.abstention import METHODS
+from landmark_core.models import KNOWN_MODELS, check_model_name
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    output: str
+    model: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    freeze_backbone: bool = False
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    epochs: int = 10
+    batch_size: int = 32  # per worker
+    lr: float | None = None  # default depends on the model and freezing, see effective_lr
+    backbone_lr_mult: float = 0.1
+    optimizer: str = "adamw"
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    dropout: float = 0.2
+    patience: int = 3
+    image_size: int = 224
+    feature_views: int = 4  # frozen backbone: eval crop + augmented crops, computed once
+    val_fraction: float = 0.15
+    seed: int = 0
+    storage: str = "out/ray_results"
+    name: str | None = None
+    resume: bool = False
+    max_failures: int = 2
+    s3_endpoint: str | None = None
+    coords: str | None = None
+    unknown: str | None = None
+    negatives: str | None = None
+    abstain_method: str = "auto"
+    accept_rate: float = 0.95
+    loader_workers: int | None = None
+    cache_mb: int = 1024
+    report: bool = True
+
+    def check(self) -> None:
+        """Every argument checked before any cluster work; each error names its flag."""
+        try:
+            check_model_name(self.model)
+        except ValueError as e:
+            raise ConfigError(f"--model: {e}") from None
+        positive = {"--workers": self.workers, "--epochs": self.epochs, "--batch-size": self.batch_size,
+                    "--cpus-per-worker": self.cpus_per_worker, "--image-size": self.image_size,
+                    "--feature-views": self.feature_views}
+        for flag, v in positive.items():
+            if v is None or v <= 0:
+                raise ConfigError(f"{flag} must be > 0, got {v}")
+        if self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.accept_rate <= 1:
+            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.abstain_method not in ("auto",) + METHODS:
+            raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
+        if self.model == "scratch" and self.freeze_backbone:
+            raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
+        if self.max_failures < 0:
+            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
+        for flag, uri in (("--data", self.data), ("--output", self.output), ("--storage", self.storage),
+                          ("--unknown", self.unknown), ("--negatives", self.negatives)):
+            if uri:
+                try:
+                    storage.check_uri(uri)
+                except storage.StorageError as e:
+                    raise ConfigError(f"{flag}: {e}") from None
+        try:
+            self.s3_options().check()
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
+        if self.coords and not Path(self.coords).is_file():
+            raise ConfigError(f"--coords {self.coords}: no such file")
+        if not storage.is_s3(self.data) and not Path(self.data).is_dir():
+            raise ConfigError(f"--data {self.data}: no such directory")
+
+    def s3_options(self) -> storage.S3Options:
+        return storage.S3Options(endpoint=self.s3_endpoint)
+
+    @property
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        if self.model == "scratch":
+            return 2e-3
+        return 3e-3 if self.freeze_backbone else 1e-3
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train, calibrate, evaluate and write the artifact; returns metrics."""
+    cfg.check()
+    from landmark_core.catalog import load_coords
+    from landmark_core.datasets import load_labelled, load_unlabelled
+
+    opts = cfg.s3_options()
+    coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
+    data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
+    unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
+    negatives = load_unlabelled(cfg.negatives, opts) if cfg.negatives else []
+    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else "")
+          + (f", negatives {len(negatives)}" if negatives else ""), flush=True)
+
+    import ray
+
+    _init_ray()
+    trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
+    print(f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
+          f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
+          f"checkpoints in {storage.join(cfg.storage, run_name)}", flush=True)
+    t0 = time.time()
+    result = trainer.fit()
+    train_seconds = time.time() - t0
+    if result.error:
+        raise result.error
+    from jobs._finalize import finalize
+
+    with result.checkpoint.as_directory() as ckpt_dir:
+        metrics = finalize(cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name)
+    return metrics
+
+
+def _coords_beside(data: str) -> dict | None:
+    """A coords.json/coords.csv at the dataset root is picked up (the synthetic generator writes one)."""
+    from landmark_core.catalog import load_coords
+
+    if storage.is_s3(data):
+        return None
+    for name in ("coords.json", "coords.csv"):
+        p = Path(data, name)
+        if p.is_file():
+            return load_coords(p)
+    return None
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise start a local one.
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True,
+                 runtime_env={"env_vars": _forwarded_env()})
+
+
+def _forwarded_env() -> dict:
+    """Workers need the S3 credentials the driver has (never logged); only these standard variables."""
+    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # our per-epoch line once, not twice
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
+             "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+    return {**env, **{n: os.environ[n] for n in names if n in os.environ}}
+
+
+def _run_name(cfg: TrainConfig) -> str:
+    base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
+    pointer = storage.join(cfg.storage, f".{base}.latest")
+    opts = cfg.s3_options()
+    if cfg.resume:
+        if cfg.name and storage.exists(storage.join(cfg.storage, cfg.name), opts):
+            return cfg.name
+        if storage.exists(pointer, opts):
+            return storage.read_bytes(pointer, opts).decode().strip()
+        raise ConfigError(f"--resume: no earlier run named {base!r} under --storage {cfg.storage}")
+    name = f"{base}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    storage.write_bytes(pointer, name.encode(), opts)
+    return name
+
+
+def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives: list[str]):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs._train_worker import train_loop
+
+    run_name = _run_name(cfg)
+    fs, path = storage.arrow_fs(cfg.storage, cfg.s3_options())
+    if not storage.is_s3(cfg.storage):
+        Path(path).mkdir(parents=True, exist_ok=True)
+    loop_cfg = {
+        "cfg": asdict(cfg),
+        "n_classes": len(data.catalog),
+        "train": (data.train.uris, data.train.labels),
+        "val": (data.val.uris, data.val.labels),
+        "test": (data.test.uris, data.test.labels),
+        "unknown": unknown,
+        "negatives": negatives,
+    }
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_cfg,
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    return trainer, run_name
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig(data="", output="")
+    p.add_argument("--data", required=True, help="class-folder dataset or GLDv2 CSV layout (path or s3://)")
+    p.add_argument("--output", required=True, help="artifact directory to write (path or s3://)")
+    p.add_argument("--model", default=d.model, help=f"one of: {', '.join(KNOWN_MODELS)}")
+    p.add_argument("--weights", default=d.weights,
+                   help="pretrained backbone weights: imagenet (default), none, or a state-dict file path/s3:// URI")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the head only, on cached features")
+    p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (DDP processes)")
+    p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
+    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per worker")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of the head (default 1e-3 fine-tune, 3e-3 frozen, 2e-3 scratch)")
+    p.add_argument("--backbone-lr-mult", type=float, default=d.backbone_lr_mult)
+    p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd"))
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--feature-views", type=int, default=d.feature_views,
+                   help="frozen backbone: cached views per photo (1 = centre crop only)")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="when the data has no val/")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--storage", default=d.storage, help="Ray Train checkpoint storage (path or s3://)")
+    p.add_argument("--name", default=None, help="run name (default: output folder name + time)")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this name from its checkpoint")
+    p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker failures survived per run")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--coords", default=None, help="CSV/JSON of landmark coordinates for the catalog")
+    p.add_argument("--unknown", default=None, help="photos of no catalog landmark, for open-set evaluation")
+    p.add_argument("--negatives", default=None, help="photos of no catalog landmark, used in training")
+    p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
+    p.add_argument("--accept-rate", type=float, default=d.accept_rate,
+                   help="share of known validation photos the abstain threshold accepts")
+    p.add_argument("--loader-workers", type=int, default=None, help="DataLoader processes per worker")
+    p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="decoded-photo cache per worker")
+    p.add_argument("--no-report", dest="report", action="store_false", help="skip the report PNGs")
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark train", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    ns = p.parse_args(argv)
+    try:
+        cfg = config_from_args(ns)
+        cfg.check()
+    except (ConfigError, ValueError) as e:
+        p.error(str(e))
+    metrics = run(cfg)
+    print(json.dumps({k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

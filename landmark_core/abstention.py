@@ -1,0 +1,51 @@
+"""How sure the model is that a photo shows a catalog landmark at all (open-set "no landmark" score).
+
+Each method maps (logits, embeddings) to a known-ness score, higher = more like the catalog's training photos.
+The threshold is set on known validation photos (calibration.threshold_at_accept_rate); below it the answer is
+"no landmark". Methods that need reference embeddings keep them in the artifact as extra tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import softmax
+
+METHODS = ("msp", "energy", "proto", "knn")
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def reference_tensors(method: str, embeddings: np.ndarray, labels: np.ndarray, n_classes: int,
+                      *, bank_per_class: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+    """What ``method`` needs at predict time, built from training embeddings."""
+    if method == "proto":
+        e = _unit(embeddings)
+        protos = np.stack([e[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(e.shape[1])
+                           for c in range(n_classes)])
+        return {"prototypes": _unit(protos).astype(np.float32)}
+    if method == "knn":
+        rng = np.random.default_rng(seed)
+        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:bank_per_class]
+                               for c in range(n_classes)])
+        return {"bank": _unit(embeddings[np.sort(keep)]).astype(np.float32)}
+    return {}
+
+
+def known_score(method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float,
+                extra: dict, k: int = 5) -> np.ndarray:
+    if method == "msp":
+        return softmax(logits, temperature).max(axis=1)
+    if method == "energy":
+        z = logits / temperature
+        m = z.max(axis=1)
+        return temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1)))
+    if method == "proto":
+        return (_unit(embeddings) @ extra["prototypes"].T).max(axis=1)
+    if method == "knn":
+        sims = _unit(embeddings) @ extra["bank"].T
+        k = min(k, sims.shape[1])
+        return np.partition(-sims, k - 1, axis=1)[:, k - 1] * -1.0
+    raise ValueError(f"unknown abstention method {method!r}; known: {', '.join(METHODS)}")

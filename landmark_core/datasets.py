@@ -1,0 +1,168 @@
+"""Training data layouts -> lists of (uri, label) and a catalog. Local paths or s3://bucket/prefix.
+
+Layouts:
+- class folders: ``<root>/train/<class>/*`` with optional ``<root>/val/`` and ``<root>/test/`` (Udacity
+  ``landmark_images/`` is one); a root with class folders directly in it is taken as train only;
+- Google Landmarks v2: ``<root>/train.csv`` (``id,url,landmark_id``), images at ``<root>/train/<a>/<b>/<c>/<id>.jpg``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import storage
+from .catalog import Catalog
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass
+class Split:
+    uris: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def take(self, idx) -> "Split":
+        return Split([self.uris[i] for i in idx], [self.labels[i] for i in idx])
+
+
+@dataclass
+class LabelledData:
+    catalog: Catalog
+    train: Split
+    val: Split
+    test: Split
+    layout: str
+
+    def summary(self) -> str:
+        return (f"{self.layout} layout: {len(self.catalog)} classes, train {len(self.train)}, "
+                f"val {len(self.val)}, test {len(self.test)}")
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_files(root: str, opts: storage.S3Options = storage.S3Options()) -> list[str]:
+    """Every image below ``root`` (recursive), sorted; s3 listing is paginated."""
+    if storage.is_s3(root):
+        bucket, prefix = storage.split_s3(root.rstrip("/") + "/")
+        pages = storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
+                      if is_image_name(o["Key"]))
+    out = []
+    for dirpath, _, files in os.walk(root):
+        out += [os.path.join(dirpath, f) for f in files if is_image_name(f)]
+    return sorted(out)
+
+
+def _relative_parts(uri: str, root: str) -> list[str]:
+    rel = uri[len(root.rstrip("/")) + 1:] if uri.startswith(root.rstrip("/") + "/") else uri
+    return rel.split("/")
+
+
+def _class_split(files: list[str], root: str) -> dict[str, list[str]]:
+    """Group files of ``root/<class>/...`` by class folder."""
+    by_class: dict[str, list[str]] = {}
+    for f in files:
+        parts = _relative_parts(f, root)
+        if len(parts) >= 2:
+            by_class.setdefault(parts[0], []).append(f)
+    return by_class
+
+
+def load_labelled(root: str, *, val_fraction: float = 0.15, seed: int = 0, coords: dict | None = None,
+                  opts: storage.S3Options = storage.S3Options()) -> LabelledData:
+    storage.check_uri(root)
+    if not storage.is_s3(root):
+        if not Path(root).is_dir():
+            raise DatasetError(f"--data {root}: no such directory")
+        root = str(Path(root).resolve())  # workers run in other directories
+    if storage.exists(storage.join(root, "train.csv"), opts):
+        return _load_gldv2(root, val_fraction=val_fraction, seed=seed, coords=coords, opts=opts)
+    files = list_files(root, opts)
+    if not files:
+        raise DatasetError(f"--data {root}: no images found (expected <root>/train/<class>/*.jpg)")
+    splits = {}
+    for name in ("train", "val", "test"):
+        sub = storage.join(root, name) if storage.is_s3(root) else str(Path(root, name))
+        chosen = [f for f in files if f.startswith(sub.rstrip("/") + "/")]
+        if chosen:
+            splits[name] = _class_split(chosen, sub)
+    if "train" not in splits:  # a bare root of class folders
+        splits = {"train": _class_split(files, root)}
+    catalog = Catalog.from_folders(splits["train"], coords=coords, name=Path(root.rstrip("/")).name or "custom")
+    index = {f: i for i, f in enumerate(catalog.folders)}
+
+    def to_split(by_class: dict[str, list[str]], which: str) -> Split:
+        s = Split()
+        for folder, fs in sorted(by_class.items()):
+            if folder not in index:
+                raise DatasetError(f"{which}/{folder} has no matching train/ class folder")
+            s.uris += fs
+            s.labels += [index[folder]] * len(fs)
+        return s
+
+    train = to_split(splits["train"], "train")
+    val = to_split(splits["val"], "val") if "val" in splits else None
+    test = to_split(splits["test"], "test") if "test" in splits else Split()
+    if val is None:
+        train, val = stratified_split(train, val_fraction, seed)
+    return LabelledData(catalog, train, val, test, "class-folder")
+
+
+def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded per-class split; every class with >= 2 photos keeps at least one on each side."""
+    if fraction <= 0:
+        return data, Split()
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(data.labels)
+    train_idx, val_idx = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = int(round(len(idx) * fraction))
+        n_val = min(max(n_val, 1 if len(idx) >= 2 else 0), len(idx) - 1)
+        val_idx += idx[:n_val].tolist()
+        train_idx += idx[n_val:].tolist()
+    return data.take(sorted(train_idx)), data.take(sorted(val_idx))
+
+
+def _load_gldv2(root: str, *, val_fraction: float, seed: int, coords: dict | None,
+                opts: storage.S3Options) -> LabelledData:
+    text = storage.read_bytes(storage.join(root, "train.csv"), opts).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or not {"id", "landmark_id"} <= set(rows[0]):
+        raise DatasetError(f"{root}/train.csv: expected columns id,url,landmark_id")
+    folders = sorted({r["landmark_id"] for r in rows}, key=lambda s: (len(s), s))
+    catalog = Catalog.from_folders(folders, coords=coords, name="gldv2")
+    index = {f: i for i, f in enumerate(catalog.folders)}
+    data = Split()
+    for r in rows:
+        i = r["id"]
+        data.uris.append(storage.join(root, "train", i[0], i[1], i[2], f"{i}.jpg"))
+        data.labels.append(index[r["landmark_id"]])
+    train, val = stratified_split(data, val_fraction, seed)
+    return LabelledData(catalog, train, val, Split(), "gldv2")
+
+
+def load_unlabelled(root: str, opts: storage.S3Options = storage.S3Options()) -> list[str]:
+    """All images below ``root`` (class folders, if any, are ignored) - for --unknown / --negatives."""
+    storage.check_uri(root)
+    if not storage.is_s3(root):
+        root = str(Path(root).resolve())
+    files = list_files(root, opts)
+    if not files:
+        raise DatasetError(f"{root}: no images found")
+    return files

@@ -1,0 +1,141 @@
+"""Predictor: a batch of decoded photos -> top-k landmark tags, calibrated scores, location, or "no landmark".
+
+Built from an artifact; usable directly, in `landmark predict`, and unchanged as a Ray Data actor class
+(``ds.map_batches(Predictor, fn_constructor_kwargs={"model": uri}, ...)``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import abstention
+from .artifact import Artifact, build_network, load
+from .calibration import softmax
+from .preprocess import normalize_batch
+
+TAGGED, NO_LANDMARK, FAILED = "tagged", "no_landmark", "failed"
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Predictor:
+    """``__call__(batch)`` takes {"image": (N, S, S, 3) uint8[, "ok": (N,) bool]} and adds prediction columns.
+
+    Columns added: ``status`` (tagged | no_landmark; rows with ok=False keep "failed"), ``landmark`` (top-1 name
+    or None), ``score`` (top-1 calibrated probability), ``lat``/``lon`` (top-1 location, NaN when none),
+    ``abstain_score`` (the open-set score), ``topk_idx``, ``topk_score`` (N, k).
+    """
+
+    def __init__(self, model: str | Artifact, *, k: int = 5, min_score: float | None = None,
+                 device: str | None = None, threads: int | None = None, storage_options: dict | None = None):
+        import torch
+
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if threads:
+            torch.set_num_threads(threads)
+        self.artifact = model if isinstance(model, Artifact) else load(model, storage_options=storage_options)
+        art = self.artifact
+        self.catalog, self.preset, self.model_id = art.catalog, art.preprocess, art.model_id
+        self.k = min(k, len(self.catalog))
+        self.temperature = art.temperature
+        self.method = art.abstain.get("method", "msp")
+        self.threshold = float(art.abstain.get("threshold", 0.0))
+        self.knn_k = int(art.abstain.get("k", 5))
+        self.min_score = min_score
+        self.extra = {k_: v.numpy() for k_, v in art.extra_tensors.items()}
+        self.device = pick_device(device)
+        self.net = build_network(art).to(self.device)
+        if self.device.startswith("cuda"):
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._lat = np.array([np.nan if lm.lat is None else lm.lat for lm in self.catalog], dtype=np.float64)
+        self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
+        self._names = np.array(self.catalog.names, dtype=object)
+
+    def logits_and_embeddings(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        p = self.preset
+        with torch.inference_mode():
+            x = normalize_batch(images_uint8, p.mean, p.std, device=self.device)
+            if self.device.startswith("cuda"):
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.float16):
+                    emb = self.net.embed(x)
+                    logits = self.net.head(emb)
+            else:
+                emb = self.net.embed(x)
+                logits = self.net.head(emb)
+            return logits.float().cpu().numpy(), emb.float().cpu().numpy()
+
+    def predict_arrays(self, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(images_uint8)
+        if n == 0:
+            return self._empty()
+        logits, emb = self.logits_and_embeddings(images_uint8)
+        probs = softmax(logits, self.temperature)
+        top = np.argsort(-probs, axis=1)[:, : self.k]
+        top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
+        ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
+                                    k=self.knn_k).astype(np.float32)
+        accepted = ab >= self.threshold
+        if self.min_score is not None:
+            accepted &= top_p[:, 0] >= self.min_score
+        first = top[:, 0]
+        return {
+            "status": np.where(accepted, TAGGED, NO_LANDMARK).astype(object),
+            "landmark": np.where(accepted, self._names[first], None).astype(object),
+            "score": top_p[:, 0],
+            "lat": np.where(accepted, self._lat[first], np.nan),
+            "lon": np.where(accepted, self._lon[first], np.nan),
+            "abstain_score": ab,
+            "topk_idx": top.astype(np.int32),
+            "topk_score": top_p,
+        }
+
+    def __call__(self, batch: dict) -> dict:
+        images = batch["image"]
+        ok = np.asarray(batch.get("ok", np.ones(len(images), dtype=bool)), dtype=bool)
+        out = {k: v for k, v in batch.items() if k != "image"}
+        cols = self._empty(len(images))
+        if ok.any():
+            pred = self.predict_arrays(np.asarray(images)[ok])
+            for name, col in pred.items():
+                cols[name][ok] = col
+        if "status" in batch:  # failed rows keep their status
+            cols["status"] = np.where(ok, cols["status"], np.asarray(batch["status"], dtype=object))
+        out.update(cols)
+        return out
+
+    def _empty(self, n: int = 0) -> dict[str, np.ndarray]:
+        return {
+            "status": np.full(n, "failed", dtype=object),
+            "landmark": np.full(n, None, dtype=object),
+            "score": np.full(n, np.nan, dtype=np.float32),
+            "lat": np.full(n, np.nan), "lon": np.full(n, np.nan),
+            "abstain_score": np.full(n, np.nan, dtype=np.float32),
+            "topk_idx": np.full((n, self.k), -1, dtype=np.int32),
+            "topk_score": np.full((n, self.k), np.nan, dtype=np.float32),
+        }
+
+    def tags(self, topk_idx: np.ndarray, topk_score: np.ndarray) -> list[dict]:
+        """One row's top-k as [{name, score, lat, lon}], best first."""
+        out = []
+        for i, s in zip(topk_idx, topk_score):
+            if i < 0:
+                continue
+            lm = self.catalog[int(i)]
+            out.append({"name": lm.name, "score": float(s), "lat": lm.lat, "lon": lm.lon})
+        return out
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
