@@ -62,7 +62,9 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
         catalog=data.catalog, preprocess=eval_preset, state_dict=state_dict, temperature=temperature,
-        abstain=abstain, extra_tensors={k: _torch(v) for k, v in extra.items()}, metrics=metrics,
+        abstain=abstain, metrics=metrics,
+        extra_tensors={**{k: _torch(v) for k, v in extra.items()},
+                       "val_scores": _torch(np.sort(val_scores).astype(np.float32))},
         provenance=_provenance(cfg, run_name),
     )
     opts = cfg.s3_options()

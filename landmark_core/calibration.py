@@ -61,12 +61,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def threshold_at_accept_rate(known_scores: np.ndarray, accept_rate: float) -> float:
-    """The score that accepts ``accept_rate`` of known photos (those scoring >= it are accepted)."""
+    """Split-conformal threshold: a new known photo scores >= it with probability >= ``accept_rate``.
+
+    With n known validation scores sorted ascending, the threshold is the k-th smallest, k = floor((1 - rate)
+    (n + 1)) (at least 1). Small validation sets therefore reject fewer known photos than 1 - rate, never more.
+    """
     if not 0.0 < accept_rate <= 1.0:
         raise ValueError(f"accept_rate must be in (0, 1], got {accept_rate}")
-    if len(known_scores) == 0:
-        return 0.0
-    return float(np.quantile(np.asarray(known_scores, dtype=np.float64), 1.0 - accept_rate, method="lower"))
+    s = np.sort(np.asarray(known_scores, dtype=np.float64))
+    if len(s) == 0:
+        return float("-inf")
+    k = max(1, int(np.floor((1.0 - accept_rate) * (len(s) + 1))))
+    return float(s[min(k, len(s)) - 1])
 
 
 def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import abstention
 from .artifact import Artifact, build_network, load
-from .calibration import softmax
+from .calibration import softmax, threshold_at_accept_rate
 from .preprocess import normalize_batch
 
 TAGGED, NO_LANDMARK, FAILED = "tagged", "no_landmark", "failed"
@@ -35,7 +35,10 @@ class Predictor:
     """
 
     def __init__(self, model: str | Artifact, *, k: int = 5, min_score: float | None = None,
-                 device: str | None = None, threads: int | None = None, storage_options: dict | None = None):
+                 accept_rate: float | None = None, device: str | None = None, threads: int | None = None,
+                 storage_options: dict | None = None):
+        """``min_score`` replaces the artifact's abstain threshold (on its abstention score); ``accept_rate``
+        recomputes it from the known validation scores stored in the artifact."""
         import torch
 
         if k < 1:
@@ -48,10 +51,9 @@ class Predictor:
         self.k = min(k, len(self.catalog))
         self.temperature = art.temperature
         self.method = art.abstain.get("method", "msp")
-        self.threshold = float(art.abstain.get("threshold", 0.0))
         self.knn_k = int(art.abstain.get("k", 5))
-        self.min_score = min_score
         self.extra = {k_: v.numpy() for k_, v in art.extra_tensors.items()}
+        self.threshold = self._threshold(art, min_score, accept_rate)
         self.device = pick_device(device)
         self.net = build_network(art).to(self.device)
         if self.device.startswith("cuda"):
@@ -59,6 +61,15 @@ class Predictor:
         self._lat = np.array([np.nan if lm.lat is None else lm.lat for lm in self.catalog], dtype=np.float64)
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
+
+    def _threshold(self, art: Artifact, min_score: float | None, accept_rate: float | None) -> float:
+        if min_score is not None:
+            return float(min_score)
+        if accept_rate is not None:
+            if "val_scores" not in self.extra:
+                raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
+            return threshold_at_accept_rate(self.extra["val_scores"], accept_rate)
+        return float(art.abstain.get("threshold", float("-inf")))
 
     def logits_and_embeddings(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -87,8 +98,6 @@ class Predictor:
         ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
                                     k=self.knn_k).astype(np.float32)
         accepted = ab >= self.threshold
-        if self.min_score is not None:
-            accepted &= top_p[:, 0] >= self.min_score
         first = top[:, 0]
         return {
             "status": np.where(accepted, TAGGED, NO_LANDMARK).astype(object),

@@ -47,3 +47,101 @@ def s3_bucket(s3: SeaweedS3):
             client.delete_bucket(Bucket=name)
         except Exception:
             pass
+
+
+# ---------------------------------------------------------------------------
+# Core library (landmark_core, no Ray): tiny model artifacts and synthetic photos
+#
+#   make_tiny_artifact  session-scoped factory: make_tiny_artifact(temperature=1.5,
+#                       abstain={"method": "msp", "threshold": 0.3}, seed=0, extra_tensors=None)
+#                       -> a fresh in-memory landmark_core.artifact.Artifact: the "scratch" CNN with
+#                       random (seeded) weights over TINY_CATALOG (3 synthetic classes with coordinates),
+#                       default EvalPreset (224/256).  Random weights: fine for format/plumbing tests;
+#                       for "tagged" assertions use threshold 0.
+#   tiny_artifact       session-scoped: that default artifact saved once; ``.path`` (str, the artifact
+#                       directory) and ``.artifact`` (the Artifact as saved).  Read-only: do not write
+#                       into .path or mutate .artifact; make your own with make_tiny_artifact instead.
+#   synthetic_data      session-scoped small synthetic dataset (landmark_core.synthetic.generate_dataset):
+#                       3 classes (the TINY_CATALOG folders), train 4 / test 2 per class, ~96x72 JPEGs,
+#                       half with EXIF GPS, a quarter stored rotated with an EXIF orientation.  The dict
+#                       generate_dataset returns, plus "files": sorted list of every JPEG path (str).
+#   bad_corpus          session-scoped (dir Path, {filename: expected DecodeError kind or None}) from
+#                       landmark_core.synthetic.write_bad_corpus.
+# ---------------------------------------------------------------------------
+
+from dataclasses import dataclass as _dataclass
+from pathlib import Path as _Path
+
+TINY_SHAPES = ("tower", "arch", "dome")
+
+
+def _tiny_catalog():
+    from landmark_core.catalog import Catalog
+    from landmark_core.synthetic import class_coords, folder_name
+
+    folders = [folder_name(i, s) for i, s in enumerate(TINY_SHAPES)]
+    coords = {f: {**class_coords(f), "country": "ZZ"} for f in folders}
+    return Catalog.from_folders(folders, coords=coords, name="tiny-3")
+
+
+@pytest.fixture(scope="session")
+def make_tiny_artifact():
+    import torch
+
+    from landmark_core.artifact import Artifact
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.preprocess import EvalPreset
+
+    def make(*, temperature: float = 1.5, abstain: dict | None = None, seed: int = 0,
+             extra_tensors: dict | None = None) -> Artifact:
+        catalog = _tiny_catalog()
+        spec = ModelSpec("scratch", len(catalog), weights="none")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = build_model(spec)
+        return Artifact(
+            spec=spec, catalog=catalog, preprocess=EvalPreset(),
+            state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
+            temperature=temperature,
+            abstain=dict(abstain) if abstain is not None else {"method": "msp", "threshold": 0.3},
+            extra_tensors=dict(extra_tensors or {}),
+            metrics={"test_top1": 0.0}, provenance={"made_by": "tests/conftest.py"},
+        )
+
+    return make
+
+
+@_dataclass(frozen=True)
+class TinyArtifact:
+    path: str
+    artifact: object  # landmark_core.artifact.Artifact
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(make_tiny_artifact, tmp_path_factory) -> TinyArtifact:
+    from landmark_core import artifact as artifact_mod
+
+    art = make_tiny_artifact()
+    dest = tmp_path_factory.mktemp("tiny_artifact") / "model"
+    artifact_mod.save(art, str(dest))
+    return TinyArtifact(str(dest), art)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> dict:
+    from landmark_core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synthetic_data")
+    info = generate_dataset(root, shapes=TINY_SHAPES, n_classes=len(TINY_SHAPES), train_per_class=4,
+                            test_per_class=2, image_size=(96, 72), seed=0, gps_fraction=0.5,
+                            rotated_fraction=0.25)
+    info["files"] = sorted(str(p) for p in _Path(root).glob("*/*/*.jpg"))
+    return info
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(tmp_path_factory):
+    from landmark_core.synthetic import write_bad_corpus
+
+    dest = tmp_path_factory.mktemp("bad_corpus")
+    return dest, write_bad_corpus(dest)

@@ -1,0 +1,532 @@
+"""`landmark query`: read the tag store — committed runs only, the latest committed run per photo.
+
+Every filter except the exact distance check runs inside the Parquet scan, as a pyarrow compute expression
+handed to ``tagstore.read_committed``. Because those filters are ANDed with the store's own latest-per-uri
+filter, an older run's row cannot come back when the newer row for that photo does not match. Row groups
+whose min/max statistics rule a filter out are never decoded. ``--near`` pushes a lat/lon bounding box down
+to the scan and then keeps only rows within ``--radius-km`` (haversine, in memory).
+
+Python API::
+
+    from jobs.query import query, QueryConfig, run, summarize
+    table = query("s3://bucket/tags", landmark="eiffel tower", min_score=0.8, s3_endpoint="http://...")
+    table = run(QueryConfig(tags="/data/tags", near=(48.86, 2.29), radius_km=5, since="2026-11-01"))
+    summarize(table)  # {"photos": n, "by_status": {...}, "by_landmark": {...}}
+
+No Ray here: this reads Parquet with pyarrow only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from landmark_core import storage, tagstore
+
+FORMATS = ("table", "csv", "json", "parquet")
+TABLE_COLUMNS = ("uri", "status", "landmark", "score", "lat", "lon")
+ALL_COLUMNS = tuple(tagstore.TAGS_SCHEMA.names)
+EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km
+MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the circumference: beyond this every point is inside
+
+
+class QueryError(ValueError):
+    """A bad query argument; the message starts with the flag it is about."""
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    tags: str
+    landmark: str | None = None
+    min_score: float | None = None
+    status: str | None = None
+    near: tuple[float, float] | None = None  # (lat, lon), degrees
+    radius_km: float | None = None
+    since: str | date | datetime | None = None  # YYYY-MM-DD or ISO datetime; on tagged_at; naive means UTC
+    limit: int | None = None
+    columns: tuple[str, ...] | None = None  # None: every column of TAGS_SCHEMA
+    format: str = "table"
+    out: str | None = None
+    summary: bool = False
+    s3_endpoint: str | None = None
+
+    def check(self) -> None:
+        """Validate every field before anything is read; each error names its command-line flag."""
+        if not self.tags or not str(self.tags).strip():
+            raise QueryError("--tags is required (a local path or s3://bucket/prefix)")
+        try:
+            storage.check_uri(str(self.tags))
+        except storage.StorageError as e:
+            raise QueryError(f"--tags: {e}") from None
+        self.s3_options().check()  # its message already names --s3-endpoint
+        if self.landmark is not None and not str(self.landmark).strip():
+            raise QueryError("--landmark must not be empty")
+        if self.min_score is not None:
+            if not _is_number(self.min_score) or not 0.0 <= float(self.min_score) <= 1.0:
+                raise QueryError(f"--min-score must be in [0, 1], got {self.min_score!r}")
+        if self.status is not None and self.status not in tagstore.STATUSES:
+            raise QueryError(f"--status must be one of {', '.join(tagstore.STATUSES)}, got {self.status!r}")
+        if self.near is not None:
+            if len(self.near) != 2 or not all(_is_number(v) for v in self.near):
+                raise QueryError(f"--near must be LAT,LON in degrees, got {self.near!r}")
+            lat, lon = map(float, self.near)
+            if not -90.0 <= lat <= 90.0:
+                raise QueryError(f"--near latitude must be in [-90, 90], got {lat:g}")
+            if not -180.0 <= lon <= 180.0:
+                raise QueryError(f"--near longitude must be in [-180, 180], got {lon:g}")
+            if self.radius_km is None:
+                raise QueryError("--near requires --radius-km")
+        if self.radius_km is not None:
+            if self.near is None:
+                raise QueryError("--radius-km requires --near LAT,LON")
+            if not _is_number(self.radius_km) or not float(self.radius_km) > 0:
+                raise QueryError(f"--radius-km must be a number > 0, got {self.radius_km!r}")
+        if self.since is not None:
+            self.since_utc()
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise QueryError(f"--limit must be an integer >= 1, got {self.limit!r}")
+        if self.columns is not None:
+            if isinstance(self.columns, str) or not self.columns:
+                raise QueryError("--columns must name at least one column, e.g. --columns uri,landmark,score")
+            unknown = [c for c in self.columns if c not in ALL_COLUMNS]
+            if unknown:
+                raise QueryError(f"--columns: unknown column(s) {', '.join(map(repr, unknown))}; "
+                                 f"known: {', '.join(ALL_COLUMNS)}")
+        if self.format not in FORMATS:
+            raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.summary and self.format == "parquet":
+            raise QueryError("--summary prints a small table: use --format table, json or csv")
+
+    def s3_options(self) -> storage.S3Options:
+        return storage.S3Options(endpoint=self.s3_endpoint or None)
+
+    def since_utc(self) -> datetime | None:
+        """``since`` as an aware UTC datetime (a bare date means its midnight UTC)."""
+        v = self.since
+        if v is None:
+            return None
+        if isinstance(v, datetime):
+            dt = v
+        elif isinstance(v, date):
+            dt = datetime(v.year, v.month, v.day)
+        else:
+            s = str(v).strip()
+            try:
+                dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+            except ValueError:
+                raise QueryError(f"--since must be a date YYYY-MM-DD or an ISO datetime "
+                                 f"(e.g. 2026-11-24T06:30:00Z), got {v!r}") from None
+        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+# ----------------------------------------------------------------------------------------------- the scan
+
+
+def filter_expression(cfg: QueryConfig) -> pc.Expression | None:
+    """The filters that run inside the Parquet scan (None when there are none)."""
+    parts: list[pc.Expression] = []
+    if cfg.landmark is not None:
+        name = pc.utf8_lower(pa.scalar(str(cfg.landmark).strip(), pa.string())).as_py()
+        parts.append(pc.utf8_lower(pc.field("landmark")) == pa.scalar(name, pa.string()))
+    if cfg.min_score is not None:
+        # score is float32: compare in float32 so --min-score 0.7 keeps a stored 0.7 (0.69999999 as float64)
+        parts.append(pc.field("score") >= pa.scalar(float(cfg.min_score), pa.float32()))
+    if cfg.status is not None:
+        parts.append(pc.field("status") == pa.scalar(cfg.status, pa.string()))
+    if cfg.since is not None:
+        parts.append(pc.field("tagged_at") >= pa.scalar(cfg.since_utc(), pa.timestamp("us", tz="UTC")))
+    if cfg.near is not None:
+        parts.append(bbox_expression(*map(float, cfg.near), float(cfg.radius_km)))
+    if not parts:
+        return None
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = expr & p
+    return expr
+
+
+def bounding_box(lat: float, lon: float, radius_km: float) -> tuple[float, float, list[tuple[float, float]]]:
+    """(lat_min, lat_max, [(lon_min, lon_max), ...]) holding every point within ``radius_km`` of (lat, lon).
+
+    Exact for a sphere: the latitude span is +-radius, the longitude half-width asin(sin(d) / cos(lat)); a
+    circle over a pole spans every longitude; one across the antimeridian gives two longitude ranges.
+    """
+    d = radius_km / EARTH_RADIUS_KM  # angular radius, radians
+    pad = 1e-9  # degrees; the exact haversine test runs afterwards anyway
+    if d >= math.pi:
+        return -90.0, 90.0, [(-180.0, 180.0)]
+    lat_min, lat_max = lat - math.degrees(d) - pad, lat + math.degrees(d) + pad
+    if lat_max >= 90.0 or lat_min <= -90.0:
+        return max(lat_min, -90.0), min(lat_max, 90.0), [(-180.0, 180.0)]
+    dlon = math.degrees(math.asin(min(1.0, math.sin(d) / math.cos(math.radians(lat))))) + pad
+    if dlon >= 180.0:
+        return lat_min, lat_max, [(-180.0, 180.0)]
+    lo, hi = lon - dlon, lon + dlon
+    if lo < -180.0:
+        ranges = [(lo + 360.0, 180.0), (-180.0, hi)]
+    elif hi > 180.0:
+        ranges = [(lo, 180.0), (-180.0, hi - 360.0)]
+    else:
+        ranges = [(lo, hi)]
+    return lat_min, lat_max, ranges
+
+
+def bbox_expression(lat: float, lon: float, radius_km: float) -> pc.Expression:
+    lat_min, lat_max, ranges = bounding_box(lat, lon, radius_km)
+    expr = (pc.field("lat") >= lat_min) & (pc.field("lat") <= lat_max)
+    lon_expr = None
+    for lo, hi in ranges:
+        if (lo, hi) == (-180.0, 180.0):
+            part = pc.field("lon").is_valid()
+        else:
+            part = (pc.field("lon") >= lo) & (pc.field("lon") <= hi)
+        lon_expr = part if lon_expr is None else lon_expr | part
+    return expr & lon_expr
+
+
+def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Vectorised great-circle distance in km (NaN where a coordinate is missing)."""
+    p1, p2 = np.radians(lat1), np.radians(lat2)
+    dp, dl = p2 - p1, np.radians(np.asarray(lon2, dtype=np.float64) - lon1)
+    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def _read_columns(cfg: QueryConfig) -> list[str] | None:
+    if cfg.columns is None:
+        return None
+    cols = list(dict.fromkeys(cfg.columns))
+    extra = ["uri"] + (["lat", "lon"] if cfg.near is not None else [])
+    return cols + [c for c in extra if c not in cols]
+
+
+def run(cfg: QueryConfig) -> pa.Table:
+    """The matching rows of the latest committed run per photo, sorted by uri (then --limit, --columns)."""
+    cfg.check()
+    table = tagstore.read_committed(cfg.tags, columns=_read_columns(cfg), filter=filter_expression(cfg),
+                                    opts=cfg.s3_options())
+    if cfg.near is not None and table.num_rows:
+        lat = table.column("lat").to_numpy(zero_copy_only=False).astype(np.float64)
+        lon = table.column("lon").to_numpy(zero_copy_only=False).astype(np.float64)
+        dist = haversine_km(float(cfg.near[0]), float(cfg.near[1]), lat, lon)
+        table = table.filter(pa.array(np.nan_to_num(dist, nan=np.inf) <= float(cfg.radius_km)))
+    if table.num_rows > 1:
+        table = table.sort_by([("uri", "ascending")])
+    if cfg.limit is not None:
+        table = table.slice(0, cfg.limit)
+    if cfg.columns is not None:
+        table = table.select(list(dict.fromkeys(cfg.columns)))
+    return table
+
+
+def query(tags: str, **filters) -> pa.Table:
+    """``query("s3://b/tags", landmark="Big Ben", min_score=0.5, near=(51.5, -0.12), radius_km=3)``.
+
+    Keyword arguments are the fields of QueryConfig: landmark, min_score, status, near, radius_km, since,
+    limit, columns, s3_endpoint. Raises QueryError (a ValueError) for a bad argument.
+    """
+    if "columns" in filters and isinstance(filters["columns"], str):
+        filters["columns"] = _split_columns(filters["columns"])
+    elif filters.get("columns") is not None:
+        filters["columns"] = tuple(filters["columns"])
+    if filters.get("near") is not None:
+        filters["near"] = tuple(filters["near"])
+    return run(QueryConfig(tags=tags, **filters))
+
+
+def summarize(table: pa.Table) -> dict:
+    """{"photos": n, "by_status": {status: n}, "by_landmark": {name: n}} (landmarks most photos first)."""
+    missing = [c for c in ("status", "landmark") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"summarize needs the column(s) {', '.join(missing)}")
+    by_status = {s: 0 for s in tagstore.STATUSES}
+    for s, n in _counts(table.column("status")):
+        by_status[s if s is not None else "(null)"] = n
+    by_landmark = dict(sorted(((k, n) for k, n in _counts(table.column("landmark")) if k is not None),
+                              key=lambda kv: (-kv[1], kv[0])))
+    return {"photos": table.num_rows, "by_status": by_status, "by_landmark": by_landmark}
+
+
+def _counts(col: pa.ChunkedArray) -> list[tuple[str | None, int]]:
+    vc = pc.value_counts(col)
+    return list(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _float32(v):
+    return None if v is None or math.isnan(v) else float(str(np.float32(v)))  # shortest float32 repr: 0.9
+
+
+def _float(v):
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def _jsonable_rows(table: pa.Table) -> list[dict]:
+    """Rows as plain JSON values: timestamps ISO strings, tags a list of objects, float32 kept short."""
+    converters = {}
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type):
+            converters[f.name] = lambda v: None if v is None else v.isoformat()
+        elif pa.types.is_float32(f.type):
+            converters[f.name] = _float32
+        elif pa.types.is_floating(f.type):
+            converters[f.name] = _float
+        elif f.name == "tags":
+            converters[f.name] = lambda v: None if v is None else [
+                {**t, "score": _float32(t.get("score")), "lat": _float(t.get("lat")), "lon": _float(t.get("lon"))}
+                for t in v]
+    rows = table.to_pylist()
+    for r in rows:
+        for k, conv in converters.items():
+            r[k] = conv(r[k])
+    return rows
+
+
+def _cell(name: str, v) -> str:
+    if v is None:
+        return ""
+    if name == "tags":
+        return ", ".join(f"{t['name']} {t['score']:.2f}" if t.get("score") is not None else str(t["name"])
+                         for t in v)
+    if name == "score":
+        return f"{v:.3f}"
+    if name in ("lat", "lon", "exif_lat", "exif_lon"):
+        return f"{v:.4f}"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v)
+    return str(v)
+
+
+def format_table(table: pa.Table) -> str:
+    rows = [[_cell(c, r[c]) for c in table.column_names] for r in _jsonable_rows(table)]
+    rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
+    head = table.column_names
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    numeric = {i for i, c in enumerate(head) if c in ("score", "lat", "lon", "exif_lat", "exif_lon", "width",
+                                                      "height", "size_bytes")}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    out.append(f"({table.num_rows} photo{'s' if table.num_rows != 1 else ''})")
+    return "\n".join(out) + "\n"
+
+
+def format_csv(table: pa.Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.column_names)
+    for r in _jsonable_rows(table):
+        w.writerow(["" if r[c] is None else (json.dumps(r[c]) if c == "tags" else r[c])
+                    for c in table.column_names])
+    return buf.getvalue()
+
+
+def format_json(table: pa.Table) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _jsonable_rows(table))
+
+
+def format_summary(summary: dict, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(summary) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["kind", "name", "photos"])
+        w.writerows(("status", k, n) for k, n in summary["by_status"].items())
+        w.writerows(("landmark", k, n) for k, n in summary["by_landmark"].items())
+        return buf.getvalue()
+    lines = [f"{summary['photos']} photos", "", "status        photos", "------------  ------"]
+    lines += [f"{k:<12}  {n:>6}" for k, n in summary["by_status"].items()]
+    width = max([8] + [len(k) for k in summary["by_landmark"]])
+    lines += ["", f"{'landmark':<{width}}  photos", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {n:>6}" for k, n in summary["by_landmark"].items()] or ["(none)"]
+    return "\n".join(lines) + "\n"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def _split_columns(s: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in s.split(",") if c.strip())
+
+
+def parse_near(s: str) -> tuple[float, float]:
+    parts = [p.strip() for p in str(s).split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise QueryError(f"--near must be LAT,LON in decimal degrees (e.g. 48.8584,2.2945), got {s!r}") from None
+    return lat, lon
+
+
+HELP = """\
+Read the tags: committed runs only (a run is visible once its _SUCCESS is written), the latest committed run
+per photo. Filters run inside the Parquet scan; an older run's row never resurfaces when the newer row for
+that photo does not match.
+
+output formats:
+  table    aligned text; default columns uri,status,landmark,score,lat,lon
+  csv      header + rows, all columns unless --columns; tags flattened to a JSON string
+  json     one JSON object per line (JSON Lines); timestamps ISO 8601, tags a list of objects
+  parquet  a Parquet file: written to --out FILE, or to stdout when stdout is redirected/piped (never to a
+           terminal)
+  Rows are sorted by uri. --out FILE writes any format to FILE instead of stdout.
+
+examples:
+  landmark query --tags s3://photos/tags --landmark "eiffel tower" --min-score 0.8
+  landmark query --tags ./tags --near=48.8584,2.2945 --radius-km 2 --format json
+  landmark query --tags ./tags --status failed --columns uri,error
+  landmark query --tags ./tags --since 2026-11-01 --summary
+  landmark query --tags ./tags --format parquet --out tagged.parquet
+
+S3 credentials come only from the standard AWS environment (env vars, ~/.aws, instance profile).
+A tags location with no committed run prints a message on stderr and exits 0 (empty json/csv output).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="landmark query", description=HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tags", required=True, metavar="URI", help="tag store root: a local path or s3://bucket/prefix")
+    f = p.add_argument_group("filters (all combined with AND)")
+    f.add_argument("--landmark", metavar="NAME", help="top-1 landmark name, case-insensitive exact match")
+    f.add_argument("--min-score", type=float, metavar="X", help="top-1 score >= X, X in [0, 1]")
+    f.add_argument("--status", metavar="S", help=f"one of {', '.join(tagstore.STATUSES)}")
+    f.add_argument("--near", metavar="LAT,LON",
+                   help="the tagged landmark's location within --radius-km of LAT,LON (degrees); "
+                        "for a negative latitude write --near=-33.86,151.21")
+    f.add_argument("--radius-km", type=float, metavar="R", help="radius for --near, km > 0")
+    f.add_argument("--since", metavar="DATE",
+                   help="tagged at or after DATE: YYYY-MM-DD (midnight UTC) or an ISO datetime (naive = UTC)")
+    f.add_argument("--limit", type=int, metavar="N", help="at most N rows (after sorting by uri)")
+    o = p.add_argument_group("output")
+    o.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv, json, parquet")
+    o.add_argument("--columns", metavar="a,b,c",
+                   help=f"columns to output; known: {', '.join(ALL_COLUMNS)}")
+    o.add_argument("--summary", action="store_true",
+                   help="instead of rows: photos per status and per landmark (a JSON object with --format json)")
+    o.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout (required for parquet to a TTY)")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    return p
+
+
+def _fix_negative_near(argv: list[str]) -> list[str]:
+    """Let `--near -33.8,151.2` work: argparse would take the negative value for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--near" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"--near={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> QueryConfig:
+    columns = _split_columns(args.columns) if args.columns is not None else None
+    if columns is None and args.format == "table" and not args.summary:
+        columns = TABLE_COLUMNS
+    if args.summary:
+        columns = ("uri", "status", "landmark")
+    return QueryConfig(
+        tags=args.tags, landmark=args.landmark, min_score=args.min_score, status=args.status,
+        near=parse_near(args.near) if args.near is not None else None, radius_km=args.radius_km,
+        since=args.since, limit=args.limit, columns=columns, format=args.format, out=args.out,
+        summary=args.summary, s3_endpoint=args.s3_endpoint,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(_fix_negative_near(list(sys.argv[1:] if argv is None else argv)))
+    try:
+        cfg = config_from_args(args)
+        if args.columns is not None and args.summary:
+            raise QueryError("--columns and --summary do not go together (the summary has its own columns)")
+        cfg.check()
+        if cfg.format == "parquet" and cfg.out is None and sys.stdout.isatty():
+            raise QueryError("--format parquet writes binary: give --out FILE or redirect stdout")
+    except (QueryError, storage.StorageError) as e:
+        parser.error(str(e))  # exits 2
+
+    try:
+        table = run(cfg)
+        no_runs = table.num_rows == 0 and not tagstore.committed_runs(cfg.tags, cfg.s3_options())
+    except (OSError, storage.StorageError) as e:
+        print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
+        return 1
+
+    if no_runs:
+        print(f"landmark query: no committed runs under {cfg.tags} "
+              f"(a run becomes visible once its {tagstore.SUCCESS} is written)", file=sys.stderr)
+        if cfg.format == "table":
+            _emit(f"no committed runs under {cfg.tags}\n", cfg)
+        elif cfg.format == "parquet":
+            _emit(parquet_bytes(table), cfg)  # an empty but valid file, so pipelines do not break
+        else:
+            _emit("", cfg)
+        return 0
+
+    if cfg.summary:
+        _emit(format_summary(summarize(table), cfg.format), cfg)
+    elif cfg.format == "table":
+        _emit(format_table(table), cfg)
+    elif cfg.format == "csv":
+        _emit(format_csv(table), cfg)
+    elif cfg.format == "json":
+        _emit(format_json(table), cfg)
+    else:
+        _emit(parquet_bytes(table), cfg)
+    return 0
+
+
+def _emit(data: str | bytes, cfg: QueryConfig) -> None:
+    if cfg.out is not None:
+        mode, kw = ("wb", {}) if isinstance(data, bytes) else ("w", {"encoding": "utf-8", "newline": ""})
+        with open(cfg.out, mode, **kw) as fh:
+            fh.write(data)
+        return
+    if isinstance(data, bytes):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        sys.stdout.write(data)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""The nightly tag job on Ray Data: `landmark tag` / `python -m jobs.tag`.
+
+    list (driver) -> skip what a committed run tagged -> read + decode (CPU tasks, draft JPEG decode)
+      -> Predictor (actor pool: GPU actors, or CPU actors without a GPU) -> rows (TAGS_SCHEMA)
+      -> Parquet in <output>/dt=<day>/run=<run_id>/ -> verify one row per input -> _SUCCESS (the commit)
+
+It streams: Ray Data holds a bounded number of blocks in flight, whatever the number of photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from landmark_core import storage, tagstore
+from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    output: str
+    model: str
+    input: str | None = None
+    manifest: str | None = None
+    k: int = 5
+    batch_size: int = 32
+    actors: tuple[int, int] = (1, 1)
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0
+    threads_per_actor: int | None = None
+    decode_batch: int = 16
+    min_score: float | None = None
+    accept_rate: float | None = None
+    retag: bool = False
+    s3_endpoint: str | None = None
+    dt: str | None = None
+    run_id: str | None = None
+    rows_per_file: int = 250_000
+    max_pixels: int = 64_000_000
+
+    def check(self) -> None:
+        if bool(self.input) == bool(self.manifest):
+            raise ConfigError("give exactly one of --input DIR_OR_S3_PREFIX and --manifest FILE")
+        for flag, v in (("-k", self.k), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch),
+                        ("--cpus-per-actor", self.cpus_per_actor), ("--rows-per-file", self.rows_per_file),
+                        ("--max-pixels", self.max_pixels)):
+            if v is None or v <= 0:
+                raise ConfigError(f"{flag} must be > 0, got {v}")
+        lo, hi = self.actors
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"--actors must be MIN[,MAX] with 1 <= MIN <= MAX, got {lo},{hi}")
+        if self.gpus_per_actor < 0:
+            raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        if self.min_score is not None and not np.isfinite(self.min_score):
+            raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
+        if self.min_score is not None and self.accept_rate is not None:
+            raise ConfigError("give at most one of --min-score and --accept-rate")
+        if self.accept_rate is not None and not 0 < self.accept_rate <= 1:
+            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        if self.dt is not None:
+            try:
+                datetime.strptime(self.dt, "%Y-%m-%d")
+            except ValueError:
+                raise ConfigError(f"--dt must be YYYY-MM-DD, got {self.dt!r}") from None
+        if self.run_id is not None and not all(c.isalnum() or c in "-_" for c in self.run_id):
+            raise ConfigError(f"--run-id may hold only letters, digits, - and _, got {self.run_id!r}")
+        for flag, uri in (("--input", self.input), ("--manifest", self.manifest), ("--output", self.output),
+                          ("--model", self.model)):
+            if uri:
+                try:
+                    storage.check_uri(uri)
+                except storage.StorageError as e:
+                    raise ConfigError(f"{flag}: {e}") from None
+        try:
+            self.s3_options().check()
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
+
+    def s3_options(self) -> storage.S3Options:
+        return storage.S3Options(endpoint=self.s3_endpoint)
+
+    def safe_json(self) -> dict:
+        """The config as recorded in _SUCCESS (nothing secret is in it: credentials never enter the config)."""
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def run(cfg: TagConfig) -> dict:
+    """Tag every new photo; returns the _SUCCESS summary of the committed run."""
+    cfg.check()
+    t_start = time.time()
+    opts = cfg.s3_options()
+    try:
+        artifact = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint})
+    except ArtifactError as e:
+        raise ConfigError(f"--model: {e}") from None
+    run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
+    fs, root_path = storage.arrow_fs(cfg.output, opts)
+    out_dir = tagstore.run_dir(root_path, dt, run_id)
+    _check_writable(fs, out_dir, cfg.output)
+
+    listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts)
+    t_list = time.time()
+    if cfg.retag:
+        todo, skipped = listing, 0
+    else:
+        todo, skipped = pending(listing, cfg.output, artifact.model_id, opts)
+    print(f"[tag] run {run_id}: {listing.num_rows} photos listed, {skipped} already tagged by model "
+          f"{artifact.model_id}, {todo.num_rows} to tag", flush=True)
+    timings = {"list_seconds": round(t_list - t_start, 2)}
+    if todo.num_rows:
+        _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id)
+    timings["pipeline_seconds"] = round(time.time() - t_list, 2)
+    counts = _verify(fs, out_dir, todo)
+    summary = {
+        "run_id": run_id, "dt": dt, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_id": artifact.model_id, "counts": counts, "rows": counts["total"], "listed": listing.num_rows,
+        "skipped": skipped, "output": storage.join(cfg.output, f"dt={dt}", f"run={run_id}"),
+        "config": cfg.safe_json(), "timings": timings,
+        "images_per_second": round(todo.num_rows / max(timings["pipeline_seconds"], 1e-9), 2),
+    }
+    _commit(fs, out_dir, summary)
+    _print_summary(summary)
+    return summary
+
+
+def _check_writable(fs, out_dir: str, output: str) -> None:
+    """Fail before any work when the output cannot be written (bad bucket, no permission, full disk)."""
+    probe = f"{out_dir}/.probe"
+    try:
+        fs.create_dir(out_dir, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except Exception as e:
+        raise ConfigError(f"--output {output} is not writable: {storage.redact(str(e))[:300]}") from None
+
+
+def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str) -> None:
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    _init_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = True
+    n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
+    blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
+        fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels},
+        udf_modifying_row_count=False,
+    )
+    lo, hi = cfg.actors
+    ds = ds.map_batches(
+        TagActor, batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+        num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
+        fn_constructor_kwargs={"model": cfg.model, "k": cfg.k, "min_score": cfg.min_score,
+                               "accept_rate": cfg.accept_rate,
+                               "s3_endpoint": cfg.s3_endpoint, "run_id": run_id,
+                               "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
+                               "tagged_at": datetime.now(timezone.utc)},
+        # Ray Data's actor pool defaults to max_restarts=-1, max_task_retries=-1: a killed actor is replaced and
+        # its batch redone, so a lost actor costs time, never rows.
+        udf_modifying_row_count=False,
+    )
+    ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd")
+
+
+def _init_ray() -> None:
+    import ray
+
+    if not ray.is_initialized():
+        from jobs.train import _forwarded_env
+
+        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env()})
+
+
+class TagActor:
+    """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
+
+    def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
+                 tagged_at):
+        from landmark_core.predictor import Predictor
+
+        self.predictor = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, threads=threads,
+                                   storage_options={"endpoint": s3_endpoint})
+        self.run_id, self.tagged_at = run_id, tagged_at
+
+    def __call__(self, batch: dict) -> pa.Table:
+        from landmark_core.tagging import predict_batch
+
+        return to_tag_rows(predict_batch(self.predictor, batch), self.predictor, run_id=self.run_id,
+                           tagged_at=self.tagged_at)
+
+
+def _verify(fs, out_dir: str, todo: pa.Table) -> dict:
+    """Exactly one row per input, or no commit: counts from the files actually written."""
+    from pyarrow import fs as pafs
+
+    infos = fs.get_file_info(pafs.FileSelector(out_dir, recursive=True, allow_not_found=True))
+    files = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")]
+    if files:
+        written = pa.concat_tables(pq.read_table(f, columns=["uri", "status"], filesystem=fs) for f in files)
+    else:
+        written = pa.table({"uri": pa.array([], pa.string()), "status": pa.array([], pa.string())})
+    n, distinct = written.num_rows, pc.count_distinct(written.column("uri")).as_py() if written.num_rows else 0
+    expected = set(todo.column("uri").to_pylist())
+    if n != len(expected) or distinct != n or not set(written.column("uri").to_pylist()) == expected:
+        raise RuntimeError(f"refusing to commit {out_dir}: wrote {n} rows ({distinct} distinct uris) for "
+                           f"{len(expected)} inputs")
+    counts = {s: 0 for s in tagstore.STATUSES}
+    for s, c in zip(*np.unique(np.asarray(written.column("status").to_pylist(), dtype=object).astype(str),
+                               return_counts=True)) if n else []:
+        counts[s] = int(c)
+    counts["total"] = n
+    return counts
+
+
+def _commit(fs, out_dir: str, summary: dict) -> None:
+    with fs.open_output_stream(f"{out_dir}/{tagstore.SUCCESS}") as f:
+        f.write(json.dumps(summary, indent=2, default=str).encode())
+
+
+def _print_summary(s: dict) -> None:
+    c = s["counts"]
+    print(f"[tag] committed run {s['run_id']}: {c['tagged']} tagged, {c['no_landmark']} no landmark, "
+          f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)", flush=True)
+    t = s["timings"]
+    print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, "
+          f"{s['images_per_second']} images/s; output: {s['output']}", flush=True)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _actors(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN[,MAX] integers, got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected MIN[,MAX], got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TagConfig(output="", model="")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="directory or s3://bucket/prefix of photos (recursive)")
+    src.add_argument("--manifest", help="Parquet/CSV with a 'uri' column, for buckets too large to list")
+    p.add_argument("--output", required=True, help="tags root (path or s3://)")
+    p.add_argument("--model", default=os.environ.get("LANDMARK_MODEL"),
+                   help="model artifact dir or s3:// URI (default $LANDMARK_MODEL)")
+    p.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help="tags per photo")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="photos per model call")
+    p.add_argument("--actors", type=_actors, default=d.actors, help="predictor actor pool size MIN[,MAX]")
+    p.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor)
+    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
+    p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads (default: cpus-per-actor)")
+    p.add_argument("--decode-batch", type=int, default=d.decode_batch, help="photos per decode task")
+    p.add_argument("--min-score", type=float, default=None,
+                   help="override the model's abstain threshold (on its abstention score, see metrics.json)")
+    p.add_argument("--accept-rate", type=float, default=None,
+                   help="override the abstain threshold by the share of known validation photos to accept")
+    p.add_argument("--retag", action="store_true", help="tag everything, even photos already tagged")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--dt", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")
+    p.add_argument("--run-id", default=None, help="run id (default: time + random suffix)")
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="minimum rows per Parquet file")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse photos larger than this")
+
+
+def config_from_args(ns: argparse.Namespace) -> TagConfig:
+    fields = TagConfig.__dataclass_fields__
+    return TagConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark tag", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    ns = p.parse_args(argv)
+    if not ns.model:
+        p.error("--model is required (or set LANDMARK_MODEL); train one with `landmark train`")
+    try:
+        cfg = config_from_args(ns)
+        cfg.check()
+    except ConfigError as e:
+        p.error(str(e))
+    try:
+        run(cfg)
+    except (ConfigError, InputError) as e:
+        print(f"landmark tag: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

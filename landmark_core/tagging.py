@@ -1,0 +1,240 @@
+"""The tag pipeline's stages as plain functions over batches (no Ray): jobs/tag.py wires them into Ray Data.
+
+    list_inputs -> pending (skip what a committed run already tagged) -> read_and_decode -> Predictor ->
+    to_tag_rows (TAGS_SCHEMA) -> Parquet
+
+Every input row leaves every stage as exactly one row: a failure becomes status "failed" with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import storage, tagstore
+from .datasets import is_image_name
+from .predictor import FAILED, Predictor
+from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image
+
+LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
+_NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent
+
+
+class InputError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- listing
+
+
+def list_inputs(root: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
+    """Every image object below ``root`` (recursive, extensions case-insensitive) with size and etag."""
+    if storage.is_s3(root):
+        return _list_s3(root, opts)
+    p = Path(root)
+    if not p.is_dir():
+        raise InputError(f"--input {root}: no such directory")
+    uris, sizes, etags = [], [], []
+    for dirpath, _, files in os.walk(p.resolve()):
+        for f in sorted(files):
+            if is_image_name(f):
+                full = os.path.join(dirpath, f)
+                st = os.stat(full)
+                uris.append(full)
+                sizes.append(st.st_size)
+                etags.append(local_etag(st))
+    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA).sort_by("uri")
+
+
+def local_etag(st: os.stat_result) -> str:
+    """Local files have no ETag; modification time and size change whenever the photo is replaced."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def _list_s3(root: str, opts: storage.S3Options) -> pa.Table:
+    bucket, prefix = storage.split_s3(root)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    uris, sizes, etags = [], [], []
+    for page in storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            if is_image_name(o["Key"]):
+                uris.append(f"s3://{bucket}/{o['Key']}")
+                sizes.append(int(o["Size"]))
+                etags.append(o.get("ETag", "").strip('"'))
+    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA)
+
+
+def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
+    """A Parquet or CSV file with a ``uri`` column (``size_bytes``/``etag`` optional: fetched when absent)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        fs, p = storage.arrow_fs(path, opts)
+        table = pq.read_table(p, filesystem=fs) if path.lower().endswith(".parquet") else \
+            pacsv.read_csv(pa.BufferReader(storage.read_bytes(path, opts)))
+    except FileNotFoundError:
+        raise InputError(f"--manifest {path}: no such file") from None
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"--manifest {path}: not a readable Parquet/CSV file ({storage.redact(str(e))[:200]})") \
+            from None
+    if "uri" not in table.column_names:
+        raise InputError(f"--manifest {path}: needs a 'uri' column (has {', '.join(table.column_names)})")
+    uris = [u for u in table.column("uri").to_pylist() if u]
+    for u in uris[:1000]:
+        storage.check_uri(u)
+    if {"size_bytes", "etag"} <= set(table.column_names):
+        return table.select(["uri", "size_bytes", "etag"]).cast(LISTING_SCHEMA)
+    return stat_uris(uris, opts)
+
+
+def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa.Table:
+    """Size and etag per uri (HEAD in parallel); a missing object keeps size/etag null and fails later."""
+    def stat(u: str):
+        try:
+            if storage.is_s3(u):
+                bucket, key = storage.split_s3(u)
+                h = storage.s3_client(opts).head_object(Bucket=bucket, Key=key)
+                return int(h["ContentLength"]), h.get("ETag", "").strip('"')
+            st = os.stat(u)
+            return st.st_size, local_etag(st)
+        except Exception:
+            return None, None
+
+    with ThreadPoolExecutor(threads) as pool:
+        stats = list(pool.map(stat, uris))
+    return pa.table([uris, [s for s, _ in stats], [e for _, e in stats]], schema=LISTING_SCHEMA)
+
+
+def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
+    """Drop objects whose latest committed row has the same etag and model and did not fail."""
+    done = tagstore.read_committed(output, columns=["uri", "etag", "model_id", "status"], opts=opts,
+                                   filter=(pc.field("model_id") == model_id) & (pc.field("status") != FAILED))
+    if done.num_rows == 0:
+        return listing, 0
+    done_keys = pc.binary_join_element_wise(done.column("uri"), done.column("etag"), "\x00")
+    keys = pc.binary_join_element_wise(listing.column("uri"), pc.fill_null(listing.column("etag"), ""), "\x00")
+    keep = pc.invert(pc.is_in(keys, value_set=done_keys))
+    todo = listing.filter(keep)
+    return todo, listing.num_rows - todo.num_rows
+
+
+# ---------------------------------------------------------------- read + decode
+
+
+def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """uri/size/etag rows -> + sha256, width, height, EXIF, image (N, S, S, 3) uint8, ok, status, error."""
+    uris = list(batch["uri"])
+    n = len(uris)
+    out = {"uri": np.asarray(batch["uri"], dtype=object), "etag": np.asarray(batch["etag"], dtype=object),
+           "size_bytes": np.array([None if s is None or s != s else int(s) for s in batch["size_bytes"]],
+                                  dtype=object)}
+    out.update(
+        sha256=np.full(n, None, dtype=object), status=np.full(n, "pending", dtype=object),
+        error=np.full(n, None, dtype=object), width=np.full(n, -1, dtype=np.int32),
+        height=np.full(n, -1, dtype=np.int32), exif_lat=np.full(n, np.nan), exif_lon=np.full(n, np.nan),
+        exif_time=np.full(n, _NAT, dtype=np.int64), ok=np.zeros(n, dtype=bool),
+        image=np.zeros((n, preset.size, preset.size, 3), dtype=np.uint8),
+    )
+    t0 = time.perf_counter()
+    for i, uri in enumerate(uris):
+        _decode_one(out, i, uri, preset, opts, max_pixels)
+    out["decode_seconds"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
+    return out
+
+
+def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S3Options, max_pixels: int):
+    try:
+        data = storage.read_bytes(uri, opts)
+    except Exception as e:  # any read failure becomes this row's reason; the next run retries it
+        out["status"][i], out["error"][i] = FAILED, f"read: {_reason(e)}"
+        return
+    out["sha256"][i] = hashlib.sha256(data).hexdigest()
+    out["size_bytes"][i] = len(data)
+    try:
+        d = decode_image(data, draft_to=preset.draft_target(), max_pixels=max_pixels)
+        out["image"][i] = preset.to_uint8(d.image)
+    except DecodeError as e:
+        out["status"][i], out["error"][i] = FAILED, f"decode: {e}"
+        return
+    except Exception as e:  # resize of a pathological image: still one failed row, never a crash
+        out["status"][i], out["error"][i] = FAILED, f"decode: {_reason(e)}"
+        return
+    out["ok"][i] = True
+    out["width"][i], out["height"][i] = d.width, d.height
+    if d.exif_lat is not None:
+        out["exif_lat"][i], out["exif_lon"][i] = d.exif_lat, d.exif_lon
+    if d.exif_time is not None:
+        out["exif_time"][i] = int(d.exif_time.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+
+
+def _reason(e: BaseException) -> str:
+    """A short, secret-free reason: error code for S3 errors, else type and message."""
+    code = getattr(e, "response", {}).get("Error", {}).get("Code") if hasattr(e, "response") else None
+    if code:
+        return storage.redact(f"{code}: {e}")[:300]
+    if isinstance(e, FileNotFoundError):
+        return "not found"
+    return storage.redact(f"{type(e).__name__}: {e}")[:300]
+
+
+# ---------------------------------------------------------------- predict + rows
+
+
+def predict_batch(predictor: Predictor, batch: dict) -> dict:
+    """The Predictor on the decodable rows; a model failure fails this batch's rows, with the reason."""
+    try:
+        return predictor(batch)
+    except Exception as e:
+        out = {k: v for k, v in batch.items() if k != "image"}
+        out.update(predictor._empty(len(batch["uri"])))
+        out["status"] = np.full(len(batch["uri"]), FAILED, dtype=object)
+        out["error"] = np.where(np.asarray(batch["ok"]), f"model: {_reason(e)}",
+                                np.asarray(batch["error"], dtype=object))
+        return out
+
+
+def _strings(values) -> pa.Array:
+    """Object columns cross Ray Data as object arrays, or as float NaN when every value was None."""
+    return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+
+
+def to_tag_rows(pred: dict, predictor: Predictor, *, run_id: str, tagged_at: datetime) -> pa.Table:
+    """Predictor output -> a table of TAGS_SCHEMA (nulls, not NaN; tags as list<struct>)."""
+    n = len(pred["uri"])
+    ok = np.asarray(pred["status"]) != FAILED
+    tags = [predictor.tags(pred["topk_idx"][i], pred["topk_score"][i]) if ok[i] else None for i in range(n)]
+    tagged = np.asarray(pred["status"]) == "tagged"
+    exif_time = np.asarray(pred["exif_time"], dtype=np.int64)
+    cols = {
+        "uri": _strings(pred["uri"]),
+        "size_bytes": pa.array([None if s is None else int(s) for s in pred["size_bytes"]], pa.int64()),
+        "etag": _strings(pred["etag"]),
+        "sha256": _strings(pred["sha256"]),
+        "status": _strings(pred["status"]),
+        "error": _strings(pred["error"]),
+        "width": pa.array(pred["width"], pa.int32(), mask=~ok),
+        "height": pa.array(pred["height"], pa.int32(), mask=~ok),
+        "exif_lat": pa.array(pred["exif_lat"], pa.float64(), from_pandas=True),
+        "exif_lon": pa.array(pred["exif_lon"], pa.float64(), from_pandas=True),
+        "exif_time": pa.array(exif_time, pa.timestamp("us"), mask=exif_time == _NAT),
+        "landmark": _strings(pred["landmark"]),
+        "score": pa.array(pred["score"], pa.float32(), mask=~ok),
+        "lat": pa.array(pred["lat"], pa.float64(), mask=~tagged | np.isnan(pred["lat"])),
+        "lon": pa.array(pred["lon"], pa.float64(), mask=~tagged | np.isnan(pred["lon"])),
+        "tags": pa.array(tags, tagstore.TAGS_SCHEMA.field("tags").type),
+        "model_id": pa.array([predictor.model_id] * n, pa.string()),
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "tagged_at": pa.array([tagged_at] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table(cols, schema=tagstore.TAGS_SCHEMA)
