@@ -27,6 +27,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
 
     ev = dict(np.load(ckpt_dir / "eval.npz"))
     history = json.loads((ckpt_dir / "history.json").read_text())
+    train_state = json.loads((ckpt_dir / "state.json").read_text())
     state_dict = load_file(str(ckpt_dir / "best.safetensors"))
     n_classes = len(data.catalog)
 
@@ -46,6 +47,8 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
         "temperature": temperature, "abstain_method": method, "abstain_threshold": threshold,
         "accept_rate": cfg.accept_rate,
+        "resumed_after_epochs": train_state.get("resumed_after") or [],
+        "stopped_early": bool(train_state.get("stopped_early")),
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
     }
     metrics.update(_split_metrics("val", val_logits, val_y, temperature, n_classes))

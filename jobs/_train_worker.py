@@ -46,8 +46,17 @@ class Worker:
     # -------------------------------------------------------------- sharding
 
     def shard(self, pair):
+        """Evaluation shards: every photo exactly once across the workers."""
         uris, labels = pair
         return uris[self.rank::self.world], labels[self.rank::self.world]
+
+    def train_shard(self):
+        """Training shards of equal length (padded by wrapping round, as DistributedSampler does): every
+        worker then takes the same number of steps, which DDP's collective ops require."""
+        uris, labels = self.loop_cfg["train"]
+        per = -(-len(uris) // self.world)
+        idx = [i % len(uris) for i in range(per * self.world)][self.rank::self.world]
+        return [uris[i] for i in idx], [labels[i] for i in idx]
 
     # -------------------------------------------------------------- distributed sums
 
@@ -66,7 +75,6 @@ class Worker:
         trainable = self.net.head if frozen else self.net
         if frozen:
             self.net.freeze_backbone()
-        self.ddp = self._wrap(trainable)
         epochs = self.c["epochs"]
         steps_per_epoch = self._steps_per_epoch()
         self.optimizer = make_optimizer(self.c["optimizer"],
@@ -76,16 +84,18 @@ class Worker:
             self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(self.c["warmup_epochs"] * steps_per_epoch)))
         self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self._restore(ray.train.get_checkpoint())
+        if not frozen and self.c["model"] != "scratch" and self.state.epoch == 0 and self.c["probe_epochs"] > 0:
+            self._linear_probe()
+        self.ddp = self._wrap(trainable)  # after the probe: one DDP wrapper per parameter set at a time
         val_uris, val_labels = self.shard(self.loop_cfg["val"])
         self.val_images = eval_arrays(val_uris, self.opts, self.eval_preset)
         self.val_labels = np.asarray(val_labels, dtype=np.int64)
         train_epoch = self._frozen_epoch_fn() if frozen else self._finetune_epoch_fn()
         while self.state.epoch < epochs and not self.state.stopped_early:
             t0 = time.time()
-            loss, correct, seen = train_epoch(self.state.epoch)
+            loss, correct, seen, bad = train_epoch(self.state.epoch)
             elapsed = time.time() - t0
-            if not frozen:  # skipped photos carry label -100 and are not counted as seen
-                self._check_bad(len(self.shard(self.loop_cfg["train"])[0]) - seen, len(self.shard(self.loop_cfg["train"])[0]))
+            self._check_bad(bad, seen + bad)
             loss, correct, seen = self.all_sum(loss, correct, seen)
             val_loss, val_acc = self._validate()
             self._end_epoch(loss / max(seen, 1), correct / max(seen, 1), val_loss, val_acc, seen / elapsed)
@@ -105,13 +115,13 @@ class Worker:
         return DDP(module, device_ids=[self.device.index] if self.cuda else None)
 
     def _steps_per_epoch(self) -> int:
-        n = len(self.shard(self.loop_cfg["train"])[0])
+        n = len(self.train_shard()[0])
         return max(1, -(-n // self.c["batch_size"]))
 
     # -------------------------------------------------------------- epochs
 
     def _train_dataset(self, transform) -> UriImageDataset:
-        uris, labels = self.shard(self.loop_cfg["train"])
+        uris, labels = self.train_shard()
         return UriImageDataset(uris, labels, transform, opts=self.opts, draft_to=self.eval_preset.resize,
                                cache_side=round(self.c["image_size"] * 1.5), cache_mb=self.c["cache_mb"])
 
@@ -122,7 +132,6 @@ class Worker:
                                 eval_preset=self.eval_preset, train_preset=self.train_preset, amp=self.cuda)
         labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
         labels[list(ds.bad)] = -100
-        self._check_bad(len(ds.bad), len(ds))
         if self.rank == 0:
             print(f"[train] cached frozen-backbone features: {feats.shape[0]} view(s) x {feats.shape[1]} photos "
                   f"per worker in {time.time() - t0:.1f}s", flush=True)
@@ -134,7 +143,7 @@ class Worker:
             g = torch.Generator().manual_seed(self.c["seed"] * 1000 + e * 10 + self.rank)
             order = torch.randperm(len(labels), generator=g)
             view = feats_t[e % feats_t.shape[0]]
-            total, correct, seen = 0.0, 0, 0
+            total, correct, seen, bad = 0.0, 0, 0, 0
             for s in range(0, len(order), bs):
                 idx = order[s:s + bs]
                 x, y = view[idx].to(self.device), labels[idx].to(self.device)
@@ -142,7 +151,8 @@ class Worker:
                 loss = self.loss_fn(logits, y)
                 self._step(loss)
                 total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
-            return total, correct, seen
+                bad += int((y == -100).sum())
+            return total, correct, seen, bad
         return epoch
 
     def _finetune_epoch_fn(self):
@@ -160,7 +170,7 @@ class Worker:
             loader = torch.utils.data.DataLoader(
                 ds, batch_size=bs, sampler=torch.randperm(len(ds), generator=g).tolist(), num_workers=workers,
                 pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
-            total, correct, seen = 0.0, 0, 0
+            total, correct, seen, bad = 0.0, 0, 0, 0
             for x, y in loader:
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
                 if self.cuda:
@@ -170,8 +180,42 @@ class Worker:
                     loss = self.loss_fn(logits, y)
                 self._step(loss)
                 total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
-            return total, correct, seen
+                bad += int((y == -100).sum())
+            return total, correct, seen, bad
         return epoch
+
+    def _linear_probe(self) -> None:
+        """LP-FT (Kumar et al., 2022): fit the new head on frozen features before fine-tuning everything, so the
+        pretrained backbone is not distorted by gradients from a random head. One backbone pass, then a few
+        cheap epochs on cached features with their own optimiser."""
+        ds = self._train_dataset(None)
+        feats = cached_features(self.net, ds, self.device, views=1, eval_preset=self.eval_preset,
+                                train_preset=self.train_preset, amp=self.cuda)[0]
+        labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
+        labels[list(ds.bad)] = -100
+        x_all = torch.from_numpy(feats)
+        head = self.net.head
+        opt = torch.optim.AdamW(self.net.head.parameters(), lr=3e-3, weight_decay=self.c["weight_decay"])
+        bs, g = self.c["batch_size"], torch.Generator().manual_seed(self.c["seed"] + self.rank)
+        for _ in range(self.c["probe_epochs"]):
+            order = torch.randperm(len(labels), generator=g)
+            for s in range(0, len(order), bs):
+                idx = order[s:s + bs]
+                loss = self.loss_fn(head(self.net.dropout(x_all[idx].to(self.device))), labels[idx].to(self.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self._average_grads(head)  # by hand: no second DDP wrapper around the head
+                opt.step()
+        self.net.train()
+        if self.rank == 0:
+            print(f"[train] linear probe: head fitted on frozen features for {self.c['probe_epochs']} epochs "
+                  f"before fine-tuning", flush=True)
+
+    def _average_grads(self, module) -> None:
+        if self.world > 1:
+            for p in module.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
 
     def _check_bad(self, bad: int, n: int) -> None:
         """A few bad photos are skipped; a dataset that is mostly unreadable is an error, not a silent run."""
@@ -256,6 +300,7 @@ class Worker:
             self.optimizer.load_state_dict(optim["optimizer"])
             self.scheduler.load_state_dict(optim["scheduler"])
         self.state = state
+        self.state.resumed_after = (state.resumed_after or []) + [state.epoch]
         if self.rank == 0:
             print(f"[train] resumed from checkpoint after epoch {state.epoch}", flush=True)
 

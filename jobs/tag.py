@@ -53,6 +53,7 @@ class TagConfig:
     run_id: str | None = None
     rows_per_file: int = 250_000
     max_pixels: int = 64_000_000
+    ray_address: str | None = None
 
     def check(self) -> None:
         if bool(self.input) == bool(self.manifest):
@@ -159,7 +160,9 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     import ray
     from ray.data import ActorPoolStrategy
 
-    _init_ray()
+    from jobs._ray import init_ray
+
+    init_ray(cfg.ray_address)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
@@ -185,15 +188,6 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         udf_modifying_row_count=False,
     )
     ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd")
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        from jobs.train import _forwarded_env
-
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": _forwarded_env()})
 
 
 class TagActor:
@@ -289,6 +283,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", default=None, help="run id (default: time + random suffix)")
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="minimum rows per Parquet file")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse photos larger than this")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)")
 
 
 def config_from_args(ns: argparse.Namespace) -> TagConfig:

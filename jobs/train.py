@@ -25,6 +25,7 @@ import numpy as np
 
 from landmark_core import storage
 from landmark_core.abstention import METHODS
+from jobs._ray import init_ray
 from landmark_core.models import KNOWN_MODELS, check_model_name
 
 
@@ -54,6 +55,7 @@ class TrainConfig:
     patience: int = 3
     image_size: int = 224
     feature_views: int = 4  # frozen backbone: eval crop + augmented crops, computed once
+    probe_epochs: int = 20  # fine-tuning a pretrained backbone: head fitted on frozen features first (LP-FT)
     val_fraction: float = 0.15
     seed: int = 0
     storage: str = "out/ray_results"
@@ -69,6 +71,7 @@ class TrainConfig:
     loader_workers: int | None = None
     cache_mb: int = 1024
     report: bool = True
+    ray_address: str | None = None
 
     def check(self) -> None:
         """Every argument checked before any cluster work; each error names its flag."""
@@ -96,6 +99,8 @@ class TrainConfig:
             raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
         if self.model == "scratch" and self.freeze_backbone:
             raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
+        if self.probe_epochs < 0:
+            raise ConfigError(f"--probe-epochs must be >= 0, got {self.probe_epochs}")
         if self.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         for flag, uri in (("--data", self.data), ("--output", self.output), ("--storage", self.storage),
@@ -147,9 +152,7 @@ def run(cfg: TrainConfig) -> dict:
     print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else "")
           + (f", negatives {len(negatives)}" if negatives else ""), flush=True)
 
-    import ray
-
-    _init_ray()
+    init_ray(cfg.ray_address)
     trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
     print(f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
           f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
@@ -177,23 +180,6 @@ def _coords_beside(data: str) -> dict | None:
         if p.is_file():
             return load_coords(p)
     return None
-
-
-def _init_ray() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        # Inside `ray job submit` RAY_ADDRESS points at the cluster; otherwise start a local one.
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True,
-                 runtime_env={"env_vars": _forwarded_env()})
-
-
-def _forwarded_env() -> dict:
-    """Workers need the S3 credentials the driver has (never logged); only these standard variables."""
-    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # our per-epoch line once, not twice
-    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-             "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
-    return {**env, **{n: os.environ[n] for n in names if n in os.environ}}
 
 
 def _run_name(cfg: TrainConfig) -> str:
@@ -277,6 +263,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--feature-views", type=int, default=d.feature_views,
                    help="frozen backbone: cached views per photo (1 = centre crop only)")
+    p.add_argument("--probe-epochs", type=int, default=d.probe_epochs,
+                   help="fine-tuning: head-only epochs on frozen features first (0 = off)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="when the data has no val/")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--storage", default=d.storage, help="Ray Train checkpoint storage (path or s3://)")
@@ -293,6 +281,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loader-workers", type=int, default=None, help="DataLoader processes per worker")
     p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="decoded-photo cache per worker")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the report PNGs")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray; "
+                        "'auto' joins a cluster started with `ray start` on this machine)")
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:

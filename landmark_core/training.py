@@ -169,6 +169,7 @@ class TrainState:
     bad_epochs: int = 0
     stopped_early: bool = False
     history: list | None = None
+    resumed_after: list | None = None  # epochs after which a restarted worker group resumed
 
     def to_json(self) -> dict:
         d = dict(self.__dict__)

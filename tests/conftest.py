@@ -145,3 +145,33 @@ def bad_corpus(tmp_path_factory):
 
     dest = tmp_path_factory.mktemp("bad_corpus")
     return dest, write_bad_corpus(dest)
+
+
+# ---------------------------------------------------------------------------
+# Ray and job fixtures (real local Ray, as the jobs use it)
+#
+#   ray_local      session-scoped: ray.init(address="local", num_cpus=2), shut down at the end.
+#                  The jobs' init_ray() sees it initialised and uses it.
+#   train_data     session-scoped synthetic class-folder dataset for training tests:
+#                  4 classes, 16 train / 6 test per class, ~160x120 JPEGs (+ coords.json).
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    from landmark_core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("train_data")
+    info = generate_dataset(root, n_classes=4, train_per_class=16, test_per_class=6, image_size=(160, 120), seed=3)
+    return {"root": str(root), **info}

@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both set themselves up from nothing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup demo test test-fast clean bench
+
+setup: $(STAMP)
+
+# torch/torchvision: this machine's pip takes 2.14.1 / 0.29.1 from local disk; elsewhere pip resolves the ranges.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/landmark demo $(DEMO_ARGS)
+
+test: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(VENV)/bin/landmark bench tag --images ../shared/data/real/porto-fullres --model out/demo/model
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,376 @@
+"""`landmark report`: one self-contained HTML page about a tags location (committed runs, latest per photo).
+
+    DIR/report.html     inline CSS, no scripts, no external resources
+    DIR/landmarks.png   photos per landmark
+    DIR/scores.png      top-1 score histogram split by status
+    DIR/map.png         where the tagged photos' landmarks are (lon/lat, plain axes, no basemap)
+    DIR/thumbs/*.jpg    ~160 px thumbnails (at most --thumbs photos)
+    DIR/model/*.png     the training report PNGs, copied when --model DIR is given
+
+Every string that comes from the data (uris, errors, names, ids) is HTML-escaped. No Ray here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from landmark_core import storage, tagstore
+
+STATUS_COLOURS = {"tagged": "#2e7d32", "no_landmark": "#b26a00", "failed": "#c62828"}
+REPORT_COLUMNS = ["uri", "status", "error", "landmark", "score", "lat", "lon", "tags", "model_id", "run_id",
+                  "tagged_at"]
+MODEL_PNGS = ("curves.png", "confusion.png", "reliability.png")
+MODEL_METRICS = ("model_id", "model", "epochs", "val_top1", "test_top1", "test_top5", "test_ece", "open_auroc",
+                 "open_reject_at_95", "abstain_method", "abstain_threshold", "n_train", "n_val", "n_test")
+THUMB_PX = 160
+DEFAULT_THUMBS = 200
+TOP_TAGS = 3
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{margin:0 0 4px 0;font-size:24px} h2{margin:28px 0 10px 0;font-size:18px;border-bottom:1px solid #ddd}
+.muted{color:#666;font-size:13px} code{font-size:12px}
+.stats{display:flex;gap:12px;flex-wrap:wrap;margin:14px 0}
+.stat{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 14px;min-width:90px}
+.stat b{display:block;font-size:22px}
+.badge{display:inline-block;padding:1px 7px;border-radius:9px;color:#fff;font-size:11px;font-weight:600}
+.b-tagged{background:#2e7d32} .b-no_landmark{background:#b26a00} .b-failed{background:#c62828}
+.b-other{background:#555}
+.charts{display:flex;gap:16px;flex-wrap:wrap} .charts img{max-width:100%;background:#fff;border:1px solid #ddd}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:12px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px;overflow:hidden}
+.card.failed{border-color:#c62828}
+.thumb{width:100%;height:130px;object-fit:cover;border-radius:4px;display:block;background:#eee}
+.err{height:130px;overflow:auto;background:#fdecea;color:#8a1c1c;font-size:12px;padding:6px;border-radius:4px;
+     box-sizing:border-box;word-break:break-word}
+.uri{font-size:11px;color:#555;word-break:break-all;margin:6px 0 4px 0}
+ul.tags{list-style:none;margin:4px 0 0 0;padding:0;font-size:12px} ul.tags li{display:flex;justify-content:space-between}
+table.kv{border-collapse:collapse;font-size:13px;background:#fff}
+table.kv td,table.kv th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+"""
+
+
+def esc(v) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+# ------------------------------------------------------------------------------------------------ charts
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure  # the OO API: no pyplot state, no display, Agg canvas
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777")
+
+
+def landmarks_png(rows: list[dict], path: Path, top: int = 30) -> None:
+    counts = Counter(r["landmark"] for r in rows if r.get("landmark") is not None)
+    items = counts.most_common(top)
+    fig = _figure(7, max(2.5, 0.28 * len(items) + 1.2))
+    ax = fig.add_subplot()
+    if items:
+        names = [n for n, _ in items][::-1]
+        ax.barh(names, [c for _, c in items][::-1], color=STATUS_COLOURS["tagged"])
+        ax.set_xlabel("photos")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.set_yticks([])
+        _no_data(ax, "no tagged photos")
+    more = f" (top {top} of {len(counts)})" if len(counts) > top else ""
+    ax.set_title("photos per landmark" + more)
+    fig.savefig(path, format="png")
+
+
+def scores_png(rows: list[dict], path: Path) -> None:
+    fig = _figure(7, 3.2)
+    ax = fig.add_subplot()
+    bins = [i / 20 for i in range(21)]
+    any_score = False
+    for status in tagstore.STATUSES:
+        scores = [float(r["score"]) for r in rows if r.get("status") == status and r.get("score") is not None
+                  and not math.isnan(r["score"])]
+        if scores:
+            any_score = True
+            ax.hist(scores, bins=bins, alpha=0.65, color=STATUS_COLOURS[status], label=f"{status} ({len(scores)})")
+    if any_score:
+        ax.legend(fontsize=8)
+    else:
+        _no_data(ax, "no scores")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1 score")
+    ax.set_ylabel("photos")
+    ax.set_title("top-1 score by status")
+    fig.savefig(path, format="png")
+
+
+def map_png(rows: list[dict], path: Path) -> None:
+    fig = _figure(8, 4.3)
+    ax = fig.add_subplot()
+    points = Counter((r["lon"], r["lat"], r.get("landmark")) for r in rows
+                     if r.get("status") == "tagged" and r.get("lat") is not None and r.get("lon") is not None
+                     and not (math.isnan(r["lat"]) or math.isnan(r["lon"])))
+    if points:
+        xs, ys, sizes = zip(*((x, y, 18 + 10 * math.sqrt(n)) for (x, y, _), n in points.items()))
+        ax.scatter(xs, ys, s=sizes, color=STATUS_COLOURS["tagged"], alpha=0.7, edgecolors="white", linewidths=0.5)
+        for (x, y, name), n in sorted(points.items(), key=lambda kv: -kv[1])[:12]:
+            if name:
+                ax.annotate(f"{name} ({n})", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    else:
+        _no_data(ax, "no tagged photos with a location")
+    ax.set_xlim(-180, 180)
+    ax.set_ylim(-90, 90)
+    ax.set_xticks(range(-180, 181, 60))
+    ax.set_yticks(range(-90, 91, 30))
+    ax.set_aspect("equal")
+    ax.grid(True, color="#ddd", linewidth=0.6)
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title("landmark locations of tagged photos")
+    fig.savefig(path, format="png")
+
+
+# -------------------------------------------------------------------------------------------- thumbnails
+
+
+def make_thumb(uri: str, dest: Path, opts: storage.S3Options) -> str | None:
+    """Write a JPEG thumbnail of ``uri`` to ``dest``; the reason as a string when it cannot."""
+    from landmark_core.preprocess import decode_image
+
+    try:
+        decoded = decode_image(storage.read_bytes(uri, opts), draft_to=THUMB_PX)
+        im = decoded.image
+        im.thumbnail((THUMB_PX, THUMB_PX))
+        im.save(dest, format="JPEG", quality=80)
+        return None
+    except Exception as e:  # missing since tagged, unreadable, ...: the card says so instead of failing the report
+        return storage.redact(f"{type(e).__name__}: {e}")[:300]
+
+
+def _thumbs(rows: list[dict], thumbs_dir: Path, opts: storage.S3Options) -> list[str | None]:
+    thumbs_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, r) for i, r in enumerate(rows) if r.get("status") != "failed"]
+    problems: list[str | None] = [None] * len(rows)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for (i, _), problem in zip(jobs, pool.map(
+                lambda ir: make_thumb(ir[1]["uri"], thumbs_dir / f"{ir[0]:05d}.jpg", opts), jobs)):
+            problems[i] = problem
+    return problems
+
+
+# ------------------------------------------------------------------------------------------------- HTML
+
+
+def _badge(status) -> str:
+    cls = f"b-{status}" if status in STATUS_COLOURS else "b-other"
+    return f'<span class="badge {cls}">{esc(status)}</span>'
+
+
+def _card(i: int, r: dict, problem: str | None) -> str:
+    status = r.get("status")
+    uri = r.get("uri") or ""
+    short = uri if len(uri) <= 90 else "…" + uri[-89:]
+    if status == "failed":
+        picture = f'<div class="err">{esc(r.get("error") or "failed (no error recorded)")}</div>'
+    elif problem:
+        picture = f'<div class="err">thumbnail unavailable: {esc(problem)}</div>'
+    else:
+        picture = f'<img class="thumb" src="thumbs/{i:05d}.jpg" alt="{esc(uri)}" loading="lazy">'
+    tags = r.get("tags") or []
+    items = "".join(f"<li><span>{esc(t.get('name'))}</span><span>{_score(t.get('score'))}</span></li>"
+                    for t in tags[:TOP_TAGS])
+    tag_list = f'<ul class="tags">{items}</ul>' if items else ""
+    return (f'<div class="card {esc(status)}">{picture}<div class="uri" title="{esc(uri)}">{esc(short)}</div>'
+            f"{_badge(status)}{tag_list}</div>")
+
+
+def _score(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.2f}"
+
+
+def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
+    parts = [f'<h2>Model</h2><p class="muted">from <code>{esc(model_dir)}</code></p>']
+    try:
+        metrics = json.loads(storage.read_bytes(storage.join(model_dir, "metrics.json"), opts))
+    except Exception as e:
+        metrics = None
+        parts.append(f'<p class="muted">metrics.json unavailable: {esc(type(e).__name__)}</p>')
+    if isinstance(metrics, dict):
+        rows = []
+        for k in MODEL_METRICS:
+            if k in metrics:
+                v = metrics[k]
+                v = f"{v:.4f}" if isinstance(v, float) else v
+                rows.append(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>")
+        if rows:
+            parts.append(f'<table class="kv">{"".join(rows)}</table>')
+    imgs = []
+    (out / "model").mkdir(exist_ok=True)
+    for name in MODEL_PNGS:
+        try:
+            data = storage.read_bytes(storage.join(model_dir, "report", name), opts)
+        except Exception:
+            continue
+        (out / "model" / name).write_bytes(data)
+        imgs.append(f'<a href="model/{name}"><img src="model/{name}" alt="{name}" style="max-width:520px"></a>')
+    if imgs:
+        parts.append(f'<div class="charts">{"".join(imgs)}</div>')
+    else:
+        parts.append('<p class="muted">no training report PNGs found under report/</p>')
+    return "".join(parts)
+
+
+def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
+                 opts: storage.S3Options = storage.S3Options(), thumbs: int = DEFAULT_THUMBS,
+                 runs: list[tagstore.RunInfo] | None = None, tags_uri: str | None = None) -> Path:
+    """Write ``out_dir/report.html`` (plus its PNGs and thumbnails) for ``table`` (rows of TAGS_SCHEMA).
+
+    ``runs``: the committed runs (for the header's run count and run list; default: the run_ids in
+    ``table``). ``thumbs``: at most this many photo cards. Returns the path of report.html.
+    """
+    missing = [c for c in ("uri", "status") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"write_report needs the column(s) {', '.join(missing)}")
+    if thumbs < 0:
+        raise ValueError(f"thumbs must be >= 0, got {thumbs}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = table.select([c for c in REPORT_COLUMNS if c in table.column_names])
+    if table.num_rows > 1:
+        table = table.sort_by([("uri", "ascending")])
+    rows = table.to_pylist()
+
+    landmarks_png(rows, out / "landmarks.png")
+    scores_png(rows, out / "scores.png")
+    map_png(rows, out / "map.png")
+    shown = rows[:thumbs]
+    problems = _thumbs(shown, out / "thumbs", opts)
+
+    by_status = Counter(r.get("status") for r in rows)
+    stats = [f'<div class="stat"><b>{len(rows)}</b>photos</div>']
+    for s in tagstore.STATUSES + tuple(sorted(k for k in by_status if k not in tagstore.STATUSES and k)):
+        stats.append(f'<div class="stat"><b>{by_status.get(s, 0)}</b>{_badge(s)}</div>')
+    run_ids = sorted({r["run_id"] for r in rows if r.get("run_id")})
+    n_runs = len(runs) if runs is not None else len(run_ids)
+    stats.append(f'<div class="stat"><b>{n_runs}</b>committed runs</div>')
+    model_ids = sorted({r["model_id"] for r in rows if r.get("model_id")})
+    if runs:
+        model_ids = sorted(set(model_ids) | {r.success["model_id"] for r in runs if r.success.get("model_id")})
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Landmark tags report{(' — ' + esc(tags_uri)) if tags_uri else ''}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Landmark tags report</h1>",
+        f'<p class="muted">{("<code>" + esc(tags_uri) + "</code> · ") if tags_uri else ""}latest committed run '
+        f"per photo · generated {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
+        f'<div class="stats">{"".join(stats)}</div>',
+        '<p>model_id(s): ' + (", ".join(f"<code>{esc(m)}</code>" for m in model_ids) or "<i>none</i>") + "</p>",
+    ]
+    if runs:
+        trs = "".join(
+            f"<tr><td><code>{esc(r.run_id)}</code></td><td>{esc(r.dt)}</td>"
+            f"<td>{esc(r.success.get('committed_at'))}</td><td><code>{esc(r.success.get('model_id'))}</code></td>"
+            f"<td>{esc(_counts_text(r.success.get('counts')))}</td></tr>" for r in reversed(runs[-20:]))
+        parts.append('<details><summary>runs (newest first' + (", last 20" if len(runs) > 20 else "")
+                     + ')</summary><table class="kv"><tr><th>run_id</th><th>dt</th><th>committed_at</th>'
+                       f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>")
+    parts += [
+        "<h2>Charts</h2>",
+        '<div class="charts">',
+        '<img src="landmarks.png" alt="photos per landmark">',
+        '<img src="scores.png" alt="top-1 score histogram by status">',
+        '<img src="map.png" alt="landmark locations of tagged photos">',
+        "</div>",
+    ]
+    if model_dir:
+        parts.append(_model_section(model_dir, out, opts))
+    note = f" (first {len(shown)} of {len(rows)}, by uri)" if len(shown) < len(rows) else ""
+    parts.append(f"<h2>Photos{note}</h2>")
+    if shown:
+        parts.append('<div class="grid">' + "".join(_card(i, r, problems[i]) for i, r in enumerate(shown))
+                     + "</div>")
+    else:
+        parts.append('<p class="muted">no photos</p>')
+    parts.append("</body></html>\n")
+    path = out / "report.html"
+    tmp = path.with_name("report.html.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _counts_text(counts) -> str:
+    if not isinstance(counts, dict):
+        return ""
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="landmark report",
+        description="Write DIR/report.html about a tags location (committed runs, latest per photo): counts, "
+                    "charts (PNG files next to it), a thumbnail grid and, with --model, the training report.")
+    p.add_argument("--tags", required=True, metavar="URI", help="tag store root: a local path or s3://bucket/prefix")
+    p.add_argument("--out", required=True, metavar="DIR", help="local output directory (created)")
+    p.add_argument("--model", metavar="DIR",
+                   help="model artifact dir with metrics.json and report/{curves,confusion,reliability}.png")
+    p.add_argument("--thumbs", type=int, default=DEFAULT_THUMBS, metavar="N",
+                   help=f"at most N photo thumbnails (default {DEFAULT_THUMBS}; 0 = none)")
+    p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    opts = storage.S3Options(endpoint=args.s3_endpoint or None)
+    try:
+        opts.check()
+        storage.check_uri(args.tags)
+    except storage.StorageError as e:
+        parser.error(str(e) if str(e).startswith("--") else f"--tags: {e}")
+    if args.thumbs < 0:
+        parser.error(f"--thumbs must be >= 0, got {args.thumbs}")
+    if storage.is_s3(args.out):
+        parser.error("--out must be a local directory")
+    if args.model:
+        try:
+            storage.check_uri(args.model)
+        except storage.StorageError as e:
+            parser.error(f"--model: {e}")
+    try:
+        runs = tagstore.committed_runs(args.tags, opts)
+        table = tagstore.read_committed(args.tags, columns=REPORT_COLUMNS, opts=opts)
+    except (OSError, storage.StorageError) as e:
+        print(f"landmark report: cannot read {args.tags}: {storage.redact(str(e))}", file=sys.stderr)
+        return 1
+    if not runs:
+        print(f"landmark report: no committed runs under {args.tags}; writing an empty report", file=sys.stderr)
+    path = write_report(table, args.out, model_dir=args.model, opts=opts, thumbs=args.thumbs, runs=runs,
+                        tags_uri=args.tags)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

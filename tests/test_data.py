@@ -1,0 +1,136 @@
+"""Dataset layouts (class folders, GLDv2 CSV, s3://) and `landmark data fetch` against a local HTTP server."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import socket
+import threading
+import time
+import zipfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from jobs.data import FetchError, fetch_udacity, main as data_main
+from landmark_core import storage
+from landmark_core.datasets import DatasetError, load_labelled, stratified_split, Split
+from landmark_core.synthetic import generate_dataset, render_scene
+
+
+def _jpeg(seed: int = 0) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    render_scene("tower", np.random.default_rng(seed), size=(64, 48)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_class_folder_layout_with_stratified_val_split(tmp_path):
+    info = generate_dataset(tmp_path, n_classes=3, train_per_class=10, test_per_class=3, image_size=(64, 48))
+    data = load_labelled(str(tmp_path), val_fraction=0.2, seed=1)
+    assert data.catalog.folders == info["classes"]
+    assert len(data.train) + len(data.val) == 30 and len(data.test) == 9
+    assert sorted(set(data.val.labels)) == [0, 1, 2]  # every class in val
+    assert data.catalog[0].lat is None  # no coords passed
+    again = load_labelled(str(tmp_path), val_fraction=0.2, seed=1)
+    assert again.val.uris == data.val.uris  # seeded
+    assert all(Path(u).is_absolute() for u in data.train.uris)  # workers run elsewhere
+
+
+def test_val_folder_is_used_when_present(tmp_path):
+    generate_dataset(tmp_path, n_classes=2, train_per_class=4, test_per_class=2, val_per_class=2,
+                     image_size=(64, 48))
+    data = load_labelled(str(tmp_path), val_fraction=0.5)
+    assert len(data.train) == 8 and len(data.val) == 4
+
+
+def test_stratified_split_keeps_one_per_class_each_side():
+    s = Split([f"u{i}" for i in range(7)], [0, 0, 1, 1, 1, 2, 2])
+    train, val = stratified_split(s, 0.1, seed=0)
+    assert sorted(set(train.labels)) == [0, 1, 2] and sorted(set(val.labels)) == [0, 1, 2]
+
+
+def test_gldv2_csv_layout(tmp_path):
+    rows = ["id,url,landmark_id"]
+    for i, lm in enumerate(["7", "7", "7", "12", "12", "12"]):
+        img_id = f"abc{i}ef0123456789"
+        p = tmp_path / "train" / img_id[0] / img_id[1] / img_id[2] / f"{img_id}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(_jpeg(i))
+        rows.append(f"{img_id},http://example/{i},{lm}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    data = load_labelled(str(tmp_path), val_fraction=0.34)
+    assert data.layout == "gldv2" and len(data.catalog) == 2
+    assert len(data.train) + len(data.val) == 6 and len(data.val) == 2
+    assert all(Path(u).exists() for u in data.train.uris + data.val.uris)
+
+
+def test_empty_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="no images"):
+        load_labelled(str(tmp_path))
+
+
+def test_class_folders_from_s3(s3, s3_bucket, monkeypatch):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    client = s3.client()
+    for split, n in (("train", 4), ("test", 2)):
+        for cls in ("00.Tower", "01.Arch"):
+            for i in range(n):
+                client.put_object(Bucket=s3_bucket, Key=f"set/{split}/{cls}/{i}.JPG", Body=_jpeg(i))
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    data = load_labelled(f"s3://{s3_bucket}/set", val_fraction=0.25, opts=opts)
+    assert data.catalog.names == ["Tower", "Arch"] and len(data.test) == 4
+    assert len(data.train) + len(data.val) == 8
+    assert storage.read_bytes(data.test.uris[0], opts)[:2] == b"\xff\xd8"
+
+
+# ---------------------------------------------------------------- landmark data fetch
+
+
+@pytest.fixture
+def zip_server(tmp_path):
+    """A local HTTP server serving a small zip in the Udacity landmark_images/ layout."""
+    site = tmp_path / "site"
+    site.mkdir()
+    with zipfile.ZipFile(site / "landmark_images.zip", "w") as z:
+        for split in ("train", "test"):
+            for cls in ("00.Haleakala_National_Park", "01.Mount_Rainier_National_Park"):
+                for i in range(2):
+                    z.writestr(f"landmark_images/{split}/{cls}/{i}.jpg", _jpeg(i))
+    (site / "not_a_zip.zip").write_bytes(b"<html>error page</html>")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_fetch_downloads_and_unpacks(zip_server, tmp_path, capsys):
+    assert data_main(["fetch", "udacity", "--dest", str(tmp_path / "d"),
+                      "--url", f"{zip_server}/landmark_images.zip"]) == 0
+    root = tmp_path / "d" / "landmark_images"
+    assert len(list((root / "train").rglob("*.jpg"))) == 4
+    data = load_labelled(str(root))
+    assert data.catalog.names == ["Haleakala National Park", "Mount Rainier National Park"]
+    assert "landmark train --data" in capsys.readouterr().out
+
+
+def test_fetch_refuses_a_non_zip(zip_server, tmp_path):
+    with pytest.raises(FetchError, match="not a zip"):
+        fetch_udacity(tmp_path / "d", url=f"{zip_server}/not_a_zip.zip")
+
+
+def test_fetch_offline_fails_fast_with_a_clear_message(tmp_path, capsys):
+    with socket.socket() as s:  # a port nobody listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    code = data_main(["fetch", "udacity", "--dest", str(tmp_path / "d"), "--url",
+                      f"http://127.0.0.1:{port}/landmark_images.zip", "--timeout", "5"])
+    assert code == 1 and time.time() - t0 < 10
+    err = capsys.readouterr().err
+    assert "offline" in err and "landmark_images" in err
+    assert not list((tmp_path / "d").glob("*.part"))

@@ -1,0 +1,552 @@
+"""`landmark query` and its Python API against tag stores built by hand (pyarrow only, no Ray)."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import query as q
+from landmark_core import tagstore
+from landmark_core.catalog import haversine_km
+
+EIFFEL = ("Eiffel Tower", 48.8584, 2.2945)
+BIG_BEN = ("Big Ben", 51.5007, -0.1246)
+OPERA = ("Sydney Opera House", -33.8568, 151.2153)
+GOLDEN_GATE = ("Golden Gate Bridge", 37.8199, -122.4783)
+FIJI = ("Fiji Reef", -17.0, 179.95)  # just west of the antimeridian
+
+
+# ------------------------------------------------------------------------------------------ store builders
+
+
+def tag_row(uri: str, run_id: str, *, status: str = "tagged", place=None, score: float | None = None,
+            error: str | None = None, tagged_at: datetime, model_id: str = "lm-aaaa") -> dict:
+    name, lat, lon = place if place else (None, None, None)
+    if status == "failed":
+        tags = None
+    else:
+        tags = [{"name": name or "Big Ben", "score": score, "lat": lat, "lon": lon},
+                {"name": "Other Place", "score": 0.01, "lat": 1.0, "lon": 2.0}]
+    return {
+        "uri": uri, "size_bytes": 1234, "etag": "e-" + uri[-5:], "sha256": None, "status": status, "error": error,
+        "width": None if status == "failed" else 320, "height": None if status == "failed" else 240,
+        "exif_lat": None, "exif_lon": None, "exif_time": datetime(2026, 7, 1, 12, 0, 0),
+        "landmark": name if status == "tagged" else None, "score": score,
+        "lat": lat if status == "tagged" else None, "lon": lon if status == "tagged" else None,
+        "tags": tags, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at,
+    }
+
+
+def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
+              model_id: str = "lm-aaaa", **write_kw) -> Path:
+    """One run directory; ``committed_at=None`` leaves it uncommitted (no _SUCCESS)."""
+    d = root / f"dt={dt}" / f"run={run_id}"
+    d.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), d / "part-0.parquet", **write_kw)
+    if committed_at is not None:
+        counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
+        (d / tagstore.SUCCESS).write_text(json.dumps({
+            "run_id": run_id, "committed_at": committed_at, "model_id": model_id,
+            "counts": {**counts, "total": len(rows)}, "rows": len(rows), "files": ["part-0.parquet"],
+            "config": {}, "timings": {}}))
+    return d
+
+
+T1 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
+T2 = datetime(2026, 11, 22, 6, 0, tzinfo=timezone.utc)
+T3 = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    root = tmp_path / "tags"
+    write_run(root, "2026-11-20", "r1", [
+        tag_row("photos/a.jpg", "r1", place=EIFFEL, score=0.95, tagged_at=T1),
+        # re-tagged by r2 as no_landmark: this old row matches --landmark 'big ben', --status tagged and
+        # --min-score 0.8, and must never come back
+        tag_row("photos/b.jpg", "r1", place=BIG_BEN, score=0.9, tagged_at=T1),
+        tag_row("photos/c.jpg", "r1", status="failed", error="decode: truncated JPEG", tagged_at=T1),
+        tag_row("photos/d.jpg", "r1", place=OPERA, score=0.7, tagged_at=T1),
+    ], committed_at="2026-11-20T06:30:00+00:00")
+    write_run(root, "2026-11-22", "r2", [
+        tag_row("photos/b.jpg", "r2", status="no_landmark", score=0.3, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row("photos/e.jpg", "r2", place=GOLDEN_GATE, score=0.85, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row("photos/f.jpg", "r2", place=EIFFEL, score=0.6, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row("photos/g.jpg", "r2", place=FIJI, score=0.8, tagged_at=T2, model_id="lm-bbbb"),
+    ], committed_at="2026-11-22T06:30:00+00:00", model_id="lm-bbbb")
+    # died (or still running): no _SUCCESS, so invisible — would re-tag a.jpg and add z.jpg
+    write_run(root, "2026-11-23", "r3", [
+        tag_row("photos/a.jpg", "r3", status="failed", error="boom", tagged_at=T3),
+        tag_row("photos/z.jpg", "r3", place=BIG_BEN, score=0.99, tagged_at=T3),
+    ], committed_at=None)
+    return str(root)
+
+
+def uris(table: pa.Table) -> list[str]:
+    return [u.rsplit("/", 1)[1] for u in table.column("uri").to_pylist()]
+
+
+def cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = q.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------------------ visibility & latest
+
+
+def test_committed_runs_only_latest_per_uri(store):
+    t = q.run(q.QueryConfig(tags=store))
+    assert t.schema == tagstore.TAGS_SCHEMA
+    assert uris(t) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]  # no z.jpg (uncommitted)
+    rows = {u: r for u, r in zip(uris(t), t.to_pylist())}
+    assert rows["a.jpg"]["status"] == "tagged" and rows["a.jpg"]["run_id"] == "r1"  # r3's 'failed' is invisible
+    assert rows["b.jpg"]["status"] == "no_landmark" and rows["b.jpg"]["run_id"] == "r2"
+
+
+@pytest.mark.parametrize("filters", [
+    {"landmark": "big ben"},
+    {"status": "tagged", "min_score": 0.8},
+    {"min_score": 0.85},
+    {"near": (51.5, -0.12), "radius_km": 10},
+    {"since": "2026-11-19", "landmark": "Big Ben"},
+])
+def test_old_row_matching_a_filter_does_not_resurface(store, filters):
+    assert "b.jpg" not in uris(q.query(store, **filters))
+
+
+def test_read_committed_latest_wins_in_this_pyarrow(store):
+    # tagstore's latest-per-uri filter (binary_join_element_wise inside the dataset filter) works here
+    t = tagstore.read_committed(store, columns=["uri", "run_id"], filter=pc.field("landmark") == "Big Ben")
+    assert t.num_rows == 0
+    t = tagstore.read_committed(store, latest_only=False, columns=["uri", "run_id"])
+    assert sorted(t.column("run_id").to_pylist()) == ["r1"] * 4 + ["r2"] * 4
+
+
+# ---------------------------------------------------------------------------------------------- filters
+
+
+def test_landmark_case_insensitive(store):
+    assert uris(q.query(store, landmark="EIFFEL tower")) == ["a.jpg", "f.jpg"]
+    assert uris(q.query(store, landmark="  eiffel tower ")) == ["a.jpg", "f.jpg"]
+    assert uris(q.query(store, landmark="eiffel")) == []  # exact name, not a substring
+
+
+def test_min_score_compares_in_float32(store):
+    # d.jpg stores 0.7 as float32 (0.69999998...): --min-score 0.7 must keep it
+    assert uris(q.query(store, min_score=0.7)) == ["a.jpg", "d.jpg", "e.jpg", "g.jpg"]
+    assert uris(q.query(store, min_score=0.0)) == ["a.jpg", "b.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]
+    assert uris(q.query(store, min_score=1.0)) == []
+
+
+@pytest.mark.parametrize("status,expected", [
+    ("tagged", ["a.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]), ("no_landmark", ["b.jpg"]), ("failed", ["c.jpg"]),
+])
+def test_status(store, status, expected):
+    assert uris(q.query(store, status=status)) == expected
+
+
+def test_near_radius(store):
+    assert uris(q.query(store, near=EIFFEL[1:], radius_km=1)) == ["a.jpg", "f.jpg"]
+    # Paris from London is ~340 km
+    assert uris(q.query(store, near=BIG_BEN[1:], radius_km=300)) == []
+    assert uris(q.query(store, near=BIG_BEN[1:], radius_km=400)) == ["a.jpg", "f.jpg"]
+
+
+def test_near_exact_distance_after_bounding_box(store):
+    # a centre whose 5 km box contains the Eiffel Tower (a box corner) but whose 5 km circle does not
+    centre = (EIFFEL[1] + 0.04, EIFFEL[2] + 0.06)
+    lat_min, lat_max, [(lo, hi)] = q.bounding_box(*centre, 5.0)
+    assert lat_min <= EIFFEL[1] <= lat_max and lo <= EIFFEL[2] <= hi
+    assert haversine_km(*centre, *EIFFEL[1:]) > 5.0
+    assert uris(q.query(store, near=centre, radius_km=5)) == []
+    assert uris(q.query(store, near=centre, radius_km=6.5)) == ["a.jpg", "f.jpg"]
+
+
+def test_near_across_the_antimeridian(store):
+    # Fiji Reef is at lon 179.95; a centre at -179.9 is ~16 km east across the date line
+    assert uris(q.query(store, near=(-17.0, -179.9), radius_km=50)) == ["g.jpg"]
+    assert uris(q.query(store, near=(-17.0, -179.9), radius_km=10)) == []
+
+
+def test_bounding_box_edges():
+    # over a pole: every longitude
+    lat_min, lat_max, ranges = q.bounding_box(89.5, 10.0, 200.0)
+    assert lat_max == 90.0 and ranges == [(-180.0, 180.0)]
+    # antimeridian: two ranges
+    _, _, ranges = q.bounding_box(0.0, 179.9, 100.0)
+    assert len(ranges) == 2 and ranges[0][1] == 180.0 and ranges[1][0] == -180.0
+    # bigger than half the earth: everything
+    assert q.bounding_box(10.0, 10.0, 30000.0) == (-90.0, 90.0, [(-180.0, 180.0)])
+    # the box is tight: a point just outside the radius due north is outside the box
+    lat_min, lat_max, [(lo, hi)] = q.bounding_box(45.0, 0.0, 111.0)
+    assert math.isclose(lat_max - 45.0, math.degrees(111.0 / q.EARTH_RADIUS_KM), rel_tol=1e-6)
+    assert haversine_km(45.0, 0.0, 45.0, hi) >= 111.0 - 1e-6  # the box's side at the centre's latitude
+
+
+def test_vectorised_haversine_matches_catalog():
+    import numpy as np
+
+    lats, lons = np.array([EIFFEL[1], OPERA[1], np.nan]), np.array([EIFFEL[2], OPERA[2], 0.0])
+    got = q.haversine_km(BIG_BEN[1], BIG_BEN[2], lats, lons)
+    assert math.isclose(got[0], haversine_km(*BIG_BEN[1:], *EIFFEL[1:]), rel_tol=1e-9)
+    assert math.isclose(got[1], haversine_km(*BIG_BEN[1:], *OPERA[1:]), rel_tol=1e-9)
+    assert math.isnan(got[2])
+
+
+@pytest.mark.parametrize("since,expected", [
+    ("2026-11-21", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+    ("2026-11-22T06:00:00Z", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # inclusive
+    ("2026-11-22T07:00:00+01:00", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # = 06:00 UTC
+    ("2026-11-22T06:00:01", []),  # naive = UTC
+    ("2026-11-01", ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+    (datetime(2026, 11, 21, tzinfo=timezone.utc), ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+])
+def test_since(store, since, expected):
+    assert uris(q.query(store, since=since)) == expected
+
+
+def test_limit_and_columns(store):
+    t = q.query(store, limit=2, columns="uri,score")
+    assert t.column_names == ["uri", "score"] and uris(t) == ["a.jpg", "b.jpg"]
+    t = q.query(store, near=EIFFEL[1:], radius_km=1, columns=["landmark"])  # lat/lon read, then dropped
+    assert t.column_names == ["landmark"] and t.column("landmark").to_pylist() == ["Eiffel Tower"] * 2
+
+
+def test_filters_combine(store):
+    t = q.query(store, status="tagged", min_score=0.65, since="2026-11-21")
+    assert uris(t) == ["e.jpg", "g.jpg"]
+
+
+# ---------------------------------------------------------------------------------------------- pushdown
+
+
+def test_filter_expression_is_a_compute_expression(store):
+    cfg = q.QueryConfig(tags=store, landmark="Big Ben", min_score=0.5, status="tagged", since="2026-11-01",
+                        near=(51.5, -0.12), radius_km=10)
+    expr = q.filter_expression(cfg)
+    assert isinstance(expr, pc.Expression)
+    text = str(expr)
+    for col in ("landmark", "score", "status", "tagged_at", "lat", "lon"):
+        assert col in text
+    assert q.filter_expression(q.QueryConfig(tags=store)) is None
+
+
+def test_run_hands_the_filter_to_read_committed(store, monkeypatch):
+    seen = {}
+    real = tagstore.read_committed
+
+    def spy(root, **kw):
+        seen.update(kw)
+        return real(root, **kw)
+
+    monkeypatch.setattr(tagstore, "read_committed", spy)
+    assert uris(q.query(store, min_score=0.9, columns="uri")) == ["a.jpg"]
+    assert isinstance(seen["filter"], pc.Expression) and "score" in str(seen["filter"])
+    assert seen["columns"] == ["uri"]
+
+
+def test_pushdown_skips_row_groups_it_rules_out(tmp_path):
+    """Corrupt the score column of a row group whose statistics say max score 0.2: a query with
+    --min-score 0.5 still works because that row group is never decoded; reading without pushdown fails."""
+    root = tmp_path / "tags"
+    rows = [tag_row(f"p/{i}.jpg", "r1", place=EIFFEL, score=s, tagged_at=T1)
+            for i, s in enumerate([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.05, 0.15])]
+    d = write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00", row_group_size=4)
+    f = d / "part-0.parquet"
+    meta = pq.ParquetFile(f).metadata
+    assert meta.num_row_groups == 2
+    chunk = meta.row_group(1).column(tagstore.TAGS_SCHEMA.get_field_index("score"))
+    assert chunk.statistics.max < 0.5
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    with open(f, "r+b") as fh:
+        fh.seek(start)
+        fh.write(b"\xff" * chunk.total_compressed_size)
+
+    assert uris(q.query(str(root), min_score=0.5)) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    with pytest.raises(OSError):  # the same query filtered after reading would have to decode the bad pages
+        tagstore.read_committed(str(root)).filter(pc.field("score") >= 0.5)
+
+
+# ----------------------------------------------------------------------------------------------- formats
+
+
+def test_table_format_default_columns(store, capsys):
+    code, out, err = cli(capsys, "--tags", store, "--landmark", "eiffel tower")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == list(q.TABLE_COLUMNS)
+    assert "photos/a.jpg" in lines[2] and "Eiffel Tower" in lines[2] and "0.950" in lines[2]
+    assert "48.8584" in lines[2] and "2.2945" in lines[2]
+    assert lines[-1] == "(2 photos)"
+
+
+def test_csv_format_all_columns_tags_as_json(store, capsys):
+    import csv
+
+    code, out, _ = cli(capsys, "--tags", store, "--format", "csv", "--status", "tagged", "--limit", "1")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == list(q.ALL_COLUMNS) and len(rows) == 1
+    r = rows[0]
+    assert r["uri"] == "photos/a.jpg" and r["score"] == "0.95" and r["error"] == ""
+    assert r["tagged_at"] == "2026-11-20T06:00:00+00:00"
+    tags = json.loads(r["tags"])
+    assert tags[0] == {"name": "Eiffel Tower", "score": 0.95, "lat": 48.8584, "lon": 2.2945}
+
+
+def test_json_format_lines(store, capsys):
+    code, out, _ = cli(capsys, "--tags", store, "--format", "json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["uri"] for r in rows] == [f"photos/{c}.jpg" for c in "abcdefg"]
+    a, c = rows[0], rows[2]
+    assert set(a) == set(q.ALL_COLUMNS)
+    assert a["tagged_at"] == "2026-11-20T06:00:00+00:00" and a["exif_time"] == "2026-07-01T12:00:00"
+    assert isinstance(a["tags"], list) and a["tags"][0]["name"] == "Eiffel Tower" and a["tags"][0]["score"] == 0.95
+    assert c["status"] == "failed" and c["tags"] is None and c["score"] is None and c["error"]
+
+
+def test_json_with_columns(store, capsys):
+    code, out, _ = cli(capsys, "--tags", store, "--format", "json", "--columns", "uri,tags", "--status", "failed")
+    assert code == 0 and [json.loads(x) for x in out.splitlines()] == [{"uri": "photos/c.jpg", "tags": None}]
+
+
+def test_parquet_to_file_and_to_a_pipe(store, capsysbinary, tmp_path):
+    out = tmp_path / "sel.parquet"
+    assert q.main(["--tags", store, "--format", "parquet", "--out", str(out), "--min-score", "0.8"]) == 0
+    t = pq.read_table(out)
+    assert t.schema == tagstore.TAGS_SCHEMA and uris(t) == ["a.jpg", "e.jpg", "g.jpg"]
+    capsysbinary.readouterr()
+    # stdout is not a terminal here (captured): binary Parquet goes to stdout
+    assert q.main(["--tags", store, "--format", "parquet", "--columns", "uri,score"]) == 0
+    data = capsysbinary.readouterr().out
+    t = pq.read_table(io.BytesIO(data))
+    assert t.column_names == ["uri", "score"] and t.num_rows == 7
+
+
+def test_parquet_refuses_a_terminal(store, monkeypatch, capsys):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdout", Tty())
+    with pytest.raises(SystemExit) as e:
+        q.main(["--tags", store, "--format", "parquet"])
+    assert e.value.code == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_out_file_for_text(store, tmp_path, capsys):
+    out = tmp_path / "x.jsonl"
+    assert q.main(["--tags", store, "--format", "json", "--out", str(out), "--status", "failed"]) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads(out.read_text())["uri"] == "photos/c.jpg"
+
+
+# ----------------------------------------------------------------------------------------------- summary
+
+
+def test_summary_table_and_json(store, capsys):
+    code, out, _ = cli(capsys, "--tags", store, "--summary")
+    assert code == 0
+    assert out.startswith("7 photos")
+    assert any(line.split() == ["tagged", "5"] for line in out.splitlines())
+    assert any(line.split() == ["Eiffel", "Tower", "2"] for line in out.splitlines())
+
+    code, out, _ = cli(capsys, "--tags", store, "--summary", "--format", "json", "--since", "2026-11-21")
+    assert code == 0
+    s = json.loads(out)
+    assert s == {"photos": 4, "by_status": {"tagged": 3, "no_landmark": 1, "failed": 0},
+                 "by_landmark": {"Eiffel Tower": 1, "Fiji Reef": 1, "Golden Gate Bridge": 1}}
+
+
+def test_summary_csv(store, capsys):
+    code, out, _ = cli(capsys, "--tags", store, "--summary", "--format", "csv", "--status", "failed")
+    assert code == 0
+    assert out.splitlines() == ["kind,name,photos", "status,tagged,0", "status,no_landmark,0", "status,failed,1"]
+
+
+def test_summarize_python(store):
+    s = q.summarize(q.query(store))
+    assert s["photos"] == 7 and s["by_status"] == {"tagged": 5, "no_landmark": 1, "failed": 1}
+    assert list(s["by_landmark"].items())[0] == ("Eiffel Tower", 2)
+    with pytest.raises(ValueError, match="status"):
+        q.summarize(q.query(store, columns="uri"))
+
+
+# ------------------------------------------------------------------------------------ no committed runs
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_no_committed_runs(tmp_path, capsys, fmt):
+    root = tmp_path / "tags"
+    write_run(root, "2026-11-23", "r9", [tag_row("p/a.jpg", "r9", place=EIFFEL, score=0.9, tagged_at=T3)],
+              committed_at=None)
+    code, out, err = cli(capsys, "--tags", str(root), "--format", fmt)
+    assert code == 0
+    assert f"no committed runs under {root}" in err
+    if fmt == "table":
+        assert out == f"no committed runs under {root}\n"
+    else:
+        assert out == ""
+
+
+def test_missing_location_is_no_committed_runs(tmp_path, capsys):
+    code, out, err = cli(capsys, "--tags", str(tmp_path / "nowhere"), "--format", "json", "--summary")
+    assert code == 0 and out == "" and "no committed runs" in err
+
+
+def test_no_match_is_not_no_runs(store, capsys):
+    code, out, err = cli(capsys, "--tags", store, "--landmark", "Atlantis")
+    assert code == 0 and err == "" and out.splitlines()[-1] == "(0 photos)"
+    code, out, err = cli(capsys, "--tags", store, "--landmark", "Atlantis", "--format", "json")
+    assert code == 0 and out == "" and err == ""
+
+
+# ------------------------------------------------------------------------------------------ bad arguments
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
+    (["--min-score", "-0.1"], "--min-score"),
+    (["--min-score", "nan"], "--min-score"),
+    (["--min-score", "high"], "--min-score"),
+    (["--status", "done"], "--status must be one of tagged, no_landmark, failed"),
+    (["--near", "48.8,2.3"], "--near requires --radius-km"),
+    (["--radius-km", "5"], "--radius-km requires --near"),
+    (["--near", "91,2", "--radius-km", "5"], "--near latitude must be in [-90, 90]"),
+    (["--near", "48,181", "--radius-km", "5"], "--near longitude must be in [-180, 180]"),
+    (["--near", "paris", "--radius-km", "5"], "--near must be LAT,LON"),
+    (["--near", "1,2,3", "--radius-km", "5"], "--near must be LAT,LON"),
+    (["--near", "48,2", "--radius-km", "0"], "--radius-km must be a number > 0"),
+    (["--near", "48,2", "--radius-km", "-3"], "--radius-km"),
+    (["--since", "yesterday"], "--since must be a date YYYY-MM-DD"),
+    (["--since", "2026-13-01"], "--since"),
+    (["--limit", "0"], "--limit must be an integer >= 1"),
+    (["--limit", "two"], "--limit"),
+    (["--columns", "uri,colour"], "--columns: unknown column(s) 'colour'"),
+    (["--columns", ","], "--columns must name at least one column"),
+    (["--format", "xml"], "--format"),
+    (["--format", "parquet", "--summary", "--out", "x.parquet"], "--summary"),
+    (["--summary", "--columns", "uri"], "--columns and --summary"),
+    (["--landmark", " "], "--landmark must not be empty"),
+    (["--s3-endpoint", "localhost:9000"], "--s3-endpoint must look like http(s)://host[:port]"),
+])
+def test_bad_arguments_exit_2_naming_the_flag(store, capsys, argv, flag):
+    with pytest.raises(SystemExit) as e:
+        q.main(["--tags", store, *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err, err
+
+
+@pytest.mark.parametrize("tags,flag", [("ftp://host/tags", "--tags"), ("s3://Bad_Bucket/tags", "--tags")])
+def test_bad_tags_uri(capsys, tags, flag):
+    with pytest.raises(SystemExit) as e:
+        q.main(["--tags", tags])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_tags_is_required(capsys):
+    with pytest.raises(SystemExit) as e:
+        q.main([])
+    assert e.value.code == 2 and "--tags" in capsys.readouterr().err
+
+
+def test_negative_latitude_after_near(store, capsys):
+    code, out, _ = cli(capsys, "--tags", store, "--near", "-33.86,151.21", "--radius-km", "5", "--format", "csv",
+                       "--columns", "uri")
+    assert code == 0 and out.splitlines() == ["uri", "photos/d.jpg"]
+
+
+def test_python_api_validates_before_reading(store, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("read before validation")
+
+    monkeypatch.setattr(tagstore, "read_committed", boom)
+    with pytest.raises(q.QueryError, match=r"--min-score must be in \[0, 1\]"):
+        q.query(store, min_score=2)
+    with pytest.raises(q.QueryError, match="--near requires --radius-km"):
+        q.query(store, near=(1, 2))
+    with pytest.raises(q.QueryError, match="--limit"):
+        q.query(store, limit=1.5)
+    with pytest.raises(TypeError):
+        q.query(store, colour="red")
+    cfg = q.QueryConfig(tags=store, status="tagged")
+    with pytest.raises(Exception):
+        cfg.status = "failed"  # frozen
+
+
+def test_landmark_command_dispatches_to_query(store, capsys):
+    from jobs import cli as landmark_cli
+
+    assert landmark_cli.main(["query", "--tags", store, "--status", "failed", "--format", "csv",
+                              "--columns", "uri,error"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["uri,error", "photos/c.jpg,decode: truncated JPEG"]
+
+
+def _is_module(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # "pkg.module.attr"
+        return False
+
+
+def test_no_ray_import():
+    """jobs.query and jobs.report, and every project module they import (transitively), never import Ray."""
+    import ast
+    import importlib.util
+
+    seen, todo = set(), ["jobs.query", "jobs.report"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(Path(importlib.util.find_spec(name).origin).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: resolve against this module's package
+                    pkg = name.rsplit(".", node.level)[0]
+                    base = f"{pkg}.{base}" if base else pkg
+                mods = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for m in mods:
+                assert m.split(".")[0] != "ray", f"{name} imports {m}"
+                if m.split(".")[0] in ("jobs", "landmark_core") and _is_module(m):
+                    todo.append(m)
+    assert "landmark_core.tagstore" in seen and "landmark_core.preprocess" in seen
+
+
+# -------------------------------------------------------------------------------------------------------- S3
+
+
+def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
+    """The same store uploaded to a real S3 server, read with --s3-endpoint and credentials from the env."""
+    client = s3.client()
+    for p in Path(store).rglob("*"):
+        if p.is_file():
+            client.put_object(Bucket=s3_bucket, Key=f"tags/{p.relative_to(store).as_posix()}", Body=p.read_bytes())
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    code, out, _ = cli(capsys, "--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint,
+                       "--format", "csv", "--columns", "uri,status", "--min-score", "0.3")
+    assert code == 0
+    assert out.splitlines() == ["uri,status", "photos/a.jpg,tagged", "photos/b.jpg,no_landmark",
+                                "photos/d.jpg,tagged", "photos/e.jpg,tagged", "photos/f.jpg,tagged",
+                                "photos/g.jpg,tagged"]

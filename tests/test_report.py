@@ -1,0 +1,231 @@
+"""`landmark report`: the HTML report over a hand-built tag store with real JPEG photos (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from jobs import report as rep
+from landmark_core import tagstore
+from landmark_core.synthetic import render_scene
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T1 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
+T2 = datetime(2026, 11, 22, 6, 0, tzinfo=timezone.utc)
+PLACES = {"tower": ("Eiffel Tower", 48.8584, 2.2945), "bridge": ("Golden Gate Bridge", 37.8199, -122.4783),
+          "dome": ("St Peter's Basilica", 41.9022, 12.4539)}
+EVIL = '<script>alert("x")</script>&'
+
+
+def tag_row(uri: str, run_id: str, *, status: str, place=None, score=None, error=None, tagged_at=T1,
+            model_id="lm-aaaa") -> dict:
+    name, lat, lon = place if place else (None, None, None)
+    tags = None if status == "failed" else [
+        {"name": name or "Eiffel Tower", "score": score, "lat": lat, "lon": lon},
+        {"name": "Big Ben", "score": 0.02, "lat": 51.5007, "lon": -0.1246}]
+    return {"uri": uri, "size_bytes": 1, "etag": None, "sha256": None, "status": status, "error": error,
+            "width": 320, "height": 240, "exif_lat": None, "exif_lon": None, "exif_time": None,
+            "landmark": name if status == "tagged" else None, "score": score,
+            "lat": lat if status == "tagged" else None, "lon": lon if status == "tagged" else None,
+            "tags": tags, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at}
+
+
+def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
+              model_id: str) -> None:
+    d = root / f"dt={dt}" / f"run={run_id}"
+    d.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), d / "part-0.parquet")
+    if committed_at:
+        counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
+        (d / tagstore.SUCCESS).write_text(json.dumps({
+            "run_id": run_id, "committed_at": committed_at, "model_id": model_id,
+            "counts": {**counts, "total": len(rows)}, "rows": len(rows), "files": ["part-0.parquet"],
+            "config": {}, "timings": {}}))
+
+
+def save_photo(path: Path, shape: str | None, seed: int) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    render_scene(shape, np.random.default_rng(seed)).save(path, format="JPEG", quality=85)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Photos and a tag store, built once for this module (tests write their reports elsewhere)."""
+    tmp_path = tmp_path_factory.mktemp("report-store")
+    photos = tmp_path / "photos"
+    tower = save_photo(photos / "tower.jpg", "tower", 0)
+    bridge = save_photo(photos / "bridge.jpg", "bridge", 1)
+    dome = save_photo(photos / "dome.jpg", "dome", 2)
+    plain = save_photo(photos / "plain.jpg", None, 3)
+    evil = save_photo(photos / f"{EVIL}.jpg", "tower", 4)  # a file name that must be escaped in the HTML
+    root = tmp_path / "tags"
+    write_run(root, "2026-11-20", "r1", [
+        tag_row(tower, "r1", status="tagged", place=PLACES["tower"], score=0.93),
+        tag_row(bridge, "r1", status="tagged", place=PLACES["tower"], score=0.55),  # re-tagged by r2
+        tag_row(plain, "r1", status="no_landmark", score=0.21),
+    ], committed_at="2026-11-20T06:30:00+00:00", model_id="lm-aaaa")
+    write_run(root, "2026-11-22", "r2", [
+        tag_row(bridge, "r2", status="tagged", place=PLACES["bridge"], score=0.88, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row(dome, "r2", status="tagged", place=PLACES["dome"], score=0.76, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row(evil, "r2", status="tagged", place=PLACES["tower"], score=0.81, tagged_at=T2, model_id="lm-bbbb"),
+        tag_row(str(photos / "gone.jpg"), "r2", status="failed", error=f"decode: truncated {EVIL}", tagged_at=T2,
+                model_id="lm-bbbb"),
+    ], committed_at="2026-11-22T06:30:00+00:00", model_id="lm-bbbb")
+    write_run(root, "2026-11-23", "r3", [  # uncommitted: invisible
+        tag_row(tower, "r3", status="failed", error="never shown", tagged_at=T2)], committed_at=None,
+        model_id="lm-cccc")
+    return {"root": str(root)}
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    (d / "report").mkdir(parents=True)
+    for name in rep.MODEL_PNGS:
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(d / "report" / name)
+    (d / "metrics.json").write_text(json.dumps({"model_id": "lm-bbbb", "model": "efficientnet_lite0",
+                                                "test_top1": 0.9321, "epochs": 8, "secret_stuff": "no"}))
+    return d
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file() and path.read_bytes()[:8] == PNG_MAGIC, path
+    with Image.open(path) as im:
+        im.verify()
+
+
+def test_write_report(store, model_dir, tmp_path):
+    table = tagstore.read_committed(store["root"])
+    out = tmp_path / "report"
+    path = rep.write_report(table, out, model_dir=str(model_dir), runs=tagstore.committed_runs(store["root"]),
+                            tags_uri=store["root"])
+    assert path == out / "report.html" and path.is_file()
+    page = path.read_text(encoding="utf-8")
+
+    # one thumbnail <img> per photo that is not failed; the failed row shows its (escaped) error instead
+    thumbs = re.findall(r'<img class="thumb" src="(thumbs/\d+\.jpg)"', page)
+    non_failed = [r for r in table.to_pylist() if r["status"] != "failed"]
+    assert len(thumbs) == len(non_failed) == 5
+    for src in thumbs:
+        with Image.open(out / src) as im:
+            assert im.format == "JPEG" and max(im.size) <= rep.THUMB_PX and min(im.size) > 50
+    assert page.count('class="card ') == table.num_rows == 6
+    assert "decode: truncated &lt;script&gt;" in page
+
+    # everything from the data is escaped: no live <script> anywhere
+    assert "<script" not in page.lower()
+    assert html_escaped(EVIL) in page
+
+    # header: counts by status, runs, model ids; the uncommitted run is nowhere
+    assert re.search(r"<b>4</b><span class=\"badge b-tagged\">tagged</span>", page)
+    assert re.search(r"<b>1</b><span class=\"badge b-no_landmark\">no_landmark</span>", page)
+    assert re.search(r"<b>1</b><span class=\"badge b-failed\">failed</span>", page)
+    assert "<b>2</b>committed runs" in page
+    assert "lm-aaaa" in page and "lm-bbbb" in page and "lm-cccc" not in page and "never shown" not in page
+    # the latest run wins: bridge.jpg shows r2's Golden Gate Bridge, not r1's Eiffel Tower
+    bridge_card = next(c for c in page.split('<div class="card ') if "bridge.jpg" in c)
+    assert "Golden Gate Bridge" in bridge_card and "0.88" in bridge_card
+
+    # charts and the model's PNGs
+    for name in ("landmarks.png", "scores.png", "map.png"):
+        assert_png(out / name)
+        assert f'src="{name}"' in page
+    for name in rep.MODEL_PNGS:
+        assert_png(out / "model" / name)
+        assert f'src="model/{name}"' in page
+    assert "0.9321" in page and "efficientnet_lite0" in page and "secret_stuff" not in page
+    # self-contained: inline CSS, no external resources
+    assert "<style>" in page and "http://" not in page and "https://" not in page
+
+
+def html_escaped(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def test_thumbs_limit_and_missing_photo(store, tmp_path):
+    table = tagstore.read_committed(store["root"])
+    # a photo deleted since it was tagged (sorts first by uri): its card says so, the report is still written
+    gone = tag_row(str(tmp_path / "aaa-deleted.jpg"), "r2", status="tagged", place=PLACES["dome"], score=0.9)
+    table = pa.concat_tables([table, pa.Table.from_pylist([gone], schema=tagstore.TAGS_SCHEMA)])
+    out = tmp_path / "small"
+    page = rep.write_report(table, out, thumbs=2).read_text()
+    assert page.count('class="card ') == 2 and "first 2 of 7" in page
+    assert len(list((out / "thumbs").glob("*.jpg"))) == 1
+    assert "<b>7</b>photos" in page  # the header still counts every photo
+    first = page.split('<div class="card ')[1]
+    assert "aaa-deleted.jpg" in first and "thumbnail unavailable" in first and "FileNotFoundError" in first
+
+
+def test_empty_table_still_writes_a_report(tmp_path):
+    out = tmp_path / "empty"
+    page = rep.write_report(tagstore.TAGS_SCHEMA.empty_table(), out).read_text()
+    assert "no photos" in page and "<b>0</b>photos" in page
+    for name in ("landmarks.png", "scores.png", "map.png"):
+        assert_png(out / name)
+
+
+def test_report_cli_via_landmark_command(store, model_dir, capsys, tmp_path):
+    from jobs import cli as landmark_cli
+
+    out = tmp_path / "cli"
+    assert landmark_cli.main(["report", "--tags", store["root"], "--out", str(out), "--model", str(model_dir),
+                              "--thumbs", "3"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    page = (out / "report.html").read_text()
+    assert page.count('class="card ') == 3 and 'src="model/curves.png"' in page
+    assert "<b>2</b>committed runs" in page and "r2" in page  # the runs table
+
+
+def test_report_cli_no_committed_runs(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert rep.main(["--tags", str(tmp_path / "nowhere"), "--out", str(out), "--thumbs", "0"]) == 0
+    assert "no committed runs" in capsys.readouterr().err
+    assert (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--thumbs", "-1"], "--thumbs"),
+    (["--s3-endpoint", "nope"], "--s3-endpoint"),
+    (["--model", "ftp://x/y"], "--model"),
+])
+def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        rep.main(["--tags", store["root"], "--out", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium not installed")
+def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):
+    out = tmp_path / "shot-report"
+    page = rep.write_report(tagstore.read_committed(store["root"]), out, model_dir=str(model_dir))
+    profile, shot = tmp_path / "chromium-profile", tmp_path / "shot.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()]
+    try:
+        subprocess.run(cmd, check=False, timeout=60, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except subprocess.TimeoutExpired:
+        pytest.fail("headless chromium did not finish within 60 s")
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert shot.is_file() and shot.stat().st_size > 0
+    with Image.open(shot) as im:
+        assert im.size == (1280, 2000)
+        pixels = np.asarray(im.convert("L"), dtype=np.float32)
+    assert pixels.var() > 0, "blank screenshot"

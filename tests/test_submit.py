@@ -1,0 +1,101 @@
+"""`ray start --head` on loopback + `ray job submit` of the training job and of the nightly tag job (token auth on)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A real `ray start --head` cluster bound to 127.0.0.1, stopped (only it) at the end."""
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
+           f"--temp-dir={temp}", "--disable-usage-stats"]
+    log = open(Path(temp) / "ray-start.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ready = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=_job_env(),
+                               capture_output=True, text=True, timeout=60)
+        if ready.returncode == 0:
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"ray start failed: {(Path(temp) / 'ray-start.log').read_text()[-3000:]}")
+        time.sleep(2)
+    else:
+        raise RuntimeError(f"Ray dashboard at {address} not ready: {ready.stderr[-2000:]}")
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _job_env() -> dict:
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _submit(address: str, entrypoint: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """`ray job submit` waits for the job and exits non-zero unless it SUCCEEDED."""
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--"] + entrypoint
+    return subprocess.run(cmd, cwd=ROOT, env=_job_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
+    model = tmp_path / "model"
+    train = _submit(ray_head, ["python", "-m", "jobs.train", "--data", train_data["root"], "--output", str(model),
+                               "--storage", str(tmp_path / "ray_results"), "--model", "efficientnet_lite0",
+                               "--freeze-backbone", "--workers", "2", "--epochs", "2", "--feature-views", "1",
+                               "--no-report"])
+    assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
+    assert "SUCCEEDED" in train.stdout + train.stderr
+    from landmark_core.artifact import load
+
+    art = load(str(model))
+    assert len(art.catalog) == 4 and art.metrics["epochs"] == 2
+
+    tags = tmp_path / "tags"
+    tag = _submit(ray_head, ["python", "-m", "jobs.tag", "--input", str(Path(train_data["root"], "test")),
+                             "--output", str(tags), "--model", str(model)])
+    assert tag.returncode == 0, (tag.stdout + tag.stderr)[-4000:]
+    from landmark_core.tagstore import read_committed
+
+    table = read_committed(str(tags))
+    assert table.num_rows == 24 and set(table.column("status").to_pylist()) <= {"tagged", "no_landmark"}
+
+
+def test_submit_fails_for_a_bad_argument(ray_head):
+    bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"],
+                  timeout=180)
+    assert bad.returncode != 0
+    assert "--data" in bad.stdout + bad.stderr

@@ -1,0 +1,255 @@
+"""The nightly tag job on real Ray Data: local and S3 (SeaweedFS), exactly once, reruns, kills, bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.tag import ConfigError, TagConfig, main as tag_main, run as tag_run
+from landmark_core import storage, tagstore
+from landmark_core.tagstore import read_committed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def photos(tmp_path, synthetic_data, bad_corpus):
+    """A day of uploads: synthetic photos in nested folders, upper-case extensions, plus every bad file."""
+    d = tmp_path / "uploads"
+    for i, f in enumerate(synthetic_data["files"]):
+        dest = d / f"user{i % 3}" / (Path(f).stem + (".JPG" if i % 4 == 0 else ".jpg"))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    bad_dir, expected = bad_corpus
+    shutil.copytree(bad_dir, d / "bad")
+    (d / "notes.txt").write_text("not a photo: not listed")
+    return d, expected
+
+
+def _all_rows(output: str, opts=storage.S3Options()):
+    return read_committed(output, opts=opts, latest_only=False)
+
+
+def _check_exactly_once(table, uris: set[str]) -> None:
+    got = table.column("uri").to_pylist()
+    assert len(got) == len(set(got)) == len(uris), (len(got), len(set(got)), len(uris))
+    assert set(got) == uris
+
+
+def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, tiny_artifact, tmp_path, capsys):
+    src, expected_bad = photos
+    out = str(tmp_path / "tags")
+    cfg = TagConfig(input=str(src), output=out, model=tiny_artifact.path, k=3, batch_size=8, decode_batch=4)
+    summary = tag_run(cfg)
+    listed = {str(p.resolve()) for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".gif", ".bmp",
+                                                                                 ".tiff", ".webp")}
+    table = read_committed(out)
+    _check_exactly_once(table, listed)
+    assert table.schema.equals(tagstore.TAGS_SCHEMA)
+    c = summary["counts"]
+    assert c["total"] == table.num_rows == c["tagged"] + c["no_landmark"] + c["failed"]
+    rows = {Path(r["uri"]).name: r for r in table.to_pylist()}
+    for name, kind in expected_bad.items():
+        r = rows[name]
+        if kind is None:
+            assert r["status"] != "failed", (name, r["error"])
+            assert r["width"] > 0 and len(r["tags"]) == 3
+        else:
+            assert r["status"] == "failed" and kind in r["error"], (name, r["error"])
+            assert r["landmark"] is None and r["tags"] is None
+    good = [r for r in table.to_pylist() if r["status"] != "failed"]
+    assert all(len(r["sha256"]) == 64 and r["model_id"] == summary["model_id"] for r in good)
+    assert any(r["exif_lat"] is not None for r in good) and any(r["exif_time"] is not None for r in good)
+    for r in good:
+        if r["status"] == "tagged":
+            assert r["landmark"] == r["tags"][0]["name"] and r["lat"] == r["tags"][0]["lat"]
+        else:
+            assert r["landmark"] is None and r["lat"] is None
+    run_dir = Path(out, f"dt={summary['dt']}", f"run={summary['run_id']}")
+    success = json.loads((run_dir / "_SUCCESS").read_text())
+    assert success["counts"] == c and success["model_id"] == summary["model_id"]
+    assert len(list(run_dir.glob("*.parquet"))) == 1  # one file for the run, not one per batch
+    printed = capsys.readouterr().out
+    assert "committed run" in printed and "images/s" in printed
+
+    again = tag_run(cfg)
+    assert again["counts"]["total"] == 0 and again["skipped"] == len(listed) - c["failed"]
+    # the failed ones are retried by the next run, the rest are not
+    assert "0 to tag" not in capsys.readouterr().out or c["failed"] == 0
+
+    new = src / "user9" / "new.jpg"
+    new.parent.mkdir()
+    shutil.copy(next(iter(sorted(src.rglob("*.jpg")))), new)
+    third = tag_run(cfg)
+    tagged_uris = set(_latest_run_uris(out, third["run_id"]))
+    assert str(new.resolve()) in tagged_uris
+    assert tagged_uris - {str(new.resolve())} <= {u for u, r in zip(table.column("uri").to_pylist(),
+                                                                   table.column("status").to_pylist())
+                                                  if r == "failed"}
+    latest = read_committed(out)
+    _check_exactly_once(latest, listed | {str(new.resolve())})
+
+    forced = tag_run(TagConfig(**{**cfg.__dict__, "retag": True}))
+    assert forced["counts"]["total"] == len(listed) + 1
+
+
+def _latest_run_uris(out: str, run_id: str) -> list[str]:
+    t = read_committed(out, latest_only=False)
+    return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
+
+
+def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_data, bad_corpus, tiny_artifact):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    client = s3.client()
+    keys = []
+    for i, f in enumerate(synthetic_data["files"][:8]):
+        key = f"uploads/2026-11-24/u{i}/photo {i} é.jpg"  # spaces and unicode in keys
+        client.put_object(Bucket=s3_bucket, Key=key, Body=Path(f).read_bytes())
+        keys.append(key)
+    bad_dir, expected = bad_corpus
+    for name in expected:
+        client.put_object(Bucket=s3_bucket, Key=f"uploads/2026-11-24/bad/{name}", Body=(bad_dir / name).read_bytes())
+        keys.append(f"uploads/2026-11-24/bad/{name}")
+    out = f"s3://{s3_bucket}/tags"
+    cfg = TagConfig(input=f"s3://{s3_bucket}/uploads/2026-11-24", output=out, model=tiny_artifact.path,
+                    s3_endpoint=s3.endpoint, batch_size=8, decode_batch=4)
+    summary = tag_run(cfg)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    table = read_committed(out, opts=opts)
+    _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in keys})
+    etags = {f"s3://{s3_bucket}/{k}": client.head_object(Bucket=s3_bucket, Key=k)["ETag"].strip('"') for k in keys}
+    assert all(r["etag"] == etags[r["uri"]] for r in table.to_pylist())
+    assert summary["counts"]["failed"] == sum(1 for v in expected.values() if v is not None)
+    assert tag_run(cfg)["counts"]["total"] == summary["counts"]["failed"]  # only failed ones retried
+
+    # a changed object (new etag) is tagged again
+    client.put_object(Bucket=s3_bucket, Key=keys[0], Body=Path(synthetic_data["files"][-1]).read_bytes())
+    third = tag_run(cfg)
+    assert f"s3://{s3_bucket}/{keys[0]}" in _latest_run_uris_s3(out, third["run_id"], opts)
+
+
+def _latest_run_uris_s3(out, run_id, opts):
+    t = read_committed(out, opts=opts, latest_only=False)
+    return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
+
+
+def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path):
+    files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg")]
+    (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
+    s = tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
+    t = read_committed(str(tmp_path / "t1"))
+    _check_exactly_once(t, set(files))
+    missing = [r for r in t.to_pylist() if r["uri"].endswith("missing.jpg")][0]
+    assert missing["status"] == "failed" and "not found" in missing["error"]
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"uri": files[:3]}), tmp_path / "m.parquet")
+    tag_run(TagConfig(manifest=str(tmp_path / "m.parquet"), output=str(tmp_path / "t2"), model=tiny_artifact.path))
+    assert read_committed(str(tmp_path / "t2")).num_rows == 3
+
+
+def _tag_cmd(src: Path, out: Path, model: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "jobs.tag", "--input", str(src), "--output", str(out), "--model", model,
+            "--decode-batch", "2", "--batch-size", "4", *extra]
+
+
+@pytest.mark.slow
+def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artifact, tmp_path):
+    from landmark_core.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "src", n_classes=3, train_per_class=150, test_per_class=0, image_size=(320, 240),
+                     seed=5)
+    src = tmp_path / "src" / "train"
+    n = len(list(src.rglob("*.jpg")))
+    out = tmp_path / "tags"
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    started = threading.Event()
+
+    def watch():
+        for line in proc.stdout:
+            if "Running Dataset" in line or "Starting execution" in line:
+                started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert started.wait(240), "the Ray Data pipeline never started"
+    time.sleep(3)  # mid-run: photos are being decoded and tagged
+    assert proc.poll() is None, "the run finished before it could be killed; give it more photos"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not list(out.glob("dt=*/run=*/_SUCCESS")), "a killed run must not commit"
+    assert read_committed(str(out)).num_rows == 0  # invisible to readers
+    done = subprocess.run(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    t = read_committed(str(out))
+    _check_exactly_once(t, {str(p.resolve()) for p in src.rglob("*.jpg")})
+    assert t.num_rows == n
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_data, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in synthetic_data["files"]:
+        shutil.copy(f, src / Path(f).name.replace(".jpg", f"_{Path(f).parent.name}.jpg"))
+    out = tmp_path / "tags"
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    procs = [subprocess.Popen(_tag_cmd(src, out, tiny_artifact.path, "--run-id", f"concurrent{i}"), cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    runs = tagstore.committed_runs(str(out))
+    assert sorted(r.run_id for r in runs) == ["concurrent0", "concurrent1"]
+    everything = read_committed(str(out), latest_only=False)
+    per_run = {r.run_id: r.success["rows"] for r in runs}
+    assert everything.num_rows == sum(per_run.values())
+    _check_exactly_once(read_committed(str(out)), {str(p.resolve()) for p in src.glob("*.jpg")})
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["-k", "0"], "-k"),
+    (["--actors", "2,1"], "--actors"),
+    (["--actors", "x"], "--actors"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--output", "s3://x/y"], "--output"),
+    (["--dt", "24-11-2026"], "--dt"),
+    (["--s3-endpoint", "ftp://h"], "--s3-endpoint"),
+    (["--min-score", "0.5", "--accept-rate", "0.9"], "--accept-rate"),
+])
+def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
+    base = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path]
+    with pytest.raises(SystemExit) as e:
+        tag_main(base + argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LANDMARK_MODEL", raising=False)
+    with pytest.raises(SystemExit):
+        tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert "--model" in capsys.readouterr().err
+    assert tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
+                     str(tmp_path / "nope")]) == 2
+    assert "--model" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    t0 = time.time()
+    assert tag_main(["--input", str(tmp_path), "--output", str(blocker / "tags"), "--model",
+                     tiny_artifact.path]) == 2
+    assert "not writable" in capsys.readouterr().err and time.time() - t0 < 10

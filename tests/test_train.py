@@ -1,0 +1,172 @@
+"""Ray Train job: artifacts, learning, faults (a killed worker, a killed driver), config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jobs.train import ConfigError, TrainConfig, main as train_main, run as train_run
+from landmark_core.artifact import load as load_artifact
+from landmark_core.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(data: str, tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(data=data, output=str(tmp_path / "model"), storage=str(tmp_path / "ray_results"), workers=2,
+                batch_size=16, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, tmp_path, capfd):
+    cfg = _cfg(train_data["root"], tmp_path, model="efficientnet_lite0", freeze_backbone=True, epochs=3,
+               feature_views=2)
+    metrics = train_run(cfg)
+    out = Path(cfg.output)
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test_top1", "test_top5", "test_ece", "val_top1", "epochs", "train_seconds", "images_per_second",
+                "temperature", "abstain_threshold", "model_id"):
+        assert key in saved, key
+    assert saved["epochs"] == 3 and metrics["model_id"] == saved["model_id"]
+    assert saved["test_top1"] >= 0.75, saved  # ImageNet features separate the synthetic structures
+    assert 0 <= saved["test_ece"] <= 1
+    for png in ("curves.png", "confusion.png", "reliability.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    art = load_artifact(str(out))
+    assert art.model_id == saved["model_id"] and art.catalog.folders == train_data["classes"]
+    assert art.catalog[0].lat is not None  # coords.json beside the data was picked up
+    assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
+    # one console line per epoch with loss, accuracy and images/s
+    printed = capfd.readouterr()
+    lines = [l for l in (printed.out + printed.err).splitlines() if "[train] epoch" in l]
+    assert len({l.split("[train] epoch")[1].split()[0] for l in lines}) == 3
+    assert all("loss" in l and "acc" in l and "img/s" in l for l in lines)
+    # frozen features were computed once, before the epochs
+    assert "cached frozen-backbone features" in printed.out + printed.err
+    # the artifact tags its own test photos
+    pred = Predictor(str(out), k=3)
+    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))[:4]
+    from landmark_core.predict import predict_paths
+
+    results = list(predict_paths([str(p) for p in test_files], pred))
+    assert [r.status for r in results] != ["failed"] * 4 and all(len(r.tags) == 3 for r in results)
+
+
+@pytest.mark.slow
+def test_scratch_cnn_learns_the_synthetic_set(ray_local, tmp_path):
+    from landmark_core.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "data", n_classes=5, train_per_class=48, test_per_class=16, image_size=(128, 96),
+                     seed=11)
+    cfg = _cfg(str(tmp_path / "data"), tmp_path, model="scratch", epochs=30, image_size=96, batch_size=32,
+               patience=30, feature_views=1, report=False)
+    metrics = train_run(cfg)
+    assert metrics["test_top1"] >= 0.90, metrics
+
+
+def _checkpoint_epochs(storage_dir: Path) -> list[int]:
+    epochs = []
+    for p in storage_dir.glob("*/checkpoint_*/state.json"):
+        try:
+            epochs.append(json.loads(p.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            pass  # being written
+    return epochs
+
+
+def _wait_for_checkpoint(storage_dir: Path, epoch: int, timeout: float, alive=lambda: True) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and alive():
+        if any(e >= epoch for e in _checkpoint_epochs(storage_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpoint for epoch {epoch} within {timeout}s")
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, train_data, tmp_path):
+    from ray.util.state import list_actors
+
+    cfg = _cfg(train_data["root"], tmp_path, model="scratch", epochs=14, image_size=64, patience=100,
+               max_failures=2, report=False)
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.setdefault("metrics", train_run(cfg)), daemon=True)
+    t.start()
+    _wait_for_checkpoint(Path(cfg.storage), 2, timeout=180, alive=t.is_alive)
+    workers = [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])]
+    assert workers, "no live Ray Train worker to kill"
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    killed_at = max(_checkpoint_epochs(Path(cfg.storage)))
+    t.join(timeout=400)
+    assert not t.is_alive() and "metrics" in result, "training did not finish after the worker was killed"
+    m = result["metrics"]
+    assert m["epochs"] == 14
+    assert m["resumed_after_epochs"] and m["resumed_after_epochs"][0] >= 2, m["resumed_after_epochs"]
+    assert m["resumed_after_epochs"][0] <= killed_at + 1
+    history = json.loads(Path(cfg.output, "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 15))
+
+
+@pytest.mark.slow
+def test_killed_driver_continues_with_resume(train_data, tmp_path):
+    """Kill the whole driver process group mid-run; `--resume` picks up the last checkpoint."""
+    args = [sys.executable, "-m", "jobs.train", "--data", train_data["root"], "--output", str(tmp_path / "model"),
+            "--storage", str(tmp_path / "ray_results"), "--model", "scratch", "--workers", "1", "--epochs", "10",
+            "--image-size", "64", "--patience", "100", "--no-report"]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint(tmp_path / "ray_results", 2, timeout=240, alive=lambda: proc.poll() is None)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    done = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads(Path(tmp_path, "model", "metrics.json").read_text())
+    assert m["epochs"] == 10 and m["resumed_after_epochs"] and m["resumed_after_epochs"][0] >= 2
+    assert "resumed from checkpoint after epoch" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "vgg_nonexistent"], "--model"),
+    (["--workers", "0"], "--workers"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--accept-rate", "1.5"], "--accept-rate"),
+    (["--output", "s3://Bad_Bucket/x"], "--output"),
+    (["--storage", "gs://bucket/x"], "--storage"),
+    (["--s3-endpoint", "localhost:9000"], "--s3-endpoint"),
+    (["--model", "scratch", "--freeze-backbone"], "--freeze-backbone"),
+])
+def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys):
+    base = ["--data", train_data["root"], "--output", str(tmp_path / "m")]
+    t0 = time.time()
+    with pytest.raises(SystemExit) as e:
+        train_main(base + argv)
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+    assert time.time() - t0 < 5  # before any cluster work
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")])
+    assert "--data" in capsys.readouterr().err
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(data=".", output="o", model="alexnet9").check()
+    assert "efficientnet_lite0" in str(e.value) and "resnet18" in str(e.value)
