@@ -425,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--min-score", type=float, metavar="X", help="top-1 score >= X, X in [0, 1]")
     f.add_argument("--status", metavar="S", help=f"one of {', '.join(tagstore.STATUSES)}")
     f.add_argument("--near", metavar="LAT,LON",
-                   help="the tagged landmark's location within --radius-km of LAT,LON (degrees); "
-                        "for a negative latitude write --near=-33.86,151.21")
+                   help="the tagged landmark's location within --radius-km of LAT,LON (degrees), "
+                        "e.g. --near -33.86,151.21")
     f.add_argument("--radius-km", type=float, metavar="R", help="radius for --near, km > 0")
     f.add_argument("--since", metavar="DATE",
                    help="tagged at or after DATE: YYYY-MM-DD (midnight UTC) or an ISO datetime (naive = UTC)")

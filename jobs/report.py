@@ -109,6 +109,7 @@ def scores_png(rows: list[dict], path: Path) -> None:
             ax.hist(scores, bins=bins, alpha=0.65, color=STATUS_COLOURS[status], label=f"{status} ({len(scores)})")
     if any_score:
         ax.legend(fontsize=8)
+        ax.yaxis.get_major_locator().set_params(integer=True)
     else:
         _no_data(ax, "no scores")
     ax.set_xlim(0, 1)

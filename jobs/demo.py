@@ -1,0 +1,142 @@
+"""`landmark demo` (what `make demo` runs): the whole product on this machine, with no cloud account.
+
+    1. photos: the synthetic landmark-like set (or --data DIR, a real class-folder set)
+    2. a local Ray; train EfficientNet-Lite0, frozen backbone, 2 workers
+    3. a "day of uploads" (held-out photos, some with EXIF GPS, some rotated, a few bad files) put in a local
+       SeaweedFS S3 bucket started for the demo (--no-s3: a local folder)
+    4. the nightly tag job; the same job again (nothing new to tag); a query; an HTML report
+    5. stop what it started
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def step(n: int, text: str) -> None:
+    print(f"\n=== [{n}/6] {text}", flush=True)
+
+
+def _photos(data: str | None, work: Path, classes: int) -> Path:
+    if data:
+        return Path(data)
+    from landmark_core.synthetic import generate_dataset
+
+    root = work / "photos"
+    if not (root / "train").is_dir():
+        info = generate_dataset(root, n_classes=classes, train_per_class=30, test_per_class=8,
+                                image_size=(320, 240), seed=0, gps_fraction=0.4, rotated_fraction=0.2)
+        print(f"    generated {info['counts']['train']} training and {info['counts']['test']} held-out photos "
+              f"of {len(info['classes'])} synthetic landmarks in {root}")
+    return root
+
+
+def _day_of_uploads(photos: Path, work: Path) -> Path:
+    """Held-out photos in per-user folders, plus the bad-file corpus (they must come out as failed rows)."""
+    from landmark_core.synthetic import write_bad_corpus
+
+    day = work / "uploads" / "2026-11-24"
+    if day.exists():
+        shutil.rmtree(day)
+    test = sorted((photos / "test").rglob("*.*")) or sorted((photos / "val").rglob("*.*"))
+    for i, f in enumerate(test):
+        dest = day / f"user{i % 4}" / f"{f.parent.name}_{f.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    bad = write_bad_corpus(day / "user9")
+    print(f"    {len(test)} held-out photos + {len(bad)} odd or broken files in {day}")
+    return day
+
+
+def run(ns: argparse.Namespace) -> int:
+    t0 = time.time()
+    work = Path(ns.out)
+    work.mkdir(parents=True, exist_ok=True)
+    step(1, "photos")
+    photos = _photos(ns.data, work, ns.classes)
+
+    step(2, "train on a local Ray (EfficientNet-Lite0, frozen backbone, 2 workers)")
+    from jobs._ray import init_ray
+    from jobs.train import TrainConfig, run as train
+
+    init_ray(None)
+    model = work / "model"
+    metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
+                                model="efficientnet_lite0", freeze_backbone=True, workers=2, epochs=ns.epochs,
+                                feature_views=2))
+    print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
+          f"report PNGs in {model / 'report'}")
+
+    step(3, "a day of uploads" + ("" if ns.no_s3 else " into a local SeaweedFS S3 bucket"))
+    day = _day_of_uploads(photos, work)
+    server, tags, src, endpoint = None, str(work / "tags"), str(day), None
+    if not ns.no_s3:
+        server, src, tags, endpoint = _start_s3(work, day)
+    try:
+        step(4, "the nightly tag job, then the same job again")
+        from jobs.tag import TagConfig, run as tag
+
+        cfg = TagConfig(input=src, output=tags, model=str(model), s3_endpoint=endpoint)
+        first = tag(cfg)
+        second = tag(cfg)
+        print(f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
+              f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)")
+
+        step(5, "query the tags and write the HTML report")
+        from jobs.query import main as query_main
+        from jobs.report import main as report_main
+
+        extra = ["--s3-endpoint", endpoint] if endpoint else []
+        query_main(["--tags", tags, "--summary"] + extra)
+        query_main(["--tags", tags, "--status", "tagged", "--limit", "8"] + extra)
+        report_main(["--tags", tags, "--out", str(work / "report"), "--model", str(model)] + extra)
+    finally:
+        step(6, "stop what the demo started")
+        if server is not None:
+            server.stop()
+        import ray
+
+        ray.shutdown()
+    print(f"\nDone in {time.time() - t0:.0f}s. Open {work / 'report' / 'report.html'}; model in {model}; "
+          f"tags in {tags} (SeaweedFS data in {work / 'seaweedfs'} when S3 was used).")
+    return 0
+
+
+def _start_s3(work: Path, day: Path):
+    import os
+
+    from jobs.seaweed import SeaweedS3
+
+    server = SeaweedS3(work / "seaweedfs").start()
+    os.environ.update(server.env())  # the demo's own throwaway keys, for boto3/pyarrow in this process
+    server.make_bucket("uploads")
+    server.make_bucket("tags")
+    client = server.client()
+    for f in sorted(day.rglob("*")):
+        if f.is_file():
+            client.put_object(Bucket="uploads", Key=f"2026-11-24/{f.relative_to(day)}", Body=f.read_bytes())
+    print(f"    SeaweedFS S3 at {server.endpoint}; uploaded to s3://uploads/2026-11-24/")
+    return server, "s3://uploads/2026-11-24", "s3://tags/landmarks", server.endpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark demo", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=None, help="a real class-folder dataset instead of the synthetic one")
+    p.add_argument("--out", default="out/demo", help="where everything goes (default out/demo)")
+    p.add_argument("--classes", type=int, default=6, help="synthetic landmarks (default 6)")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--no-s3", action="store_true", help="keep the uploads and tags on local disk")
+    ns = p.parse_args(argv)
+    if ns.data and not Path(ns.data).is_dir():
+        p.error(f"--data {ns.data}: no such directory")
+    if ns.classes < 2 or ns.epochs < 1:
+        p.error("--classes must be >= 2 and --epochs >= 1")
+    return run(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
