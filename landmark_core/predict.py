@@ -96,11 +96,11 @@ def format_human(r: PhotoResult) -> str:
     return "\n".join(lines)
 
 
-def run(paths: list[str], model: str | None, *, k: int = 5, as_json: bool = False, out=sys.stdout) -> int:
+def run(paths: list[str], model: str | None, *, k: int = 5, as_json: bool = False, out=None) -> int:
     """Print one result per photo; exit code 1 when any photo failed (the others still print)."""
     predictor = Predictor(resolve_model(model), k=k)
     failed = 0
     for r in predict_paths(paths, predictor):
         failed += r.status == FAILED
-        print(r.to_json() if as_json else format_human(r), file=out, flush=True)
+        print(r.to_json() if as_json else format_human(r), file=out if out is not None else sys.stdout, flush=True)
     return 1 if failed else 0

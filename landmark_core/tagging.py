@@ -218,7 +218,7 @@ def to_tag_rows(pred: dict, predictor: Predictor, *, run_id: str, tagged_at: dat
     exif_time = np.asarray(pred["exif_time"], dtype=np.int64)
     cols = {
         "uri": _strings(pred["uri"]),
-        "size_bytes": pa.array([None if s is None else int(s) for s in pred["size_bytes"]], pa.int64()),
+        "size_bytes": pa.array([None if s is None or s != s else int(s) for s in pred["size_bytes"]], pa.int64()),
         "etag": _strings(pred["etag"]),
         "sha256": _strings(pred["sha256"]),
         "status": _strings(pred["status"]),

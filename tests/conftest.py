@@ -10,7 +10,7 @@ from tests.s3server import SeaweedS3
 
 
 # ---------------------------------------------------------------------------
-# S3: a real SeaweedFS server on 127.0.0.1 (tests/s3server.py)
+# S3: a real SeaweedFS server on 127.0.0.1 (jobs/seaweed.py, re-exported by tests/s3server.py)
 #
 #   s3         session-scoped, started SeaweedS3: .endpoint .access_key
 #              .secret_key .region .client() .pyarrow_fs() .env() .restart()
@@ -158,19 +158,34 @@ def bad_corpus(tmp_path_factory):
 # Ray and job fixtures (real local Ray, as the jobs use it)
 #
 #   ray_local      session-scoped: ray.init(address="local", num_cpus=2), shut down at the end.
-#                  The jobs' init_ray() sees it initialised and uses it.
+#                  The jobs' init_ray() sees it initialised and uses it. Ray's workers inherit the
+#                  environment of the process that starts Ray, so the test S3 server's keys are in
+#                  os.environ only while Ray starts (as an instance profile would be on a cluster node);
+#                  the endpoint is not: jobs must pass --s3-endpoint through to their workers.
 #   train_data     session-scoped synthetic class-folder dataset for training tests:
 #                  4 classes, 16 train / 6 test per class, ~160x120 JPEGs (+ coords.json).
 # ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3):
+    import os
+
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        creds = {k: v for k, v in s3.env().items() if k != "AWS_ENDPOINT_URL_S3"}
+        saved = {k: os.environ.get(k) for k in creds}
+        os.environ.update(creds)
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False,
+                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     yield ray
     ray.shutdown()
 

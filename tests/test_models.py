@@ -53,9 +53,13 @@ def _assert_backbone_equals(net: LandmarkNet, state: dict, skip_prefix: str = "f
 def test_forward_and_embed_shapes(name, embed_dim):
     net = build_model(ModelSpec(name, num_classes=7, weights="none")).eval()
     assert isinstance(net, LandmarkNet) and net.embed_dim == embed_dim
+    # one pass through the (heavy) backbone: forward() calls embed(); record what embed returns
+    embeds = []
+    real_embed = net.embed
+    net.embed = lambda x: embeds.append(real_embed(x)) or embeds[-1]
     with torch.no_grad():
-        emb = net.embed(X)
         logits = net(X)
+    (emb,) = embeds
     assert emb.shape == (2, embed_dim) and logits.shape == (2, 7)
     assert torch.isfinite(logits).all() and torch.isfinite(emb).all()
     assert net.head.in_features == embed_dim and net.head.out_features == 7

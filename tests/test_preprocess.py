@@ -374,14 +374,27 @@ def test_pixel_bound():
     assert decode_image(data, max_pixels=8000).image.size == (100, 80)  # the bound itself is allowed
 
 
-def test_empty_and_garbage():
-    for data, kind in ((b"", "empty"), (b"\x00" * 100, "not_an_image"), (b"GIF89a", "truncated")):
-        with pytest.raises(DecodeError) as ei:
-            decode_image(data)
-        assert ei.value.kind in (kind, "unsupported", "not_an_image") and ei.value.kind in DECODE_ERROR_KINDS
+@pytest.mark.xfail(strict=True, raises=DecodeError,
+                   reason="BUG: Pillow's global bomb guard (2 x Image.MAX_IMAGE_PIXELS, ~179 MP by default) still "
+                          "fires inside decode_image, so max_pixels above it is not honoured")
+def test_max_pixels_is_the_only_bound(monkeypatch):
+    # scaled down: make Pillow's guard tiny instead of building a > 179 MP image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = encode(scene((100, 80)), "PNG")  # 8000 px > 2 x 1000
+    assert decode_image(data, max_pixels=10**6).image.size == (100, 80)
+
+
+@pytest.mark.parametrize("data,kind", [
+    (b"", "empty"),
+    (b"\x00" * 100, "not_an_image"),
+    (b"%PDF-1.7\n" + b"x" * 200, "not_an_image"),
+    (b"GIF89a", "not_an_image"),  # a bare signature: not identified
+    (b"\x89PNG\r\n\x1a\n", "not_an_image"),
+])
+def test_empty_and_garbage(data, kind):
     with pytest.raises(DecodeError) as ei:
-        decode_image(b"")
-    assert ei.value.kind == "empty"
+        decode_image(data)
+    assert ei.value.kind == kind
 
 
 def test_truncated_png_and_jpeg():
@@ -581,13 +594,13 @@ def _check_decode(data: bytes) -> None:
     assert d.width > 0 and d.height > 0 and min(d.image.size) > 0
 
 
-@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2048))
 def test_fuzz_arbitrary_bytes_only_decode_error(data):
     _check_decode(data)
 
 
-@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=5000, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
     flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=12),
