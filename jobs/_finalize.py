@@ -131,8 +131,9 @@ def _open_set(ev: dict, temperature: float, threshold: float, score, cfg, n_clas
 
 
 def _reject_at(ev: dict, score, unknown_scores, accept_rate: float) -> float:
-    """Share of unknown photos rejected at the threshold accepting ``accept_rate`` of known validation photos."""
-    thr = threshold_at_accept_rate(score(ev["val_logits"], ev["val_emb"]), accept_rate)
+    """Share of unknown photos rejected at the threshold accepting ``accept_rate`` of known validation photos
+    (the empirical quantile, as the metric is defined; the deployed threshold is the conformal one)."""
+    thr = float(np.quantile(score(ev["val_logits"], ev["val_emb"]), 1.0 - accept_rate))
     return float((unknown_scores < thr).mean())
 
 

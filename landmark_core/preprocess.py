@@ -14,7 +14,7 @@ unsupported) and a reason; nothing else escapes ``decode_image``.
 from __future__ import annotations
 
 import io
-import warnings
+import threading
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -167,11 +167,26 @@ def decode_image(data: bytes, *, draft_to: int | None = None, max_pixels: int = 
         raise DecodeError("unsupported", f"{type(e).__name__}: {str(e)[:200]}") from None
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(data: bytes) -> Image.Image:
+    """Image.open (header only) with Pillow's global bomb guard lifted: ``max_pixels`` is the one bound.
+
+    The guard is process-global state, so it is lifted under a lock for the few microseconds of the header parse.
+    """
+    with _OPEN_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _decode(data: bytes, draft_to: int | None, max_pixels: int) -> Decoded:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(io.BytesIO(data))
+    im = _open(data)
     w, h = im.size
     if w <= 0 or h <= 0:
         raise DecodeError("unsupported", f"bad dimensions {w}x{h}")

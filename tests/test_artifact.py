@@ -20,8 +20,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture
 def art(make_tiny_artifact):
+    protos = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
     return make_tiny_artifact(temperature=1.5, abstain={"method": "msp", "threshold": 0.3},
-                              extra_tensors={"prototypes": torch.randn(3, 256, generator=torch.Generator().manual_seed(1))})
+                              extra_tensors={"prototypes": protos})
 
 
 @pytest.fixture

@@ -1,0 +1,258 @@
+"""`landmark bench tag|train`: throughput measured side by side in one run, printed as ratios.
+
+bench tag, on the same photos with the same model:
+  (a) decode+preprocess alone, all cores (a process per core)
+  (b) the model alone on pre-decoded uint8 batches
+  (c) the best single-process loop doing both: decode of the next batch overlapped with the model
+  (d) the seed's naive loop: PIL full decode, Resize(256), CenterCrop(224), one photo at a time
+  (e) the real Ray Data tag job end to end (listing, read, decode, actors, Parquet, commit)
+ratio_limit = e / c, ratio_naive = e / d; peak RSS of this process tree (Ray's workers included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+# ---------------------------------------------------------------- memory
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, stack, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+    while stack:
+        pid = stack.pop()
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except (OSError, IndexError, ValueError):
+            pass
+        stack += children.get(pid, [])
+    return total
+
+
+class PeakRSS:
+    """Samples the process tree's RSS every ``interval`` seconds while active."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            self._stop.wait(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def _decode_one(args):
+    path, preset_json = args
+    from landmark_core.preprocess import EvalPreset, decode_image
+
+    preset = EvalPreset.from_json(preset_json)
+    return preset.to_uint8(decode_image(Path(path).read_bytes(), draft_to=preset.draft_target()).image)
+
+
+def bench_decode(paths: list[str], preset, workers: int) -> tuple[float, np.ndarray]:
+    args = [(p, preset.to_json()) for p in paths]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_one, args[:workers]))  # warm the workers' imports
+        t0 = time.perf_counter()
+        images = list(pool.map(_decode_one, args, chunksize=4))
+        dt = time.perf_counter() - t0
+    return len(paths) / dt, np.stack(images)
+
+
+def bench_model(predictor, images: np.ndarray, batch_size: int) -> float:
+    predictor.predict_arrays(images[:batch_size])  # warm-up
+    t0 = time.perf_counter()
+    for s in range(0, len(images), batch_size):
+        predictor.predict_arrays(images[s:s + batch_size])
+    return len(images) / (time.perf_counter() - t0)
+
+
+def bench_limit(predictor, paths: list[str], batch_size: int) -> float:
+    """One process: a thread decodes batch i+1 (Pillow releases the GIL) while the model runs on batch i."""
+    preset = predictor.preset
+
+    def decode(batch):
+        return np.stack([_decode_one((p, preset.to_json())) for p in batch])
+
+    batches = [paths[s:s + batch_size] for s in range(0, len(paths), batch_size)]
+    predictor.predict_arrays(decode(batches[0][:2]))  # warm-up
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(decode, batches[0])
+        for i in range(len(batches)):
+            images = nxt.result()
+            if i + 1 < len(batches):
+                nxt = pool.submit(decode, batches[i + 1])
+            predictor.predict_arrays(images)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def bench_naive(net, paths: list[str]) -> float:
+    """The seed project's way: full decode, torchvision Resize/CenterCrop, batch of one."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    with torch.inference_mode():
+        net(tf(Image.open(paths[0]).convert("RGB"))[None])
+        t0 = time.perf_counter()
+        for p in paths:
+            net(tf(Image.open(p).convert("RGB"))[None])
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def bench_pipeline(image_dir: str, model: str, batch_size: int, actors: int, cpus_per_actor: float) -> dict:
+    from jobs.tag import TagConfig, run as tag_run
+
+    with tempfile.TemporaryDirectory() as out:
+        s = tag_run(TagConfig(input=image_dir, output=out, model=model, batch_size=batch_size,
+                              actors=(actors, actors), cpus_per_actor=cpus_per_actor, retag=True))
+    return s
+
+
+# ---------------------------------------------------------------- bench tag
+
+
+def run_tag(ns) -> dict:
+    import torch
+
+    from jobs._ray import init_ray
+    from landmark_core.artifact import build_network
+    from landmark_core.datasets import list_files
+    from landmark_core.predictor import Predictor
+
+    paths = list_files(str(Path(ns.images).resolve()))
+    if ns.limit:
+        paths = paths[: ns.limit]
+    if not paths:
+        raise SystemExit(f"landmark bench: --images {ns.images}: no photos")
+    cores = len(os.sched_getaffinity(0))
+    torch.set_num_threads(cores)
+    predictor = Predictor(ns.model, threads=cores)
+    out: dict = {"images": len(paths), "cores": cores, "batch_size": ns.batch_size}
+    with PeakRSS() as mem:
+        out["decode_ips"], images = bench_decode(paths, predictor.preset, cores)
+        _say(f"(a) decode+preprocess, {cores} processes: {out['decode_ips']:.1f} img/s")
+        out["model_ips"] = bench_model(predictor, images, ns.batch_size)
+        _say(f"(b) model alone, batch {ns.batch_size}: {out['model_ips']:.1f} img/s")
+        out["limit_ips"] = bench_limit(predictor, paths, ns.batch_size)
+        _say(f"(c) best single-process loop (decode overlapped with model): {out['limit_ips']:.1f} img/s")
+        out["naive_ips"] = bench_naive(build_network(predictor.artifact), paths)
+        _say(f"(d) seed-style loop (full decode, Resize+CenterCrop, batch 1): {out['naive_ips']:.1f} img/s")
+        del predictor, images
+        init_ray(None)  # Ray start-up is not part of the pipeline's time
+        summary = bench_pipeline(str(Path(ns.images).resolve()), ns.model, ns.batch_size, ns.actors,
+                                 ns.cpus_per_actor)
+        out["pipeline_ips"] = summary["images_per_second"]
+        _say(f"(e) Ray Data tag job end to end: {out['pipeline_ips']:.1f} img/s "
+             f"({summary['counts']['total']} rows written and committed)")
+    out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
+    out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
+    out["peak_rss_mb"] = round(mem.peak / 2**20, 1)
+    for k in ("decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips"):
+        out[k] = round(out[k], 2)
+    _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}, "
+         f"peak RSS {out['peak_rss_mb']} MB")
+    return out
+
+
+def _say(text: str) -> None:
+    print(f"[bench] {text}", flush=True)
+
+
+# ---------------------------------------------------------------- bench train
+
+
+def run_train(ns) -> dict:
+    from jobs._ray import init_ray
+    from jobs.train import TrainConfig, run as train_run
+
+    init_ray(None)
+    out = {}
+    for workers in ns.workers:
+        for frozen in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                train_run(TrainConfig(data=ns.data, output=f"{tmp}/m", storage=f"{tmp}/r", model=ns.model,
+                                      freeze_backbone=frozen, workers=workers, epochs=ns.epochs,
+                                      probe_epochs=0, feature_views=1, report=False, patience=100))
+                history = json.loads(Path(tmp, "m", "history.json").read_text())
+            # epoch 1 of fine-tuning also decodes every photo once (later epochs read the decoded cache)
+            steady = history[1:] or history
+            key = f"{'frozen' if frozen else 'finetune'}_{workers}w_ips"
+            out[key] = round(float(np.mean([h["images_per_second"] for h in steady])), 2)
+            _say(f"{key}: {out[key]:.1f} img/s per epoch ({ns.model}, {workers} worker(s))")
+    for w in ns.workers:
+        out[f"frozen_speedup_{w}w"] = round(out[f"frozen_{w}w_ips"] / out[f"finetune_{w}w_ips"], 1)
+    _say(", ".join(f"{k} {v}" for k, v in out.items() if "speedup" in k))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark bench", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("tag", help="decode / model / single-process limit / naive / Ray Data pipeline")
+    t.add_argument("--images", required=True, help="a folder of photos (recursive)")
+    t.add_argument("--model", required=True, help="model artifact")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--actors", type=int, default=1)
+    t.add_argument("--cpus-per-actor", type=float, default=2.0)
+    t.add_argument("--limit", type=int, default=0, help="use at most N photos")
+    t.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
+    tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
+    tr.add_argument("--data", required=True)
+    tr.add_argument("--model", default="efficientnet_lite0")
+    tr.add_argument("--epochs", type=int, default=2)
+    tr.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    tr.add_argument("--json", action="store_true")
+    ns = p.parse_args(argv)
+    if ns.what == "tag":
+        if not Path(ns.images).is_dir():
+            p.error(f"--images {ns.images}: no such directory")
+        if ns.batch_size < 1 or ns.actors < 1 or ns.cpus_per_actor <= 0:
+            p.error("--batch-size, --actors and --cpus-per-actor must be > 0")
+        result = run_tag(ns)
+    else:
+        result = run_train(ns)
+    if ns.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
