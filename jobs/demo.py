@@ -42,7 +42,8 @@ def _day_of_uploads(photos: Path, work: Path) -> Path:
     day = work / "uploads" / "2026-11-24"
     if day.exists():
         shutil.rmtree(day)
-    test = sorted((photos / "test").rglob("*.*")) or sorted((photos / "val").rglob("*.*"))
+    test = [f for f in sorted((photos / "test").rglob("*")) if f.is_file()] or \
+        [f for f in sorted((photos / "val").rglob("*")) if f.is_file()]
     for i, f in enumerate(test):
         dest = day / f"user{i % 4}" / f"{f.parent.name}_{f.name}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,40 +61,11 @@ def run(ns: argparse.Namespace) -> int:
     photos = _photos(ns.data, work, ns.classes)
 
     step(2, "train on a local Ray (EfficientNet-Lite0, frozen backbone, 2 workers)")
-    from jobs._ray import init_ray
-    from jobs.train import TrainConfig, run as train
-
-    init_ray(None)
-    model = work / "model"
-    metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
-                                model="efficientnet_lite0", freeze_backbone=True, workers=2, epochs=ns.epochs,
-                                feature_views=2))
-    print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
-          f"report PNGs in {model / 'report'}")
-
-    step(3, "a day of uploads" + ("" if ns.no_s3 else " into a local SeaweedFS S3 bucket"))
-    day = _day_of_uploads(photos, work)
-    server, tags, src, endpoint = None, str(work / "tags"), str(day), None
-    if not ns.no_s3:
-        server, src, tags, endpoint = _start_s3(work, day)
+    server = None
+    if not ns.no_s3:  # before Ray starts: its workers inherit the S3 keys from this process's environment
+        server = _start_s3_server(work)
     try:
-        step(4, "the nightly tag job, then the same job again")
-        from jobs.tag import TagConfig, run as tag
-
-        cfg = TagConfig(input=src, output=tags, model=str(model), s3_endpoint=endpoint)
-        first = tag(cfg)
-        second = tag(cfg)
-        print(f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
-              f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)")
-
-        step(5, "query the tags and write the HTML report")
-        from jobs.query import main as query_main
-        from jobs.report import main as report_main
-
-        extra = ["--s3-endpoint", endpoint] if endpoint else []
-        query_main(["--tags", tags, "--summary"] + extra)
-        query_main(["--tags", tags, "--status", "tagged", "--limit", "8"] + extra)
-        report_main(["--tags", tags, "--out", str(work / "report"), "--model", str(model)] + extra)
+        model, tags = _train_tag_query(ns, photos, work, server)
     finally:
         step(6, "stop what the demo started")
         if server is not None:
@@ -106,21 +78,66 @@ def run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _start_s3(work: Path, day: Path):
+def _train_tag_query(ns, photos: Path, work: Path, server):
+    from jobs._ray import init_ray
+    from jobs.train import TrainConfig, run as train
+
+    init_ray(None)
+    model = work / "model"
+    metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
+                                model="efficientnet_lite0", freeze_backbone=True, workers=2, epochs=ns.epochs,
+                                feature_views=2))
+    print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
+          f"report PNGs in {model / 'report'}")
+
+    step(3, "a day of uploads" + ("" if server is None else " into a local SeaweedFS S3 bucket"))
+    day = _day_of_uploads(photos, work)
+    tags, src, endpoint = str(work / "tags"), str(day), None
+    if server is not None:
+        src, tags, endpoint = _upload(server, day)
+
+    step(4, "the nightly tag job, then the same job again")
+    from jobs.tag import TagConfig, run as tag
+
+    cfg = TagConfig(input=src, output=tags, model=str(model), s3_endpoint=endpoint)
+    tag(cfg)
+    second = tag(cfg)
+    print(f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
+          f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)")
+
+    step(5, "query the tags and write the HTML report")
+    from jobs.query import main as query_main
+    from jobs.report import main as report_main
+
+    extra = ["--s3-endpoint", endpoint] if endpoint else []
+    query_main(["--tags", tags, "--summary"] + extra)
+    query_main(["--tags", tags, "--status", "tagged", "--limit", "8"] + extra)
+    report_main(["--tags", tags, "--out", str(work / "report"), "--model", str(model)] + extra)
+    return model, tags
+
+
+def _start_s3_server(work: Path):
     import os
 
     from jobs.seaweed import SeaweedS3
 
+    shutil.rmtree(work / "seaweedfs", ignore_errors=True)
     server = SeaweedS3(work / "seaweedfs").start()
-    os.environ.update(server.env())  # the demo's own throwaway keys, for boto3/pyarrow in this process
+    env = {k: v for k, v in server.env().items() if k != "AWS_ENDPOINT_URL_S3"}  # jobs get --s3-endpoint
+    os.environ.update(env)  # the demo's own throwaway keys, for boto3/pyarrow here and in Ray's workers
+    print(f"    started SeaweedFS S3 at {server.endpoint} (credentials required, loopback only)")
+    return server
+
+
+def _upload(server, day: Path):
     server.make_bucket("uploads")
     server.make_bucket("tags")
     client = server.client()
     for f in sorted(day.rglob("*")):
         if f.is_file():
             client.put_object(Bucket="uploads", Key=f"2026-11-24/{f.relative_to(day)}", Body=f.read_bytes())
-    print(f"    SeaweedFS S3 at {server.endpoint}; uploaded to s3://uploads/2026-11-24/")
-    return server, "s3://uploads/2026-11-24", "s3://tags/landmarks", server.endpoint
+    print(f"    uploaded to s3://uploads/2026-11-24/ at {server.endpoint}")
+    return "s3://uploads/2026-11-24", "s3://tags/landmarks", server.endpoint
 
 
 def main(argv: list[str] | None = None) -> int:
