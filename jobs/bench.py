@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", required=True, help="model artifact")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--actors", type=int, default=1)
-    t.add_argument("--cpus-per-actor", type=float, default=2.0)
+    t.add_argument("--cpus-per-actor", type=float, default=1.0,
+                   help="CPUs reserved per predictor actor; decode tasks need the rest (2.0 on 2 cores starves them)")
     t.add_argument("--limit", type=int, default=0, help="use at most N photos")
     t.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
