@@ -81,15 +81,9 @@ class TagConfig:
                 raise ConfigError(f"--dt must be YYYY-MM-DD, got {self.dt!r}") from None
         if self.run_id is not None and not all(c.isalnum() or c in "-_" for c in self.run_id):
             raise ConfigError(f"--run-id may hold only letters, digits, - and _, got {self.run_id!r}")
-        for flag, uri in (("--input", self.input), ("--manifest", self.manifest), ("--output", self.output),
-                          ("--model", self.model)):
-            if uri:
-                try:
-                    storage.check_uri(uri)
-                except storage.StorageError as e:
-                    raise ConfigError(f"{flag}: {e}") from None
         try:
-            self.s3_options().check()
+            storage.check_locations({"--input": self.input, "--manifest": self.manifest, "--output": self.output,
+                                     "--model": self.model}, self.s3_options())
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
 

@@ -103,15 +103,9 @@ class TrainConfig:
             raise ConfigError(f"--probe-epochs must be >= 0, got {self.probe_epochs}")
         if self.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
-        for flag, uri in (("--data", self.data), ("--output", self.output), ("--storage", self.storage),
-                          ("--unknown", self.unknown), ("--negatives", self.negatives)):
-            if uri:
-                try:
-                    storage.check_uri(uri)
-                except storage.StorageError as e:
-                    raise ConfigError(f"{flag}: {e}") from None
         try:
-            self.s3_options().check()
+            storage.check_locations({"--data": self.data, "--output": self.output, "--storage": self.storage, "--unknown": self.unknown,
+                                     "--negatives": self.negatives}, self.s3_options())
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
         if self.coords and not Path(self.coords).is_file():

@@ -58,6 +58,17 @@ def check_uri(uri: str) -> None:
         split_s3(uri)
 
 
+def check_locations(flags: dict[str, str | None], opts: "S3Options") -> None:
+    """Every --flag URI and the endpoint checked at once; the error names the flag."""
+    for flag, uri in flags.items():
+        if uri:
+            try:
+                check_uri(uri)
+            except StorageError as e:
+                raise StorageError(f"{flag}: {e}") from None
+    opts.check()
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])
