@@ -140,8 +140,7 @@ class Worker:
 
         def epoch(e: int):
             self.net.head.train()
-            g = torch.Generator().manual_seed(self.c["seed"] * 1000 + e * 10 + self.rank)
-            order = torch.randperm(len(labels), generator=g)
+            order = torch.randperm(len(labels), generator=self._epoch_rng(e))
             view = feats_t[e % feats_t.shape[0]]
             total, correct, seen, bad = 0.0, 0, 0, 0
             for s in range(0, len(order), bs):
@@ -150,8 +149,7 @@ class Worker:
                 logits = self.ddp(self.net.dropout(x))
                 loss = self.loss_fn(logits, y)
                 self._step(loss)
-                total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
-                bad += int((y == -100).sum())
+                total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
             return total, correct, seen, bad
         return epoch
 
@@ -161,14 +159,13 @@ class Worker:
         workers = self.c["loader_workers"]
         if workers is None:
             workers = 4 if self.cuda else 0
-        scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
-        self.scaler = scaler
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
 
         def epoch(e: int):
             self.net.train()
-            g = torch.Generator().manual_seed(self.c["seed"] * 1000 + e * 10 + self.rank)
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=bs, sampler=torch.randperm(len(ds), generator=g).tolist(), num_workers=workers,
+                ds, batch_size=bs, sampler=torch.randperm(len(ds), generator=self._epoch_rng(e)).tolist(),
+                num_workers=workers,
                 pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
             total, correct, seen, bad = 0.0, 0, 0, 0
             for x, y in loader:
@@ -179,8 +176,7 @@ class Worker:
                     logits = self.ddp(x)
                     loss = self.loss_fn(logits, y)
                 self._step(loss)
-                total, correct, seen = self._tally(total, correct, seen, loss, logits, y)
-                bad += int((y == -100).sum())
+                total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
             return total, correct, seen, bad
         return epoch
 
@@ -236,12 +232,17 @@ class Worker:
             self.optimizer.step()
         self.scheduler.step()
 
+    def _epoch_rng(self, epoch: int) -> torch.Generator:
+        """The shuffle of ``epoch`` on this rank: reproducible, and the same again after a restart."""
+        return torch.Generator().manual_seed(self.c["seed"] * 1000 + epoch * 10 + self.rank)
+
     @staticmethod
-    def _tally(total, correct, seen, loss, logits, y):
+    def _tally(total, correct, seen, bad, loss, logits, y):
+        """Running sums of one epoch; photos that failed to decode carry label -100 and count as bad."""
         valid = y != -100
         n = int(valid.sum())
-        return (total + float(loss.detach()) * n,
-                correct + int((logits.argmax(1)[valid] == y[valid]).sum()), seen + n)
+        return (total + float(loss.detach()) * n, correct + int((logits.argmax(1)[valid] == y[valid]).sum()),
+                seen + n, bad + len(y) - n)
 
     def _validate(self) -> tuple[float, float]:
         images, ok = self.val_images
