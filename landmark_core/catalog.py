@@ -107,11 +107,15 @@ class Catalog:
         """A catalog from class-folder names (sorted, as torchvision's ImageFolder does).
 
         ``coords`` maps a folder name (or display name) to ``{"lat", "lon", "country", "name"}``, all optional.
+        Folders with no entry there that name a landmark this project knows (``KNOWN_PLACES``: the Udacity 50
+        by their folder names, the real benchmark sets) get its name and location: a model that knows where
+        its landmarks are is the point of the product, and nobody should have to type the Eiffel Tower's.
         """
         coords = {k.lower(): v for k, v in (coords or {}).items()}
         out = []
         for i, folder in enumerate(sorted(set(folders))):
-            extra = coords.get(folder.lower()) or coords.get(display_name(folder).lower()) or {}
+            extra = (coords.get(folder.lower()) or coords.get(display_name(folder).lower())
+                     or KNOWN_PLACES.get(folder.lower()) or {})
             out.append(Landmark(
                 id=i, folder=folder, name=extra.get("name") or display_name(folder),
                 lat=_opt_float(extra.get("lat")), lon=_opt_float(extra.get("lon")),
@@ -226,3 +230,24 @@ UDACITY_50 = Catalog(
      for i, (f, lat, lon, cc) in enumerate(_UDACITY_50)],
     name="udacity-50",
 )
+
+# folder, display name, lat, lon, country: the real landmark sets this project benchmarks on (class folders of
+# the vietnam and porto sets), so catalogs made from them carry locations without a coords file.
+_BENCHMARK_SETS = [
+    ("halong_bay", "Ha Long Bay", 20.9101, 107.1839, "VN"),
+    ("hochiminh_mausoleum", "Ho Chi Minh Mausoleum", 21.0368, 105.8346, "VN"),
+    ("hoian_town", "Hoi An Ancient Town", 15.8770, 108.3280, "VN"),
+    ("hue_imperial_city", "Imperial City of Hue", 16.4695, 107.5775, "VN"),
+    ("sapa_rice_terraces", "Sa Pa Rice Terraces", 22.3364, 103.8438, "VN"),
+    ("arrabida", "Arrabida Bridge", 41.1473, -8.6403, "PT"),
+    ("camara", "Porto City Hall", 41.1500, -8.6108, "PT"),
+    ("clerigos", "Clerigos Tower", 41.1457, -8.6146, "PT"),
+    ("musica", "Casa da Musica", 41.1588, -8.6307, "PT"),
+    ("serralves", "Serralves Museum", 41.1597, -8.6597, "PT"),
+]
+
+KNOWN_PLACES: dict[str, dict] = {
+    **{lm.folder.lower(): {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country}
+       for lm in UDACITY_50},
+    **{f: {"name": n, "lat": lat, "lon": lon, "country": cc} for f, n, lat, lon, cc in _BENCHMARK_SETS},
+}

@@ -263,3 +263,18 @@ def test_catalog_is_immutable():
     with pytest.raises(Exception):
         UDACITY_50[0].lat = 0.0  # frozen dataclass
     assert isinstance(UDACITY_50.landmarks, tuple)
+
+
+def test_from_folders_knows_the_udacity_and_benchmark_landmarks_locations():
+    # Training on the Udacity class folders (or the real benchmark sets) needs no coords file to give locations.
+    cat = Catalog.from_folders(UDACITY_FOLDERS)
+    assert [(lm.name, lm.lat, lm.lon, lm.country) for lm in cat] == \
+        [(lm.name, lm.lat, lm.lon, lm.country) for lm in UDACITY_50]
+    vn = Catalog.from_folders(["sapa_rice_terraces", "halong_bay", "not_a_known_place"])
+    halong, unknown, sapa = vn
+    assert (halong.name, halong.country) == ("Ha Long Bay", "VN") and 20 < halong.lat < 21.5
+    assert sapa.name == "Sa Pa Rice Terraces" and 103 < sapa.lon < 104.5
+    assert (unknown.name, unknown.lat, unknown.lon) == ("Not A Known Place", None, None)
+    # An explicit coords entry wins over what the project knows.
+    own = Catalog.from_folders(["halong_bay"], coords={"halong_bay": {"lat": 1.0, "lon": 2.0}})
+    assert (own[0].lat, own[0].lon, own[0].name) == (1.0, 2.0, "Halong Bay")
