@@ -65,7 +65,6 @@ class TrainConfig:
     s3_endpoint: str | None = None
     coords: str | None = None
     unknown: str | None = None
-    negatives: str | None = None
     abstain_method: str = "auto"
     accept_rate: float = 0.95
     loader_workers: int | None = None
@@ -104,8 +103,8 @@ class TrainConfig:
         if self.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         try:
-            storage.check_locations({"--data": self.data, "--output": self.output, "--storage": self.storage, "--unknown": self.unknown,
-                                     "--negatives": self.negatives}, self.s3_options())
+            storage.check_locations({"--data": self.data, "--output": self.output, "--storage": self.storage,
+                                     "--unknown": self.unknown}, self.s3_options())
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
         if self.coords and not Path(self.coords).is_file():
@@ -142,12 +141,10 @@ def run(cfg: TrainConfig) -> dict:
     coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
     data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
     unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
-    negatives = load_unlabelled(cfg.negatives, opts) if cfg.negatives else []
-    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else "")
-          + (f", negatives {len(negatives)}" if negatives else ""), flush=True)
+    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else ""), flush=True)
 
     init_ray(cfg.ray_address)
-    trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
+    trainer, run_name = _make_trainer(cfg, data, unknown)
     print(f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
           f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
           f"checkpoints in {storage.join(cfg.storage, run_name)}", flush=True)
@@ -191,7 +188,7 @@ def _run_name(cfg: TrainConfig) -> str:
     return name
 
 
-def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives: list[str]):
+def _make_trainer(cfg: TrainConfig, data, unknown: list[str]):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -208,7 +205,6 @@ def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives: list[st
         "val": (data.val.uris, data.val.labels),
         "test": (data.test.uris, data.test.labels),
         "unknown": unknown,
-        "negatives": negatives,
     }
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
@@ -268,7 +264,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument("--coords", default=None, help="CSV/JSON of landmark coordinates for the catalog")
     p.add_argument("--unknown", default=None, help="photos of no catalog landmark, for open-set evaluation")
-    p.add_argument("--negatives", default=None, help="photos of no catalog landmark, used in training")
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
     p.add_argument("--accept-rate", type=float, default=d.accept_rate,
                    help="share of known validation photos the abstain threshold accepts")

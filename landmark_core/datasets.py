@@ -158,7 +158,7 @@ def _load_gldv2(root: str, *, val_fraction: float, seed: int, coords: dict | Non
 
 
 def load_unlabelled(root: str, opts: storage.S3Options = storage.S3Options()) -> list[str]:
-    """All images below ``root`` (class folders, if any, are ignored) - for --unknown / --negatives."""
+    """All images below ``root`` (class folders, if any, are ignored) - for --unknown."""
     storage.check_uri(root)
     if not storage.is_s3(root):
         root = str(Path(root).resolve())
