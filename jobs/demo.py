@@ -1,10 +1,11 @@
 """`landmark demo` (what `make demo` runs): the whole product on this machine, with no cloud account.
 
     1. photos: the synthetic landmark-like set (or --data DIR, a real class-folder set)
-    2. a local Ray; train EfficientNet-Lite0, frozen backbone, 2 workers
+    2. a local Ray; train EfficientNet-Lite0, frozen backbone, 2 workers (or --model DIR: a model already trained)
     3. a "day of uploads" (held-out photos, some with EXIF GPS, some rotated, a few bad files) put in a local
        SeaweedFS S3 bucket started for the demo (--no-s3: a local folder)
-    4. the nightly tag job; the same job again (nothing new to tag); a query; an HTML report
+    4. the nightly tag job (and how many held-out photos got their own landmark); the same job again (nothing
+       new to tag); a query; an HTML report
     5. stop what it started
 """
 
@@ -60,7 +61,8 @@ def run(ns: argparse.Namespace) -> int:
     step(1, "photos")
     photos = _photos(ns.data, work, ns.classes)
 
-    step(2, "train on a local Ray (EfficientNet-Lite0, frozen backbone, 2 workers)")
+    step(2, "a local Ray" + (f" and the model in {ns.model}" if ns.model else
+                             "; train EfficientNet-Lite0 on it (frozen backbone, 2 workers)"))
     server = None
     if not ns.no_s3:  # before Ray starts: its workers inherit the S3 keys from this process's environment
         server = _start_s3_server(work)
@@ -83,12 +85,16 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
     from jobs.train import TrainConfig, run as train
 
     init_ray(None)
-    model = work / "model"
-    metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
-                                model="efficientnet_lite0", freeze_backbone=True, workers=2, epochs=ns.epochs,
-                                feature_views=2))
-    print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
-          f"report PNGs in {model / 'report'}")
+    if ns.model:
+        model = Path(ns.model)
+        print(f"    skipped: using the trained model in {model}")
+    else:
+        model = work / "model"
+        metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
+                                    model="efficientnet_lite0", freeze_backbone=True, workers=2,
+                                    epochs=ns.epochs, feature_views=2))
+        print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
+              f"report PNGs in {model / 'report'}")
 
     step(3, "a day of uploads" + ("" if server is None else " into a local SeaweedFS S3 bucket"))
     day = _day_of_uploads(photos, work)
@@ -100,7 +106,8 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
     from jobs.tag import TagConfig, run as tag
 
     cfg = TagConfig(input=src, output=tags, model=str(model), s3_endpoint=endpoint)
-    tag(cfg)
+    first = tag(cfg)
+    _print_accuracy(tags, str(model), endpoint, first["listed"])
     second = tag(cfg)
     print(f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
           f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)")
@@ -114,6 +121,24 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
     query_main(["--tags", tags, "--status", "tagged", "--limit", "8"] + extra)
     report_main(["--tags", tags, "--out", str(work / "report"), "--model", str(model)] + extra)
     return model, tags
+
+
+def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) -> None:
+    """How many held-out photos got their own landmark: an upload is named <class folder>_<file>."""
+    from landmark_core import storage, tagstore
+    from landmark_core.artifact import load
+
+    folders = {lm.folder: lm.name for lm in load(model, storage_options={"endpoint": endpoint}).catalog}
+    rows = tagstore.read_committed(tags, columns=["uri", "landmark"], opts=storage.S3Options(endpoint=endpoint))
+    right = total = 0
+    for uri, landmark in zip(rows.column("uri").to_pylist(), rows.column("landmark").to_pylist()):
+        base = uri.rsplit("/", 1)[-1]
+        matches = [f for f in folders if base.startswith(f + "_")]
+        if matches:  # the longest folder that prefixes the name ("arch_bridge_1.jpg" is not "arch")
+            total += 1
+            right += landmark == folders[max(matches, key=len)]
+    print(f"    {listed} objects, {rows.num_rows} rows; held-out photos given their own landmark: "
+          f"{right}/{total} ({right / max(total, 1):.1%})")
 
 
 def _start_s3_server(work: Path):
@@ -147,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--classes", type=int, default=6, help="synthetic landmarks (default 6)")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--no-s3", action="store_true", help="keep the uploads and tags on local disk")
+    p.add_argument("--model", default=None, help="tag with this trained model instead of training one")
     ns = p.parse_args(argv)
+    if ns.model and not Path(ns.model, "artifact.json").is_file():
+        p.error(f"--model {ns.model}: no artifact.json there (train one with `landmark train`)")
     if ns.data and not Path(ns.data).is_dir():
         p.error(f"--data {ns.data}: no such directory")
     if ns.classes < 2 or ns.epochs < 1:
