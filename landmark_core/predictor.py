@@ -2,6 +2,10 @@
 
 Built from an artifact; usable directly, in `landmark predict`, and unchanged as a Ray Data actor class
 (``ds.map_batches(Predictor, fn_constructor_kwargs={"model": uri}, ...)``).
+
+The network runs on one of landmark_core.runtime's runtimes: torch (default here: the scores equal training's
+evaluation; the GPU path), or ONNX Runtime fp32 / int8 on a CPU (several times faster there; the commands default
+to ``auto``, which picks them on a CPU). The ONNX runtimes never import torch once their model is built.
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ from . import abstention
 from .artifact import Artifact, build_network, load
 from .calibration import softmax, threshold_at_accept_rate
 from .preprocess import normalize_batch
+from .runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 
 TAGGED, NO_LANDMARK, FAILED = "tagged", "no_landmark", "failed"
 
 
 def pick_device(device: str | None = None) -> str:
-    import torch
-
     if device and device != "auto":
         return device
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -36,28 +41,48 @@ class Predictor:
 
     def __init__(self, model: str | Artifact, *, k: int = 5, min_score: float | None = None,
                  accept_rate: float | None = None, device: str | None = None, threads: int | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, runtime: str = "torch", onnx_model: bytes | None = None):
         """``min_score`` replaces the artifact's abstain threshold (on its abstention score); ``accept_rate``
-        recomputes it from the known validation scores stored in the artifact."""
-        import torch
+        recomputes it from the known validation scores stored in the artifact.
 
+        ``runtime``: torch | onnx | onnx-int8 | auto (see landmark_core.runtime). ``onnx_model``: the runtime's
+        ONNX model when the caller has it already (the tag job builds it once in the driver); else it comes from
+        the cache, or is built and cached. ``threads``: torch threads, or ONNX Runtime intra-op threads.
+        """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if threads:
+        check_runtime(runtime)
+        if runtime in ONNX_RUNTIMES and device in (None, "auto"):
+            device = "cpu"  # no torch import just to ask for a GPU the ONNX runtimes would not use
+        self.device = pick_device(device)
+        self.runtime = resolve_runtime(runtime, self.device)
+        onnx = self.runtime in ONNX_RUNTIMES
+        if threads and not onnx:
+            import torch
+
             torch.set_num_threads(threads)
-        self.artifact = model if isinstance(model, Artifact) else load(model, storage_options=storage_options)
+        self.artifact = model if isinstance(model, Artifact) else load(
+            model, storage_options=storage_options, tensors="numpy" if onnx else "torch")
         art = self.artifact
         self.catalog, self.preset, self.model_id = art.catalog, art.preprocess, art.model_id
         self.k = min(k, len(self.catalog))
         self.temperature = art.temperature
         self.method = art.abstain.get("method", "msp")
         self.knn_k = int(art.abstain.get("k", 5))
-        self.extra = {k_: v.numpy() for k_, v in art.extra_tensors.items()}
+        self.extra = {k_: np.asarray(v) for k_, v in art.extra_tensors.items()}
         self.threshold = self._threshold(art, min_score, accept_rate)
-        self.device = pick_device(device)
-        self.net = build_network(art).to(self.device)
-        if self.device.startswith("cuda"):
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net, self._onnx = None, None
+        if onnx:
+            from . import runtime as rt
+
+            self._onnx = rt.OrtModel(onnx_model if onnx_model is not None else rt.model_bytes(art, self.runtime),
+                                     threads=threads)
+        else:
+            import torch
+
+            self.net = build_network(art).to(self.device)
+            if self.device.startswith("cuda"):
+                self.net = self.net.to(memory_format=torch.channels_last)
         self._lat = np.array([np.nan if lm.lat is None else lm.lat for lm in self.catalog], dtype=np.float64)
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
@@ -72,6 +97,8 @@ class Predictor:
         return float(art.abstain.get("threshold", float("-inf")))
 
     def logits_and_embeddings(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._onnx is not None:
+            return self._onnx(images_uint8)
         import torch
 
         p = self.preset

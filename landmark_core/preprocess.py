@@ -131,13 +131,95 @@ def normalize_batch(batch_uint8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_ST
     """
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(batch_uint8))
-    if device is not None and str(device) != "cpu":
-        t = t.pin_memory().to(device, non_blocking=True)
+    if isinstance(batch_uint8, torch.Tensor):  # already a tensor (e.g. decoded on the GPU): stays where it is
+        t = batch_uint8 if device is None else batch_uint8.to(device)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(batch_uint8))
+        if device is not None and str(device) != "cpu":  # pinned host memory: an async DMA copy to the GPU
+            t = t.pin_memory().to(device, non_blocking=True)
     t = t.permute(0, 3, 1, 2).float().div_(255.0)
     m = torch.tensor(mean, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=t.dtype, device=t.device).view(1, 3, 1, 1)
     return t.sub_(m).div_(s)
+
+
+# ---------------------------------------------------------------- decoding on the GPU (optional)
+
+
+class GpuDecodeError(ValueError):
+    """--gpu-decode asked for where it cannot run (no CUDA, or a runtime that does not run on the GPU)."""
+
+
+def check_gpu_decode(device: str, flag: str = "--gpu-decode") -> None:
+    """Refuse GPU decoding clearly unless ``device`` is a CUDA device that torch can use."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        raise GpuDecodeError(f"{flag} decodes JPEGs with nvJPEG on a CUDA GPU (torchvision.io.decode_jpeg("
+                             f"device='cuda')), and there is none here (device {device!r}, "
+                             f"torch.cuda.is_available() {torch.cuda.is_available()}); drop {flag}")
+
+
+def decode_jpegs_to_uint8(datas: list[bytes], preset: EvalPreset, device: str = "cuda"):
+    """JPEG bytes -> the eval crops, decoded by torchvision.io.decode_jpeg on ``device`` (nvJPEG on a GPU).
+
+    Returns (an (M, S, S, 3) uint8 tensor on ``device`` of the M photos it decoded, in input order, or None;
+    one ok flag per input). Not ok (the caller's CPU path takes them): not a JPEG, CMYK or other unusual modes,
+    or a batch nvJPEG refused. Same steps as the CPU path: EXIF orientation (read from the header), short side
+    resized to ``preset.resize`` (bilinear, antialiased), centre crop ``preset.size``. Small photos come out
+    identical to the Pillow path (tests, on the CPU device); large ones differ slightly, since the CPU path
+    decodes them DCT-scaled (draft) and resamples with Pillow.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.transforms.v2 import functional as F
+
+    ok, tensors, orient = [], [], []
+    for data in datas:
+        o = None
+        try:
+            im = _open(data)
+            good = im.format == "JPEG" and im.mode in ("RGB", "L")
+            o = _read_exif(im).get("orientation") if good else None
+        except Exception:
+            good = False
+        ok.append(good)
+        if good:
+            tensors.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            orient.append(o)
+    if not tensors:
+        return None, ok
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:  # one undecodable photo fails the batch: every JPEG of it takes the CPU path
+        return None, [False] * len(datas)
+    out = []
+    for img, o in zip(decoded, orient):  # img: (3, H, W) uint8 on device
+        img = _orient_chw(img, o)
+        h, w = img.shape[-2:]
+        scale = preset.resize / min(w, h)
+        nh, nw = max(preset.size, round(h * scale)), max(preset.size, round(w * scale))
+        img = F.resize(img, [nh, nw], antialias=True)
+        top, left = (nh - preset.size) // 2, (nw - preset.size) // 2  # as EvalPreset.to_uint8 crops
+        out.append(img[:, top:top + preset.size, left:left + preset.size].permute(1, 2, 0))
+    return torch.stack(out), ok
+
+
+def _orient_chw(img, orientation: int | None):
+    """EXIF orientation 2-8 on a (C, H, W) tensor, exactly as ImageOps.exif_transpose on a PIL image."""
+    import torch
+
+    t = lambda x: x.transpose(-2, -1)  # noqa: E731  (PIL's TRANSPOSE: across the main diagonal)
+    ops = {
+        2: lambda x: x.flip(-1),                               # FLIP_LEFT_RIGHT
+        3: lambda x: x.flip(-1).flip(-2),                      # ROTATE_180
+        4: lambda x: x.flip(-2),                               # FLIP_TOP_BOTTOM
+        5: t,                                                  # TRANSPOSE
+        6: lambda x: torch.rot90(x, k=-1, dims=(-2, -1)),      # ROTATE_270 (90 degrees clockwise)
+        7: lambda x: t(x).flip(-1).flip(-2),                   # TRANSVERSE
+        8: lambda x: torch.rot90(x, k=1, dims=(-2, -1)),       # ROTATE_90 (counter-clockwise)
+    }
+    return ops[orientation](img) if orientation in ops else img
 
 
 # ---------------------------------------------------------------- decoding
