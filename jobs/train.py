@@ -39,6 +39,7 @@ class TrainConfig:
     output: str
     model: str = "efficientnet_lite0"
     weights: str = "imagenet"
+    trust_pickle: bool = False  # --weights FILE may need full unpickling (can run code): only if the user says so
     freeze_backbone: bool = False
     workers: int = 2
     gpus_per_worker: float = 0.0
@@ -138,6 +139,7 @@ def run(cfg: TrainConfig) -> dict:
     from landmark_core.datasets import load_labelled, load_unlabelled
 
     opts = cfg.s3_options()
+    _check_sources(cfg, opts)
     coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
     data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
     unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
@@ -158,6 +160,23 @@ def run(cfg: TrainConfig) -> dict:
     with result.checkpoint.as_directory() as ckpt_dir:
         metrics = finalize(cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name)
     return metrics
+
+
+def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
+    """Before any Ray work: the S3 locations answer (seconds, one line naming the flag) and a --weights file
+    loads here as it will in every worker, so a missing, corrupt or untrusted pickle fails now, not on N workers."""
+    try:
+        for flag, uri in (("--data", cfg.data), ("--output", cfg.output), ("--storage", cfg.storage)):
+            storage.check_reachable(flag, uri, opts)
+    except storage.StorageError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.weights not in ("imagenet", "none"):
+        from landmark_core.weights import WeightsError, load_state_dict_file
+
+        try:
+            load_state_dict_file(cfg.weights, {"endpoint": cfg.s3_endpoint}, trust_pickle=cfg.trust_pickle)
+        except WeightsError as e:
+            raise ConfigError(f"--weights: {e}") from None
 
 
 def _coords_beside(data: str) -> dict | None:
@@ -235,6 +254,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=d.model, help=f"one of: {', '.join(KNOWN_MODELS)}")
     p.add_argument("--weights", default=d.weights,
                    help="pretrained backbone weights: imagenet (default), none, or a state-dict file path/s3:// URI")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a --weights FILE that needs full unpickling (it can run code): only for files you "
+                        "trust; .safetensors and tensors-only .pth never need it")
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only, on cached features")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (DDP processes)")
     p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
@@ -289,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.check()
     except (ConfigError, ValueError) as e:
         p.error(str(e))
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except ConfigError as e:  # found by run's pre-flight checks (storage, --weights, --resume): one line, exit 2
+        print(f"landmark train: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}))
     return 0
 

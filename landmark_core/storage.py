@@ -7,9 +7,13 @@ thing a user passes is ``endpoint`` for S3-compatible stores. Nothing here ever 
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import os
+import random
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -27,6 +31,9 @@ class S3Options:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_attempts: int = 5
+    # An object read that fails on a transient error (connection refused/reset, 5xx, cut-off body) is retried
+    # with backoff until the store has been unreachable this long: a restart of the store costs time, not rows.
+    read_retry_seconds: float = 30.0
 
     def check(self) -> None:
         if self.endpoint:
@@ -75,9 +82,22 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
-@functools.lru_cache(maxsize=8)
 def s3_client(opts: S3Options):
-    """A boto3 client per process and options (clients are thread-safe; creating one costs ~50 ms)."""
+    """A boto3 client per process, options and credentials (clients are thread-safe; creating one costs ~50 ms).
+
+    The environment's credentials are part of the cache key (as a hash, never the secret itself): a client
+    made before the keys changed would otherwise keep signing with the old ones.
+    """
+    return _cached_client(opts, _credentials_fingerprint())
+
+
+def _credentials_fingerprint() -> str:
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    return hashlib.sha256("\x00".join(os.environ.get(k, "") for k in keys).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_client(opts: S3Options, _fingerprint: str):
     import boto3
     from botocore.config import Config
 
@@ -98,8 +118,47 @@ def _region() -> str:
 def read_bytes(uri: str, opts: S3Options = S3Options()) -> bytes:
     if is_s3(uri):
         bucket, key = split_s3(uri)
-        return s3_client(opts).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return _read_s3_retrying(bucket, key, opts)
     return Path(uri).read_bytes()
+
+
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
+_outage_since: dict[str | None, float] = {}  # per endpoint, this process: when reads began failing transiently
+
+
+def _read_s3_retrying(bucket: str, key: str, opts: S3Options) -> bytes:
+    """GET + body read, retried as a whole on transient errors, with jittered exponential backoff.
+
+    botocore's own retries do not cover a body cut off mid-stream, and give up after a few seconds. Bounded by
+    ``read_retry_seconds`` counted from when this process first saw the store fail: once the store has been
+    down that long, each further object gets one attempt, so a dead store fails rows fast instead of stalling.
+    """
+    client = s3_client(replace(opts, max_attempts=1))  # this loop is the one retry layer (no nested backoff)
+    for attempt in itertools.count():
+        try:
+            data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            _outage_since.pop(opts.endpoint, None)
+            return data
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            now = time.monotonic()
+            since = _outage_since.setdefault(opts.endpoint, now)
+            pause = min(4.0, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            if now + pause - since > opts.read_retry_seconds:
+                raise
+            time.sleep(pause)
+
+
+def is_transient(e: BaseException) -> bool:
+    """Worth retrying: the connection failed or was cut, the read timed out, or the store answered 5xx/slow down."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(e, ClientError):
+        err = e.response.get("Error", {})
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or err.get("Code") in _TRANSIENT_CODES
+    return isinstance(e, (ConnectionError, HTTPClientError, IncompleteReadError, ConnectionResetError))
 
 
 def write_bytes(uri: str, data: bytes, opts: S3Options = S3Options()) -> None:
@@ -127,6 +186,45 @@ def exists(uri: str, opts: S3Options = S3Options()) -> bool:
                 return False
             raise
     return Path(uri).exists()
+
+
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+               "403"}
+
+
+def check_reachable(flag: str, uri: str | None, opts: S3Options) -> None:
+    """One quick request to the bucket behind an s3:// ``flag`` (list at most one key, at most 2 tries, short
+    timeouts): a wrong endpoint, refused credentials or a missing bucket fail in seconds, in one line naming the
+    flag and the endpoint, before any cluster work. Local paths are not checked here."""
+    if not uri or not is_s3(uri):
+        return
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    bucket, key = split_s3(uri)
+    where = f"S3 endpoint {opts.endpoint}" if opts.endpoint else "AWS S3 (no --s3-endpoint given)"
+    cfg = Config(connect_timeout=min(opts.connect_timeout, 5.0), read_timeout=min(opts.read_timeout, 10.0),
+                 retries={"max_attempts": 2, "mode": "standard"},
+                 s3={"addressing_style": "path"} if opts.endpoint else None)
+    client = boto3.session.Session().client("s3", endpoint_url=opts.endpoint,
+                                            region_name=opts.region or _region(), config=cfg)
+    try:
+        client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
+    except NoCredentialsError:
+        raise StorageError(f"{flag} {uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and "
+                           f"AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role)") from None
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", "?"))
+        if code in ("NoSuchBucket", "404"):
+            raise StorageError(f"{flag} {uri}: bucket {bucket!r} does not exist at {where}") from None
+        if code in _AUTH_CODES:
+            raise StorageError(f"{flag} {uri}: {where} refused the credentials ({code}); check "
+                               f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role") from None
+        raise StorageError(f"{flag} {uri}: {where} answered {code}: {redact(str(e))[:200]}") from None
+    except (BotoCoreError, OSError) as e:
+        raise StorageError(f"{flag} {uri}: cannot reach the {where} ({type(e).__name__}); check --s3-endpoint "
+                           f"and that the store is up") from None
 
 
 def arrow_fs(uri: str, opts: S3Options = S3Options()):

@@ -17,6 +17,7 @@ import pytest
 from jobs.train import ConfigError, TrainConfig, main as train_main, run as train_run
 from landmark_core.artifact import load as load_artifact
 from landmark_core.predictor import Predictor
+from tests.procs import own_process_titles
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,23 +97,7 @@ def _wait_for_checkpoint(storage_dir: Path, epoch: int, timeout: float, alive=la
 
 def _train_worker_pids() -> list[int]:
     """PIDs of this test session's Ray Train worker processes (descendants of this process), from /proc."""
-    parent, names = {}, {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                parent[int(d)] = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                names[int(d)] = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                pass
-
-    def ours(pid: int) -> bool:
-        while pid > 1:
-            if pid == os.getpid():
-                return True
-            pid = parent.get(pid, 1)
-        return False
-
-    return sorted(p for p, n in names.items() if n.startswith("ray::RayTrainWorker") and ours(p))
+    return sorted(p for p, n in own_process_titles().items() if n.startswith("ray::RayTrainWorker"))
 
 
 @pytest.mark.slow
