@@ -67,7 +67,13 @@ def _job_env() -> dict:
 def _submit(address: str, entrypoint: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
     """`ray job submit` waits for the job and exits non-zero unless it SUCCEEDED."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--"] + entrypoint
-    return subprocess.run(cmd, cwd=ROOT, env=_job_env(), capture_output=True, text=True, timeout=timeout)
+    deadline = time.time() + 90
+    while True:
+        r = subprocess.run(cmd, cwd=ROOT, env=_job_env(), capture_output=True, text=True, timeout=timeout)
+        # The dashboard answers `ray job list` before the node's job agent has registered; Ray says to retry.
+        if "No available agent to submit job" not in r.stderr + r.stdout or time.time() > deadline:
+            return r
+        time.sleep(3)
 
 
 @pytest.mark.slow
