@@ -250,6 +250,37 @@ def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(
     assert tagstore.committed_runs(out, storage.S3Options(endpoint=s3.endpoint)) == []
 
 
+def _mount_tmpfs(where: Path, size_kb: int) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_full_output_disk_is_one_clear_error_and_nothing_is_committed(ray_local, small_model, tmp_path, capsys):
+    """--output on a (real, mounted) file system with one free page: the probe fits, the Parquet file does not."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 1024):
+        pytest.skip("needs root and mount to make a small file system")
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - page))  # leave one page
+        _write_photos(tmp_path / "photos", 200)
+        out = str(disk / "tags")
+        code = tag_main(["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model])
+        err = capsys.readouterr().err
+        line = [ln for ln in err.splitlines() if ln.startswith("landmark tag: error:")]
+        assert code == 1 and len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], \
+            err[-2000:]
+        print(line[0])
+        assert not list(disk.rglob("_SUCCESS")) and tagstore.committed_runs(out) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_s3_reads_give_up_within_their_bound_when_the_store_stays_down(monkeypatch):
     """A dead store: the first object retries for read_retry_seconds, later ones fail at once (no stall)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKEXAMPLE")
