@@ -165,16 +165,19 @@ def run(cfg: TagConfig) -> dict:
             onnx_model = model_bytes(artifact, runtime)
             timings["onnx_model_seconds"] = round(time.time() - t0, 2)
         try:
-            _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime, onnx_model=onnx_model)
+            timings["stages"] = _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime,
+                                              onnx_model=onnx_model)
         except Exception:
             _blame_output(fs, out_dir, cfg.output, run_id)  # a lost output is the likely cause: say so
             raise
     timings["pipeline_seconds"] = round(time.time() - t_list, 2)
+    t_verify = time.time()
     try:
         counts = _verify(fs, out_dir, todo)
     except Exception:
         _blame_output(fs, out_dir, cfg.output, run_id)
         raise
+    timings["verify_seconds"] = round(time.time() - t_verify, 2)
     summary = {
         "run_id": run_id, "dt": dt, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_id": artifact.model_id, "counts": counts, "rows": counts["total"], "listed": listing.num_rows,
@@ -222,7 +225,8 @@ def _check_writable(fs, out_dir: str, output: str) -> None:
 
 
 def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str, *,
-                  runtime: str = "torch", onnx_model: bytes | None = None) -> None:
+                  runtime: str = "torch", onnx_model: bytes | None = None) -> dict:
+    """Runs the Ray Data pipeline; returns the worker-seconds and photos of each stage (StageClock)."""
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -234,6 +238,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
     blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
     ds = ray.data.from_arrow(blocks)
+    clock = ray.remote(num_cpus=0)(StageClock).remote()
     predictor_kwargs = {"model": cfg.model, "model_id": artifact.model_id, "k": cfg.k, "min_score": cfg.min_score,
                         "accept_rate": cfg.accept_rate, "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
                         "onnx_model": None if onnx_model is None else ray.put(onnx_model)}
@@ -244,7 +249,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         ds = ds.map_batches(
             tag_task, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
             fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
-                       "run_id": run_id, "tagged_at": datetime.now(timezone.utc),
+                       "run_id": run_id, "tagged_at": datetime.now(timezone.utc), "clock": clock,
                        "predictor": {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}},
             udf_modifying_row_count=False,
         )
@@ -260,10 +265,11 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
             ds.context.op_resource_reservation_enabled = False
         ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd",
                          ray_remote_args={"num_cpus": 0.5})
-        return
+        return ray.get(clock.totals.remote())
     ds = ds.map_batches(
-        read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
-        fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels},
+        timed_read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
+        fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
+                   "clock": clock},
         udf_modifying_row_count=False,
     )
     lo, hi = cfg.actors
@@ -271,7 +277,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         TagActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(min_size=lo, max_size=hi),
         num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
-        fn_constructor_kwargs={**predictor_kwargs, "run_id": run_id,
+        fn_constructor_kwargs={**predictor_kwargs, "run_id": run_id, "clock": clock,
                                "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
                                "tagged_at": datetime.now(timezone.utc)},
         # Ray Data's actor pool defaults to max_restarts=-1, max_task_retries=-1: a killed actor is replaced and
@@ -279,6 +285,38 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         udf_modifying_row_count=False,
     )
     ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd")
+    return ray.get(clock.totals.remote())
+
+
+class StageClock:
+    """Worker-seconds and photos per stage, reported by the stages themselves: with decode and the model fused
+    into one task (CPU) or one actor, Ray Data's per-operator stats cannot tell them apart."""
+
+    def __init__(self):
+        self.stages: dict[str, dict] = {}
+
+    def add(self, stage: str, seconds: float, photos: int) -> None:
+        s = self.stages.setdefault(stage, {"seconds": 0.0, "photos": 0})
+        s["seconds"] += seconds
+        s["photos"] += photos
+
+    def totals(self) -> dict:
+        return {k: {"seconds": round(v["seconds"], 2), "photos": v["photos"]} for k, v in self.stages.items()}
+
+
+def _clocked(clock, stage: str, fn, n: int):
+    """fn() timed into ``clock`` (waited for, so the driver's totals include it; one small call per batch)."""
+    import ray
+
+    t0 = time.perf_counter()
+    out = fn()
+    if clock is not None:
+        ray.get(clock.add.remote(stage, time.perf_counter() - t0, n))
+    return out
+
+
+def timed_read_and_decode(batch: dict, *, clock=None, **kwargs) -> dict:
+    return _clocked(clock, "read+decode", lambda: read_and_decode(batch, **kwargs), len(batch["uri"]))
 
 
 def _make_predictor(*, model: str, model_id: str, k: int, min_score, accept_rate, s3_endpoint, runtime: str,
@@ -301,7 +339,8 @@ def _make_predictor(*, model: str, model_id: str, k: int, min_score, accept_rate
 _WORKER_PREDICTORS: dict = {}
 
 
-def tag_task(batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict) -> pa.Table:
+def tag_task(batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict,
+             clock=None) -> pa.Table:
     """``--compute tasks``: listing rows -> read + decode -> predict -> TAGS_SCHEMA rows, in one task."""
     from landmark_core.tagging import predict_batch
 
@@ -310,25 +349,27 @@ def tag_task(batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_
         _WORKER_PREDICTORS.clear()  # one model per worker process
         _WORKER_PREDICTORS[key] = _make_predictor(**predictor)
     p = _WORKER_PREDICTORS[key]
-    decoded = read_and_decode(batch, preset=preset, opts=opts, max_pixels=max_pixels)
-    return to_tag_rows(predict_batch(p, decoded), p, run_id=run_id, tagged_at=tagged_at)
+    decoded = timed_read_and_decode(batch, preset=preset, opts=opts, max_pixels=max_pixels, clock=clock)
+    return _clocked(clock, "model+rows", lambda: to_tag_rows(predict_batch(p, decoded), p, run_id=run_id,
+                                                             tagged_at=tagged_at), len(batch["uri"]))
 
 
 class TagActor:
     """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
 
     def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
-                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None):
+                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None):
         self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
                                          accept_rate=accept_rate, s3_endpoint=s3_endpoint, runtime=runtime,
                                          onnx_model=onnx_model, threads=threads)
-        self.run_id, self.tagged_at = run_id, tagged_at
+        self.run_id, self.tagged_at, self.clock = run_id, tagged_at, clock
 
     def __call__(self, batch: dict) -> pa.Table:
         from landmark_core.tagging import predict_batch
 
-        return to_tag_rows(predict_batch(self.predictor, batch), self.predictor, run_id=self.run_id,
-                           tagged_at=self.tagged_at)
+        return _clocked(self.clock, "model+rows",
+                        lambda: to_tag_rows(predict_batch(self.predictor, batch), self.predictor,
+                                            run_id=self.run_id, tagged_at=self.tagged_at), len(batch["uri"]))
 
 
 def _verify(fs, out_dir: str, todo: pa.Table) -> dict:
@@ -372,9 +413,13 @@ def _print_summary(s: dict) -> None:
     print(f"[tag] committed run {s['run_id']}: {c['tagged']} tagged, {c['no_landmark']} no landmark, "
           f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)", flush=True)
     t = s["timings"]
-    print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, "
+    print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, verify {t['verify_seconds']}s, "
           f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); output: {s['output']}",
           flush=True)
+    if t.get("stages"):
+        print("[tag] stages (summed over workers): " + ", ".join(
+            f"{k} {v['seconds']}s for {v['photos']} photos ({v['photos'] / max(v['seconds'], 1e-9):.0f}/s per worker)"
+            for k, v in t["stages"].items()), flush=True)
 
 
 # ---------------------------------------------------------------- CLI

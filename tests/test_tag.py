@@ -82,7 +82,10 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     assert success["counts"] == c and success["model_id"] == summary["model_id"]
     assert len(list(run_dir.glob("*.parquet"))) == 1  # one file for the run, not one per batch
     printed = capsys.readouterr().out
-    assert "committed run" in printed and "images/s" in printed
+    assert "committed run" in printed and "images/s" in printed and "stages (summed over workers)" in printed
+    stages = summary["timings"]["stages"]  # time per stage, every photo through each
+    assert {k: v["photos"] for k, v in stages.items()} == {"read+decode": c["total"], "model+rows": c["total"]}
+    assert all(v["seconds"] > 0 for v in stages.values()) and success["timings"]["stages"] == stages
 
     again = tag_run(cfg)
     # nothing is tagged twice; only the failed ones are retried (and fail again)
