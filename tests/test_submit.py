@@ -32,9 +32,13 @@ def ray_head():
     port, dash = _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
+    # The node's agents get free ports too: their defaults (e.g. the dashboard agent's 52365) are taken when
+    # another Ray (the suite's `ray_local`) runs on this machine, and then no job agent ever registers.
+    agents = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+              f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-           f"--temp-dir={temp}", "--disable-usage-stats"]
+           f"--temp-dir={temp}", "--disable-usage-stats", *agents]
     log = open(Path(temp) / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
