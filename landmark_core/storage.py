@@ -198,17 +198,12 @@ def check_reachable(flag: str, uri: str | None, opts: S3Options) -> None:
     flag and the endpoint, before any cluster work. Local paths are not checked here."""
     if not uri or not is_s3(uri):
         return
-    import boto3
-    from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     bucket, key = split_s3(uri)
     where = f"S3 endpoint {opts.endpoint}" if opts.endpoint else "AWS S3 (no --s3-endpoint given)"
-    cfg = Config(connect_timeout=min(opts.connect_timeout, 5.0), read_timeout=min(opts.read_timeout, 10.0),
-                 retries={"max_attempts": 2, "mode": "standard"},
-                 s3={"addressing_style": "path"} if opts.endpoint else None)
-    client = boto3.session.Session().client("s3", endpoint_url=opts.endpoint,
-                                            region_name=opts.region or _region(), config=cfg)
+    client = s3_client(replace(opts, connect_timeout=min(opts.connect_timeout, 5.0),
+                               read_timeout=min(opts.read_timeout, 10.0), max_attempts=2))
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     except NoCredentialsError:
