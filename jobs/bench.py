@@ -6,11 +6,15 @@ bench tag, on the same photos with the same model, (b), (c) and (e) on the same 
   (c) the best single-process loop doing both: the faster of (c1) one decode thread overlapped with the model
       and (c2) a decode thread per core overlapped with the model
   (d) the seed's naive loop: torch fp32, PIL full decode, Resize(256), CenterCrop(224), one photo at a time
-  (e) the real Ray Data tag job end to end (read, decode, model, Parquet, verify, commit), timed from after
-      Ray's start-up (ray.init and Ray Data's cluster services): its worker processes, their imports, the model
-      load and everything after are in
-  (e2) for information: the same job again, its workers already up (the job's rate beyond its start-up)
-ratio_limit = e / c, ratio_naive = e / d; peak RSS of this process tree (Ray's workers included).
+  (e) the real Ray Data tag job end to end (read, decode, model, Parquet write, verify, commit), each time in a
+      fresh driver process joining this machine's Ray (a new Ray job, as `ray job submit` runs the nightly job;
+      Ray's own start-up and Ray Data's cluster services come first, untimed):
+      - the photos twice in one driver: the first run pays the job's start-up (its worker processes start, import
+        Ray Data and load the model: pipeline_cold_ips), the second is the job's steady rate (pipeline_ips),
+        which like (b)-(d) excludes loading and warming up;
+      - --scale copies of the photos (symlinks) in another fresh driver: its rate, and the peak RSS of the job's
+        processes (driver + its workers) against the 1x job's: streaming means it does not grow with the input.
+ratio_limit = e / c, ratio_naive = e / d (steady; ratio_limit_cold from the first run).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -28,14 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from jobs.tag import COMPUTE_MODES
+from landmark_core.datasets import list_files
 from landmark_core.runtime import RUNTIMES
 
 
 # ---------------------------------------------------------------- memory
 
 
-def _tree_rss_bytes(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants, from /proc (no psutil needed)."""
+def _tree_rss(root: int) -> dict[int, int]:
+    """{pid: resident bytes} of ``root`` and all its descendants, from /proc (no psutil needed)."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -45,16 +51,21 @@ def _tree_rss_bytes(root: int) -> int:
                 children.setdefault(ppid, []).append(int(d))
             except (OSError, IndexError, ValueError):
                 pass
-    total, stack, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+    out, stack, page = {}, [root], os.sysconf("SC_PAGE_SIZE")
     while stack:
         pid = stack.pop()
         try:
             with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * page
+                out[pid] = int(f.read().split()[1]) * page
         except (OSError, IndexError, ValueError):
             pass
         stack += children.get(pid, [])
-    return total
+    return out
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants."""
+    return sum(_tree_rss(root).values())
 
 
 class PeakRSS:
@@ -144,16 +155,55 @@ def bench_naive(net, paths: list[str]) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def bench_pipeline(image_dir: str, model: str, batch_size: int, actors: int, cpus_per_actor: float,
-                   runtime: str = "auto", compute: str = "auto", decode_batch: int | None = None) -> dict:
-    from jobs.tag import TagConfig, run as tag_run
+def scaled_tree(paths: list[str], root: str, scale: int, into: str) -> str:
+    """``scale`` copies of these photos as symlinks (copy0/..., copy1/...): distinct URIs, the same photos."""
+    root = Path(root).resolve()
+    for p in map(Path, paths):
+        for i in range(scale):
+            dst = Path(into, f"copy{i}", p.relative_to(root))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(p)
+    return into
 
-    extra = {"decode_batch": decode_batch} if decode_batch else {}
-    with tempfile.TemporaryDirectory() as out:
-        s = tag_run(TagConfig(input=image_dir, output=out, model=model, batch_size=batch_size,
-                              actors=(actors, actors), cpus_per_actor=cpus_per_actor, retag=True,
-                              runtime=runtime, compute=compute, **extra))
-    return s
+
+def job_driver(spec_json: str) -> None:
+    """Runs in a fresh process, i.e. as a new Ray job on the running cluster, as `ray job submit` runs the nightly
+    job: the tag job ``repeat`` times on the same photos (--retag), one JSON line of its _SUCCESS summary each."""
+    from jobs.tag import TagConfig, run
+
+    spec = json.loads(spec_json)
+    for _ in range(spec["repeat"]):
+        with tempfile.TemporaryDirectory() as out:
+            s = run(TagConfig(**spec["config"], output=out, retag=True))
+        print("BENCH-RUN " + json.dumps({k: s[k] for k in ("images_per_second", "timings", "counts", "runtime",
+                                                             "compute")}), flush=True)
+
+
+def bench_job(config: dict, *, repeat: int, address: str) -> dict:
+    """The tag job in a fresh driver process; its summaries, wall time and the peak RSS of the job's processes
+    (the driver and the worker processes started for it: every process below this one that is new)."""
+    before = set(_tree_rss(os.getpid()))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from jobs.bench import job_driver; job_driver(sys.argv[1])",
+             json.dumps({"config": config, "repeat": repeat})],
+            env={**os.environ, "RAY_ADDRESS": address}, stdout=log, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, sum(v for k, v in _tree_rss(os.getpid()).items() if k not in before))
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        lines = log.read().splitlines()
+    if proc.returncode:
+        sys.stderr.write("\n".join(lines[-40:]) + "\n")
+        raise SystemExit(f"landmark bench: the tag job failed (exit {proc.returncode}); its output is above")
+    for line in lines:
+        if line.startswith("[tag]"):
+            _say(line)
+    runs = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("BENCH-RUN ")]
+    return {"runs": runs, "wall_seconds": wall, "peak_rss": peak}
 
 
 # ---------------------------------------------------------------- bench tag
@@ -165,7 +215,6 @@ def run_tag(ns) -> dict:
     from jobs._ray import init_ray
     from jobs.tag import TagConfig
     from landmark_core.artifact import build_network, load as load_artifact
-    from landmark_core.datasets import list_files
     from landmark_core.predictor import Predictor
 
     paths = list_files(str(Path(ns.images).resolve()))
@@ -199,31 +248,58 @@ def run_tag(ns) -> dict:
         _say(f"(d) seed-style loop (torch fp32, full decode, Resize+CenterCrop, batch 1): "
              f"{out['naive_ips']:.1f} img/s")
         del predictor, images, torch_net
-        init_ray(None, worker_env=None)  # Ray start-up is not part of the pipeline's time; as the tag job does
-        out["ray_data_services_started"] = _start_ray_data_services()
-        summary = bench_pipeline(str(Path(ns.images).resolve()), ns.model, ns.batch_size, ns.actors,
-                                 ns.cpus_per_actor, runtime=ns.runtime, compute=ns.compute,
-                                 decode_batch=ns.decode_batch)
-        out["pipeline_ips"] = summary["images_per_second"]
-        out["pipeline_seconds"] = summary["timings"]["pipeline_seconds"]
-        _say(f"(e) Ray Data tag job end to end ({runtime}, {compute}): {out['pipeline_ips']:.1f} img/s "
-             f"({summary['counts']['total']} rows written and committed in {out['pipeline_seconds']} s)")
-        # For information only (the ratios use (e)): the same job once more in this Ray, its worker processes
-        # already started with the model loaded, i.e. what (e) costs beyond its start-up.
-        warm = bench_pipeline(str(Path(ns.images).resolve()), ns.model, ns.batch_size, ns.actors,
-                              ns.cpus_per_actor, runtime=ns.runtime, compute=ns.compute,
-                              decode_batch=ns.decode_batch)
-        out["pipeline_warm_ips"] = warm["images_per_second"]
-        _say(f"(e2) the same job again, its workers already started (information, not in the ratios): "
-             f"{out['pipeline_warm_ips']:.1f} img/s ({warm['timings']['pipeline_seconds']} s)")
+    out["bench_peak_rss_mb"] = round(mem.peak / 2**20, 1)  # (a)-(d) in this process
+    out.update(bench_tag_job(ns, paths))
     out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
     out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
-    out["peak_rss_mb"] = round(mem.peak / 2**20, 1)
-    for k in ("decode_ips", "model_ips", "model_torch_ips", "limit_ips", "naive_ips", "pipeline_ips"):
+    out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)
+    for k in ("decode_ips", "model_ips", "model_torch_ips", "limit_ips", "naive_ips"):
         if k in out:
             out[k] = round(out[k], 2)
-    _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}, "
-         f"peak RSS {out['peak_rss_mb']} MB")
+    _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}; "
+         f"cold e/c {out['ratio_limit_cold']}; the job's peak RSS {out['peak_rss_mb']} MB with 1x the photos, "
+         f"{out['peak_rss_scaled_mb']} MB with {ns.scale}x ({out['rss_ratio_scaled']}x)")
+    return out
+
+
+def bench_tag_job(ns, paths: list[str]) -> dict:
+    """(e): the real tag job, each time in a fresh driver process on this machine's Ray (a new Ray job, as the
+    nightly `ray job submit` runs): 1x the photos twice in one driver (cold, then steady), then --scale x."""
+    import ray
+
+    from jobs._ray import init_ray
+
+    init_ray(None, worker_env=None)  # Ray's start-up is not the job's
+    address = ray.get_runtime_context().gcs_address
+    out: dict = {"ray_data_services_started": _start_ray_data_services(), "scale": ns.scale}
+    config = {"model": str(Path(ns.model).resolve()), "batch_size": ns.batch_size, "actors": [ns.actors, ns.actors],
+              "cpus_per_actor": ns.cpus_per_actor, "runtime": ns.runtime, "compute": ns.compute,
+              **({"decode_batch": ns.decode_batch} if ns.decode_batch else {})}
+    with tempfile.TemporaryDirectory() as tree:  # the photos (all, or --limit of them) as (c) and (d) had them
+        one = bench_job({**config, "input": scaled_tree(paths, ns.images, 1, tree)}, repeat=2, address=address)
+    cold, steady = one["runs"]
+    out["pipeline_cold_ips"] = cold["images_per_second"]
+    out["pipeline_ips"] = steady["images_per_second"]
+    out["startup_seconds"] = round(cold["timings"]["pipeline_seconds"] - steady["timings"]["pipeline_seconds"], 2)
+    out["peak_rss_mb"] = round(one["peak_rss"] / 2**20, 1)
+    _say(f"(e) the Ray Data tag job end to end ({steady['runtime']}, {steady['compute']}; read, decode, model, "
+         f"Parquet write, verify, commit) in a fresh driver: first run {out['pipeline_cold_ips']} img/s (its worker "
+         f"processes start, import and load the model: about {out['startup_seconds']} s), the same job again in "
+         f"that driver {out['pipeline_ips']} img/s; peak RSS of the job's processes {out['peak_rss_mb']} MB")
+    with tempfile.TemporaryDirectory() as tree:
+        scaled = bench_job({**config, "input": scaled_tree(paths, ns.images, ns.scale, tree)}, repeat=1,
+                           address=address)
+    run = scaled["runs"][0]
+    if run["counts"]["total"] != ns.scale * len(paths):
+        raise SystemExit(f"landmark bench: the {ns.scale}x job wrote {run['counts']['total']} rows, "
+                         f"expected {ns.scale * len(paths)}")
+    out["rows_scaled"] = run["counts"]["total"]
+    out["pipeline_scaled_ips"] = run["images_per_second"]
+    out["peak_rss_scaled_mb"] = round(scaled["peak_rss"] / 2**20, 1)
+    out["rss_ratio_scaled"] = round(scaled["peak_rss"] / max(one["peak_rss"], 1), 3)
+    _say(f"(e{ns.scale}x) the same job on {ns.scale}x the photos ({ns.scale * len(paths)}, symlinks), fresh driver: "
+         f"{out['pipeline_scaled_ips']} img/s; peak RSS of the job's processes {out['peak_rss_scaled_mb']} MB "
+         f"({out['rss_ratio_scaled']}x the 1x job's)")
     return out
 
 
@@ -298,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--compute", choices=COMPUTE_MODES, default="auto",
                    help="(e): the model in an actor pool or in the decode tasks (as `landmark tag --compute`)")
     t.add_argument("--decode-batch", type=int, default=None, help="(e): photos per decode task (as `landmark tag`)")
+    t.add_argument("--scale", type=int, default=10,
+                   help="(e) also runs on this many copies of the photos (symlinks): memory 1x vs Nx")
     t.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
     tr.add_argument("--data", required=True)
@@ -311,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--images {ns.images}: no such directory")
         if ns.batch_size < 1 or ns.actors < 1 or ns.cpus_per_actor <= 0 or (ns.decode_batch or 1) < 1:
             p.error("--batch-size, --actors, --cpus-per-actor and --decode-batch must be > 0")
+        if ns.scale < 2:
+            p.error(f"--scale {ns.scale}: must be at least 2")
         try:
             from jobs.tag import TagConfig
 

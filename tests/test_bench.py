@@ -1,0 +1,30 @@
+"""`landmark bench tag` end to end on synthetic photos: every measurement runs and the JSON line adds up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jobs import bench
+
+RATES = ("decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips", "pipeline_cold_ips",
+         "pipeline_scaled_ips")
+
+
+def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic_data, tiny_artifact, capsys):
+    files = synthetic_data["files"]
+    root = Path(files[0]).parents[2]  # <root>/<split>/<class>/<photo>.jpg
+    assert bench.main(["tag", "--images", str(root), "--model", tiny_artifact.path, "--batch-size", "8",
+                       "--decode-batch", "8", "--scale", "2", "--json"]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(printed.strip().splitlines()[-1])
+    assert {"decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips", "ratio_limit", "ratio_naive",
+            "peak_rss_mb"} <= r.keys()  # the keys the issue names
+    assert r["images"] == len(files) and r["rows_scaled"] == 2 * len(files)
+    assert all(r[k] > 0 for k in RATES), {k: r[k] for k in RATES}
+    assert r["ratio_limit"] == round(r["pipeline_ips"] / r["limit_ips"], 3)
+    assert r["ratio_naive"] == round(r["pipeline_ips"] / r["naive_ips"], 3)
+    assert r["peak_rss_mb"] > 50 and r["peak_rss_scaled_mb"] > 50  # the job's own driver and workers were seen
+    assert abs(r["rss_ratio_scaled"] - r["peak_rss_scaled_mb"] / r["peak_rss_mb"]) < 0.01
+    assert printed.count("[bench] [tag] committed run") == 3  # 1x twice in one fresh driver, then 2x in another
+    assert "(e2x)" in printed and "ratio_limit (e/c)" in printed
