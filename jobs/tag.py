@@ -66,6 +66,7 @@ class TagConfig:
     max_pixels: int = 64_000_000
     ray_address: str | None = None
     stage_times: bool = False  # time read+decode and model+rows apart (a small actor the stages report to)
+    gpu_decode: bool = False  # JPEGs decoded in the GPU actors (nvJPEG) instead of the CPU tasks
 
     def check(self) -> None:
         if bool(self.input) == bool(self.manifest):
@@ -89,6 +90,8 @@ class TagConfig:
         if self.compute == "tasks" and (self.gpus_per_actor or runtime not in ONNX_RUNTIMES):
             raise ConfigError("--compute tasks needs an ONNX runtime on CPUs (--runtime onnx or onnx-int8, no "
                               "--gpus-per-actor); the torch runtime and GPUs run in actors")
+        if self.gpu_decode and not self.gpus_per_actor:  # (GPU actors run torch: other runtimes are refused above)
+            raise ConfigError("--gpu-decode decodes JPEGs in the GPU actors: it needs --gpus-per-actor > 0")
         if self.min_score is not None and not np.isfinite(self.min_score):
             raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
         if self.min_score is not None and self.accept_rate is not None:
@@ -279,7 +282,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     ds = ds.map_batches(
         timed_read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
         fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
-                   "clock": clock},
+                   "clock": clock, "defer_jpeg": cfg.gpu_decode},
         udf_modifying_row_count=False,
     )
     lo, hi = cfg.actors
@@ -288,6 +291,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         compute=ActorPoolStrategy(min_size=lo, max_size=hi),
         num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
         fn_constructor_kwargs={**predictor_kwargs, "run_id": run_id, "clock": clock,
+                               "gpu_decode": cfg.gpu_decode, "max_pixels": cfg.max_pixels,
                                "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
                                "tagged_at": datetime.now(timezone.utc)},
         # Ray Data's actor pool defaults to max_restarts=-1, max_task_retries=-1: a killed actor is replaced and
@@ -407,14 +411,25 @@ class TagActor:
     """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
 
     def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
-                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None):
+                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None,
+                 gpu_decode: bool = False, max_pixels: int = 64_000_000):
         self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
                                          accept_rate=accept_rate, s3_endpoint=s3_endpoint, runtime=runtime,
                                          onnx_model=onnx_model, threads=threads)
+        if gpu_decode:  # an actor without CUDA says so once, instead of decoding slowly on its CPU
+            from landmark_core.preprocess import check_gpu_decode
+
+            check_gpu_decode(self.predictor.device)
         self.run_id, self.tagged_at, self.clock = run_id, tagged_at, clock
+        self.gpu_decode, self.max_pixels = gpu_decode, max_pixels
 
     def __call__(self, batch: dict) -> pa.Table:
-        from landmark_core.tagging import predict_batch
+        from landmark_core.tagging import decode_deferred, predict_batch
+
+        if self.gpu_decode:
+            batch = _clocked(self.clock, "gpu-decode", lambda: decode_deferred(
+                batch, preset=self.predictor.preset, device=self.predictor.device, max_pixels=self.max_pixels),
+                len(batch["uri"]))
 
         return _clocked(self.clock, "model+rows",
                         lambda: to_tag_rows(predict_batch(self.predictor, batch), self.predictor,
@@ -513,6 +528,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the abstain threshold by the share of known validation photos to accept")
     p.add_argument("--retag", action="store_true", help="tag everything, even photos already tagged")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEGs in the GPU actors (torchvision.io.decode_jpeg on CUDA, nvJPEG) instead of "
+                        "the CPU tasks; needs --gpus-per-actor > 0")
     p.add_argument("--stage-times", action="store_true",
                    help="also time read+decode and model+rows apart (printed and in _SUCCESS; costs a little "
                         "start-up)")

@@ -143,7 +143,13 @@ class Predictor:
         out = {k: v for k, v in batch.items() if k != "image"}
         cols = self._empty(len(images))
         if ok.any():
-            pred = self.predict_arrays(np.asarray(images)[ok])
+            if isinstance(images, np.ndarray) or not hasattr(images, "device"):
+                images = np.asarray(images)[ok]
+            else:  # a torch tensor, e.g. decoded on the GPU (--gpu-decode): selected where it is
+                import torch
+
+                images = images[torch.from_numpy(ok).to(images.device)]
+            pred = self.predict_arrays(images)
             for name, col in pred.items():
                 cols[name][ok] = col
         if "status" in batch:  # failed rows keep their status

@@ -205,6 +205,22 @@ def decode_jpegs_to_uint8(datas: list[bytes], preset: EvalPreset, device: str = 
     return torch.stack(out), ok
 
 
+def jpeg_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded | None:
+    """For GPU decoding: a JPEG that ``decode_jpegs_to_uint8`` takes (RGB or grey, within ``max_pixels``), with its
+    upright size and EXIF and no pixels decoded; None for anything else, which the CPU path then decodes (and
+    reports, if broken), so both paths give the same rows."""
+    try:
+        im = _open(data)
+        w, h = im.size
+        if im.format != "JPEG" or im.mode not in ("RGB", "L") or w <= 0 or h <= 0 or w * h > max_pixels:
+            return None
+        exif = _read_exif(im)
+    except Exception:
+        return None
+    width, height = (h, w) if exif.get("orientation") in (5, 6, 7, 8) else (w, h)
+    return Decoded(None, width, height, "JPEG", exif.get("lat"), exif.get("lon"), exif.get("time"))
+
+
 def _orient_chw(img, orientation: int | None):
     """EXIF orientation 2-8 on a (C, H, W) tensor, exactly as ImageOps.exif_transpose on a PIL image."""
     import torch

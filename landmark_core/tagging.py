@@ -22,7 +22,8 @@ import pyarrow.compute as pc
 from . import storage, tagstore
 from .datasets import is_image_name
 from .predictor import FAILED, Predictor
-from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image
+from .preprocess import (DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8,
+                         jpeg_header)
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
 _NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent
@@ -132,8 +133,13 @@ def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Optio
 
 
 def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
-                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """uri/size/etag rows -> + sha256, width, height, EXIF, image (N, S, S, 3) uint8, ok, status, error."""
+                    max_pixels: int = DEFAULT_MAX_PIXELS, defer_jpeg: bool = False) -> dict:
+    """uri/size/etag rows -> + sha256, width, height, EXIF, image (N, S, S, 3) uint8, ok, status, error.
+
+    ``defer_jpeg`` (--gpu-decode): JPEGs the GPU can decode are only read and their headers parsed here; their
+    bytes go on in a ``jpeg`` column (b"" for the other rows), ok stays False, and the GPU actor decodes them
+    (``decode_deferred``).
+    """
     uris = list(batch["uri"])
     n = len(uris)
     out = {"uri": np.asarray(batch["uri"], dtype=object), "etag": np.asarray(batch["etag"], dtype=object),
@@ -146,6 +152,8 @@ def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
         exif_time=np.full(n, _NAT, dtype=np.int64), ok=np.zeros(n, dtype=bool),
         image=np.zeros((n, preset.size, preset.size, 3), dtype=np.uint8),
     )
+    if defer_jpeg:  # b"" for the rows decoded (or failed) here: a column of one type crosses Ray Data intact
+        out["jpeg"] = np.full(n, b"", dtype=object)
     t0 = time.perf_counter()
     for i, uri in enumerate(uris):
         _decode_one(out, i, uri, preset, opts, max_pixels)
@@ -161,6 +169,12 @@ def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S
         return
     out["sha256"][i] = hashlib.sha256(data).hexdigest()
     out["size_bytes"][i] = len(data)
+    if "jpeg" in out:
+        head = jpeg_header(data, max_pixels)
+        if head is not None:  # the GPU actor decodes it
+            out["jpeg"][i] = data
+            _set_header(out, i, head)
+            return
     try:
         d = decode_image(data, draft_to=preset.draft_target(), max_pixels=max_pixels)
         out["image"][i] = preset.to_uint8(d.image)
@@ -171,11 +185,45 @@ def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S
         out["status"][i], out["error"][i] = FAILED, f"decode: {_reason(e)}"
         return
     out["ok"][i] = True
+    _set_header(out, i, d)
+
+
+def _set_header(out: dict, i: int, d) -> None:
     out["width"][i], out["height"][i] = d.width, d.height
     if d.exif_lat is not None:
         out["exif_lat"][i], out["exif_lon"][i] = d.exif_lat, d.exif_lon
     if d.exif_time is not None:
         out["exif_time"][i] = int(d.exif_time.replace(tzinfo=timezone.utc).timestamp() * 1_000_000)
+
+
+def decode_deferred(batch: dict, *, preset: EvalPreset, device: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """--gpu-decode, in the GPU actor: the ``jpeg`` column's photos decoded on ``device`` (nvJPEG on a GPU); any
+    it refuses are decoded here on the CPU exactly as the CPU stage would (and fail with its reasons). Returns the
+    batch with ``image`` an (N, S, S, 3) uint8 tensor on ``device`` and ``ok``/``status``/``error`` updated."""
+    import torch
+
+    out = {k: (np.array(v, copy=True) if k in ("ok", "status", "error", "exif_lat", "exif_lon", "exif_time") else v)
+           for k, v in batch.items() if k != "jpeg"}
+    jpeg = batch["jpeg"]
+    images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(device)
+    todo = [i for i in range(len(jpeg)) if jpeg[i] is not None and len(jpeg[i])]
+    on_device, decoded = decode_jpegs_to_uint8([jpeg[i] for i in todo], preset, device=device) if todo else (None, [])
+    j = 0
+    for i, ok in zip(todo, decoded):
+        if ok and on_device is not None:
+            images[i], out["ok"][i], j = on_device[j], True, j + 1
+            continue
+        try:  # refused by the GPU decoder (or its whole batch was): the CPU path, same result as without the flag
+            d = decode_image(jpeg[i], draft_to=preset.draft_target(), max_pixels=max_pixels)
+            images[i] = torch.from_numpy(preset.to_uint8(d.image)).to(device)
+            out["ok"][i] = True
+        except Exception as e:
+            out["status"][i] = FAILED
+            out["error"][i] = f"decode: {e}" if isinstance(e, DecodeError) else f"decode: {_reason(e)}"
+            out["exif_lat"][i] = out["exif_lon"][i] = np.nan  # as the CPU path: no header facts for a failed row
+            out["exif_time"][i] = _NAT
+    out["image"] = images
+    return out
 
 
 def _reason(e: BaseException) -> str:
