@@ -152,7 +152,7 @@ def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
         exif_time=np.full(n, _NAT, dtype=np.int64), ok=np.zeros(n, dtype=bool),
         image=np.zeros((n, preset.size, preset.size, 3), dtype=np.uint8),
     )
-    if defer_jpeg:  # b"" for the rows decoded (or failed) here: a column of one type crosses Ray Data intact
+    if defer_jpeg:  # b"" for the rows decoded (or failed) here: an all-None object column comes back as NaN
         out["jpeg"] = np.full(n, b"", dtype=object)
     t0 = time.perf_counter()
     for i, uri in enumerate(uris):
@@ -206,7 +206,7 @@ def decode_deferred(batch: dict, *, preset: EvalPreset, device: str, max_pixels:
            for k, v in batch.items() if k != "jpeg"}
     jpeg = batch["jpeg"]
     images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(device)
-    todo = [i for i in range(len(jpeg)) if jpeg[i] is not None and len(jpeg[i])]
+    todo = [i for i in range(len(jpeg)) if isinstance(jpeg[i], bytes) and jpeg[i]]
     on_device, decoded = decode_jpegs_to_uint8([jpeg[i] for i in todo], preset, device=device) if todo else (None, [])
     j = 0
     for i, ok in zip(todo, decoded):
