@@ -212,7 +212,6 @@ def bench_job(config: dict, *, repeat: int, address: str) -> dict:
 def run_tag(ns) -> dict:
     import torch
 
-    from jobs._ray import init_ray
     from jobs.tag import TagConfig
     from landmark_core.artifact import build_network, load as load_artifact
     from landmark_core.predictor import Predictor
@@ -271,6 +270,9 @@ def bench_tag_job(ns, paths: list[str]) -> dict:
 
     init_ray(None, worker_env=None)  # Ray's start-up is not the job's
     address = ray.get_runtime_context().gcs_address
+    if os.environ.get("RAY_ADDRESS"):  # the job's workers are then another Ray's processes, not below this one
+        _say(f"joined the Ray at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: the job's peak RSS below counts its "
+             "driver only; unset RAY_ADDRESS to measure on a local Ray that the bench starts")
     out: dict = {"ray_data_services_started": _start_ray_data_services(), "scale": ns.scale}
     config = {"model": str(Path(ns.model).resolve()), "batch_size": ns.batch_size, "actors": [ns.actors, ns.actors],
               "cpus_per_actor": ns.cpus_per_actor, "runtime": ns.runtime, "compute": ns.compute,
