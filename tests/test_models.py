@@ -4,7 +4,6 @@ local weight files (.safetensors / .pth) load exactly and safely, and bad weight
 from __future__ import annotations
 
 import pickle
-import pathlib
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from landmark_core.models import (
 from landmark_core.preprocess import EvalPreset
 from landmark_core.synthetic import render_scene
 from landmark_core.weights import WeightsError, load_state_dict_file
+from tests.payloads import Payload
 
 torch.set_num_threads(2)
 
@@ -203,16 +203,6 @@ def test_missing_and_garbage_weights_files(tmp_path):
     torch.save([1, 2, 3], non_tensor)
     with pytest.raises(WeightsError, match="state dict of tensors"):
         load_state_dict_file(str(non_tensor))
-
-
-class Payload:
-    """A pickled object whose unpickling has a visible side effect: it creates a marker file."""
-
-    def __init__(self, marker: pathlib.Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
 
 
 def test_pickle_payload_is_refused_and_never_executed(tmp_path, resnet18_state):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 import secrets
 import shutil
 import signal
@@ -33,6 +32,7 @@ from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from landmark_core.preprocess import EvalPreset
 from landmark_core.tagstore import read_committed
+from tests.payloads import Payload
 from tests.procs import own_process_titles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -596,16 +596,6 @@ class _Meta:
     epoch = 3
 
 
-class _Payload:
-    """A pickled object whose unpickling has a visible side effect: it creates a marker file."""
-
-    def __init__(self, marker: pathlib.Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
 def test_pickle_weights_are_refused_unless_trusted(tmp_path, capsys):
     import torch
     import torchvision
@@ -618,7 +608,7 @@ def test_pickle_weights_are_refused_unless_trusted(tmp_path, capsys):
         state = torchvision.models.resnet18(weights=None).state_dict()
     marker = tmp_path / "pwned"
     evil, ckpt = tmp_path / "evil.pth", tmp_path / "checkpoint.pth"
-    torch.save({**state, "x": _Payload(marker)}, evil)
+    torch.save({**state, "x": Payload(marker)}, evil)
     torch.save({"state_dict": state, "meta": _Meta()}, ckpt)
     (tmp_path / "data").mkdir()
     base = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "m"), "--storage", str(tmp_path / "s"),
