@@ -178,11 +178,8 @@ def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S
     try:
         d = decode_image(data, draft_to=preset.draft_target(), max_pixels=max_pixels)
         out["image"][i] = preset.to_uint8(d.image)
-    except DecodeError as e:
-        out["status"][i], out["error"][i] = FAILED, f"decode: {e}"
-        return
-    except Exception as e:  # resize of a pathological image: still one failed row, never a crash
-        out["status"][i], out["error"][i] = FAILED, f"decode: {_reason(e)}"
+    except Exception as e:
+        out["status"][i], out["error"][i] = FAILED, _decode_error(e)
         return
     out["ok"][i] = True
     _set_header(out, i, d)
@@ -218,12 +215,17 @@ def decode_deferred(batch: dict, *, preset: EvalPreset, device: str, max_pixels:
             images[i] = torch.from_numpy(preset.to_uint8(d.image)).to(device)
             out["ok"][i] = True
         except Exception as e:
-            out["status"][i] = FAILED
-            out["error"][i] = f"decode: {e}" if isinstance(e, DecodeError) else f"decode: {_reason(e)}"
+            out["status"][i], out["error"][i] = FAILED, _decode_error(e)
             out["exif_lat"][i] = out["exif_lon"][i] = np.nan  # as the CPU path: no header facts for a failed row
             out["exif_time"][i] = _NAT
     out["image"] = images
     return out
+
+
+def _decode_error(e: BaseException) -> str:
+    """A failed row's reason: a DecodeError's kind and message; anything else (a resize of a pathological image)
+    as a short reason, so it is still one failed row, never a crash."""
+    return f"decode: {e}" if isinstance(e, DecodeError) else f"decode: {_reason(e)}"
 
 
 def _reason(e: BaseException) -> str:
