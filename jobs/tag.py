@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.preprocess import DEFAULT_MAX_PIXELS
 from landmark_core.runtime import RUNTIMES, ONNX_RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
 
@@ -63,7 +64,7 @@ class TagConfig:
     dt: str | None = None
     run_id: str | None = None
     rows_per_file: int = 250_000
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     ray_address: str | None = None
     stage_times: bool = False  # time read+decode and model+rows apart (a small actor the stages report to)
     gpu_decode: bool = False  # JPEGs decoded in the GPU actors (nvJPEG) instead of the CPU tasks
@@ -233,7 +234,8 @@ def _check_writable(fs, out_dir: str, output: str) -> None:
 
 def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str, *,
                   runtime: str = "torch", onnx_model: bytes | None = None) -> dict:
-    """Runs the Ray Data pipeline; returns the worker-seconds and photos of each stage (StageClock)."""
+    """Runs the Ray Data pipeline; with --stage-times returns the worker-seconds and photos of each stage
+    (StageClock), else {}."""
     import ray
 
     from jobs._ray import init_ray
@@ -244,7 +246,8 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
                         "accept_rate": cfg.accept_rate, "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
                         "onnx_model": None if onnx_model is None else ray.put(onnx_model)}
     task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
-    if cfg.resolved_compute() == "tasks":
+    in_tasks = cfg.resolved_compute() == "tasks"
+    if in_tasks:
         _start_workers(min(n_blocks, int(ray.available_resources().get("CPU", 1))), task_predictor)
     from ray.data import ActorPoolStrategy  # Ray Data's import (about 0.7 s) overlaps the workers' start
 
@@ -255,7 +258,7 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     # Off by default: the clock is one more worker process to start, and the stages wait for it on their first
     # report (measured: 0.5-0.7 s of a 150-photo run, on a 2-core machine).
     clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
-    if cfg.resolved_compute() == "tasks":
+    if in_tasks:
         # One task per block does it all, on one core: read + decode, the model (its own 1 thread), the rows.
         # With a task per core there is no idle core and no oversubscription, and no actor to start; measured
         # with `landmark bench tag`: once its workers are up the job runs at the best single-process loop's rate.
@@ -412,7 +415,7 @@ class TagActor:
 
     def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
                  tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None,
-                 gpu_decode: bool = False, max_pixels: int = 64_000_000):
+                 gpu_decode: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
                                          accept_rate=accept_rate, s3_endpoint=s3_endpoint, runtime=runtime,
                                          onnx_model=onnx_model, threads=threads)
