@@ -69,25 +69,30 @@ def _tree_rss_bytes(root: int) -> int:
 
 
 class PeakRSS:
-    """Samples the process tree's RSS every ``interval`` seconds while active."""
+    """Samples the process tree's RSS every ``interval`` seconds while active; ``new_only``: only the processes
+    that were not there when it started (a job's driver and the workers started for it)."""
 
-    def __init__(self, interval: float = 0.25):
+    def __init__(self, interval: float = 0.25, *, new_only: bool = False):
         self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._old = set(_tree_rss(os.getpid())) if new_only else set()
 
     def __enter__(self):
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
 
+    def _sample(self) -> None:
+        self.peak = max(self.peak, sum(v for pid, v in _tree_rss(os.getpid()).items() if pid not in self._old))
+
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+            self._sample()
             self._stop.wait(self.interval)
 
     def __exit__(self, *exc):
         self._stop.set()
         self._t.join()
-        self.peak = max(self.peak, _tree_rss_bytes(os.getpid()))
+        self._sample()
 
 
 # ---------------------------------------------------------------- stages
@@ -180,20 +185,14 @@ def job_driver(spec_json: str) -> None:
 
 
 def bench_job(config: dict, *, repeat: int, address: str) -> dict:
-    """The tag job in a fresh driver process; its summaries, wall time and the peak RSS of the job's processes
-    (the driver and the worker processes started for it: every process below this one that is new)."""
-    before = set(_tree_rss(os.getpid()))
-    t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
+    """The tag job in a fresh driver process; its summaries and the peak RSS of the job's processes (the driver
+    and the worker processes started for it: every process below this one that is new)."""
+    with tempfile.TemporaryFile("w+") as log, PeakRSS(0.1, new_only=True) as mem:
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from jobs.bench import job_driver; job_driver(sys.argv[1])",
              json.dumps({"config": config, "repeat": repeat})],
             env={**os.environ, "RAY_ADDRESS": address}, stdout=log, stderr=subprocess.STDOUT, text=True)
-        peak = 0
-        while proc.poll() is None:
-            peak = max(peak, sum(v for k, v in _tree_rss(os.getpid()).items() if k not in before))
-            time.sleep(0.1)
-        wall = time.perf_counter() - t0
+        proc.wait()
         log.seek(0)
         lines = log.read().splitlines()
     if proc.returncode:
@@ -203,7 +202,7 @@ def bench_job(config: dict, *, repeat: int, address: str) -> dict:
         if line.startswith("[tag]"):
             _say(line)
     runs = [json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("BENCH-RUN ")]
-    return {"runs": runs, "wall_seconds": wall, "peak_rss": peak}
+    return {"runs": runs, "peak_rss": mem.peak}
 
 
 # ---------------------------------------------------------------- bench tag
@@ -249,12 +248,13 @@ def run_tag(ns) -> dict:
         del predictor, images, torch_net
     out["bench_peak_rss_mb"] = round(mem.peak / 2**20, 1)  # (a)-(d) in this process
     out.update(bench_tag_job(ns, paths))
-    out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
-    out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
-    out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)
     for k in ("decode_ips", "model_ips", "model_torch_ips", "limit_ips", "naive_ips"):
         if k in out:
             out[k] = round(out[k], 2)
+    # from the rates as printed (the job's come rounded from its _SUCCESS): e/c recomputed from the output agrees
+    out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
+    out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
+    out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)
     _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}; "
          f"cold e/c {out['ratio_limit_cold']}; the job's peak RSS {out['peak_rss_mb']} MB with 1x the photos, "
          f"{out['peak_rss_scaled_mb']} MB with {ns.scale}x ({out['rss_ratio_scaled']}x)")
