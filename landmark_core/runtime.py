@@ -114,15 +114,13 @@ def _content_key(artifact) -> str:
 
 
 def _write_atomic(path: Path, blob: bytes) -> None:
-    """Several actors/processes may build the same model at once: each writes a temp file and renames it."""
+    """Several actors/processes may build the same model at once: storage.write_bytes renames a temp file of
+    its own into place. A read-only home is not an error: the model is just not cached."""
+    from .storage import write_bytes
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError:  # a read-only home is not an error: the model is just not cached
+        write_bytes(str(path), blob)
+    except OSError:
         pass
 
 

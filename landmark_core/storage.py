@@ -168,7 +168,8 @@ def write_bytes(uri: str, data: bytes, opts: S3Options = S3Options()) -> None:
     else:
         p = Path(uri)
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
+        # a temp name of this writer's own: processes writing the same file at once never share one
+        tmp = p.with_name(f".{p.name}.{os.getpid()}-{random.getrandbits(32):08x}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, p)  # atomic on POSIX: readers never see half a file
 
