@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, storage
+from landmark_core import abstention, openworld, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc, expected_calibration_error, fit_temperature, per_class_accuracy, reliability, softmax,
@@ -22,7 +22,7 @@ from landmark_core.preprocess import presets_for
 DEFAULT_METHOD = "knn"
 
 
-def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) -> dict:
+def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None) -> dict:
     from safetensors.torch import load_file
 
     ev = dict(np.load(ckpt_dir / "eval.npz"))
@@ -33,12 +33,23 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
 
     val_logits, val_y = ev["val_logits"], ev["val_labels"]
     temperature = fit_temperature(val_logits, val_y) if len(val_y) else 1.0
-    method = DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method
-    extra = abstention.reference_tensors(method, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
-                                         seed=cfg.seed)
-    score = _scorer(method, temperature, extra)
+    open_world = negatives is not None and bool(negatives) and len(ev.get("negfit_labels", ()))
+    method = "openworld" if open_world else (DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method)
+    if open_world:
+        extra, calibrator = _fit_open_world(cfg, ev, temperature, n_classes)
+        score = _open_world_scorer(temperature, extra, calibrator)
+    else:
+        extra, calibrator = abstention.reference_tensors(method, ev["train_emb"].astype(np.float32),
+                                                         ev["train_labels"], n_classes, seed=cfg.seed), None
+        score = _scorer(method, temperature, extra)
     val_scores = score(val_logits, ev["val_emb"])
-    threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
+    if open_world:
+        fit_scores = score(ev["negfit_logits"], ev["negfit_emb"])
+        by_group = _by_group(fit_scores, ev["negfit_labels"], negatives.groups)
+        threshold = openworld.threshold_for_wrong_rate(by_group, cfg.max_wrong_rate)
+        extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
+    else:
+        threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
 
     metrics = {
         "model": cfg.model, "freeze_backbone": cfg.freeze_backbone, "workers": cfg.workers,
@@ -60,7 +71,13 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
         metrics["test_false_abstain"] = float((test_scores < threshold).mean())
     if len(ev["unknown_logits"]):
         metrics.update(_open_set(ev, temperature, threshold, score, cfg, n_classes))
+        metrics["open_world"] = _open_world_summary(ev, temperature, threshold, score, open_world)
     abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
+    if open_world:
+        abstain.update(calibrator=calibrator, max_wrong_rate=cfg.max_wrong_rate, accept_rate=None,
+                       negative_groups=negatives.groups)
+        metrics.update(_fit_metrics(val_scores, val_logits, val_y, temperature, by_group, threshold))
+        metrics["max_wrong_rate"] = cfg.max_wrong_rate
     _, eval_preset = presets_for(cfg.image_size)
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
@@ -81,6 +98,59 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str) 
                                                         "open_auroc", "open_reject_at_95") if k in metrics),
           flush=True)
     return metrics
+
+
+def _fit_open_world(cfg, ev, temperature: float, n_classes: int) -> tuple[dict, dict]:
+    """The open-world score's banks (known training photos, training negatives as distractors) and its
+    calibrator: P(top-1 right) fitted on known validation photos (right or wrong) and held-back negatives,
+    the two sides weighted alike so that neither the few known photos nor the many negatives dominate."""
+    extra = abstention.reference_tensors("knn", ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
+                                         seed=cfg.seed)
+    distractors = ev["negtrain_emb"].astype(np.float32) - extra["center"]
+    extra["distractors"] = (distractors / np.maximum(np.linalg.norm(distractors, axis=1, keepdims=True), 1e-12)
+                            ).astype(np.float32)
+    x_val = openworld.features(ev["val_logits"], ev["val_emb"], temperature=temperature, extra=extra)
+    x_neg = openworld.features(ev["negfit_logits"], ev["negfit_emb"], temperature=temperature, extra=extra)
+    right = (softmax(ev["val_logits"], temperature).argmax(axis=1) == ev["val_labels"]).astype(np.float64)
+    x, y = np.concatenate([x_val, x_neg]), np.concatenate([right, np.zeros(len(x_neg))])
+    weights = np.concatenate([np.full(len(x_val), len(x_neg) / max(1, len(x_val))), np.ones(len(x_neg))])
+    return extra, openworld.fit_logistic(x, y, weights=weights)
+
+
+def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
+    def score(logits, emb):
+        x = openworld.features(logits, emb, temperature=temperature, extra=extra)
+        return openworld.prob_right(x, calibrator)
+    return score
+
+
+def _open_world_summary(ev: dict, temperature: float, threshold: float, score, open_world: bool) -> dict:
+    """`landmark eval`'s numbers on the test photos (known) and --unknown, computed by the same code."""
+    from landmark_core.evaluation import UNKNOWN, Outcomes, summary
+
+    parts = []
+    for split, label in (("test", None), ("unknown", UNKNOWN)):
+        logits, emb = ev[f"{split}_logits"], ev[f"{split}_emb"]
+        probs = softmax(logits, temperature)
+        s = score(logits, emb)
+        shown = s if open_world else probs.max(axis=1)  # the score a row carries
+        labels = ev[f"{split}_labels"] if label is None else np.full(len(s), UNKNOWN)
+        parts.append(Outcomes.of(split, labels, probs.argmax(axis=1), shown, s >= threshold))
+    out = summary(Outcomes.concat(parts))
+    out.pop("reliability")
+    return out
+
+
+def _by_group(scores: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    return {name: scores[groups == i] for i, name in enumerate(names) if (groups == i).any()}
+
+
+def _fit_metrics(val_scores, val_logits, val_y, temperature: float, by_group: dict, threshold: float) -> dict:
+    """What the threshold does on the photos it was fitted on (not an evaluation: `landmark eval` is)."""
+    right = softmax(val_logits, temperature).argmax(axis=1) == val_y
+    return {"fit_val_right": float(((val_scores >= threshold) & right).mean()) if len(val_y) else float("nan"),
+            "fit_wrong_rate": openworld.wrong_rate(by_group, threshold),
+            "fit_negatives_tagged": {g: float((s >= threshold).mean()) for g, s in by_group.items()}}
 
 
 def _torch(a: np.ndarray):

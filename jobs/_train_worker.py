@@ -20,6 +20,9 @@ from landmark_core.training import (
 )
 
 
+NEGATIVE = -1  # the label of a photo of no catalog landmark in a training batch (-100 marks a bad photo)
+
+
 class Worker:
     def __init__(self, loop_cfg: dict):
         import ray.train
@@ -54,7 +57,16 @@ class Worker:
     def train_shard(self):
         """Training shards of equal length (padded by wrapping round, as DistributedSampler does): every
         worker then takes the same number of steps, which DDP's collective ops require."""
-        uris, labels = self.loop_cfg["train"]
+        return self._equal_shard(*self.loop_cfg["train"])
+
+    def negatives_shard(self):
+        """This worker's training negatives (label NEGATIVE), equal length on every worker like train_shard."""
+        uris = self.loop_cfg.get("neg_train") or []
+        return self._equal_shard(uris, [NEGATIVE] * len(uris))
+
+    def _equal_shard(self, uris, labels):
+        if not uris:
+            return [], []
         per = -(-len(uris) // self.world)
         idx = [i % len(uris) for i in range(per * self.world)][self.rank::self.world]
         return [uris[i] for i in idx], [labels[i] for i in idx]
@@ -117,14 +129,43 @@ class Worker:
 
     def _steps_per_epoch(self) -> int:
         n = len(self.train_shard()[0])
+        if self._uses_outliers() and not self.c["freeze_backbone"]:
+            n += min(n, len(self.negatives_shard()[0]))
         return max(1, -(-n // self.c["batch_size"]))
 
     # -------------------------------------------------------------- epochs
 
-    def _train_dataset(self, transform) -> UriImageDataset:
+    def _train_dataset(self, transform, *, negatives: bool = False) -> UriImageDataset:
         uris, labels = self.train_shard()
+        if negatives:
+            neg_uris, neg_labels = self.negatives_shard()
+            uris, labels = uris + neg_uris, labels + neg_labels
         return UriImageDataset(uris, labels, transform, opts=self.opts, draft_to=self.eval_preset.resize,
                                cache_side=round(self.c["image_size"] * 1.5), cache_mb=self.c["cache_mb"])
+
+    def _uses_outliers(self) -> bool:
+        return bool(self.loop_cfg.get("neg_train")) and self.c.get("outlier_weight", 0) > 0
+
+    def _epoch_order(self, ds: UriImageDataset, e: int) -> list[int]:
+        """Every known photo once, plus as many negatives as known photos, drawn anew each epoch (seeded)."""
+        g = self._epoch_rng(e)
+        n_known = len(self.train_shard()[0])
+        order = torch.arange(n_known)
+        n_neg = len(ds) - n_known
+        if n_neg:
+            pick = torch.randperm(n_neg, generator=g)[:n_known] + n_known
+            order = torch.cat([order, pick])
+        return order[torch.randperm(len(order), generator=g)].tolist()
+
+    def _loss(self, logits, y):
+        """Cross-entropy on known photos; with negatives, outlier exposure (Hendrycks et al., 2019): the
+        cross-entropy of their softmax to the uniform distribution, so photos of no landmark get flat scores."""
+        known = y >= 0
+        loss = self.loss_fn(logits[known], y[known]) if known.any() else logits.sum() * 0.0
+        neg = y == NEGATIVE
+        if neg.any():
+            loss = loss + self.c["outlier_weight"] * -torch.log_softmax(logits[neg].float(), dim=1).mean()
+        return loss
 
     def _frozen_epoch_fn(self):
         ds = self._train_dataset(None)
@@ -155,7 +196,7 @@ class Worker:
         return epoch
 
     def _finetune_epoch_fn(self):
-        ds = self._train_dataset(self.train_preset.transform())
+        ds = self._train_dataset(self.train_preset.transform(), negatives=self._uses_outliers())
         bs = self.c["batch_size"]
         workers = self.c["loader_workers"]
         if workers is None:
@@ -165,7 +206,7 @@ class Worker:
         def epoch(e: int):
             self.net.train()
             loader = torch.utils.data.DataLoader(
-                ds, batch_size=bs, sampler=torch.randperm(len(ds), generator=self._epoch_rng(e)).tolist(),
+                ds, batch_size=bs, sampler=self._epoch_order(ds, e),
                 num_workers=workers,
                 pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
             total, correct, seen, bad = 0.0, 0, 0, 0
@@ -175,7 +216,7 @@ class Worker:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
                     logits = self.ddp(x)
-                    loss = self.loss_fn(logits, y)
+                    loss = self._loss(logits, y)
                 self._step(loss)
                 total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
             return total, correct, seen, bad
@@ -239,11 +280,12 @@ class Worker:
 
     @staticmethod
     def _tally(total, correct, seen, bad, loss, logits, y):
-        """Running sums of one epoch; photos that failed to decode carry label -100 and count as bad."""
-        valid = y != -100
+        """Running sums of one epoch over known photos; photos that failed to decode carry label -100 and count
+        as bad; negatives (label NEGATIVE) count in neither."""
+        valid = y >= 0
         n = int(valid.sum())
         return (total + float(loss.detach()) * n, correct + int((logits.argmax(1)[valid] == y[valid]).sum()),
-                seen + n, bad + len(y) - n)
+                seen + n, bad + int((y == -100).sum()))
 
     def _validate(self) -> tuple[float, float]:
         images, ok = self.val_images
@@ -319,6 +361,10 @@ class Worker:
             self._eval_into(arrays, split, uris, labels)
         unknown = self.loop_cfg["unknown"][self.rank::self.world]
         self._eval_into(arrays, "unknown", unknown, [-1] * len(unknown))
+        neg_train = (self.loop_cfg.get("neg_train") or [])[self.rank::self.world]
+        self._eval_into(arrays, "negtrain", neg_train, [-1] * len(neg_train))
+        fit_uris, fit_groups = self.loop_cfg.get("neg_fit") or ([], [])
+        self._eval_into(arrays, "negfit", fit_uris[self.rank::self.world], fit_groups[self.rank::self.world])
         gathered = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(gathered, arrays)
@@ -333,7 +379,7 @@ class Worker:
         images, ok = eval_arrays(uris, self.opts, self.eval_preset)
         logits, emb = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
         arrays[f"{split}_logits"] = logits.astype(np.float32)
-        arrays[f"{split}_emb"] = emb.astype(np.float16 if split == "train" else np.float32)
+        arrays[f"{split}_emb"] = emb.astype(np.float16 if split in ("train", "negtrain") else np.float32)
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)[ok]
 
 

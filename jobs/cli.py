@@ -9,6 +9,7 @@ COMMANDS = {
     "predict": ("landmark_core.predict_cli", "tag photos on this machine (no Ray)"),
     "train": ("jobs.train", "train a model on Ray Train"),
     "tag": ("jobs.tag", "the nightly tag job on Ray Data: photos -> Parquet tags"),
+    "eval": ("jobs.eval", "open-world numbers of a model on labelled photos (right, abstained, wrong tags)"),
     "query": ("jobs.query", "read the tags (committed runs, latest per photo)"),
     "data": ("jobs.data", "fetch or generate datasets"),
     "bench": ("jobs.bench", "measure throughput side by side"),

@@ -59,6 +59,7 @@ class TagConfig:
     compute: str = "auto"  # where the model runs: actors | tasks | auto (see TagConfig.resolved_compute)
     min_score: float | None = None
     accept_rate: float | None = None
+    max_wrong_rate: float | None = None  # open-world models: threshold from the held-back negatives
     retag: bool = False
     s3_endpoint: str | None = None
     dt: str | None = None
@@ -95,8 +96,10 @@ class TagConfig:
             raise ConfigError("--gpu-decode decodes JPEGs in the GPU actors: it needs --gpus-per-actor > 0")
         if self.min_score is not None and not np.isfinite(self.min_score):
             raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
-        if self.min_score is not None and self.accept_rate is not None:
-            raise ConfigError("give at most one of --min-score and --accept-rate")
+        if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
+            raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
+        if self.max_wrong_rate is not None and not 0 <= self.max_wrong_rate < 1:
+            raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {self.max_wrong_rate}")
         if self.accept_rate is not None and not 0 < self.accept_rate <= 1:
             raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
         if self.dt is not None:
@@ -147,6 +150,9 @@ def run(cfg: TagConfig) -> dict:
                                  tensors="numpy" if runtime in ONNX_RUNTIMES else "torch")
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
+    if cfg.max_wrong_rate is not None and "neg_fit_scores" not in artifact.extra_tensors:
+        raise ConfigError(f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
+                          f"use --min-score or --accept-rate")
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
     fs, root_path = storage.arrow_fs(cfg.output, opts)
@@ -243,7 +249,8 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
     init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
     predictor_kwargs = {"model": cfg.model, "model_id": artifact.model_id, "k": cfg.k, "min_score": cfg.min_score,
-                        "accept_rate": cfg.accept_rate, "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
+                        "accept_rate": cfg.accept_rate, "max_wrong_rate": cfg.max_wrong_rate,
+                        "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
                         "onnx_model": None if onnx_model is None else ray.put(onnx_model)}
     task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
     in_tasks = cfg.resolved_compute() == "tasks"
@@ -350,14 +357,15 @@ def timed_read_and_decode(batch: dict, *, clock=None, **kwargs) -> dict:
 
 
 def _make_predictor(*, model: str, model_id: str, k: int, min_score, accept_rate, s3_endpoint, runtime: str,
-                    onnx_model, threads: int):
+                    onnx_model, threads: int, max_wrong_rate=None):
     from landmark_core.predictor import Predictor
 
     if onnx_model is not None and not isinstance(onnx_model, bytes):  # an ObjectRef from the driver
         import ray
 
         onnx_model = ray.get(onnx_model)
-    p = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, threads=threads,
+    p = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, max_wrong_rate=max_wrong_rate,
+                  threads=threads,
                   storage_options={"endpoint": s3_endpoint}, runtime=runtime, onnx_model=onnx_model)
     if model_id is not None and p.model_id != model_id:  # the artifact at --model was replaced meanwhile
         raise RuntimeError(f"--model {model} changed during the run (model_id {p.model_id}, expected {model_id})")
@@ -415,9 +423,10 @@ class TagActor:
 
     def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
                  tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None,
-                 gpu_decode: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 gpu_decode: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, max_wrong_rate=None):
         self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
-                                         accept_rate=accept_rate, s3_endpoint=s3_endpoint, runtime=runtime,
+                                         accept_rate=accept_rate, max_wrong_rate=max_wrong_rate,
+                                         s3_endpoint=s3_endpoint, runtime=runtime,
                                          onnx_model=onnx_model, threads=threads)
         if gpu_decode:  # an actor without CUDA says so once, instead of decoding slowly on its CPU
             from landmark_core.preprocess import check_gpu_decode
@@ -529,6 +538,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override the model's abstain threshold (on its abstention score, see metrics.json)")
     p.add_argument("--accept-rate", type=float, default=None,
                    help="override the abstain threshold by the share of known validation photos to accept")
+    p.add_argument("--max-wrong-rate", type=float, default=None,
+                   help="models trained with --negatives: override the threshold by the share of held-back "
+                        "negatives (photos of no catalog landmark) it may tag, mean over their folders")
     p.add_argument("--retag", action="store_true", help="tag everything, even photos already tagged")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument("--gpu-decode", action="store_true",

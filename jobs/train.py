@@ -66,6 +66,10 @@ class TrainConfig:
     s3_endpoint: str | None = None
     coords: str | None = None
     unknown: str | None = None
+    negatives: tuple[str, ...] = ()  # photos of no catalog landmark: outlier exposure, distractors, threshold
+    negatives_fit_fraction: float = 0.5  # share of each negatives folder held back to fit the score and threshold
+    outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuning)
+    max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
     abstain_method: str = "auto"
     accept_rate: float = 0.95
     loader_workers: int | None = None
@@ -93,6 +97,12 @@ class TrainConfig:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if not 0 < self.accept_rate <= 1:
             raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        if not 0 < self.negatives_fit_fraction < 1:
+            raise ConfigError(f"--negatives-fit-fraction must be in (0, 1), got {self.negatives_fit_fraction}")
+        if self.outlier_weight < 0:
+            raise ConfigError(f"--outlier-weight must be >= 0, got {self.outlier_weight}")
+        if not 0 <= self.max_wrong_rate < 1:
+            raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {self.max_wrong_rate}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.abstain_method not in ("auto",) + METHODS:
@@ -105,13 +115,17 @@ class TrainConfig:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         try:
             storage.check_locations({"--data": self.data, "--output": self.output, "--storage": self.storage,
-                                     "--unknown": self.unknown}, self.s3_options())
+                                     "--unknown": self.unknown,
+                                     **{f"--negatives {n}": n for n in self.negatives}}, self.s3_options())
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
         if self.coords and not Path(self.coords).is_file():
             raise ConfigError(f"--coords {self.coords}: no such file")
         if not storage.is_s3(self.data) and not Path(self.data).is_dir():
             raise ConfigError(f"--data {self.data}: no such directory")
+        for n in self.negatives:
+            if not storage.is_s3(n) and not Path(n).is_dir():
+                raise ConfigError(f"--negatives {n}: no such directory")
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
@@ -136,17 +150,19 @@ def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
     cfg.check()
     from landmark_core.catalog import load_coords
-    from landmark_core.datasets import load_labelled, load_unlabelled
+    from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
 
     opts = cfg.s3_options()
     _check_sources(cfg, opts)
     coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
     data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
     unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
-    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else ""), flush=True)
+    negatives = load_negatives(cfg.negatives, fit_fraction=cfg.negatives_fit_fraction, seed=cfg.seed, opts=opts)
+    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else "")
+          + (f", {negatives.summary()}" if negatives else ""), flush=True)
 
     init_ray(cfg.ray_address)
-    trainer, run_name = _make_trainer(cfg, data, unknown)
+    trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
     print(f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
           f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
           f"checkpoints in {storage.join(cfg.storage, run_name)}", flush=True)
@@ -158,7 +174,8 @@ def run(cfg: TrainConfig) -> dict:
     from jobs._finalize import finalize
 
     with result.checkpoint.as_directory() as ckpt_dir:
-        metrics = finalize(cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name)
+        metrics = finalize(cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name,
+                           negatives=negatives)
     return metrics
 
 
@@ -207,7 +224,7 @@ def _run_name(cfg: TrainConfig) -> str:
     return name
 
 
-def _make_trainer(cfg: TrainConfig, data, unknown: list[str]):
+def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -224,6 +241,8 @@ def _make_trainer(cfg: TrainConfig, data, unknown: list[str]):
         "val": (data.val.uris, data.val.labels),
         "test": (data.test.uris, data.test.labels),
         "unknown": unknown,
+        "neg_train": negatives.train if negatives else [],
+        "neg_fit": (negatives.fit, negatives.fit_groups) if negatives else ([], []),
     }
     resources = {"CPU": cfg.cpus_per_worker}
     if cfg.use_gpu:
@@ -286,6 +305,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument("--coords", default=None, help="CSV/JSON of landmark coordinates for the catalog")
     p.add_argument("--unknown", default=None, help="photos of no catalog landmark, for open-set evaluation")
+    p.add_argument("--negatives", action="append", default=[], metavar="DIR",
+                   help="photos of no catalog landmark (recursive; repeat for several folders): a seeded part "
+                        "trains the model to reject them and serves as distractors, the rest fits the score")
+    p.add_argument("--negatives-fit-fraction", type=float, default=d.negatives_fit_fraction,
+                   help="share of each negatives folder held back to fit the score and the threshold")
+    p.add_argument("--outlier-weight", type=float, default=d.outlier_weight,
+                   help="weight of the outlier-exposure loss on negatives while fine-tuning (0 = off)")
+    p.add_argument("--max-wrong-rate", type=float, default=d.max_wrong_rate,
+                   help="with --negatives: share of held-back negatives the threshold may tag (mean over folders)")
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
     p.add_argument("--accept-rate", type=float, default=d.accept_rate,
                    help="share of known validation photos the abstain threshold accepts")
@@ -299,7 +327,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     fields = TrainConfig.__dataclass_fields__
-    return TrainConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+    values = {k: v for k, v in vars(ns).items() if k in fields}
+    values["negatives"] = tuple(values.get("negatives") or ())
+    return TrainConfig(**values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,9 @@ def reference_tensors(method: str, embeddings: np.ndarray, labels: np.ndarray, n
         rng = np.random.default_rng(seed)
         keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:bank_per_class]
                                for c in range(n_classes)])
-        return {"bank": _unit(embeddings[np.sort(keep)]).astype(np.float32), "center": center}
+        keep = np.sort(keep)
+        return {"bank": _unit(embeddings[keep]).astype(np.float32), "center": center,
+                "bank_labels": np.asarray(labels)[keep].astype(np.int32)}
 
 
 def known_score(method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float,

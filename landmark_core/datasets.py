@@ -166,3 +166,42 @@ def load_unlabelled(root: str, opts: storage.S3Options = storage.S3Options()) ->
     if not files:
         raise DatasetError(f"{root}: no images found")
     return files
+
+
+@dataclass
+class Negatives:
+    """Photos of no catalog landmark, split per folder (seeded) into what trains and what fits the score."""
+
+    groups: list[str]  # one name per folder of photos ("everyday/pets")
+    train: list[str] = field(default_factory=list)
+    fit: list[str] = field(default_factory=list)
+    fit_groups: list[int] = field(default_factory=list)  # index into groups, one per fit photo
+
+    def __bool__(self) -> bool:
+        return bool(self.train or self.fit)
+
+    def summary(self) -> str:
+        return f"negatives {len(self.train)} train + {len(self.fit)} held back in {len(self.groups)} folder(s)"
+
+
+def load_negatives(roots, *, fit_fraction: float, seed: int,
+                   opts: storage.S3Options = storage.S3Options()) -> Negatives:
+    """Every image below each root; the group of a photo is its folder relative to the root's parent, so that
+    each folder of look-alikes counts on its own when the threshold is fitted (a big folder of everyday photos
+    must not drown a small one of other landmarks)."""
+    by_group: dict[str, list[str]] = {}
+    for root in roots:
+        top = root.rstrip("/") if storage.is_s3(root) else str(Path(root).resolve())
+        parent = top.rsplit("/", 1)[0]
+        for f in load_unlabelled(root, opts):
+            by_group.setdefault(f.rsplit("/", 1)[0][len(parent) + 1:], []).append(f)
+    neg = Negatives(groups=sorted(by_group))
+    rng = np.random.default_rng(seed)
+    for gi, g in enumerate(neg.groups):
+        files = sorted(by_group[g])
+        order = rng.permutation(len(files))
+        n_fit = min(max(1, int(round(len(files) * fit_fraction))), len(files) - 1) if len(files) > 1 else 0
+        neg.fit += [files[i] for i in sorted(order[:n_fit])]
+        neg.fit_groups += [gi] * n_fit
+        neg.train += [files[i] for i in sorted(order[n_fit:])]
+    return neg

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from . import abstention
+from . import abstention, openworld
 from .artifact import Artifact, build_network, load
 from .calibration import softmax, threshold_at_accept_rate
 from .preprocess import normalize_batch
@@ -35,15 +35,18 @@ class Predictor:
     """``__call__(batch)`` takes {"image": (N, S, S, 3) uint8[, "ok": (N,) bool]} and adds prediction columns.
 
     Columns added: ``status`` (tagged | no_landmark; rows with ok=False keep "failed"), ``landmark`` (top-1 name
-    or None), ``score`` (top-1 calibrated probability), ``lat``/``lon`` (top-1 location, NaN when none),
+    or None), ``score`` (open-world artifacts: the probability that the top-1 tag is right, photos of no landmark
+    included; else the top-1 probability among catalog landmarks), ``lat``/``lon`` (top-1 location, NaN when none),
     ``abstain_score`` (the open-set score), ``topk_idx``, ``topk_score`` (N, k).
     """
 
     def __init__(self, model: str | Artifact, *, k: int = 5, min_score: float | None = None,
-                 accept_rate: float | None = None, device: str | None = None, threads: int | None = None,
+                 accept_rate: float | None = None, max_wrong_rate: float | None = None,
+                 device: str | None = None, threads: int | None = None,
                  storage_options: dict | None = None, runtime: str = "torch", onnx_model: bytes | None = None):
         """``min_score`` replaces the artifact's abstain threshold (on its abstention score); ``accept_rate``
-        recomputes it from the known validation scores stored in the artifact.
+        recomputes it from the known validation scores stored in the artifact; ``max_wrong_rate`` (open-world
+        artifacts, trained with negatives) from the held-back negatives' scores.
 
         ``runtime``: torch | onnx | onnx-int8 | auto (see landmark_core.runtime). ``onnx_model``: the runtime's
         ONNX model when the caller has it already (the tag job builds it once in the driver); else it comes from
@@ -70,7 +73,8 @@ class Predictor:
         self.method = art.abstain.get("method", "msp")
         self.knn_k = int(art.abstain.get("k", 5))
         self.extra = {k_: np.asarray(v) for k_, v in art.extra_tensors.items()}
-        self.threshold = self._threshold(art, min_score, accept_rate)
+        self.calibrator = art.abstain.get("calibrator")
+        self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
         self.net, self._onnx = None, None
         if onnx:
             from . import runtime as rt
@@ -87,9 +91,17 @@ class Predictor:
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
 
-    def _threshold(self, art: Artifact, min_score: float | None, accept_rate: float | None) -> float:
+    def _threshold(self, art: Artifact, min_score: float | None, accept_rate: float | None,
+                   max_wrong_rate: float | None) -> float:
         if min_score is not None:
             return float(min_score)
+        if max_wrong_rate is not None:
+            if "neg_fit_scores" not in self.extra:
+                raise ValueError("this model was trained without --negatives, so it has no held-back negatives to "
+                                 "set a wrong-tag rate on; use min_score or accept_rate")
+            groups = self.extra["neg_fit_groups"]
+            scores = {g: self.extra["neg_fit_scores"][groups == g] for g in np.unique(groups)}
+            return openworld.threshold_for_wrong_rate(scores, max_wrong_rate)
         if accept_rate is not None:
             if "val_scores" not in self.extra:
                 raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
@@ -122,8 +134,13 @@ class Predictor:
         probs = softmax(logits, self.temperature)
         top = np.argsort(-probs, axis=1)[:, : self.k]
         top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
-        ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
-                                    k=self.knn_k).astype(np.float32)
+        if self.method == "openworld":
+            ab = openworld.prob_right(openworld.features(logits, emb, temperature=self.temperature,
+                                                         extra=self.extra), self.calibrator).astype(np.float32)
+            top_p = openworld.tag_scores(top_p, ab)
+        else:
+            ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
+                                        k=self.knn_k).astype(np.float32)
         accepted = ab >= self.threshold
         first = top[:, 0]
         return {

@@ -521,6 +521,23 @@ def generate_unknown(root: str | Path, n: int = 40, *, seed: int = 1,
     return paths
 
 
+def generate_negatives(root: str | Path, *, shapes: Sequence[str], scenes: int = 20, per_shape: int = 10,
+                       seed: int = 2, image_size: tuple[int, int] = (320, 240)) -> dict:
+    """Photos of no catalog landmark, as a service sees them: root/scenes/ (no structure at all) and
+    root/<shape>/ for each of ``shapes`` (structures of other kinds: look-alikes of a catalog's landmarks).
+    Returns {"root", "folders": {folder: n_photos}}."""
+    root = Path(root)
+    folders = {}
+    for c, shape in enumerate([None, *shapes]):
+        folder = "scenes" if shape is None else shape
+        n = scenes if shape is None else per_shape
+        for i in range(n):
+            rng = _stream(seed, "unknown", 1, c, i)
+            _save_jpeg(render_scene(shape, rng, _image_size(rng, image_size)), root / folder / f"{folder}_{i:04d}.jpg")
+        folders[folder] = n
+    return {"root": str(root), "folders": folders}
+
+
 # -------------------------------------------------------------------------------------------------- bad corpus
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -1,0 +1,170 @@
+"""`landmark eval`: a model's open-world numbers on labelled photos, through the Predictor the tag job uses.
+
+    known DIR (class folders named as the catalog's) + unknown DIR... (any photos, each folder on its own)
+      -> decode + Predictor (the tag job's preprocessing, score and threshold)
+      -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve
+      -> printed table | --json | --out DIR (eval.json, curve.png, reliability.png, report.html)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from landmark_core import storage
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str
+    known: str | None = None
+    unknown: tuple[str, ...] = ()
+    out: str | None = None
+    as_json: bool = False
+    runtime: str = "auto"
+    batch_size: int = 32
+    min_score: float | None = None
+    accept_rate: float | None = None
+    max_wrong_rate: float | None = None
+
+    def check(self) -> None:
+        if not self.known and not self.unknown:
+            raise ConfigError("--known or --unknown: give at least one folder of photos")
+        for flag, d in [("--known", self.known)] + [("--unknown", u) for u in self.unknown]:
+            if d and not storage.is_s3(d) and not Path(d).is_dir():
+                raise ConfigError(f"{flag} {d}: no such directory")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
+            raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
+        from landmark_core.runtime import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+
+
+def run(cfg: EvalConfig) -> dict:
+    cfg.check()
+    import numpy as np
+
+    from landmark_core import evaluation
+    from landmark_core.predict import predict_paths
+    from landmark_core.predictor import Predictor
+
+    predictor = Predictor(cfg.model, runtime=cfg.runtime, min_score=cfg.min_score, accept_rate=cfg.accept_rate,
+                          max_wrong_rate=cfg.max_wrong_rate)
+    index = {name: i for i, name in enumerate(predictor.catalog.names)}
+    parts, failed = [], 0
+    for group, paths, labels in _photo_sets(cfg, predictor):
+        print(f"[eval] {group}: {len(paths)} photos", file=sys.stderr, flush=True)
+        pred, score, tagged, keep = [], [], [], []
+        for i, r in enumerate(predict_paths(paths, predictor, batch_size=cfg.batch_size)):
+            if r.status == "failed":
+                failed += 1
+                continue
+            keep.append(i)
+            pred.append(index[r.tags[0]["name"]])
+            score.append(r.score)
+            tagged.append(r.status == "tagged")
+        parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
+    outcomes = evaluation.Outcomes.concat(parts)
+    result = {"model_id": predictor.model_id, "threshold": predictor.threshold, "method": predictor.method,
+              "failed_photos": failed, "summary": evaluation.summary(outcomes),
+              "curve": evaluation.coverage_curve(outcomes)}
+    if cfg.out:
+        _write(cfg.out, result)
+    return result
+
+
+def _photo_sets(cfg: EvalConfig, predictor):
+    """(folder name, paths, labels) for the known folders (by class) and each unknown folder."""
+    from landmark_core.datasets import _class_split, list_files
+    from landmark_core.evaluation import UNKNOWN
+
+    if cfg.known:
+        folders = {f: i for i, f in enumerate(predictor.catalog.folders)}
+        for folder, paths in sorted(_class_split(list_files(cfg.known), cfg.known.rstrip("/")).items()):
+            if folder not in folders:
+                raise ConfigError(f"--known {cfg.known}: folder {folder!r} is not a landmark of this model's "
+                                  f"catalog ({', '.join(predictor.catalog.folders)})")
+            yield folder, paths, [folders[folder]] * len(paths)
+    for u in cfg.unknown:
+        paths = list_files(u)
+        if not paths:
+            raise ConfigError(f"--unknown {u}: no photos found")
+        yield Path(u.rstrip("/")).name, paths, [UNKNOWN] * len(paths)
+
+
+def _write(out: str, result: dict) -> None:
+    from landmark_core import evaluation
+
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    s = result["summary"]
+    pngs = {"curve.png": evaluation.curve_png(result["curve"], operating=s),
+            "reliability.png": evaluation.reliability_png(s["reliability"])}
+    for name, blob in pngs.items():
+        (d / name).write_bytes(blob)
+    (d / "eval.json").write_text(json.dumps(result, indent=2))
+    (d / "report.html").write_text(evaluation.html_report(result, pngs))
+
+
+def format_table(result: dict) -> str:
+    def pct(v):
+        return "" if v is None else f"{100 * v:5.1f}%"
+
+    s = result["summary"]
+    lines = [f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
+             f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s}"]
+    for r in s["folders"]:
+        lines.append(f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
+                     f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s}")
+    ece = s["ece_tagged"]
+    lines.append(f"known right {pct(s['known_right'])}, abstained {pct(s['known_abstained'])}, wrong "
+                 f"{pct(s['known_wrong'])}; unknown tagged {pct(s['unknown_tagged'])} (mean over folders "
+                 f"{pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged "
+                 + ("-" if ece is None else f"{ece:.3f}"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark eval", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
+    p.add_argument("--known", default=None, help="photos of catalog landmarks, in folders named as the catalog's")
+    p.add_argument("--unknown", action="append", default=[], metavar="DIR",
+                   help="photos of no catalog landmark (recursive; repeat: each folder is reported on its own)")
+    p.add_argument("--out", default=None, help="write eval.json, curve.png, reliability.png and report.html here")
+    p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
+    p.add_argument("--runtime", default="auto", help="torch | onnx | onnx-int8 | auto (as the tag job)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
+    p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
+    p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")
+    ns = p.parse_args(argv)
+    try:
+        cfg = EvalConfig(model=ns.model, known=ns.known, unknown=tuple(ns.unknown), out=ns.out,
+                         as_json=ns.as_json, runtime=ns.runtime, batch_size=ns.batch_size, min_score=ns.min_score,
+                         accept_rate=ns.accept_rate, max_wrong_rate=ns.max_wrong_rate)
+        cfg.check()
+    except ConfigError as e:
+        p.error(str(e))
+    from landmark_core.artifact import ArtifactError
+
+    try:
+        result = run(cfg)
+    except (ConfigError, ArtifactError, ValueError) as e:
+        print(f"landmark eval: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if cfg.as_json else format_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

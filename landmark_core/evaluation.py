@@ -1,0 +1,181 @@
+"""Open-world evaluation: how often a model's tags are right, missing or wrong on labelled photos.
+
+Known photos (of catalog landmarks) are right (tagged with their landmark), abstained ("no landmark") or wrong
+(tagged with another landmark); unknown photos (of no catalog landmark) are either left alone or tagged, which
+is always a wrong location. Used by `landmark eval` and by `landmark train` for its metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """One entry per photo: its folder, true class index (UNKNOWN for photos of no catalog landmark), the
+    top-1 class index, the score, and whether it was tagged."""
+
+    group: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    score: np.ndarray
+    tagged: np.ndarray
+
+    @classmethod
+    def of(cls, group, label, pred, score, tagged) -> "Outcomes":
+        n = len(label)
+        group = np.asarray(group, dtype=object) if not isinstance(group, str) else np.full(n, group, dtype=object)
+        return cls(group, np.asarray(label, np.int64), np.asarray(pred, np.int64),
+                   np.asarray(score, np.float64), np.asarray(tagged, bool))
+
+    @classmethod
+    def concat(cls, parts: list["Outcomes"]) -> "Outcomes":
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("group", "label", "pred", "score",
+                                                                            "tagged")))
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.label != UNKNOWN
+
+    @property
+    def right(self) -> np.ndarray:
+        return self.tagged & self.known & (self.pred == self.label)
+
+
+def folder_rows(o: Outcomes) -> list[dict]:
+    """Per folder: photos, and the share right / abstained / wrong (known) or tagged (unknown)."""
+    rows = []
+    for g in dict.fromkeys(o.group.tolist()):
+        m = o.group == g
+        known = bool(o.known[m].any())
+        row = {"folder": g, "kind": "known" if known else "unknown", "photos": int(m.sum())}
+        if known:
+            row.update(right=_share(o.right[m]), abstained=_share(~o.tagged[m]),
+                       wrong=_share(o.tagged[m] & (o.pred[m] != o.label[m])))
+        else:
+            row.update(tagged=_share(o.tagged[m]))
+        rows.append(row)
+    return rows
+
+
+def summary(o: Outcomes, *, bins: int = 10) -> dict:
+    """The headline numbers: known right/abstained/wrong, unknown tagged (all photos, and mean over folders),
+    the open-world calibration of the score among tagged photos (ECE), and the folders' rows."""
+    k, u = o.known, ~o.known
+    unknown_rates = [r["tagged"] for r in folder_rows(o) if r["kind"] == "unknown"]
+    rel = reliability(o.score[o.tagged], (o.right[o.tagged]).astype(np.float64), bins=bins)
+    return {
+        "known_photos": int(k.sum()), "unknown_photos": int(u.sum()),
+        "known_right": _share(o.right[k]), "known_abstained": _share(~o.tagged[k]),
+        "known_wrong": _share(o.tagged[k] & (o.pred[k] != o.label[k])),
+        "unknown_tagged": _share(o.tagged[u]),
+        "unknown_tagged_mean_over_folders": float(np.mean(unknown_rates)) if unknown_rates else None,
+        "tagged_right": _share(o.right[o.tagged]),
+        "ece_tagged": rel["ece"],
+        "reliability": rel,
+        "folders": folder_rows(o),
+    }
+
+
+def reliability(score: np.ndarray, right: np.ndarray, *, bins: int = 10) -> dict:
+    """Among tagged photos: per score bin, mean score vs share right; ECE = their count-weighted gap."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(score, edges[1:-1], right=True), 0, bins - 1)
+    conf, acc, count = [], [], []
+    for b in range(bins):
+        m = idx == b
+        count.append(int(m.sum()))
+        conf.append(float(score[m].mean()) if m.any() else None)
+        acc.append(float(right[m].mean()) if m.any() else None)
+    gap = sum(c * abs(a - f) for c, a, f in zip(count, acc, conf) if c)
+    return {"edges": edges.tolist(), "confidence": conf, "accuracy": acc, "count": count,
+            "ece": float(gap / len(score)) if len(score) else None}
+
+
+def coverage_curve(o: Outcomes, points: int = 200) -> dict:
+    """As the threshold moves over the scores: coverage (share of known photos tagged right) against the
+    wrong-tag rate (share of unknown photos tagged, mean over unknown folders; plus known photos tagged wrong)."""
+    thresholds = np.unique(np.quantile(o.score, np.linspace(0, 1, points))) if len(o.score) else np.zeros(0)
+    folders = [g for g in dict.fromkeys(o.group[~o.known].tolist())]
+    cov, wrong, known_wrong = [], [], []
+    for t in thresholds:
+        tagged = o.score >= t
+        right = tagged & o.known & (o.pred == o.label)
+        cov.append(_share(right[o.known]))
+        rates = [float(tagged[o.group == g].mean()) for g in folders]
+        wrong.append(float(np.mean(rates)) if rates else 0.0)
+        known_wrong.append(_share((tagged & (o.pred != o.label))[o.known]))
+    return {"threshold": thresholds.tolist(), "coverage": cov, "unknown_tagged": wrong, "known_wrong": known_wrong}
+
+
+def _share(mask: np.ndarray) -> float | None:
+    return float(np.mean(mask)) if len(mask) else None
+
+
+def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
+    """Wrong-tag rate against coverage as the threshold moves; the deployed threshold marked."""
+    from .report import _plt, _png
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot(curve["coverage"], curve["unknown_tagged"], "-", label="photos of no catalog landmark tagged")
+    ax.plot(curve["coverage"], curve["known_wrong"], "--", label="known photos tagged wrong")
+    if operating:
+        ax.plot([operating["known_right"]], [operating["unknown_tagged_mean_over_folders"] or 0.0], "o",
+                color="crimson", label="the model's threshold")
+    ax.set(xlabel="coverage: known photos tagged right", ylabel="wrong-tag rate", xlim=(0, 1.01), ylim=(0, 1.01),
+           title="Wrong tags against coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def reliability_png(rel: dict) -> bytes:
+    """Among tagged photos: share right against the score, per bin (the diagonal is a score that means what it
+    says)."""
+    from .report import _plt, _png
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    pts = [(c, a, n) for c, a, n in zip(rel["confidence"], rel["accuracy"], rel["count"]) if n]
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[20 + 4 * np.sqrt(p[2]) for p in pts])
+    ece = rel.get("ece")
+    ax.set(xlabel="score", ylabel="share of tags right", xlim=(0, 1.02), ylim=(0, 1.02),
+           title="Open-world calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    return _png(fig)
+
+
+def html_report(result: dict, pngs: dict[str, bytes]) -> str:
+    """One self-contained page (no external resources): the headline numbers, the folders, the two plots."""
+    import base64
+    import html
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    s = result["summary"]
+    heads = [("known photos right", pct(s["known_right"])), ("known abstained", pct(s["known_abstained"])),
+             ("known wrong", pct(s["known_wrong"])), ("unknown tagged", pct(s["unknown_tagged"])),
+             ("ECE (tagged)", "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}")]
+    cards = "".join(f"<div class=card><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in heads)
+    rows = "".join(
+        f"<tr><td>{html.escape(r['folder'])}</td><td>{r['kind']}</td><td>{r['photos']}</td>"
+        f"<td>{pct(r.get('right'))}</td><td>{pct(r.get('abstained'))}</td><td>{pct(r.get('wrong'))}</td>"
+        f"<td>{pct(r.get('tagged'))}</td></tr>" for r in s["folders"])
+    imgs = "".join(f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+                   for n, b in pngs.items())
+    return f"""<!doctype html><html><head><meta charset=utf-8><title>Open-world evaluation</title><style>
+body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
+border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
+collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} td:first-child{{text-align:
+left}} img{{max-width:48%;margin:.5em}}</style></head><body>
+<h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, threshold
+{result.get("threshold")}</p>{cards}
+<table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th></tr>
+{rows}</table>{imgs}</body></html>"""

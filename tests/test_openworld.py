@@ -1,0 +1,186 @@
+"""The open-world score, its threshold, the evaluation numbers and `landmark eval` (no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landmark_core import evaluation, openworld
+from landmark_core.evaluation import UNKNOWN, Outcomes
+
+
+def test_logistic_calibrator_recovers_a_known_probability():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4000, 2))
+    p = 1 / (1 + np.exp(-(2.0 * x[:, 0] - 1.0 * x[:, 1] + 0.5)))
+    y = (rng.random(4000) < p).astype(float)
+    cal = openworld.fit_logistic(x, y, l2=1e-4)
+    got = openworld.prob_right(x, cal)
+    assert np.abs(got - p).mean() < 0.03
+    assert cal["features"] == list(openworld.FEATURES)
+
+
+def test_threshold_caps_the_mean_wrong_rate_over_groups_and_is_the_lowest_that_does():
+    groups = {"everyday": np.linspace(0, 0.5, 100), "look_alikes": np.array([0.2, 0.4, 0.6, 0.8, 0.9])}
+    thr = openworld.threshold_for_wrong_rate(groups, 0.1)
+    assert openworld.wrong_rate(groups, thr) <= 0.1
+    lower = np.nextafter(max(s[s < thr].max() for s in groups.values()), -np.inf)
+    assert openworld.wrong_rate(groups, lower) > 0.1  # any lower threshold tags too many
+    # the small group of look-alikes is not drowned by the big one: 20% of it would exceed the mean on its own
+    assert (groups["look_alikes"] >= thr).mean() <= 0.2
+    assert openworld.threshold_for_wrong_rate(groups, 0.0) > 0.9
+    with pytest.raises(ValueError, match="max_wrong_rate"):
+        openworld.threshold_for_wrong_rate(groups, 1.0)
+
+
+def test_tag_scores_put_p_right_first_and_never_sum_above_one():
+    top_p = np.array([[0.9, 0.05, 0.03], [0.5, 0.3, 0.2], [0.4, 0.4, 0.2]], dtype=np.float32)
+    p_right = np.array([0.1, 0.95, 0.4], dtype=np.float32)
+    out = openworld.tag_scores(top_p, p_right)
+    assert np.allclose(out[:, 0], p_right)
+    assert (out.sum(axis=1) <= 1 + 1e-6).all()
+    assert (np.diff(out[:, 1:], axis=1) <= 0).all()  # the rest keep their order
+
+
+def test_features_see_distractors():
+    rng = np.random.default_rng(1)
+    known = rng.normal(size=(20, 8)).astype(np.float32) + np.eye(8, dtype=np.float32)[0] * 4
+    neg = rng.normal(size=(20, 8)).astype(np.float32) - np.eye(8, dtype=np.float32)[0] * 4
+    center = known.mean(axis=0)
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    extra = {"center": center, "bank": unit(known - center), "bank_labels": np.zeros(20, np.int32),
+             "distractors": unit(neg - center)}
+    logits = np.zeros((2, 3), np.float32)
+    f = openworld.features(logits, np.stack([known[0], neg[0]]), temperature=1.0, extra=extra)
+    col = {n: i for i, n in enumerate(openworld.FEATURES)}
+    assert f[0, col["knn"]] > f[1, col["knn"]] and f[1, col["distractor"]] > f[0, col["distractor"]]
+
+
+def _outcomes() -> Outcomes:
+    known = Outcomes.of(["a"] * 4, [0, 0, 1, 1], [0, 0, 1, 0], [0.9, 0.3, 0.8, 0.7], [True, False, True, True])
+    unknown = Outcomes.of("street", [UNKNOWN] * 4, [1, 0, 1, 0], [0.6, 0.2, 0.1, 0.1], [True, False, False, False])
+    other = Outcomes.of("palace", [UNKNOWN] * 2, [0, 0], [0.2, 0.1], [False, False])
+    return Outcomes.concat([known, unknown, other])
+
+
+def test_summary_counts_right_abstained_wrong_and_tagged():
+    s = evaluation.summary(_outcomes())
+    assert (s["known_photos"], s["unknown_photos"]) == (4, 6)
+    assert s["known_right"] == 0.5 and s["known_abstained"] == 0.25 and s["known_wrong"] == 0.25
+    assert s["unknown_tagged"] == pytest.approx(1 / 6)
+    assert s["unknown_tagged_mean_over_folders"] == pytest.approx((0.25 + 0.0) / 2)
+    rows = {r["folder"]: r for r in s["folders"]}
+    assert rows["street"] == {"folder": "street", "kind": "unknown", "photos": 4, "tagged": 0.25}
+    # tagged: scores 0.9 (right), 0.8 (right), 0.7 (wrong), 0.6 (wrong): bins 0.9, 0.8, 0.7, 0.6 each alone
+    assert s["tagged_right"] == 0.5
+    assert s["ece_tagged"] == pytest.approx((0.1 + 0.2 + 0.7 + 0.6) / 4)
+
+
+def test_coverage_curve_moves_both_ways_with_the_threshold():
+    c = evaluation.coverage_curve(_outcomes())
+    t = np.asarray(c["threshold"])
+    assert (np.diff(t) > 0).all()
+    assert (np.diff(c["coverage"]) <= 1e-12).all() and (np.diff(c["unknown_tagged"]) <= 1e-12).all()
+    assert c["coverage"][0] == 0.75 and c["unknown_tagged"][0] == 1.0  # lowest threshold: everything tagged
+
+
+def test_plots_and_report_are_real_files():
+    o = _outcomes()
+    s = evaluation.summary(o)
+    pngs = {"curve.png": evaluation.curve_png(evaluation.coverage_curve(o), operating=s),
+            "reliability.png": evaluation.reliability_png(s["reliability"])}
+    assert all(b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) > 5000 for b in pngs.values())
+    page = evaluation.html_report({"model_id": "lm-x", "threshold": 0.5, "summary": s}, pngs)
+    assert "street" in page and "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+
+
+def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
+    """The tiny artifact made open-world: banks from its own embeddings of synthetic photos."""
+    import torch
+
+    from landmark_core import artifact as artifact_mod
+    from landmark_core.predictor import Predictor
+
+    art = make_tiny_artifact(seed=5)
+    probe = Predictor(art, runtime="torch", device="cpu")
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 255, size=(12, probe.preset.size, probe.preset.size, 3), dtype=np.uint8)
+    logits, emb = probe.logits_and_embeddings(imgs)
+    center = emb[:6].mean(axis=0)
+
+    def unit(v):
+        v = v - center
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+    extra = {"center": center.astype(np.float32), "bank": unit(emb[:6]),
+             "bank_labels": (np.arange(6) % 3).astype(np.int32), "distractors": unit(emb[6:])}
+    x = openworld.features(logits, emb, temperature=art.temperature, extra=extra)
+    cal = openworld.fit_logistic(x, np.r_[np.ones(6), np.zeros(6)])
+    fit_scores = openworld.prob_right(x[6:], cal).astype(np.float32)
+    extra.update(neg_fit_scores=fit_scores, neg_fit_groups=np.array([0, 0, 0, 1, 1, 1], np.int32))
+    art.extra_tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()}
+    art.abstain = {"method": "openworld", "threshold": 0.5, "calibrator": cal, "max_wrong_rate": 0.02}
+    dest = tmp_path / "ow-model"
+    artifact_mod.save(art, str(dest))
+    return str(dest), imgs, openworld.prob_right(x, cal)
+
+
+def test_predictor_scores_are_the_open_world_probability(make_tiny_artifact, tmp_path):
+    from landmark_core.predictor import Predictor
+
+    path, imgs, p_right = _open_world_artifact(make_tiny_artifact, tmp_path)
+    pred = Predictor(path, runtime="torch", device="cpu", k=3).predict_arrays(imgs)
+    assert np.allclose(pred["score"], p_right, atol=1e-5)
+    assert ((pred["status"] == "tagged") == (p_right >= 0.5)).all()
+    assert (pred["topk_score"].sum(axis=1) <= 1 + 1e-5).all()
+    # --max-wrong-rate recomputes the threshold from the held-back negatives' scores
+    strict = Predictor(path, runtime="torch", device="cpu", max_wrong_rate=0.0)
+    assert strict.threshold > float(np.max(p_right[6:]))
+    with pytest.raises(ValueError, match="without --negatives"):  # the plain tiny artifact has no negatives
+        Predictor(make_tiny_artifact(), runtime="torch", device="cpu", max_wrong_rate=0.02)
+
+
+def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):
+    from jobs.eval import main as eval_main
+    from landmark_core.synthetic import generate_dataset, generate_negatives
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    generate_dataset(tmp_path / "data", shapes=("tower", "arch", "dome"), n_classes=3, train_per_class=0,
+                     test_per_class=3, image_size=(96, 72), seed=4)
+    neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=3, image_size=(96, 72))
+    known = str(tmp_path / "data" / "test")
+    code = eval_main(["--model", path, "--known", known, "--unknown", str(Path(neg["root"], "scenes")),
+                      "--unknown", str(Path(neg["root"], "wheel")), "--out", str(tmp_path / "ev"), "--json",
+                      "--runtime", "torch"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    s = result["summary"]
+    assert (s["known_photos"], s["unknown_photos"]) == (9, 7)
+    assert {r["folder"] for r in s["folders"]} == {"00.Tower", "01.Arch", "02.Dome", "scenes", "wheel"}
+    assert s["known_right"] + s["known_abstained"] + s["known_wrong"] == pytest.approx(1.0)
+    for name in ("curve.png", "reliability.png"):
+        assert (tmp_path / "ev" / name).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
+    assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
+
+
+def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys):
+    from jobs.eval import main as eval_main
+
+    with pytest.raises(SystemExit) as e:
+        eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    error_line = [l for l in capsys.readouterr().err.splitlines() if "error:" in l][0]
+    assert "--known" in error_line and "no such directory" in error_line
+    (tmp_path / "known" / "not_a_landmark").mkdir(parents=True)
+    from landmark_core.synthetic import generate_unknown
+
+    generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)
+    assert eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--runtime", "torch"]) == 2
+    assert "not a landmark of this model's catalog" in capsys.readouterr().err
