@@ -176,3 +176,36 @@ def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
         TrainConfig(data=".", output="o", model="alexnet9").check()
     assert "efficientnet_lite0" in str(e.value) and "resnet18" in str(e.value)
+
+
+@pytest.mark.slow
+def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path):
+    """Fine-tuning with --negatives: outlier exposure in the epochs, distractors and a fitted P(right) in the
+    artifact, the threshold capping the held-back negatives' tag rate; `landmark eval` on held-out look-alikes."""
+    from jobs.eval import EvalConfig, run as eval_run
+    from landmark_core.synthetic import generate_negatives
+
+    neg = generate_negatives(tmp_path / "neg", shapes=("pyramid", "wheel", "castle"), scenes=24, per_shape=16,
+                             image_size=(160, 120))
+    held_out = generate_negatives(tmp_path / "held_out", shapes=("lighthouse", "columns"), scenes=12, per_shape=12,
+                                  image_size=(160, 120), seed=9)
+    cfg = _cfg(train_data["root"], tmp_path, model="efficientnet_lite0", epochs=2, probe_epochs=5, image_size=96,
+               negatives=(neg["root"],), max_wrong_rate=0.05, report=False)
+    metrics = train_run(cfg)
+    art = load_artifact(cfg.output)
+    assert art.abstain["method"] == "openworld" and art.abstain["max_wrong_rate"] == 0.05
+    assert art.abstain["negative_groups"] == ["neg/castle", "neg/pyramid", "neg/scenes", "neg/wheel"]
+    for name in ("bank", "bank_labels", "distractors", "neg_fit_scores", "neg_fit_groups", "val_scores"):
+        assert name in art.extra_tensors, name
+    n_train_neg = sum(neg["folders"].values()) - len(art.extra_tensors["neg_fit_scores"])
+    assert art.extra_tensors["distractors"].shape[0] == n_train_neg  # the training part became distractors
+    assert metrics["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
+    result = eval_run(EvalConfig(model=cfg.output, known=str(Path(train_data["root"], "test")),
+                                 unknown=tuple(str(Path(held_out["root"], f)) for f in held_out["folders"]),
+                                 runtime="torch"))
+    s = result["summary"]
+    # every known photo is right, abstained or wrong; the score is a probability among tagged photos
+    assert s["known_right"] + s["known_abstained"] + s["known_wrong"] == pytest.approx(1.0)
+    assert s["known_right"] >= 0.5, s
+    assert s["unknown_tagged_mean_over_folders"] <= 0.5, s
+    assert s["ece_tagged"] is None or 0 <= s["ece_tagged"] <= 1
