@@ -16,6 +16,7 @@ import pytest
 from landmark_core import storage
 from landmark_core.predictor import Predictor
 from landmark_core.tagging import decode_deferred, predict_batch, read_and_decode, to_tag_rows
+from tests.cli_asserts import assert_error_names
 
 NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
 
@@ -100,7 +101,8 @@ def test_gpu_decode_is_refused_clearly_where_it_cannot_run(tiny_artifact, tmp_pa
     with pytest.raises(SystemExit) as ei:
         tag.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path,
                   "--gpu-decode"])
-    assert ei.value.code == 2 and "--gpu-decode" in capsys.readouterr().err
+    assert ei.value.code == 2
+    assert_error_names(capsys.readouterr().err, "--gpu-decode")
     # an actor that holds no CUDA device says so when it starts, rather than decoding on its CPU
     with pytest.raises(GpuDecodeError, match="--gpu-decode .* CUDA"):
         tag.TagActor(model=tiny_artifact.path, k=3, min_score=None, accept_rate=None, s3_endpoint=None, run_id="r",

@@ -18,6 +18,7 @@ from landmark_core.calibration import softmax
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset, GpuDecodeError, check_gpu_decode, decode_image
 from landmark_core.synthetic import SHAPES, render_scene
+from tests.cli_asserts import assert_error_names
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,7 @@ def test_bad_runtime_on_the_commands_exits_2_naming_the_flag(tiny_artifact, tmp_
         with pytest.raises(SystemExit) as ei:
             main(argv)
         assert ei.value.code == 2
-        assert "--runtime" in capsys.readouterr().err
+        assert_error_names(capsys.readouterr().err, "--runtime")
 
 
 def test_config_checks_name_the_flags(tiny_artifact, tmp_path):
@@ -221,8 +222,7 @@ def test_gpu_decode_is_refused_clearly_without_cuda(tiny_artifact, capsys):
     with pytest.raises(SystemExit) as ei:
         predict_cli.main(["--gpu-decode", "--model", tiny_artifact.path, "x.jpg"])
     assert ei.value.code == 2
-    err = capsys.readouterr().err
-    assert "--gpu-decode" in err and "CUDA" in err
+    assert_error_names(capsys.readouterr().err, "--gpu-decode", "CUDA")
 
 
 def test_cuda_transfer_uses_pinned_memory_and_non_blocking_copies(monkeypatch):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_asserts import assert_error_names
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -108,4 +110,4 @@ def test_submit_fails_for_a_bad_argument(ray_head):
     bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"],
                   timeout=180)
     assert bad.returncode != 0
-    assert "--data" in bad.stdout + bad.stderr
+    assert_error_names(bad.stdout + bad.stderr, "--data")

@@ -20,6 +20,7 @@ import pytest
 from jobs.tag import ConfigError, TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from landmark_core.tagstore import read_committed
+from tests.cli_asserts import assert_error_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -241,20 +242,22 @@ def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
     base = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path]
     with pytest.raises(SystemExit) as e:
         tag_main(base + argv)
-    assert e.value.code == 2 and needle in capsys.readouterr().err
+    assert e.value.code == 2
+    assert_error_names(capsys.readouterr().err, needle)
 
 
 def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LANDMARK_MODEL", raising=False)
     with pytest.raises(SystemExit):
         tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
-    assert "--model" in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, "--model")
     assert tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
                      str(tmp_path / "nope")]) == 2
-    assert "--model" in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, "--model")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     t0 = time.time()
     assert tag_main(["--input", str(tmp_path), "--output", str(blocker / "tags"), "--model",
                      tiny_artifact.path]) == 2
-    assert "not writable" in capsys.readouterr().err and time.time() - t0 < 10
+    assert_error_names(capsys.readouterr().err, "not writable")
+    assert time.time() - t0 < 10

@@ -17,6 +17,7 @@ import pytest
 from jobs.train import ConfigError, TrainConfig, main as train_main, run as train_run
 from landmark_core.artifact import load as load_artifact
 from landmark_core.predictor import Predictor
+from tests.cli_asserts import assert_error_names
 from tests.procs import own_process_titles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,14 +163,14 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_pat
     with pytest.raises(SystemExit) as e:
         train_main(base + argv)
     assert e.value.code == 2
-    assert flag in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, flag)
     assert time.time() - t0 < 5  # before any cluster work
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")])
-    assert "--data" in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, "--data")
 
 
 def test_unknown_model_lists_the_known_ones():
