@@ -56,13 +56,16 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     assert all("loss" in l and "acc" in l and "img/s" in l for l in lines)
     # frozen features were computed once, before the epochs
     assert "cached frozen-backbone features" in printed.out + printed.err
-    # the artifact tags its own test photos
-    pred = Predictor(str(out), k=3)
-    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))[:4]
+    # the artifact tags its own test photos: its best tag is the photo's class as often as training measured
     from landmark_core.predict import predict_paths
 
-    results = list(predict_paths([str(p) for p in test_files], pred))
-    assert [r.status for r in results] != ["failed"] * 4 and all(len(r.tags) == 3 for r in results)
+    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))
+    results = list(predict_paths([str(p) for p in test_files], Predictor(str(out), k=3)))
+    assert all(r.status != "failed" and len(r.tags) == 3 for r in results), [r.error for r in results]
+    names = dict(zip(art.catalog.folders, art.catalog.names))
+    right = [r.tags[0]["name"] == names[p.parent.name] for p, r in zip(test_files, results)]
+    # one photo of slack: the artifact decodes the JPEGs afresh, training evaluated its own decoded copies
+    assert np.mean(right) >= saved["test_top1"] - 1 / len(right), (np.mean(right), saved["test_top1"])
 
 
 @pytest.mark.slow
