@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -260,8 +261,8 @@ def test_empty_and_duplicate_catalogs_rejected():
 
 
 def test_catalog_is_immutable():
-    with pytest.raises(Exception):
-        UDACITY_50[0].lat = 0.0  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        UDACITY_50[0].lat = 0.0
     assert isinstance(UDACITY_50.landmarks, tuple)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -484,8 +485,8 @@ def test_python_api_validates_before_reading(store, monkeypatch):
     with pytest.raises(TypeError):
         q.query(store, colour="red")
     cfg = q.QueryConfig(tags=store, status="tagged")
-    with pytest.raises(Exception):
-        cfg.status = "failed"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.status = "failed"
 
 
 def test_landmark_command_dispatches_to_query(store, capsys):
