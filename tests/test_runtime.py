@@ -295,6 +295,7 @@ def test_predict_paths_with_device_decode(sharp, synthetic_data):
 # ---------------------------------------------------------------------------------------------- the tag job
 
 
+@pytest.mark.slow
 def test_tag_job_tasks_and_actors_give_the_same_rows(ray_local, synthetic_data, bad_corpus, tiny_artifact, tmp_path):
     """--compute tasks (the CPU default: decode + model in one task per block) writes what the actor pool writes,
     failed rows included, and _SUCCESS records the runtime and compute that ran."""

@@ -106,6 +106,7 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
     assert table.num_rows == 24 and set(table.column("status").to_pylist()) <= {"tagged", "no_landmark"}
 
 
+@pytest.mark.slow
 def test_submit_fails_for_a_bad_argument(ray_head):
     bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"],
                   timeout=180)

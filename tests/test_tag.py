@@ -49,6 +49,7 @@ def _check_exactly_once(table, uris: set[str]) -> None:
     assert set(got) == uris
 
 
+@pytest.mark.slow
 def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, tiny_artifact, tmp_path, capsys):
     src, expected_bad = photos
     out = str(tmp_path / "tags")
@@ -116,6 +117,7 @@ def _latest_run_uris(out: str, run_id: str) -> list[str]:
     return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
 
 
+@pytest.mark.slow
 def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_data, bad_corpus, tiny_artifact):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
@@ -152,6 +154,7 @@ def _latest_run_uris_s3(out, run_id, opts):
     return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
 
 
+@pytest.mark.slow
 def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path):
     files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg")]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
