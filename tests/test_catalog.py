@@ -9,7 +9,13 @@ import math
 import pytest
 
 from landmark_core.catalog import (
-    UDACITY_50, Catalog, CatalogError, Landmark, display_name, haversine_km, load_coords,
+    UDACITY_50,
+    Catalog,
+    CatalogError,
+    Landmark,
+    display_name,
+    haversine_km,
+    load_coords,
 )
 
 # The Udacity "Landmark Classification & Tagging" class folders, in the dataset's order.

@@ -159,8 +159,10 @@ def html_escaped(s: str) -> str:
 
 def test_thumbs_limit_and_missing_photo(store, tmp_path):
     table = tagstore.read_committed(store["root"])
-    # a photo deleted since it was tagged (sorts among the first two by uri): its card says so, the report is still written
-    gone = tag_row(str(Path(store["root"]).parent / "photos" / "aaa-deleted.jpg"), "r2", status="tagged", place=PLACES["dome"], score=0.9)
+    # a photo deleted since it was tagged (sorts among the first two by uri): its card says so, the report is still
+    # written
+    gone = tag_row(str(Path(store["root"]).parent / "photos" / "aaa-deleted.jpg"), "r2", status="tagged",
+                   place=PLACES["dome"], score=0.9)
     table = pa.concat_tables([table, pa.Table.from_pylist([gone], schema=tagstore.TAGS_SCHEMA)])
     out = tmp_path / "small"
     page = rep.write_report(table, out, thumbs=2).read_text()

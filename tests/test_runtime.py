@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_core import artifact as artifact_mod
-from landmark_core import runtime as rt
+from landmark_core import artifact as artifact_mod, runtime as rt
 from landmark_core.calibration import softmax
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset, GpuDecodeError, check_gpu_decode, decode_image

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -13,11 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.tag import ConfigError, TagConfig, main as tag_main, run as tag_run
+from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from landmark_core.tagstore import read_committed
 from tests.cli_asserts import assert_error_names
@@ -37,10 +35,6 @@ def photos(tmp_path, synthetic_data, bad_corpus):
     shutil.copytree(bad_dir, d / "bad")
     (d / "notes.txt").write_text("not a photo: not listed")
     return d, expected
-
-
-def _all_rows(output: str, opts=storage.S3Options()):
-    return read_committed(output, opts=opts, latest_only=False)
 
 
 def _check_exactly_once(table, uris: set[str]) -> None:
@@ -158,7 +152,7 @@ def _latest_run_uris_s3(out, run_id, opts):
 def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path):
     files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg")]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
-    s = tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
+    tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
     t = read_committed(str(tmp_path / "t1"))
     _check_exactly_once(t, set(files))
     missing = [r for r in t.to_pylist() if r["uri"].endswith("missing.jpg")][0]

@@ -51,9 +51,9 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
     # one console line per epoch with loss, accuracy and images/s
     printed = capfd.readouterr()
-    lines = [l for l in (printed.out + printed.err).splitlines() if "[train] epoch" in l]
-    assert len({l.split("[train] epoch")[1].split()[0] for l in lines}) == 3
-    assert all("loss" in l and "acc" in l and "img/s" in l for l in lines)
+    lines = [ln for ln in (printed.out + printed.err).splitlines() if "[train] epoch" in ln]
+    assert len({ln.split("[train] epoch")[1].split()[0] for ln in lines}) == 3
+    assert all("loss" in ln and "acc" in ln and "img/s" in ln for ln in lines)
     # frozen features were computed once, before the epochs
     assert "cached frozen-backbone features" in printed.out + printed.err
     # the artifact tags its own test photos: its best tag is the photo's class as often as training measured
