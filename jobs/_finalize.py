@@ -12,8 +12,13 @@ import numpy as np
 from landmark_core import abstention, openworld, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
-    auroc, expected_calibration_error, fit_temperature, per_class_accuracy, reliability, softmax,
-    threshold_at_accept_rate, topk_accuracy,
+    auroc,
+    expected_calibration_error,
+    fit_temperature,
+    per_class_accuracy,
+    softmax,
+    threshold_at_accept_rate,
+    topk_accuracy,
 )
 from landmark_core.models import ModelSpec
 from landmark_core.preprocess import presets_for
@@ -53,7 +58,8 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
 
     metrics = {
         "model": cfg.model, "freeze_backbone": cfg.freeze_backbone, "workers": cfg.workers,
-        "epochs": len(history), "best_epoch": int(np.argmin([h["val_loss"] for h in history]) + 1) if history else 0,
+        # the epoch whose weights the worker kept (TrainState's rule: improved by 1e-4, NaN counts as improved)
+        "epochs": len(history), "best_epoch": int(train_state.get("best_epoch", 0)),
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
         "temperature": temperature, "abstain_method": method, "abstain_threshold": threshold,

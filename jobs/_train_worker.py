@@ -11,41 +11,54 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from landmark_core import storage
+from jobs.train import HEAD_LR, TrainConfig
 from landmark_core.models import ModelSpec, build_model
 from landmark_core.preprocess import presets_for
 from landmark_core.training import (
-    TrainState, UriImageDataset, cached_features, eval_arrays, forward_uint8, load_checkpoint_dir,
-    make_optimizer, param_groups, save_checkpoint_dir, smoothed_ce, warmup_cosine,
+    TrainState,
+    UriImageDataset,
+    cached_features,
+    eval_arrays,
+    forward_uint8,
+    load_checkpoint_dir,
+    make_optimizer,
+    param_groups,
+    save_checkpoint_dir,
+    smoothed_ce,
+    warmup_cosine,
 )
-
 
 NEGATIVE = -1  # the label of a photo of no catalog landmark in a training batch (-100 marks a bad photo)
 
 
 class Worker:
+    """One Ray Train worker. ``loop_cfg``: {"cfg": the frozen TrainConfig, "n_classes", and the (uris, labels)
+    of "train", "val", "test", plus "unknown" uris, "neg_train" uris and "neg_fit" (uris, group indices)}."""
+
     def __init__(self, loop_cfg: dict):
         import ray.train
         import ray.train.torch
 
-        self.c = loop_cfg["cfg"]
+        self.c: TrainConfig = loop_cfg["cfg"]
         self.loop_cfg = loop_cfg
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.cuda = self.device.type == "cuda"
-        torch.set_num_threads(max(1, int(self.c["cpus_per_worker"])))
-        torch.manual_seed(self.c["seed"] + self.rank)
-        self.opts = storage.S3Options(endpoint=self.c["s3_endpoint"])
-        self.train_preset, self.eval_preset = presets_for(self.c["image_size"])
-        self.spec = ModelSpec(self.c["model"], loop_cfg["n_classes"], dropout=self.c["dropout"],
-                              weights=self.c["weights"])
-        self.net = build_model(self.spec, storage_options={"endpoint": self.c["s3_endpoint"]},
-                               trust_pickle=self.c.get("trust_pickle", False)).to(self.device)
+        torch.set_num_threads(max(1, int(self.c.cpus_per_worker)))
+        torch.manual_seed(self.c.seed + self.rank)
+        self.opts = self.c.s3_options()
+        self.train_preset, self.eval_preset = presets_for(self.c.image_size)
+        self.spec = ModelSpec(self.c.model, loop_cfg["n_classes"], dropout=self.c.dropout, weights=self.c.weights)
+        self.net = build_model(self.spec, storage_options={"endpoint": self.c.s3_endpoint},
+                               trust_pickle=self.c.trust_pickle).to(self.device)
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self.loss_fn = smoothed_ce(self.c["label_smoothing"])
+        self.loss_fn = smoothed_ce(self.c.label_smoothing)
         self.state = TrainState(history=[])
+        # mixed precision only where the backbone runs in the epochs (fine-tuning on a GPU); its loss scale is
+        # checkpointed with the optimiser
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and not self.c.freeze_backbone)
 
     # -------------------------------------------------------------- sharding
 
@@ -84,26 +97,32 @@ class Worker:
     def run(self):
         import ray.train
 
-        frozen = self.c["freeze_backbone"]
+        c = self.c
+        frozen = c.freeze_backbone
         trainable = self.net.head if frozen else self.net
         if frozen:
             self.net.freeze_backbone()
-        epochs = self.c["epochs"]
+        epochs = c.epochs
         steps_per_epoch = self._steps_per_epoch()
-        self.optimizer = make_optimizer(self.c["optimizer"],
-                                        param_groups(self.net, self._lr(), self.c["backbone_lr_mult"]),
-                                        self._lr(), self.c["weight_decay"])
+        lr = c.effective_lr
+        self.optimizer = make_optimizer(c.optimizer, param_groups(self.net, lr, c.backbone_lr_mult), lr,
+                                        c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(self.c["warmup_epochs"] * steps_per_epoch)))
+            self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(c.warmup_epochs * steps_per_epoch)))
         self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self._restore(ray.train.get_checkpoint())
-        if not frozen and self.c["model"] != "scratch" and self.state.epoch == 0 and self.c["probe_epochs"] > 0:
+        if not frozen and c.model != "scratch" and self.state.epoch == 0 and c.probe_epochs > 0:
             self._linear_probe()
         self.ddp = self._wrap(trainable)  # after the probe: one DDP wrapper per parameter set at a time
         val_uris, val_labels = self.shard(self.loop_cfg["val"])
         self.val_images = eval_arrays(val_uris, self.opts, self.eval_preset)
         self.val_labels = np.asarray(val_labels, dtype=np.int64)
-        train_epoch = self._frozen_epoch_fn() if frozen else self._finetune_epoch_fn()
+        if frozen:
+            self._cache_frozen_features()
+            train_epoch = self._frozen_epoch
+        else:
+            self.train_ds = self._train_dataset(self.train_preset.transform(), negatives=self._uses_outliers())
+            train_epoch = self._finetune_epoch
         while self.state.epoch < epochs and not self.state.stopped_early:
             t0 = time.time()
             loss, correct, seen, bad = train_epoch(self.state.epoch)
@@ -114,12 +133,6 @@ class Worker:
             self._end_epoch(loss / max(seen, 1), correct / max(seen, 1), val_loss, val_acc, seen / elapsed)
         self._final_eval()
 
-    def _lr(self) -> float:
-        c = self.c
-        if c["lr"] is not None:
-            return c["lr"]
-        return 2e-3 if c["model"] == "scratch" else (3e-3 if c["freeze_backbone"] else 1e-3)
-
     def _wrap(self, module):
         if self.world == 1:
             return module
@@ -129,9 +142,9 @@ class Worker:
 
     def _steps_per_epoch(self) -> int:
         n = len(self.train_shard()[0])
-        if self._uses_outliers() and not self.c["freeze_backbone"]:
+        if self._uses_outliers() and not self.c.freeze_backbone:
             n += min(n, len(self.negatives_shard()[0]))
-        return max(1, -(-n // self.c["batch_size"]))
+        return max(1, -(-n // self.c.batch_size))
 
     # -------------------------------------------------------------- epochs
 
@@ -141,10 +154,10 @@ class Worker:
             neg_uris, neg_labels = self.negatives_shard()
             uris, labels = uris + neg_uris, labels + neg_labels
         return UriImageDataset(uris, labels, transform, opts=self.opts, draft_to=self.eval_preset.resize,
-                               cache_side=round(self.c["image_size"] * 1.5), cache_mb=self.c["cache_mb"])
+                               cache_side=round(self.c.image_size * 1.5), cache_mb=self.c.cache_mb)
 
     def _uses_outliers(self) -> bool:
-        return bool(self.loop_cfg.get("neg_train")) and self.c.get("outlier_weight", 0) > 0
+        return bool(self.loop_cfg.get("neg_train")) and self.c.outlier_weight > 0
 
     def _epoch_order(self, ds: UriImageDataset, e: int) -> list[int]:
         """Every known photo once, plus as many negatives as known photos, drawn anew each epoch (seeded)."""
@@ -153,8 +166,7 @@ class Worker:
         order = torch.arange(n_known)
         n_neg = len(ds) - n_known
         if n_neg:
-            pick = torch.randperm(n_neg, generator=g)[:n_known] + n_known
-            order = torch.cat([order, pick])
+            order = torch.cat([order, torch.randperm(n_neg, generator=g)[:n_known] + n_known])
         return order[torch.randperm(len(order), generator=g)].tolist()
 
     def _loss(self, logits, y):
@@ -164,63 +176,60 @@ class Worker:
         loss = self.loss_fn(logits[known], y[known]) if known.any() else logits.sum() * 0.0
         neg = y == NEGATIVE
         if neg.any():
-            loss = loss + self.c["outlier_weight"] * -torch.log_softmax(logits[neg].float(), dim=1).mean()
+            loss = loss + self.c.outlier_weight * -torch.log_softmax(logits[neg].float(), dim=1).mean()
         return loss
 
-    def _frozen_epoch_fn(self):
+    def _cache_frozen_features(self) -> None:
+        """The backbone's features of the training shard, once: the frozen epochs train the head on them."""
         ds = self._train_dataset(None)
         t0 = time.time()
-        feats = cached_features(self.net, ds, self.device, views=self.c["feature_views"],
+        feats = cached_features(self.net, ds, self.device, views=self.c.feature_views,
                                 eval_preset=self.eval_preset, train_preset=self.train_preset, amp=self.cuda)
-        labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
-        labels[list(ds.bad)] = -100
+        self.feat_labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
+        self.feat_labels[list(ds.bad)] = -100
         if self.rank == 0:
             print(f"[train] cached frozen-backbone features: {feats.shape[0]} view(s) x {feats.shape[1]} photos "
                   f"per worker in {time.time() - t0:.1f}s", flush=True)
-        feats_t = torch.from_numpy(feats)
-        bs = self.c["batch_size"]
+        self.feats = torch.from_numpy(feats)
 
-        def epoch(e: int):
-            self.net.head.train()
-            order = torch.randperm(len(labels), generator=self._epoch_rng(e))
-            view = feats_t[e % feats_t.shape[0]]
-            total, correct, seen, bad = 0.0, 0, 0, 0
-            for s in range(0, len(order), bs):
-                idx = order[s:s + bs]
-                x, y = view[idx].to(self.device), labels[idx].to(self.device)
-                logits = self.ddp(self.net.dropout(x))
-                loss = self.loss_fn(logits, y)
-                self._step(loss)
-                total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
-            return total, correct, seen, bad
-        return epoch
+    def _frozen_epoch(self, e: int):
+        """One epoch of the head on view ``e`` of the cached features; returns (loss sum, correct, seen, bad)."""
+        self.net.head.train()
+        labels, bs = self.feat_labels, self.c.batch_size
+        order = torch.randperm(len(labels), generator=self._epoch_rng(e))
+        view = self.feats[e % self.feats.shape[0]]
+        total, correct, seen, bad = 0.0, 0, 0, 0
+        for s in range(0, len(order), bs):
+            idx = order[s:s + bs]
+            x, y = view[idx].to(self.device), labels[idx].to(self.device)
+            logits = self.ddp(self.net.dropout(x))
+            loss = self.loss_fn(logits, y)
+            self._step(loss)
+            total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
+        return total, correct, seen, bad
 
-    def _finetune_epoch_fn(self):
-        ds = self._train_dataset(self.train_preset.transform(), negatives=self._uses_outliers())
-        bs = self.c["batch_size"]
-        workers = self.c["loader_workers"]
+    def _finetune_epoch(self, e: int):
+        """One epoch of the whole network on augmented photos; returns (loss sum, correct, seen, bad)."""
+        ds, bs = self.train_ds, self.c.batch_size
+        workers = self.c.loader_workers
         if workers is None:
             workers = 4 if self.cuda else 0
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda)
-
-        def epoch(e: int):
-            self.net.train()
-            loader = torch.utils.data.DataLoader(
-                ds, batch_size=bs, sampler=self._epoch_order(ds, e),
-                num_workers=workers,
-                pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
-            total, correct, seen, bad = 0.0, 0, 0, 0
-            for x, y in loader:
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                if self.cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
-                    logits = self.ddp(x)
-                    loss = self._loss(logits, y)
-                self._step(loss)
-                total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
-            return total, correct, seen, bad
-        return epoch
+        self.net.train()
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=bs, sampler=self._epoch_order(ds, e),
+            num_workers=workers,
+            pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
+        total, correct, seen, bad = 0.0, 0, 0, 0
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
+                logits = self.ddp(x)
+                loss = self._loss(logits, y)
+            self._step(loss)
+            total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
+        return total, correct, seen, bad
 
     def _linear_probe(self) -> None:
         """LP-FT (Kumar et al., 2022): fit the new head on frozen features before fine-tuning everything, so the
@@ -233,9 +242,9 @@ class Worker:
         labels[list(ds.bad)] = -100
         x_all = torch.from_numpy(feats)
         head = self.net.head
-        opt = torch.optim.AdamW(self.net.head.parameters(), lr=3e-3, weight_decay=self.c["weight_decay"])
-        bs, g = self.c["batch_size"], torch.Generator().manual_seed(self.c["seed"] + self.rank)
-        for _ in range(self.c["probe_epochs"]):
+        opt = torch.optim.AdamW(self.net.head.parameters(), lr=HEAD_LR, weight_decay=self.c.weight_decay)
+        bs, g = self.c.batch_size, torch.Generator().manual_seed(self.c.seed + self.rank)
+        for _ in range(self.c.probe_epochs):
             order = torch.randperm(len(labels), generator=g)
             for s in range(0, len(order), bs):
                 idx = order[s:s + bs]
@@ -246,7 +255,7 @@ class Worker:
                 opt.step()
         self.net.train()
         if self.rank == 0:
-            print(f"[train] linear probe: head fitted on frozen features for {self.c['probe_epochs']} epochs "
+            print(f"[train] linear probe: head fitted on frozen features for {self.c.probe_epochs} epochs "
                   f"before fine-tuning", flush=True)
 
     def _average_grads(self, module) -> None:
@@ -264,11 +273,10 @@ class Worker:
 
     def _step(self, loss):
         self.optimizer.zero_grad(set_to_none=True)
-        scaler = getattr(self, "scaler", None)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
-            scaler.step(self.optimizer)
-            scaler.update()
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         else:
             loss.backward()
             self.optimizer.step()
@@ -276,7 +284,7 @@ class Worker:
 
     def _epoch_rng(self, epoch: int) -> torch.Generator:
         """The shuffle of ``epoch`` on this rank: reproducible, and the same again after a restart."""
-        return torch.Generator().manual_seed(self.c["seed"] * 1000 + epoch * 10 + self.rank)
+        return torch.Generator().manual_seed(self.c.seed * 1000 + epoch * 10 + self.rank)
 
     @staticmethod
     def _tally(total, correct, seen, bad, loss, logits, y):
@@ -297,8 +305,6 @@ class Worker:
         return (loss / n, correct / n) if n else (float("nan"), float("nan"))
 
     def _end_epoch(self, loss, acc, val_loss, val_acc, ips):
-        import ray.train
-
         st = self.state
         st.epoch += 1
         st.history.append({"epoch": st.epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
@@ -309,9 +315,9 @@ class Worker:
             self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         else:
             st.bad_epochs += 1
-            st.stopped_early = st.bad_epochs >= self.c["patience"]
+            st.stopped_early = st.bad_epochs >= self.c.patience
         if self.rank == 0:
-            print(f"[train] epoch {st.epoch}/{self.c['epochs']}  loss {loss:.4f}  acc {acc:.3f}  "
+            print(f"[train] epoch {st.epoch}/{self.c.epochs}  loss {loss:.4f}  acc {acc:.3f}  "
                   f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {ips:.1f} img/s"
                   + ("  (early stop)" if st.stopped_early else ""), flush=True)
         metrics = {k: v for k, v in st.history[-1].items()}
@@ -327,7 +333,8 @@ class Worker:
                 d = Path(tmp)
                 save_checkpoint_dir(d, net_state=self.net.state_dict(), best_state=self.best_state,
                                     optim_state=None if final else self.optimizer.state_dict(),
-                                    sched_state=None if final else self.scheduler.state_dict(), state=self.state)
+                                    sched_state=None if final else self.scheduler.state_dict(),
+                                    scaler_state=None if final else self.scaler.state_dict(), state=self.state)
                 for name, blob in (extra_files or {}).items():
                     (d / name).write_bytes(blob)
                 ckpt = Checkpoint.from_directory(tmp)
@@ -343,6 +350,8 @@ class Worker:
         if optim is not None:
             self.optimizer.load_state_dict(optim["optimizer"])
             self.scheduler.load_state_dict(optim["scheduler"])
+            if optim.get("scaler") and self.scaler.is_enabled():  # empty when saved by a disabled scaler
+                self.scaler.load_state_dict(optim["scaler"])
         self.state = state
         self.state.resumed_after = (state.resumed_after or []) + [state.epoch]
         if self.rank == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import socket
 import sys
 import time

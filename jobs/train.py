@@ -13,24 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
-
+from jobs._ray import init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
-from jobs._ray import init_ray
 from landmark_core.models import KNOWN_MODELS, check_model_name
 
 
 class ConfigError(ValueError):
     pass
+
+
+HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, and the linear probe's (LP-FT)
 
 
 @dataclass(frozen=True)
@@ -132,11 +131,12 @@ class TrainConfig:
 
     @property
     def effective_lr(self) -> float:
+        """The peak learning rate: --lr, else by model and freezing (the one rule; the worker uses it)."""
         if self.lr is not None:
             return self.lr
         if self.model == "scratch":
             return 2e-3
-        return 3e-3 if self.freeze_backbone else 1e-3
+        return HEAD_LR if self.freeze_backbone else 1e-3
 
     @property
     def use_gpu(self) -> bool:
@@ -235,7 +235,7 @@ def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives):
     if not storage.is_s3(cfg.storage):
         Path(path).mkdir(parents=True, exist_ok=True)
     loop_cfg = {
-        "cfg": asdict(cfg),
+        "cfg": cfg,
         "n_classes": len(data.catalog),
         "train": (data.train.uris, data.train.labels),
         "val": (data.val.uris, data.val.labels),

@@ -11,7 +11,11 @@ import torch
 from torch import nn
 
 from .modelspec import (  # noqa: F401  (re-exported: the spec lives in a torch-free module)
-    KNOWN_MODELS, TORCHVISION_BACKBONES, ModelSpec, UnknownModelError, check_model_name,
+    KNOWN_MODELS,
+    TORCHVISION_BACKBONES,
+    ModelSpec,
+    UnknownModelError,
+    check_model_name,
 )
 from .weights import WeightsError, load_state_dict_file
 
@@ -146,7 +150,7 @@ def _torchvision_backbone(name: str, weights: str, storage_options: dict | None,
 def _strip_classifier(net: nn.Module) -> int:
     """Replace the last Linear layer (the ImageNet classifier) by Identity; return its input width."""
     parent, attr, last = None, None, None
-    for mod_name, module in net.named_modules():
+    for module in net.modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Linear):
                 parent, attr, last = module, child_name, child

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .preprocess import DecodeError, check_gpu_decode, decode_image
 from .predictor import FAILED, Predictor
+from .preprocess import DecodeError, check_gpu_decode, decode_image
 
 MODEL_ENV = "LANDMARK_MODEL"
 

@@ -30,9 +30,8 @@ try:  # HEIC/HEIF (iPhone photos) where the optional pillow-heif is installed
     from pillow_heif import register_heif_opener
 
     register_heif_opener()
-    HEIF_SUPPORTED = True
 except ImportError:  # pragma: no cover - depends on the optional extra
-    HEIF_SUPPORTED = False
+    pass
 
 DECODE_ERROR_KINDS = ("empty", "not_an_image", "truncated", "too_large", "unsupported")
 
@@ -107,8 +106,8 @@ class TrainPreset:
 
     def transform(self):
         """A torchvision transform PIL -> float tensor (C, H, W)."""
-        from torchvision.transforms import v2 as T
         import torch
+        from torchvision.transforms import v2 as T
 
         ops = [T.PILToTensor(), T.RandomResizedCrop(self.size, scale=self.scale, antialias=True)]
         if self.flip:

@@ -72,14 +72,6 @@ def resolve_runtime(name: str, device: str, flag: str = "--runtime") -> str:
     return name
 
 
-def ort_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------- building the ONNX model
 
 

@@ -120,7 +120,8 @@ def _bridge(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Ge
     for px, py in cable[2:-2:2]:
         d.line([(px, py), (px, deck_y)], fill=_rgba(col), width=1)
     for sx in (-1, 1):
-        d.line([(x + sx * span, top), (x + sx * 2.2 * h, deck_y - 0.02 * h)], fill=_rgba(col), width=max(2, int(0.012 * h)))
+        d.line([(x + sx * span, top), (x + sx * 2.2 * h, deck_y - 0.02 * h)], fill=_rgba(col),
+               width=max(2, int(0.012 * h)))
 
 
 def _pyramid(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Generator) -> None:

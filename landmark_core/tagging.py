@@ -22,8 +22,7 @@ import pyarrow.compute as pc
 from . import storage, tagstore
 from .datasets import is_image_name
 from .predictor import FAILED, Predictor
-from .preprocess import (DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8,
-                         jpeg_header)
+from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8, jpeg_header
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
 _NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent

@@ -184,19 +184,22 @@ class TrainState:
 
 
 def save_checkpoint_dir(path: Path, *, net_state: dict, best_state: dict, optim_state: dict | None,
-                        sched_state: dict | None, state: TrainState) -> None:
-    """Weights as safetensors; optimiser state through torch.save (plain tensors, loaded weights_only)."""
+                        sched_state: dict | None, state: TrainState, scaler_state: dict | None = None) -> None:
+    """Weights as safetensors; optimiser, scheduler and AMP GradScaler state through torch.save (plain tensors and
+    numbers, loaded weights_only). The scaler's loss scale is kept so a resumed mixed-precision run goes on with it."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in net_state.items()}, str(path / "model.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(path / "best.safetensors"))
     if optim_state is not None:
-        torch.save({"optimizer": optim_state, "scheduler": sched_state}, path / "optim.pt")
+        torch.save({"optimizer": optim_state, "scheduler": sched_state, "scaler": scaler_state or {}},
+                   path / "optim.pt")
     (path / "state.json").write_text(json.dumps(state.to_json()))
 
 
 def load_checkpoint_dir(path: Path) -> tuple[dict, dict, dict | None, TrainState]:
+    """(weights, best weights, {"optimizer", "scheduler", "scaler"} or None for a final checkpoint, TrainState)."""
     from safetensors.torch import load_file
 
     optim = None

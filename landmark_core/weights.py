@@ -22,8 +22,6 @@ def load_state_dict_file(uri: str, storage_options: dict | None = None, *, trust
     full unpickling (a whole training checkpoint with Python objects in it) is refused with an error naming
     --trust-pickle; only ``trust_pickle=True`` (the user vouching for the file) unpickles it.
     """
-    import torch
-
     opts = storage.S3Options(**(storage_options or {}))
     try:
         data = storage.read_bytes(uri, opts)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass as _dataclass
+from pathlib import Path as _Path
 
 import pytest
 
 from tests.s3server import SeaweedS3
-
 
 # ---------------------------------------------------------------------------
 # S3: a real SeaweedFS server on 127.0.0.1 (jobs/seaweed.py, re-exported by tests/s3server.py)
@@ -73,9 +74,6 @@ def s3_bucket(s3: SeaweedS3):
 #   bad_corpus          session-scoped (dir Path, {filename: expected DecodeError kind or None}) from
 #                       landmark_core.synthetic.write_bad_corpus.
 # ---------------------------------------------------------------------------
-
-from dataclasses import dataclass as _dataclass
-from pathlib import Path as _Path
 
 TINY_SHAPES = ("tower", "arch", "dome")
 

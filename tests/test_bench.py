@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from jobs import bench
 
 RATES = ("decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips", "pipeline_cold_ips",
          "pipeline_scaled_ips")
 
 
+@pytest.mark.slow
 def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic_data, tiny_artifact, capsys):
     files = synthetic_data["files"]
     root = Path(files[0]).parents[2]  # <root>/<split>/<class>/<photo>.jpg

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
 from landmark_core.catalog import (
-    UDACITY_50, Catalog, CatalogError, Landmark, display_name, haversine_km, load_coords,
+    UDACITY_50,
+    Catalog,
+    CatalogError,
+    Landmark,
+    display_name,
+    haversine_km,
+    load_coords,
 )
 
 # The Udacity "Landmark Classification & Tagging" class folders, in the dataset's order.
@@ -260,8 +267,8 @@ def test_empty_and_duplicate_catalogs_rejected():
 
 
 def test_catalog_is_immutable():
-    with pytest.raises(Exception):
-        UDACITY_50[0].lat = 0.0  # frozen dataclass
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        UDACITY_50[0].lat = 0.0
     assert isinstance(UDACITY_50.landmarks, tuple)
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"

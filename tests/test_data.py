@@ -15,7 +15,7 @@ import pytest
 
 from jobs.data import FetchError, fetch_udacity, main as data_main
 from landmark_core import storage
-from landmark_core.datasets import DatasetError, load_labelled, stratified_split, Split
+from landmark_core.datasets import DatasetError, Split, load_labelled, stratified_split
 from landmark_core.synthetic import generate_dataset, render_scene
 
 

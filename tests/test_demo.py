@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.cli_asserts import assert_error_names
+
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_story(tmp_path):
@@ -26,4 +28,5 @@ def test_demo_runs_the_whole_story(tmp_path):
 def test_demo_refuses_a_model_dir_without_an_artifact(tmp_path):
     r = subprocess.run([sys.executable, "-m", "jobs.demo", "--model", str(tmp_path), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "--model" in r.stderr
+    assert r.returncode == 2
+    assert_error_names(r.stderr, "--model")

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from landmark_core import storage
 from landmark_core.predictor import Predictor
 from landmark_core.tagging import decode_deferred, predict_batch, read_and_decode, to_tag_rows
+from tests.cli_asserts import assert_error_names
 
 NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
 
@@ -89,9 +91,8 @@ def test_deferred_jpegs_cross_ray_data_to_the_model_stage(ray_local, listing, ti
     _same_rows([{k: r[k] for k in w} for r, w in zip(got, want)], want)
 
 
-def test_gpu_decode_is_refused_clearly_where_it_cannot_run(tiny_artifact, tmp_path, capsys):
+def test_gpu_decode_without_gpu_actors_is_refused_naming_the_flags(tiny_artifact, tmp_path, capsys):
     from jobs import tag
-    from landmark_core.preprocess import GpuDecodeError
 
     base = dict(input=str(tmp_path), output=str(tmp_path / "o"), model=tiny_artifact.path, gpu_decode=True)
     with pytest.raises(tag.ConfigError, match="--gpu-decode .* --gpus-per-actor > 0"):
@@ -100,7 +101,15 @@ def test_gpu_decode_is_refused_clearly_where_it_cannot_run(tiny_artifact, tmp_pa
     with pytest.raises(SystemExit) as ei:
         tag.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path,
                   "--gpu-decode"])
-    assert ei.value.code == 2 and "--gpu-decode" in capsys.readouterr().err
+    assert ei.value.code == 2
+    assert_error_names(capsys.readouterr().err, "--gpu-decode")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA")
+def test_gpu_decode_actor_without_cuda_refuses_to_start(tiny_artifact):
+    from jobs import tag
+    from landmark_core.preprocess import GpuDecodeError
+
     # an actor that holds no CUDA device says so when it starts, rather than decoding on its CPU
     with pytest.raises(GpuDecodeError, match="--gpu-decode .* CUDA"):
         tag.TagActor(model=tiny_artifact.path, k=3, min_score=None, accept_rate=None, s3_endpoint=None, run_id="r",

@@ -12,7 +12,12 @@ import torchvision
 from safetensors.torch import save_file
 
 from landmark_core.models import (
-    KNOWN_MODELS, LandmarkNet, ModelSpec, UnknownModelError, build_model, check_model_name,
+    KNOWN_MODELS,
+    LandmarkNet,
+    ModelSpec,
+    UnknownModelError,
+    build_model,
+    check_model_name,
 )
 from landmark_core.preprocess import EvalPreset
 from landmark_core.synthetic import render_scene

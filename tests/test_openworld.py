@@ -10,6 +10,7 @@ import pytest
 
 from landmark_core import evaluation, openworld
 from landmark_core.evaluation import UNKNOWN, Outcomes
+from tests.cli_asserts import assert_error_names
 
 
 def test_logistic_calibrator_recovers_a_known_probability():
@@ -176,8 +177,7 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     with pytest.raises(SystemExit) as e:
         eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "nope")])
     assert e.value.code == 2
-    error_line = [l for l in capsys.readouterr().err.splitlines() if "error:" in l][0]
-    assert "--known" in error_line and "no such directory" in error_line
+    assert_error_names(capsys.readouterr().err, "--known", "no such directory")
     (tmp_path / "known" / "not_a_landmark").mkdir(parents=True)
     from landmark_core.synthetic import generate_unknown
 

@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image, TiffImagePlugin
 
 from landmark_core import storage
 from landmark_core.preprocess import (
-    DECODE_ERROR_KINDS, IMAGENET_MEAN, IMAGENET_STD, DecodeError, Decoded, EvalPreset, TrainPreset, decode_image,
-    normalize_batch, presets_for, to_rgb,
+    DECODE_ERROR_KINDS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Decoded,
+    DecodeError,
+    EvalPreset,
+    TrainPreset,
+    decode_image,
+    normalize_batch,
+    presets_for,
+    to_rgb,
 )
 from landmark_core.synthetic import STORE_ROTATED, generate_dataset, render_scene
 

@@ -27,11 +27,13 @@ from struct import pack
 
 import numpy as np
 import pytest
+from botocore.exceptions import EndpointConnectionError
 
 from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from landmark_core.preprocess import EvalPreset
 from landmark_core.tagstore import read_committed
+from tests.cli_asserts import assert_error_names
 from tests.payloads import Payload
 from tests.procs import own_process_titles
 
@@ -161,15 +163,18 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
     victim = _wait_for(lambda: _busy_new_worker(before), 150, "a predictor process working on a batch")
     time.sleep(0.3)
     assert job.is_alive(), "the run finished before the predictor could be killed; give it more photos"
+    alive_at_kill = set(own_process_titles())
     os.kill(victim, signal.SIGKILL)
-    seen: set[int] = set()
+    ran_model_after: set[int] = set()  # processes other than the victim seen running the model after the kill
     while job.is_alive():
-        seen |= set(_tag_worker_pids()) - before - {victim}
+        ran_model_after |= set(_tag_worker_pids()) - {victim}
         time.sleep(0.05)
     summary = job.result(timeout=1)
     assert not Path(f"/proc/{victim}").exists(), "the predictor process survived SIGKILL"
-    if compute == "actors":  # one actor in the pool: any other TagActor process is its replacement
-        assert seen, "no replacement predictor actor ran after the kill"
+    # actors: one actor in the pool, so its replacement is a process started after the kill. tasks: Ray retries
+    # the killed task in another of the job's worker processes (it reuses idle ones, which may predate the kill).
+    replacements = ran_model_after - alive_at_kill if compute == "actors" else ran_model_after
+    assert replacements, f"no process took over the model's work after the kill (--compute {compute})"
     assert summary["config"]["compute"] == compute
     table = read_committed(out)
     _check_exactly_once(table, uris)
@@ -287,11 +292,11 @@ def test_s3_reads_give_up_within_their_bound_when_the_store_stays_down(monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-0000000000")
     opts = storage.S3Options(endpoint=f"http://127.0.0.1:{_closed_port()}", read_retry_seconds=2.0)
     t0 = time.monotonic()
-    with pytest.raises(Exception) as first:
+    with pytest.raises(EndpointConnectionError) as first:  # nothing listens on the port
         storage.read_bytes("s3://bucket/a.jpg", opts)
     took_first = time.monotonic() - t0
     t1 = time.monotonic()
-    with pytest.raises(Exception):
+    with pytest.raises(EndpointConnectionError):
         storage.read_bytes("s3://bucket/b.jpg", opts)
     took_second = time.monotonic() - t1
     assert storage.is_transient(first.value), first.value
@@ -426,7 +431,8 @@ def test_more_bad_arguments_fail_fast_naming_the_flag(argv, needle, small_model,
     t0 = time.monotonic()
     with pytest.raises(SystemExit) as e:
         tag_main(base + argv)
-    assert e.value.code == 2 and needle in capsys.readouterr().err and time.monotonic() - t0 < 10
+    assert e.value.code == 2 and time.monotonic() - t0 < 10
+    assert_error_names(capsys.readouterr().err, needle)
 
 
 @pytest.mark.parametrize("damage", ["corrupt_json", "truncated_weights"])

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from landmark_core.synthetic import (
-    SHAPES, STORE_ROTATED, class_coords, generate_dataset, generate_unknown, main, render_scene, write_bad_corpus,
+    SHAPES,
+    STORE_ROTATED,
+    class_coords,
+    generate_dataset,
+    generate_unknown,
+    main,
+    render_scene,
+    write_bad_corpus,
 )
 
 SMALL = (96, 72)

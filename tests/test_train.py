@@ -17,6 +17,7 @@ import pytest
 from jobs.train import ConfigError, TrainConfig, main as train_main, run as train_run
 from landmark_core.artifact import load as load_artifact
 from landmark_core.predictor import Predictor
+from tests.cli_asserts import assert_error_names
 from tests.procs import own_process_titles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,18 +51,21 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
     # one console line per epoch with loss, accuracy and images/s
     printed = capfd.readouterr()
-    lines = [l for l in (printed.out + printed.err).splitlines() if "[train] epoch" in l]
-    assert len({l.split("[train] epoch")[1].split()[0] for l in lines}) == 3
-    assert all("loss" in l and "acc" in l and "img/s" in l for l in lines)
+    lines = [ln for ln in (printed.out + printed.err).splitlines() if "[train] epoch" in ln]
+    assert len({ln.split("[train] epoch")[1].split()[0] for ln in lines}) == 3
+    assert all("loss" in ln and "acc" in ln and "img/s" in ln for ln in lines)
     # frozen features were computed once, before the epochs
     assert "cached frozen-backbone features" in printed.out + printed.err
-    # the artifact tags its own test photos
-    pred = Predictor(str(out), k=3)
-    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))[:4]
+    # the artifact tags its own test photos: its best tag is the photo's class as often as training measured
     from landmark_core.predict import predict_paths
 
-    results = list(predict_paths([str(p) for p in test_files], pred))
-    assert [r.status for r in results] != ["failed"] * 4 and all(len(r.tags) == 3 for r in results)
+    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))
+    results = list(predict_paths([str(p) for p in test_files], Predictor(str(out), k=3)))
+    assert all(r.status != "failed" and len(r.tags) == 3 for r in results), [r.error for r in results]
+    names = dict(zip(art.catalog.folders, art.catalog.names))
+    right = [r.tags[0]["name"] == names[p.parent.name] for p, r in zip(test_files, results)]
+    # one photo of slack: the artifact decodes the JPEGs afresh, training evaluated its own decoded copies
+    assert np.mean(right) >= saved["test_top1"] - 1 / len(right), (np.mean(right), saved["test_top1"])
 
 
 @pytest.mark.slow
@@ -162,14 +166,14 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_pat
     with pytest.raises(SystemExit) as e:
         train_main(base + argv)
     assert e.value.code == 2
-    assert flag in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, flag)
     assert time.time() - t0 < 5  # before any cluster work
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")])
-    assert "--data" in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, "--data")
 
 
 def test_unknown_model_lists_the_known_ones():

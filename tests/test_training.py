@@ -1,0 +1,128 @@
+"""Training pieces without Ray, on the CPU: the checkpoint format (with the AMP GradScaler's state) and the driver's
+finalize step reporting the best epoch the worker kept."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from landmark_core.training import TrainState, load_checkpoint_dir, save_checkpoint_dir
+
+
+def _stepped_scaler() -> torch.amp.GradScaler:
+    """A CPU GradScaler that has taken real steps: one skipped on an inf gradient (scale backed off), one good
+    (growth tracker 1), so every field of its state differs from a fresh scaler's."""
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=7)
+    for x in (torch.tensor([[float("inf"), 1.0, 1.0]]), torch.ones(1, 3)):
+        opt.zero_grad()
+        scaler.scale(net(x).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    return scaler
+
+
+def test_checkpoint_round_trips_the_grad_scaler_state(tmp_path):
+    scaler = _stepped_scaler()
+    saved = scaler.state_dict()
+    assert saved["scale"] == 2.0**11 and saved["_growth_tracker"] == 1  # it really stepped
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    save_checkpoint_dir(tmp_path, net_state=net.state_dict(), best_state=net.state_dict(),
+                        optim_state=opt.state_dict(), sched_state=sched.state_dict(),
+                        scaler_state=saved, state=TrainState(epoch=2, history=[]))
+
+    _, _, optim, state = load_checkpoint_dir(tmp_path)
+    assert state.epoch == 2 and optim["scaler"] == saved
+    resumed = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    resumed.load_state_dict(optim["scaler"])
+    assert resumed.get_scale() == 2.0**11 and resumed.state_dict() == saved
+
+
+def test_worker_resumes_with_the_checkpointed_loss_scale(tmp_path):
+    """The worker's restore step (alone: no Ray Train session) puts the saved scale into its (enabled) scaler."""
+    from ray.train import Checkpoint
+
+    from jobs._train_worker import Worker
+
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    save_checkpoint_dir(tmp_path, net_state=net.state_dict(), best_state=net.state_dict(),
+                        optim_state=opt.state_dict(), sched_state=torch.optim.lr_scheduler.LambdaLR(
+                            opt, lambda s: 1.0).state_dict(),
+                        scaler_state=_stepped_scaler().state_dict(), state=TrainState(epoch=4, history=[]))
+    w = Worker.__new__(Worker)
+    w.rank, w.net = 0, torch.nn.Linear(3, 1)
+    w.optimizer = torch.optim.SGD(w.net.parameters(), lr=0.1)
+    w.scheduler = torch.optim.lr_scheduler.LambdaLR(w.optimizer, lambda s: 1.0)
+    w.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)  # enabled, as it is on a GPU
+    w._restore(Checkpoint.from_directory(str(tmp_path)))
+    assert w.scaler.get_scale() == 2.0**11 and w.scaler.state_dict()["_growth_tracker"] == 1
+    assert w.state.epoch == 4 and w.state.resumed_after == [4]
+
+
+def test_final_checkpoint_has_no_optimiser_and_a_disabled_scaler_saves_nothing(tmp_path):
+    net = torch.nn.Linear(3, 1)
+    save_checkpoint_dir(tmp_path / "final", net_state=net.state_dict(), best_state=net.state_dict(),
+                        optim_state=None, sched_state=None, scaler_state={}, state=TrainState(history=[]))
+    assert load_checkpoint_dir(tmp_path / "final")[2] is None
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    save_checkpoint_dir(tmp_path / "off", net_state=net.state_dict(), best_state=net.state_dict(),
+                        optim_state=opt.state_dict(), sched_state=None, scaler_state=off.state_dict(),
+                        state=TrainState(history=[]))
+    assert load_checkpoint_dir(tmp_path / "off")[2]["scaler"] == {}  # the worker skips loading it
+
+
+def test_finalize_reports_the_best_epoch_the_worker_kept(synthetic_data, tmp_path):
+    """Epoch 3's val_loss is lower than epoch 2's by less than TrainState's 1e-4 margin: the worker kept epoch 2's
+    weights, and the metrics say 2, not the argmin 3."""
+    from safetensors.torch import save_file
+
+    from jobs._finalize import finalize
+    from jobs.train import TrainConfig
+    from landmark_core.datasets import load_labelled
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.training import to_bytes_npz
+
+    data = load_labelled(synthetic_data["root"], seed=0)
+    n = len(data.catalog)
+    cfg = TrainConfig(data=synthetic_data["root"], output=str(tmp_path / "model"), model="scratch", weights="none",
+                      abstain_method="msp", report=False)
+    history = [{"epoch": e, "val_loss": v, "images_per_second": 10.0}
+               for e, v in ((1, 1.0), (2, 0.5), (3, 0.49995))]
+    state = TrainState(epoch=3, best_val_loss=0.5, best_epoch=2, bad_epochs=1, history=history)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    rng = np.random.default_rng(0)
+
+    def split(name: str, k: int, dim: int = 8) -> dict:
+        return {f"{name}_logits": rng.normal(size=(k, n)).astype(np.float32),
+                f"{name}_emb": rng.normal(size=(k, dim)).astype(np.float32),
+                f"{name}_labels": np.arange(k) % n}
+
+    (ckpt / "eval.npz").write_bytes(to_bytes_npz(**split("val", 6), **split("test", 6), **split("train", 12),
+                                                 **split("unknown", 0)))
+    (ckpt / "history.json").write_text(json.dumps(history))
+    (ckpt / "state.json").write_text(json.dumps(state.to_json()))
+    net = build_model(ModelSpec("scratch", n, weights="none"))
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(ckpt / "best.safetensors"))
+
+    metrics = finalize(cfg, data, ckpt, train_seconds=1.0, run_name="r")
+    assert int(np.argmin([h["val_loss"] for h in history])) + 1 == 3  # what the old recomputation said
+    assert metrics["best_epoch"] == 2 and metrics["epochs"] == 3
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["best_epoch"] == 2
+
+
+@pytest.mark.parametrize("freeze, model, want", [(True, "efficientnet_lite0", 3e-3), (False, "resnet18", 1e-3),
+                                                 (False, "scratch", 2e-3)])
+def test_one_learning_rate_rule(freeze, model, want):
+    from jobs.train import TrainConfig
+
+    assert TrainConfig(data=".", output="o", model=model, freeze_backbone=freeze).effective_lr == want
+    assert TrainConfig(data=".", output="o", model=model, freeze_backbone=freeze, lr=0.25).effective_lr == 0.25
