@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import storage, tagstore
 from .datasets import is_image_name
@@ -117,16 +116,31 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
 
 
 def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
-    """Drop objects whose latest committed row has the same etag and model and did not fail."""
-    done = tagstore.read_committed(output, columns=["uri", "etag", "model_id", "status"], opts=opts,
-                                   filter=(pc.field("model_id") == model_id) & (pc.field("status") != FAILED))
-    if done.num_rows == 0:
+    """Drop objects whose current row has the same etag and model and did not fail: an anti-join in DuckDB of
+    the listing against the latest committed row of each listed uri (memory bounded by the listing)."""
+    con = tagstore.connect(output, opts)
+    if con is None:
         return listing, 0
-    done_keys = pc.binary_join_element_wise(done.column("uri"), done.column("etag"), "\x00")
-    keys = pc.binary_join_element_wise(listing.column("uri"), pc.fill_null(listing.column("etag"), ""), "\x00")
-    keep = pc.invert(pc.is_in(keys, value_set=done_keys))
-    todo = listing.filter(keep)
+    try:
+        con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
+        todo = con.sql(SKIP_SQL, params=[model_id, FAILED]).to_arrow_table()
+    finally:
+        con.close()
+    todo = todo.select(listing.column_names).cast(listing.schema)
     return todo, listing.num_rows - todo.num_rows
+
+
+# The latest row of each listed uri only (the history is scanned for the listed uris, three narrow columns and
+# the etag/model/status), then the listing minus those current, same-etag, same-model, not-failed rows.
+SKIP_SQL = """
+WITH cur AS (
+    SELECT uri, etag, model_id, status FROM tags_history
+    WHERE uri IN (SELECT uri FROM listing)
+    QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1)
+SELECT l.* FROM listing l
+ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND cur.model_id = ? AND cur.status <> ?
+ORDER BY l._i
+"""
 
 
 # ---------------------------------------------------------------- read + decode
