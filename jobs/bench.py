@@ -173,7 +173,7 @@ def scaled_tree(paths: list[str], root: str, scale: int, into: str) -> str:
 
 def job_driver(spec_json: str) -> None:
     """Runs in a fresh process, i.e. as a new Ray job on the running cluster, as `ray job submit` runs the nightly
-    job: the tag job ``repeat`` times on the same photos (--retag), one JSON line of its _SUCCESS summary each."""
+    job: the tag job ``repeat`` times on the same photos (--retag), one JSON line of its run summary each."""
     from jobs.tag import TagConfig, run
 
     spec = json.loads(spec_json)
@@ -251,7 +251,7 @@ def run_tag(ns) -> dict:
     for k in ("decode_ips", "model_ips", "model_torch_ips", "limit_ips", "naive_ips"):
         if k in out:
             out[k] = round(out[k], 2)
-    # from the rates as printed (the job's come rounded from its _SUCCESS): e/c recomputed from the output agrees
+    # from the rates as printed (the job's come rounded from its run summary): e/c recomputed from the output agrees
     out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
     out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
     out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)

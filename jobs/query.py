@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except duckdb_errors() as e:
         where = "--sql" if cfg.sql is not None else f"cannot read {cfg.tags}"
-        print(f"landmark query: {where}: {storage.redact(str(e)).splitlines()[0][:500]}", file=sys.stderr)
+        print(f"landmark query: {where}: {tagstore.error_text(e, 500)}", file=sys.stderr)
         return 2 if cfg.sql is not None and not isinstance(e, OSError) else 1
 
     if no_runs:

@@ -198,7 +198,7 @@ def run(cfg: TagConfig) -> dict:
     except Exception as e:  # delta-rs raises its own types for storage errors; any of them means "not committed"
         _blame_output(fs, out_dir, cfg.output, run_id)
         raise OutputError(f"--output {cfg.output}: could not commit to the Delta table "
-                          f"({storage.redact(str(e))[:200]}); run {run_id} was not committed") from None
+                          f"({tagstore.error_text(e, 200)}); run {run_id} was not committed") from None
     _print_summary(summary)
     return summary
 
@@ -216,8 +216,8 @@ def _ensure_table(output: str, opts: storage.S3Options) -> None:
     try:
         tagstore.ensure_table(output, opts)
     except Exception as e:
-        raise ConfigError(f"--output {output}: cannot create the Delta table there: "
-                          f"{storage.redact(str(e))[:300]}") from None
+        raise ConfigError(f"--output {output}: cannot create the Delta table there: {tagstore.error_text(e)}") \
+            from None
 
 
 def _blame_output(fs, out_dir: str, output: str, run_id: str) -> None:

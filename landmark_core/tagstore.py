@@ -78,6 +78,15 @@ class StoreError(RuntimeError):
     """The tag store cannot be read or written; the message names the location."""
 
 
+def error_text(e: BaseException, limit: int = 300) -> str:
+    """One line for a delta-rs/DuckDB error (theirs span lines and carry terminal colours), secrets redacted."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = "; ".join(p.strip(" ↳") for p in text.splitlines() if p.strip(" ↳"))
+    return storage.redact(text)[:limit]
+
+
 # ---------------------------------------------------------------- locations
 
 
@@ -143,12 +152,12 @@ def commit_run(root: str, fs, files: list[str], summary: dict,
     base = _fs_root(root)
     actions = [_add_action(fs, f, base) for f in files]
     dt = DeltaTable(table_uri(root), storage_options=storage_options(root, opts))
+    read_version = dt.version()
     meta = json.loads(json.dumps(summary, default=str))
     dt.create_write_transaction(actions, mode="append", schema=TAGS_SCHEMA,
                                 commit_properties=CommitProperties(custom_metadata={RUN_KEY: meta},
                                                                    max_commit_retries=50))
-    return _version_of_run(DeltaTable(table_uri(root), storage_options=storage_options(root, opts)),
-                           summary["run_id"])
+    return _version_of_run(root, opts, read_version, summary["run_id"])
 
 
 def append_run(root: str, table: pa.Table, summary: dict, *, dt: str,
@@ -167,11 +176,21 @@ def append_run(root: str, table: pa.Table, summary: dict, *, dt: str,
     return commit_run(root, fs, files, summary, opts) if commit else None
 
 
-def _version_of_run(dt, run_id: str) -> int:
-    for c in dt.history(limit=64):  # the commit is among the latest few, even with other runs committing
-        if (c.get(RUN_KEY) or {}).get("run_id") == run_id:
-            return int(c["version"])
-    return int(dt.version())
+def _version_of_run(root: str, opts: storage.S3Options, after: int, run_id: str) -> int:
+    """The version our commit got: the first log entry after the version the commit was based on that carries
+    this run. (DeltaTable.history() numbers its entries from a snapshot, which is off by the commits that land
+    while it reads; the log's own file names are not.)"""
+    fs, path = storage.arrow_fs(root, opts)
+    for v in range(after + 1, after + 10_000):
+        try:
+            with fs.open_input_stream(f"{path}/_delta_log/{v:020d}.json") as f:
+                entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        except (FileNotFoundError, OSError):
+            break
+        info = next((e["commitInfo"] for e in entries if "commitInfo" in e), {})
+        if (info.get(RUN_KEY) or {}).get("run_id") == run_id:
+            return v
+    raise StoreError(f"{root}: the commit of run {run_id} is not in the log after version {after}")
 
 
 def _fs_root(root: str) -> str:
@@ -241,7 +260,7 @@ def open_table(root: str, opts: storage.S3Options = storage.S3Options(), *, vers
     except TableNotFoundError:
         return None
     except OSError as e:
-        raise StoreError(f"{root}: {storage.redact(str(e))[:300]}") from None
+        raise StoreError(f"{root}: {error_text(e)}") from None
     try:
         if version is not None:
             dt.load_as_version(int(version))
@@ -249,7 +268,7 @@ def open_table(root: str, opts: storage.S3Options = storage.S3Options(), *, vers
             dt.load_as_version(as_of)
     except Exception as e:
         raise StoreError(f"{root}: no version {version if version is not None else as_of} "
-                         f"({str(e).splitlines()[0][:200]})") from None
+                         f"({error_text(e, 200)})") from None
     return dt
 
 

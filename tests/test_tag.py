@@ -197,6 +197,11 @@ def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artif
     proc.wait(timeout=30)
     assert tagstore.runs(str(out)) == [], "a killed run must not commit"
     assert tagstore.read(str(out)).num_rows == 0  # invisible to readers
+    from jobs import store
+
+    left = [p for p in (out / "runs").rglob("*") if p.is_file()]
+    assert store.run(store.StoreConfig("vacuum", str(out), retain_hours=0, dry_run=True)) == \
+        sorted(str(p.relative_to(out)) for p in left)  # what the killed run wrote, and only that
     done = subprocess.run(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
