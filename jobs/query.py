@@ -142,9 +142,6 @@ class QueryConfig:
     def as_of_utc(self) -> datetime | None:
         return _utc(self.as_of, "--as-of")
 
-    def view(self) -> str:
-        return "tags_history" if self.history else "tags"
-
 
 def _utc(v, flag: str) -> datetime | None:
     if v is None:
@@ -240,11 +237,13 @@ def bbox_sql(lat: float, lon: float, radius_km: float) -> tuple[str, list]:
 
 def select_sql(cfg: QueryConfig) -> tuple[str, list]:
     """The statement ``run`` executes for the filter flags: columns, view, filters, order, limit."""
-    cols = ", ".join(f'"{c}"' for c in dict.fromkeys(cfg.columns)) if cfg.columns is not None else "*"
+    cols = list(dict.fromkeys(cfg.columns)) if cfg.columns is not None else None
     where, params = where_clause(cfg)
-    sql = f"SELECT {cols} FROM {cfg.view()}" + (f" WHERE {where}" if where else "") + " ORDER BY uri"
     if cfg.history:
-        sql += ", tagged_at, run_id"
+        sql = f"SELECT {tagstore.quoted(cols)} FROM tags_history" + (f" WHERE {where}" if where else "")
+        sql += " ORDER BY uri, tagged_at, run_id"
+    else:
+        sql = tagstore.current_sql(cols, where) + " ORDER BY uri"
     if cfg.limit is not None:
         sql += f" LIMIT {int(cfg.limit)}"
     return sql, params
@@ -277,7 +276,8 @@ def run_summary(cfg: QueryConfig) -> dict:
     if con is None:
         return summarize(tagstore.empty(["status", "landmark"]))
     where, params = where_clause(cfg)
-    rows = f"SELECT status, landmark FROM {cfg.view()}" + (f" WHERE {where}" if where else "")
+    rows = (f"SELECT status, landmark FROM tags_history" + (f" WHERE {where}" if where else "")) if cfg.history \
+        else tagstore.current_sql(["status", "landmark"], where)
     try:
         counts = con.sql(f"""WITH r AS MATERIALIZED ({rows})
             SELECT 'status' AS kind, status AS name, count(*) AS n FROM r GROUP BY status

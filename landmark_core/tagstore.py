@@ -64,6 +64,31 @@ SELECT h.* FROM tags_history h
 ANTI JOIN tags_history n
     ON n.uri = h.uri AND (n.tagged_at > h.tagged_at OR (n.tagged_at = h.tagged_at AND n.run_id > h.run_id))
 """
+
+
+def current_sql(columns: list[str] | None, where: str | None) -> str:
+    """SELECT ``columns`` of the current rows matching ``where`` (SQL over tags_history).
+
+    Without a filter it is the ``tags`` view. With one, the candidates come first (the filter pushed into the
+    scan), then the newest (tagged_at, run_id) of only the candidates' uris: the history is streamed through a
+    semi join whose build side is the candidates, so memory follows the matches, not the history.
+    """
+    if not where:
+        return f"SELECT {quoted(columns)} FROM tags"
+    keep = quoted(list(dict.fromkeys(list(columns or TAGS_SCHEMA.names) + ["uri", "tagged_at", "run_id"])))
+    return f"""WITH cand AS MATERIALIZED (SELECT {keep} FROM tags_history WHERE {where}),
+newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM tags_history
+           WHERE uri IN (SELECT uri FROM cand) GROUP BY uri)
+SELECT {quoted(columns, "cand")} FROM cand JOIN newest USING (uri)
+WHERE cand.tagged_at = newest.k.t AND cand.run_id = newest.k.r"""
+
+
+def quoted(columns: list[str] | None, table: str | None = None) -> str:
+    """Column names quoted for SQL (they come from TAGS_SCHEMA, checked by the callers); * for all."""
+    prefix = f"{table}." if table else ""
+    return ", ".join(f'{prefix}"{c}"' for c in columns) if columns else f"{prefix}*"
+
+
 # Great-circle distance in km (the mean radius of landmark_core.catalog.haversine_km), NULL if a point is NULL.
 MACROS = """
 CREATE MACRO _haversine_a(lat1, lon1, lat2, lon2) AS
@@ -273,14 +298,13 @@ def open_table(root: str, opts: storage.S3Options = storage.S3Options(), *, vers
 
 
 def dataset(dt, root: str, opts: storage.S3Options = storage.S3Options()):
-    """The table's committed files as a pyarrow dataset in TAGS_SCHEMA (per-file stats as fragment guarantees)."""
-    fs = None
-    if storage.is_s3(root):  # pyarrow's own S3 client (our endpoint, timeouts, retries) for the data files
-        import pyarrow.fs as pafs
+    """The table's committed files as a pyarrow dataset in TAGS_SCHEMA (per-file stats as fragment guarantees),
+    read with pyarrow's own filesystems (deltalake's default wraps its Rust store in a Python filesystem: every
+    read crosses into Python), with our endpoint, timeouts and retries on S3."""
+    import pyarrow.fs as pafs
 
-        s3fs, path = storage.arrow_fs(root, opts)
-        fs = pafs.SubTreeFileSystem(path, s3fs)
-    return dt.to_pyarrow_dataset(filesystem=fs, schema=TAGS_SCHEMA)
+    fs, path = storage.arrow_fs(root, opts)
+    return dt.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(path, fs), schema=TAGS_SCHEMA)
 
 
 def connect(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
@@ -318,10 +342,10 @@ def read(root: str, *, columns: list[str] | None = None, where: str | None = Non
     con = connect(root, opts, version=version, as_of=as_of)
     if con is None:
         return empty(columns)
-    cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
-    sql = f"SELECT {cols} FROM {'tags_history' if history else 'tags'}"
-    if where:
-        sql += f" WHERE {where}"
+    if history:
+        sql = f"SELECT {quoted(columns)} FROM tags_history" + (f" WHERE {where}" if where else "")
+    else:
+        sql = current_sql(columns, where)
     try:
         return to_schema(con.sql(sql + " ORDER BY uri", params=params or None).to_arrow_table())
     finally:

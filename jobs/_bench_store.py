@@ -1,0 +1,271 @@
+"""`landmark bench store`: the tag store's query paths against raw DuckDB on the same data files.
+
+For each --rows size, a synthetic store in TAGS_SCHEMA (runs of --rows-per-run rows, one a night: new uploads
+under a per-night prefix, plus a few re-tags of older photos -- failed ones retried, changed ones re-read; 50
+landmarks with a skewed popularity, scores, statuses and coordinates as the tag job writes them) is built once
+(kept under --dir), then each measurement runs in a fresh process (its peak RSS is the process's own), --runs
+times (the median seconds is reported):
+
+    filter_limit    landmark query --landmark X --min-score 0.9 --limit 5
+    summary         landmark query --summary
+    near            landmark query --near LAT,LON --radius-km 5 (X's location)
+    current_count   landmark query --sql "SELECT count(*) FROM tags"
+    skip_check      the tag job's skip check (tagging.pending) for --listed photos (most already tagged)
+
+each through our path (deltalake's pyarrow dataset of the table, in DuckDB) and through raw DuckDB reading the
+same Parquet files (read_parquet of the table's current file list) with the same SQL. ratio = ours / raw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+FORMS = ("filter_limit", "summary", "near", "current_count", "skip_check")
+PATHS = ("landmark", "duckdb")
+MODEL_ID = "lm-bench0001"
+START = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------- the synthetic store
+
+
+def _catalog():
+    from landmark_core.catalog import UDACITY_50
+
+    return list(UDACITY_50)
+
+
+def night_rows(night: int, n: int, rng: np.random.Generator, retag_uris: list[str]) -> pa.Table:
+    """One night's rows: ``n - len(retag_uris)`` new uploads under the night's prefix plus the re-tags."""
+    from landmark_core.tagstore import TAG_STRUCT, TAGS_SCHEMA
+
+    day = START + timedelta(days=night)
+    new = [f"s3://photos/uploads/{day:%Y-%m-%d}/u{u:05d}/{night:04d}-{i:07d}.jpg"
+           for i, u in enumerate(rng.integers(0, 20_000, n - len(retag_uris)))]
+    uris = new + retag_uris
+    lms = _catalog()
+    weights = 1.0 / np.arange(1, len(lms) + 1) ** 0.8
+    top = rng.choice(len(lms), size=(n, 5), p=weights / weights.sum())
+    status = rng.choice(np.array(["tagged", "no_landmark", "failed"]), size=n, p=[0.8, 0.17, 0.03])
+    score = np.where(status == "tagged", rng.beta(8, 2, n), rng.beta(2, 5, n)).astype(np.float32)
+    tagged = status == "tagged"
+    ok = status != "failed"
+    lat = np.array([lms[i].lat for i in top[:, 0]])
+    lon = np.array([lms[i].lon for i in top[:, 0]])
+    tag_scores = np.sort(rng.dirichlet(np.ones(5), n).astype(np.float32), axis=1)[:, ::-1]
+    tag_scores[:, 0] = score
+    flat = pa.StructArray.from_arrays(
+        [pa.array([lms[i].name for i in top.ravel()]), pa.array(tag_scores.ravel()),
+         pa.array([lms[i].lat for i in top.ravel()]), pa.array([lms[i].lon for i in top.ravel()])],
+        fields=list(TAG_STRUCT))
+    offsets = pa.array(np.arange(0, 5 * n + 1, 5, dtype=np.int32))
+    tags = pa.ListArray.from_arrays(offsets, flat, mask=pa.array(~ok))
+    return pa.table({
+        "uri": uris, "size_bytes": rng.integers(200_000, 8_000_000, n),
+        "etag": pa.array(np.char.add("e", (np.arange(n) + night * 10_000_000).astype(str))),
+        "sha256": pa.nulls(n, pa.string()), "status": status,
+        "error": pa.array(np.where(ok, None, "read: ConnectionResetError"), pa.string()),
+        "width": pa.array(np.where(ok, 4032, 0), pa.int32()), "height": pa.array(np.where(ok, 3024, 0), pa.int32()),
+        "exif_lat": pa.nulls(n, pa.float64()), "exif_lon": pa.nulls(n, pa.float64()),
+        "exif_time": pa.nulls(n, pa.timestamp("us")),
+        "landmark": pa.array(np.where(tagged, [lms[i].name for i in top[:, 0]], None), pa.string()),
+        "score": pa.array(score, mask=~ok), "lat": pa.array(lat, mask=~tagged), "lon": pa.array(lon, mask=~tagged),
+        "tags": tags, "model_id": pa.array([MODEL_ID] * n), "run_id": pa.array([f"night{night:04d}"] * n),
+        "tagged_at": pa.array([day] * n, pa.timestamp("us", tz="UTC")),
+    }, schema=TAGS_SCHEMA)
+
+
+def build_store(root: Path, rows: int, rows_per_run: int, seed: int = 0) -> dict:
+    """The store at ``root`` (reused when it was built with the same parameters)."""
+    from landmark_core import tagstore
+
+    params = {"rows": rows, "rows_per_run": rows_per_run, "seed": seed, "version": 1}
+    marker = root / "_bench.json"
+    if marker.exists() and json.loads(marker.read_text()).get("params") == params:
+        return json.loads(marker.read_text())
+    if root.exists():
+        import shutil
+
+        shutil.rmtree(root)
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    recent: list[str] = []
+    nights = max(1, rows // rows_per_run)
+    for night in range(nights):
+        n = rows_per_run if night < nights - 1 else rows - rows_per_run * (nights - 1)
+        retag = rng.choice(recent, size=min(len(recent), n // 50), replace=False).tolist() if recent else []
+        table = night_rows(night, n, rng, retag)
+        recent = table.column("uri").to_pylist()[: n - len(retag)][:: 7] + recent[: 200_000]
+        tagstore.append_run(str(root), table, {"run_id": f"night{night:04d}", "rows": n, "model_id": MODEL_ID,
+                                               "counts": {"total": n}}, dt=f"{START + timedelta(days=night):%Y-%m-%d}",
+                            rows_per_file=rows_per_run)
+    info = {"params": params, "nights": nights, "build_seconds": round(time.time() - t0, 1)}
+    marker.write_text(json.dumps(info))
+    return info
+
+
+def listing(root: Path, n: int, seed: int = 1) -> Path:
+    """--listed photos for the skip check: 90% already tagged (sampled from the history), 10% new."""
+    from landmark_core import tagstore
+
+    path = root.parent / f"{root.name}-listing-{n}.parquet"
+    if path.exists():
+        return path
+    con = tagstore.connect(str(root))
+    old = con.sql(f"SELECT uri, size_bytes, etag FROM tags_history USING SAMPLE {int(n * 0.9)} ROWS").to_arrow_table()
+    new = pa.table({"uri": [f"s3://photos/uploads/new/{i:07d}.jpg" for i in range(n - old.num_rows)],
+                    "size_bytes": pa.array([1] * (n - old.num_rows), pa.int64()),
+                    "etag": [f"n{i}" for i in range(n - old.num_rows)]})
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.concat_tables([old, new.cast(old.schema)]), path)
+    con.close()
+    return path
+
+
+# ---------------------------------------------------------------- one measurement (a fresh process)
+
+
+def measure(form: str, path: str, root: str, listing_path: str) -> dict:
+    """Runs one form through one path; returns seconds, result rows and this process's peak RSS."""
+    from jobs import query as q
+    from landmark_core.catalog import UDACITY_50
+
+    x = UDACITY_50[0]
+    listed = None
+    if form == "skip_check":
+        import pyarrow.parquet as pq
+
+        listed = pq.read_table(listing_path)
+    t0 = time.perf_counter()
+    if path == "landmark":
+        if form == "filter_limit":
+            n = q.run(q.QueryConfig(tags=root, landmark=x.name, min_score=0.9, limit=5,
+                                    columns=q.TABLE_COLUMNS)).num_rows
+        elif form == "summary":
+            n = q.run_summary(q.QueryConfig(tags=root, summary=True))["photos"]
+        elif form == "near":
+            n = q.run(q.QueryConfig(tags=root, near=(x.lat, x.lon), radius_km=5, columns=q.TABLE_COLUMNS)).num_rows
+        elif form == "current_count":
+            n = q.sql(root, "SELECT count(*) AS n FROM tags").column("n")[0].as_py()
+        else:
+            from landmark_core import storage
+            from landmark_core.tagging import pending
+
+            n = pending(listed, root, MODEL_ID, storage.S3Options())[0].num_rows
+    else:
+        n = _raw(form, root, x, listed)
+    seconds = time.perf_counter() - t0
+    return {"seconds": round(seconds, 3), "rows": n,
+            "rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _raw(form: str, root: str, x, listed) -> int:
+    """The same SQL as our path, on DuckDB's own Parquet reader over the table's current files."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    from jobs import query as q
+    from landmark_core import tagstore
+    from landmark_core.tagging import SKIP_SQL
+
+    files = DeltaTable(root).file_uris()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"CREATE VIEW tags_history AS SELECT * FROM read_parquet({files!r})")
+    con.execute(tagstore.CURRENT_VIEW)
+    con.execute(tagstore.MACROS)
+    if form == "filter_limit":
+        statement, params = q.select_sql(q.QueryConfig(tags=root, landmark=x.name, min_score=0.9, limit=5,
+                                                       columns=q.TABLE_COLUMNS))
+        return len(con.execute(statement, params).fetchall())
+    if form == "near":
+        statement, params = q.select_sql(q.QueryConfig(tags=root, near=(x.lat, x.lon), radius_km=5,
+                                                       columns=q.TABLE_COLUMNS))
+        return con.execute(statement, params).to_arrow_table().num_rows
+    if form == "summary":
+        rows = tagstore.current_sql(["status", "landmark"], None)
+        counts = con.sql(f"WITH r AS MATERIALIZED ({rows}) SELECT 'status', status, count(*) FROM r GROUP BY 2 "
+                         f"UNION ALL SELECT 'landmark', landmark, count(*) FROM r WHERE landmark IS NOT NULL "
+                         f"GROUP BY 2").fetchall()
+        return sum(n for kind, _, n in counts if kind == "status")
+    if form == "current_count":
+        return con.execute("SELECT count(*) FROM tags").fetchone()[0]
+    con.register("listing", listed.append_column("_i", pa.array(range(listed.num_rows), pa.int64())))
+    return con.execute(SKIP_SQL, [MODEL_ID, "failed"]).to_arrow_table().num_rows
+
+
+def child_main(spec: str) -> None:
+    print(json.dumps(measure(**json.loads(spec))), flush=True)
+
+
+def _in_child(form: str, path: str, root: Path, listing_path: Path) -> dict:
+    spec = json.dumps({"form": form, "path": path, "root": str(root), "listing_path": str(listing_path)})
+    done = subprocess.run([sys.executable, "-m", "jobs._bench_store", spec], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], env={**os.environ}, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{form}/{path} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the bench
+
+
+def run(sizes: list[int], *, runs: int, rows_per_run: int, listed: int, work: Path, say) -> dict:
+    out: dict = {"sizes": {}, "runs": runs, "rows_per_run": rows_per_run, "listed": listed}
+    for rows in sizes:
+        root = work / f"store-{rows}-{rows_per_run}"
+        info = build_store(root, rows, rows_per_run)
+        say(f"store {rows:,} rows in {info['nights']} runs at {root} (built in {info['build_seconds']} s)")
+        lst = listing(root, listed)
+        res: dict = {"nights": info["nights"]}
+        for form in FORMS:
+            r = {}
+            for path in PATHS:
+                samples = [_in_child(form, path, root, lst) for _ in range(runs)]
+                r[path] = {"seconds": statistics.median(s["seconds"] for s in samples),
+                           "rss_mb": max(s["rss_mb"] for s in samples), "rows": samples[0]["rows"]}
+            r["ratio"] = round(r["landmark"]["seconds"] / max(r["duckdb"]["seconds"], 1e-6), 2)
+            if r["landmark"]["rows"] != r["duckdb"]["rows"]:
+                raise RuntimeError(f"{form}: our path returned {r['landmark']['rows']} rows, raw DuckDB "
+                                   f"{r['duckdb']['rows']}")
+            res[form] = r
+            say(f"{rows:>11,} {form:<14} ours {r['landmark']['seconds']:7.3f} s {r['landmark']['rss_mb']:7.0f} MB"
+                f" | raw DuckDB {r['duckdb']['seconds']:7.3f} s {r['duckdb']['rss_mb']:7.0f} MB | ratio "
+                f"{r['ratio']:.2f} | {r['landmark']['rows']} rows")
+        out["sizes"][str(rows)] = res
+    out["targets"] = targets(out, sizes)
+    for k, v in out["targets"].items():
+        say(f"target {k}: {v}")
+    return out
+
+
+def targets(out: dict, sizes: list[int]) -> dict:
+    """The issue's targets, evaluated on the largest size (and the RSS growth from the smallest)."""
+    big, small = out["sizes"][str(max(sizes))], out["sizes"][str(min(sizes))]
+    t = {"every_form_within_2x_of_raw": all(big[f]["ratio"] <= 2.0 for f in FORMS),
+         "filter_limit_under_1s": big["filter_limit"]["landmark"]["seconds"] < 1.0,
+         "skip_check_under_5s": big["skip_check"]["landmark"]["seconds"] < 5.0}
+    if len(sizes) > 1:
+        for f in ("filter_limit", "skip_check"):
+            growth = big[f]["landmark"]["rss_mb"] / small[f]["landmark"]["rss_mb"]
+            out.setdefault("rss_growth", {})[f] = round(growth, 2)
+            t[f"{f}_rss_within_1.3x_of_smallest"] = growth <= 1.3
+        out["rss_growth"].update({f: round(big[f]["landmark"]["rss_mb"] / small[f]["landmark"]["rss_mb"], 2)
+                                  for f in FORMS})
+    return t
+
+
+if __name__ == "__main__":
+    child_main(sys.argv[1])
