@@ -167,34 +167,28 @@ def _is_number(v) -> bool:
 # ----------------------------------------------------------------------------------------------- the scan
 
 
-def where_clause(cfg: QueryConfig) -> tuple[str | None, list]:
-    """The filters as one SQL condition with its parameters (None when there are none); DuckDB pushes the
-    comparisons into the Parquet scan."""
-    parts: list[str] = []
-    params: list = []
+def filter_expression(cfg: QueryConfig) -> pc.Expression | None:
+    """The filters that run inside the Parquet scan of deltalake's pyarrow dataset (None when there are none):
+    files and row groups whose statistics rule them out are never decoded."""
+    parts: list[pc.Expression] = []
     if cfg.landmark is not None:
-        parts.append("lower(landmark) = ?")
-        params.append(str(cfg.landmark).strip().lower())
+        name = pc.utf8_lower(pa.scalar(str(cfg.landmark).strip(), pa.string())).as_py()
+        parts.append(pc.utf8_lower(pc.field("landmark")) == pa.scalar(name, pa.string()))
     if cfg.min_score is not None:
         # score is float32: compare in float32 so --min-score 0.7 keeps a stored 0.7 (0.69999999 as float64)
-        parts.append("score >= CAST(? AS FLOAT)")
-        params.append(float(cfg.min_score))
+        parts.append(pc.field("score") >= pa.scalar(float(cfg.min_score), pa.float32()))
     if cfg.status is not None:
-        parts.append("status = ?")
-        params.append(cfg.status)
+        parts.append(pc.field("status") == pa.scalar(cfg.status, pa.string()))
     if cfg.since is not None:
-        parts.append("tagged_at >= ?")
-        params.append(cfg.since_utc())
+        parts.append(pc.field("tagged_at") >= pa.scalar(cfg.since_utc(), pa.timestamp("us", tz="UTC")))
     if cfg.near is not None:
-        lat, lon, r = float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)
-        box, box_params = bbox_sql(lat, lon, r)
-        parts += [box, HAVERSINE_SQL + " <= ?"]
-        params += box_params + [lat, lon, r]
-    return (" AND ".join(parts), params) if parts else (None, [])
-
-
-# The exact distance check after the bounding box (tagstore.MACROS); parameters: lat0, lon0.
-HAVERSINE_SQL = "haversine_km(?, ?, lat, lon)"
+        parts.append(bbox_expression(*map(float, cfg.near), float(cfg.radius_km)))
+    if not parts:
+        return None
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = expr & p
+    return expr
 
 
 def bounding_box(lat: float, lon: float, radius_km: float) -> tuple[float, float, list[tuple[float, float]]]:
@@ -223,68 +217,91 @@ def bounding_box(lat: float, lon: float, radius_km: float) -> tuple[float, float
     return lat_min, lat_max, ranges
 
 
-def bbox_sql(lat: float, lon: float, radius_km: float) -> tuple[str, list]:
+def bbox_expression(lat: float, lon: float, radius_km: float) -> pc.Expression:
     lat_min, lat_max, ranges = bounding_box(lat, lon, radius_km)
-    lon_parts, params = [], [lat_min, lat_max]
+    expr = (pc.field("lat") >= lat_min) & (pc.field("lat") <= lat_max)
+    lon_expr = None
     for lo, hi in ranges:
         if (lo, hi) == (-180.0, 180.0):
-            lon_parts.append("lon IS NOT NULL")
+            part = pc.field("lon").is_valid()
         else:
-            lon_parts.append("lon BETWEEN ? AND ?")
-            params += [lo, hi]
-    return f"lat BETWEEN ? AND ? AND ({' OR '.join(lon_parts)})", params
+            part = (pc.field("lon") >= lo) & (pc.field("lon") <= hi)
+        lon_expr = part if lon_expr is None else lon_expr | part
+    return expr & lon_expr
 
 
-def select_sql(cfg: QueryConfig) -> tuple[str, list]:
-    """The statement ``run`` executes for the filter flags: columns, view, filters, order, limit."""
-    cols = list(dict.fromkeys(cfg.columns)) if cfg.columns is not None else None
-    where, params = where_clause(cfg)
+def _read_columns(cfg: QueryConfig) -> list[str] | None:
+    if cfg.columns is None:
+        return None
+    cols = list(dict.fromkeys(cfg.columns))
+    extra = ["uri"] + (["lat", "lon"] if cfg.near is not None else [])
+    return cols + [c for c in extra if c not in cols]
+
+
+def _rows(store: tagstore.Store, cfg: QueryConfig, columns: list[str] | None) -> str:
+    """The relation holding the rows the filters select: the current ones (or every committed one with
+    --history), the filters inside the scan. Returns its name in ``store.con``."""
+    expr = filter_expression(cfg)
+    if expr is None:
+        return "tags_history" if cfg.history else "tags"
     if cfg.history:
-        sql = f"SELECT {tagstore.quoted(cols)} FROM tags_history" + (f" WHERE {where}" if where else "")
-        sql += " ORDER BY uri, tagged_at, run_id"
+        store.con.register("matching", store.dataset.filter(expr))
     else:
-        sql = tagstore.current_sql(cols, where) + " ORDER BY uri"
+        store.con.register("matching", tagstore.current_rows(store.dataset, columns, expr))
+    return "matching"
+
+
+def select_sql(cfg: QueryConfig, relation: str) -> tuple[str, list]:
+    """What ``run`` executes over ``relation`` (see _rows): the exact --near distance, order, columns, limit."""
+    cols = list(dict.fromkeys(cfg.columns)) if cfg.columns is not None else None
+    sql, params = f"SELECT {tagstore.quoted(cols)} FROM {relation}", []
+    if cfg.near is not None:  # the bounding box ran in the scan; this is the exact great-circle distance
+        sql += " WHERE haversine_km(?, ?, lat, lon) <= ?"
+        params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+    sql += " ORDER BY uri" + (", tagged_at, run_id" if cfg.history else "")
     if cfg.limit is not None:
         sql += f" LIMIT {int(cfg.limit)}"
     return sql, params
 
 
-def _connect(cfg: QueryConfig):
-    return tagstore.connect(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
+def _open(cfg: QueryConfig) -> tagstore.Store | None:
+    return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
 
 
 def run(cfg: QueryConfig) -> pa.Table:
     """The matching current rows (every committed row with ``history``), sorted by uri, then --limit; or the
     result of --sql. An Arrow table (TAGS_SCHEMA types for the store's columns)."""
     cfg.check()
-    con = _connect(cfg)
-    if con is None:
+    store = _open(cfg)
+    if store is None:
         return tagstore.empty(list(dict.fromkeys(cfg.columns)) if cfg.columns and cfg.sql is None else None)
     try:
         if cfg.sql is not None:
-            return con.sql(cfg.sql).to_arrow_table()
-        statement, params = select_sql(cfg)
-        return tagstore.to_schema(con.sql(statement, params=params or None).to_arrow_table())
+            return store.con.sql(cfg.sql).to_arrow_table()
+        statement, params = select_sql(cfg, _rows(store, cfg, _read_columns(cfg)))
+        return tagstore.to_schema(store.con.sql(statement, params=params or None).to_arrow_table())
     finally:
-        con.close()
+        store.close()
 
 
 def run_summary(cfg: QueryConfig) -> dict:
     """summarize() of the rows run(cfg) would return, computed by DuckDB (no rows leave the engine)."""
     cfg.check()
-    con = _connect(cfg)
-    if con is None:
+    store = _open(cfg)
+    if store is None:
         return summarize(tagstore.empty(["status", "landmark"]))
-    where, params = where_clause(cfg)
-    rows = (f"SELECT status, landmark FROM tags_history" + (f" WHERE {where}" if where else "")) if cfg.history \
-        else tagstore.current_sql(["status", "landmark"], where)
     try:
-        counts = con.sql(f"""WITH r AS MATERIALIZED ({rows})
+        relation = _rows(store, cfg, ["uri", "status", "landmark"] + (["lat", "lon"] if cfg.near else []))
+        rows, params = f"SELECT status, landmark FROM {relation}", []
+        if cfg.near is not None:
+            rows += " WHERE haversine_km(?, ?, lat, lon) <= ?"
+            params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+        counts = store.con.sql(f"""WITH r AS MATERIALIZED ({rows})
             SELECT 'status' AS kind, status AS name, count(*) AS n FROM r GROUP BY status
             UNION ALL SELECT 'landmark', landmark, count(*) FROM r WHERE landmark IS NOT NULL GROUP BY landmark""",
-                         params=params or None).fetchall()
+                               params=params or None).fetchall()
     finally:
-        con.close()
+        store.close()
     by_status = {s: 0 for s in tagstore.STATUSES}
     by_status.update({(k if k is not None else "(null)"): n for kind, k, n in counts if kind == "status"})
     by_landmark = dict(sorted(((k, n) for kind, k, n in counts if kind == "landmark"), key=lambda kv: (-kv[1], kv[0])))

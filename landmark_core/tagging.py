@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import storage, tagstore
 from .datasets import is_image_name
@@ -116,26 +117,29 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
 
 
 def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
-    """Drop objects whose current row has the same etag and model and did not fail: an anti-join in DuckDB of
-    the listing against the latest committed row of each listed uri (memory bounded by the listing)."""
-    con = tagstore.connect(output, opts)
-    if con is None:
+    """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
+    listed uris only (the listing's uris filter the scan), their latest per uri, anti-joined with the listing in
+    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history."""
+    store = tagstore.open_store(output, opts)
+    if store is None:
         return listing, 0
     try:
-        con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
-        todo = con.sql(SKIP_SQL, params=[model_id, FAILED]).to_arrow_table()
+        rows = store.dataset.to_table(columns=["uri", "etag", "model_id", "status", "tagged_at", "run_id"],
+                                      filter=pc.field("uri").isin(listing.column("uri")))
+        store.con.register("listed_rows", rows)
+        store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
+        todo = store.con.sql(SKIP_SQL.format(rows="listed_rows"), params=[model_id, FAILED]).to_arrow_table()
     finally:
-        con.close()
+        store.close()
     todo = todo.select(listing.column_names).cast(listing.schema)
     return todo, listing.num_rows - todo.num_rows
 
 
-# The latest row of each listed uri only (the history is scanned for the listed uris, three narrow columns and
-# the etag/model/status), then the listing minus those current, same-etag, same-model, not-failed rows.
+# The latest committed row of each listed uri, then the listing minus those that are the same etag, same model
+# and not failed. {rows}: the committed rows of (at least) the listed uris.
 SKIP_SQL = """
 WITH cur AS (
-    SELECT uri, etag, model_id, status FROM tags_history
-    WHERE uri IN (SELECT uri FROM listing)
+    SELECT uri, etag, model_id, status FROM {rows}
     QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1)
 SELECT l.* FROM listing l
 ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND cur.model_id = ? AND cur.status <> ?

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
@@ -66,21 +67,30 @@ ANTI JOIN tags_history n
 """
 
 
-def current_sql(columns: list[str] | None, where: str | None) -> str:
-    """SELECT ``columns`` of the current rows matching ``where`` (SQL over tags_history).
+KEYS = ["uri", "tagged_at", "run_id"]  # what decides the current row of a uri
 
-    Without a filter it is the ``tags`` view. With one, the candidates come first (the filter pushed into the
-    scan), then the newest (tagged_at, run_id) of only the candidates' uris: the history is streamed through a
-    semi join whose build side is the candidates, so memory follows the matches, not the history.
-    """
-    if not where:
-        return f"SELECT {quoted(columns)} FROM tags"
-    keep = quoted(list(dict.fromkeys(list(columns or TAGS_SCHEMA.names) + ["uri", "tagged_at", "run_id"])))
-    return f"""WITH cand AS MATERIALIZED (SELECT {keep} FROM tags_history WHERE {where}),
-newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM tags_history
-           WHERE uri IN (SELECT uri FROM cand) GROUP BY uri)
-SELECT {quoted(columns, "cand")} FROM cand JOIN newest USING (uri)
-WHERE cand.tagged_at = newest.k.t AND cand.run_id = newest.k.r"""
+
+def current_rows(ds, columns: list[str] | None, filter: pc.Expression) -> pa.Table:
+    """``columns`` of the current rows that match ``filter``, in two scans of the pyarrow dataset, both filtered
+    inside the scan: the matching rows (with their keys), then the keys of every committed row of only those
+    uris, which DuckDB reduces to the newest per uri. Memory follows the matches, not the history."""
+    import duckdb
+
+    cols = list(columns or TAGS_SCHEMA.names)
+    cand = ds.to_table(columns=list(dict.fromkeys(cols + KEYS)), filter=filter)
+    keys = ds.to_table(columns=KEYS, filter=pc.field("uri").isin(cand.column("uri").unique())) if cand.num_rows \
+        else cand.select(KEYS)
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("cand", cand)
+        con.register("keys", keys)
+        return to_schema(con.sql(f"""
+            WITH newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM keys GROUP BY uri)
+            SELECT {quoted(cols, "cand")} FROM cand JOIN newest USING (uri)
+            WHERE cand.tagged_at = newest.k.t AND cand.run_id = newest.k.r""").to_arrow_table())
+    finally:
+        con.close()
 
 
 def quoted(columns: list[str] | None, table: str | None = None) -> str:
@@ -193,7 +203,8 @@ def append_run(root: str, table: pa.Table, summary: dict, *, dt: str,
     fs, path = storage.arrow_fs(root, opts)
     ensure_table(root, opts)
     d = run_files_dir(path, dt, summary["run_id"])
-    fs.create_dir(d, recursive=True)
+    if not storage.is_s3(root):  # on S3 a "directory" would be an empty marker object
+        fs.create_dir(d, recursive=True)
     files, parquet_kw = [], {"compression": "zstd", **parquet_kw}
     for i in range(0, max(table.num_rows, 1), rows_per_file):
         files.append(f"{d}/part-{len(files):05d}.parquet")
@@ -307,21 +318,36 @@ def dataset(dt, root: str, opts: storage.S3Options = storage.S3Options()):
     return dt.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(path, fs), schema=TAGS_SCHEMA)
 
 
+class Store:
+    """One snapshot of the table: its pyarrow dataset and a DuckDB connection with the views ``tags`` (current)
+    and ``tags_history`` and the macro ``haversine_km(lat1, lon1, lat2, lon2)``."""
+
+    def __init__(self, dt, root: str, opts: storage.S3Options):
+        import duckdb
+
+        self.table, self.dataset = dt, dataset(dt, root, opts)
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")
+        self.con.register("tags_history", self.dataset)
+        self.con.execute(CURRENT_VIEW)
+        self.con.execute(MACROS)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_store(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
+               as_of: datetime | str | None = None) -> Store | None:
+    """The table at ``root`` opened for reading (None when there is no table yet)."""
+    dt = open_table(root, opts, version=version, as_of=as_of)
+    return None if dt is None else Store(dt, root, opts)
+
+
 def connect(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
             as_of: datetime | str | None = None):
-    """A DuckDB connection with the views ``tags`` (current) and ``tags_history`` and the macro
-    ``haversine_km(lat1, lon1, lat2, lon2)``; None when there is no table."""
-    import duckdb
-
-    dt = open_table(root, opts, version=version, as_of=as_of)
-    if dt is None:
-        return None
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.register("tags_history", dataset(dt, root, opts))
-    con.execute(CURRENT_VIEW)
-    con.execute(MACROS)
-    return con
+    """The DuckDB connection of ``open_store`` (None when there is no table)."""
+    store = open_store(root, opts, version=version, as_of=as_of)
+    return None if store is None else store.con
 
 
 def empty(columns: list[str] | None = None) -> pa.Table:
@@ -335,21 +361,25 @@ def to_schema(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def read(root: str, *, columns: list[str] | None = None, where: str | None = None, params: list | None = None,
+def read(root: str, *, columns: list[str] | None = None, filter: pc.Expression | None = None,
          history: bool = False, opts: storage.S3Options = storage.S3Options(), version: int | None = None,
          as_of: datetime | str | None = None) -> pa.Table:
-    """Current rows (or every committed row with ``history``) as Arrow, TAGS_SCHEMA types, sorted by uri."""
-    con = connect(root, opts, version=version, as_of=as_of)
-    if con is None:
+    """Current rows (or every committed row with ``history``) matching ``filter``, sorted by uri."""
+    store = open_store(root, opts, version=version, as_of=as_of)
+    if store is None:
         return empty(columns)
-    if history:
-        sql = f"SELECT {quoted(columns)} FROM tags_history" + (f" WHERE {where}" if where else "")
-    else:
-        sql = current_sql(columns, where)
     try:
-        return to_schema(con.sql(sql + " ORDER BY uri", params=params or None).to_arrow_table())
+        if history or filter is not None:
+            rows = store.dataset.to_table(columns=columns, filter=filter) if history else \
+                current_rows(store.dataset, columns, filter)
+        else:
+            rows = store.con.sql(f"SELECT {quoted(columns)} FROM tags").to_arrow_table()
+        return to_schema(rows).sort_by([("uri", "ascending")] + ([("tagged_at", "ascending"),
+                                                                  ("run_id", "ascending")] if history and
+                                                                 {"tagged_at", "run_id"} <= set(rows.column_names)
+                                                                 else []))
     finally:
-        con.close()
+        store.close()
 
 
 def runs(root: str, opts: storage.S3Options = storage.S3Options()) -> list[dict]:

@@ -206,3 +206,29 @@ def test_a_reader_that_is_not_ours_reads_the_table(table):
     assert out["current"] == [["a", "tagged"], ["b", "failed"], ["c", "tagged"], ["d", "tagged"]]
     if "polars_rows" in out:
         assert out["polars_rows"] == 6 and out["polars_runs"] == ["r1", "r2", "r3"]
+
+
+def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_cleans_up(s3, s3_bucket, monkeypatch):
+    """What a run killed between its Parquet write and its commit leaves on S3 (the Ray kill test does this
+    locally): files no reader sees; the skip check still lists those photos; the rerun's one commit makes each
+    current once; vacuum deletes the dead files and nothing else."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    root = f"s3://{s3_bucket}/tags"
+    append(root, rows(["a", "b"], "r1", T0), "r1", opts=opts)
+    uris = ["a", "b", "c", "d"]
+    append(root, rows(uris, "killed", T0 + timedelta(days=1), etag="e2"), "killed", commit=False, opts=opts)
+    assert tagstore.read(root, opts=opts, history=True).num_rows == 2
+    listing = pa.table([uris, [1] * 4, ["e1", "e1", "e1", "e1"]], schema=LISTING_SCHEMA)
+    todo, skipped = pending(listing, root, "lm-a", opts)
+    assert todo.column("uri").to_pylist() == ["c", "d"] and skipped == 2
+    append(root, rows(["c", "d"], "rerun", T0 + timedelta(days=2)), "rerun", opts=opts)
+    cur = tagstore.read(root, opts=opts, columns=["uri", "run_id"])
+    assert cur.column("uri").to_pylist() == uris and cur.column("run_id").to_pylist() == ["r1", "r1", "rerun",
+                                                                                          "rerun"]
+    before = tagstore.read(root, opts=opts, history=True)
+    deleted = st.run(st.StoreConfig("vacuum", root, retain_hours=0, s3_endpoint=s3.endpoint))
+    # (the rest are the empty "directory" objects pyarrow's create_dir leaves on S3)
+    assert [f for f in deleted if f.endswith(".parquet")] == ["runs/2026-11-20/killed/part-00000.parquet"]
+    assert tagstore.read(root, opts=opts, history=True).equals(before) and before.num_rows == 4
