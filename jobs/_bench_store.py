@@ -293,5 +293,85 @@ def targets(out: dict, sizes: list[int]) -> dict:
     return t
 
 
+def merge_vs_append(src: str) -> dict:
+    """The design choice, measured: one more night upserted (MERGE on uri) into a current-only copy of the store
+    at ``src``, against our append of the same night to a copy of the store. ``python -m jobs._bench_store
+    merge-vs-append STORE``."""
+    import shutil
+    import tempfile
+
+    from deltalake import DeltaTable, write_deltalake
+
+    from landmark_core import tagstore
+
+    rng = np.random.default_rng(5)
+    cur = tagstore.read(src)
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(src, tmp / "append")
+        write_deltalake(str(tmp / "merge"), cur)
+        recent = cur.column("uri").to_pylist()[-200_000:]
+        night = night_rows(9999, 50_000, rng, rng.choice(recent, 1000, replace=False).tolist())
+        t = time.perf_counter()
+        m = DeltaTable(str(tmp / "merge")).merge(night, predicate="t.uri = s.uri", source_alias="s",
+                                                 target_alias="t").when_matched_update_all() \
+            .when_not_matched_insert_all().execute()
+        t_merge = time.perf_counter() - t
+        t = time.perf_counter()
+        tagstore.append_run(str(tmp / "append"), night, {"run_id": "night9999", "rows": night.num_rows},
+                            dt="2026-12-01")
+        return {"current_rows": cur.num_rows, "merge_seconds": round(t_merge, 2),
+                "append_seconds": round(time.perf_counter() - t, 2),
+                "merge_rows_rewritten": m.get("num_target_rows_copied")}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_delta_vs_commit(repeats: int = 2) -> dict:
+    """The other choice, measured: Ray 2.60's Dataset.write_delta against write_parquet + our one commit, on the
+    blocks the tag job makes of 150 photos (--decode-batch 16). ``python -m jobs._bench_store write-delta``."""
+    import shutil
+    import tempfile
+
+    import pyarrow.fs as pafs
+    import ray
+    from deltalake import DeltaTable
+
+    from landmark_core import tagstore
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rows = night_rows(0, 150, np.random.default_rng(0), [])
+    blocks = [rows.slice(i, 16) for i in range(0, 150, 16)]
+    out = {}
+    try:
+        for name in ("write_delta", "write_parquet+commit"):
+            for rep in range(repeats):
+                d = tempfile.mkdtemp()
+                ds = ray.data.from_blocks(blocks)
+                t = time.perf_counter()
+                if name == "write_delta":
+                    ds.write_delta(f"{d}/t")
+                else:
+                    tagstore.ensure_table(f"{d}/t")
+                    ds.write_parquet(f"{d}/t/runs/x/r", min_rows_per_file=250_000)
+                    tagstore.commit_run(f"{d}/t", pafs.LocalFileSystem(),
+                                        [f"{d}/t/runs/x/r/{f}" for f in os.listdir(f"{d}/t/runs/x/r")],
+                                        {"run_id": "r"})
+                seconds = time.perf_counter() - t
+                adds = pa.table(DeltaTable(f"{d}/t").get_add_actions(flatten=True)).to_pylist()
+                out[f"{name}#{rep}"] = {"seconds": round(seconds, 2), "files": len(adds),
+                                        "min_max_stats": any(k.startswith("min.") and a[k] is not None
+                                                             for a in adds for k in a)}
+                shutil.rmtree(d, ignore_errors=True)
+    finally:
+        ray.shutdown()
+    return out
+
+
 if __name__ == "__main__":
-    child_main(sys.argv[1])
+    if sys.argv[1] == "write-delta":
+        print(json.dumps(write_delta_vs_commit()))
+    elif sys.argv[1] == "merge-vs-append":
+        print(json.dumps(merge_vs_append(sys.argv[2])))
+    else:
+        child_main(sys.argv[1])

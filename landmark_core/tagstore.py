@@ -369,15 +369,14 @@ def read(root: str, *, columns: list[str] | None = None, filter: pc.Expression |
     if store is None:
         return empty(columns)
     try:
-        if history or filter is not None:
-            rows = store.dataset.to_table(columns=columns, filter=filter) if history else \
-                current_rows(store.dataset, columns, filter)
+        if history:
+            rows = store.dataset.to_table(columns=columns, filter=filter)
+        elif filter is not None:
+            rows = current_rows(store.dataset, columns, filter)
         else:
             rows = store.con.sql(f"SELECT {quoted(columns)} FROM tags").to_arrow_table()
-        return to_schema(rows).sort_by([("uri", "ascending")] + ([("tagged_at", "ascending"),
-                                                                  ("run_id", "ascending")] if history and
-                                                                 {"tagged_at", "run_id"} <= set(rows.column_names)
-                                                                 else []))
+        order = [c for c in ("uri", "tagged_at", "run_id") if c in rows.column_names][:3 if history else 1]
+        return to_schema(rows).sort_by([(c, "ascending") for c in order])
     finally:
         store.close()
 
