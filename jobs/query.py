@@ -247,7 +247,7 @@ def _rows(store: tagstore.Store, cfg: QueryConfig, columns: list[str] | None) ->
     if cfg.history:
         store.con.register("matching", store.dataset.filter(expr))
     else:
-        store.con.register("matching", tagstore.current_rows(store.dataset, columns, expr))
+        store.con.register("matching", tagstore.current_rows(store, columns, expr))
     return "matching"
 
 

@@ -70,27 +70,21 @@ ANTI JOIN tags_history n
 KEYS = ["uri", "tagged_at", "run_id"]  # what decides the current row of a uri
 
 
-def current_rows(ds, columns: list[str] | None, filter: pc.Expression) -> pa.Table:
-    """``columns`` of the current rows that match ``filter``, in two scans of the pyarrow dataset, both filtered
-    inside the scan: the matching rows (with their keys), then the keys of every committed row of only those
-    uris, which DuckDB reduces to the newest per uri. Memory follows the matches, not the history."""
-    import duckdb
-
+def current_rows(store: "Store", columns: list[str] | None, filter: pc.Expression) -> pa.Table:
+    """``columns`` of the current rows that match ``filter``: the matching rows (the filter inside the scan of
+    the pyarrow dataset), then the newest keys of only their uris (DuckDB streams the history's three key columns
+    through a semi join whose build side is the matches). Memory follows the matches, not the history."""
     cols = list(columns or TAGS_SCHEMA.names)
-    cand = ds.to_table(columns=list(dict.fromkeys(cols + KEYS)), filter=filter)
-    keys = ds.to_table(columns=KEYS, filter=pc.field("uri").isin(cand.column("uri").unique())) if cand.num_rows \
-        else cand.select(KEYS)
-    con = duckdb.connect()
+    cand = store.dataset.to_table(columns=list(dict.fromkeys(cols + KEYS)), filter=filter)
+    store.con.register("_cand", cand)
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("cand", cand)
-        con.register("keys", keys)
-        return to_schema(con.sql(f"""
-            WITH newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM keys GROUP BY uri)
-            SELECT {quoted(cols, "cand")} FROM cand JOIN newest USING (uri)
-            WHERE cand.tagged_at = newest.k.t AND cand.run_id = newest.k.r""").to_arrow_table())
+        return to_schema(store.con.sql(f"""
+            WITH newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM tags_history
+                            WHERE uri IN (SELECT uri FROM _cand) GROUP BY uri)
+            SELECT {quoted(cols, "_cand")} FROM _cand JOIN newest USING (uri)
+            WHERE _cand.tagged_at = newest.k.t AND _cand.run_id = newest.k.r""").to_arrow_table())
     finally:
-        con.close()
+        store.con.unregister("_cand")
 
 
 def quoted(columns: list[str] | None, table: str | None = None) -> str:
@@ -372,7 +366,7 @@ def read(root: str, *, columns: list[str] | None = None, filter: pc.Expression |
         if history:
             rows = store.dataset.to_table(columns=columns, filter=filter)
         elif filter is not None:
-            rows = current_rows(store.dataset, columns, filter)
+            rows = current_rows(store, columns, filter)
         else:
             rows = store.con.sql(f"SELECT {quoted(columns)} FROM tags").to_arrow_table()
         order = [c for c in ("uri", "tagged_at", "run_id") if c in rows.column_names][:3 if history else 1]

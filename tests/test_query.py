@@ -273,9 +273,9 @@ def test_run_hands_the_filter_to_the_scan(store, monkeypatch):
     seen = {}
     real = tagstore.current_rows
 
-    def spy(ds, columns, filter):
+    def spy(store, columns, filter):
         seen.update(columns=columns, filter=filter)
-        return real(ds, columns, filter)
+        return real(store, columns, filter)
 
     monkeypatch.setattr(tagstore, "current_rows", spy)
     assert uris(q.query(store, min_score=0.9, columns="uri")) == ["a.jpg"]
