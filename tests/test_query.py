@@ -116,8 +116,11 @@ def test_committed_runs_only_latest_per_uri(store):
     {"near": (51.5, -0.12), "radius_km": 10},
     {"since": "2026-11-19", "landmark": "Big Ben"},
 ])
-def test_old_row_matching_a_filter_does_not_resurface(store, filters):
+@pytest.mark.parametrize("isin_max", [tagstore.ISIN_MAX, 0])  # 0: the many-matches path (DuckDB's semi join)
+def test_old_row_matching_a_filter_does_not_resurface(store, filters, isin_max, monkeypatch):
+    monkeypatch.setattr(tagstore, "ISIN_MAX", isin_max)
     assert "b.jpg" not in uris(q.query(store, **filters))
+    assert uris(q.query(store, min_score=0.0)) == ["a.jpg", "b.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]
 
 
 def test_store_read_current_and_history(store):
