@@ -396,7 +396,7 @@ def _cell(name: str, v) -> str:
     return str(v)
 
 
-def format_table(table: pa.Table) -> str:
+def format_table(table: pa.Table, noun: str = "photo") -> str:
     rows = [[_cell(c, r[c]) for c in table.column_names] for r in _jsonable_rows(table)]
     rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
     head = table.column_names
@@ -409,7 +409,7 @@ def format_table(table: pa.Table) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    out.append(f"({table.num_rows} photo{'s' if table.num_rows != 1 else ''})")
+    out.append(f"({table.num_rows} {noun}{'s' if table.num_rows != 1 else ''})")
     return "\n".join(out) + "\n"
 
 
@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.summary:
         _emit(format_summary(summary, cfg.format), cfg)
     elif cfg.format == "table":
-        _emit(format_table(table), cfg)
+        _emit(format_table(table, "row" if cfg.sql is not None else "photo"), cfg)
     elif cfg.format == "csv":
         _emit(format_csv(table), cfg)
     elif cfg.format == "json":
