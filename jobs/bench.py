@@ -1,4 +1,6 @@
-"""`landmark bench tag|train`: throughput measured side by side in one run, printed as ratios.
+"""`landmark bench tag|train|store`: throughput measured side by side in one run, printed as ratios.
+
+bench store: see jobs/_bench_store.py (our query paths against raw DuckDB on the same files, 1M..10M rows).
 
 bench tag, on the same photos with the same model, (b), (c) and (e) on the same runtime (--runtime):
   (a) decode+preprocess alone, all cores (a process per core)
@@ -173,7 +175,7 @@ def scaled_tree(paths: list[str], root: str, scale: int, into: str) -> str:
 
 def job_driver(spec_json: str) -> None:
     """Runs in a fresh process, i.e. as a new Ray job on the running cluster, as `ray job submit` runs the nightly
-    job: the tag job ``repeat`` times on the same photos (--retag), one JSON line of its _SUCCESS summary each."""
+    job: the tag job ``repeat`` times on the same photos (--retag), one JSON line of its run summary each."""
     from jobs.tag import TagConfig, run
 
     spec = json.loads(spec_json)
@@ -251,7 +253,7 @@ def run_tag(ns) -> dict:
     for k in ("decode_ips", "model_ips", "model_torch_ips", "limit_ips", "naive_ips"):
         if k in out:
             out[k] = round(out[k], 2)
-    # from the rates as printed (the job's come rounded from its _SUCCESS): e/c recomputed from the output agrees
+    # from the rates as printed (the job's come rounded from its run summary): e/c recomputed from the output agrees
     out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
     out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
     out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)
@@ -360,6 +362,16 @@ def run_train(ns) -> dict:
     return out
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated row counts, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected row counts >= 1, got {text!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -385,8 +397,23 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--epochs", type=int, default=2)
     tr.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     tr.add_argument("--json", action="store_true")
+    so = sub.add_parser("store", help="the tag store: landmark query / skip check vs raw DuckDB, seconds and RSS")
+    so.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="store sizes, e.g. 1000000,10000000")
+    so.add_argument("--runs", type=int, default=1, help="repeats of each measurement (the median is reported)")
+    so.add_argument("--rows-per-run", type=int, default=50_000, help="rows a night (one run, one commit)")
+    so.add_argument("--listed", type=int, default=100_000, help="photos listed for the skip check")
+    so.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "landmark-bench-store"),
+                    help="where the synthetic stores are built (and kept for the next run)")
+    so.add_argument("--json", action="store_true")
     ns = p.parse_args(argv)
-    if ns.what == "tag":
+    if ns.what == "store":
+        if ns.runs < 1 or ns.rows_per_run < 1 or ns.listed < 1 or min(ns.rows) < ns.rows_per_run:
+            p.error("--runs, --rows-per-run and --listed must be > 0, and every --rows at least --rows-per-run")
+        from jobs import _bench_store
+
+        result = _bench_store.run(ns.rows, runs=ns.runs, rows_per_run=ns.rows_per_run, listed=ns.listed,
+                                  work=Path(ns.dir), say=_say)
+    elif ns.what == "tag":
         if not Path(ns.images).is_dir():
             p.error(f"--images {ns.images}: no such directory")
         if ns.batch_size < 1 or ns.actors < 1 or ns.cpus_per_actor <= 0 or (ns.decode_batch or 1) < 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 COMMANDS = {
@@ -10,10 +9,11 @@ COMMANDS = {
     "train": ("jobs.train", "train a model on Ray Train"),
     "tag": ("jobs.tag", "the nightly tag job on Ray Data: photos -> Parquet tags"),
     "eval": ("jobs.eval", "open-world numbers of a model on labelled photos (right, abstained, wrong tags)"),
-    "query": ("jobs.query", "read the tags (committed runs, latest per photo)"),
+    "query": ("jobs.query", "read the tags with SQL (committed runs, latest per photo, history)"),
     "data": ("jobs.data", "fetch or generate datasets"),
     "bench": ("jobs.bench", "measure throughput side by side"),
     "report": ("jobs.report", "HTML report of a tags location"),
+    "store": ("jobs.store", "the tag store's Delta table: history, optimize, vacuum, migrate"),
     "demo": ("jobs.demo", "the whole story on this machine"),
 }
 

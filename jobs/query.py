@@ -1,19 +1,21 @@
-"""`landmark query`: read the tag store — committed runs only, the latest committed run per photo.
+"""`landmark query`: read the tag store (a Delta table) with DuckDB: committed runs only, current rows by default.
 
-Every filter except the exact distance check runs inside the Parquet scan, as a pyarrow compute expression
-handed to ``tagstore.read_committed``. Because those filters are ANDed with the store's own latest-per-uri
-filter, an older run's row cannot come back when the newer row for that photo does not match. Row groups
-whose min/max statistics rule a filter out are never decoded. ``--near`` pushes a lat/lon bounding box down
-to the scan and then keeps only rows within ``--radius-km`` (haversine, in memory).
+Every flag becomes SQL over the view ``tags`` (the latest committed row per photo) or, with ``--history``,
+``tags_history`` (every committed row). DuckDB pushes the filters and the columns into the scan of deltalake's
+pyarrow dataset: files whose statistics rule a filter out, and row groups likewise, are never decoded. The
+current view is decided before the filters: an older run's row that matches never comes back when the newer row
+for that photo does not. ``--near`` is a bounding box on lat/lon (pushed down) plus the exact haversine distance.
+``--sql`` runs any SELECT over both views; ``--version N`` / ``--as-of TIME`` read the table as it was then.
 
-Python API::
+Python API (Arrow tables)::
 
-    from jobs.query import query, QueryConfig, run, summarize
+    from jobs.query import query, sql, QueryConfig, run, summarize
     table = query("s3://bucket/tags", landmark="eiffel tower", min_score=0.8, s3_endpoint="http://...")
     table = run(QueryConfig(tags="/data/tags", near=(48.86, 2.29), radius_km=5, since="2026-11-01"))
+    table = sql("/data/tags", "SELECT landmark, count(*) n FROM tags GROUP BY 1 ORDER BY n DESC")
     summarize(table)  # {"photos": n, "by_status": {...}, "by_landmark": {...}}
 
-No Ray here: this reads Parquet with pyarrow only.
+No Ray here.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from landmark_core import storage, tagstore
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_COLUMNS = ("uri", "status", "landmark", "score", "lat", "lon")
 ALL_COLUMNS = tuple(tagstore.TAGS_SCHEMA.names)
-EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km
+EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km and tagstore.MACROS
 MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the circumference: beyond this every point is inside
 
 
@@ -59,6 +61,10 @@ class QueryConfig:
     out: str | None = None
     summary: bool = False
     s3_endpoint: str | None = None
+    sql: str | None = None  # a SELECT over the views tags and tags_history, instead of the filter flags
+    history: bool = False  # every committed row (tags_history), not only the current one per photo
+    version: int | None = None  # time travel: the table at this version
+    as_of: str | datetime | None = None  # time travel: the table as of this time (naive means UTC)
 
     def check(self) -> None:
         """Validate every field before anything is read; each error names its command-line flag."""
@@ -107,27 +113,51 @@ class QueryConfig:
             raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.summary and self.format == "parquet":
             raise QueryError("--summary prints a small table: use --format table, json or csv")
+        if self.sql is not None:
+            if not str(self.sql).strip():
+                raise QueryError("--sql must not be empty")
+            used = [f for f, v in (("--landmark", self.landmark), ("--min-score", self.min_score),
+                                   ("--status", self.status), ("--near", self.near), ("--since", self.since),
+                                   ("--limit", self.limit), ("--summary", self.summary or None),
+                                   ("--history", self.history or None), ("--columns", self.columns))
+                    if v is not None]
+            if used:
+                raise QueryError(f"--sql is a whole query: it does not go with {', '.join(used)} "
+                                 f"(write them into the SQL; the views are tags and tags_history)")
+        if self.version is not None:
+            if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+                raise QueryError(f"--version must be an integer >= 0, got {self.version!r}")
+            if self.as_of is not None:
+                raise QueryError("give at most one of --version and --as-of")
+        if self.as_of is not None:
+            self.as_of_utc()
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint or None)
 
     def since_utc(self) -> datetime | None:
         """``since`` as an aware UTC datetime (a bare date means its midnight UTC)."""
-        v = self.since
-        if v is None:
-            return None
-        if isinstance(v, datetime):
-            dt = v
-        elif isinstance(v, date):
-            dt = datetime(v.year, v.month, v.day)
-        else:
-            s = str(v).strip()
-            try:
-                dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
-            except ValueError:
-                raise QueryError(f"--since must be a date YYYY-MM-DD or an ISO datetime "
-                                 f"(e.g. 2026-11-24T06:30:00Z), got {v!r}") from None
-        return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+        return _utc(self.since, "--since")
+
+    def as_of_utc(self) -> datetime | None:
+        return _utc(self.as_of, "--as-of")
+
+
+def _utc(v, flag: str) -> datetime | None:
+    if v is None:
+        return None
+    if isinstance(v, datetime):
+        dt = v
+    elif isinstance(v, date):
+        dt = datetime(v.year, v.month, v.day)
+    else:
+        s = str(v).strip()
+        try:
+            dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
+        except ValueError:
+            raise QueryError(f"{flag} must be a date YYYY-MM-DD or an ISO datetime "
+                             f"(e.g. 2026-11-24T06:30:00Z), got {v!r}") from None
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
 def _is_number(v) -> bool:
@@ -138,7 +168,8 @@ def _is_number(v) -> bool:
 
 
 def filter_expression(cfg: QueryConfig) -> pc.Expression | None:
-    """The filters that run inside the Parquet scan (None when there are none)."""
+    """The filters that run inside the Parquet scan of deltalake's pyarrow dataset (None when there are none):
+    files and row groups whose statistics rule them out are never decoded."""
     parts: list[pc.Expression] = []
     if cfg.landmark is not None:
         name = pc.utf8_lower(pa.scalar(str(cfg.landmark).strip(), pa.string())).as_py()
@@ -199,14 +230,6 @@ def bbox_expression(lat: float, lon: float, radius_km: float) -> pc.Expression:
     return expr & lon_expr
 
 
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Vectorised great-circle distance in km (NaN where a coordinate is missing)."""
-    p1, p2 = np.radians(lat1), np.radians(lat2)
-    dp, dl = p2 - p1, np.radians(np.asarray(lon2, dtype=np.float64) - lon1)
-    a = np.sin(dp / 2) ** 2 + np.cos(p1) * np.cos(p2) * np.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
-
-
 def _read_columns(cfg: QueryConfig) -> list[str] | None:
     if cfg.columns is None:
         return None
@@ -215,30 +238,87 @@ def _read_columns(cfg: QueryConfig) -> list[str] | None:
     return cols + [c for c in extra if c not in cols]
 
 
-def run(cfg: QueryConfig) -> pa.Table:
-    """The matching rows of the latest committed run per photo, sorted by uri (then --limit, --columns)."""
-    cfg.check()
-    table = tagstore.read_committed(cfg.tags, columns=_read_columns(cfg), filter=filter_expression(cfg),
-                                    opts=cfg.s3_options())
-    if cfg.near is not None and table.num_rows:
-        lat = table.column("lat").to_numpy(zero_copy_only=False).astype(np.float64)
-        lon = table.column("lon").to_numpy(zero_copy_only=False).astype(np.float64)
-        dist = haversine_km(float(cfg.near[0]), float(cfg.near[1]), lat, lon)
-        table = table.filter(pa.array(np.nan_to_num(dist, nan=np.inf) <= float(cfg.radius_km)))
-    if table.num_rows > 1:
-        table = table.sort_by([("uri", "ascending")])
+def _rows(store: tagstore.Store, cfg: QueryConfig, columns: list[str] | None) -> str:
+    """The relation holding the rows the filters select: the current ones (or every committed one with
+    --history), the filters inside the scan. Returns its name in ``store.con``."""
+    expr = filter_expression(cfg)
+    if expr is None:
+        return "tags_history" if cfg.history else "tags"
+    if cfg.history:
+        store.con.register("matching", store.dataset.filter(expr))
+    else:
+        store.con.register("matching", tagstore.current_rows(store, columns, expr))
+    return "matching"
+
+
+def select_sql(cfg: QueryConfig, relation: str) -> tuple[str, list]:
+    """What ``run`` executes over ``relation`` (see _rows): the exact --near distance, order, columns, limit."""
+    cols = list(dict.fromkeys(cfg.columns)) if cfg.columns is not None else None
+    sql, params = f"SELECT {tagstore.quoted(cols)} FROM {relation}", []
+    if cfg.near is not None:  # the bounding box ran in the scan; this is the exact great-circle distance
+        sql += " WHERE haversine_km(?, ?, lat, lon) <= ?"
+        params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+    sql += " ORDER BY uri" + (", tagged_at, run_id" if cfg.history else "")
     if cfg.limit is not None:
-        table = table.slice(0, cfg.limit)
-    if cfg.columns is not None:
-        table = table.select(list(dict.fromkeys(cfg.columns)))
-    return table
+        sql += f" LIMIT {int(cfg.limit)}"
+    return sql, params
+
+
+def _open(cfg: QueryConfig) -> tagstore.Store | None:
+    return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
+
+
+def run(cfg: QueryConfig) -> pa.Table:
+    """The matching current rows (every committed row with ``history``), sorted by uri, then --limit; or the
+    result of --sql. An Arrow table (TAGS_SCHEMA types for the store's columns)."""
+    cfg.check()
+    store = _open(cfg)
+    if store is None:
+        return tagstore.empty(list(dict.fromkeys(cfg.columns)) if cfg.columns and cfg.sql is None else None)
+    try:
+        if cfg.sql is not None:
+            return store.con.sql(cfg.sql).to_arrow_table()
+        statement, params = select_sql(cfg, _rows(store, cfg, _read_columns(cfg)))
+        return tagstore.to_schema(store.con.sql(statement, params=params or None).to_arrow_table())
+    finally:
+        store.close()
+
+
+def run_summary(cfg: QueryConfig) -> dict:
+    """summarize() of the rows run(cfg) would return, computed by DuckDB (no rows leave the engine)."""
+    cfg.check()
+    store = _open(cfg)
+    if store is None:
+        return summarize(tagstore.empty(["status", "landmark"]))
+    try:
+        relation = _rows(store, cfg, ["uri", "status", "landmark"] + (["lat", "lon"] if cfg.near else []))
+        rows, params = f"SELECT status, landmark FROM {relation}", []
+        if cfg.near is not None:
+            rows += " WHERE haversine_km(?, ?, lat, lon) <= ?"
+            params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+        counts = store.con.sql(f"""WITH r AS MATERIALIZED ({rows})
+            SELECT 'status' AS kind, status AS name, count(*) AS n FROM r GROUP BY status
+            UNION ALL SELECT 'landmark', landmark, count(*) FROM r WHERE landmark IS NOT NULL GROUP BY landmark""",
+                               params=params or None).fetchall()
+    finally:
+        store.close()
+    by_status = {s: 0 for s in tagstore.STATUSES}
+    by_status.update({(k if k is not None else "(null)"): n for kind, k, n in counts if kind == "status"})
+    by_landmark = dict(sorted(((k, n) for kind, k, n in counts if kind == "landmark"), key=lambda kv: (-kv[1], kv[0])))
+    return {"photos": sum(by_status.values()), "by_status": by_status, "by_landmark": by_landmark}
+
+
+def sql(tags: str, statement: str, **options) -> pa.Table:
+    """``sql("s3://b/tags", "SELECT ... FROM tags ...", s3_endpoint=..., version=3)``: any SELECT over the views
+    ``tags`` and ``tags_history``, as an Arrow table."""
+    return run(QueryConfig(tags=tags, sql=statement, **options))
 
 
 def query(tags: str, **filters) -> pa.Table:
     """``query("s3://b/tags", landmark="Big Ben", min_score=0.5, near=(51.5, -0.12), radius_km=3)``.
 
     Keyword arguments are the fields of QueryConfig: landmark, min_score, status, near, radius_km, since,
-    limit, columns, s3_endpoint. Raises QueryError (a ValueError) for a bad argument.
+    limit, columns, s3_endpoint, history, version, as_of. Raises QueryError (a ValueError) for a bad argument.
     """
     if "columns" in filters and isinstance(filters["columns"], str):
         filters["columns"] = _split_columns(filters["columns"])
@@ -316,7 +396,7 @@ def _cell(name: str, v) -> str:
     return str(v)
 
 
-def format_table(table: pa.Table) -> str:
+def format_table(table: pa.Table, noun: str = "photo") -> str:
     rows = [[_cell(c, r[c]) for c in table.column_names] for r in _jsonable_rows(table)]
     rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
     head = table.column_names
@@ -329,7 +409,7 @@ def format_table(table: pa.Table) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    out.append(f"({table.num_rows} photo{'s' if table.num_rows != 1 else ''})")
+    out.append(f"({table.num_rows} {noun}{'s' if table.num_rows != 1 else ''})")
     return "\n".join(out) + "\n"
 
 
@@ -392,9 +472,10 @@ def parse_near(s: str) -> tuple[float, float]:
 
 
 HELP = """\
-Read the tags: committed runs only (a run is visible once its _SUCCESS is written), the latest committed run
-per photo. Filters run inside the Parquet scan; an older run's row never resurfaces when the newer row for
-that photo does not match.
+Read the tags (a Delta table) with DuckDB: committed runs only (a run is visible once its commit lands), the
+latest committed row per photo (the view `tags`), or every committed row with --history (`tags_history`).
+Filters run inside the Parquet scan; an older run's row never resurfaces when the newer row for that photo does
+not match. --sql runs your own SELECT over both views; --version / --as-of read the table as it was.
 
 output formats:
   table    aligned text; default columns uri,status,landmark,score,lat,lon
@@ -410,6 +491,9 @@ examples:
   landmark query --tags ./tags --status failed --columns uri,error
   landmark query --tags ./tags --since 2026-11-01 --summary
   landmark query --tags ./tags --format parquet --out tagged.parquet
+  landmark query --tags ./tags --sql "SELECT landmark, count(*) AS n FROM tags GROUP BY 1 ORDER BY n DESC"
+  landmark query --tags ./tags --history --columns uri,status,run_id,tagged_at --format csv
+  landmark query --tags ./tags --as-of 2026-11-20T07:00:00Z --summary      # or --version 3
 
 S3 credentials come only from the standard AWS environment (env vars, ~/.aws, instance profile).
 A tags location with no committed run prints a message on stderr and exits 0 (empty json/csv output).
@@ -438,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--summary", action="store_true",
                    help="instead of rows: photos per status and per landmark (a JSON object with --format json)")
     o.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout (required for parquet to a TTY)")
+    t = p.add_argument_group("SQL, history and time travel")
+    t.add_argument("--sql", metavar="SELECT", help="a query over the views tags (current) and tags_history "
+                                                   "(every committed row), instead of the filter flags")
+    t.add_argument("--history", action="store_true", help="every committed row, not only the current one per photo")
+    t.add_argument("--version", type=int, metavar="N", help="read the table at version N (landmark store history)")
+    t.add_argument("--as-of", metavar="TIME", help="read the table as it was at TIME (ISO datetime, naive = UTC)")
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     return p
 
@@ -457,7 +547,7 @@ def _fix_negative_near(argv: list[str]) -> list[str]:
 
 def config_from_args(args: argparse.Namespace) -> QueryConfig:
     columns = _split_columns(args.columns) if args.columns is not None else None
-    if columns is None and args.format == "table" and not args.summary:
+    if columns is None and args.format == "table" and not args.summary and args.sql is None:
         columns = TABLE_COLUMNS
     if args.summary:
         columns = ("uri", "status", "landmark")
@@ -465,7 +555,8 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
         tags=args.tags, landmark=args.landmark, min_score=args.min_score, status=args.status,
         near=parse_near(args.near) if args.near is not None else None, radius_km=args.radius_km,
         since=args.since, limit=args.limit, columns=columns, format=args.format, out=args.out,
-        summary=args.summary, s3_endpoint=args.s3_endpoint,
+        summary=args.summary, s3_endpoint=args.s3_endpoint, sql=args.sql, history=args.history,
+        version=args.version, as_of=args.as_of,
     )
 
 
@@ -483,15 +574,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))  # exits 2
 
     try:
-        table = run(cfg)
-        no_runs = table.num_rows == 0 and not tagstore.committed_runs(cfg.tags, cfg.s3_options())
-    except (OSError, storage.StorageError) as e:
+        if cfg.summary:
+            summary = run_summary(cfg)
+            no_runs = summary["photos"] == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
+        else:
+            table = run(cfg)
+            no_runs = table.num_rows == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
+    except (OSError, storage.StorageError, tagstore.StoreError) as e:
         print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
         return 1
+    except duckdb_errors() as e:
+        where = "--sql" if cfg.sql is not None else f"cannot read {cfg.tags}"
+        print(f"landmark query: {where}: {tagstore.error_text(e, 500)}", file=sys.stderr)
+        return 2 if cfg.sql is not None and not isinstance(e, OSError) else 1
 
     if no_runs:
         print(f"landmark query: no committed runs under {cfg.tags} "
-              f"(a run becomes visible once its {tagstore.SUCCESS} is written)", file=sys.stderr)
+              f"(a run becomes visible once its commit lands)", file=sys.stderr)
         if cfg.format == "table":
             _emit(f"no committed runs under {cfg.tags}\n", cfg)
         elif cfg.format == "parquet":
@@ -501,9 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if cfg.summary:
-        _emit(format_summary(summarize(table), cfg.format), cfg)
+        _emit(format_summary(summary, cfg.format), cfg)
     elif cfg.format == "table":
-        _emit(format_table(table), cfg)
+        _emit(format_table(table, "row" if cfg.sql is not None else "photo"), cfg)
     elif cfg.format == "csv":
         _emit(format_csv(table), cfg)
     elif cfg.format == "json":
@@ -511,6 +610,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _emit(parquet_bytes(table), cfg)
     return 0
+
+
+def duckdb_errors() -> tuple[type, ...]:
+    import duckdb
+
+    return (duckdb.Error,)
 
 
 def _emit(data: str | bytes, cfg: QueryConfig) -> None:

@@ -237,7 +237,7 @@ def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
 
 def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
                  opts: storage.S3Options = storage.S3Options(), thumbs: int = DEFAULT_THUMBS,
-                 runs: list[tagstore.RunInfo] | None = None, tags_uri: str | None = None) -> Path:
+                 runs: list[dict] | None = None, tags_uri: str | None = None) -> Path:
     """Write ``out_dir/report.html`` (plus its PNGs and thumbnails) for ``table`` (rows of TAGS_SCHEMA).
 
     ``runs``: the committed runs (for the header's run count and run list; default: the run_ids in
@@ -270,7 +270,7 @@ def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
     stats.append(f'<div class="stat"><b>{n_runs}</b>committed runs</div>')
     model_ids = sorted({r["model_id"] for r in rows if r.get("model_id")})
     if runs:
-        model_ids = sorted(set(model_ids) | {r.success["model_id"] for r in runs if r.success.get("model_id")})
+        model_ids = sorted(set(model_ids) | {r["model_id"] for r in runs if r.get("model_id")})
 
     parts = [
         "<!DOCTYPE html>",
@@ -286,11 +286,11 @@ def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
     ]
     if runs:
         trs = "".join(
-            f"<tr><td><code>{esc(r.run_id)}</code></td><td>{esc(r.dt)}</td>"
-            f"<td>{esc(r.success.get('committed_at'))}</td><td><code>{esc(r.success.get('model_id'))}</code></td>"
-            f"<td>{esc(_counts_text(r.success.get('counts')))}</td></tr>" for r in reversed(runs[-20:]))
+            f"<tr><td><code>{esc(r.get('run_id'))}</code></td><td>{esc(r.get('version'))}</td><td>{esc(r.get('dt'))}</td>"
+            f"<td>{esc(r.get('committed_at'))}</td><td><code>{esc(r.get('model_id'))}</code></td>"
+            f"<td>{esc(_counts_text(r.get('counts')))}</td></tr>" for r in reversed(runs[-20:]))
         parts.append('<details><summary>runs (newest first' + (", last 20" if len(runs) > 20 else "")
-                     + ')</summary><table class="kv"><tr><th>run_id</th><th>dt</th><th>committed_at</th>'
+                     + ')</summary><table class="kv"><tr><th>run_id</th><th>version</th><th>dt</th><th>committed_at</th>'
                        f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>")
     parts += [
         "<h2>Charts</h2>",
@@ -360,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         except storage.StorageError as e:
             parser.error(f"--model: {e}")
     try:
-        runs = tagstore.committed_runs(args.tags, opts)
-        table = tagstore.read_committed(args.tags, columns=REPORT_COLUMNS, opts=opts)
-    except (OSError, storage.StorageError) as e:
+        runs = tagstore.runs(args.tags, opts)
+        table = tagstore.read(args.tags, columns=REPORT_COLUMNS, opts=opts)
+    except (OSError, storage.StorageError, tagstore.StoreError) as e:
         print(f"landmark report: cannot read {args.tags}: {storage.redact(str(e))}", file=sys.stderr)
         return 1
     if not runs:

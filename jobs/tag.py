@@ -2,7 +2,7 @@
 
     list (driver) -> skip what a committed run tagged -> read + decode (CPU tasks, draft JPEG decode)
       -> Predictor (actor pool: GPU actors, or CPU actors without a GPU) -> rows (TAGS_SCHEMA)
-      -> Parquet in <output>/dt=<day>/run=<run_id>/ -> verify one row per input -> _SUCCESS (the commit)
+      -> Parquet in <output>/runs/<day>/<run_id>/ -> verify one row per input -> one Delta commit (the run)
 
 It streams: Ray Data holds a bounded number of blocks in flight, whatever the number of photos.
 """
@@ -10,7 +10,6 @@ It streams: Ray Data holds a bounded number of blocks in flight, whatever the nu
 from __future__ import annotations
 
 import argparse
-import json
 import importlib
 import os
 import secrets
@@ -131,7 +130,7 @@ class TagConfig:
         return "tasks" if self.resolved_runtime() in ONNX_RUNTIMES and not self.gpus_per_actor else "actors"
 
     def safe_json(self) -> dict:
-        """The config as recorded in _SUCCESS (nothing secret is in it: credentials never enter the config)."""
+        """The config as recorded in the run's commit (nothing secret is in it: credentials never enter the config)."""
         return asdict(self)
 
 
@@ -139,7 +138,7 @@ class TagConfig:
 
 
 def run(cfg: TagConfig) -> dict:
-    """Tag every new photo; returns the _SUCCESS summary of the committed run."""
+    """Tag every new photo; returns the summary of the committed run (also in the run's Delta commit)."""
     cfg.check()
     t_start = time.time()
     opts = cfg.s3_options()
@@ -156,8 +155,9 @@ def run(cfg: TagConfig) -> dict:
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
     fs, root_path = storage.arrow_fs(cfg.output, opts)
-    out_dir = tagstore.run_dir(root_path, dt, run_id)
+    out_dir = tagstore.run_files_dir(root_path, dt, run_id)
     _check_writable(fs, out_dir, cfg.output)
+    _ensure_table(cfg.output, opts)
 
     listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts)
     t_list = time.time()
@@ -187,7 +187,7 @@ def run(cfg: TagConfig) -> dict:
     timings["pipeline_seconds"] = round(time.time() - t_list, 2)
     t_verify = time.time()
     try:
-        counts = _verify(fs, out_dir, todo)
+        counts, files = _verify(fs, out_dir, todo)
     except Exception:
         _blame_output(fs, out_dir, cfg.output, run_id)
         raise
@@ -195,15 +195,16 @@ def run(cfg: TagConfig) -> dict:
     summary = {
         "run_id": run_id, "dt": dt, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model_id": artifact.model_id, "counts": counts, "rows": counts["total"], "listed": listing.num_rows,
-        "skipped": skipped, "output": storage.join(cfg.output, f"dt={dt}", f"run={run_id}"),
+        "skipped": skipped, "output": cfg.output, "files": [f[len(root_path):].lstrip("/") for f in files],
         "config": cfg.safe_json(), "runtime": runtime, "compute": cfg.resolved_compute(), "timings": timings,
         "images_per_second": round(todo.num_rows / max(timings["pipeline_seconds"], 1e-9), 2),
     }
     try:
-        _commit(fs, out_dir, summary)
-    except OSError as e:
-        raise OutputError(f"--output {cfg.output}: could not write {tagstore.SUCCESS} "
-                          f"({storage.redact(str(e))[:200]}); run {run_id} was not committed") from None
+        summary["version"] = tagstore.commit_run(cfg.output, fs, files, summary, opts)
+    except Exception as e:  # delta-rs raises its own types for storage errors; any of them means "not committed"
+        _blame_output(fs, out_dir, cfg.output, run_id)
+        raise OutputError(f"--output {cfg.output}: could not commit to the Delta table "
+                          f"({tagstore.error_text(e, 200)}); run {run_id} was not committed") from None
     _print_summary(summary)
     return summary
 
@@ -215,6 +216,14 @@ def _check_reachable(cfg: TagConfig, opts: storage.S3Options) -> None:
         storage.check_reachable("--output", cfg.output, opts)
     except storage.StorageError as e:
         raise ConfigError(str(e)) from None
+
+
+def _ensure_table(output: str, opts: storage.S3Options) -> None:
+    try:
+        tagstore.ensure_table(output, opts)
+    except Exception as e:
+        raise ConfigError(f"--output {output}: cannot create the Delta table there: {tagstore.error_text(e)}") \
+            from None
 
 
 def _blame_output(fs, out_dir: str, output: str, run_id: str) -> None:
@@ -448,8 +457,8 @@ class TagActor:
                                             run_id=self.run_id, tagged_at=self.tagged_at), len(batch["uri"]))
 
 
-def _verify(fs, out_dir: str, todo: pa.Table) -> dict:
-    """Exactly one row per input, or no commit: counts from the files actually written."""
+def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
+    """Exactly one row per input, or no commit: counts from the files actually written, and those files."""
     from pyarrow import fs as pafs
 
     infos = fs.get_file_info(pafs.FileSelector(out_dir, recursive=True, allow_not_found=True))
@@ -468,29 +477,16 @@ def _verify(fs, out_dir: str, todo: pa.Table) -> dict:
                                return_counts=True)) if n else []:
         counts[s] = int(c)
     counts["total"] = n
-    return counts
-
-
-def _commit(fs, out_dir: str, summary: dict) -> None:
-    """Write _SUCCESS whole or not at all: readers parse it, so a torn one (disk full, killed mid-write) would
-    break every later read of the store. An S3 PUT is atomic; on a local disk, write aside then rename."""
-    from pyarrow import fs as pafs
-
-    data, final = json.dumps(summary, indent=2, default=str).encode(), f"{out_dir}/{tagstore.SUCCESS}"
-    target = f"{out_dir}/.{tagstore.SUCCESS}.tmp" if isinstance(fs, pafs.LocalFileSystem) else final
-    with fs.open_output_stream(target) as f:
-        f.write(data)
-    if target != final:
-        fs.move(target, final)
+    return counts, sorted(files)
 
 
 def _print_summary(s: dict) -> None:
     c = s["counts"]
-    print(f"[tag] committed run {s['run_id']}: {c['tagged']} tagged, {c['no_landmark']} no landmark, "
+    print(f"[tag] committed run {s['run_id']} (table version {s['version']}): {c['tagged']} tagged, {c['no_landmark']} no landmark, "
           f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)", flush=True)
     t = s["timings"]
     print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, verify {t['verify_seconds']}s, "
-          f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); output: {s['output']}",
+          f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); table: {s['output']}",
           flush=True)
     if t.get("stages"):
         print("[tag] stages (summed over workers): " + ", ".join(
@@ -516,7 +512,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="directory or s3://bucket/prefix of photos (recursive)")
     src.add_argument("--manifest", help="Parquet/CSV with a 'uri' column, for buckets too large to list")
-    p.add_argument("--output", required=True, help="tags root (path or s3://)")
+    p.add_argument("--output", required=True, help="the tags Delta table (path or s3://); created if absent")
     p.add_argument("--model", default=os.environ.get("LANDMARK_MODEL"),
                    help="model artifact dir or s3:// URI (default $LANDMARK_MODEL)")
     p.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help="tags per photo")
@@ -547,7 +543,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode JPEGs in the GPU actors (torchvision.io.decode_jpeg on CUDA, nvJPEG) instead of "
                         "the CPU tasks; needs --gpus-per-actor > 0")
     p.add_argument("--stage-times", action="store_true",
-                   help="also time read+decode and model+rows apart (printed and in _SUCCESS; costs a little "
+                   help="also time read+decode and model+rows apart (printed and in the run's commit; costs a little "
                         "start-up)")
     p.add_argument("--dt", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--run-id", default=None, help="run id (default: time + random suffix)")

@@ -116,16 +116,34 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
 
 
 def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
-    """Drop objects whose latest committed row has the same etag and model and did not fail."""
-    done = tagstore.read_committed(output, columns=["uri", "etag", "model_id", "status"], opts=opts,
-                                   filter=(pc.field("model_id") == model_id) & (pc.field("status") != FAILED))
-    if done.num_rows == 0:
+    """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
+    listed uris only (the listing's uris filter the scan), their latest per uri, anti-joined with the listing in
+    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history."""
+    store = tagstore.open_store(output, opts)
+    if store is None:
         return listing, 0
-    done_keys = pc.binary_join_element_wise(done.column("uri"), done.column("etag"), "\x00")
-    keys = pc.binary_join_element_wise(listing.column("uri"), pc.fill_null(listing.column("etag"), ""), "\x00")
-    keep = pc.invert(pc.is_in(keys, value_set=done_keys))
-    todo = listing.filter(keep)
+    try:
+        rows = store.dataset.to_table(columns=["uri", "etag", "model_id", "status", "tagged_at", "run_id"],
+                                      filter=pc.field("uri").isin(listing.column("uri")))
+        store.con.register("listed_rows", rows)
+        store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
+        todo = store.con.sql(SKIP_SQL.format(rows="listed_rows"), params=[model_id, FAILED]).to_arrow_table()
+    finally:
+        store.close()
+    todo = todo.select(listing.column_names).cast(listing.schema)
     return todo, listing.num_rows - todo.num_rows
+
+
+# The latest committed row of each listed uri, then the listing minus those that are the same etag, same model
+# and not failed. {rows}: the committed rows of (at least) the listed uris.
+SKIP_SQL = """
+WITH cur AS (
+    SELECT uri, etag, model_id, status FROM {rows}
+    QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1)
+SELECT l.* FROM listing l
+ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND cur.model_id = ? AND cur.status <> ?
+ORDER BY l._i
+"""
 
 
 # ---------------------------------------------------------------- read + decode

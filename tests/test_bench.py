@@ -31,3 +31,19 @@ def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic
     assert abs(r["rss_ratio_scaled"] - r["peak_rss_scaled_mb"] / r["peak_rss_mb"]) < 0.01
     assert printed.count("[bench] [tag] committed run") == 3  # 1x twice in one fresh driver, then 2x in another
     assert "(e2x)" in printed and "ratio_limit (e/c)" in printed
+
+
+def test_bench_store_measures_each_form_both_ways_and_the_answers_agree(tmp_path, capsys):
+    assert bench.main(["store", "--rows", "12000", "--rows-per-run", "4000", "--listed", "1000", "--dir",
+                       str(tmp_path), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(r["sizes"]) == {"12000"} and r["sizes"]["12000"]["nights"] == 3
+    for size in r["sizes"].values():
+        for form in ("filter_limit", "summary", "near", "current_count", "skip_check"):
+            m = size[form]
+            assert m["landmark"]["rows"] == m["duckdb"]["rows"]  # the bench refuses to print disagreeing paths
+            assert m["landmark"]["seconds"] > 0 and m["landmark"]["rss_mb"] > 50 and m["duckdb"]["rss_mb"] > 50
+            assert m["ratio"] == round(m["landmark"]["seconds"] / m["duckdb"]["seconds"], 2)
+    assert r["sizes"]["12000"]["filter_limit"]["landmark"]["rows"] == 5
+    assert r["sizes"]["12000"]["skip_check"]["landmark"]["rows"] >= 100  # the 10% never tagged, at least
+    assert set(r["targets"]) == {"every_form_within_2x_of_raw", "filter_limit_under_1s", "skip_check_under_5s"}

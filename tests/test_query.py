@@ -48,18 +48,15 @@ def tag_row(uri: str, run_id: str, *, status: str = "tagged", place=None, score:
 
 
 def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
-              model_id: str = "lm-aaaa", **write_kw) -> Path:
-    """One run directory; ``committed_at=None`` leaves it uncommitted (no _SUCCESS)."""
-    d = root / f"dt={dt}" / f"run={run_id}"
-    d.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), d / "part-0.parquet", **write_kw)
-    if committed_at is not None:
-        counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
-        (d / tagstore.SUCCESS).write_text(json.dumps({
-            "run_id": run_id, "committed_at": committed_at, "model_id": model_id,
-            "counts": {**counts, "total": len(rows)}, "rows": len(rows), "files": ["part-0.parquet"],
-            "config": {}, "timings": {}}))
-    return d
+              model_id: str = "lm-aaaa", **write_kw) -> str:
+    """One run appended to the Delta table at ``root``; ``committed_at=None`` writes its file but never commits
+    it (as a killed run leaves it). Returns the run's data file."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
+    summary = {"run_id": run_id, "committed_at": committed_at, "model_id": model_id,
+               "counts": {**counts, "total": len(rows)}, "rows": len(rows), "config": {}, "timings": {}}
+    tagstore.append_run(str(root), pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), summary, dt=dt,
+                        commit=committed_at is not None, **write_kw)
+    return tagstore.run_files_dir(str(Path(root).resolve()), dt, run_id) + "/part-00000.parquet"
 
 
 T1 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
@@ -84,7 +81,7 @@ def store(tmp_path: Path) -> str:
         tag_row("photos/f.jpg", "r2", place=EIFFEL, score=0.6, tagged_at=T2, model_id="lm-bbbb"),
         tag_row("photos/g.jpg", "r2", place=FIJI, score=0.8, tagged_at=T2, model_id="lm-bbbb"),
     ], committed_at="2026-11-22T06:30:00+00:00", model_id="lm-bbbb")
-    # died (or still running): no _SUCCESS, so invisible — would re-tag a.jpg and add z.jpg
+    # died (or still running): its file is written but never committed, so invisible — would re-tag a.jpg and add z.jpg
     write_run(root, "2026-11-23", "r3", [
         tag_row("photos/a.jpg", "r3", status="failed", error="boom", tagged_at=T3),
         tag_row("photos/z.jpg", "r3", place=BIG_BEN, score=0.99, tagged_at=T3),
@@ -121,16 +118,50 @@ def test_committed_runs_only_latest_per_uri(store):
     {"near": (51.5, -0.12), "radius_km": 10},
     {"since": "2026-11-19", "landmark": "Big Ben"},
 ])
-def test_old_row_matching_a_filter_does_not_resurface(store, filters):
+@pytest.mark.parametrize("isin_max", [tagstore.ISIN_MAX, 0])  # 0: the many-matches path (DuckDB's semi join)
+def test_old_row_matching_a_filter_does_not_resurface(store, filters, isin_max, monkeypatch):
+    monkeypatch.setattr(tagstore, "ISIN_MAX", isin_max)
     assert "b.jpg" not in uris(q.query(store, **filters))
+    assert uris(q.query(store, min_score=0.0)) == ["a.jpg", "b.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]
 
 
-def test_read_committed_latest_wins_in_this_pyarrow(store):
-    # tagstore's latest-per-uri filter (binary_join_element_wise inside the dataset filter) works here
-    t = tagstore.read_committed(store, columns=["uri", "run_id"], filter=pc.field("landmark") == "Big Ben")
-    assert t.num_rows == 0
-    t = tagstore.read_committed(store, latest_only=False, columns=["uri", "run_id"])
-    assert sorted(t.column("run_id").to_pylist()) == ["r1"] * 4 + ["r2"] * 4
+def test_store_read_current_and_history(store):
+    t = tagstore.read(store, columns=["uri", "run_id"], filter=pc.field("landmark") == "Big Ben")
+    assert t.num_rows == 0  # b.jpg's r1 row is not current
+    t = tagstore.read(store, history=True, columns=["uri", "run_id"])
+    assert sorted(t.column("run_id").to_pylist()) == ["r1"] * 4 + ["r2"] * 4  # r3 never committed
+
+
+def test_history_and_time_travel(store, capsys):
+    t = q.query(store, history=True, columns="uri,run_id")
+    assert list(zip(uris(t), t.column("run_id").to_pylist()))[:3] == [("a.jpg", "r1"), ("b.jpg", "r1"),
+                                                                      ("b.jpg", "r2")]
+    runs = tagstore.runs(store)
+    assert [r["run_id"] for r in runs] == ["r1", "r2"] and [r["version"] for r in runs] == [1, 2]
+    at_r1 = q.query(store, version=1)
+    assert uris(at_r1) == ["a.jpg", "b.jpg", "c.jpg", "d.jpg"] and at_r1.column("status")[1].as_py() == "tagged"
+    assert uris(q.query(store, version=0)) == []  # the empty table, before any run
+    # --as-of: the commit timestamps from the log
+    from datetime import timedelta
+
+    r1_time = datetime.fromtimestamp(runs[0]["timestamp"] / 1000, timezone.utc)
+    assert uris(q.query(store, as_of=r1_time + timedelta(milliseconds=1))) == uris(at_r1)
+    code, out, _ = cli(capsys, "--tags", store, "--version", "1", "--format", "csv", "--columns", "uri,run_id")
+    assert code == 0 and out.splitlines()[2] == "photos/b.jpg,r1"
+    code, out, err = cli(capsys, "--tags", store, "--version", "9")
+    assert code == 1 and "no version 9" in err
+
+
+def test_sql_over_both_views(store, capsys):
+    t = q.sql(store, "SELECT landmark, count(*) AS n FROM tags WHERE landmark IS NOT NULL GROUP BY 1 "
+                     "ORDER BY n DESC, landmark")
+    assert isinstance(t, pa.Table) and t.to_pylist()[0] == {"landmark": "Eiffel Tower", "n": 2}
+    code, out, _ = cli(capsys, "--tags", store, "--sql",
+                       "SELECT uri, count(*) AS runs FROM tags_history GROUP BY uri HAVING count(*) > 1",
+                       "--format", "json")
+    assert code == 0 and [json.loads(x) for x in out.splitlines()] == [{"uri": "photos/b.jpg", "runs": 2}]
+    code, out, err = cli(capsys, "--tags", store, "--sql", "SELECT nope FROM tags")
+    assert code == 2 and err.startswith("landmark query: --sql: ") and "nope" in err
 
 
 # ---------------------------------------------------------------------------------------------- filters
@@ -194,14 +225,14 @@ def test_bounding_box_edges():
     assert haversine_km(45.0, 0.0, 45.0, hi) >= 111.0 - 1e-6  # the box's side at the centre's latitude
 
 
-def test_vectorised_haversine_matches_catalog():
-    import numpy as np
-
-    lats, lons = np.array([EIFFEL[1], OPERA[1], np.nan]), np.array([EIFFEL[2], OPERA[2], 0.0])
-    got = q.haversine_km(BIG_BEN[1], BIG_BEN[2], lats, lons)
-    assert math.isclose(got[0], haversine_km(*BIG_BEN[1:], *EIFFEL[1:]), rel_tol=1e-9)
-    assert math.isclose(got[1], haversine_km(*BIG_BEN[1:], *OPERA[1:]), rel_tol=1e-9)
-    assert math.isnan(got[2])
+def test_sql_haversine_matches_catalog(store):
+    con = tagstore.connect(store)
+    distance = "SELECT haversine_km(?, ?, lat, lon) FROM (SELECT ?::DOUBLE AS lat, ?::DOUBLE AS lon)"
+    for lat, lon in (EIFFEL[1:], OPERA[1:], FIJI[1:], (-BIG_BEN[1], BIG_BEN[2] + 180)):
+        got = con.execute(distance, [BIG_BEN[1], BIG_BEN[2], lat, lon]).fetchone()[0]
+        assert math.isclose(got, haversine_km(*BIG_BEN[1:], lat, lon), rel_tol=1e-9)
+    assert con.execute(distance, [1.0, 1.0, None, 0.0]).fetchone()[0] is None
+    con.close()
 
 
 @pytest.mark.parametrize("since,expected", [
@@ -240,17 +271,18 @@ def test_filter_expression_is_a_compute_expression(store):
     for col in ("landmark", "score", "status", "tagged_at", "lat", "lon"):
         assert col in text
     assert q.filter_expression(q.QueryConfig(tags=store)) is None
+    assert uris(q.query(store, landmark="x' OR '1'='1")) == []  # a value, never SQL
 
 
-def test_run_hands_the_filter_to_read_committed(store, monkeypatch):
+def test_run_hands_the_filter_to_the_scan(store, monkeypatch):
     seen = {}
-    real = tagstore.read_committed
+    real = tagstore.current_rows
 
-    def spy(root, **kw):
-        seen.update(kw)
-        return real(root, **kw)
+    def spy(store, columns, filter):
+        seen.update(columns=columns, filter=filter)
+        return real(store, columns, filter)
 
-    monkeypatch.setattr(tagstore, "read_committed", spy)
+    monkeypatch.setattr(tagstore, "current_rows", spy)
     assert uris(q.query(store, min_score=0.9, columns="uri")) == ["a.jpg"]
     assert isinstance(seen["filter"], pc.Expression) and "score" in str(seen["filter"])
     assert seen["columns"] == ["uri"]
@@ -262,8 +294,8 @@ def test_pushdown_skips_row_groups_it_rules_out(tmp_path):
     root = tmp_path / "tags"
     rows = [tag_row(f"p/{i}.jpg", "r1", place=EIFFEL, score=s, tagged_at=T1)
             for i, s in enumerate([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.05, 0.15])]
-    d = write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00", row_group_size=4)
-    f = d / "part-0.parquet"
+    f = write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00", row_group_size=4,
+                  compression="none")
     meta = pq.ParquetFile(f).metadata
     assert meta.num_row_groups == 2
     chunk = meta.row_group(1).column(tagstore.TAGS_SCHEMA.get_field_index("score"))
@@ -274,8 +306,8 @@ def test_pushdown_skips_row_groups_it_rules_out(tmp_path):
         fh.write(b"\xff" * chunk.total_compressed_size)
 
     assert uris(q.query(str(root), min_score=0.5)) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
-    with pytest.raises(OSError):  # the same query filtered after reading would have to decode the bad pages
-        tagstore.read_committed(str(root)).filter(pc.field("score") >= 0.5)
+    with pytest.raises(Exception):  # the same query filtered after reading would have to decode the bad pages
+        tagstore.read(str(root)).filter(pc.field("score") >= 0.5)
 
 
 # ----------------------------------------------------------------------------------------------- formats
@@ -475,7 +507,7 @@ def test_python_api_validates_before_reading(store, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("read before validation")
 
-    monkeypatch.setattr(tagstore, "read_committed", boom)
+    monkeypatch.setattr(tagstore, "connect", boom)
     with pytest.raises(q.QueryError, match=r"--min-score must be in \[0, 1\]"):
         q.query(store, min_score=2)
     with pytest.raises(q.QueryError, match="--near requires --radius-km"):

@@ -32,7 +32,6 @@ from botocore.exceptions import EndpointConnectionError
 from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from landmark_core.preprocess import EvalPreset
-from landmark_core.tagstore import read_committed
 from tests.cli_asserts import assert_error_names
 from tests.payloads import Payload
 from tests.procs import own_process_titles
@@ -176,7 +175,7 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
     replacements = ran_model_after - alive_at_kill if compute == "actors" else ran_model_after
     assert replacements, f"no process took over the model's work after the kill (--compute {compute})"
     assert summary["config"]["compute"] == compute
-    table = read_committed(out)
+    table = tagstore.read(out)
     _check_exactly_once(table, uris)
     assert summary["counts"] == {"tagged": n, "no_landmark": 0, "failed": 0, "total": n}
 
@@ -213,7 +212,7 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(ray_local,
     summary = job.result(timeout=240)
 
     opts = storage.S3Options(endpoint=s3.endpoint)
-    table = read_committed(out, opts=opts)
+    table = tagstore.read(out, opts=opts)
     _check_exactly_once(table, uris)
     rows = table.to_pylist()
     failed = [r for r in rows if r["status"] == "failed"]
@@ -224,7 +223,7 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(ray_local,
 
     again = tag_run(cfg)  # a rerun retries what failed (nothing here) and tags nothing twice
     assert again["counts"]["total"] == len(failed) and again["skipped"] == len(uris) - len(failed)
-    latest = read_committed(out, opts=opts)
+    latest = tagstore.read(out, opts=opts)
     _check_exactly_once(latest, uris)
     assert set(latest.column("status").to_pylist()) == {"tagged"}
 
@@ -252,7 +251,7 @@ def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(
     print(line[0])
     client.create_bucket(Bucket=s3_bucket)
     assert client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
-    assert tagstore.committed_runs(out, storage.S3Options(endpoint=s3.endpoint)) == []
+    assert tagstore.runs(out, storage.S3Options(endpoint=s3.endpoint)) == []
 
 
 def _mount_tmpfs(where: Path, size_kb: int) -> bool:
@@ -265,14 +264,15 @@ def _mount_tmpfs(where: Path, size_kb: int) -> bool:
 
 @pytest.mark.slow
 def test_full_output_disk_is_one_clear_error_and_nothing_is_committed(ray_local, small_model, tmp_path, capsys):
-    """--output on a (real, mounted) file system with one free page: the probe fits, the Parquet file does not."""
+    """--output on a (real, mounted) file system with four free pages: the probe and the table's first commit fit,
+    the Parquet file does not."""
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, 1024):
         pytest.skip("needs root and mount to make a small file system")
     try:
         page = os.sysconf("SC_PAGE_SIZE")
         free = shutil.disk_usage(disk).free
-        (disk / "filler").write_bytes(b"\0" * (free - page))  # leave one page
+        (disk / "filler").write_bytes(b"\0" * (free - 4 * page))  # leave four pages
         _write_photos(tmp_path / "photos", 200)
         out = str(disk / "tags")
         code = tag_main(["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model])
@@ -281,7 +281,7 @@ def test_full_output_disk_is_one_clear_error_and_nothing_is_committed(ray_local,
         assert code == 1 and len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], \
             err[-2000:]
         print(line[0])
-        assert not list(disk.rglob("_SUCCESS")) and tagstore.committed_runs(out) == []
+        assert tagstore.runs(out) == [] and tagstore.read(out).num_rows == 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
@@ -386,7 +386,7 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(r
     opts = storage.S3Options(endpoint=s3.endpoint)
     summary = tag_run(TagConfig(input=f"s3://{s3_bucket}/bad", output=out, model=small_model, k=3,
                                 s3_endpoint=s3.endpoint, max_pixels=1_000_000, batch_size=4, decode_batch=4))
-    table = read_committed(out, opts=opts)
+    table = tagstore.read(out, opts=opts)
     _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in cases})
     rows = {r["uri"].split(f"s3://{s3_bucket}/", 1)[1]: r for r in table.to_pylist()}
     for key, (data, _, kind) in cases.items():
@@ -407,7 +407,7 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(r
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join([good] + odd) + "\n")
     out2 = f"s3://{s3_bucket}/tags2"
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=out2, model=small_model, s3_endpoint=s3.endpoint))
-    t2 = read_committed(out2, opts=opts)
+    t2 = tagstore.read(out2, opts=opts)
     _check_exactly_once(t2, {good, *odd})
     by_uri = {r["uri"]: r for r in t2.to_pylist()}
     assert by_uri[good]["status"] == "tagged"
@@ -574,12 +574,13 @@ def test_planted_secret_appears_in_no_output_log_or_file(make_tiny_artifact, bad
                                       f"http://127.0.0.1:{_closed_port()}"],
                                      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
             assert failing.returncode == 2
-            # every object the job wrote (Parquet, _SUCCESS) and everything else in the bucket
+            # every object the job wrote (Parquet, the Delta log with the run's summary) and the rest of the bucket
             stored = {o["Key"]: client.get_object(Bucket="leak", Key=o["Key"])["Body"].read()
                       for page in client.get_paginator("list_objects_v2").paginate(Bucket="leak")
                       for o in page.get("Contents", [])}
             written = [k for k in stored if k.startswith("tags/")]
-            assert any(k.endswith(".parquet") for k in written) and any(k.endswith("/_SUCCESS") for k in written)
+            assert any(k.endswith(".parquet") for k in written)
+            assert any("/_delta_log/" in k and b"landmark.run" in stored[k] for k in written)
             leaks = [k for k, data in stored.items() if any(n in data for n in needles)]
             outputs = ok.stdout + ok.stderr + failing.stdout + failing.stderr
             leaks += [f"process output {n!r}" for n in needles if n.decode("latin-1") in outputs]
@@ -686,7 +687,7 @@ def test_load_every_photo_accounted_for_memory_bounded(ray_local, s3, s3_bucket,
         peak = _peak_rss_while(job, s3.pid)
         summary = job.result(timeout=1)
         wall = time.monotonic() - t0
-        table = read_committed(out, columns=["uri", "status"], opts=storage.S3Options(endpoint=s3.endpoint))
+        table = tagstore.read(out, columns=["uri", "status"], opts=storage.S3Options(endpoint=s3.endpoint))
         uris = table.column("uri").to_pylist()
         assert len(uris) == len(set(uris)) == count == summary["counts"]["total"]
         assert summary["counts"]["failed"] == 0

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -44,15 +43,12 @@ def tag_row(uri: str, run_id: str, *, status: str, place=None, score=None, error
 
 def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
               model_id: str) -> None:
-    d = root / f"dt={dt}" / f"run={run_id}"
-    d.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), d / "part-0.parquet")
-    if committed_at:
-        counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
-        (d / tagstore.SUCCESS).write_text(json.dumps({
-            "run_id": run_id, "committed_at": committed_at, "model_id": model_id,
-            "counts": {**counts, "total": len(rows)}, "rows": len(rows), "files": ["part-0.parquet"],
-            "config": {}, "timings": {}}))
+    """One run appended to the Delta table at ``root``; ``committed_at=None`` leaves it uncommitted."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
+    summary = {"run_id": run_id, "dt": dt, "committed_at": committed_at, "model_id": model_id,
+               "counts": {**counts, "total": len(rows)}, "rows": len(rows), "config": {}, "timings": {}}
+    tagstore.append_run(str(root), pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), summary, dt=dt,
+                        commit=bool(committed_at))
 
 
 def save_photo(path: Path, shape: str | None, seed: int) -> str:
@@ -108,9 +104,9 @@ def assert_png(path: Path) -> None:
 
 
 def test_write_report(store, model_dir, tmp_path):
-    table = tagstore.read_committed(store["root"])
+    table = tagstore.read(store["root"])
     out = tmp_path / "report"
-    path = rep.write_report(table, out, model_dir=str(model_dir), runs=tagstore.committed_runs(store["root"]),
+    path = rep.write_report(table, out, model_dir=str(model_dir), runs=tagstore.runs(store["root"]),
                             tags_uri=store["root"])
     assert path == out / "report.html" and path.is_file()
     page = path.read_text(encoding="utf-8")
@@ -158,7 +154,7 @@ def html_escaped(s: str) -> str:
 
 
 def test_thumbs_limit_and_missing_photo(store, tmp_path):
-    table = tagstore.read_committed(store["root"])
+    table = tagstore.read(store["root"])
     # a photo deleted since it was tagged (sorts among the first two by uri): its card says so, the report is still
     # written
     gone = tag_row(str(Path(store["root"]).parent / "photos" / "aaa-deleted.jpg"), "r2", status="tagged",
@@ -205,7 +201,7 @@ def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):
             pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
         pytest.skip("/usr/bin/chromium not installed")
     out = tmp_path / "shot-report"
-    page = rep.write_report(tagstore.read_committed(store["root"]), out, model_dir=str(model_dir))
+    page = rep.write_report(tagstore.read(store["root"]), out, model_dir=str(model_dir))
     profile, shot = tmp_path / "chromium-profile", tmp_path / "shot.png"
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",

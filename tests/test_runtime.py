@@ -297,9 +297,9 @@ def test_predict_paths_with_device_decode(sharp, synthetic_data):
 @pytest.mark.slow
 def test_tag_job_tasks_and_actors_give_the_same_rows(ray_local, synthetic_data, bad_corpus, tiny_artifact, tmp_path):
     """--compute tasks (the CPU default: decode + model in one task per block) writes what the actor pool writes,
-    failed rows included, and _SUCCESS records the runtime and compute that ran."""
+    failed rows included, and the run's commit records the runtime and compute that ran."""
     from jobs.tag import TagConfig, run as tag_run
-    from landmark_core.tagstore import read_committed
+    from landmark_core import tagstore
 
     src = tmp_path / "in"
     src.mkdir()
@@ -314,7 +314,7 @@ def test_tag_job_tasks_and_actors_give_the_same_rows(ray_local, synthetic_data, 
         s = tag_run(TagConfig(input=str(src), output=out, model=tiny_artifact.path, runtime="onnx",
                               compute=compute, decode_batch=4, batch_size=4))
         assert (s["runtime"], s["compute"], s["rows"]) == ("onnx", compute, s["listed"])
-        tables[compute] = read_committed(out).sort_by("uri").select(["uri", "status", "landmark", "score", "error"])
+        tables[compute] = tagstore.read(out).sort_by("uri").select(["uri", "status", "landmark", "score", "error"])
     a, b = tables["tasks"].to_pylist(), tables["actors"].to_pylist()
     assert [(r["uri"], r["status"], r["landmark"], r["error"]) for r in a] == \
            [(r["uri"], r["status"], r["landmark"], r["error"]) for r in b]

@@ -99,9 +99,9 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
     tag = _submit(ray_head, ["python", "-m", "jobs.tag", "--input", str(Path(train_data["root"], "test")),
                              "--output", str(tags), "--model", str(model)])
     assert tag.returncode == 0, (tag.stdout + tag.stderr)[-4000:]
-    from landmark_core.tagstore import read_committed
+    from landmark_core import tagstore
 
-    table = read_committed(str(tags))
+    table = tagstore.read(str(tags))
     assert table.num_rows == 24 and set(table.column("status").to_pylist()) <= {"tagged", "no_landmark"}
 
 

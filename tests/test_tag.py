@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import pytest
 
 from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
-from landmark_core.tagstore import read_committed
 from tests.cli_asserts import assert_error_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +35,10 @@ def photos(tmp_path, synthetic_data, bad_corpus):
     return d, expected
 
 
+def _all_rows(output: str, opts=storage.S3Options()):
+    return tagstore.read(output, opts=opts, history=True)
+
+
 def _check_exactly_once(table, uris: set[str]) -> None:
     got = table.column("uri").to_pylist()
     assert len(got) == len(set(got)) == len(uris), (len(got), len(set(got)), len(uris))
@@ -52,7 +54,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     summary = tag_run(cfg)
     listed = {str(p.resolve()) for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".gif", ".bmp",
                                                                                  ".tiff", ".webp")}
-    table = read_committed(out)
+    table = tagstore.read(out)
     _check_exactly_once(table, listed)
     assert table.schema.equals(tagstore.TAGS_SCHEMA)
     c = summary["counts"]
@@ -74,10 +76,11 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
             assert r["landmark"] == r["tags"][0]["name"] and r["lat"] == r["tags"][0]["lat"]
         else:
             assert r["landmark"] is None and r["lat"] is None
-    run_dir = Path(out, f"dt={summary['dt']}", f"run={summary['run_id']}")
-    success = json.loads((run_dir / "_SUCCESS").read_text())
+    success = tagstore.runs(out)[-1]  # the run's summary, from its Delta commit
+    assert success["run_id"] == summary["run_id"] and success["version"] == summary["version"] == 1
     assert success["counts"] == c and success["model_id"] == summary["model_id"]
-    assert len(list(run_dir.glob("*.parquet"))) == 1  # one file for the run, not one per batch
+    assert len(success["files"]) == 1  # one file for the run, not one per batch
+    assert (Path(out) / success["files"][0]).is_file() and (Path(out) / "_delta_log").is_dir()
     printed = capsys.readouterr().out
     assert "committed run" in printed and "images/s" in printed and "stages (summed over workers)" in printed
     stages = summary["timings"]["stages"]  # time per stage, every photo through each
@@ -98,7 +101,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     assert tagged_uris - {str(new.resolve())} <= {u for u, r in zip(table.column("uri").to_pylist(),
                                                                    table.column("status").to_pylist())
                                                   if r == "failed"}
-    latest = read_committed(out)
+    latest = tagstore.read(out)
     _check_exactly_once(latest, listed | {str(new.resolve())})
 
     forced = tag_run(TagConfig(**{**cfg.__dict__, "retag": True, "stage_times": False}))
@@ -107,7 +110,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
 
 
 def _latest_run_uris(out: str, run_id: str) -> list[str]:
-    t = read_committed(out, latest_only=False)
+    t = tagstore.read(out, history=True)
     return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
 
 
@@ -130,7 +133,7 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
                     s3_endpoint=s3.endpoint, batch_size=8, decode_batch=4)
     summary = tag_run(cfg)
     opts = storage.S3Options(endpoint=s3.endpoint)
-    table = read_committed(out, opts=opts)
+    table = tagstore.read(out, opts=opts)
     _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in keys})
     etags = {f"s3://{s3_bucket}/{k}": client.head_object(Bucket=s3_bucket, Key=k)["ETag"].strip('"') for k in keys}
     assert all(r["etag"] == etags[r["uri"]] for r in table.to_pylist())
@@ -144,7 +147,7 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
 
 
 def _latest_run_uris_s3(out, run_id, opts):
-    t = read_committed(out, opts=opts, latest_only=False)
+    t = tagstore.read(out, opts=opts, history=True)
     return [u for u, r in zip(t.column("uri").to_pylist(), t.column("run_id").to_pylist()) if r == run_id]
 
 
@@ -153,7 +156,7 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
     files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg")]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
-    t = read_committed(str(tmp_path / "t1"))
+    t = tagstore.read(str(tmp_path / "t1"))
     _check_exactly_once(t, set(files))
     missing = [r for r in t.to_pylist() if r["uri"].endswith("missing.jpg")][0]
     assert missing["status"] == "failed" and "not found" in missing["error"]
@@ -161,7 +164,7 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
 
     pq.write_table(pa.table({"uri": files[:3]}), tmp_path / "m.parquet")
     tag_run(TagConfig(manifest=str(tmp_path / "m.parquet"), output=str(tmp_path / "t2"), model=tiny_artifact.path))
-    assert read_committed(str(tmp_path / "t2")).num_rows == 3
+    assert tagstore.read(str(tmp_path / "t2")).num_rows == 3
 
 
 def _tag_cmd(src: Path, out: Path, model: str, *extra: str) -> list[str]:
@@ -194,12 +197,17 @@ def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artif
     assert proc.poll() is None, "the run finished before it could be killed; give it more photos"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    assert not list(out.glob("dt=*/run=*/_SUCCESS")), "a killed run must not commit"
-    assert read_committed(str(out)).num_rows == 0  # invisible to readers
+    assert tagstore.runs(str(out)) == [], "a killed run must not commit"
+    assert tagstore.read(str(out)).num_rows == 0  # invisible to readers
+    from jobs import store
+
+    left = [p for p in (out / "runs").rglob("*") if p.is_file()]
+    assert store.run(store.StoreConfig("vacuum", str(out), retain_hours=0, dry_run=True)) == \
+        sorted(str(p.relative_to(out)) for p in left)  # what the killed run wrote, and only that
     done = subprocess.run(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    t = read_committed(str(out))
+    t = tagstore.read(str(out))
     _check_exactly_once(t, {str(p.resolve()) for p in src.rglob("*.jpg")})
     assert t.num_rows == n
 
@@ -217,12 +225,13 @@ def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_dat
              for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    runs = tagstore.committed_runs(str(out))
-    assert sorted(r.run_id for r in runs) == ["concurrent0", "concurrent1"]
-    everything = read_committed(str(out), latest_only=False)
-    per_run = {r.run_id: r.success["rows"] for r in runs}
+    runs = tagstore.runs(str(out))
+    assert sorted(r["run_id"] for r in runs) == ["concurrent0", "concurrent1"]
+    assert sorted(r["version"] for r in runs) == [1, 2]  # one commit each, neither lost
+    everything = tagstore.read(str(out), history=True)
+    per_run = {r["run_id"]: r["rows"] for r in runs}
     assert everything.num_rows == sum(per_run.values())
-    _check_exactly_once(read_committed(str(out)), {str(p.resolve()) for p in src.glob("*.jpg")})
+    _check_exactly_once(tagstore.read(str(out)), {str(p.resolve()) for p in src.glob("*.jpg")})
 
 
 @pytest.mark.parametrize("argv, needle", [

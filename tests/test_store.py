@@ -1,0 +1,234 @@
+"""The tag store's Delta table without Ray: commits, the current view, concurrency, maintenance, migration,
+and a reader that is not ours."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import store as st
+from landmark_core import storage, tagstore
+from landmark_core.tagging import LISTING_SCHEMA, pending
+
+T0 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
+
+
+def rows(uris: list[str], run_id: str, tagged_at: datetime, *, status="tagged", etag="e1", model_id="lm-a"):
+    return pa.Table.from_pylist([{
+        "uri": u, "etag": etag, "status": status, "error": None if status != "failed" else "read: boom",
+        "landmark": "Big Ben" if status == "tagged" else None, "score": 0.9 if status == "tagged" else None,
+        "lat": 51.5, "lon": -0.12, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at,
+    } for u in uris], schema=tagstore.TAGS_SCHEMA)
+
+
+def append(root, table, run_id, *, commit=True, opts=storage.S3Options()):
+    return tagstore.append_run(str(root), table, {"run_id": run_id, "rows": table.num_rows, "model_id": "lm-a",
+                                                  "counts": {"total": table.num_rows}}, dt="2026-11-20",
+                               opts=opts, commit=commit)
+
+
+@pytest.fixture
+def table(tmp_path) -> str:
+    root = str(tmp_path / "tags")
+    append(root, rows(["a", "b", "c"], "r1", T0), "r1")
+    append(root, rows(["b"], "r2", T0 + timedelta(days=1), status="failed"), "r2")
+    append(root, rows(["c", "d"], "r3", T0 + timedelta(days=2), etag="e2"), "r3")
+    return root
+
+
+def test_one_commit_per_run_with_its_summary_and_the_current_view(table):
+    runs = tagstore.runs(table)
+    assert [(r["run_id"], r["version"], r["rows"]) for r in runs] == [("r1", 1, 3), ("r2", 2, 1), ("r3", 3, 2)]
+    cur = tagstore.read(table, columns=["uri", "run_id", "status"]).to_pylist()
+    assert cur == [{"uri": "a", "run_id": "r1", "status": "tagged"}, {"uri": "b", "run_id": "r2", "status": "failed"},
+                   {"uri": "c", "run_id": "r3", "status": "tagged"}, {"uri": "d", "run_id": "r3", "status": "tagged"}]
+    assert tagstore.read(table, history=True).num_rows == 6
+
+
+def test_uncommitted_files_are_invisible_and_vacuum_deletes_them(table, capsys):
+    append(table, rows(["a", "z"], "killed", T0 + timedelta(days=3), status="failed"), "killed", commit=False)
+    assert [r["uri"] for r in tagstore.read(table, columns=["uri"]).to_pylist()] == ["a", "b", "c", "d"]
+    assert "killed" not in {r["run_id"] for r in tagstore.runs(table)}
+    assert st.main(["vacuum", "--table", table, "--retain-hours", "1", "--dry-run"]) == 0
+    assert "would delete 0 file(s)" in capsys.readouterr().out  # younger than an hour: may be a run in flight
+    assert st.main(["vacuum", "--table", table, "--retain-hours", "0", "--json"]) == 0
+    deleted = json.loads(capsys.readouterr().out)
+    assert deleted == ["runs/2026-11-20/killed/part-00000.parquet"]
+    assert not (Path(table) / deleted[0]).exists() and tagstore.read(table).num_rows == 4
+
+
+def test_skip_check_is_an_anti_join_on_the_current_row(table):
+    listing = pa.table([["a", "b", "c", "d", "new"], [1] * 5, ["e1", "e1", "e1", "e2", "e1"]],
+                       schema=LISTING_SCHEMA)
+    todo, skipped = pending(listing, table, "lm-a", storage.S3Options())
+    # a: same etag and model; b: current row failed (retried); c: its current row has etag e2 (changed);
+    # d: same; new: never tagged. The listing's order is kept.
+    assert todo.column("uri").to_pylist() == ["b", "c", "new"] and skipped == 2 and todo.schema == LISTING_SCHEMA
+    todo, skipped = pending(listing, table, "lm-other", storage.S3Options())
+    assert todo.num_rows == 5 and skipped == 0
+    assert pending(listing, str(Path(table).parent / "none"), "lm-a", storage.S3Options()) == (listing, 0)
+
+
+def test_concurrent_commits_all_land_and_no_uri_is_current_twice(tmp_path):
+    root = str(tmp_path / "tags")
+    tagstore.ensure_table(root)
+
+    def one(i):
+        return append(root, rows([f"u{j}" for j in range(i, i + 10)], f"w{i}", T0 + timedelta(minutes=i)), f"w{i}")
+
+    with ThreadPoolExecutor(6) as pool:
+        versions = list(pool.map(one, range(12)))
+    assert sorted(versions) == list(range(1, 13))
+    assert tagstore.read(root, history=True).num_rows == 120
+    cur = tagstore.read(root, columns=["uri", "run_id"])
+    assert cur.num_rows == 21 and len(set(cur.column("uri").to_pylist())) == 21
+    assert dict(zip(*cur.to_pydict().values()))["u11"] == "w11"  # the latest tagged_at wins
+
+
+def test_concurrent_commits_on_s3(s3, s3_bucket, monkeypatch):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    root = f"s3://{s3_bucket}/tags"
+    tagstore.ensure_table(root, opts)
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(lambda i: append(root, rows([f"u{i}", "shared"], f"w{i}",
+                                                             T0 + timedelta(minutes=i)), f"w{i}", opts=opts),
+                                 range(6)))
+    assert sorted(versions) == list(range(1, 7))
+    cur = tagstore.read(root, columns=["uri", "run_id"], opts=opts)
+    assert cur.num_rows == 7 and cur.column("uri").to_pylist().count("shared") == 1
+    assert st.main(["history", "--table", root, "--s3-endpoint", s3.endpoint, "--json"]) == 0
+
+
+def test_history_optimize_and_time_travel(table, capsys):
+    assert st.main(["history", "--table", table]) == 0
+    out = capsys.readouterr().out
+    assert "r3" in out.splitlines()[1] and "CREATE TABLE" in out.splitlines()[-1]
+    before = tagstore.read(table)
+    n_files = len(tagstore.open_table(table).file_uris())
+    assert st.main(["optimize", "--table", table, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["numFilesRemoved"] == n_files == 3 and metrics["numFilesAdded"] == 1
+    assert tagstore.read(table).equals(before)  # rows keep run_id and tagged_at: the same current view
+    assert tagstore.read(table, version=2, columns=["uri"]).num_rows == 3  # time travel still works
+    assert st.main(["history", "--table", table, "--limit", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["operation"] == "OPTIMIZE"
+
+
+def write_old_run(root: Path, dt: str, run_id: str, table: pa.Table, committed_at: str | None) -> None:
+    d = root / f"dt={dt}" / f"run={run_id}"
+    d.mkdir(parents=True)
+    pq.write_table(table, d / "part-0.parquet")
+    if committed_at:
+        (d / "_SUCCESS").write_text(json.dumps({"run_id": run_id, "dt": dt, "committed_at": committed_at,
+                                                "model_id": "lm-a", "counts": {"total": table.num_rows},
+                                                "rows": table.num_rows}))
+
+
+def test_migrate_imports_committed_runs_in_order(tmp_path, capsys):
+    old = tmp_path / "old"
+    write_old_run(old, "2026-11-20", "o1", rows(["a", "b"], "o1", T0), "2026-11-20T07:00:00+00:00")
+    write_old_run(old, "2026-11-21", "o2", rows(["b", "c"], "o2", T0 + timedelta(days=1)), "2026-11-21T07:00:00")
+    write_old_run(old, "2026-11-22", "dead", rows(["a"], "dead", T0 + timedelta(days=2)), None)
+    new = str(tmp_path / "tags")
+    assert st.main(["migrate", "--from", str(old), "--to", new, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"runs": 2, "imported": 2, "already_there": 0, "rows": 4}
+    assert [(r["run_id"], r["committed_at"]) for r in tagstore.runs(new)] == [
+        ("o1", "2026-11-20T07:00:00+00:00"), ("o2", "2026-11-21T07:00:00")]
+    cur = tagstore.read(new, columns=["uri", "run_id"]).to_pylist()
+    assert cur == [{"uri": "a", "run_id": "o1"}, {"uri": "b", "run_id": "o2"}, {"uri": "c", "run_id": "o2"}]
+    assert st.main(["migrate", "--from", str(old), "--to", new, "--json"]) == 0  # a rerun adds nothing
+    assert json.loads(capsys.readouterr().out)["imported"] == 0 and len(tagstore.runs(new)) == 2
+
+
+def test_migrate_refuses_when_the_current_row_would_change(tmp_path, capsys):
+    old = tmp_path / "old"  # o2 committed last but its rows say they were tagged before o1's
+    write_old_run(old, "2026-11-20", "o1", rows(["a"], "o1", T0 + timedelta(days=1)), "2026-11-20T07:00:00")
+    write_old_run(old, "2026-11-21", "o2", rows(["a"], "o2", T0), "2026-11-21T07:00:00")
+    assert st.main(["migrate", "--from", str(old), "--to", str(tmp_path / "tags")]) == 1
+    assert "Not migrated" in capsys.readouterr().err and not (tmp_path / "tags").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["vacuum", "--table", "x"], "--retain-hours"),
+    (["vacuum", "--table", "x", "--retain-hours", "-1"], "--retain-hours must be >= 0"),
+    (["optimize", "--table", "x", "--target-mb", "0"], "--target-mb"),
+    (["history", "--table", "ftp://x/y"], "--table"),
+    (["migrate", "--from", "gs://b/old", "--to", "x"], "--from"),
+])
+def test_bad_arguments_name_the_flag(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        st.main(argv)
+    assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_no_table_is_one_line(tmp_path, capsys):
+    assert st.main(["history", "--table", str(tmp_path / "nothing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("landmark store history: error: --table") and len(err.splitlines()) == 1
+
+
+def test_a_reader_that_is_not_ours_reads_the_table(table):
+    """A plain script with deltalake + DuckDB (and Polars when installed), without our code on its path."""
+    script = textwrap.dedent(f"""
+        import json, duckdb
+        from deltalake import DeltaTable
+        dt = DeltaTable({table!r})
+        con = duckdb.connect()
+        con.register("h", dt.to_pyarrow_dataset())
+        cur = con.sql("SELECT uri, arg_max(status, tagged_at) AS status FROM h GROUP BY uri ORDER BY uri").fetchall()
+        out = {{"version": dt.version(), "current": cur}}
+        try:
+            import polars as pl
+        except ImportError:
+            pl = None
+        if pl is not None:
+            df = pl.read_delta({table!r})
+            out["polars_rows"] = df.height
+            out["polars_runs"] = sorted(df["run_id"].unique().to_list())
+        print(json.dumps(out))
+    """)
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd="/")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout)
+    assert out["version"] == 3
+    assert out["current"] == [["a", "tagged"], ["b", "failed"], ["c", "tagged"], ["d", "tagged"]]
+    if "polars_rows" in out:
+        assert out["polars_rows"] == 6 and out["polars_runs"] == ["r1", "r2", "r3"]
+
+
+def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_cleans_up(s3, s3_bucket, monkeypatch):
+    """What a run killed between its Parquet write and its commit leaves on S3 (the Ray kill test does this
+    locally): files no reader sees; the skip check still lists those photos; the rerun's one commit makes each
+    current once; vacuum deletes the dead files and nothing else."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    root = f"s3://{s3_bucket}/tags"
+    append(root, rows(["a", "b"], "r1", T0), "r1", opts=opts)
+    uris = ["a", "b", "c", "d"]
+    append(root, rows(uris, "killed", T0 + timedelta(days=1), etag="e2"), "killed", commit=False, opts=opts)
+    assert tagstore.read(root, opts=opts, history=True).num_rows == 2
+    listing = pa.table([uris, [1] * 4, ["e1", "e1", "e1", "e1"]], schema=LISTING_SCHEMA)
+    todo, skipped = pending(listing, root, "lm-a", opts)
+    assert todo.column("uri").to_pylist() == ["c", "d"] and skipped == 2
+    append(root, rows(["c", "d"], "rerun", T0 + timedelta(days=2)), "rerun", opts=opts)
+    cur = tagstore.read(root, opts=opts, columns=["uri", "run_id"])
+    assert cur.column("uri").to_pylist() == uris and cur.column("run_id").to_pylist() == ["r1", "r1", "rerun",
+                                                                                          "rerun"]
+    before = tagstore.read(root, opts=opts, history=True)
+    deleted = st.run(st.StoreConfig("vacuum", root, retain_hours=0, s3_endpoint=s3.endpoint))
+    # (the rest are the empty "directory" objects pyarrow's create_dir leaves on S3)
+    assert [f for f in deleted if f.endswith(".parquet")] == ["runs/2026-11-20/killed/part-00000.parquet"]
+    assert tagstore.read(root, opts=opts, history=True).equals(before) and before.num_rows == 4
