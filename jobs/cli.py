@@ -13,6 +13,7 @@ COMMANDS = {
     "data": ("jobs.data", "fetch or generate datasets"),
     "bench": ("jobs.bench", "measure throughput side by side"),
     "report": ("jobs.report", "HTML report of a tags location"),
+    "serve": ("jobs.serve", "the app: the model over HTTP on Ray Serve, with an upload page"),
     "demo": ("jobs.demo", "the whole story on this machine"),
 }
 
