@@ -1,4 +1,4 @@
-"""`landmark bench tag|train`: throughput measured side by side in one run, printed as ratios.
+"""`landmark bench tag|train|serve` (serve: jobs/bench_serve.py): throughput measured side by side in one run, printed as ratios.
 
 bench tag, on the same photos with the same model, (b), (c) and (e) on the same runtime (--runtime):
   (a) decode+preprocess alone, all cores (a process per core)
@@ -385,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--epochs", type=int, default=2)
     tr.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     tr.add_argument("--json", action="store_true")
+    from jobs import bench_serve
+
+    bench_serve.add_arguments(sub.add_parser("serve", help="the app over HTTP vs the Predictor in-process; "
+                                                           "with and without batching; a mixed load test"))
     ns = p.parse_args(argv)
     if ns.what == "tag":
         if not Path(ns.images).is_dir():
@@ -401,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         result = run_tag(ns)
+    elif ns.what == "serve":
+        bench_serve.check_arguments(p, ns)
+        result = bench_serve.run_serve_bench(ns)
     else:
         result = run_train(ns)
     if ns.json:

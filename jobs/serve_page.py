@@ -105,7 +105,7 @@ const $ = (id) => document.getElementById(id);
 const fmt = (x) => (x === null || x === undefined) ? "" : Number(x).toFixed(5);
 function marker(lat, lon, cls) {
   const c = document.createElementNS("http://www.w3.org/2000/svg", "circle");
-  c.setAttribute("cx", lon + 180); c.setAttribute("cy", 90 - lat); c.setAttribute("r", 3);
+  c.setAttribute("cx", lon + 180); c.setAttribute("cy", 90 - lat); c.setAttribute("r", cls === "mark" ? 4 : 2.2);
   c.setAttribute("class", cls); $("markers").appendChild(c);
 }
 function cell(row, text) { const td = row.insertCell(); td.textContent = text; return td; }
