@@ -1,15 +1,15 @@
 """`landmark bench serve`: the app over HTTP on loopback against the Predictor in-process, on the same photos.
 
   (p) in-process: landmark_core.predict.predict_bytes (decode + Predictor) over the photos in batches of
-      --max-batch-size, in this process, for --seconds
+      --max-batch-size, in this process, for --seconds; the faster of 1 and one-per-core model threads
   (s) the app (`landmark serve`, started here on a free loopback port): closed-loop HTTP clients (each sends its
       next photo when the last answer arrives) for --seconds per client count, with batching (@serve.batch up to
       --max-batch-size) and without (batches of 1); requests/s, p50/p95/p99 latency, errors (non-200 answers)
   (l) with --load N: N mixed requests (photos, the bad-file corpus, bodies over --max-upload-mb, a wrong content
       type) from 16 clients; every answer's status checked against what it must be, and the replicas counted
       before and after
-ratio = (s) requests/s at the largest client count, batched / (p) photos/s (the mean of (p) measured before and
-after (s)). The clients share the machine's
+ratio = (s) requests/s at the largest client count, batched / (p) photos/s: the median of --rounds pairs measured
+back to back (the machine's load drifts); ratio_table uses the table's (s) and the mean of (p) before and after. The clients share the machine's
 cores with the app (loopback), as the in-process loop does not.
 """
 
@@ -25,13 +25,19 @@ from pathlib import Path
 import numpy as np
 
 from landmark_core.datasets import list_files
+from landmark_core.predictor import default_threads
 
 
 def _say(text: str) -> None:
     print(f"[bench serve] {text}", flush=True)
 
 
-def bench_inprocess(predictor, photos: list[bytes], batch_size: int, seconds: float) -> float:
+def bench_inprocess(predictors: dict, photos: list[bytes], batch_size: int, seconds: float) -> tuple[float, int]:
+    """(photos/s, model threads) of the faster of the predictors ({threads: Predictor}), each for ``seconds``."""
+    return max((_inprocess_rate(p, photos, batch_size, seconds), t) for t, p in predictors.items())
+
+
+def _inprocess_rate(predictor, photos: list[bytes], batch_size: int, seconds: float) -> float:
     from landmark_core.predict import PENDING, PhotoResult, predict_bytes
 
     def one(batch):
@@ -92,6 +98,17 @@ async def closed_loop(url: str, requests_: list[tuple[bytes, str]], clients: int
             "statuses": {str(k): v for k, v in sorted(statuses.items())}, "bad": bad[:5]}
 
 
+def paired_ratio(predictors: dict, photos: list[bytes], url: str, reqs, clients: int, ns) -> dict:
+    """(s)/(p) measured back to back ``ns.rounds`` times (``ns.seconds`` / 2 each): a machine whose load drifts
+    (other jobs) moves both halves of a pair alike. The median pair is the ratio."""
+    pairs = []
+    for _ in range(ns.rounds):
+        p, _t = bench_inprocess(predictors, photos, ns.max_batch_size, ns.seconds / 2)
+        s = asyncio.run(closed_loop(url, reqs, clients, ns.seconds / 2))
+        pairs.append((round(s["rps"], 1), round(p, 1), round(s["rps"] / p, 3)))
+    return {"pairs": pairs, "ratio": float(np.median([r for _, _, r in pairs]))}
+
+
 def tagger_replicas(app_name: str) -> list[str]:
     import ray
 
@@ -140,6 +157,20 @@ def mixed_requests(photos: list[bytes], expected: list[dict], limit: int, n: int
     return reqs, check
 
 
+def load_test(url: str, photos: list[bytes], expected: list[dict], ns, app_name: str) -> dict:
+    """(l): ns.load mixed requests from 16 clients, each answer's status (and a photo's tag) checked; the Tagger
+    replicas named before and after."""
+    before = tagger_replicas(app_name)
+    with tempfile.TemporaryDirectory() as tmp:
+        mixed, check = mixed_requests(photos, expected, int(ns.max_upload_mb * 1024 * 1024), ns.load, tmp)
+        r = asyncio.run(closed_loop(url, mixed, 16, 0, check=check))
+    after = tagger_replicas(app_name)
+    r.update(replicas_before=len(before), replicas_after=len(after), replicas_same=before == after)
+    _say(f"(l) {r['requests']} mixed requests: statuses {r['statuses']}, wrong {r['errors']} "
+         f"{r['bad'][:2] or ''}, {r['rps']} req/s, replicas {len(before)} -> {len(after)} (same: {before == after})")
+    return r
+
+
 def run_serve_bench(ns) -> dict:
     from ray import serve
 
@@ -158,11 +189,14 @@ def run_serve_bench(ns) -> dict:
                            batch_wait_ms=ns.batch_wait_ms, runtime=ns.runtime, max_upload_mb=ns.max_upload_mb)
     base.check()
     srv.prepare_model(base)
-    predictor = Predictor(ns.model, runtime=base.resolved_runtime())
+    cores = default_threads()
+    predictors = {t: Predictor(ns.model, runtime=base.resolved_runtime(), threads=t) for t in sorted({1, cores})}
+    predictor = predictors[1]
     expected = [r.__dict__ for r in predict_bytes([PhotoResult("p", PENDING) for _ in photos], photos, predictor)]
     out = {"photos": len(photos), "seconds": ns.seconds, "runtime": predictor.runtime}
-    first = bench_inprocess(predictor, photos, ns.max_batch_size, ns.seconds)
-    _say(f"(p) in-process predict_bytes, batch {ns.max_batch_size}: {first:.1f} photos/s")
+    first, threads = bench_inprocess(predictors, photos, ns.max_batch_size, ns.seconds)
+    _say(f"(p) in-process predict_bytes, batch {ns.max_batch_size}: {first:.1f} photos/s (best of 1 and {cores} "
+         f"model threads: {threads})")
     reqs = [(p, "image/jpeg") for p in photos]
     try:
         for label, batch in (("batched", ns.max_batch_size), ("unbatched", 1)):
@@ -174,29 +208,21 @@ def run_serve_bench(ns) -> dict:
                 out[f"{label}_{c}"] = r
                 _say(f"(s) {label} (max batch {batch}), {c} clients: {r['rps']} req/s, p50 {r['p50_ms']} "
                      f"p95 {r['p95_ms']} p99 {r['p99_ms']} ms, errors {r['errors']} {r['bad'][:1] or ''}")
-        # (p) again after (s): on a shared machine the load drifts; the ratio uses the mean of both
-        last = bench_inprocess(predictor, photos, ns.max_batch_size, ns.seconds)
+        # (p) again after (s): on a shared machine the load drifts; the table's ratios use the mean of both
+        last, threads = bench_inprocess(predictors, photos, ns.max_batch_size, ns.seconds)
         out["inprocess_ips_before"], out["inprocess_ips_after"] = round(first, 1), round(last, 1)
         out["inprocess_ips"] = round((first + last) / 2, 1)
-        _say(f"(p) again: {last:.1f} photos/s; mean {out['inprocess_ips']}")
+        _say(f"(p) again: {last:.1f} photos/s ({threads} threads); mean {out['inprocess_ips']}")
         top = max(ns.clients)
-        out["ratio"] = round(out[f"batched_{top}"]["rps"] / out["inprocess_ips"], 3)
+        out["ratio_table"] = round(out[f"batched_{top}"]["rps"] / out["inprocess_ips"], 3)
         out["ratio_unbatched"] = round(out[f"unbatched_{top}"]["rps"] / out["inprocess_ips"], 3)
-        _say(f"ratio (s, {top} clients, batched) / (p): {out['ratio']}; unbatched: {out['ratio_unbatched']}")
+        url = srv.start(base) + "/v1/tag"  # batched again, for the paired rounds and the load test
+        asyncio.run(closed_loop(url, reqs, 4, 1.0))
+        out.update(paired_ratio(predictors, photos, url, reqs, top, ns))
+        _say(f"ratio (s, {top} clients, batched) / (p), median of {ns.rounds} back-to-back pairs: {out['ratio']} "
+             f"{out['pairs']}; from the table: {out['ratio_table']}, unbatched {out['ratio_unbatched']}")
         if ns.load:
-            url = srv.start(base) + "/v1/tag"
-            asyncio.run(closed_loop(url, reqs, 4, 1.0))
-            before = tagger_replicas(base.app_name)
-            with tempfile.TemporaryDirectory() as tmp:
-                mixed, check = mixed_requests(photos, expected, int(ns.max_upload_mb * 1024 * 1024), ns.load, tmp)
-                r = asyncio.run(closed_loop(url, mixed, 16, 0, check=check))
-            after = tagger_replicas(base.app_name)
-            r["replicas_before"], r["replicas_after"] = len(before), len(after)
-            r["replicas_same"] = before == after
-            out["load"] = r
-            _say(f"(l) {r['requests']} mixed requests: statuses {r['statuses']}, wrong {r['errors']} "
-                 f"{r['bad'][:2] or ''}, {r['rps']} req/s, replicas {len(before)} -> {len(after)} "
-                 f"(same: {before == after})")
+            out["load"] = load_test(url, photos, expected, ns, base.app_name)
     finally:
         serve.shutdown()
     for v in out.values():
@@ -226,6 +252,7 @@ def add_arguments(p) -> None:
     p.add_argument("--runtime", default="auto")
     p.add_argument("--max-upload-mb", type=float, default=2.0,
                    help="the app's upload limit here (small: the load test's oversize bodies are just over it)")
+    p.add_argument("--rounds", type=int, default=3, help="back-to-back (p)/(s) pairs for the ratio (default 3)")
     p.add_argument("--load", type=int, default=0, help="also N mixed requests (good, bad, oversize, wrong type)")
     p.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")
     p.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
@@ -236,5 +263,5 @@ def check_arguments(p, ns) -> None:
         p.error(f"--images {ns.images}: no such directory")
     if not ns.clients or min(ns.clients) < 1:
         p.error(f"--clients must be positive integers, got {ns.clients}")
-    if ns.seconds <= 0 or ns.load < 0:
-        p.error("--seconds must be > 0 and --load >= 0")
+    if ns.seconds <= 0 or ns.load < 0 or ns.rounds < 1:
+        p.error("--seconds must be > 0, --rounds >= 1 and --load >= 0")

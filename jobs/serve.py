@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import logging
 import math
 import sys
 import time
@@ -25,6 +26,7 @@ from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
 from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 
+logger = logging.getLogger("ray.serve")
 APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_BATCH_FILES = 64
@@ -112,6 +114,8 @@ class ServeConfig:
         values = dict(args)
         if isinstance(values.get("replicas"), (str, int)):
             values["replicas"] = parse_min_max(str(values["replicas"]), "replicas")
+        elif isinstance(values.get("replicas"), list):  # YAML [MIN, MAX]
+            values["replicas"] = parse_min_max(",".join(map(str, values["replicas"])), "replicas")
         for name, f in cls.__dataclass_fields__.items():
             if name in values and values[name] is not None and f.type in ("int", "float"):
                 values[name] = (int if f.type == "int" else float)(values[name])
@@ -175,7 +179,8 @@ class HttpError(Exception):
 
 
 def error_body(reason: str, path: str | None = None) -> dict:
-    return {**PhotoResult(path, "failed", error=reason).__dict__}
+    """An error answer has the shape of a failed photo's result."""
+    return PhotoResult(path, "failed", error=reason).__dict__
 
 
 def status_for(result: dict) -> int:
@@ -201,7 +206,7 @@ async def read_bounded(request: Request, limit: int):
 async def uploaded_files(request: Request, limit: int, max_files: int) -> list[tuple[str, bytes]]:
     """(name, bytes) of every photo in the request: a raw image body, or the files of a multipart form."""
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
+    if ctype.lower().startswith("multipart/form-data"):
         parser = MultiPartParser(request.headers, read_bounded(request, limit), max_files=max_files, max_fields=16)
         try:
             form = await parser.parse()
@@ -244,7 +249,7 @@ def make_api(ingress: "TagApi") -> FastAPI:
     @api.get("/healthz")
     async def healthz():
         """Up when a Tagger replica answers (no auth: for load balancers)."""
-        info = await ingress.call(ingress.tagger.info.remote, deadline=5.0)
+        info = await ingress.call(ingress.tagger.info.remote, timeout_s=5.0)
         return {"status": "ok", "model_id": info["model_id"]}
 
     @api.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)])
@@ -295,13 +300,13 @@ class TagApi:
         """Each photo is its own Tagger call, so photos of one request batch with everyone else's."""
         return await self.call(lambda: _gather([self.tagger.tag.remote(f) for f in files]))
 
-    async def call(self, start, deadline: float | None = None):
+    async def call(self, start, timeout_s: float | None = None):
         """Await ``start()``, started again once if the replica died under it; 503 + Retry-After when there is
         no replica, the queue is full, or no answer comes by the deadline."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        deadline = time.monotonic() + (deadline or self.request_timeout_s)
+        deadline = time.monotonic() + (timeout_s or self.request_timeout_s)
         for attempt in (0, 1):
             try:
                 return await asyncio.wait_for(start(), max(0.0, deadline - time.monotonic()))
@@ -311,7 +316,9 @@ class TagApi:
             except BackPressureError:
                 raise HttpError(503, "unavailable: too many requests queued", {"Retry-After": str(RETRY_AFTER_S)}) \
                     from None
-            except (RayActorError, DeploymentUnavailableError):
+            except (RayActorError, DeploymentUnavailableError) as e:
+                logger.warning("a Tagger replica was lost under a request (%s); %s", type(e).__name__,
+                               "answering 503" if attempt else "retrying it once")
                 if attempt:
                     raise HttpError(503, "unavailable: the model replica was lost; retry",
                                     {"Retry-After": str(RETRY_AFTER_S)}) from None
@@ -333,7 +340,8 @@ def build_application(cfg: ServeConfig):
         "min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": cfg.max_batch_size}}
     tagger = Tagger.options(
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
-        max_ongoing_requests=2 * cfg.max_batch_size, max_queued_requests=cfg.max_queued,
+        # room for a batch being filled while one runs (and for queued single calls when batches are of 1)
+        max_ongoing_requests=max(2 * cfg.max_batch_size, 16), max_queued_requests=cfg.max_queued,
         health_check_period_s=2.0, **scale,
     ).bind(cfg.model, runtime=cfg.resolved_runtime(), k=cfg.k, threads=max(1, int(cfg.cpus_per_replica)),
            max_batch_size=cfg.max_batch_size, batch_wait_s=cfg.batch_wait_ms / 1000.0, s3_endpoint=cfg.s3_endpoint)

@@ -395,6 +395,10 @@ def test_replica_killed_under_load(app, expected):
     stop.set()
     for t in threads:
         t.join(timeout=60)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    retried = sum(p.read_text(errors="replace").count("retrying it once") for p in logs.glob("replica_*TagApi*"))
+    print(f"replica killed under load: {seen['ok']} right answers ({before} before the kill), "
+          f"{seen['503']} answered 503 + Retry-After, {len(seen['wrong'])} wrong; {retried} retried by the ingress")
     assert seen["wrong"] == [] and seen["other"] == [], seen
     assert seen["ok"] > before > 0
     deadline = time.monotonic() + 60  # the controller replaces the replica
