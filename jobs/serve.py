@@ -301,27 +301,22 @@ class TagApi:
         return await self.call(lambda: _gather([self.tagger.tag.remote(f) for f in files]))
 
     async def call(self, start, timeout_s: float | None = None):
-        """Await ``start()``, started again once if the replica died under it; 503 + Retry-After when there is
-        no replica, the queue is full, or no answer comes by the deadline."""
+        """Await ``start()``; 503 + Retry-After when no answer comes within the request timeout, the replicas'
+        queue is full, or the replica died under it. (Serve's router already re-sends a dead replica's requests
+        to a live one; an error that still gets here is answered, not raised.)"""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        deadline = time.monotonic() + (timeout_s or self.request_timeout_s)
-        for attempt in (0, 1):
-            try:
-                return await asyncio.wait_for(start(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise HttpError(503, "unavailable: not answered within the request timeout",
-                                {"Retry-After": str(RETRY_AFTER_S)}) from None
-            except BackPressureError:
-                raise HttpError(503, "unavailable: too many requests queued", {"Retry-After": str(RETRY_AFTER_S)}) \
-                    from None
-            except (RayActorError, DeploymentUnavailableError) as e:
-                logger.warning("a Tagger replica was lost under a request (%s); %s", type(e).__name__,
-                               "answering 503" if attempt else "retrying it once")
-                if attempt:
-                    raise HttpError(503, "unavailable: the model replica was lost; retry",
-                                    {"Retry-After": str(RETRY_AFTER_S)}) from None
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        try:
+            return await asyncio.wait_for(start(), timeout_s or self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError(503, "unavailable: not answered within the request timeout", retry) from None
+        except BackPressureError:
+            raise HttpError(503, "unavailable: too many requests queued", retry) from None
+        except (RayActorError, DeploymentUnavailableError) as e:
+            logger.warning("no Tagger replica could answer (%s): 503", type(e).__name__)
+            raise HttpError(503, "unavailable: the model replica was lost; retry", retry) from None
 
 
 async def _gather(responses):
