@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -389,6 +390,7 @@ def run(cfg: ServeConfig) -> None:
     safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
     print(f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
           f"{'; bearer token required' if cfg.token_file else ''}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
     try:
         while True:
             time.sleep(3600)
@@ -396,6 +398,10 @@ def run(cfg: ServeConfig) -> None:
         pass
     finally:
         serve.shutdown()
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
