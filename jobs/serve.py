@@ -22,6 +22,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from starlette.formparsers import MultiPartException, MultiPartParser
+
 from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
@@ -133,13 +139,7 @@ def parse_min_max(text: str, flag: str) -> tuple[int, int]:
     return parts[0], parts[-1]
 
 
-# ---------------------------------------------------------------- the deployments (Ray Serve imported here)
-
-from fastapi import Depends, FastAPI, Request  # noqa: E402  (after the torch-free config above)
-from fastapi.responses import HTMLResponse, JSONResponse  # noqa: E402
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer  # noqa: E402
-from ray import serve  # noqa: E402
-from starlette.formparsers import MultiPartException, MultiPartParser  # noqa: E402
+# ---------------------------------------------------------------- the deployments
 
 
 @serve.deployment(name="Tagger")
