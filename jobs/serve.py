@@ -338,7 +338,8 @@ def build_application(cfg: ServeConfig):
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
         # room for a batch being filled while one runs (and for queued single calls when batches are of 1)
         max_ongoing_requests=max(2 * cfg.max_batch_size, 16), max_queued_requests=cfg.max_queued,
-        health_check_period_s=2.0, **scale,
+        # the ingress logs each HTTP request; a second line per photo from here would only cost CPU
+        health_check_period_s=2.0, logging_config={"enable_access_log": False}, **scale,
     ).bind(cfg.model, runtime=cfg.resolved_runtime(), k=cfg.k, threads=max(1, int(cfg.cpus_per_replica)),
            max_batch_size=cfg.max_batch_size, batch_wait_s=cfg.batch_wait_ms / 1000.0, s3_endpoint=cfg.s3_endpoint)
     return TagApi.bind(tagger, token_sha256=cfg.token_sha256(),
