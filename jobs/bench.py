@@ -1,6 +1,7 @@
-"""`landmark bench tag|train|store`: throughput measured side by side in one run, printed as ratios.
+"""`landmark bench tag|train|store|serve`: throughput measured side by side in one run, printed as ratios.
 
-bench store: see jobs/_bench_store.py (our query paths against raw DuckDB on the same files, 1M..10M rows).
+bench store: see jobs/_bench_store.py (our query paths against raw DuckDB on the same files, 1M..10M rows);
+bench serve: jobs/bench_serve.py (the app over HTTP against the Predictor in-process).
 
 bench tag, on the same photos with the same model, (b), (c) and (e) on the same runtime (--runtime):
   (a) decode+preprocess alone, all cores (a process per core)
@@ -405,6 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "landmark-bench-store"),
                     help="where the synthetic stores are built (and kept for the next run)")
     so.add_argument("--json", action="store_true")
+
+    from jobs import bench_serve
+
+    bench_serve.add_arguments(sub.add_parser("serve", help="the app over HTTP vs the Predictor in-process; "
+                                                           "with and without batching; a mixed load test"))
     ns = p.parse_args(argv)
     if ns.what == "store":
         if ns.runs < 1 or ns.rows_per_run < 1 or ns.listed < 1 or min(ns.rows) < ns.rows_per_run:
@@ -428,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             p.error(str(e))
         result = run_tag(ns)
+    elif ns.what == "serve":
+        bench_serve.check_arguments(p, ns)
+        result = bench_serve.run_serve_bench(ns)
     else:
         result = run_train(ns)
     if ns.json:

@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("jobs.bench", "measure throughput side by side"),
     "report": ("jobs.report", "HTML report of a tags location"),
     "store": ("jobs.store", "the tag store's Delta table: history, optimize, vacuum, migrate"),
+    "serve": ("jobs.serve", "the app: the model over HTTP on Ray Serve, with an upload page"),
     "demo": ("jobs.demo", "the whole story on this machine"),
 }
 

@@ -15,6 +15,7 @@ from .predictor import FAILED, Predictor
 from .preprocess import DecodeError, check_gpu_decode, decode_image
 
 MODEL_ENV = "LANDMARK_MODEL"
+PENDING = "pending"  # a result whose photo is read but not yet decoded and tagged
 
 
 class NoModelError(ValueError):
@@ -58,58 +59,64 @@ def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 1
     the caller checks there is one, see run()); other files and JPEGs it refuses take the CPU path.
     """
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        decoded, images = {}, []
         results: list[PhotoResult] = []
-        datas: dict[str, bytes] = {}
-        for p in chunk:
+        datas: list[bytes | None] = []
+        for p in paths[start:start + batch_size]:
             try:
-                datas[p] = Path(p).read_bytes()
+                datas.append(Path(p).read_bytes())
             except OSError as e:
+                datas.append(None)
                 results.append(PhotoResult(p, FAILED, error=f"unreadable: {e.strerror or e}"))
                 continue
-            results.append(PhotoResult(p, "pending"))
-        on_device = _decode_on_device(datas, predictor) if gpu_decode else {}
-        for r in results:
-            if r.status != "pending":
-                continue
-            try:
-                if r.path in on_device:
-                    image, (r.exif_lat, r.exif_lon) = on_device[r.path]
-                else:
-                    d = decode_image(datas[r.path], draft_to=predictor.preset.draft_target())
-                    decoded[r.path] = d
-                    image, r.exif_lat, r.exif_lon = predictor.preset.to_uint8(d.image), d.exif_lat, d.exif_lon
-                    if gpu_decode:
-                        import torch
+            results.append(PhotoResult(p, PENDING))
+        yield from predict_bytes(results, datas, predictor, gpu_decode=gpu_decode)
 
-                        image = torch.from_numpy(image).to(predictor.device)
-                images.append(image)
-            except DecodeError as e:
-                r.status, r.error = FAILED, str(e)
-        if images:
-            if gpu_decode:
-                import torch
 
-                batch = torch.stack(images)
+def predict_bytes(results: list[PhotoResult], datas: list[bytes | None], predictor: Predictor, *,
+                  gpu_decode: bool = False) -> list[PhotoResult]:
+    """Decode and tag, in one model call, the photo bytes of every result still ``pending`` (``datas[i]`` belongs
+    to ``results[i]``); a photo that does not decode becomes a failed result with the DecodeError's reason.
+
+    The one path from bytes to a result: `landmark predict` and `landmark serve` both call it.
+    """
+    todo = [i for i, r in enumerate(results) if r.status == PENDING]
+    on_device = _decode_on_device({i: datas[i] for i in todo}, predictor) if gpu_decode else {}
+    images, decoded = [], []
+    for i in todo:
+        r = results[i]
+        try:
+            if i in on_device:
+                image, (r.exif_lat, r.exif_lon) = on_device[i]
             else:
-                batch = np.stack(images)
-            pred = predictor.predict_arrays(batch)
-            j = 0
-            for r in results:
-                if r.status != "pending":
-                    continue
-                r.status = pred["status"][j]
-                r.landmark = pred["landmark"][j]
-                r.score = float(pred["score"][j])
-                r.lat, r.lon = _num(pred["lat"][j]), _num(pred["lon"][j])
-                r.tags = predictor.tags(pred["topk_idx"][j], pred["topk_score"][j])
-                j += 1
-        yield from results
+                d = decode_image(datas[i], draft_to=predictor.preset.draft_target())
+                image, r.exif_lat, r.exif_lon = predictor.preset.to_uint8(d.image), d.exif_lat, d.exif_lon
+                if gpu_decode:
+                    import torch
+
+                    image = torch.from_numpy(image).to(predictor.device)
+            images.append(image)
+            decoded.append(r)
+        except DecodeError as e:
+            r.status, r.error = FAILED, str(e)
+    if images:
+        if gpu_decode:
+            import torch
+
+            batch = torch.stack(images)
+        else:
+            batch = np.stack(images)
+        pred = predictor.predict_arrays(batch)
+        for j, r in enumerate(decoded):
+            r.status = pred["status"][j]
+            r.landmark = pred["landmark"][j]
+            r.score = float(pred["score"][j])
+            r.lat, r.lon = _num(pred["lat"][j]), _num(pred["lon"][j])
+            r.tags = predictor.tags(pred["topk_idx"][j], pred["topk_score"][j])
+    return results
 
 
-def _decode_on_device(datas: dict[str, bytes], predictor: Predictor) -> dict:
-    """path -> ((S, S, 3) uint8 tensor on the predictor's device, (exif_lat, exif_lon)) for the JPEGs decoded there."""
+def _decode_on_device(datas: dict, predictor: Predictor) -> dict:
+    """key -> ((S, S, 3) uint8 tensor on the predictor's device, (exif_lat, exif_lon)) for the JPEGs decoded there."""
     from .preprocess import _open, _read_exif, decode_jpegs_to_uint8
 
     paths = list(datas)

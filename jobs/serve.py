@@ -1,0 +1,458 @@
+"""The app: `landmark serve` / `python -m jobs.serve`, the model on Ray Serve with an upload page.
+
+    HTTP (Serve proxy) -> TagApi (FastAPI ingress: auth, size and type checks, timeouts, the page)
+      -> Tagger replicas (@serve.batch: requests from many clients -> one model call; autoscaled MIN..MAX)
+         -> landmark_core.predict.predict_bytes (the decode, Predictor and abstention of `landmark predict`)
+
+A photo gets the JSON object `landmark predict --json` prints for it. `serve deploy serve_config.yaml` runs the
+same application through ``build_app`` on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from landmark_core import storage
+from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.predict import PENDING, PhotoResult, predict_bytes
+from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
+
+logger = logging.getLogger("ray.serve")
+APP_NAME = "landmark"
+RAW_TYPES = ("image/", "application/octet-stream")
+MAX_BATCH_FILES = 64
+RETRY_AFTER_S = 1
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replicas: tuple[int, int] = (1, 1)
+    gpus_per_replica: float = 0.0
+    cpus_per_replica: float = 1.0
+    max_batch_size: int = 16
+    batch_wait_ms: float = 10.0
+    runtime: str = "auto"  # landmark_core.runtime: auto = torch on a GPU replica, onnx-int8 on a CPU one
+    k: int = 5
+    token_file: str | None = None
+    max_upload_mb: float = 25.0
+    request_timeout_s: float = 30.0  # a request not answered by then gets 503 + Retry-After
+    max_queued: int = 512  # requests waiting for a Tagger replica at the ingress; beyond: 503 + Retry-After
+    s3_endpoint: str | None = None
+    ray_address: str | None = None
+    app_name: str = APP_NAME
+    route_prefix: str = "/"
+
+    def check(self) -> None:
+        for flag, v in (("-k", self.k), ("--max-batch-size", self.max_batch_size),
+                        ("--max-upload-mb", self.max_upload_mb), ("--request-timeout", self.request_timeout_s),
+                        ("--cpus-per-replica", self.cpus_per_replica), ("--max-queued", self.max_queued)):
+            if v is None or not v > 0 or not math.isfinite(v):
+                raise ConfigError(f"{flag} must be > 0, got {v}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ConfigError(f"--batch-wait-ms must be in [0, 10000], got {self.batch_wait_ms}")
+        lo, hi = self.replicas
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"--replicas must be MIN[,MAX] with 1 <= MIN <= MAX, got {lo},{hi}")
+        if self.gpus_per_replica < 0:
+            raise ConfigError(f"--gpus-per-replica must be >= 0, got {self.gpus_per_replica}")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be in 1..65535, got {self.port}")
+        if not self.host:
+            raise ConfigError("--host must not be empty")
+        try:
+            self.resolved_runtime()
+        except RuntimeChoiceError as e:
+            raise ConfigError(str(e)) from None
+        if self.token_file is not None:
+            self.token_sha256()
+        try:
+            storage.check_locations({"--model": self.model}, storage.S3Options(endpoint=self.s3_endpoint))
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
+
+    def resolved_runtime(self) -> str:
+        check_runtime(self.runtime)
+        return resolve_runtime(self.runtime, "cuda" if self.gpus_per_replica else "cpu")
+
+    def token_sha256(self) -> str | None:
+        """The token's SHA-256: the only form of it that leaves this process (Serve records deployment args)."""
+        if self.token_file is None:
+            return None
+        try:
+            token = Path(self.token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--token-file {self.token_file}: cannot read it ({type(e).__name__})") from None
+        if not token:
+            raise ConfigError(f"--token-file {self.token_file}: the file is empty")
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def from_mapping(cls, args: dict) -> "ServeConfig":
+        """A config from `serve deploy`'s ``args`` (strings as on the command line, or YAML values)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ConfigError(f"unknown serve args: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        if "model" not in args:
+            raise ConfigError("serve args need 'model'")
+        values = dict(args)
+        if isinstance(values.get("replicas"), (str, int)):
+            values["replicas"] = parse_min_max(str(values["replicas"]), "replicas")
+        elif isinstance(values.get("replicas"), list):  # YAML [MIN, MAX]
+            values["replicas"] = parse_min_max(",".join(map(str, values["replicas"])), "replicas")
+        for name, f in cls.__dataclass_fields__.items():
+            if name in values and values[name] is not None and f.type in ("int", "float"):
+                values[name] = (int if f.type == "int" else float)(values[name])
+        return cls(**values)
+
+
+def parse_min_max(text: str, flag: str) -> tuple[int, int]:
+    try:
+        parts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--{flag} must be MIN[,MAX] integers, got {text!r}") from None
+    if len(parts) not in (1, 2):
+        raise ConfigError(f"--{flag} must be MIN[,MAX], got {text!r}")
+    return parts[0], parts[-1]
+
+
+# ---------------------------------------------------------------- the deployments
+
+
+@serve.deployment(name="Tagger")
+class Tagger:
+    """The Predictor behind @serve.batch: concurrent requests become one model call of up to max_batch_size."""
+
+    def __init__(self, model: str, *, runtime: str, k: int, threads: int, max_batch_size: int,
+                 batch_wait_s: float, s3_endpoint: str | None):
+        from landmark_core.predictor import Predictor
+
+        self.predictor = Predictor(model, k=k, runtime=runtime, threads=threads,
+                                   storage_options={"endpoint": s3_endpoint})
+        self.tag.set_max_batch_size(max_batch_size)
+        self.tag.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def tag(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        # in a thread: decode and the model release the GIL, and the replica's event loop keeps batching
+        return await asyncio.to_thread(self._tag_now, items)
+
+    def _tag_now(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        results = [PhotoResult(name, PENDING) for name, _ in items]
+        return [r.__dict__ for r in predict_bytes(results, [data for _, data in items], self.predictor)]
+
+    def info(self) -> dict:
+        p = self.predictor
+        return {"model_id": p.model_id, "runtime": p.runtime, "k": p.k,
+                "catalog": p.catalog.to_json(), "metrics": p.artifact.metrics,
+                "abstain": {"method": p.method, "threshold": p.threshold}}
+
+
+class HttpError(Exception):
+    """An answer other than 200: the status, the reason words of the tag job's failed rows, optional headers."""
+
+    def __init__(self, status: int, reason: str, headers: dict | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers or {}
+
+
+def error_body(reason: str, path: str | None = None) -> dict:
+    """An error answer has the shape of a failed photo's result."""
+    return PhotoResult(path, "failed", error=reason).__dict__
+
+
+def status_for(result: dict) -> int:
+    """A photo that did not decode: 400 for an empty body, 422 for the rest (not_an_image, truncated, ...)."""
+    if result["status"] != "failed":
+        return 200
+    return 400 if str(result["error"]).startswith("empty") else 422
+
+
+async def read_bounded(request: Request, limit: int):
+    """The body as chunks, refusing (413) a declared or streamed size over ``limit`` before reading more."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HttpError(413, f"too_large: body of {int(declared)} bytes exceeds the {limit} byte upload limit")
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > limit:
+            raise HttpError(413, f"too_large: body exceeds the {limit} byte upload limit")
+        yield chunk
+
+
+async def uploaded_files(request: Request, limit: int, max_files: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every photo in the request: a raw image body, or the files of a multipart form."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.lower().startswith("multipart/form-data"):
+        parser = MultiPartParser(request.headers, read_bounded(request, limit), max_files=max_files, max_fields=16)
+        try:
+            form = await parser.parse()
+        except MultiPartException as e:
+            raise HttpError(400, f"unsupported: malformed multipart form ({e})") from None
+        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
+        if not files:
+            raise HttpError(400, "empty: the multipart form holds no file")
+        return files
+    if not ctype.lower().startswith(RAW_TYPES):
+        raise HttpError(415, f"unsupported: content type {ctype or '(none)'!r}; send image/*, "
+                             "application/octet-stream or multipart/form-data")
+    name = request.query_params.get("name") or "upload"
+    return [(name, b"".join([c async for c in read_bounded(request, limit)]))]
+
+
+def make_api(ingress: "TagApi") -> FastAPI:
+    """The HTTP API, built in each TagApi replica around its handle and settings."""
+    from jobs.serve_page import PAGE
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
+    api = FastAPI(title="landmark-tagger", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+                  description="Tag a photo with the landmark it shows, and where it was taken.")
+    bearer = HTTPBearer(auto_error=False, description="Bearer token (when the server runs with --token-file)")
+
+    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if ingress.token_sha256 is None:
+            return
+        given = hashlib.sha256(creds.credentials.encode()).hexdigest() if creds else ""
+        if not hmac.compare_digest(given, ingress.token_sha256):
+            raise HttpError(401, "unauthorized: send Authorization: Bearer <token>",
+                            {"WWW-Authenticate": "Bearer"})
+
+    @api.exception_handler(HttpError)
+    async def http_error(_request: Request, e: HttpError):
+        return JSONResponse(error_body(e.reason), status_code=e.status, headers=e.headers)
+
+    @api.get("/healthz")
+    async def healthz():
+        """Up when a Tagger replica answers (no auth: for load balancers)."""
+        info = await ingress.call(ingress.tagger.info.remote, timeout_s=5.0)
+        return {"status": "ok", "model_id": info["model_id"]}
+
+    @api.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)])
+    async def page():
+        """The upload page: one self-contained HTML file (no external scripts, fonts or tiles)."""
+        return HTMLResponse(PAGE)
+
+    @api.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def openapi():
+        return api.openapi()
+
+    @api.get("/docs", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def docs():
+        return get_swagger_ui_html(openapi_url="openapi.json", title="landmark-tagger API")
+
+    @api.get("/v1/model", dependencies=[Depends(authorize)])
+    async def model():
+        """The model's id, its catalog of landmarks with their locations, and its metrics."""
+        return await ingress.call(ingress.tagger.info.remote)
+
+    @api.post("/v1/tag", dependencies=[Depends(authorize)])
+    async def tag(request: Request):
+        """One photo (raw body with an image/* type, or multipart with one file) -> the `predict --json` object."""
+        files = await uploaded_files(request, ingress.max_upload_bytes, max_files=1)
+        result = (await ingress.tag_all(files[:1]))[0]
+        return JSONResponse(result, status_code=status_for(result))
+
+    @api.post("/v1/tag/batch", dependencies=[Depends(authorize)])
+    async def tag_batch(request: Request):
+        """Several photos as multipart files -> a list of `predict --json` objects, in order (failed ones inline)."""
+        files = await uploaded_files(request, ingress.max_upload_bytes, max_files=MAX_BATCH_FILES)
+        return await ingress.tag_all(files)
+
+    return api
+
+
+@serve.deployment(name="TagApi", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class TagApi:
+    def __init__(self, tagger, *, token_sha256: str | None, max_upload_bytes: int, request_timeout_s: float):
+        self.tagger, self.token_sha256 = tagger, token_sha256
+        self.max_upload_bytes, self.request_timeout_s = max_upload_bytes, request_timeout_s
+
+    def __serve_build_asgi_app__(self):
+        return make_api(self)
+
+    async def tag_all(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        """Each photo is its own Tagger call, so photos of one request batch with everyone else's."""
+        return await self.call(lambda: _gather([self.tagger.tag.remote(f) for f in files]))
+
+    async def call(self, start, timeout_s: float | None = None):
+        """Await ``start()``; 503 + Retry-After when no answer comes within the request timeout, the replicas'
+        queue is full, or the replica died under it. (Serve's router already re-sends a dead replica's requests
+        to a live one; an error that still gets here is answered, not raised.)"""
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        try:
+            return await asyncio.wait_for(start(), timeout_s or self.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HttpError(503, "unavailable: not answered within the request timeout", retry) from None
+        except BackPressureError:
+            raise HttpError(503, "unavailable: too many requests queued", retry) from None
+        except (RayActorError, DeploymentUnavailableError) as e:
+            logger.warning("no Tagger replica could answer (%s): 503", type(e).__name__)
+            raise HttpError(503, "unavailable: the model replica was lost; retry", retry) from None
+
+
+async def _gather(responses):
+    try:
+        return list(await asyncio.gather(*responses))
+    except BaseException:
+        for r in responses:
+            r.cancel()
+        raise
+
+
+def build_application(cfg: ServeConfig):
+    """The Serve application for ``cfg`` (checked): TagApi bound to a Tagger deployment."""
+    lo, hi = cfg.replicas
+    scale = {"num_replicas": lo} if lo == hi else {"autoscaling_config": {
+        "min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": cfg.max_batch_size}}
+    tagger = Tagger.options(
+        ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
+        # room for a batch being filled while one runs (and for queued single calls when batches are of 1)
+        max_ongoing_requests=max(2 * cfg.max_batch_size, 16), max_queued_requests=cfg.max_queued,
+        # the ingress logs each HTTP request; a second line per photo from here would only cost CPU
+        health_check_period_s=2.0, logging_config={"enable_access_log": False}, **scale,
+    ).bind(cfg.model, runtime=cfg.resolved_runtime(), k=cfg.k, threads=max(1, int(cfg.cpus_per_replica)),
+           max_batch_size=cfg.max_batch_size, batch_wait_s=cfg.batch_wait_ms / 1000.0, s3_endpoint=cfg.s3_endpoint)
+    return TagApi.bind(tagger, token_sha256=cfg.token_sha256(),
+                       max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
+                       request_timeout_s=cfg.request_timeout_s)
+
+
+def build_app(args: dict):
+    """`serve deploy serve_config.yaml` / `serve run jobs.serve:build_app model=DIR`: the app from ``args``."""
+    cfg = ServeConfig.from_mapping(args)
+    cfg.check()
+    prepare_model(cfg)
+    return build_application(cfg)
+
+
+def prepare_model(cfg: ServeConfig) -> None:
+    """Load the artifact once before any replica starts (a bad --model fails here, naming it) and build the
+    runtime's ONNX model into the machine's cache, so replicas on this node start without building it."""
+    runtime = cfg.resolved_runtime()
+    try:
+        art = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint},
+                            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch")
+    except ArtifactError as e:
+        raise ConfigError(f"--model: {e}") from None
+    if runtime in ONNX_RUNTIMES:
+        from landmark_core import runtime as rt
+
+        rt.model_bytes(art, runtime)
+
+
+# ---------------------------------------------------------------- driver
+
+
+def start(cfg: ServeConfig) -> str:
+    """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
+    cfg.check()
+    prepare_model(cfg)
+    from jobs._ray import init_ray
+
+    init_ray(cfg.ray_address, worker_env=None)
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def run(cfg: ServeConfig) -> None:
+    """Serve until interrupted, then shut Serve down."""
+    url = start(cfg)
+    safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
+    print(f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
+          f"{'; bearer token required' if cfg.token_file else ''}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", default="1", help="Tagger replicas MIN[,MAX]; autoscaled between them (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs (and model threads) per replica")
+    p.add_argument("--max-batch-size", type=int, default=16, help="photos per model call (@serve.batch)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (ms)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="model runtime (auto: torch on a GPU replica, onnx-int8 on a CPU one)")
+    p.add_argument("-k", "--top-k", dest="k", type=int, default=5)
+    p.add_argument("--token-file", default=None,
+                   help="file holding a bearer token; every request but /healthz must then send it")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (default 25 MB)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds before an unanswered request gets 503 + Retry-After (default 30)")
+    p.add_argument("--max-queued", type=int, default=512,
+                   help="requests queued for the replicas before new ones get 503 + Retry-After")
+    p.add_argument("--s3-endpoint", default=None)
+    p.add_argument("--ray-address", default=None)
+
+
+def config_from_args(ns: argparse.Namespace) -> ServeConfig:
+    return ServeConfig(model=ns.model, host=ns.host, port=ns.port, replicas=parse_min_max(ns.replicas, "replicas"),
+                       gpus_per_replica=ns.gpus_per_replica, cpus_per_replica=ns.cpus_per_replica,
+                       max_batch_size=ns.max_batch_size, batch_wait_ms=ns.batch_wait_ms, runtime=ns.runtime,
+                       k=ns.k, token_file=ns.token_file, max_upload_mb=ns.max_upload_mb,
+                       request_timeout_s=ns.request_timeout, max_queued=ns.max_queued,
+                       s3_endpoint=ns.s3_endpoint, ray_address=ns.ray_address)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="landmark serve", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    ns = p.parse_args(argv)
+    try:
+        cfg = config_from_args(ns)
+        cfg.check()
+    except ConfigError as e:
+        p.error(str(e))
+    try:
+        run(cfg)
+    except ConfigError as e:
+        print(f"landmark serve: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""`landmark serve`: the app on a real Ray Serve on loopback, the API on good and bad photos, token auth, the
+upload page in headless Chromium, a request timeout, and a replica killed under load."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from jobs import serve as srv
+from landmark_core import artifact as artifact_mod
+from landmark_core.predict import predict_paths
+from landmark_core.predictor import Predictor
+from landmark_core.preprocess import EvalPreset
+
+CHROMIUM = Path("/usr/bin/chromium")
+RUNTIME = "onnx-int8"  # the CPU default (`--runtime auto` on a CPU): the same ONNX model in the test and the app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_dir(make_tiny_artifact, tmp_path_factory) -> str:
+    """The tiny scratch CNN with a confident head (varied top-1s) at a small input size: cheap replicas."""
+    art = make_tiny_artifact(head_scale=40.0, preset=EvalPreset(64, 73), abstain={"method": "msp", "threshold": 0.6})
+    dest = tmp_path_factory.mktemp("serve_model") / "model"
+    artifact_mod.save(art, str(dest))
+    return str(dest)
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory) -> tuple[str, str]:
+    value = "tok-" + secrets.token_hex(16)
+    path = tmp_path_factory.mktemp("serve_token") / "token"
+    path.write_text(value + "\n")
+    return value, str(path)
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, model_dir, token):
+    """The app with a token, 2 Tagger replicas, a 1 MB upload limit; Serve shut down after the module."""
+    from ray import serve
+
+    cfg = srv.ServeConfig(model=model_dir, port=free_port(), replicas=(2, 2), cpus_per_replica=0.5,
+                          max_batch_size=8, batch_wait_ms=5, runtime=RUNTIME, token_file=token[1],
+                          max_upload_mb=1.0, request_timeout_s=20)
+    url = srv.start(cfg)
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token[0]}"
+    try:
+        yield {"url": url, "cfg": cfg, "s": session}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def expected(model_dir, synthetic_data, bad_corpus) -> dict:
+    """What `landmark predict --json` says for each synthetic photo and each file of the bad corpus."""
+    bad_dir, _ = bad_corpus
+    paths = synthetic_data["files"] + sorted(str(p) for p in bad_dir.iterdir())
+    pred = Predictor(model_dir, k=5, runtime=RUNTIME, threads=1)
+    return {p: r.__dict__ for p, r in zip(paths, predict_paths(paths, pred))}
+
+
+def same_answer(got: dict, want: dict) -> bool:
+    """Equal but for the path (the upload's name) and float rounding across processes."""
+    def strip(d):
+        return {k: v for k, v in d.items() if k not in ("path", "score", "tags")}
+
+    if strip(got) != strip(want) or (got["score"] is None) != (want["score"] is None):
+        return False
+    if got["score"] is not None and abs(got["score"] - want["score"]) > 1e-5:
+        return False
+    gt, wt = got["tags"] or [], want["tags"] or []
+    return [t["name"] for t in gt] == [t["name"] for t in wt] and all(
+        abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(gt, wt))
+
+
+def post_photo(app, path: str, ctype: str = "image/jpeg") -> requests.Response:
+    return app["s"].post(f"{app['url']}/v1/tag", data=Path(path).read_bytes(), params={"name": Path(path).name},
+                         headers={"Content-Type": ctype}, timeout=30)
+
+
+# ---------------------------------------------------------------------------------------------- the API
+
+
+def test_good_and_bad_photos_answer_as_predict_does(app, expected, bad_corpus):
+    _, kinds = bad_corpus
+    for path, want in expected.items():
+        r = post_photo(app, path)
+        got = r.json()
+        assert got["path"] == Path(path).name
+        assert same_answer(got, want), (path, got, want)
+        kind = kinds.get(Path(path).name)
+        if kind is None:
+            assert r.status_code == 200 and got["status"] in ("tagged", "no_landmark"), (path, got)
+        else:  # the reason words of the tag job's failed rows ("decode: <kind>: ..."), and the replica stays up
+            assert r.status_code == (400 if kind == "empty" else 422) and got["status"] == "failed"
+            assert got["error"].startswith(f"{kind}:"), got
+            assert post_photo(app, expected_good(expected)).status_code == 200
+    statuses = {w["status"] for w in expected.values()}
+    assert {"tagged", "failed"} <= statuses  # the corpus exercises both paths
+
+
+def expected_good(expected: dict) -> str:
+    return next(p for p, w in expected.items() if w["status"] == "tagged")
+
+
+def test_multipart_single_and_batch(app, expected):
+    good = [p for p, w in expected.items() if w["status"] != "failed"][:3]
+    bad = next(p for p, w in expected.items() if w["status"] == "failed")
+    with open(good[0], "rb") as f:
+        r = app["s"].post(f"{app['url']}/v1/tag", files={"photo": ("one.jpg", f, "image/jpeg")}, timeout=30)
+    assert r.status_code == 200 and r.json()["path"] == "one.jpg" and same_answer(r.json(), expected[good[0]])
+    files = [("photos", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in [*good, bad]]
+    r = app["s"].post(f"{app['url']}/v1/tag/batch", files=files, timeout=30)
+    assert r.status_code == 200
+    rows = r.json()
+    assert [row["path"] for row in rows] == [Path(p).name for p in [*good, bad]]
+    assert all(same_answer(row, expected[p]) for row, p in zip(rows, [*good, bad]))
+    r = app["s"].post(f"{app['url']}/v1/tag", files={"note": (None, "no file here")}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"].startswith("empty:")
+
+
+def test_oversize_and_wrong_type_are_refused_and_the_app_goes_on(app, expected):
+    good = expected_good(expected)
+    big = os.urandom(int(1.5 * 1024 * 1024))
+    for body in (big, iter([big[:600_000], big[600_000:]])):  # declared length, then chunked (no length)
+        r = app["s"].post(f"{app['url']}/v1/tag", data=body, headers={"Content-Type": "image/jpeg"}, timeout=30)
+        assert r.status_code == 413 and r.json()["status"] == "failed"
+        assert r.json()["error"].startswith("too_large:")
+        assert post_photo(app, good).status_code == 200
+    r = post_photo(app, good, ctype="text/plain")
+    assert r.status_code == 415 and r.json()["error"].startswith("unsupported:")
+    r = app["s"].post(f"{app['url']}/v1/tag", data=Path(good).read_bytes(), timeout=30)  # no type at all
+    assert r.status_code == 415
+    assert same_answer(post_photo(app, good).json(), expected[good])
+
+
+def test_model_health_and_docs(app, model_dir):
+    art = artifact_mod.load(model_dir, tensors="numpy")
+    info = app["s"].get(f"{app['url']}/v1/model", timeout=30).json()
+    assert info["model_id"] == art.model_id and info["runtime"] == RUNTIME
+    names = [lm["name"] for lm in info["catalog"]["landmarks"]]
+    assert names == art.catalog.names and all("lat" in lm and "lon" in lm for lm in info["catalog"]["landmarks"])
+    assert info["metrics"] == art.metrics
+    h = requests.get(f"{app['url']}/healthz", timeout=30)  # no token needed
+    assert h.status_code == 200 and h.json() == {"status": "ok", "model_id": art.model_id}
+    spec = app["s"].get(f"{app['url']}/openapi.json", timeout=30).json()
+    assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= set(spec["paths"])
+    assert app["s"].get(f"{app['url']}/docs", timeout=30).status_code == 200
+
+
+def test_token_is_required_and_never_logged(app, expected, token, ray_local):
+    good = expected_good(expected)
+    url = app["url"]
+    for method, path in (("post", "/v1/tag"), ("post", "/v1/tag/batch"), ("get", "/v1/model"), ("get", "/"),
+                         ("get", "/docs"), ("get", "/openapi.json")):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token[0]}):
+            r = getattr(requests, method)(url + path, headers=headers, timeout=30,
+                                          **({"data": Path(good).read_bytes()} if method == "post" else {}))
+            assert r.status_code == 401, (path, headers, r.status_code)
+            assert r.json()["error"].startswith("unauthorized") and r.headers["WWW-Authenticate"] == "Bearer"
+    assert post_photo(app, good).status_code == 200
+    session_dir = Path(ray_local._private.worker._global_node.get_session_dir_path())
+    leaks = [p for p in session_dir.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000
+             and token[0].encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    for argv, flag in ((["--replicas", "3,1"], "--replicas"), (["--max-batch-size", "0"], "--max-batch-size"),
+                       (["--token-file", str(tmp_path / "missing")], "--token-file"),
+                       (["--token-file", str(empty)], "--token-file"), (["--port", "70000"], "--port"),
+                       (["--max-upload-mb", "-1"], "--max-upload-mb"), (["--replicas", "a"], "--replicas")):
+        with pytest.raises(SystemExit) as e:
+            srv.main(["--model", model_dir, *argv])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+    with pytest.raises(srv.ConfigError, match="--model"):
+        srv.prepare_model(srv.ServeConfig(model=str(tmp_path / "no-model")))
+
+
+def test_serve_config_file_builds_the_app(model_dir):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve_config.yaml").read_text())
+    ServeDeploySchema.model_validate(doc)  # the file `serve deploy` takes
+    (app_doc,) = doc["applications"]
+    assert app_doc["import_path"] == "jobs.serve:build_app"
+    args = {**app_doc["args"], "model": model_dir, "token_file": None, "gpus_per_replica": 0, "runtime": RUNTIME}
+    built = srv.build_app(args)
+    assert built is not None
+
+
+# ---------------------------------------------------------------------------------------------- time-outs
+
+
+def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, expected):
+    """An app whose batches wait 10 s to fill, with a 1 s request timeout: 503 + Retry-After, no hang."""
+    from ray import serve
+
+    cfg = srv.ServeConfig(model=model_dir, replicas=(1, 1), cpus_per_replica=0.25, max_batch_size=64,
+                          batch_wait_ms=10_000, runtime=RUNTIME, request_timeout_s=1.0)
+    serve.run(srv.build_application(cfg), name="slow", route_prefix="/slow")
+    try:
+        base = app["url"].rsplit("/", 0)[0] + "/slow"
+        t0 = time.monotonic()
+        r = requests.post(f"{base}/v1/tag", data=Path(expected_good(expected)).read_bytes(),
+                          headers={"Content-Type": "image/jpeg"}, timeout=30)
+        took = time.monotonic() - t0
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert r.json()["error"].startswith("unavailable:") and took < 5
+    finally:
+        serve.delete("slow")
+
+
+# ---------------------------------------------------------------------------------------------- the page
+
+
+def cdp_browser(tmp_path: Path):
+    """Headless Chromium with a DevTools port; returns (process, the DevTools websocket URL of its page)."""
+    profile = tmp_path / "chromium-profile"
+    proc = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                             "--window-size=1200,900", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port_file = profile / "DevToolsActivePort"
+    for _ in range(200):
+        if port_file.exists() and port_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    port = int(port_file.read_text().split()[0])
+    targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+    page = next(t for t in targets if t["type"] == "page")
+    return proc, page["webSocketDebuggerUrl"]
+
+
+class Cdp:
+    def __init__(self, ws):
+        self.ws, self.n, self.events = ws, 0, []
+
+    def __call__(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=30))
+            if msg.get("id") == self.n:
+                assert "error" not in msg, msg
+                return msg["result"]
+            self.events.append(msg)
+
+    def js(self, expr: str):
+        return self("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+
+def drive_page(cdp: Cdp, app, token, photo: str, abstained: str, tmp_path: Path):
+    """Open the page with the token header, choose ``photo`` in its file input, wait for the answer, read it."""
+    cdp("Network.enable")
+    cdp("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {token[0]}"})
+    cdp("Page.enable")
+    cdp("Page.navigate", url=app["url"] + "/")
+    for _ in range(100):
+        if cdp.js("document.readyState") == "complete" and cdp.js("!!document.getElementById('file')"):
+            break
+        time.sleep(0.1)
+    choose_and_wait(cdp, abstained)  # a photo the model abstains on: the page says so
+    no_landmark = cdp.js("document.getElementById('headline').textContent")
+    choose_and_wait(cdp, photo)
+    headline = cdp.js("document.getElementById('headline').textContent")
+    rows = cdp.js("[...document.querySelectorAll('#tags tr')].map(r => r.cells[0].textContent)")
+    exif = cdp.js("document.getElementById('exif').textContent")
+    markers = cdp.js("document.querySelectorAll('#markers circle').length")
+    cdp("Runtime.evaluate", expression="document.getElementById('preview').decode()", awaitPromise=True)
+    shot = tmp_path / "serve-page.png"
+    shot.write_bytes(base64.b64decode(cdp("Page.captureScreenshot", format="png")["data"]))
+    urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+    return urls, headline, rows, exif, markers, shot, no_landmark
+
+
+def choose_and_wait(cdp: Cdp, photo: str) -> None:
+    """Choose ``photo`` in the page's file input (as a user would) and wait until its answer is shown."""
+    cdp.js("document.getElementById('result').dataset.state = 'idle'")
+    doc = cdp("DOM.getDocument")
+    node = cdp("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#file")
+    cdp("DOM.setFileInputFiles", nodeId=node["nodeId"], files=[photo])
+    for _ in range(300):
+        if cdp.js("document.getElementById('result').dataset.state") == "done":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the page showed no answer for {photo}")
+
+
+@pytest.mark.slow
+def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
+        pytest.skip("/usr/bin/chromium not installed")
+    photo = next(p for p, w in expected.items() if w["status"] == "tagged" and w["exif_lat"] is not None)
+    want = expected[photo]
+    abstained = next((p for p, w in expected.items() if w["status"] == "no_landmark"), None)
+    assert abstained, "the synthetic photos should include one the model abstains on (msp threshold 0.6)"
+    from websockets.sync.client import connect
+
+    proc, ws_url = cdp_browser(tmp_path)
+    try:
+        with connect(ws_url, max_size=None, open_timeout=10) as ws:
+            urls, headline, rows, exif, markers, shot, no_landmark = drive_page(Cdp(ws), app, token, photo,
+                                                                                abstained, tmp_path)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    assert headline.startswith(want["landmark"] + " ("), headline
+    assert no_landmark.startswith("no landmark"), no_landmark
+    assert rows == [t["name"] for t in want["tags"]]
+    assert f"{want['exif_lat']:.5f}" in exif and markers == 2  # the landmark and the photo's own GPS
+    # nothing but the app itself (and the photo's blob: URL) was requested: the page works air-gapped
+    assert urls and all(u.startswith((app["url"], "blob:", "data:")) for u in urls), urls
+    with Image.open(shot) as im:
+        assert im.size[0] >= 800
+        px = np.asarray(im.convert("RGB"), dtype=np.float32)
+    assert px.std() > 20 and len(np.unique(px.reshape(-1, 3), axis=0)) > 500, "screenshot looks blank"
+    print(f"screenshot: {shot}")
+
+
+# ---------------------------------------------------------------------------------------------- a replica killed
+
+
+@pytest.mark.slow
+def test_replica_killed_under_load(app, expected):
+    """Clients keep posting photos while a Tagger replica is killed: every answer is right or a 503 with
+    Retry-After, never a wrong answer or another status, and the app has both replicas again after."""
+    import ray
+    from ray import serve
+
+    photos = [p for p, w in expected.items() if w["status"] != "failed"]
+    stop, lock = threading.Event(), threading.Lock()
+    seen = {"ok": 0, "503": 0, "wrong": [], "other": []}
+
+    def client(i: int):
+        s = requests.Session()
+        s.headers.update(app["s"].headers)
+        j = i
+        while not stop.is_set():
+            p = photos[j % len(photos)]
+            j += 1
+            try:
+                r = post_photo({"s": s, "url": app["url"]}, p)
+            except requests.RequestException as e:
+                with lock:
+                    seen["other"].append(repr(e))
+                continue
+            with lock:
+                if r.status_code == 200:
+                    seen["ok"] += 1
+                    if not same_answer(r.json(), expected[p]):
+                        seen["wrong"].append((p, r.json()))
+                elif r.status_code == 503 and r.headers.get("Retry-After"):
+                    seen["503"] += 1
+                else:
+                    seen["other"].append((r.status_code, r.text[:200]))
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "Tagger" in a["name"]
+             and "landmark" in a["name"]]
+    assert len(names) == 2, names
+    before = seen["ok"]
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    time.sleep(4)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    rerouted = sum(p.read_text(errors="replace").count("because it has died") for p in logs.glob("*TagApi*"))
+    print(f"replica killed under load: {seen['ok']} right answers ({before} before the kill), "
+          f"{seen['503']} answered 503 + Retry-After, {len(seen['wrong'])} wrong; the router saw the dead replica "
+          f"{rerouted} times")
+    assert seen["wrong"] == [] and seen["other"] == [], seen
+    assert seen["ok"] > before > 0
+    deadline = time.monotonic() + 60  # the controller replaces the replica
+    while time.monotonic() < deadline:
+        reps = serve.status().applications["landmark"].deployments["Tagger"].replica_states
+        if reps.get("RUNNING") == 2:
+            break
+        time.sleep(0.5)
+    assert reps.get("RUNNING") == 2, reps
+    p = photos[0]
+    assert same_answer(post_photo(app, p).json(), expected[p])
