@@ -141,12 +141,12 @@ def listing(root: Path, n: int, seed: int = 1) -> Path:
 
 def measure(form: str, path: str, root: str, listing_path: str) -> dict:
     """Runs one form through one path; returns seconds, result rows and this process's peak RSS."""
-    from jobs import query as q
-    from landmark_core.catalog import UDACITY_50
-
     import deltalake  # noqa: F401  imports before the clock: a fixed cost, the same for every size
     import duckdb  # noqa: F401
     import pyarrow.dataset  # noqa: F401
+
+    from jobs import query as q
+    from landmark_core.catalog import UDACITY_50
 
     x = UDACITY_50[0]
     listed = None

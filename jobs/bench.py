@@ -39,7 +39,6 @@ from jobs.tag import COMPUTE_MODES
 from landmark_core.datasets import list_files
 from landmark_core.runtime import RUNTIMES
 
-
 # ---------------------------------------------------------------- memory
 
 

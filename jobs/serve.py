@@ -226,9 +226,9 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
 
 def make_api(ingress: "TagApi") -> FastAPI:
     """The HTTP API, built in each TagApi replica around its handle and settings."""
-    from jobs.serve_page import PAGE
-
     from fastapi.openapi.docs import get_swagger_ui_html
+
+    from jobs.serve_page import PAGE
 
     # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
     api = FastAPI(title="landmark-tagger", version="1", docs_url=None, redoc_url=None, openapi_url=None,

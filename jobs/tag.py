@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.runtime import RUNTIMES, ONNX_RUNTIMES, RuntimeChoiceError, resolve_runtime
+from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
 
 
