@@ -309,7 +309,8 @@ def test_pushdown_skips_row_groups_it_rules_out(tmp_path):
         fh.write(b"\xff" * chunk.total_compressed_size)
 
     assert uris(q.query(str(root), min_score=0.5)) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
-    with pytest.raises(duckdb.InvalidInputException, match="deserialize"):  # the same query filtered after reading would have to decode the bad pages
+    # the same query filtered after reading would have to decode the bad pages
+    with pytest.raises(duckdb.InvalidInputException, match="deserialize"):
         tagstore.read(str(root)).filter(pc.field("score") >= 0.5)
 
 
