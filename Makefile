@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup browser demo test test-fast clean bench
+.PHONY: setup browser lint demo test test-fast clean bench
 
 setup: $(STAMP)
 
@@ -29,10 +29,15 @@ browser:
 demo: setup
 	$(VENV)/bin/landmark demo $(DEMO_ARGS)
 
-test: setup browser
+# ruff (config in pyproject.toml): lint and format check, first and fast (about a second).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint browser
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
