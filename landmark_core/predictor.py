@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from . import abstention
+from . import abstention, recognizer
 from .artifact import Artifact, build_network, load
-from .calibration import softmax, threshold_at_accept_rate
+from .calibration import threshold_at_accept_rate
 from .preprocess import normalize_batch
 from .runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 
@@ -71,6 +71,7 @@ class Predictor:
         self.knn_k = int(art.abstain.get("k", 5))
         self.extra = {k_: np.asarray(v) for k_, v in art.extra_tensors.items()}
         self.threshold = self._threshold(art, min_score, accept_rate)
+        self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
         self.net, self._onnx = None, None
         if onnx:
             from . import runtime as rt
@@ -119,7 +120,8 @@ class Predictor:
         if n == 0:
             return self._empty()
         logits, emb = self.logits_and_embeddings(images_uint8)
-        probs = softmax(logits, self.temperature)
+        probs = recognizer.probabilities(self.recognizer, logits, emb, temperature=self.temperature,
+                                         extra=self.extra, n_classes=len(self.catalog))
         top = np.argsort(-probs, axis=1)[:, : self.k]
         top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
         ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
