@@ -13,6 +13,7 @@ COMMANDS = {
     "data": ("jobs.data", "fetch or generate datasets"),
     "bench": ("jobs.bench", "measure throughput side by side"),
     "report": ("jobs.report", "HTML report of a tags location"),
+    "catalog": ("jobs.catalog", "enroll, remove or list landmarks without retraining"),
     "demo": ("jobs.demo", "the whole story on this machine"),
 }
 

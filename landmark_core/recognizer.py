@@ -95,8 +95,8 @@ def probabilities(rec: Recognizer, logits: np.ndarray, emb: np.ndarray, *, tempe
     if rec.mode == "gallery":
         return g
     h = head.shape[1]
-    out = (1.0 - rec.alpha) * g
-    out[:, :h] += rec.alpha * g[:, :h].sum(axis=1, keepdims=True) * head
+    out = g.copy()
+    out[:, :h] = rec.alpha * g[:, :h].sum(axis=1, keepdims=True) * head + (1.0 - rec.alpha) * g[:, :h]
     return out
 
 
