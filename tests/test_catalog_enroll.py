@@ -278,7 +278,7 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, enrolled, world, tmp_pat
     for f in sorted((world["old"] / "test" / "00.Tower").glob("*.jpg")):
         (photos / f"old-{f.name}").write_bytes(f.read_bytes())
     summary = tag_run(TagConfig(input=str(photos), output=str(tmp_path / "tags"), model=enrolled["path"],
-                                runtime="onnx"))
+                                runtime="torch"))
     assert summary["model_id"] == load(enrolled["path"]).model_id and summary["counts"]["failed"] == 0
     rows = read_committed(str(tmp_path / "tags")).to_pylist()
     new = [r for r in rows if Path(r["uri"]).name.startswith("new-")]
@@ -287,3 +287,15 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, enrolled, world, tmp_pat
     assert (found["lat"], found["lon"]) == (48.1, 11.5)
     old = [r for r in rows if Path(r["uri"]).name.startswith("old-")]
     assert all(r["landmark"] != "Pyramid Plaza" for r in old)
+
+
+@pytest.mark.slow
+def test_many_photos_are_embedded_with_ray_data_alike(ray_local, trained, enrolled, world, tmp_path):
+    out = tmp_path / "ray"
+    job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(out), name="Pyramid Plaza",
+                              lat=48.1, lon=11.5, country="DE", runtime="torch", ray_min_photos=2, batch_size=2,
+                              photos=str(world["new"] / "train" / "00.Pyramid")))
+    a, b = load(str(out)), load(enrolled["path"])
+    for k in (rz.GALLERY, rz.GALLERY_LABELS, "bank", rz.VAL_EMB, rz.VAL_LABELS):
+        np.testing.assert_allclose(a.extra_tensors[k].numpy(), b.extra_tensors[k].numpy(), atol=1e-4, err_msg=k)
+    assert a.catalog == b.catalog and a.recognizer == b.recognizer
