@@ -52,6 +52,7 @@ class CatalogConfig:
     recognizer: str | None = None  # None: measured (best top-1 on the held-out photos)
     data: str | None = None  # upgrade: the model's training data (class folders)
     unknown: tuple[str, ...] = ()  # eval: folders of photos of no catalog landmark
+    accept_rate: float | None = None  # eval: the abstain threshold from this share of held-out photos
     runtime: str = "auto"
     batch_size: int = 32
     ray_min_photos: int = 400  # embed with Ray Data from this many photos on
@@ -80,6 +81,8 @@ class CatalogConfig:
         for flag, v in (("--batch-size", self.batch_size), ("--ray-min-photos", self.ray_min_photos)):
             if v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
+        if self.accept_rate is not None and not 0 < self.accept_rate <= 1:
+            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
         if self.recognizer is not None and self.recognizer not in RECOGNIZERS:
             raise ConfigError(f"--recognizer must be one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
         try:
@@ -161,10 +164,10 @@ def _load(cfg: CatalogConfig, tensors: str):
         raise ConfigError(f"--model: {e}") from None
 
 
-def _predictor(cfg: CatalogConfig, art):
+def _predictor(cfg: CatalogConfig, art, accept_rate: float | None = None):
     from landmark_core.predictor import Predictor, default_threads
 
-    return Predictor(art, k=1, runtime=cfg.runtime, threads=default_threads())
+    return Predictor(art, k=1, runtime=cfg.runtime, threads=default_threads(), accept_rate=accept_rate)
 
 
 def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> dict:
@@ -316,8 +319,8 @@ def embed_task(batch: dict, *, predictor: dict, opts) -> dict:
 
 def _evaluate(cfg: CatalogConfig, art) -> dict:
     """Top-1 (whatever the abstention says), tagged-and-right, abstained, on class folders; tags on unknowns."""
-    predictor = _predictor(cfg, art)
-    out = {"model_id": art.model_id}
+    predictor = _predictor(cfg, art, accept_rate=cfg.accept_rate)
+    out = {"model_id": art.model_id, "threshold": predictor.threshold}
     if cfg.photos:
         root = cfg.photos.rstrip("/")
         by_class = _class_split(list_files(root, cfg.s3_options()), root)
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", parents=[common], help="top-1 on class folders; tags on photos of no landmark")
     e.add_argument("--photos", help="class folders named like the catalog's landmarks")
     e.add_argument("--unknown", action="append", default=[], help="photos of no catalog landmark (repeatable)")
+    e.add_argument("--accept-rate", type=float, default=None,
+                   help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)")
     e.add_argument("--json", dest="as_json", action="store_true")
     return p
 

@@ -70,13 +70,29 @@ def gallery_vote(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, n_c
     out = np.zeros((n, n_classes), np.float64)
     if n == 0 or len(gallery) == 0:
         return out
-    sims = query @ gallery.T
+    with _one_blas_thread():
+        sims = query @ gallery.T
     k = min(k, sims.shape[1])
     idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     s = np.take_along_axis(sims, idx, axis=1).astype(np.float64)
     w = np.exp((s - s.max(axis=1, keepdims=True)) / tau)
     np.add.at(out, (np.repeat(np.arange(n), k), labels[idx].ravel()), w.ravel())
     return out / out.sum(axis=1, keepdims=True)
+
+
+_BLAS = None
+
+
+def _one_blas_thread():
+    """The search on one BLAS thread: the tag job runs a model per core already, and OpenBLAS's threads on a busy
+    machine made a small gallery's product 100x slower (pyproject.toml). One controller: inspecting the loaded
+    libraries per call would cost more than the product."""
+    global _BLAS
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def probabilities(rec: Recognizer, logits: np.ndarray, emb: np.ndarray, *, temperature: float, extra: dict,
