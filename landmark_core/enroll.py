@@ -271,7 +271,10 @@ def _finish(art: Artifact, ex: dict, *, action: dict, recognizer: str | None = N
         "catalog_changes": art.metrics.get("catalog_changes", []) + [action],
         "parent_model_id": art.model_id, "parent_metrics": parent,
     }
-    provenance = {**art.provenance, "parent_model_id": art.model_id, "catalog_change": action}
+    # lineage: the models this one was made from without training, nearest first; the tag job does not re-tag
+    # what they settled unless asked (--retag)
+    provenance = {**art.provenance, "parent_model_id": art.model_id, "catalog_change": action,
+                  "lineage": [art.model_id, *art.provenance.get("lineage", [])]}
     provenance.pop("created_at", None)
     return replace(art, extra_tensors=_like(art, ex), recognizer=rec.to_json(),
                    abstain={**art.abstain, "threshold": threshold}, metrics=metrics, provenance=provenance,

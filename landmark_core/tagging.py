@@ -116,10 +116,15 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
     return pa.table([uris, [s for s, _ in stats], [e for _, e in stats]], schema=LISTING_SCHEMA)
 
 
-def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
-    """Drop objects whose latest committed row has the same etag and model and did not fail."""
+def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options,
+            settled_by: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
+    """Drop objects whose latest committed row has the same etag and model and did not fail.
+
+    ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
+    from: the artifact's provenance ``lineage``)."""
+    models = pa.array([model_id, *settled_by], pa.string())
     done = tagstore.read_committed(output, columns=["uri", "etag", "model_id", "status"], opts=opts,
-                                   filter=(pc.field("model_id") == model_id) & (pc.field("status") != FAILED))
+                                   filter=pc.field("model_id").isin(models) & (pc.field("status") != FAILED))
     if done.num_rows == 0:
         return listing, 0
     done_keys = pc.binary_join_element_wise(done.column("uri"), done.column("etag"), "\x00")

@@ -166,6 +166,7 @@ def test_add_enrolls_a_landmark_the_model_never_trained_on(trained, enrolled, wo
     meta = json.loads(Path(enrolled["path"], "artifact.json").read_text())
     assert meta["recognizer"]["mode"] == art.recognizer["mode"]  # recorded in artifact.json
     assert meta["provenance"]["parent_model_id"] == trained["artifact"].model_id
+    assert meta["provenance"]["lineage"] == [trained["artifact"].model_id]
     labels = art.extra_tensors[rz.GALLERY_LABELS].numpy()
     assert (labels == 3).sum() == 5 and (art.extra_tensors[rz.VAL_LABELS].numpy() == 3).sum() == 1  # 6 = 5 + 1 held
     assert (art.extra_tensors["bank_labels"].numpy() == 3).sum() == 5  # known to the abstention score too
@@ -267,7 +268,7 @@ def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp
 
 
 @pytest.mark.slow
-def test_tag_run_finds_the_enrolled_landmark(ray_local, enrolled, world, tmp_path):
+def test_tag_run_finds_the_enrolled_landmark(ray_local, trained, enrolled, world, tmp_path):
     from jobs.tag import TagConfig, run as tag_run
     from landmark_core.tagstore import read_committed
 
@@ -277,10 +278,16 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, enrolled, world, tmp_pat
         (photos / f"new-{f.name}").write_bytes(f.read_bytes())
     for f in sorted((world["old"] / "test" / "00.Tower").glob("*.jpg")):
         (photos / f"old-{f.name}").write_bytes(f.read_bytes())
-    summary = tag_run(TagConfig(input=str(photos), output=str(tmp_path / "tags"), model=enrolled["path"],
-                                runtime="torch"))
+    tags = str(tmp_path / "tags")
+    first = tag_run(TagConfig(input=str(photos), output=tags, model=trained["path"], runtime="torch"))
+    assert first["counts"]["total"] == 8
+    # the enrolled model was made from the trained one: what that one settled is not re-tagged unless asked
+    again = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch"))
+    assert again["skipped"] == 8 and again["counts"]["total"] == 0
+    summary = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch",
+                                retag=True))
     assert summary["model_id"] == load(enrolled["path"]).model_id and summary["counts"]["failed"] == 0
-    rows = read_committed(str(tmp_path / "tags")).to_pylist()
+    rows = read_committed(tags).to_pylist()
     new = [r for r in rows if Path(r["uri"]).name.startswith("new-")]
     assert sum(r["landmark"] == "Pyramid Plaza" for r in new) >= 3
     found = next(r for r in new if r["landmark"] == "Pyramid Plaza")
