@@ -268,14 +268,21 @@ def bench_compare(ns, predictor, other, paths: list[str], images: np.ndarray, de
                   rounds: int = 3) -> dict:
     """--compare-model: (b) and (c) of a second artifact (e.g. the same network with a gallery recognizer after
     `landmark catalog add`), alternating with the first so that the machine's load hits both alike; medians."""
-    rates: dict[str, list[float]] = {"model": [], "model_cmp": [], "limit": [], "limit_cmp": []}
+    rates: dict[str, list[float]] = {"model": [], "model_cmp": [], "limit": [], "limit_cmp": [], "cpu": [],
+                                     "cpu_cmp": []}
     for _ in range(rounds):
         for key, p in (("", predictor), ("_cmp", other)):
+            cpu0 = time.process_time()
             rates["model" + key].append(bench_model(p, images, ns.batch_size))
+            # photos per CPU-second of this process: on a machine shared with other jobs the wall clock mostly
+            # measures them (bench_model's warm-up batch is counted too, alike for both)
+            rates["cpu" + key].append(len(images) / max(time.process_time() - cpu0, 1e-9))
             rates["limit" + key].append(bench_limit(p, paths, ns.batch_size, decode_threads=decode_threads))
     med = {k: float(np.median(v)) for k, v in rates.items()}
     out = {"compare_model": ns.compare_model, "compare_recognizer": other.recognizer.mode,
            "recognizer": predictor.recognizer.mode,
+           "compare_model_cpu_ips": round(med["cpu_cmp"], 2), "compare_model_cpu_ips_base": round(med["cpu"], 2),
+           "ratio_compare_model_cpu": round(med["cpu_cmp"] / med["cpu"], 3),
            "compare_model_ips": round(med["model_cmp"], 2), "compare_limit_ips": round(med["limit_cmp"], 2),
            "compare_model_ips_base": round(med["model"], 2), "compare_limit_ips_base": round(med["limit"], 2)}
     out["ratio_compare_model"] = round(out["compare_model_ips"] / out["compare_model_ips_base"], 3)
@@ -284,7 +291,9 @@ def bench_compare(ns, predictor, other, paths: list[str], images: np.ndarray, de
          f"({predictor.recognizer.mode}), medians of {rounds} alternating rounds: model alone "
          f"{out['compare_model_ips']:.1f} vs {out['compare_model_ips_base']:.1f} img/s "
          f"({out['ratio_compare_model']}x), single-process loop {out['compare_limit_ips']:.1f} vs "
-         f"{out['compare_limit_ips_base']:.1f} ({out['ratio_compare_limit']}x)")
+         f"{out['compare_limit_ips_base']:.1f} ({out['ratio_compare_limit']}x); model alone per CPU-second "
+         f"{out['compare_model_cpu_ips']:.1f} vs {out['compare_model_cpu_ips_base']:.1f} "
+         f"({out['ratio_compare_model_cpu']}x)")
     return out
 
 

@@ -306,3 +306,19 @@ def test_many_photos_are_embedded_with_ray_data_alike(ray_local, trained, enroll
     for k in (rz.GALLERY, rz.GALLERY_LABELS, "bank", rz.VAL_EMB, rz.VAL_LABELS):
         np.testing.assert_allclose(a.extra_tensors[k].numpy(), b.extra_tensors[k].numpy(), atol=1e-4, err_msg=k)
     assert a.catalog == b.catalog and a.recognizer == b.recognizer
+
+
+def test_bench_compare_measures_both_artifacts_side_by_side(trained, enrolled, world):
+    from argparse import Namespace
+
+    from jobs import bench
+
+    paths, _ = _split_files(world["old"], "test")
+    head, both = Predictor(trained["path"], runtime="torch"), Predictor(enrolled["path"], runtime="torch")
+    images = _decode(paths)
+    r = bench.bench_compare(Namespace(batch_size=4, compare_model=enrolled["path"]), head, both, paths, images,
+                            decode_threads=1, rounds=1)
+    assert r["compare_recognizer"] == both.recognizer.mode and r["recognizer"] == head.recognizer.mode
+    for k in ("compare_model_ips", "compare_model_ips_base", "compare_limit_ips", "compare_model_cpu_ips"):
+        assert r[k] > 0, k
+    assert r["ratio_compare_model"] == round(r["compare_model_ips"] / r["compare_model_ips_base"], 3)
