@@ -322,3 +322,20 @@ def test_bench_compare_measures_both_artifacts_side_by_side(trained, enrolled, w
     for k in ("compare_model_ips", "compare_model_ips_base", "compare_limit_ips", "compare_model_cpu_ips"):
         assert r[k] > 0, k
     assert r["ratio_compare_model"] == round(r["compare_model_ips"] / r["compare_model_ips_base"], 3)
+
+
+def test_add_from_s3_with_a_broken_photo(trained, world, s3, s3_bucket, monkeypatch, tmp_path, capsys):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    client = s3.client()
+    for f in sorted((world["new"] / "train" / "00.Pyramid").glob("*.jpg")):
+        client.put_object(Bucket=s3_bucket, Key=f"enroll/pyramid/{f.name}", Body=f.read_bytes())
+    client.put_object(Bucket=s3_bucket, Key="enroll/pyramid/broken.jpg", Body=b"not a photo at all")
+    out = tmp_path / "m"
+    summary = job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(out), name="Pyramid Plaza",
+                                        runtime="torch", photos=f"s3://{s3_bucket}/enroll/pyramid/",
+                                        s3_endpoint=s3.endpoint))
+    assert summary["change"]["added"][0]["failed"] == 1 and summary["change"]["added"][0]["photos"] == 6
+    assert "broken.jpg skipped: decode" in capsys.readouterr().err  # a bad photo is named, the others enroll
+    art = load(str(out))
+    assert (art.extra_tensors[rz.GALLERY_LABELS].numpy() == 3).sum() == 5
