@@ -157,9 +157,7 @@ def remove(art: Artifact, key: str) -> Artifact:
                               "(trained before bank labels), so they cannot be taken out; retrain without it")
         state, spec = _drop_head_column(state, c), ModelSpec(**{**spec.to_json(), "num_classes": n_head - 1})
         ex[VAL_LOGITS] = np.delete(ex[VAL_LOGITS], c, axis=1)
-        if "prototypes" in ex:
-            ex["prototypes"] = np.delete(ex["prototypes"], c, axis=0)
-    elif "prototypes" in ex:
+    if "prototypes" in ex:  # one per landmark, in catalog order
         ex["prototypes"] = np.delete(ex["prototypes"], c, axis=0)
     for rows, labels in ((GALLERY, GALLERY_LABELS), ("bank", "bank_labels"), ((VAL_LOGITS, VAL_EMB), VAL_LABELS)):
         if labels in ex:

@@ -339,3 +339,27 @@ def test_add_from_s3_with_a_broken_photo(trained, world, s3, s3_bucket, monkeypa
     assert "broken.jpg skipped: decode" in capsys.readouterr().err  # a bad photo is named, the others enroll
     art = load(str(out))
     assert (art.extra_tensors[rz.GALLERY_LABELS].numpy() == 3).sum() == 5
+
+
+def test_proto_abstention_grows_and_shrinks_msp_is_refused(trained, world, tmp_path):
+    art = trained["artifact"]
+    tr_uris, tr_y = _split_files(world["old"], "train")
+    _, tr_e = Predictor(art, runtime="torch").logits_and_embeddings(_decode(tr_uris))
+    protos = abstention.reference_tensors("proto", tr_e, tr_y, 3)["prototypes"]
+    proto = replace(art, abstain={**art.abstain, "method": "proto"}, model_id="",
+                    extra_tensors={**art.extra_tensors, "prototypes": torch.from_numpy(protos)})
+    save(proto, str(tmp_path / "proto"))
+    photos = str(world["new"] / "train" / "00.Pyramid")
+    job.run(job.CatalogConfig(action="add", model=str(tmp_path / "proto"), output=str(tmp_path / "p+"),
+                              name="Pyramid Plaza", runtime="torch", photos=photos))
+    grown = load(str(tmp_path / "p+"))
+    assert grown.extra_tensors["prototypes"].shape[0] == 4
+    job.run(job.CatalogConfig(action="remove", model=str(tmp_path / "p+"), output=str(tmp_path / "p-"),
+                              name="Pyramid Plaza"))
+    assert torch.equal(load(str(tmp_path / "p-")).extra_tensors["prototypes"], torch.from_numpy(protos))
+    msp = replace(art, abstain={"method": "msp", "threshold": 0.3}, model_id="")
+    save(msp, str(tmp_path / "msp"))
+    with pytest.raises(job.enroll.EnrollError, match="needs knn or proto"):
+        job.run(job.CatalogConfig(action="add", model=str(tmp_path / "msp"), output=str(tmp_path / "m+"),
+                                  name="Pyramid Plaza", runtime="torch", photos=photos))
+    assert not (tmp_path / "m+").exists()
