@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, openworld, storage
+from landmark_core import abstention, openworld, recognizer, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc,
@@ -55,6 +55,12 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
     else:
         threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
+    gallery = _gallery(cfg, ev, extra, n_classes)
+    # an open-world model's score is fitted on its head's softmax: its recognizer is the head
+    forced = "head" if open_world else (None if cfg.recognizer == "auto" else cfg.recognizer)
+    rec, rec_metrics = recognizer.choose(val_logits, ev["val_emb"], val_y, temperature=temperature,
+                                         extra={**extra, **gallery}, n_classes=n_classes, n_head=n_classes,
+                                         forced=forced)
 
     metrics = {
         "model": cfg.model, "freeze_backbone": cfg.freeze_backbone, "workers": cfg.workers,
@@ -67,6 +73,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         "resumed_after_epochs": train_state.get("resumed_after") or [],
         "stopped_early": bool(train_state.get("stopped_early")),
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+        "recognizer": rec.mode, "recognizer_val_top1": rec_metrics["val_top1"],
     }
     metrics.update(_split_metrics("val", val_logits, val_y, temperature, n_classes))
     if len(ev["test_labels"]):
@@ -88,9 +95,10 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
         catalog=data.catalog, preprocess=eval_preset, state_dict=state_dict, temperature=temperature,
-        abstain=abstain, metrics=metrics,
-        extra_tensors={**{k: _torch(v) for k, v in extra.items()},
-                       "val_scores": _torch(np.sort(val_scores).astype(np.float32))},
+        abstain=abstain, metrics=metrics, recognizer=rec.to_json(),
+        extra_tensors={**{k: _torch(v) for k, v in {**extra, **gallery}.items()},
+                       "val_scores": _torch(np.sort(val_scores).astype(np.float32)),
+                       **{k: _torch(v) for k, v in _held_out(ev).items()}},
         provenance=_provenance(cfg, run_name),
     )
     opts = cfg.s3_options()
@@ -157,6 +165,22 @@ def _fit_metrics(val_scores, val_logits, val_y, temperature: float, by_group: di
     return {"fit_val_right": float(((val_scores >= threshold) & right).mean()) if len(val_y) else float("nan"),
             "fit_wrong_rate": openworld.wrong_rate(by_group, threshold),
             "fit_negatives_tagged": {g: float((s >= threshold).mean()) for g, s in by_group.items()}}
+
+
+def _gallery(cfg, ev: dict, extra: dict, n_classes: int) -> dict:
+    """The training photos' embeddings as the recognizer's gallery, centred as the abstention bank is (the
+    centre is stored too when the abstention method has none)."""
+    train_emb = ev["train_emb"].astype(np.float32)
+    center = extra.get("center", train_emb.mean(axis=0).astype(np.float32))
+    return {"center": center, **recognizer.gallery_tensors(train_emb, ev["train_labels"], center, n_classes,
+                                                           seed=cfg.seed)}
+
+
+def _held_out(ev: dict) -> dict:
+    """Validation logits, embeddings and labels: `landmark catalog add` measures the recognizers on them again."""
+    return {recognizer.VAL_LOGITS: ev["val_logits"].astype(np.float32),
+            recognizer.VAL_EMB: ev["val_emb"].astype(np.float32),
+            recognizer.VAL_LABELS: np.asarray(ev["val_labels"]).astype(np.int64)}
 
 
 def _torch(a: np.ndarray):

@@ -244,6 +244,9 @@ def run_tag(ns) -> dict:
         out["limit_ips"], out["limit_decode_threads"] = max((c1, 1), (c2, cores))
         _say(f"(c) best single-process loop (decode overlapped with the model, {runtime}): {out['limit_ips']:.1f} "
              f"img/s (1 decode thread {c1:.1f}, {cores} decode threads {c2:.1f})")
+        if ns.compare_model:
+            out.update(bench_compare(ns, predictor, Predictor(ns.compare_model, threads=cores, runtime=runtime),
+                                     paths, images, out["limit_decode_threads"]))
         out["naive_ips"] = bench_naive(torch_net, paths)
         _say(f"(d) seed-style loop (torch fp32, full decode, Resize+CenterCrop, batch 1): "
              f"{out['naive_ips']:.1f} img/s")
@@ -260,6 +263,39 @@ def run_tag(ns) -> dict:
     _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}; "
          f"cold e/c {out['ratio_limit_cold']}; the job's peak RSS {out['peak_rss_mb']} MB with 1x the photos, "
          f"{out['peak_rss_scaled_mb']} MB with {ns.scale}x ({out['rss_ratio_scaled']}x)")
+    return out
+
+
+def bench_compare(ns, predictor, other, paths: list[str], images: np.ndarray, decode_threads: int,
+                  rounds: int = 3) -> dict:
+    """--compare-model: (b) and (c) of a second artifact (e.g. the same network with a gallery recognizer after
+    `landmark catalog add`), alternating with the first so that the machine's load hits both alike; medians."""
+    rates: dict[str, list[float]] = {"model": [], "model_cmp": [], "limit": [], "limit_cmp": [], "cpu": [],
+                                     "cpu_cmp": []}
+    for _ in range(rounds):
+        for key, p in (("", predictor), ("_cmp", other)):
+            cpu0 = time.process_time()
+            rates["model" + key].append(bench_model(p, images, ns.batch_size))
+            # photos per CPU-second of this process: on a machine shared with other jobs the wall clock mostly
+            # measures them (bench_model's warm-up batch is counted too, alike for both)
+            rates["cpu" + key].append(len(images) / max(time.process_time() - cpu0, 1e-9))
+            rates["limit" + key].append(bench_limit(p, paths, ns.batch_size, decode_threads=decode_threads))
+    med = {k: float(np.median(v)) for k, v in rates.items()}
+    out = {"compare_model": ns.compare_model, "compare_recognizer": other.recognizer.mode,
+           "recognizer": predictor.recognizer.mode,
+           "compare_model_cpu_ips": round(med["cpu_cmp"], 2), "compare_model_cpu_ips_base": round(med["cpu"], 2),
+           "ratio_compare_model_cpu": round(med["cpu_cmp"] / med["cpu"], 3),
+           "compare_model_ips": round(med["model_cmp"], 2), "compare_limit_ips": round(med["limit_cmp"], 2),
+           "compare_model_ips_base": round(med["model"], 2), "compare_limit_ips_base": round(med["limit"], 2)}
+    out["ratio_compare_model"] = round(out["compare_model_ips"] / out["compare_model_ips_base"], 3)
+    out["ratio_compare_limit"] = round(out["compare_limit_ips"] / out["compare_limit_ips_base"], 3)
+    _say(f"(b/c) --compare-model ({other.recognizer.mode}, {len(other.catalog)} landmarks) vs --model "
+         f"({predictor.recognizer.mode}), medians of {rounds} alternating rounds: model alone "
+         f"{out['compare_model_ips']:.1f} vs {out['compare_model_ips_base']:.1f} img/s "
+         f"({out['ratio_compare_model']}x), single-process loop {out['compare_limit_ips']:.1f} vs "
+         f"{out['compare_limit_ips_base']:.1f} ({out['ratio_compare_limit']}x); model alone per CPU-second "
+         f"{out['compare_model_cpu_ips']:.1f} vs {out['compare_model_cpu_ips_base']:.1f} "
+         f"({out['ratio_compare_model_cpu']}x)")
     return out
 
 
@@ -391,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--scale", type=int, default=10,
                    help="(e) also runs on this many copies of the photos (symlinks): memory 1x vs Nx")
     t.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
+    t.add_argument("--compare-model", default=None,
+                   help="a second artifact (e.g. after `landmark catalog add`): its (b) and (c) beside --model's, "
+                        "alternating, with their ratios")
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
     tr.add_argument("--data", required=True)
     tr.add_argument("--model", default="efficientnet_lite0")

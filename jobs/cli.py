@@ -15,6 +15,7 @@ COMMANDS = {
     "report": ("jobs.report", "HTML report of a tags location"),
     "store": ("jobs.store", "the tag store's Delta table: history, optimize, vacuum, migrate"),
     "serve": ("jobs.serve", "the app: the model over HTTP on Ray Serve, with an upload page"),
+    "catalog": ("jobs.catalog", "enroll, remove or list landmarks without retraining"),
     "demo": ("jobs.demo", "the whole story on this machine"),
 }
 

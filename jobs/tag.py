@@ -161,12 +161,15 @@ def run(cfg: TagConfig) -> dict:
 
     listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts)
     t_list = time.time()
+    # a catalog change (landmark catalog add/remove) does not re-tag what its parent models settled
+    lineage = tuple(artifact.provenance.get("lineage") or ())
     if cfg.retag:
         todo, skipped = listing, 0
     else:
-        todo, skipped = pending(listing, cfg.output, artifact.model_id, opts)
+        todo, skipped = pending(listing, cfg.output, artifact.model_id, opts, settled_by=lineage)
     print(f"[tag] run {run_id}: {listing.num_rows} photos listed, {skipped} already tagged by model "
-          f"{artifact.model_id}, {todo.num_rows} to tag", flush=True)
+          f"{artifact.model_id}" + (f" or the models it was made from ({', '.join(lineage)})" if lineage else "")
+          + f", {todo.num_rows} to tag", flush=True)
     timings = {"list_seconds": round(t_list - t_start, 2)}
     if todo.num_rows:
         onnx_model = None

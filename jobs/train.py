@@ -23,6 +23,7 @@ from jobs._ray import init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
 from landmark_core.models import KNOWN_MODELS, check_model_name
+from landmark_core.recognizer import RECOGNIZERS
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ class TrainConfig:
     max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
     abstain_method: str = "auto"
     accept_rate: float = 0.95
+    recognizer: str = "auto"  # head | gallery | both | auto (measured on the validation split)
     loader_workers: int | None = None
     cache_mb: int = 1024
     report: bool = True
@@ -106,6 +108,8 @@ class TrainConfig:
             raise ConfigError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.abstain_method not in ("auto",) + METHODS:
             raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
+        if self.recognizer not in ("auto",) + RECOGNIZERS:
+            raise ConfigError(f"--recognizer must be auto or one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
         if self.model == "scratch" and self.freeze_backbone:
             raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
         if self.probe_epochs < 0:
@@ -317,6 +321,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
     p.add_argument("--accept-rate", type=float, default=d.accept_rate,
                    help="share of known validation photos the abstain threshold accepts")
+    p.add_argument("--recognizer", default=d.recognizer, choices=("auto",) + RECOGNIZERS,
+                   help="how the model names a landmark: its head, a kNN vote over its gallery of training photos, "
+                        "or both; auto (default) picks the best top-1 on the validation split")
     p.add_argument("--loader-workers", type=int, default=None, help="DataLoader processes per worker")
     p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="decoded-photo cache per worker")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the report PNGs")

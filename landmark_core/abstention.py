@@ -38,9 +38,9 @@ def reference_tensors(method: str, embeddings: np.ndarray, labels: np.ndarray, n
         rng = np.random.default_rng(seed)
         keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:bank_per_class]
                                for c in range(n_classes)])
-        keep = np.sort(keep)
-        return {"bank": _unit(embeddings[keep]).astype(np.float32), "center": center,
-                "bank_labels": np.asarray(labels)[keep].astype(np.int32)}
+        keep = np.sort(keep)  # bank_labels: which landmark each row shows (`landmark catalog remove` needs it)
+        return {"bank": _unit(embeddings[keep]).astype(np.float32), "bank_labels": labels[keep].astype(np.int64),
+                "center": center}
 
 
 def known_score(method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float,

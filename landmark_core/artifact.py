@@ -46,6 +46,8 @@ class Artifact:
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     model_id: str = ""
+    # landmark_core.recognizer.Recognizer.to_json(); empty = the head alone (artifacts from before the gallery)
+    recognizer: dict = field(default_factory=dict)
 
     def meta(self, weights_sha256: str) -> dict:
         body = {
@@ -57,6 +59,8 @@ class Artifact:
             "abstain": self.abstain,
             "weights_sha256": weights_sha256,
         }
+        if self.recognizer:  # only when set: the model_id of an artifact without one stays what it was
+            body["recognizer"] = self.recognizer
         model_id = "lm-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
         return {**body, "model_id": model_id, "metrics": self.metrics, "provenance": self.provenance}
 
@@ -136,13 +140,22 @@ def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch
             metrics=meta.get("metrics", {}),
             provenance=meta.get("provenance", {}),
             model_id=meta["model_id"],
+            recognizer=dict(meta.get("recognizer") or {}),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{meta_uri}: malformed artifact metadata ({type(e).__name__}: {e})") from None
-    if art.spec.num_classes != len(art.catalog):
-        raise ArtifactError(f"{meta_uri}: model has {art.spec.num_classes} classes but the catalog "
-                            f"{len(art.catalog)}")
+    _check_classes(art, meta_uri)
     return art
+
+
+def _check_classes(art: Artifact, meta_uri: str) -> None:
+    """The head names the first spec.num_classes landmarks; landmarks after them (enrolled by `landmark catalog
+    add`) need a gallery recognizer and gallery photos."""
+    n_head, n = art.spec.num_classes, len(art.catalog)
+    if n == n_head:
+        return
+    if n < n_head or art.recognizer.get("mode", "head") == "head" or "gallery" not in art.extra_tensors:
+        raise ArtifactError(f"{meta_uri}: model has {n_head} classes but the catalog {n}")
 
 
 def _read(uri: str, opts) -> bytes:

@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 
-from . import abstention, openworld
+from . import abstention, openworld, recognizer
 from .artifact import Artifact, build_network, load
-from .calibration import softmax, threshold_at_accept_rate
+from .calibration import threshold_at_accept_rate
 from .preprocess import normalize_batch
 from .runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 
@@ -75,6 +75,7 @@ class Predictor:
         self.extra = {k_: np.asarray(v) for k_, v in art.extra_tensors.items()}
         self.calibrator = art.abstain.get("calibrator")
         self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
+        self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
         self.net, self._onnx = None, None
         if onnx:
             from . import runtime as rt
@@ -131,7 +132,8 @@ class Predictor:
         if n == 0:
             return self._empty()
         logits, emb = self.logits_and_embeddings(images_uint8)
-        probs = softmax(logits, self.temperature)
+        probs = recognizer.probabilities(self.recognizer, logits, emb, temperature=self.temperature,
+                                         extra=self.extra, n_classes=len(self.catalog))
         top = np.argsort(-probs, axis=1)[:, : self.k]
         top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
         if self.method == "openworld":

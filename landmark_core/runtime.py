@@ -85,8 +85,7 @@ def model_bytes(artifact, runtime: str, *, use_cache: bool = True) -> bytes:
     """The ONNX model of ``artifact`` for ``runtime`` (onnx | onnx-int8): from the cache, else built and cached."""
     if runtime not in ONNX_RUNTIMES:
         raise RuntimeChoiceError(f"no ONNX model for runtime {runtime!r}")
-    key = f"{artifact.model_id or _content_key(artifact)}-{runtime}-r{RECIPE}.onnx"
-    path = cache_dir() / key
+    path = _cache_path(artifact.model_id or _content_key(artifact), runtime)
     if use_cache and path.is_file():
         return path.read_bytes()
     fp32 = export_onnx(artifact)
@@ -94,6 +93,16 @@ def model_bytes(artifact, runtime: str, *, use_cache: bool = True) -> bytes:
     if use_cache:
         _write_atomic(path, blob)
     return blob
+
+
+def _cache_path(model_id: str, runtime: str) -> Path:
+    return cache_dir() / f"{model_id}-{runtime}-r{RECIPE}.onnx"
+
+
+def cache_model(model_id: str, runtime: str, blob: bytes) -> None:
+    """Cache ``blob`` as the ONNX model of ``model_id`` (an artifact whose network is another's, e.g. after
+    `landmark catalog add`: same weights, new model_id)."""
+    _write_atomic(_cache_path(model_id, runtime), blob)
 
 
 def _content_key(artifact) -> str:

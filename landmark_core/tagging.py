@@ -115,10 +115,14 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
     return pa.table([uris, [s for s, _ in stats], [e for _, e in stats]], schema=LISTING_SCHEMA)
 
 
-def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options) -> tuple[pa.Table, int]:
+def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options,
+            settled_by: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
     """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
     listed uris only (the listing's uris filter the scan), their latest per uri, anti-joined with the listing in
-    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history."""
+    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history.
+
+    ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
+    from: the artifact's provenance ``lineage``)."""
     store = tagstore.open_store(output, opts)
     if store is None:
         return listing, 0
@@ -127,7 +131,8 @@ def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Optio
                                       filter=pc.field("uri").isin(listing.column("uri")))
         store.con.register("listed_rows", rows)
         store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
-        todo = store.con.sql(SKIP_SQL.format(rows="listed_rows"), params=[model_id, FAILED]).to_arrow_table()
+        todo = store.con.sql(SKIP_SQL.format(rows="listed_rows"),
+                             params=[[model_id, *settled_by], FAILED]).to_arrow_table()
     finally:
         store.close()
     todo = todo.select(listing.column_names).cast(listing.schema)
@@ -141,7 +146,8 @@ WITH cur AS (
     SELECT uri, etag, model_id, status FROM {rows}
     QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1)
 SELECT l.* FROM listing l
-ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND cur.model_id = ? AND cur.status <> ?
+ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND list_contains(?::VARCHAR[], cur.model_id)
+    AND cur.status <> ?
 ORDER BY l._i
 """
 

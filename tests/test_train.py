@@ -49,6 +49,11 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     assert art.model_id == saved["model_id"] and art.catalog.folders == train_data["classes"]
     assert art.catalog[0].lat is not None  # coords.json beside the data was picked up
     assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
+    # the gallery (training photos) and held-out tensors for `landmark catalog`, the recognizer measured on val
+    assert art.extra_tensors["gallery"].shape[0] == len(art.extra_tensors["gallery_labels"]) > 0
+    assert {"val_logits", "val_emb", "val_labels"} <= set(art.extra_tensors)
+    assert saved["recognizer"] == art.recognizer["mode"] and set(saved["recognizer_val_top1"]) == {
+        "head", "both", "gallery"}
     # one console line per epoch with loss, accuracy and images/s
     printed = capfd.readouterr()
     lines = [ln for ln in (printed.out + printed.err).splitlines() if "[train] epoch" in ln]
