@@ -44,8 +44,12 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         extra, calibrator = _fit_open_world(cfg, ev, temperature, n_classes)
         score = _open_world_scorer(temperature, extra, calibrator)
     else:
-        extra, calibrator = abstention.reference_tensors(method, ev["train_emb"].astype(np.float32),
-                                                         ev["train_labels"], n_classes, seed=cfg.seed), None
+        extra, calibrator = (
+            abstention.reference_tensors(
+                method, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes, seed=cfg.seed
+            ),
+            None,
+        )
         score = _scorer(method, temperature, extra)
     val_scores = score(val_logits, ev["val_emb"])
     if open_world:
@@ -58,28 +62,47 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     gallery = _gallery(cfg, ev, extra, n_classes)
     # an open-world model's score is fitted on its head's softmax: its recognizer is the head
     forced = "head" if open_world else (None if cfg.recognizer == "auto" else cfg.recognizer)
-    rec, rec_metrics = recognizer.choose(val_logits, ev["val_emb"], val_y, temperature=temperature,
-                                         extra={**extra, **gallery}, n_classes=n_classes, n_head=n_classes,
-                                         forced=forced)
+    rec, rec_metrics = recognizer.choose(
+        val_logits,
+        ev["val_emb"],
+        val_y,
+        temperature=temperature,
+        extra={**extra, **gallery},
+        n_classes=n_classes,
+        n_head=n_classes,
+        forced=forced,
+    )
 
     metrics = {
-        "model": cfg.model, "freeze_backbone": cfg.freeze_backbone, "workers": cfg.workers,
+        "model": cfg.model,
+        "freeze_backbone": cfg.freeze_backbone,
+        "workers": cfg.workers,
         # the epoch whose weights the worker kept (TrainState's rule: improved by 1e-4, NaN counts as improved)
-        "epochs": len(history), "best_epoch": int(train_state.get("best_epoch", 0)),
+        "epochs": len(history),
+        "best_epoch": int(train_state.get("best_epoch", 0)),
         "train_seconds": round(train_seconds, 1),
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
-        "temperature": temperature, "abstain_method": method, "abstain_threshold": threshold,
+        "temperature": temperature,
+        "abstain_method": method,
+        "abstain_threshold": threshold,
         "accept_rate": cfg.accept_rate,
         "resumed_after_epochs": train_state.get("resumed_after") or [],
         "stopped_early": bool(train_state.get("stopped_early")),
-        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-        "recognizer": rec.mode, "recognizer_val_top1": rec_metrics["val_top1"],
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "recognizer": rec.mode,
+        "recognizer_val_top1": rec_metrics["val_top1"],
     }
     metrics.update(_split_metrics("val", val_logits, val_y, temperature, n_classes))
     if len(ev["test_labels"]):
         metrics.update(_split_metrics("test", ev["test_logits"], ev["test_labels"], temperature, n_classes))
-        metrics["test_per_class"] = dict(zip(data.catalog.names, per_class_accuracy(
-            softmax(ev["test_logits"], temperature), ev["test_labels"], n_classes)))
+        metrics["test_per_class"] = dict(
+            zip(
+                data.catalog.names,
+                per_class_accuracy(softmax(ev["test_logits"], temperature), ev["test_labels"], n_classes),
+            )
+        )
         test_scores = score(ev["test_logits"], ev["test_emb"])
         metrics["test_false_abstain"] = float((test_scores < threshold).mean())
     if len(ev["unknown_logits"]):
@@ -87,18 +110,26 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         metrics["open_world"] = _open_world_summary(ev, temperature, threshold, score, open_world)
     abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
     if open_world:
-        abstain.update(calibrator=calibrator, max_wrong_rate=cfg.max_wrong_rate, accept_rate=None,
-                       negative_groups=negatives.groups)
+        abstain.update(
+            calibrator=calibrator, max_wrong_rate=cfg.max_wrong_rate, accept_rate=None, negative_groups=negatives.groups
+        )
         metrics.update(_fit_metrics(val_scores, val_logits, val_y, temperature, by_group, threshold))
         metrics["max_wrong_rate"] = cfg.max_wrong_rate
     _, eval_preset = presets_for(cfg.image_size)
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
-        catalog=data.catalog, preprocess=eval_preset, state_dict=state_dict, temperature=temperature,
-        abstain=abstain, metrics=metrics, recognizer=rec.to_json(),
-        extra_tensors={**{k: _torch(v) for k, v in {**extra, **gallery}.items()},
-                       "val_scores": _torch(np.sort(val_scores).astype(np.float32)),
-                       **{k: _torch(v) for k, v in _held_out(ev).items()}},
+        catalog=data.catalog,
+        preprocess=eval_preset,
+        state_dict=state_dict,
+        temperature=temperature,
+        abstain=abstain,
+        metrics=metrics,
+        recognizer=rec.to_json(),
+        extra_tensors={
+            **{k: _torch(v) for k, v in {**extra, **gallery}.items()},
+            "val_scores": _torch(np.sort(val_scores).astype(np.float32)),
+            **{k: _torch(v) for k, v in _held_out(ev).items()},
+        },
         provenance=_provenance(cfg, run_name),
     )
     opts = cfg.s3_options()
@@ -107,10 +138,15 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
     if cfg.report:
         _write_report(cfg, data, ev, history, temperature, opts)
-    print(f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): "
-          + ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val_top1", "test_top1", "test_top5", "test_ece",
-                                                        "open_auroc", "open_reject_at_95") if k in metrics),
-          flush=True)
+    print(
+        f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): "
+        + ", ".join(
+            f"{k} {metrics[k]:.4f}"
+            for k in ("val_top1", "test_top1", "test_top5", "test_ece", "open_auroc", "open_reject_at_95")
+            if k in metrics
+        ),
+        flush=True,
+    )
     return metrics
 
 
@@ -118,11 +154,13 @@ def _fit_open_world(cfg, ev, temperature: float, n_classes: int) -> tuple[dict, 
     """The open-world score's banks (known training photos, training negatives as distractors) and its
     calibrator: P(top-1 right) fitted on known validation photos (right or wrong) and held-back negatives,
     the two sides weighted alike so that neither the few known photos nor the many negatives dominate."""
-    extra = abstention.reference_tensors("knn", ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
-                                         seed=cfg.seed)
+    extra = abstention.reference_tensors(
+        "knn", ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes, seed=cfg.seed
+    )
     distractors = ev["negtrain_emb"].astype(np.float32) - extra["center"]
-    extra["distractors"] = (distractors / np.maximum(np.linalg.norm(distractors, axis=1, keepdims=True), 1e-12)
-                            ).astype(np.float32)
+    extra["distractors"] = (distractors / np.maximum(np.linalg.norm(distractors, axis=1, keepdims=True), 1e-12)).astype(
+        np.float32
+    )
     x_val = openworld.features(ev["val_logits"], ev["val_emb"], temperature=temperature, extra=extra)
     x_neg = openworld.features(ev["negfit_logits"], ev["negfit_emb"], temperature=temperature, extra=extra)
     right = (softmax(ev["val_logits"], temperature).argmax(axis=1) == ev["val_labels"]).astype(np.float64)
@@ -135,6 +173,7 @@ def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
     def score(logits, emb):
         x = openworld.features(logits, emb, temperature=temperature, extra=extra)
         return openworld.prob_right(x, calibrator)
+
     return score
 
 
@@ -162,9 +201,11 @@ def _by_group(scores: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[
 def _fit_metrics(val_scores, val_logits, val_y, temperature: float, by_group: dict, threshold: float) -> dict:
     """What the threshold does on the photos it was fitted on (not an evaluation: `landmark eval` is)."""
     right = softmax(val_logits, temperature).argmax(axis=1) == val_y
-    return {"fit_val_right": float(((val_scores >= threshold) & right).mean()) if len(val_y) else float("nan"),
-            "fit_wrong_rate": openworld.wrong_rate(by_group, threshold),
-            "fit_negatives_tagged": {g: float((s >= threshold).mean()) for g, s in by_group.items()}}
+    return {
+        "fit_val_right": float(((val_scores >= threshold) & right).mean()) if len(val_y) else float("nan"),
+        "fit_wrong_rate": openworld.wrong_rate(by_group, threshold),
+        "fit_negatives_tagged": {g: float((s >= threshold).mean()) for g, s in by_group.items()},
+    }
 
 
 def _gallery(cfg, ev: dict, extra: dict, n_classes: int) -> dict:
@@ -172,15 +213,19 @@ def _gallery(cfg, ev: dict, extra: dict, n_classes: int) -> dict:
     centre is stored too when the abstention method has none)."""
     train_emb = ev["train_emb"].astype(np.float32)
     center = extra.get("center", train_emb.mean(axis=0).astype(np.float32))
-    return {"center": center, **recognizer.gallery_tensors(train_emb, ev["train_labels"], center, n_classes,
-                                                           seed=cfg.seed)}
+    return {
+        "center": center,
+        **recognizer.gallery_tensors(train_emb, ev["train_labels"], center, n_classes, seed=cfg.seed),
+    }
 
 
 def _held_out(ev: dict) -> dict:
     """Validation logits, embeddings and labels: `landmark catalog add` measures the recognizers on them again."""
-    return {recognizer.VAL_LOGITS: ev["val_logits"].astype(np.float32),
-            recognizer.VAL_EMB: ev["val_emb"].astype(np.float32),
-            recognizer.VAL_LABELS: np.asarray(ev["val_labels"]).astype(np.int64)}
+    return {
+        recognizer.VAL_LOGITS: ev["val_logits"].astype(np.float32),
+        recognizer.VAL_EMB: ev["val_emb"].astype(np.float32),
+        recognizer.VAL_LABELS: np.asarray(ev["val_labels"]).astype(np.int64),
+    }
 
 
 def _torch(a: np.ndarray):
@@ -192,6 +237,7 @@ def _torch(a: np.ndarray):
 def _scorer(method: str, temperature: float, extra: dict):
     def score(logits, emb):
         return abstention.known_score(method, logits, emb, temperature=temperature, extra=extra)
+
     return score
 
 
@@ -221,12 +267,15 @@ def _open_set(ev: dict, temperature: float, threshold: float, score, cfg, n_clas
         "open_methods": {},
     }
     for m in abstention.METHODS:
-        extra = abstention.reference_tensors(m, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes,
-                                             seed=cfg.seed)
+        extra = abstention.reference_tensors(
+            m, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes, seed=cfg.seed
+        )
         s = _scorer(m, temperature, extra)
         u = s(ev["unknown_logits"], ev["unknown_emb"])
-        out["open_methods"][m] = {"auroc": auroc(s(known_logits, known_emb), u),
-                                  "reject_at_95": _reject_at(ev, s, u, 0.95)}
+        out["open_methods"][m] = {
+            "auroc": auroc(s(known_logits, known_emb), u),
+            "reject_at_95": _reject_at(ev, s, u, 0.95),
+        }
     return out
 
 
@@ -239,8 +288,12 @@ def _reject_at(ev: dict, score, unknown_scores, accept_rate: float) -> float:
 
 def _provenance(cfg, run_name: str) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
     except Exception:
         commit = None
     safe = {k: v for k, v in cfg.__dict__.items() if k not in ("s3_endpoint",)}

@@ -19,5 +19,7 @@ def init_ray(address: str | None, *, worker_env: dict | None = WORKER_ENV) -> No
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local",
-                 **({"runtime_env": {"env_vars": worker_env}} if worker_env else {}))
+        ray.init(
+            address=address or os.environ.get("RAY_ADDRESS") or "local",
+            **({"runtime_env": {"env_vars": worker_env}} if worker_env else {}),
+        )

@@ -50,8 +50,9 @@ class Worker:
         self.opts = self.c.s3_options()
         self.train_preset, self.eval_preset = presets_for(self.c.image_size)
         self.spec = ModelSpec(self.c.model, loop_cfg["n_classes"], dropout=self.c.dropout, weights=self.c.weights)
-        self.net = build_model(self.spec, storage_options={"endpoint": self.c.s3_endpoint},
-                               trust_pickle=self.c.trust_pickle).to(self.device)
+        self.net = build_model(
+            self.spec, storage_options={"endpoint": self.c.s3_endpoint}, trust_pickle=self.c.trust_pickle
+        ).to(self.device)
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss_fn = smoothed_ce(self.c.label_smoothing)
@@ -65,7 +66,7 @@ class Worker:
     def shard(self, pair):
         """Evaluation shards: every photo exactly once across the workers."""
         uris, labels = pair
-        return uris[self.rank::self.world], labels[self.rank::self.world]
+        return uris[self.rank :: self.world], labels[self.rank :: self.world]
 
     def train_shard(self):
         """Training shards of equal length (padded by wrapping round, as DistributedSampler does): every
@@ -81,7 +82,7 @@ class Worker:
         if not uris:
             return [], []
         per = -(-len(uris) // self.world)
-        idx = [i % len(uris) for i in range(per * self.world)][self.rank::self.world]
+        idx = [i % len(uris) for i in range(per * self.world)][self.rank :: self.world]
         return [uris[i] for i in idx], [labels[i] for i in idx]
 
     # -------------------------------------------------------------- distributed sums
@@ -105,10 +106,10 @@ class Worker:
         epochs = c.epochs
         steps_per_epoch = self._steps_per_epoch()
         lr = c.effective_lr
-        self.optimizer = make_optimizer(c.optimizer, param_groups(self.net, lr, c.backbone_lr_mult), lr,
-                                        c.weight_decay)
+        self.optimizer = make_optimizer(c.optimizer, param_groups(self.net, lr, c.backbone_lr_mult), lr, c.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(c.warmup_epochs * steps_per_epoch)))
+            self.optimizer, warmup_cosine(epochs * steps_per_epoch, int(c.warmup_epochs * steps_per_epoch))
+        )
         self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self._restore(ray.train.get_checkpoint())
         if not frozen and c.model != "scratch" and self.state.epoch == 0 and c.probe_epochs > 0:
@@ -153,8 +154,15 @@ class Worker:
         if negatives:
             neg_uris, neg_labels = self.negatives_shard()
             uris, labels = uris + neg_uris, labels + neg_labels
-        return UriImageDataset(uris, labels, transform, opts=self.opts, draft_to=self.eval_preset.resize,
-                               cache_side=round(self.c.image_size * 1.5), cache_mb=self.c.cache_mb)
+        return UriImageDataset(
+            uris,
+            labels,
+            transform,
+            opts=self.opts,
+            draft_to=self.eval_preset.resize,
+            cache_side=round(self.c.image_size * 1.5),
+            cache_mb=self.c.cache_mb,
+        )
 
     def _uses_outliers(self) -> bool:
         return bool(self.loop_cfg.get("neg_train")) and self.c.outlier_weight > 0
@@ -183,13 +191,23 @@ class Worker:
         """The backbone's features of the training shard, once: the frozen epochs train the head on them."""
         ds = self._train_dataset(None)
         t0 = time.time()
-        feats = cached_features(self.net, ds, self.device, views=self.c.feature_views,
-                                eval_preset=self.eval_preset, train_preset=self.train_preset, amp=self.cuda)
+        feats = cached_features(
+            self.net,
+            ds,
+            self.device,
+            views=self.c.feature_views,
+            eval_preset=self.eval_preset,
+            train_preset=self.train_preset,
+            amp=self.cuda,
+        )
         self.feat_labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
         self.feat_labels[list(ds.bad)] = -100
         if self.rank == 0:
-            print(f"[train] cached frozen-backbone features: {feats.shape[0]} view(s) x {feats.shape[1]} photos "
-                  f"per worker in {time.time() - t0:.1f}s", flush=True)
+            print(
+                f"[train] cached frozen-backbone features: {feats.shape[0]} view(s) x {feats.shape[1]} photos "
+                f"per worker in {time.time() - t0:.1f}s",
+                flush=True,
+            )
         self.feats = torch.from_numpy(feats)
 
     def _frozen_epoch(self, e: int):
@@ -200,7 +218,7 @@ class Worker:
         view = self.feats[e % self.feats.shape[0]]
         total, correct, seen, bad = 0.0, 0, 0, 0
         for s in range(0, len(order), bs):
-            idx = order[s:s + bs]
+            idx = order[s : s + bs]
             x, y = view[idx].to(self.device), labels[idx].to(self.device)
             logits = self.ddp(self.net.dropout(x))
             loss = self.loss_fn(logits, y)
@@ -216,9 +234,14 @@ class Worker:
             workers = 4 if self.cuda else 0
         self.net.train()
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=bs, sampler=self._epoch_order(ds, e),
+            ds,
+            batch_size=bs,
+            sampler=self._epoch_order(ds, e),
             num_workers=workers,
-            pin_memory=self.cuda, persistent_workers=False, drop_last=len(ds) > bs)
+            pin_memory=self.cuda,
+            persistent_workers=False,
+            drop_last=len(ds) > bs,
+        )
         total, correct, seen, bad = 0.0, 0, 0, 0
         for x, y in loader:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -236,8 +259,15 @@ class Worker:
         pretrained backbone is not distorted by gradients from a random head. One backbone pass, then a few
         cheap epochs on cached features with their own optimiser."""
         ds = self._train_dataset(None)
-        feats = cached_features(self.net, ds, self.device, views=1, eval_preset=self.eval_preset,
-                                train_preset=self.train_preset, amp=self.cuda)[0]
+        feats = cached_features(
+            self.net,
+            ds,
+            self.device,
+            views=1,
+            eval_preset=self.eval_preset,
+            train_preset=self.train_preset,
+            amp=self.cuda,
+        )[0]
         labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
         labels[list(ds.bad)] = -100
         x_all = torch.from_numpy(feats)
@@ -247,7 +277,7 @@ class Worker:
         for _ in range(self.c.probe_epochs):
             order = torch.randperm(len(labels), generator=g)
             for s in range(0, len(order), bs):
-                idx = order[s:s + bs]
+                idx = order[s : s + bs]
                 loss = self.loss_fn(head(self.net.dropout(x_all[idx].to(self.device))), labels[idx].to(self.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -255,8 +285,11 @@ class Worker:
                 opt.step()
         self.net.train()
         if self.rank == 0:
-            print(f"[train] linear probe: head fitted on frozen features for {self.c.probe_epochs} epochs "
-                  f"before fine-tuning", flush=True)
+            print(
+                f"[train] linear probe: head fitted on frozen features for {self.c.probe_epochs} epochs "
+                f"before fine-tuning",
+                flush=True,
+            )
 
     def _average_grads(self, module) -> None:
         if self.world > 1:
@@ -268,8 +301,10 @@ class Worker:
         """A few bad photos are skipped; a dataset that is mostly unreadable is an error, not a silent run."""
         bad, n = self.all_sum(float(bad), float(n))
         if n and bad / n > 0.2:
-            raise RuntimeError(f"{int(bad)} of {int(n)} training photos could not be read or decoded "
-                               f"(see the warnings above); check --data and --s3-endpoint")
+            raise RuntimeError(
+                f"{int(bad)} of {int(n)} training photos could not be read or decoded "
+                f"(see the warnings above); check --data and --s3-endpoint"
+            )
 
     def _step(self, loss):
         self.optimizer.zero_grad(set_to_none=True)
@@ -292,8 +327,12 @@ class Worker:
         as bad; negatives (label NEGATIVE) count in neither."""
         valid = y >= 0
         n = int(valid.sum())
-        return (total + float(loss.detach()) * n, correct + int((logits.argmax(1)[valid] == y[valid]).sum()),
-                seen + n, bad + int((y == -100).sum()))
+        return (
+            total + float(loss.detach()) * n,
+            correct + int((logits.argmax(1)[valid] == y[valid]).sum()),
+            seen + n,
+            bad + int((y == -100).sum()),
+        )
 
     def _validate(self) -> tuple[float, float]:
         images, ok = self.val_images
@@ -307,8 +346,17 @@ class Worker:
     def _end_epoch(self, loss, acc, val_loss, val_acc, ips):
         st = self.state
         st.epoch += 1
-        st.history.append({"epoch": st.epoch, "train_loss": loss, "train_acc": acc, "val_loss": val_loss,
-                           "val_acc": val_acc, "images_per_second": ips, "lr": self.scheduler.get_last_lr()[0]})
+        st.history.append(
+            {
+                "epoch": st.epoch,
+                "train_loss": loss,
+                "train_acc": acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "images_per_second": ips,
+                "lr": self.scheduler.get_last_lr()[0],
+            }
+        )
         improved = not np.isfinite(val_loss) or val_loss < st.best_val_loss - 1e-4
         if improved:
             st.best_val_loss, st.best_epoch, st.bad_epochs = val_loss, st.epoch, 0
@@ -317,9 +365,12 @@ class Worker:
             st.bad_epochs += 1
             st.stopped_early = st.bad_epochs >= self.c.patience
         if self.rank == 0:
-            print(f"[train] epoch {st.epoch}/{self.c.epochs}  loss {loss:.4f}  acc {acc:.3f}  "
-                  f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {ips:.1f} img/s"
-                  + ("  (early stop)" if st.stopped_early else ""), flush=True)
+            print(
+                f"[train] epoch {st.epoch}/{self.c.epochs}  loss {loss:.4f}  acc {acc:.3f}  "
+                f"val_loss {val_loss:.4f}  val_acc {val_acc:.3f}  {ips:.1f} img/s"
+                + ("  (early stop)" if st.stopped_early else ""),
+                flush=True,
+            )
         metrics = {k: v for k, v in st.history[-1].items()}
         self._report(metrics, final=False)
 
@@ -331,10 +382,15 @@ class Worker:
             ckpt = None
             if self.rank == 0:
                 d = Path(tmp)
-                save_checkpoint_dir(d, net_state=self.net.state_dict(), best_state=self.best_state,
-                                    optim_state=None if final else self.optimizer.state_dict(),
-                                    sched_state=None if final else self.scheduler.state_dict(),
-                                    scaler_state=None if final else self.scaler.state_dict(), state=self.state)
+                save_checkpoint_dir(
+                    d,
+                    net_state=self.net.state_dict(),
+                    best_state=self.best_state,
+                    optim_state=None if final else self.optimizer.state_dict(),
+                    sched_state=None if final else self.scheduler.state_dict(),
+                    scaler_state=None if final else self.scaler.state_dict(),
+                    state=self.state,
+                )
                 for name, blob in (extra_files or {}).items():
                     (d / name).write_bytes(blob)
                 ckpt = Checkpoint.from_directory(tmp)
@@ -368,21 +424,23 @@ class Worker:
         for split in ("val", "test", "train"):
             uris, labels = self.shard(self.loop_cfg[split])
             self._eval_into(arrays, split, uris, labels)
-        unknown = self.loop_cfg["unknown"][self.rank::self.world]
+        unknown = self.loop_cfg["unknown"][self.rank :: self.world]
         self._eval_into(arrays, "unknown", unknown, [-1] * len(unknown))
-        neg_train = (self.loop_cfg.get("neg_train") or [])[self.rank::self.world]
+        neg_train = (self.loop_cfg.get("neg_train") or [])[self.rank :: self.world]
         self._eval_into(arrays, "negtrain", neg_train, [-1] * len(neg_train))
         fit_uris, fit_groups = self.loop_cfg.get("neg_fit") or ([], [])
-        self._eval_into(arrays, "negfit", fit_uris[self.rank::self.world], fit_groups[self.rank::self.world])
+        self._eval_into(arrays, "negfit", fit_uris[self.rank :: self.world], fit_groups[self.rank :: self.world])
         gathered = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(gathered, arrays)
         else:
             gathered = [arrays]
         merged = {k: np.concatenate([g[k] for g in gathered]) for k in arrays}
-        self._report({"epoch": self.state.epoch}, final=True,
-                     extra_files={"eval.npz": to_bytes_npz(**merged),
-                                  "history.json": json.dumps(self.state.history).encode()})
+        self._report(
+            {"epoch": self.state.epoch},
+            final=True,
+            extra_files={"eval.npz": to_bytes_npz(**merged), "history.json": json.dumps(self.state.history).encode()},
+        )
 
     def _eval_into(self, arrays: dict, split: str, uris: list, labels: list) -> None:
         images, ok = eval_arrays(uris, self.opts, self.eval_preset)

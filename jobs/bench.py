@@ -122,7 +122,7 @@ def bench_model(predictor, images: np.ndarray, batch_size: int) -> float:
     predictor.predict_arrays(images[:batch_size])  # warm-up
     t0 = time.perf_counter()
     for s in range(0, len(images), batch_size):
-        predictor.predict_arrays(images[s:s + batch_size])
+        predictor.predict_arrays(images[s : s + batch_size])
     return len(images) / (time.perf_counter() - t0)
 
 
@@ -130,10 +130,11 @@ def bench_limit(predictor, paths: list[str], batch_size: int, decode_threads: in
     """One process: threads decode batch i+1 (Pillow releases the GIL) while the model runs on batch i."""
     preset = predictor.preset
     preset_json = preset.to_json()
-    batches = [paths[s:s + batch_size] for s in range(0, len(paths), batch_size)]
+    batches = [paths[s : s + batch_size] for s in range(0, len(paths), batch_size)]
     predictor.predict_arrays(np.stack([_decode_one((p, preset_json)) for p in batches[0][:2]]))  # warm-up
     t0 = time.perf_counter()
     with ThreadPoolExecutor(decode_threads) as pool:
+
         def decode(batch):  # the photos of a batch spread over the pool's threads
             return [pool.submit(_decode_one, (p, preset_json)) for p in batch]
 
@@ -152,8 +153,9 @@ def bench_naive(net, paths: list[str]) -> float:
     from PIL import Image
     from torchvision import transforms as T
 
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                    T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = T.Compose(
+        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
     with torch.inference_mode():
         net(tf(Image.open(paths[0]).convert("RGB"))[None])
         t0 = time.perf_counter()
@@ -182,8 +184,11 @@ def job_driver(spec_json: str) -> None:
     for _ in range(spec["repeat"]):
         with tempfile.TemporaryDirectory() as out:
             s = run(TagConfig(**spec["config"], output=out, retag=True))
-        print("BENCH-RUN " + json.dumps({k: s[k] for k in ("images_per_second", "timings", "counts", "runtime",
-                                                             "compute")}), flush=True)
+        print(
+            "BENCH-RUN "
+            + json.dumps({k: s[k] for k in ("images_per_second", "timings", "counts", "runtime", "compute")}),
+            flush=True,
+        )
 
 
 def bench_job(config: dict, *, repeat: int, address: str) -> dict:
@@ -191,9 +196,17 @@ def bench_job(config: dict, *, repeat: int, address: str) -> dict:
     and the worker processes started for it: every process below this one that is new)."""
     with tempfile.TemporaryFile("w+") as log, PeakRSS(0.1, new_only=True) as mem:
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from jobs.bench import job_driver; job_driver(sys.argv[1])",
-             json.dumps({"config": config, "repeat": repeat})],
-            env={**os.environ, "RAY_ADDRESS": address}, stdout=log, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from jobs.bench import job_driver; job_driver(sys.argv[1])",
+                json.dumps({"config": config, "repeat": repeat}),
+            ],
+            env={**os.environ, "RAY_ADDRESS": address},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         proc.wait()
         log.seek(0)
         lines = log.read().splitlines()
@@ -224,12 +237,18 @@ def run_tag(ns) -> dict:
         raise SystemExit(f"landmark bench: --images {ns.images}: no photos")
     cores = len(os.sched_getaffinity(0))
     torch.set_num_threads(cores)
-    job = TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute,
-                    gpus_per_actor=0.0)
+    job = TagConfig(
+        input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute, gpus_per_actor=0.0
+    )
     runtime, compute = job.resolved_runtime(), job.resolved_compute()  # what (e) runs; (b) and (c) run it too
     predictor = Predictor(ns.model, threads=cores, runtime=runtime)  # builds and caches an ONNX model if needed
-    out: dict = {"images": len(paths), "cores": cores, "batch_size": ns.batch_size, "runtime": runtime,
-                 "compute": compute}
+    out: dict = {
+        "images": len(paths),
+        "cores": cores,
+        "batch_size": ns.batch_size,
+        "runtime": runtime,
+        "compute": compute,
+    }
     with PeakRSS() as mem:
         out["decode_ips"], images = bench_decode(paths, predictor.preset, cores)
         _say(f"(a) decode+preprocess, {cores} processes: {out['decode_ips']:.1f} img/s")
@@ -242,14 +261,23 @@ def run_tag(ns) -> dict:
         c1 = bench_limit(predictor, paths, ns.batch_size, decode_threads=1)
         c2 = bench_limit(predictor, paths, ns.batch_size, decode_threads=cores)
         out["limit_ips"], out["limit_decode_threads"] = max((c1, 1), (c2, cores))
-        _say(f"(c) best single-process loop (decode overlapped with the model, {runtime}): {out['limit_ips']:.1f} "
-             f"img/s (1 decode thread {c1:.1f}, {cores} decode threads {c2:.1f})")
+        _say(
+            f"(c) best single-process loop (decode overlapped with the model, {runtime}): {out['limit_ips']:.1f} "
+            f"img/s (1 decode thread {c1:.1f}, {cores} decode threads {c2:.1f})"
+        )
         if ns.compare_model:
-            out.update(bench_compare(ns, predictor, Predictor(ns.compare_model, threads=cores, runtime=runtime),
-                                     paths, images, out["limit_decode_threads"]))
+            out.update(
+                bench_compare(
+                    ns,
+                    predictor,
+                    Predictor(ns.compare_model, threads=cores, runtime=runtime),
+                    paths,
+                    images,
+                    out["limit_decode_threads"],
+                )
+            )
         out["naive_ips"] = bench_naive(torch_net, paths)
-        _say(f"(d) seed-style loop (torch fp32, full decode, Resize+CenterCrop, batch 1): "
-             f"{out['naive_ips']:.1f} img/s")
+        _say(f"(d) seed-style loop (torch fp32, full decode, Resize+CenterCrop, batch 1): {out['naive_ips']:.1f} img/s")
         del predictor, images, torch_net
     out["bench_peak_rss_mb"] = round(mem.peak / 2**20, 1)  # (a)-(d) in this process
     out.update(bench_tag_job(ns, paths))
@@ -260,18 +288,27 @@ def run_tag(ns) -> dict:
     out["ratio_limit"] = round(out["pipeline_ips"] / out["limit_ips"], 3)
     out["ratio_naive"] = round(out["pipeline_ips"] / out["naive_ips"], 3)
     out["ratio_limit_cold"] = round(out["pipeline_cold_ips"] / out["limit_ips"], 3)
-    _say(f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}; "
-         f"cold e/c {out['ratio_limit_cold']}; the job's peak RSS {out['peak_rss_mb']} MB with 1x the photos, "
-         f"{out['peak_rss_scaled_mb']} MB with {ns.scale}x ({out['rss_ratio_scaled']}x)")
+    _say(
+        f"ratio_limit (e/c) {out['ratio_limit']}, ratio_naive (e/d) {out['ratio_naive']}; "
+        f"cold e/c {out['ratio_limit_cold']}; the job's peak RSS {out['peak_rss_mb']} MB with 1x the photos, "
+        f"{out['peak_rss_scaled_mb']} MB with {ns.scale}x ({out['rss_ratio_scaled']}x)"
+    )
     return out
 
 
-def bench_compare(ns, predictor, other, paths: list[str], images: np.ndarray, decode_threads: int,
-                  rounds: int = 3) -> dict:
+def bench_compare(
+    ns, predictor, other, paths: list[str], images: np.ndarray, decode_threads: int, rounds: int = 3
+) -> dict:
     """--compare-model: (b) and (c) of a second artifact (e.g. the same network with a gallery recognizer after
     `landmark catalog add`), alternating with the first so that the machine's load hits both alike; medians."""
-    rates: dict[str, list[float]] = {"model": [], "model_cmp": [], "limit": [], "limit_cmp": [], "cpu": [],
-                                     "cpu_cmp": []}
+    rates: dict[str, list[float]] = {
+        "model": [],
+        "model_cmp": [],
+        "limit": [],
+        "limit_cmp": [],
+        "cpu": [],
+        "cpu_cmp": [],
+    }
     for _ in range(rounds):
         for key, p in (("", predictor), ("_cmp", other)):
             cpu0 = time.process_time()
@@ -281,21 +318,29 @@ def bench_compare(ns, predictor, other, paths: list[str], images: np.ndarray, de
             rates["cpu" + key].append(len(images) / max(time.process_time() - cpu0, 1e-9))
             rates["limit" + key].append(bench_limit(p, paths, ns.batch_size, decode_threads=decode_threads))
     med = {k: float(np.median(v)) for k, v in rates.items()}
-    out = {"compare_model": ns.compare_model, "compare_recognizer": other.recognizer.mode,
-           "recognizer": predictor.recognizer.mode,
-           "compare_model_cpu_ips": round(med["cpu_cmp"], 2), "compare_model_cpu_ips_base": round(med["cpu"], 2),
-           "ratio_compare_model_cpu": round(med["cpu_cmp"] / med["cpu"], 3),
-           "compare_model_ips": round(med["model_cmp"], 2), "compare_limit_ips": round(med["limit_cmp"], 2),
-           "compare_model_ips_base": round(med["model"], 2), "compare_limit_ips_base": round(med["limit"], 2)}
+    out = {
+        "compare_model": ns.compare_model,
+        "compare_recognizer": other.recognizer.mode,
+        "recognizer": predictor.recognizer.mode,
+        "compare_model_cpu_ips": round(med["cpu_cmp"], 2),
+        "compare_model_cpu_ips_base": round(med["cpu"], 2),
+        "ratio_compare_model_cpu": round(med["cpu_cmp"] / med["cpu"], 3),
+        "compare_model_ips": round(med["model_cmp"], 2),
+        "compare_limit_ips": round(med["limit_cmp"], 2),
+        "compare_model_ips_base": round(med["model"], 2),
+        "compare_limit_ips_base": round(med["limit"], 2),
+    }
     out["ratio_compare_model"] = round(out["compare_model_ips"] / out["compare_model_ips_base"], 3)
     out["ratio_compare_limit"] = round(out["compare_limit_ips"] / out["compare_limit_ips_base"], 3)
-    _say(f"(b/c) --compare-model ({other.recognizer.mode}, {len(other.catalog)} landmarks) vs --model "
-         f"({predictor.recognizer.mode}), medians of {rounds} alternating rounds: model alone "
-         f"{out['compare_model_ips']:.1f} vs {out['compare_model_ips_base']:.1f} img/s "
-         f"({out['ratio_compare_model']}x), single-process loop {out['compare_limit_ips']:.1f} vs "
-         f"{out['compare_limit_ips_base']:.1f} ({out['ratio_compare_limit']}x); model alone per CPU-second "
-         f"{out['compare_model_cpu_ips']:.1f} vs {out['compare_model_cpu_ips_base']:.1f} "
-         f"({out['ratio_compare_model_cpu']}x)")
+    _say(
+        f"(b/c) --compare-model ({other.recognizer.mode}, {len(other.catalog)} landmarks) vs --model "
+        f"({predictor.recognizer.mode}), medians of {rounds} alternating rounds: model alone "
+        f"{out['compare_model_ips']:.1f} vs {out['compare_model_ips_base']:.1f} img/s "
+        f"({out['ratio_compare_model']}x), single-process loop {out['compare_limit_ips']:.1f} vs "
+        f"{out['compare_limit_ips_base']:.1f} ({out['ratio_compare_limit']}x); model alone per CPU-second "
+        f"{out['compare_model_cpu_ips']:.1f} vs {out['compare_model_cpu_ips_base']:.1f} "
+        f"({out['ratio_compare_model_cpu']}x)"
+    )
     return out
 
 
@@ -309,12 +354,20 @@ def bench_tag_job(ns, paths: list[str]) -> dict:
     init_ray(None, worker_env=None)  # Ray's start-up is not the job's
     address = ray.get_runtime_context().gcs_address
     if os.environ.get("RAY_ADDRESS"):  # the job's workers are then another Ray's processes, not below this one
-        _say(f"joined the Ray at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: the job's peak RSS below counts its "
-             "driver only; unset RAY_ADDRESS to measure on a local Ray that the bench starts")
+        _say(
+            f"joined the Ray at RAY_ADDRESS={os.environ['RAY_ADDRESS']}: the job's peak RSS below counts its "
+            "driver only; unset RAY_ADDRESS to measure on a local Ray that the bench starts"
+        )
     out: dict = {"ray_data_services_started": _start_ray_data_services(), "scale": ns.scale}
-    config = {"model": str(Path(ns.model).resolve()), "batch_size": ns.batch_size, "actors": [ns.actors, ns.actors],
-              "cpus_per_actor": ns.cpus_per_actor, "runtime": ns.runtime, "compute": ns.compute,
-              **({"decode_batch": ns.decode_batch} if ns.decode_batch else {})}
+    config = {
+        "model": str(Path(ns.model).resolve()),
+        "batch_size": ns.batch_size,
+        "actors": [ns.actors, ns.actors],
+        "cpus_per_actor": ns.cpus_per_actor,
+        "runtime": ns.runtime,
+        "compute": ns.compute,
+        **({"decode_batch": ns.decode_batch} if ns.decode_batch else {}),
+    }
     with tempfile.TemporaryDirectory() as tree:  # the photos (all, or --limit of them) as (c) and (d) had them
         one = bench_job({**config, "input": scaled_tree(paths, ns.images, 1, tree)}, repeat=2, address=address)
     cold, steady = one["runs"]
@@ -322,24 +375,30 @@ def bench_tag_job(ns, paths: list[str]) -> dict:
     out["pipeline_ips"] = steady["images_per_second"]
     out["startup_seconds"] = round(cold["timings"]["pipeline_seconds"] - steady["timings"]["pipeline_seconds"], 2)
     out["peak_rss_mb"] = round(one["peak_rss"] / 2**20, 1)
-    _say(f"(e) the Ray Data tag job end to end ({steady['runtime']}, {steady['compute']}; read, decode, model, "
-         f"Parquet write, verify, commit) in a fresh driver: first run {out['pipeline_cold_ips']} img/s (its worker "
-         f"processes start, import and load the model: about {out['startup_seconds']} s), the same job again in "
-         f"that driver {out['pipeline_ips']} img/s; peak RSS of the job's processes {out['peak_rss_mb']} MB")
+    _say(
+        f"(e) the Ray Data tag job end to end ({steady['runtime']}, {steady['compute']}; read, decode, model, "
+        f"Parquet write, verify, commit) in a fresh driver: first run {out['pipeline_cold_ips']} img/s (its worker "
+        f"processes start, import and load the model: about {out['startup_seconds']} s), the same job again in "
+        f"that driver {out['pipeline_ips']} img/s; peak RSS of the job's processes {out['peak_rss_mb']} MB"
+    )
     with tempfile.TemporaryDirectory() as tree:
-        scaled = bench_job({**config, "input": scaled_tree(paths, ns.images, ns.scale, tree)}, repeat=1,
-                           address=address)
+        scaled = bench_job(
+            {**config, "input": scaled_tree(paths, ns.images, ns.scale, tree)}, repeat=1, address=address
+        )
     run = scaled["runs"][0]
     if run["counts"]["total"] != ns.scale * len(paths):
-        raise SystemExit(f"landmark bench: the {ns.scale}x job wrote {run['counts']['total']} rows, "
-                         f"expected {ns.scale * len(paths)}")
+        raise SystemExit(
+            f"landmark bench: the {ns.scale}x job wrote {run['counts']['total']} rows, expected {ns.scale * len(paths)}"
+        )
     out["rows_scaled"] = run["counts"]["total"]
     out["pipeline_scaled_ips"] = run["images_per_second"]
     out["peak_rss_scaled_mb"] = round(scaled["peak_rss"] / 2**20, 1)
     out["rss_ratio_scaled"] = round(scaled["peak_rss"] / max(one["peak_rss"], 1), 3)
-    _say(f"(e{ns.scale}x) the same job on {ns.scale}x the photos ({ns.scale * len(paths)}, symlinks), fresh driver: "
-         f"{out['pipeline_scaled_ips']} img/s; peak RSS of the job's processes {out['peak_rss_scaled_mb']} MB "
-         f"({out['rss_ratio_scaled']}x the 1x job's)")
+    _say(
+        f"(e{ns.scale}x) the same job on {ns.scale}x the photos ({ns.scale * len(paths)}, symlinks), fresh driver: "
+        f"{out['pipeline_scaled_ips']} img/s; peak RSS of the job's processes {out['peak_rss_scaled_mb']} MB "
+        f"({out['rss_ratio_scaled']}x the 1x job's)"
+    )
     return out
 
 
@@ -359,8 +418,10 @@ def _start_ray_data_services() -> bool:
         )
         from ray.data._internal.stats import get_or_create_stats_actor
 
-        ray.get([a.__ray_ready__.remote() for a in (get_or_create_stats_actor(),
-                                                    get_or_create_autoscaling_coordinator())], timeout=120)
+        ray.get(
+            [a.__ray_ready__.remote() for a in (get_or_create_stats_actor(), get_or_create_autoscaling_coordinator())],
+            timeout=120,
+        )
         return True
     except Exception as e:  # pragma: no cover - depends on Ray's internals
         _say(f"could not start Ray Data's services ahead ({type(e).__name__}: {e}); (e) includes them")
@@ -383,9 +444,21 @@ def run_train(ns) -> dict:
     for workers in ns.workers:
         for frozen in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
-                train_run(TrainConfig(data=ns.data, output=f"{tmp}/m", storage=f"{tmp}/r", model=ns.model,
-                                      freeze_backbone=frozen, workers=workers, epochs=ns.epochs,
-                                      probe_epochs=0, feature_views=1, report=False, patience=100))
+                train_run(
+                    TrainConfig(
+                        data=ns.data,
+                        output=f"{tmp}/m",
+                        storage=f"{tmp}/r",
+                        model=ns.model,
+                        freeze_backbone=frozen,
+                        workers=workers,
+                        epochs=ns.epochs,
+                        probe_epochs=0,
+                        feature_views=1,
+                        report=False,
+                        patience=100,
+                    )
+                )
                 history = json.loads(Path(tmp, "m", "history.json").read_text())
             # epoch 1 of fine-tuning also decodes every photo once (later epochs read the decoded cache)
             steady = history[1:] or history
@@ -416,20 +489,39 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--model", required=True, help="model artifact")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--actors", type=int, default=1)
-    t.add_argument("--cpus-per-actor", type=float, default=1.0,
-                   help="CPUs reserved per predictor actor; decode tasks need the rest (2.0 on 2 cores starves them)")
+    t.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=1.0,
+        help="CPUs reserved per predictor actor; decode tasks need the rest (2.0 on 2 cores starves them)",
+    )
     t.add_argument("--limit", type=int, default=0, help="use at most N photos")
-    t.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="model runtime for (b), (c) and (e): torch, onnx, onnx-int8, auto (as `landmark tag`)")
-    t.add_argument("--compute", choices=COMPUTE_MODES, default="auto",
-                   help="(e): the model in an actor pool or in the decode tasks (as `landmark tag --compute`)")
+    t.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="model runtime for (b), (c) and (e): torch, onnx, onnx-int8, auto (as `landmark tag`)",
+    )
+    t.add_argument(
+        "--compute",
+        choices=COMPUTE_MODES,
+        default="auto",
+        help="(e): the model in an actor pool or in the decode tasks (as `landmark tag --compute`)",
+    )
     t.add_argument("--decode-batch", type=int, default=None, help="(e): photos per decode task (as `landmark tag`)")
-    t.add_argument("--scale", type=int, default=10,
-                   help="(e) also runs on this many copies of the photos (symlinks): memory 1x vs Nx")
+    t.add_argument(
+        "--scale",
+        type=int,
+        default=10,
+        help="(e) also runs on this many copies of the photos (symlinks): memory 1x vs Nx",
+    )
     t.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
-    t.add_argument("--compare-model", default=None,
-                   help="a second artifact (e.g. after `landmark catalog add`): its (b) and (c) beside --model's, "
-                        "alternating, with their ratios")
+    t.add_argument(
+        "--compare-model",
+        default=None,
+        help="a second artifact (e.g. after `landmark catalog add`): its (b) and (c) beside --model's, "
+        "alternating, with their ratios",
+    )
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
     tr.add_argument("--data", required=True)
     tr.add_argument("--model", default="efficientnet_lite0")
@@ -441,22 +533,29 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--runs", type=int, default=1, help="repeats of each measurement (the median is reported)")
     so.add_argument("--rows-per-run", type=int, default=50_000, help="rows a night (one run, one commit)")
     so.add_argument("--listed", type=int, default=100_000, help="photos listed for the skip check")
-    so.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "landmark-bench-store"),
-                    help="where the synthetic stores are built (and kept for the next run)")
+    so.add_argument(
+        "--dir",
+        default=str(Path(tempfile.gettempdir()) / "landmark-bench-store"),
+        help="where the synthetic stores are built (and kept for the next run)",
+    )
     so.add_argument("--json", action="store_true")
 
     from jobs import bench_serve
 
-    bench_serve.add_arguments(sub.add_parser("serve", help="the app over HTTP vs the Predictor in-process; "
-                                                           "with and without batching; a mixed load test"))
+    bench_serve.add_arguments(
+        sub.add_parser(
+            "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
+        )
+    )
     ns = p.parse_args(argv)
     if ns.what == "store":
         if ns.runs < 1 or ns.rows_per_run < 1 or ns.listed < 1 or min(ns.rows) < ns.rows_per_run:
             p.error("--runs, --rows-per-run and --listed must be > 0, and every --rows at least --rows-per-run")
         from jobs import _bench_store
 
-        result = _bench_store.run(ns.rows, runs=ns.runs, rows_per_run=ns.rows_per_run, listed=ns.listed,
-                                  work=Path(ns.dir), say=_say)
+        result = _bench_store.run(
+            ns.rows, runs=ns.runs, rows_per_run=ns.rows_per_run, listed=ns.listed, work=Path(ns.dir), say=_say
+        )
     elif ns.what == "tag":
         if not Path(ns.images).is_dir():
             p.error(f"--images {ns.images}: no such directory")
@@ -467,8 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from jobs.tag import TagConfig
 
-            TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime,
-                      compute=ns.compute).check()
+            TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute).check()
         except ValueError as e:
             p.error(str(e))
         result = run_tag(ns)

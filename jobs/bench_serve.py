@@ -9,8 +9,8 @@
       type) from 16 clients; every answer's status checked against what it must be, and the replicas counted
       before and after
 ratio = (s) requests/s at the largest client count, batched / (p) photos/s: the median of --rounds pairs measured
-back to back (the machine's load drifts); ratio_table uses the table's (s) and the mean of (p) before and after. The clients share the machine's
-cores with the app (loopback), as the in-process loop does not.
+back to back (the machine's load drifts); ratio_table uses the table's (s) and the mean of (p) before and after.
+The clients share the machine's cores with the app (loopback), as the in-process loop does not.
 """
 
 from __future__ import annotations
@@ -46,15 +46,14 @@ def _inprocess_rate(predictor, photos: list[bytes], batch_size: int, seconds: fl
     one(photos[:2])  # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        s = (n % len(photos))
+        s = n % len(photos)
         batch = (photos[s:] + photos)[:batch_size]
         one(batch)
         n += len(batch)
     return n / (time.perf_counter() - t0)
 
 
-async def closed_loop(url: str, requests_: list[tuple[bytes, str]], clients: int, seconds: float,
-                      check=None) -> dict:
+async def closed_loop(url: str, requests_: list[tuple[bytes, str]], clients: int, seconds: float, check=None) -> dict:
     """``clients`` concurrent clients, each posting its next request when its last answer came, for ``seconds``
     (or, with ``check``, each request of the list once); latency per request, non-200 (or failed ``check``)
     answers counted as errors."""
@@ -65,6 +64,7 @@ async def closed_loop(url: str, requests_: list[tuple[bytes, str]], clients: int
     stop = time.perf_counter() + seconds
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients), timeout=timeout) as s:
+
         async def client(i: int):
             j = i
             while True:
@@ -92,10 +92,17 @@ async def closed_loop(url: str, requests_: list[tuple[bytes, str]], clients: int
         await asyncio.gather(*(client(i) for i in range(clients)))
         elapsed = time.perf_counter() - t0
     ms = np.array(lat) * 1000
-    return {"clients": clients, "requests": len(lat), "rps": round(len(lat) / elapsed, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1), "errors": len(bad),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "bad": bad[:5]}
+    return {
+        "clients": clients,
+        "requests": len(lat),
+        "rps": round(len(lat) / elapsed, 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "errors": len(bad),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "bad": bad[:5],
+    }
 
 
 def paired_ratio(predictors: dict, photos: list[bytes], url: str, reqs, clients: int, ns) -> dict:
@@ -112,8 +119,11 @@ def paired_ratio(predictors: dict, photos: list[bytes], url: str, reqs, clients:
 def tagger_replicas(app_name: str) -> list[str]:
     import ray
 
-    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                  if "Tagger" in a["name"] and app_name in a["name"])
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "Tagger" in a["name"] and app_name in a["name"]
+    )
 
 
 def mixed_requests(photos: list[bytes], expected: list[dict], limit: int, n: int, tmp: str):
@@ -124,8 +134,10 @@ def mixed_requests(photos: list[bytes], expected: list[dict], limit: int, n: int
     from landmark_core.synthetic import write_bad_corpus
 
     kinds = write_bad_corpus(tmp)
-    bad = [((Path(tmp) / name).read_bytes(), 200 if kind is None else (400 if kind == "empty" else 422))
-           for name, kind in sorted(kinds.items())]
+    bad = [
+        ((Path(tmp) / name).read_bytes(), 200 if kind is None else (400 if kind == "empty" else 422))
+        for name, kind in sorted(kinds.items())
+    ]
     oversize = os.urandom(limit + 1024)
     reqs, want = [], []
     for i in range(n):
@@ -166,8 +178,10 @@ def load_test(url: str, photos: list[bytes], expected: list[dict], ns, app_name:
         r = asyncio.run(closed_loop(url, mixed, 16, 0, check=check))
     after = tagger_replicas(app_name)
     r.update(replicas_before=len(before), replicas_after=len(after), replicas_same=before == after)
-    _say(f"(l) {r['requests']} mixed requests: statuses {r['statuses']}, wrong {r['errors']} "
-         f"{r['bad'][:2] or ''}, {r['rps']} req/s, replicas {len(before)} -> {len(after)} (same: {before == after})")
+    _say(
+        f"(l) {r['requests']} mixed requests: statuses {r['statuses']}, wrong {r['errors']} "
+        f"{r['bad'][:2] or ''}, {r['rps']} req/s, replicas {len(before)} -> {len(after)} (same: {before == after})"
+    )
     return r
 
 
@@ -184,9 +198,16 @@ def run_serve_bench(ns) -> dict:
     photos = [Path(p).read_bytes() for p in paths]
     _say(f"{len(photos)} photos from {ns.images}, model {ns.model}")
     port = ns.port or _free_port()
-    base = srv.ServeConfig(model=ns.model, port=port, replicas=srv.parse_min_max(ns.replicas, "replicas"),
-                           cpus_per_replica=ns.cpus_per_replica, max_batch_size=ns.max_batch_size,
-                           batch_wait_ms=ns.batch_wait_ms, runtime=ns.runtime, max_upload_mb=ns.max_upload_mb)
+    base = srv.ServeConfig(
+        model=ns.model,
+        port=port,
+        replicas=srv.parse_min_max(ns.replicas, "replicas"),
+        cpus_per_replica=ns.cpus_per_replica,
+        max_batch_size=ns.max_batch_size,
+        batch_wait_ms=ns.batch_wait_ms,
+        runtime=ns.runtime,
+        max_upload_mb=ns.max_upload_mb,
+    )
     base.check()
     srv.prepare_model(base)
     cores = default_threads()
@@ -195,8 +216,10 @@ def run_serve_bench(ns) -> dict:
     expected = [r.__dict__ for r in predict_bytes([PhotoResult("p", PENDING) for _ in photos], photos, predictor)]
     out = {"photos": len(photos), "seconds": ns.seconds, "runtime": predictor.runtime}
     first, threads = bench_inprocess(predictors, photos, ns.max_batch_size, ns.seconds)
-    _say(f"(p) in-process predict_bytes, batch {ns.max_batch_size}: {first:.1f} photos/s (best of 1 and {cores} "
-         f"model threads: {threads})")
+    _say(
+        f"(p) in-process predict_bytes, batch {ns.max_batch_size}: {first:.1f} photos/s (best of 1 and {cores} "
+        f"model threads: {threads})"
+    )
     reqs = [(p, "image/jpeg") for p in photos]
     try:
         for label, batch in (("batched", ns.max_batch_size), ("unbatched", 1)):
@@ -206,8 +229,10 @@ def run_serve_bench(ns) -> dict:
             for c in ns.clients:
                 r = asyncio.run(closed_loop(url, reqs, c, ns.seconds))
                 out[f"{label}_{c}"] = r
-                _say(f"(s) {label} (max batch {batch}), {c} clients: {r['rps']} req/s, p50 {r['p50_ms']} "
-                     f"p95 {r['p95_ms']} p99 {r['p99_ms']} ms, errors {r['errors']} {r['bad'][:1] or ''}")
+                _say(
+                    f"(s) {label} (max batch {batch}), {c} clients: {r['rps']} req/s, p50 {r['p50_ms']} "
+                    f"p95 {r['p95_ms']} p99 {r['p99_ms']} ms, errors {r['errors']} {r['bad'][:1] or ''}"
+                )
         # (p) again after (s): on a shared machine the load drifts; the table's ratios use the mean of both
         last, threads = bench_inprocess(predictors, photos, ns.max_batch_size, ns.seconds)
         out["inprocess_ips_before"], out["inprocess_ips_after"] = round(first, 1), round(last, 1)
@@ -219,8 +244,10 @@ def run_serve_bench(ns) -> dict:
         url = srv.start(base) + "/v1/tag"  # batched again, for the paired rounds and the load test
         asyncio.run(closed_loop(url, reqs, 4, 1.0))
         out.update(paired_ratio(predictors, photos, url, reqs, top, ns))
-        _say(f"ratio (s, {top} clients, batched) / (p), median of {ns.rounds} back-to-back pairs: {out['ratio']} "
-             f"{out['pairs']}; from the table: {out['ratio_table']}, unbatched {out['ratio_unbatched']}")
+        _say(
+            f"ratio (s, {top} clients, batched) / (p), median of {ns.rounds} back-to-back pairs: {out['ratio']} "
+            f"{out['pairs']}; from the table: {out['ratio_table']}, unbatched {out['ratio_unbatched']}"
+        )
         if ns.load:
             out["load"] = load_test(url, photos, expected, ns, base.app_name)
     finally:
@@ -242,16 +269,24 @@ def _free_port() -> int:
 def add_arguments(p) -> None:
     p.add_argument("--model", required=True, help="model artifact")
     p.add_argument("--images", required=True, help="a folder of photos (recursive)")
-    p.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16],
-                   help="closed-loop client counts (default 1,4,16)")
+    p.add_argument(
+        "--clients",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 4, 16],
+        help="closed-loop client counts (default 1,4,16)",
+    )
     p.add_argument("--seconds", type=float, default=30.0, help="seconds per measurement (default 30)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--replicas", default="1", help="Tagger replicas MIN[,MAX] (as `landmark serve`)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--runtime", default="auto")
-    p.add_argument("--max-upload-mb", type=float, default=2.0,
-                   help="the app's upload limit here (small: the load test's oversize bodies are just over it)")
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=2.0,
+        help="the app's upload limit here (small: the load test's oversize bodies are just over it)",
+    )
     p.add_argument("--rounds", type=int, default=3, help="back-to-back (p)/(s) pairs for the ratio (default 3)")
     p.add_argument("--load", type=int, default=0, help="also N mixed requests (good, bad, oversize, wrong type)")
     p.add_argument("--port", type=int, default=0, help="loopback port (default: a free one)")

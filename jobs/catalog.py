@@ -87,13 +87,24 @@ class CatalogConfig:
             raise ConfigError(f"--recognizer must be one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
         try:
             check_runtime(self.runtime)
-            storage.check_locations({"--model": self.model, "--output": self.output, "--photos": self.photos,
-                                     "--from-folders": self.from_folders, "--data": self.data},
-                                    self.s3_options())
+            storage.check_locations(
+                {
+                    "--model": self.model,
+                    "--output": self.output,
+                    "--photos": self.photos,
+                    "--from-folders": self.from_folders,
+                    "--data": self.data,
+                },
+                self.s3_options(),
+            )
         except (RuntimeChoiceError, storage.StorageError) as e:
             raise ConfigError(str(e)) from None
-        for flag, path in (("--photos", self.photos), ("--from-folders", self.from_folders), ("--data", self.data),
-                           *(("--unknown", u) for u in self.unknown)):
+        for flag, path in (
+            ("--photos", self.photos),
+            ("--from-folders", self.from_folders),
+            ("--data", self.data),
+            *(("--unknown", u) for u in self.unknown),
+        ):
             if path and not storage.is_s3(path) and not _is_dir(path):
                 raise ConfigError(f"{flag} {path}: no such directory")
         if self.coords and not _is_file(self.coords):
@@ -105,8 +116,10 @@ class CatalogConfig:
         if self.photos and not self.name:
             raise ConfigError("--photos needs --name (the new landmark's name)")
         if self.from_folders and (self.name or self.lat is not None or self.lon is not None):
-            raise ConfigError("--from-folders takes names and coordinates from the folders (--coords CSV or the "
-                              "known table), not --name/--lat/--lon")
+            raise ConfigError(
+                "--from-folders takes names and coordinates from the folders (--coords CSV or the "
+                "known table), not --name/--lat/--lon"
+            )
         if (self.lat is None) != (self.lon is None):
             raise ConfigError("give both --lat and --lon, or neither")
         if self.lat is not None and not (-90 <= self.lat <= 90 and -180 <= self.lon <= 180):
@@ -174,23 +187,39 @@ def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> d
     try:
         model_id = save_artifact(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
     except Exception as e:
-        raise ConfigError(f"--output {cfg.output}: could not write the artifact "
-                          f"({storage.redact(str(e))[:200]})") from None
+        raise ConfigError(
+            f"--output {cfg.output}: could not write the artifact ({storage.redact(str(e))[:200]})"
+        ) from None
     if onnx_of is not None and onnx_of._onnx is not None:
         _reuse_onnx(onnx_of, art)
     m = art.metrics
-    summary = {"model_id": model_id, "output": cfg.output, "parent_model_id": m["parent_model_id"],
-               "change": m["catalog_changes"][-1], "landmarks": len(art.catalog), "recognizer": m["recognizer"],
-               "recognizer_val_top1": m["recognizer_val_top1"], "n_val": m["n_val"],
-               "abstain_threshold": m["abstain_threshold"], "val_false_abstain": m["val_false_abstain"],
-               "seconds": round(time.perf_counter() - t0, 2), **timings}
-    print(f"[catalog] wrote {cfg.output} (model_id {model_id}, from {m['parent_model_id']}): "
-          f"{len(art.catalog)} landmarks; recognizer {m['recognizer']} (val top-1 "
-          + ", ".join(f"{k} {v:.3f}" for k, v in m["recognizer_val_top1"].items())
-          + f" on {m['n_val']} held-out photos); abstain threshold {m['abstain_threshold']:.4f}; "
-          f"{summary['seconds']}s", flush=True)
-    print(f"[catalog] photos tagged by the old model are not re-tagged by `landmark tag` unless asked: rerun it "
-          f"with --model {cfg.output} --retag (or on the photos you want re-tagged)", flush=True)
+    summary = {
+        "model_id": model_id,
+        "output": cfg.output,
+        "parent_model_id": m["parent_model_id"],
+        "change": m["catalog_changes"][-1],
+        "landmarks": len(art.catalog),
+        "recognizer": m["recognizer"],
+        "recognizer_val_top1": m["recognizer_val_top1"],
+        "n_val": m["n_val"],
+        "abstain_threshold": m["abstain_threshold"],
+        "val_false_abstain": m["val_false_abstain"],
+        "seconds": round(time.perf_counter() - t0, 2),
+        **timings,
+    }
+    print(
+        f"[catalog] wrote {cfg.output} (model_id {model_id}, from {m['parent_model_id']}): "
+        f"{len(art.catalog)} landmarks; recognizer {m['recognizer']} (val top-1 "
+        + ", ".join(f"{k} {v:.3f}" for k, v in m["recognizer_val_top1"].items())
+        + f" on {m['n_val']} held-out photos); abstain threshold {m['abstain_threshold']:.4f}; "
+        f"{summary['seconds']}s",
+        flush=True,
+    )
+    print(
+        f"[catalog] photos tagged by the old model are not re-tagged by `landmark tag` unless asked: rerun it "
+        f"with --model {cfg.output} --retag (or on the photos you want re-tagged)",
+        flush=True,
+    )
     return summary
 
 
@@ -209,14 +238,16 @@ def _upgrade(cfg: CatalogConfig, art, predictor) -> tuple:
     except DatasetError as e:
         raise ConfigError(str(e)) from None
     if data.catalog.folders != art.catalog.folders:
-        raise ConfigError(f"--data {cfg.data}: its classes {data.catalog.folders} are not the model's "
-                          f"{art.catalog.folders}")
+        raise ConfigError(
+            f"--data {cfg.data}: its classes {data.catalog.folders} are not the model's {art.catalog.folders}"
+        )
     t = time.perf_counter()
     train = _embed(cfg, predictor, data.train.uris)
     val = _embed(cfg, predictor, data.val.uris)
     labels = dict(zip(data.train.uris + data.val.uris, data.train.labels + data.val.labels))
-    new = enroll.with_gallery(art, train, np.array([labels[u] for u in train.uris]), val,
-                              np.array([labels[u] for u in val.uris]))
+    new = enroll.with_gallery(
+        art, train, np.array([labels[u] for u in train.uris]), val, np.array([labels[u] for u in val.uris])
+    )
     return new, {"embed_seconds": round(time.perf_counter() - t, 2), "photos": len(train.uris) + len(val.uris)}
 
 
@@ -254,15 +285,16 @@ def _photos(cfg: CatalogConfig, uris: list[str], where: str) -> list[str]:
     if not uris:
         raise ConfigError(f"{where}: no photos found")
     if cfg.max_photos is not None and len(uris) > cfg.max_photos:
-        pick = np.random.default_rng(cfg.seed).permutation(len(uris))[:cfg.max_photos]
+        pick = np.random.default_rng(cfg.seed).permutation(len(uris))[: cfg.max_photos]
         uris = [uris[i] for i in sorted(pick)]
     return uris
 
 
 def _subset(e: enroll.Embedded, uris: set[str]) -> enroll.Embedded:
     idx = [i for i, u in enumerate(e.uris) if u in uris]
-    return enroll.Embedded([e.uris[i] for i in idx], e.logits[idx], e.emb[idx],
-                           {u: r for u, r in e.failed.items() if u in uris})
+    return enroll.Embedded(
+        [e.uris[i] for i in idx], e.logits[idx], e.emb[idx], {u: r for u, r in e.failed.items() if u in uris}
+    )
 
 
 def _embed(cfg: CatalogConfig, predictor, uris: list[str]) -> enroll.Embedded:
@@ -279,18 +311,35 @@ def _embed_with_ray(cfg: CatalogConfig, predictor, uris: list[str]) -> enroll.Em
 
     init_ray(cfg.ray_address, worker_env=None)
     onnx = None if predictor._onnx is None else ray.put(_onnx_bytes(predictor))
-    spec = {"model": cfg.model, "model_id": predictor.model_id, "k": 1, "min_score": None, "accept_rate": None,
-            "s3_endpoint": cfg.s3_endpoint, "runtime": predictor.runtime, "onnx_model": onnx, "threads": 1}
+    spec = {
+        "model": cfg.model,
+        "model_id": predictor.model_id,
+        "k": 1,
+        "min_score": None,
+        "accept_rate": None,
+        "s3_endpoint": cfg.s3_endpoint,
+        "runtime": predictor.runtime,
+        "onnx_model": onnx,
+        "threads": 1,
+    }
     ds = ray.data.from_items([{"uri": u} for u in uris]).map_batches(
-        embed_task, batch_size=cfg.batch_size, batch_format="numpy", num_cpus=1,
-        fn_kwargs={"predictor": spec, "opts": cfg.s3_options()})
+        embed_task,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={"predictor": spec, "opts": cfg.s3_options()},
+    )
     rows = ds.take_all()
     ok = [r for r in rows if not r["error"]]
     failed = {r["uri"]: r["error"] for r in rows if r["error"]}
     order = {u: i for i, u in enumerate(uris)}
     ok.sort(key=lambda r: order[r["uri"]])
-    return enroll._embedded([r["uri"] for r in ok], [np.stack([r["logits"] for r in ok])] if ok else [],
-                            [np.stack([r["emb"] for r in ok])] if ok else [], failed)
+    return enroll._embedded(
+        [r["uri"] for r in ok],
+        [np.stack([r["logits"] for r in ok])] if ok else [],
+        [np.stack([r["emb"] for r in ok])] if ok else [],
+        failed,
+    )
 
 
 def _onnx_bytes(predictor) -> bytes:
@@ -313,8 +362,12 @@ def embed_task(batch: dict, *, predictor: dict, opts) -> dict:
     for i, u in enumerate(uris):
         if u in where:
             logits[i], emb[i] = e.logits[where[u]], e.emb[where[u]]
-    return {"uri": np.array(uris, dtype=object), "error": np.array([e.failed.get(u, "") for u in uris], dtype=object),
-            "logits": logits, "emb": emb}
+    return {
+        "uri": np.array(uris, dtype=object),
+        "error": np.array([e.failed.get(u, "") for u in uris], dtype=object),
+        "logits": logits,
+        "emb": emb,
+    }
 
 
 def _evaluate(cfg: CatalogConfig, art) -> dict:
@@ -333,13 +386,19 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
         pred = _predict(cfg, predictor, uris)
         top1 = pred["topk_idx"][:, 0] == y
         tagged = pred["status"] == "tagged"
-        out["known"] = {"photos": len(uris), "top1": float(top1.mean()), "tagged_right": float((top1 & tagged).mean()),
-                        "abstained": float((~tagged).mean()),
-                        "per_landmark": {f: float(top1[y == labels[f]].mean()) for f in sorted(by_class)}}
+        out["known"] = {
+            "photos": len(uris),
+            "top1": float(top1.mean()),
+            "tagged_right": float((top1 & tagged).mean()),
+            "abstained": float((~tagged).mean()),
+            "per_landmark": {f: float(top1[y == labels[f]].mean()) for f in sorted(by_class)},
+        }
     for u in cfg.unknown:
         pred = _predict(cfg, predictor, list_files(u, cfg.s3_options()))
-        out.setdefault("unknown", {})[u] = {"photos": int(len(pred["status"])),
-                                            "tagged": float((pred["status"] == "tagged").mean())}
+        out.setdefault("unknown", {})[u] = {
+            "photos": int(len(pred["status"])),
+            "tagged": float((pred["status"] == "tagged").mean()),
+        }
     print(json.dumps(out, indent=None if cfg.as_json else 2), flush=True)
     return out
 
@@ -349,9 +408,12 @@ def _predict(cfg: CatalogConfig, predictor, uris: list[str]) -> dict:
 
     cols = []
     for s in range(0, len(uris), cfg.batch_size):
-        chunk = uris[s:s + cfg.batch_size]
-        dec = read_and_decode({"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)},
-                              preset=predictor.preset, opts=cfg.s3_options())
+        chunk = uris[s : s + cfg.batch_size]
+        dec = read_and_decode(
+            {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)},
+            preset=predictor.preset,
+            opts=cfg.s3_options(),
+        )
         cols.append(predict_batch(predictor, dec))
     return {k: np.concatenate([c[k] for c in cols]) for k in ("status", "topk_idx")}
 
@@ -365,8 +427,10 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
     for r in rows:
         lat = "" if r["lat"] is None else f"{r['lat']:.4f}"
         lon = "" if r["lon"] is None else f"{r['lon']:.4f}"
-        print(f"{r['id']:>3}  {r['name'][:32]:<32} {lat:>9} {lon:>10} {r['country'] or '':<3} {r['source']:<8} "
-              f"{r['gallery_photos']}")
+        print(
+            f"{r['id']:>3}  {r['name'][:32]:<32} {lat:>9} {lon:>10} {r['country'] or '':<3} {r['source']:<8} "
+            f"{r['gallery_photos']}"
+        )
 
 
 # ---------------------------------------------------------------- CLI
@@ -383,35 +447,53 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0)
     writes = argparse.ArgumentParser(add_help=False)
     writes.add_argument("--output", required=True, help="directory (or s3://) of the new artifact")
-    writes.add_argument("--recognizer", choices=RECOGNIZERS, default=None,
-                        help="head | gallery | both (default: the best top-1 on the held-out photos)")
+    writes.add_argument(
+        "--recognizer",
+        choices=RECOGNIZERS,
+        default=None,
+        help="head | gallery | both (default: the best top-1 on the held-out photos)",
+    )
     a = sub.add_parser("add", parents=[common, writes], help="enroll new landmarks from photos")
     a.add_argument("--name", help="the new landmark's name (with --photos)")
     a.add_argument("--lat", type=float)
     a.add_argument("--lon", type=float)
     a.add_argument("--country", help="ISO 3166-1 alpha-2 code")
     a.add_argument("--photos", help="directory or s3:// prefix of the new landmark's photos")
-    a.add_argument("--from-folders", help="class folders, one new landmark each (names/locations from --coords or "
-                                          "the known table)")
+    a.add_argument(
+        "--from-folders", help="class folders, one new landmark each (names/locations from --coords or the known table)"
+    )
     a.add_argument("--coords", help="CSV/JSON: folder|name, lat, lon[, country]")
     a.add_argument("--max-photos", type=int, help="use at most N photos of each landmark (seeded choice)")
-    a.add_argument("--holdout", type=float, default=enroll.DEFAULT_HOLDOUT,
-                   help="share of each landmark's photos held back to measure and set the threshold (default 0.2)")
-    a.add_argument("--ray-min-photos", type=int, default=CatalogConfig.ray_min_photos,
-                   help="embed with Ray Data from this many photos on (default 400)")
+    a.add_argument(
+        "--holdout",
+        type=float,
+        default=enroll.DEFAULT_HOLDOUT,
+        help="share of each landmark's photos held back to measure and set the threshold (default 0.2)",
+    )
+    a.add_argument(
+        "--ray-min-photos",
+        type=int,
+        default=CatalogConfig.ray_min_photos,
+        help="embed with Ray Data from this many photos on (default 400)",
+    )
     a.add_argument("--ray-address", default=None)
     r = sub.add_parser("remove", parents=[common, writes], help="take a landmark out of the catalog")
     r.add_argument("--name", required=True, help="the landmark's name or folder")
     ls = sub.add_parser("list", parents=[common], help="show the catalog")
     ls.add_argument("--json", dest="as_json", action="store_true")
-    u = sub.add_parser("upgrade", parents=[common, writes],
-                       help="give an artifact trained before the gallery existed its gallery")
+    u = sub.add_parser(
+        "upgrade", parents=[common, writes], help="give an artifact trained before the gallery existed its gallery"
+    )
     u.add_argument("--data", required=True, help="the model's training data (class folders)")
     e = sub.add_parser("eval", parents=[common], help="top-1 on class folders; tags on photos of no landmark")
     e.add_argument("--photos", help="class folders named like the catalog's landmarks")
     e.add_argument("--unknown", action="append", default=[], help="photos of no catalog landmark (repeatable)")
-    e.add_argument("--accept-rate", type=float, default=None,
-                   help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)")
+    e.add_argument(
+        "--accept-rate",
+        type=float,
+        default=None,
+        help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)",
+    )
     e.add_argument("--json", dest="as_json", action="store_true")
     return p
 

@@ -25,8 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
-        print("usage: landmark COMMAND [ARGS...]\n\ncommands:\n" + "\n".join(lines)
-              + "\n\n`landmark COMMAND --help` for each command's flags.", file=sys.stdout if argv else sys.stderr)
+        print(
+            "usage: landmark COMMAND [ARGS...]\n\ncommands:\n"
+            + "\n".join(lines)
+            + "\n\n`landmark COMMAND --help` for each command's flags.",
+            file=sys.stdout if argv else sys.stderr,
+        )
         if argv and argv[0] not in ("-h", "--help"):
             print(f"landmark: unknown command {argv[0]!r}", file=sys.stderr)
             return 2

@@ -36,9 +36,10 @@ def download(url: str, dest: Path, *, timeout: float = 15.0, out=sys.stderr) -> 
     except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, OSError) as e:
         part.unlink(missing_ok=True)
         reason = getattr(e, "reason", e)
-        raise FetchError(f"could not download {url}: {reason}. Are you offline? Download the zip elsewhere and "
-                         f"unpack it into the --dest directory (layout: landmark_images/train/<class>/*.jpg)") \
-            from None
+        raise FetchError(
+            f"could not download {url}: {reason}. Are you offline? Download the zip elsewhere and "
+            f"unpack it into the --dest directory (layout: landmark_images/train/<class>/*.jpg)"
+        ) from None
     part.replace(dest)
     return dest
 
@@ -68,8 +69,11 @@ def fetch_udacity(dest: Path, *, url: str = UDACITY_URL, timeout: float = 15.0) 
     root = unpack(zip_path, dest)
     n_train = sum(1 for _ in (root / "train").rglob("*.jpg"))
     n_test = sum(1 for _ in (root / "test").rglob("*.jpg")) if (root / "test").is_dir() else 0
-    print(f"[data] Udacity landmark images at {root}: {n_train} train, {n_test} test photos. "
-          f"Train with: landmark train --data {root} --output out/udacity", flush=True)
+    print(
+        f"[data] Udacity landmark images at {root}: {n_train} train, {n_test} test photos. "
+        f"Train with: landmark train --data {root} --output out/udacity",
+        flush=True,
+    )
     return root
 
 
@@ -100,8 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from landmark_core import synthetic
 
-    args = [ns.dest, "--classes", str(ns.classes), "--train-per-class", str(ns.train_per_class),
-            "--test-per-class", str(ns.test_per_class), "--seed", str(ns.seed)] + (["--bad"] if ns.bad else [])
+    args = [
+        ns.dest,
+        "--classes",
+        str(ns.classes),
+        "--train-per-class",
+        str(ns.train_per_class),
+        "--test-per-class",
+        str(ns.test_per_class),
+        "--seed",
+        str(ns.seed),
+    ] + (["--bad"] if ns.bad else [])
     synthetic.main(args)
     return 0
 

@@ -1,12 +1,12 @@
 """`landmark demo` (what `make demo` runs): the whole product on this machine, with no cloud account.
 
-    1. photos: the synthetic landmark-like set (or --data DIR, a real class-folder set)
-    2. a local Ray; train EfficientNet-Lite0, frozen backbone, 2 workers (or --model DIR: a model already trained)
-    3. a "day of uploads" (held-out photos, some with EXIF GPS, some rotated, a few bad files) put in a local
-       SeaweedFS S3 bucket started for the demo (--no-s3: a local folder)
-    4. the nightly tag job (and how many held-out photos got their own landmark); the same job again (nothing
-       new to tag); a query; an HTML report
-    5. stop what it started
+1. photos: the synthetic landmark-like set (or --data DIR, a real class-folder set)
+2. a local Ray; train EfficientNet-Lite0, frozen backbone, 2 workers (or --model DIR: a model already trained)
+3. a "day of uploads" (held-out photos, some with EXIF GPS, some rotated, a few bad files) put in a local
+   SeaweedFS S3 bucket started for the demo (--no-s3: a local folder)
+4. the nightly tag job (and how many held-out photos got their own landmark); the same job again (nothing
+   new to tag); a query; an HTML report
+5. stop what it started
 """
 
 from __future__ import annotations
@@ -29,10 +29,20 @@ def _photos(data: str | None, work: Path, classes: int) -> Path:
 
     root = work / "photos"
     if not (root / "train").is_dir():
-        info = generate_dataset(root, n_classes=classes, train_per_class=30, test_per_class=8,
-                                image_size=(320, 240), seed=0, gps_fraction=0.4, rotated_fraction=0.2)
-        print(f"    generated {info['counts']['train']} training and {info['counts']['test']} held-out photos "
-              f"of {len(info['classes'])} synthetic landmarks in {root}")
+        info = generate_dataset(
+            root,
+            n_classes=classes,
+            train_per_class=30,
+            test_per_class=8,
+            image_size=(320, 240),
+            seed=0,
+            gps_fraction=0.4,
+            rotated_fraction=0.2,
+        )
+        print(
+            f"    generated {info['counts']['train']} training and {info['counts']['test']} held-out photos "
+            f"of {len(info['classes'])} synthetic landmarks in {root}"
+        )
     return root
 
 
@@ -43,8 +53,9 @@ def _day_of_uploads(photos: Path, work: Path) -> Path:
     day = work / "uploads" / "2026-11-24"
     if day.exists():
         shutil.rmtree(day)
-    test = [f for f in sorted((photos / "test").rglob("*")) if f.is_file()] or \
-        [f for f in sorted((photos / "val").rglob("*")) if f.is_file()]
+    test = [f for f in sorted((photos / "test").rglob("*")) if f.is_file()] or [
+        f for f in sorted((photos / "val").rglob("*")) if f.is_file()
+    ]
     for i, f in enumerate(test):
         dest = day / f"user{i % 4}" / f"{f.parent.name}_{f.name}"
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +72,15 @@ def run(ns: argparse.Namespace) -> int:
     step(1, "photos")
     photos = _photos(ns.data, work, ns.classes)
 
-    step(2, "a local Ray" + (f" and the model in {ns.model}" if ns.model else
-                             "; train EfficientNet-Lite0 on it (frozen backbone, 2 workers)"))
+    step(
+        2,
+        "a local Ray"
+        + (
+            f" and the model in {ns.model}"
+            if ns.model
+            else "; train EfficientNet-Lite0 on it (frozen backbone, 2 workers)"
+        ),
+    )
     server = None
     if not ns.no_s3:  # before Ray starts: its workers inherit the S3 keys from this process's environment
         server = _start_s3_server(work)
@@ -75,8 +93,10 @@ def run(ns: argparse.Namespace) -> int:
         import ray
 
         ray.shutdown()
-    print(f"\nDone in {time.time() - t0:.0f}s. Open {work / 'report' / 'report.html'}; model in {model}; "
-          f"tags in {tags} (SeaweedFS data in {work / 'seaweedfs'} when S3 was used).")
+    print(
+        f"\nDone in {time.time() - t0:.0f}s. Open {work / 'report' / 'report.html'}; model in {model}; "
+        f"tags in {tags} (SeaweedFS data in {work / 'seaweedfs'} when S3 was used)."
+    )
     return 0
 
 
@@ -90,11 +110,22 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
         print(f"    skipped: using the trained model in {model}")
     else:
         model = work / "model"
-        metrics = train(TrainConfig(data=str(photos), output=str(model), storage=str(work / "ray_results"),
-                                    model="efficientnet_lite0", freeze_backbone=True, workers=2,
-                                    epochs=ns.epochs, feature_views=2))
-        print(f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
-              f"report PNGs in {model / 'report'}")
+        metrics = train(
+            TrainConfig(
+                data=str(photos),
+                output=str(model),
+                storage=str(work / "ray_results"),
+                model="efficientnet_lite0",
+                freeze_backbone=True,
+                workers=2,
+                epochs=ns.epochs,
+                feature_views=2,
+            )
+        )
+        print(
+            f"    test top-1 {metrics.get('test_top1', float('nan')):.3f}; model in {model}; "
+            f"report PNGs in {model / 'report'}"
+        )
 
     step(3, "a day of uploads" + ("" if server is None else " into a local SeaweedFS S3 bucket"))
     day = _day_of_uploads(photos, work)
@@ -109,8 +140,10 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
     first = tag(cfg)
     _print_accuracy(tags, str(model), endpoint, first["listed"])
     second = tag(cfg)
-    print(f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
-          f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)")
+    print(
+        f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
+        f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)"
+    )
 
     step(5, "query the tags and write the HTML report")
     from jobs.query import main as query_main
@@ -137,8 +170,10 @@ def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) ->
         if matches:  # the longest folder that prefixes the name ("arch_bridge_1.jpg" is not "arch")
             total += 1
             right += landmark == folders[max(matches, key=len)]
-    print(f"    {listed} objects, {rows.num_rows} rows; held-out photos given their own landmark: "
-          f"{right}/{total} ({right / max(total, 1):.1%})")
+    print(
+        f"    {listed} objects, {rows.num_rows} rows; held-out photos given their own landmark: "
+        f"{right}/{total} ({right / max(total, 1):.1%})"
+    )
 
 
 def _start_s3_server(work: Path):

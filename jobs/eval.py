@@ -1,9 +1,9 @@
 """`landmark eval`: a model's open-world numbers on labelled photos, through the Predictor the tag job uses.
 
-    known DIR (class folders named as the catalog's) + unknown DIR... (any photos, each folder on its own)
-      -> decode + Predictor (the tag job's preprocessing, score and threshold)
-      -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve
-      -> printed table | --json | --out DIR (eval.json, curve.png, reliability.png, report.html)
+known DIR (class folders named as the catalog's) + unknown DIR... (any photos, each folder on its own)
+  -> decode + Predictor (the tag job's preprocessing, score and threshold)
+  -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve
+  -> printed table | --json | --out DIR (eval.json, curve.png, reliability.png, report.html)
 """
 
 from __future__ import annotations
@@ -58,8 +58,13 @@ def run(cfg: EvalConfig) -> dict:
     from landmark_core.predict import predict_paths
     from landmark_core.predictor import Predictor
 
-    predictor = Predictor(cfg.model, runtime=cfg.runtime, min_score=cfg.min_score, accept_rate=cfg.accept_rate,
-                          max_wrong_rate=cfg.max_wrong_rate)
+    predictor = Predictor(
+        cfg.model,
+        runtime=cfg.runtime,
+        min_score=cfg.min_score,
+        accept_rate=cfg.accept_rate,
+        max_wrong_rate=cfg.max_wrong_rate,
+    )
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     parts, failed = [], 0
     for group, paths, labels in _photo_sets(cfg, predictor):
@@ -75,9 +80,14 @@ def run(cfg: EvalConfig) -> dict:
             tagged.append(r.status == "tagged")
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
     outcomes = evaluation.Outcomes.concat(parts)
-    result = {"model_id": predictor.model_id, "threshold": predictor.threshold, "method": predictor.method,
-              "failed_photos": failed, "summary": evaluation.summary(outcomes),
-              "curve": evaluation.coverage_curve(outcomes)}
+    result = {
+        "model_id": predictor.model_id,
+        "threshold": predictor.threshold,
+        "method": predictor.method,
+        "failed_photos": failed,
+        "summary": evaluation.summary(outcomes),
+        "curve": evaluation.coverage_curve(outcomes),
+    }
     if cfg.out:
         _write(cfg.out, result)
     return result
@@ -92,8 +102,10 @@ def _photo_sets(cfg: EvalConfig, predictor):
         folders = {f: i for i, f in enumerate(predictor.catalog.folders)}
         for folder, paths in sorted(_class_split(list_files(cfg.known), cfg.known.rstrip("/")).items()):
             if folder not in folders:
-                raise ConfigError(f"--known {cfg.known}: folder {folder!r} is not a landmark of this model's "
-                                  f"catalog ({', '.join(predictor.catalog.folders)})")
+                raise ConfigError(
+                    f"--known {cfg.known}: folder {folder!r} is not a landmark of this model's "
+                    f"catalog ({', '.join(predictor.catalog.folders)})"
+                )
             yield folder, paths, [folders[folder]] * len(paths)
     for u in cfg.unknown:
         paths = list_files(u)
@@ -108,8 +120,10 @@ def _write(out: str, result: dict) -> None:
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     s = result["summary"]
-    pngs = {"curve.png": evaluation.curve_png(result["curve"], operating=s),
-            "reliability.png": evaluation.reliability_png(s["reliability"])}
+    pngs = {
+        "curve.png": evaluation.curve_png(result["curve"], operating=s),
+        "reliability.png": evaluation.reliability_png(s["reliability"]),
+    }
     for name, blob in pngs.items():
         (d / name).write_bytes(blob)
     (d / "eval.json").write_text(json.dumps(result, indent=2))
@@ -121,16 +135,21 @@ def format_table(result: dict) -> str:
         return "" if v is None else f"{100 * v:5.1f}%"
 
     s = result["summary"]
-    lines = [f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
-             f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s}"]
+    lines = [
+        f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
+        f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s}",
+    ]
     for r in s["folders"]:
-        lines.append(f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
-                     f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s}")
+        lines.append(
+            f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
+            f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s}"
+        )
     ece = s["ece_tagged"]
-    lines.append(f"known right {pct(s['known_right'])}, abstained {pct(s['known_abstained'])}, wrong "
-                 f"{pct(s['known_wrong'])}; unknown tagged {pct(s['unknown_tagged'])} (mean over folders "
-                 f"{pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged "
-                 + ("-" if ece is None else f"{ece:.3f}"))
+    lines.append(
+        f"known right {pct(s['known_right'])}, abstained {pct(s['known_abstained'])}, wrong "
+        f"{pct(s['known_wrong'])}; unknown tagged {pct(s['unknown_tagged'])} (mean over folders "
+        f"{pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged " + ("-" if ece is None else f"{ece:.3f}")
+    )
     return "\n".join(lines)
 
 
@@ -138,8 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
     p.add_argument("--known", default=None, help="photos of catalog landmarks, in folders named as the catalog's")
-    p.add_argument("--unknown", action="append", default=[], metavar="DIR",
-                   help="photos of no catalog landmark (recursive; repeat: each folder is reported on its own)")
+    p.add_argument(
+        "--unknown",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="photos of no catalog landmark (recursive; repeat: each folder is reported on its own)",
+    )
     p.add_argument("--out", default=None, help="write eval.json, curve.png, reliability.png and report.html here")
     p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     p.add_argument("--runtime", default="auto", help="torch | onnx | onnx-int8 | auto (as the tag job)")
@@ -149,9 +173,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")
     ns = p.parse_args(argv)
     try:
-        cfg = EvalConfig(model=ns.model, known=ns.known, unknown=tuple(ns.unknown), out=ns.out,
-                         as_json=ns.as_json, runtime=ns.runtime, batch_size=ns.batch_size, min_score=ns.min_score,
-                         accept_rate=ns.accept_rate, max_wrong_rate=ns.max_wrong_rate)
+        cfg = EvalConfig(
+            model=ns.model,
+            known=ns.known,
+            unknown=tuple(ns.unknown),
+            out=ns.out,
+            as_json=ns.as_json,
+            runtime=ns.runtime,
+            batch_size=ns.batch_size,
+            min_score=ns.min_score,
+            accept_rate=ns.accept_rate,
+            max_wrong_rate=ns.max_wrong_rate,
+        )
         cfg.check()
     except ConfigError as e:
         p.error(str(e))

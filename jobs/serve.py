@@ -66,9 +66,14 @@ class ServeConfig:
     route_prefix: str = "/"
 
     def check(self) -> None:
-        for flag, v in (("-k", self.k), ("--max-batch-size", self.max_batch_size),
-                        ("--max-upload-mb", self.max_upload_mb), ("--request-timeout", self.request_timeout_s),
-                        ("--cpus-per-replica", self.cpus_per_replica), ("--max-queued", self.max_queued)):
+        for flag, v in (
+            ("-k", self.k),
+            ("--max-batch-size", self.max_batch_size),
+            ("--max-upload-mb", self.max_upload_mb),
+            ("--request-timeout", self.request_timeout_s),
+            ("--cpus-per-replica", self.cpus_per_replica),
+            ("--max-queued", self.max_queued),
+        ):
             if v is None or not v > 0 or not math.isfinite(v):
                 raise ConfigError(f"{flag} must be > 0, got {v}")
         if not 0 <= self.batch_wait_ms <= 10_000:
@@ -146,12 +151,22 @@ def parse_min_max(text: str, flag: str) -> tuple[int, int]:
 class Tagger:
     """The Predictor behind @serve.batch: concurrent requests become one model call of up to max_batch_size."""
 
-    def __init__(self, model: str, *, runtime: str, k: int, threads: int, max_batch_size: int,
-                 batch_wait_s: float, s3_endpoint: str | None):
+    def __init__(
+        self,
+        model: str,
+        *,
+        runtime: str,
+        k: int,
+        threads: int,
+        max_batch_size: int,
+        batch_wait_s: float,
+        s3_endpoint: str | None,
+    ):
         from landmark_core.predictor import Predictor
 
-        self.predictor = Predictor(model, k=k, runtime=runtime, threads=threads,
-                                   storage_options={"endpoint": s3_endpoint})
+        self.predictor = Predictor(
+            model, k=k, runtime=runtime, threads=threads, storage_options={"endpoint": s3_endpoint}
+        )
         self.tag.set_max_batch_size(max_batch_size)
         self.tag.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -166,9 +181,14 @@ class Tagger:
 
     def info(self) -> dict:
         p = self.predictor
-        return {"model_id": p.model_id, "runtime": p.runtime, "k": p.k,
-                "catalog": p.catalog.to_json(), "metrics": p.artifact.metrics,
-                "abstain": {"method": p.method, "threshold": p.threshold}}
+        return {
+            "model_id": p.model_id,
+            "runtime": p.runtime,
+            "k": p.k,
+            "catalog": p.catalog.to_json(),
+            "metrics": p.artifact.metrics,
+            "abstain": {"method": p.method, "threshold": p.threshold},
+        }
 
 
 class HttpError(Exception):
@@ -218,8 +238,11 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
             raise HttpError(400, "empty: the multipart form holds no file")
         return files
     if not ctype.lower().startswith(RAW_TYPES):
-        raise HttpError(415, f"unsupported: content type {ctype or '(none)'!r}; send image/*, "
-                             "application/octet-stream or multipart/form-data")
+        raise HttpError(
+            415,
+            f"unsupported: content type {ctype or '(none)'!r}; send image/*, "
+            "application/octet-stream or multipart/form-data",
+        )
     name = request.query_params.get("name") or "upload"
     return [(name, b"".join([c async for c in read_bounded(request, limit)]))]
 
@@ -231,8 +254,14 @@ def make_api(ingress: "TagApi") -> FastAPI:
     from jobs.serve_page import PAGE
 
     # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
-    api = FastAPI(title="landmark-tagger", version="1", docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Tag a photo with the landmark it shows, and where it was taken.")
+    api = FastAPI(
+        title="landmark-tagger",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Tag a photo with the landmark it shows, and where it was taken.",
+    )
     bearer = HTTPBearer(auto_error=False, description="Bearer token (when the server runs with --token-file)")
 
     def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -240,8 +269,7 @@ def make_api(ingress: "TagApi") -> FastAPI:
             return
         given = hashlib.sha256(creds.credentials.encode()).hexdigest() if creds else ""
         if not hmac.compare_digest(given, ingress.token_sha256):
-            raise HttpError(401, "unauthorized: send Authorization: Bearer <token>",
-                            {"WWW-Authenticate": "Bearer"})
+            raise HttpError(401, "unauthorized: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
 
     @api.exception_handler(HttpError)
     async def http_error(_request: Request, e: HttpError):
@@ -332,19 +360,41 @@ async def _gather(responses):
 def build_application(cfg: ServeConfig):
     """The Serve application for ``cfg`` (checked): TagApi bound to a Tagger deployment."""
     lo, hi = cfg.replicas
-    scale = {"num_replicas": lo} if lo == hi else {"autoscaling_config": {
-        "min_replicas": lo, "max_replicas": hi, "target_ongoing_requests": cfg.max_batch_size}}
+    scale = (
+        {"num_replicas": lo}
+        if lo == hi
+        else {
+            "autoscaling_config": {
+                "min_replicas": lo,
+                "max_replicas": hi,
+                "target_ongoing_requests": cfg.max_batch_size,
+            }
+        }
+    )
     tagger = Tagger.options(
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
         # room for a batch being filled while one runs (and for queued single calls when batches are of 1)
-        max_ongoing_requests=max(2 * cfg.max_batch_size, 16), max_queued_requests=cfg.max_queued,
+        max_ongoing_requests=max(2 * cfg.max_batch_size, 16),
+        max_queued_requests=cfg.max_queued,
         # the ingress logs each HTTP request; a second line per photo from here would only cost CPU
-        health_check_period_s=2.0, logging_config={"enable_access_log": False}, **scale,
-    ).bind(cfg.model, runtime=cfg.resolved_runtime(), k=cfg.k, threads=max(1, int(cfg.cpus_per_replica)),
-           max_batch_size=cfg.max_batch_size, batch_wait_s=cfg.batch_wait_ms / 1000.0, s3_endpoint=cfg.s3_endpoint)
-    return TagApi.bind(tagger, token_sha256=cfg.token_sha256(),
-                       max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
-                       request_timeout_s=cfg.request_timeout_s)
+        health_check_period_s=2.0,
+        logging_config={"enable_access_log": False},
+        **scale,
+    ).bind(
+        cfg.model,
+        runtime=cfg.resolved_runtime(),
+        k=cfg.k,
+        threads=max(1, int(cfg.cpus_per_replica)),
+        max_batch_size=cfg.max_batch_size,
+        batch_wait_s=cfg.batch_wait_ms / 1000.0,
+        s3_endpoint=cfg.s3_endpoint,
+    )
+    return TagApi.bind(
+        tagger,
+        token_sha256=cfg.token_sha256(),
+        max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
+        request_timeout_s=cfg.request_timeout_s,
+    )
 
 
 def build_app(args: dict):
@@ -360,8 +410,11 @@ def prepare_model(cfg: ServeConfig) -> None:
     runtime's ONNX model into the machine's cache, so replicas on this node start without building it."""
     runtime = cfg.resolved_runtime()
     try:
-        art = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint},
-                            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch")
+        art = load_artifact(
+            cfg.model,
+            storage_options={"endpoint": cfg.s3_endpoint},
+            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
+        )
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
     if runtime in ONNX_RUNTIMES:
@@ -389,8 +442,11 @@ def run(cfg: ServeConfig) -> None:
     """Serve until interrupted, then shut Serve down."""
     url = start(cfg)
     safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
-    print(f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
-          f"{'; bearer token required' if cfg.token_file else ''}", flush=True)
+    print(
+        f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
+        f"{'; bearer token required' if cfg.token_file else ''}",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
     try:
         while True:
@@ -414,27 +470,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs (and model threads) per replica")
     p.add_argument("--max-batch-size", type=int, default=16, help="photos per model call (@serve.batch)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (ms)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="model runtime (auto: torch on a GPU replica, onnx-int8 on a CPU one)")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="model runtime (auto: torch on a GPU replica, onnx-int8 on a CPU one)",
+    )
     p.add_argument("-k", "--top-k", dest="k", type=int, default=5)
-    p.add_argument("--token-file", default=None,
-                   help="file holding a bearer token; every request but /healthz must then send it")
+    p.add_argument(
+        "--token-file", default=None, help="file holding a bearer token; every request but /healthz must then send it"
+    )
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (default 25 MB)")
-    p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds before an unanswered request gets 503 + Retry-After (default 30)")
-    p.add_argument("--max-queued", type=int, default=512,
-                   help="requests queued for the replicas before new ones get 503 + Retry-After")
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds before an unanswered request gets 503 + Retry-After (default 30)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=512,
+        help="requests queued for the replicas before new ones get 503 + Retry-After",
+    )
     p.add_argument("--s3-endpoint", default=None)
     p.add_argument("--ray-address", default=None)
 
 
 def config_from_args(ns: argparse.Namespace) -> ServeConfig:
-    return ServeConfig(model=ns.model, host=ns.host, port=ns.port, replicas=parse_min_max(ns.replicas, "replicas"),
-                       gpus_per_replica=ns.gpus_per_replica, cpus_per_replica=ns.cpus_per_replica,
-                       max_batch_size=ns.max_batch_size, batch_wait_ms=ns.batch_wait_ms, runtime=ns.runtime,
-                       k=ns.k, token_file=ns.token_file, max_upload_mb=ns.max_upload_mb,
-                       request_timeout_s=ns.request_timeout, max_queued=ns.max_queued,
-                       s3_endpoint=ns.s3_endpoint, ray_address=ns.ray_address)
+    return ServeConfig(
+        model=ns.model,
+        host=ns.host,
+        port=ns.port,
+        replicas=parse_min_max(ns.replicas, "replicas"),
+        gpus_per_replica=ns.gpus_per_replica,
+        cpus_per_replica=ns.cpus_per_replica,
+        max_batch_size=ns.max_batch_size,
+        batch_wait_ms=ns.batch_wait_ms,
+        runtime=ns.runtime,
+        k=ns.k,
+        token_file=ns.token_file,
+        max_upload_mb=ns.max_upload_mb,
+        request_timeout_s=ns.request_timeout,
+        max_queued=ns.max_queued,
+        s3_endpoint=ns.s3_endpoint,
+        ray_address=ns.ray_address,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,8 +57,10 @@ class StoreConfig:
             raise StoreConfigError("--from OLD_ROOT is required (a store of dt=/run=/ directories)")
         if self.action == "vacuum":
             if self.retain_hours is None:
-                raise StoreConfigError("--retain-hours N is required: files younger than N hours are kept "
-                                       "(a tag run still writing has uncommitted files; make N longer than a run)")
+                raise StoreConfigError(
+                    "--retain-hours N is required: files younger than N hours are kept "
+                    "(a tag run still writing has uncommitted files; make N longer than a run)"
+                )
             if not self.retain_hours >= 0:
                 raise StoreConfigError(f"--retain-hours must be >= 0, got {self.retain_hours}")
         if self.target_mb <= 0:
@@ -82,8 +84,15 @@ def history(cfg: StoreConfig) -> list[dict]:
     out = []
     for c in _table(cfg).history(limit=cfg.limit):
         run = c.get(tagstore.RUN_KEY) if isinstance(c.get(tagstore.RUN_KEY), dict) else None
-        out.append({"version": c["version"], "timestamp": c.get("timestamp"), "operation": c.get("operation"),
-                    "run": run, "metrics": c.get("operationMetrics")})
+        out.append(
+            {
+                "version": c["version"],
+                "timestamp": c.get("timestamp"),
+                "operation": c.get("operation"),
+                "run": run,
+                "metrics": c.get("operationMetrics"),
+            }
+        )
     return out
 
 
@@ -94,8 +103,9 @@ def optimize(cfg: StoreConfig) -> dict:
 def vacuum(cfg: StoreConfig) -> list[str]:
     """Files no version within --retain-hours references, deleted (listed only, with --dry-run): uncommitted files
     of killed runs too (a full vacuum lists the directory, not only the log)."""
-    return _table(cfg).vacuum(retention_hours=int(cfg.retain_hours), dry_run=cfg.dry_run,
-                              enforce_retention_duration=False, full=True)
+    return _table(cfg).vacuum(
+        retention_hours=int(cfg.retain_hours), dry_run=cfg.dry_run, enforce_retention_duration=False, full=True
+    )
 
 
 # ---------------------------------------------------------------- migrate: the only reader of the old layout
@@ -138,8 +148,10 @@ def migrate(cfg: StoreConfig) -> dict:
     old = old_committed_runs(cfg.source, opts)
     if not old:
         raise tagstore.StoreError(f"--from {cfg.source}: no committed runs (dt=*/run=*/_SUCCESS) there")
-    tables = [pq.read_table(files, filesystem=fs, schema=tagstore.TAGS_SCHEMA) if files
-              else tagstore.empty() for _, files in old]
+    tables = [
+        pq.read_table(files, filesystem=fs, schema=tagstore.TAGS_SCHEMA) if files else tagstore.empty()
+        for _, files in old
+    ]
     _check_order_preserved([s for s, _ in old], tables)
     done = {r["run_id"] for r in tagstore.runs(cfg.table, opts)}
     imported = 0
@@ -149,8 +161,12 @@ def migrate(cfg: StoreConfig) -> dict:
         summary = {**success, "migrated_from": cfg.source}
         tagstore.append_run(cfg.table, table, summary, dt=str(success["dt"]), opts=opts)
         imported += 1
-    return {"runs": len(old), "imported": imported, "already_there": len(old) - imported,
-            "rows": sum(t.num_rows for t in tables)}
+    return {
+        "runs": len(old),
+        "imported": imported,
+        "already_there": len(old) - imported,
+        "rows": sum(t.num_rows for t in tables),
+    }
 
 
 def _check_order_preserved(summaries: list[dict], tables: list[pa.Table]) -> None:
@@ -158,8 +174,12 @@ def _check_order_preserved(summaries: list[dict], tables: list[pa.Table]) -> Non
     picks (latest by tagged_at, then run_id)."""
     import duckdb
 
-    keys = pa.concat_tables([t.select(["uri", "run_id", "tagged_at"]).append_column(
-        "_order", pa.array([i] * t.num_rows, pa.int64())) for i, t in enumerate(tables)])
+    keys = pa.concat_tables(
+        [
+            t.select(["uri", "run_id", "tagged_at"]).append_column("_order", pa.array([i] * t.num_rows, pa.int64()))
+            for i, t in enumerate(tables)
+        ]
+    )
     con = duckdb.connect()
     con.register("keys", keys)
     bad = con.sql("""
@@ -168,7 +188,8 @@ def _check_order_preserved(summaries: list[dict], tables: list[pa.Table]) -> Non
     if bad:
         raise tagstore.StoreError(
             f"--from: for {', '.join(u for u, _, _ in bad)} the last committed run ({bad[0][1]}) is not the one with "
-            f"the latest tagged_at ({bad[0][2]}); the table would show another row as current. Not migrated")
+            f"the latest tagged_at ({bad[0][2]}); the table would show another row as current. Not migrated"
+        )
 
 
 # ---------------------------------------------------------------- CLI
@@ -188,11 +209,17 @@ def _print(cfg: StoreConfig, result) -> None:
         for c in result:
             from datetime import datetime, timezone
 
-            when = datetime.fromtimestamp(c["timestamp"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") \
-                if c["timestamp"] else "?"
+            when = (
+                datetime.fromtimestamp(c["timestamp"] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+                if c["timestamp"]
+                else "?"
+            )
             r = c["run"]
-            detail = (f"{r.get('run_id')}  model {r.get('model_id')}  {_counts(r.get('counts'))}" if r
-                      else json.dumps(c["metrics"] or {}, default=str)[:100])
+            detail = (
+                f"{r.get('run_id')}  model {r.get('model_id')}  {_counts(r.get('counts'))}"
+                if r
+                else json.dumps(c["metrics"] or {}, default=str)[:100]
+            )
             print(f"{c['version']:>7}  {when:<19}  {c['operation'] or '?':<12}  {detail}")
     elif cfg.action == "vacuum":
         print(f"{'would delete' if cfg.dry_run else 'deleted'} {len(result)} file(s)")
@@ -209,9 +236,12 @@ def _counts(c: dict | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="landmark store", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.split("\n")[2:10]))
+    p = argparse.ArgumentParser(
+        prog="landmark store",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.split("\n")[2:10]),
+    )
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
@@ -224,9 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--target-mb", type=int, default=256, metavar="MB", help="target file size (default 256)")
     v = sub.add_parser("vacuum", parents=[common], help="delete files no recent version references")
     v.add_argument("--table", required=True, metavar="URI")
-    v.add_argument("--retain-hours", type=float, required=True, metavar="N",
-                   help="keep files younger than N hours, and what versions of the last N hours reference; time "
-                        "travel to older versions needs the files this deletes")
+    v.add_argument(
+        "--retain-hours",
+        type=float,
+        required=True,
+        metavar="N",
+        help="keep files younger than N hours, and what versions of the last N hours reference; time "
+        "travel to older versions needs the files this deletes",
+    )
     v.add_argument("--dry-run", action="store_true", help="list the files, delete nothing")
     m = sub.add_parser("migrate", parents=[common], help="import a store of the old dt=/run=/_SUCCESS layout")
     m.add_argument("--from", dest="source", required=True, metavar="OLD_ROOT")

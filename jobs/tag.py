@@ -72,9 +72,14 @@ class TagConfig:
     def check(self) -> None:
         if bool(self.input) == bool(self.manifest):
             raise ConfigError("give exactly one of --input DIR_OR_S3_PREFIX and --manifest FILE")
-        for flag, v in (("-k", self.k), ("--batch-size", self.batch_size), ("--decode-batch", self.decode_batch),
-                        ("--cpus-per-actor", self.cpus_per_actor), ("--rows-per-file", self.rows_per_file),
-                        ("--max-pixels", self.max_pixels)):
+        for flag, v in (
+            ("-k", self.k),
+            ("--batch-size", self.batch_size),
+            ("--decode-batch", self.decode_batch),
+            ("--cpus-per-actor", self.cpus_per_actor),
+            ("--rows-per-file", self.rows_per_file),
+            ("--max-pixels", self.max_pixels),
+        ):
             if v is None or v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
         lo, hi = self.actors
@@ -89,8 +94,10 @@ class TagConfig:
         if self.compute not in COMPUTE_MODES:
             raise ConfigError(f"--compute must be one of {', '.join(COMPUTE_MODES)}, got {self.compute!r}")
         if self.compute == "tasks" and (self.gpus_per_actor or runtime not in ONNX_RUNTIMES):
-            raise ConfigError("--compute tasks needs an ONNX runtime on CPUs (--runtime onnx or onnx-int8, no "
-                              "--gpus-per-actor); the torch runtime and GPUs run in actors")
+            raise ConfigError(
+                "--compute tasks needs an ONNX runtime on CPUs (--runtime onnx or onnx-int8, no "
+                "--gpus-per-actor); the torch runtime and GPUs run in actors"
+            )
         if self.gpu_decode and not self.gpus_per_actor:  # (GPU actors run torch: other runtimes are refused above)
             raise ConfigError("--gpu-decode decodes JPEGs in the GPU actors: it needs --gpus-per-actor > 0")
         if self.min_score is not None and not np.isfinite(self.min_score):
@@ -109,8 +116,10 @@ class TagConfig:
         if self.run_id is not None and not all(c.isalnum() or c in "-_" for c in self.run_id):
             raise ConfigError(f"--run-id may hold only letters, digits, - and _, got {self.run_id!r}")
         try:
-            storage.check_locations({"--input": self.input, "--manifest": self.manifest, "--output": self.output,
-                                     "--model": self.model}, self.s3_options())
+            storage.check_locations(
+                {"--input": self.input, "--manifest": self.manifest, "--output": self.output, "--model": self.model},
+                self.s3_options(),
+            )
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
 
@@ -145,13 +154,18 @@ def run(cfg: TagConfig) -> dict:
     _check_reachable(cfg, opts)
     runtime = cfg.resolved_runtime()
     try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
-        artifact = load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint},
-                                 tensors="numpy" if runtime in ONNX_RUNTIMES else "torch")
+        artifact = load_artifact(
+            cfg.model,
+            storage_options={"endpoint": cfg.s3_endpoint},
+            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
+        )
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
     if cfg.max_wrong_rate is not None and "neg_fit_scores" not in artifact.extra_tensors:
-        raise ConfigError(f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
-                          f"use --min-score or --accept-rate")
+        raise ConfigError(
+            f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
+            f"use --min-score or --accept-rate"
+        )
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
     fs, root_path = storage.arrow_fs(cfg.output, opts)
@@ -167,9 +181,13 @@ def run(cfg: TagConfig) -> dict:
         todo, skipped = listing, 0
     else:
         todo, skipped = pending(listing, cfg.output, artifact.model_id, opts, settled_by=lineage)
-    print(f"[tag] run {run_id}: {listing.num_rows} photos listed, {skipped} already tagged by model "
-          f"{artifact.model_id}" + (f" or the models it was made from ({', '.join(lineage)})" if lineage else "")
-          + f", {todo.num_rows} to tag", flush=True)
+    print(
+        f"[tag] run {run_id}: {listing.num_rows} photos listed, {skipped} already tagged by model "
+        f"{artifact.model_id}"
+        + (f" or the models it was made from ({', '.join(lineage)})" if lineage else "")
+        + f", {todo.num_rows} to tag",
+        flush=True,
+    )
     timings = {"list_seconds": round(t_list - t_start, 2)}
     if todo.num_rows:
         onnx_model = None
@@ -180,8 +198,7 @@ def run(cfg: TagConfig) -> dict:
             onnx_model = model_bytes(artifact, runtime)
             timings["onnx_model_seconds"] = round(time.time() - t0, 2)
         try:
-            stages = _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime,
-                                   onnx_model=onnx_model)
+            stages = _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime, onnx_model=onnx_model)
             if stages:
                 timings["stages"] = stages
         except Exception:
@@ -196,18 +213,30 @@ def run(cfg: TagConfig) -> dict:
         raise
     timings["verify_seconds"] = round(time.time() - t_verify, 2)
     summary = {
-        "run_id": run_id, "dt": dt, "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model_id": artifact.model_id, "counts": counts, "rows": counts["total"], "listed": listing.num_rows,
-        "skipped": skipped, "output": cfg.output, "files": [f[len(root_path):].lstrip("/") for f in files],
-        "config": cfg.safe_json(), "runtime": runtime, "compute": cfg.resolved_compute(), "timings": timings,
+        "run_id": run_id,
+        "dt": dt,
+        "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model_id": artifact.model_id,
+        "counts": counts,
+        "rows": counts["total"],
+        "listed": listing.num_rows,
+        "skipped": skipped,
+        "output": cfg.output,
+        "files": [f[len(root_path) :].lstrip("/") for f in files],
+        "config": cfg.safe_json(),
+        "runtime": runtime,
+        "compute": cfg.resolved_compute(),
+        "timings": timings,
         "images_per_second": round(todo.num_rows / max(timings["pipeline_seconds"], 1e-9), 2),
     }
     try:
         summary["version"] = tagstore.commit_run(cfg.output, fs, files, summary, opts)
     except Exception as e:  # delta-rs raises its own types for storage errors; any of them means "not committed"
         _blame_output(fs, out_dir, cfg.output, run_id)
-        raise OutputError(f"--output {cfg.output}: could not commit to the Delta table "
-                          f"({tagstore.error_text(e, 200)}); run {run_id} was not committed") from None
+        raise OutputError(
+            f"--output {cfg.output}: could not commit to the Delta table "
+            f"({tagstore.error_text(e, 200)}); run {run_id} was not committed"
+        ) from None
     _print_summary(summary)
     return summary
 
@@ -225,8 +254,7 @@ def _ensure_table(output: str, opts: storage.S3Options) -> None:
     try:
         tagstore.ensure_table(output, opts)
     except Exception as e:
-        raise ConfigError(f"--output {output}: cannot create the Delta table there: {tagstore.error_text(e)}") \
-            from None
+        raise ConfigError(f"--output {output}: cannot create the Delta table there: {tagstore.error_text(e)}") from None
 
 
 def _blame_output(fs, out_dir: str, output: str, run_id: str) -> None:
@@ -250,8 +278,17 @@ def _check_writable(fs, out_dir: str, output: str) -> None:
         raise ConfigError(f"--output {output} is not writable: {storage.redact(str(e))[:300]}") from None
 
 
-def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, run_id: str, *,
-                  runtime: str = "torch", onnx_model: bytes | None = None) -> dict:
+def _run_pipeline(
+    cfg: TagConfig,
+    artifact,
+    todo: pa.Table,
+    out_dir: str,
+    fs,
+    run_id: str,
+    *,
+    runtime: str = "torch",
+    onnx_model: bytes | None = None,
+) -> dict:
     """Runs the Ray Data pipeline; with --stage-times returns the worker-seconds and photos of each stage
     (StageClock), else {}."""
     import ray
@@ -260,10 +297,17 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
 
     init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
-    predictor_kwargs = {"model": cfg.model, "model_id": artifact.model_id, "k": cfg.k, "min_score": cfg.min_score,
-                        "accept_rate": cfg.accept_rate, "max_wrong_rate": cfg.max_wrong_rate,
-                        "s3_endpoint": cfg.s3_endpoint, "runtime": runtime,
-                        "onnx_model": None if onnx_model is None else ray.put(onnx_model)}
+    predictor_kwargs = {
+        "model": cfg.model,
+        "model_id": artifact.model_id,
+        "k": cfg.k,
+        "min_score": cfg.min_score,
+        "accept_rate": cfg.accept_rate,
+        "max_wrong_rate": cfg.max_wrong_rate,
+        "s3_endpoint": cfg.s3_endpoint,
+        "runtime": runtime,
+        "onnx_model": None if onnx_model is None else ray.put(onnx_model),
+    }
     task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
     in_tasks = cfg.resolved_compute() == "tasks"
     if in_tasks:
@@ -282,10 +326,19 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         # With a task per core there is no idle core and no oversubscription, and no actor to start; measured
         # with `landmark bench tag`: once its workers are up the job runs at the best single-process loop's rate.
         ds = ds.map_batches(
-            tag_task, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
-            fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
-                       "run_id": run_id, "tagged_at": datetime.now(timezone.utc), "clock": clock,
-                       "predictor": task_predictor},
+            tag_task,
+            batch_size=cfg.decode_batch,
+            batch_format="numpy",
+            num_cpus=1,
+            fn_kwargs={
+                "preset": artifact.preprocess,
+                "opts": cfg.s3_options(),
+                "max_pixels": cfg.max_pixels,
+                "run_id": run_id,
+                "tagged_at": datetime.now(timezone.utc),
+                "clock": clock,
+                "predictor": task_predictor,
+            },
             udf_modifying_row_count=False,
         )
         # Two Ray Data 2.60 behaviours, each of which was measured to run a 150-photo job ONE task at a time:
@@ -298,24 +351,45 @@ def _run_pipeline(cfg: TagConfig, artifact, todo: pa.Table, out_dir: str, fs, ru
         #   input (up to that many rows) as one task. The writer asks for other resources, so it stays apart.
         if hasattr(ds.context, "op_resource_reservation_enabled"):
             ds.context.op_resource_reservation_enabled = False
-        ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd",
-                         ray_remote_args={"num_cpus": 0.5})
+        ds.write_parquet(
+            out_dir,
+            filesystem=fs,
+            min_rows_per_file=cfg.rows_per_file,
+            compression="zstd",
+            ray_remote_args={"num_cpus": 0.5},
+        )
         return ray.get(clock.totals.remote()) if clock else {}
     ds = ds.map_batches(
-        timed_read_and_decode, batch_size=cfg.decode_batch, batch_format="numpy", num_cpus=1,
-        fn_kwargs={"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels,
-                   "clock": clock, "defer_jpeg": cfg.gpu_decode},
+        timed_read_and_decode,
+        batch_size=cfg.decode_batch,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={
+            "preset": artifact.preprocess,
+            "opts": cfg.s3_options(),
+            "max_pixels": cfg.max_pixels,
+            "clock": clock,
+            "defer_jpeg": cfg.gpu_decode,
+        },
         udf_modifying_row_count=False,
     )
     lo, hi = cfg.actors
     ds = ds.map_batches(
-        TagActor, batch_size=cfg.batch_size, batch_format="numpy",
+        TagActor,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
         compute=ActorPoolStrategy(min_size=lo, max_size=hi),
-        num_gpus=cfg.gpus_per_actor or None, num_cpus=cfg.cpus_per_actor,
-        fn_constructor_kwargs={**predictor_kwargs, "run_id": run_id, "clock": clock,
-                               "gpu_decode": cfg.gpu_decode, "max_pixels": cfg.max_pixels,
-                               "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
-                               "tagged_at": datetime.now(timezone.utc)},
+        num_gpus=cfg.gpus_per_actor or None,
+        num_cpus=cfg.cpus_per_actor,
+        fn_constructor_kwargs={
+            **predictor_kwargs,
+            "run_id": run_id,
+            "clock": clock,
+            "gpu_decode": cfg.gpu_decode,
+            "max_pixels": cfg.max_pixels,
+            "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
+            "tagged_at": datetime.now(timezone.utc),
+        },
         # Ray Data's actor pool defaults to max_restarts=-1, max_task_retries=-1: a killed actor is replaced and
         # its batch redone, so a lost actor costs time, never rows.
         udf_modifying_row_count=False,
@@ -368,17 +442,36 @@ def timed_read_and_decode(batch: dict, *, clock=None, **kwargs) -> dict:
     return _clocked(clock, "read+decode", lambda: read_and_decode(batch, **kwargs), len(batch["uri"]))
 
 
-def _make_predictor(*, model: str, model_id: str, k: int, min_score, accept_rate, s3_endpoint, runtime: str,
-                    onnx_model, threads: int, max_wrong_rate=None):
+def _make_predictor(
+    *,
+    model: str,
+    model_id: str,
+    k: int,
+    min_score,
+    accept_rate,
+    s3_endpoint,
+    runtime: str,
+    onnx_model,
+    threads: int,
+    max_wrong_rate=None,
+):
     from landmark_core.predictor import Predictor
 
     if onnx_model is not None and not isinstance(onnx_model, bytes):  # an ObjectRef from the driver
         import ray
 
         onnx_model = ray.get(onnx_model)
-    p = Predictor(model, k=k, min_score=min_score, accept_rate=accept_rate, max_wrong_rate=max_wrong_rate,
-                  threads=threads,
-                  storage_options={"endpoint": s3_endpoint}, runtime=runtime, onnx_model=onnx_model)
+    p = Predictor(
+        model,
+        k=k,
+        min_score=min_score,
+        accept_rate=accept_rate,
+        max_wrong_rate=max_wrong_rate,
+        threads=threads,
+        storage_options={"endpoint": s3_endpoint},
+        runtime=runtime,
+        onnx_model=onnx_model,
+    )
     if model_id is not None and p.model_id != model_id:  # the artifact at --model was replaced meanwhile
         raise RuntimeError(f"--model {model} changed during the run (model_id {p.model_id}, expected {model_id})")
     return p
@@ -419,27 +512,56 @@ def warm_worker(predictor: dict) -> bool:
         return False
 
 
-def tag_task(batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict,
-             clock=None) -> pa.Table:
+def tag_task(
+    batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict, clock=None
+) -> pa.Table:
     """``--compute tasks``: listing rows -> read + decode -> predict -> TAGS_SCHEMA rows, in one task."""
     from landmark_core.tagging import predict_batch
 
     p = _worker_predictor(predictor)
     decoded = timed_read_and_decode(batch, preset=preset, opts=opts, max_pixels=max_pixels, clock=clock)
-    return _clocked(clock, "model+rows", lambda: to_tag_rows(predict_batch(p, decoded), p, run_id=run_id,
-                                                             tagged_at=tagged_at), len(batch["uri"]))
+    return _clocked(
+        clock,
+        "model+rows",
+        lambda: to_tag_rows(predict_batch(p, decoded), p, run_id=run_id, tagged_at=tagged_at),
+        len(batch["uri"]),
+    )
 
 
 class TagActor:
     """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
 
-    def __init__(self, *, model: str, k: int, min_score, accept_rate, s3_endpoint, run_id: str, threads: int,
-                 tagged_at, runtime: str = "torch", onnx_model=None, model_id: str | None = None, clock=None,
-                 gpu_decode: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, max_wrong_rate=None):
-        self.predictor = _make_predictor(model=model, model_id=model_id, k=k, min_score=min_score,
-                                         accept_rate=accept_rate, max_wrong_rate=max_wrong_rate,
-                                         s3_endpoint=s3_endpoint, runtime=runtime,
-                                         onnx_model=onnx_model, threads=threads)
+    def __init__(
+        self,
+        *,
+        model: str,
+        k: int,
+        min_score,
+        accept_rate,
+        s3_endpoint,
+        run_id: str,
+        threads: int,
+        tagged_at,
+        runtime: str = "torch",
+        onnx_model=None,
+        model_id: str | None = None,
+        clock=None,
+        gpu_decode: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_wrong_rate=None,
+    ):
+        self.predictor = _make_predictor(
+            model=model,
+            model_id=model_id,
+            k=k,
+            min_score=min_score,
+            accept_rate=accept_rate,
+            max_wrong_rate=max_wrong_rate,
+            s3_endpoint=s3_endpoint,
+            runtime=runtime,
+            onnx_model=onnx_model,
+            threads=threads,
+        )
         if gpu_decode:  # an actor without CUDA says so once, instead of decoding slowly on its CPU
             from landmark_core.preprocess import check_gpu_decode
 
@@ -451,13 +573,23 @@ class TagActor:
         from landmark_core.tagging import decode_deferred, predict_batch
 
         if self.gpu_decode:
-            batch = _clocked(self.clock, "gpu-decode", lambda: decode_deferred(
-                batch, preset=self.predictor.preset, device=self.predictor.device, max_pixels=self.max_pixels),
-                len(batch["uri"]))
+            batch = _clocked(
+                self.clock,
+                "gpu-decode",
+                lambda: decode_deferred(
+                    batch, preset=self.predictor.preset, device=self.predictor.device, max_pixels=self.max_pixels
+                ),
+                len(batch["uri"]),
+            )
 
-        return _clocked(self.clock, "model+rows",
-                        lambda: to_tag_rows(predict_batch(self.predictor, batch), self.predictor,
-                                            run_id=self.run_id, tagged_at=self.tagged_at), len(batch["uri"]))
+        return _clocked(
+            self.clock,
+            "model+rows",
+            lambda: to_tag_rows(
+                predict_batch(self.predictor, batch), self.predictor, run_id=self.run_id, tagged_at=self.tagged_at
+            ),
+            len(batch["uri"]),
+        )
 
 
 def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
@@ -473,11 +605,15 @@ def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
     n, distinct = written.num_rows, pc.count_distinct(written.column("uri")).as_py() if written.num_rows else 0
     expected = set(todo.column("uri").to_pylist())
     if n != len(expected) or distinct != n or not set(written.column("uri").to_pylist()) == expected:
-        raise RuntimeError(f"refusing to commit {out_dir}: wrote {n} rows ({distinct} distinct uris) for "
-                           f"{len(expected)} inputs")
+        raise RuntimeError(
+            f"refusing to commit {out_dir}: wrote {n} rows ({distinct} distinct uris) for {len(expected)} inputs"
+        )
     counts = {s: 0 for s in tagstore.STATUSES}
-    for s, c in zip(*np.unique(np.asarray(written.column("status").to_pylist(), dtype=object).astype(str),
-                               return_counts=True)) if n else []:
+    for s, c in (
+        zip(*np.unique(np.asarray(written.column("status").to_pylist(), dtype=object).astype(str), return_counts=True))
+        if n
+        else []
+    ):
         counts[s] = int(c)
     counts["total"] = n
     return counts, sorted(files)
@@ -485,16 +621,28 @@ def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
 
 def _print_summary(s: dict) -> None:
     c = s["counts"]
-    print(f"[tag] committed run {s['run_id']} (table version {s['version']}): {c['tagged']} tagged, {c['no_landmark']} no landmark, "
-          f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)", flush=True)
+    print(
+        f"[tag] committed run {s['run_id']} (table version {s['version']}): {c['tagged']} tagged, "
+        f"{c['no_landmark']} no landmark, "
+        f"{c['failed']} failed ({c['total']} rows; {s['skipped']} skipped as already tagged)",
+        flush=True,
+    )
     t = s["timings"]
-    print(f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, verify {t['verify_seconds']}s, "
-          f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); table: {s['output']}",
-          flush=True)
+    print(
+        f"[tag] listing {t['list_seconds']}s, pipeline {t['pipeline_seconds']}s, verify {t['verify_seconds']}s, "
+        f"{s['images_per_second']} images/s ({s.get('runtime')} in {s.get('compute')}); table: {s['output']}",
+        flush=True,
+    )
     if t.get("stages"):
-        print("[tag] stages (summed over workers): " + ", ".join(
-            f"{k} {v['seconds']}s for {v['photos']} photos ({v['photos'] / max(v['seconds'], 1e-9):.0f}/s per worker)"
-            for k, v in t["stages"].items()), flush=True)
+        print(
+            "[tag] stages (summed over workers): "
+            + ", ".join(
+                f"{k} {v['seconds']}s for {v['photos']} photos "
+                f"({v['photos'] / max(v['seconds'], 1e-9):.0f}/s per worker)"
+                for k, v in t["stages"].items()
+            ),
+            flush=True,
+        )
 
 
 # ---------------------------------------------------------------- CLI
@@ -516,44 +664,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--input", help="directory or s3://bucket/prefix of photos (recursive)")
     src.add_argument("--manifest", help="Parquet/CSV with a 'uri' column, for buckets too large to list")
     p.add_argument("--output", required=True, help="the tags Delta table (path or s3://); created if absent")
-    p.add_argument("--model", default=os.environ.get("LANDMARK_MODEL"),
-                   help="model artifact dir or s3:// URI (default $LANDMARK_MODEL)")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("LANDMARK_MODEL"),
+        help="model artifact dir or s3:// URI (default $LANDMARK_MODEL)",
+    )
     p.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help="tags per photo")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="photos per model call")
     p.add_argument("--actors", type=_actors, default=d.actors, help="predictor actor pool size MIN[,MAX]")
     p.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor)
     p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
-    p.add_argument("--threads-per-actor", type=int, default=None,
-                   help="model threads per actor (default: cpus-per-actor), or per task with --compute tasks "
-                        "(default 1: a task per core)")
+    p.add_argument(
+        "--threads-per-actor",
+        type=int,
+        default=None,
+        help="model threads per actor (default: cpus-per-actor), or per task with --compute tasks "
+        "(default 1: a task per core)",
+    )
     p.add_argument("--decode-batch", type=int, default=d.decode_batch, help="photos per decode task")
-    p.add_argument("--compute", choices=COMPUTE_MODES, default=d.compute,
-                   help="where the model runs: actors (an actor pool, --actors), tasks (CPU tasks that also decode; "
-                        "ONNX runtimes only), or auto (default: tasks for an ONNX runtime on CPUs, else actors)")
-    p.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
-                   help="model runtime: torch, onnx (ONNX Runtime fp32), onnx-int8, or auto (default: torch on "
-                        "GPU actors, onnx-int8 on CPU actors)")
-    p.add_argument("--min-score", type=float, default=None,
-                   help="override the model's abstain threshold (on its abstention score, see metrics.json)")
-    p.add_argument("--accept-rate", type=float, default=None,
-                   help="override the abstain threshold by the share of known validation photos to accept")
-    p.add_argument("--max-wrong-rate", type=float, default=None,
-                   help="models trained with --negatives: override the threshold by the share of held-back "
-                        "negatives (photos of no catalog landmark) it may tag, mean over their folders")
+    p.add_argument(
+        "--compute",
+        choices=COMPUTE_MODES,
+        default=d.compute,
+        help="where the model runs: actors (an actor pool, --actors), tasks (CPU tasks that also decode; "
+        "ONNX runtimes only), or auto (default: tasks for an ONNX runtime on CPUs, else actors)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=d.runtime,
+        help="model runtime: torch, onnx (ONNX Runtime fp32), onnx-int8, or auto (default: torch on "
+        "GPU actors, onnx-int8 on CPU actors)",
+    )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="override the model's abstain threshold (on its abstention score, see metrics.json)",
+    )
+    p.add_argument(
+        "--accept-rate",
+        type=float,
+        default=None,
+        help="override the abstain threshold by the share of known validation photos to accept",
+    )
+    p.add_argument(
+        "--max-wrong-rate",
+        type=float,
+        default=None,
+        help="models trained with --negatives: override the threshold by the share of held-back "
+        "negatives (photos of no catalog landmark) it may tag, mean over their folders",
+    )
     p.add_argument("--retag", action="store_true", help="tag everything, even photos already tagged")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
-    p.add_argument("--gpu-decode", action="store_true",
-                   help="decode JPEGs in the GPU actors (torchvision.io.decode_jpeg on CUDA, nvJPEG) instead of "
-                        "the CPU tasks; needs --gpus-per-actor > 0")
-    p.add_argument("--stage-times", action="store_true",
-                   help="also time read+decode and model+rows apart (printed and in the run's commit; costs a little "
-                        "start-up)")
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="decode JPEGs in the GPU actors (torchvision.io.decode_jpeg on CUDA, nvJPEG) instead of "
+        "the CPU tasks; needs --gpus-per-actor > 0",
+    )
+    p.add_argument(
+        "--stage-times",
+        action="store_true",
+        help="also time read+decode and model+rows apart (printed and in the run's commit; costs a little start-up)",
+    )
     p.add_argument("--dt", default=None, help="partition date YYYY-MM-DD (default: today, UTC)")
     p.add_argument("--run-id", default=None, help="run id (default: time + random suffix)")
     p.add_argument("--rows-per-file", type=int, default=d.rows_per_file, help="minimum rows per Parquet file")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="refuse photos larger than this")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> TagConfig:

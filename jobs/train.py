@@ -84,9 +84,14 @@ class TrainConfig:
             check_model_name(self.model)
         except ValueError as e:
             raise ConfigError(f"--model: {e}") from None
-        positive = {"--workers": self.workers, "--epochs": self.epochs, "--batch-size": self.batch_size,
-                    "--cpus-per-worker": self.cpus_per_worker, "--image-size": self.image_size,
-                    "--feature-views": self.feature_views}
+        positive = {
+            "--workers": self.workers,
+            "--epochs": self.epochs,
+            "--batch-size": self.batch_size,
+            "--cpus-per-worker": self.cpus_per_worker,
+            "--image-size": self.image_size,
+            "--feature-views": self.feature_views,
+        }
         for flag, v in positive.items():
             if v is None or v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
@@ -117,9 +122,16 @@ class TrainConfig:
         if self.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         try:
-            storage.check_locations({"--data": self.data, "--output": self.output, "--storage": self.storage,
-                                     "--unknown": self.unknown,
-                                     **{f"--negatives {n}": n for n in self.negatives}}, self.s3_options())
+            storage.check_locations(
+                {
+                    "--data": self.data,
+                    "--output": self.output,
+                    "--storage": self.storage,
+                    "--unknown": self.unknown,
+                    **{f"--negatives {n}": n for n in self.negatives},
+                },
+                self.s3_options(),
+            )
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
         if self.coords and not Path(self.coords).is_file():
@@ -162,14 +174,21 @@ def run(cfg: TrainConfig) -> dict:
     data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
     unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
     negatives = load_negatives(cfg.negatives, fit_fraction=cfg.negatives_fit_fraction, seed=cfg.seed, opts=opts)
-    print(f"[train] {data.summary()}" + (f", unknown {len(unknown)}" if unknown else "")
-          + (f", {negatives.summary()}" if negatives else ""), flush=True)
+    print(
+        f"[train] {data.summary()}"
+        + (f", unknown {len(unknown)}" if unknown else "")
+        + (f", {negatives.summary()}" if negatives else ""),
+        flush=True,
+    )
 
     init_ray(cfg.ray_address)
     trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
-    print(f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
-          f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
-          f"checkpoints in {storage.join(cfg.storage, run_name)}", flush=True)
+    print(
+        f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
+        f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
+        f"checkpoints in {storage.join(cfg.storage, run_name)}",
+        flush=True,
+    )
     t0 = time.time()
     result = trainer.fit()
     train_seconds = time.time() - t0
@@ -178,8 +197,9 @@ def run(cfg: TrainConfig) -> dict:
     from jobs._finalize import finalize
 
     with result.checkpoint.as_directory() as ckpt_dir:
-        metrics = finalize(cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name,
-                           negatives=negatives)
+        metrics = finalize(
+            cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name, negatives=negatives
+        )
     return metrics
 
 
@@ -275,19 +295,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="class-folder dataset or GLDv2 CSV layout (path or s3://)")
     p.add_argument("--output", required=True, help="artifact directory to write (path or s3://)")
     p.add_argument("--model", default=d.model, help=f"one of: {', '.join(KNOWN_MODELS)}")
-    p.add_argument("--weights", default=d.weights,
-                   help="pretrained backbone weights: imagenet (default), none, or a state-dict file path/s3:// URI")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="allow a --weights FILE that needs full unpickling (it can run code): only for files you "
-                        "trust; .safetensors and tensors-only .pth never need it")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="pretrained backbone weights: imagenet (default), none, or a state-dict file path/s3:// URI",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a --weights FILE that needs full unpickling (it can run code): only for files you "
+        "trust; .safetensors and tensors-only .pth never need it",
+    )
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only, on cached features")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (DDP processes)")
     p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per worker")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate of the head (default 1e-3 fine-tune, 3e-3 frozen, 2e-3 scratch)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="peak learning rate of the head (default 1e-3 fine-tune, 3e-3 frozen, 2e-3 scratch)",
+    )
     p.add_argument("--backbone-lr-mult", type=float, default=d.backbone_lr_mult)
     p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd"))
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -296,10 +326,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float, default=d.dropout)
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
     p.add_argument("--image-size", type=int, default=d.image_size)
-    p.add_argument("--feature-views", type=int, default=d.feature_views,
-                   help="frozen backbone: cached views per photo (1 = centre crop only)")
-    p.add_argument("--probe-epochs", type=int, default=d.probe_epochs,
-                   help="fine-tuning: head-only epochs on frozen features first (0 = off)")
+    p.add_argument(
+        "--feature-views",
+        type=int,
+        default=d.feature_views,
+        help="frozen backbone: cached views per photo (1 = centre crop only)",
+    )
+    p.add_argument(
+        "--probe-epochs",
+        type=int,
+        default=d.probe_epochs,
+        help="fine-tuning: head-only epochs on frozen features first (0 = off)",
+    )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="when the data has no val/")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--storage", default=d.storage, help="Ray Train checkpoint storage (path or s3://)")
@@ -309,27 +347,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument("--coords", default=None, help="CSV/JSON of landmark coordinates for the catalog")
     p.add_argument("--unknown", default=None, help="photos of no catalog landmark, for open-set evaluation")
-    p.add_argument("--negatives", action="append", default=[], metavar="DIR",
-                   help="photos of no catalog landmark (recursive; repeat for several folders): a seeded part "
-                        "trains the model to reject them and serves as distractors, the rest fits the score")
-    p.add_argument("--negatives-fit-fraction", type=float, default=d.negatives_fit_fraction,
-                   help="share of each negatives folder held back to fit the score and the threshold")
-    p.add_argument("--outlier-weight", type=float, default=d.outlier_weight,
-                   help="weight of the outlier-exposure loss on negatives while fine-tuning (0 = off)")
-    p.add_argument("--max-wrong-rate", type=float, default=d.max_wrong_rate,
-                   help="with --negatives: share of held-back negatives the threshold may tag (mean over folders)")
+    p.add_argument(
+        "--negatives",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="photos of no catalog landmark (recursive; repeat for several folders): a seeded part "
+        "trains the model to reject them and serves as distractors, the rest fits the score",
+    )
+    p.add_argument(
+        "--negatives-fit-fraction",
+        type=float,
+        default=d.negatives_fit_fraction,
+        help="share of each negatives folder held back to fit the score and the threshold",
+    )
+    p.add_argument(
+        "--outlier-weight",
+        type=float,
+        default=d.outlier_weight,
+        help="weight of the outlier-exposure loss on negatives while fine-tuning (0 = off)",
+    )
+    p.add_argument(
+        "--max-wrong-rate",
+        type=float,
+        default=d.max_wrong_rate,
+        help="with --negatives: share of held-back negatives the threshold may tag (mean over folders)",
+    )
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
-    p.add_argument("--accept-rate", type=float, default=d.accept_rate,
-                   help="share of known validation photos the abstain threshold accepts")
-    p.add_argument("--recognizer", default=d.recognizer, choices=("auto",) + RECOGNIZERS,
-                   help="how the model names a landmark: its head, a kNN vote over its gallery of training photos, "
-                        "or both; auto (default) picks the best top-1 on the validation split")
+    p.add_argument(
+        "--accept-rate",
+        type=float,
+        default=d.accept_rate,
+        help="share of known validation photos the abstain threshold accepts",
+    )
+    p.add_argument(
+        "--recognizer",
+        default=d.recognizer,
+        choices=("auto",) + RECOGNIZERS,
+        help="how the model names a landmark: its head, a kNN vote over its gallery of training photos, "
+        "or both; auto (default) picks the best top-1 on the validation split",
+    )
     p.add_argument("--loader-workers", type=int, default=None, help="DataLoader processes per worker")
     p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="decoded-photo cache per worker")
     p.add_argument("--no-report", dest="report", action="store_false", help="skip the report PNGs")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray; "
-                        "'auto' joins a cluster started with `ray start` on this machine)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (default: $RAY_ADDRESS, set by `ray job submit`; else a local Ray; "
+        "'auto' joins a cluster started with `ray start` on this machine)",
+    )
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:

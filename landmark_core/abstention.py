@@ -18,8 +18,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def reference_tensors(method: str, embeddings: np.ndarray, labels: np.ndarray, n_classes: int,
-                      *, bank_per_class: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+def reference_tensors(
+    method: str, embeddings: np.ndarray, labels: np.ndarray, n_classes: int, *, bank_per_class: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
     """What ``method`` needs at predict time, built from training embeddings.
 
     Embeddings are centred on the training mean before the cosine (measured: it helps kNN on both real
@@ -31,20 +32,24 @@ def reference_tensors(method: str, embeddings: np.ndarray, labels: np.ndarray, n
     embeddings = embeddings - center
     if method == "proto":
         e = _unit(embeddings)
-        protos = np.stack([e[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(e.shape[1])
-                           for c in range(n_classes)])
+        protos = np.stack(
+            [e[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(e.shape[1]) for c in range(n_classes)]
+        )
         return {"prototypes": _unit(protos).astype(np.float32), "center": center}
     if method == "knn":
         rng = np.random.default_rng(seed)
-        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:bank_per_class]
-                               for c in range(n_classes)])
+        keep = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:bank_per_class] for c in range(n_classes)])
         keep = np.sort(keep)  # bank_labels: which landmark each row shows (`landmark catalog remove` needs it)
-        return {"bank": _unit(embeddings[keep]).astype(np.float32), "bank_labels": labels[keep].astype(np.int64),
-                "center": center}
+        return {
+            "bank": _unit(embeddings[keep]).astype(np.float32),
+            "bank_labels": labels[keep].astype(np.int64),
+            "center": center,
+        }
 
 
-def known_score(method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float,
-                extra: dict, k: int = 5) -> np.ndarray:
+def known_score(
+    method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float, extra: dict, k: int = 5
+) -> np.ndarray:
     if method == "msp":
         return softmax(logits, temperature).max(axis=1)
     if method == "energy":

@@ -74,8 +74,7 @@ def save(artifact: Artifact, dest: str, *, storage_options: dict | None = None) 
         tensors[_EXTRA_PREFIX + k] = v.detach().cpu().contiguous()
     blob = st_save(tensors, metadata={"format": "pt"})
     meta = artifact.meta(hashlib.sha256(blob).hexdigest())
-    meta["provenance"] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                          **artifact.provenance}
+    meta["provenance"] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **artifact.provenance}
     artifact.model_id = meta["model_id"]
     text = json.dumps(meta, indent=2, sort_keys=False)
     opts = storage.S3Options(**(storage_options or {}))
@@ -118,8 +117,9 @@ def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch
     opts = storage.S3Options(**(storage_options or {}))
     meta_uri, weights_uri = storage.join(src, META_FILE), storage.join(src, WEIGHTS_FILE)
     if not storage.is_s3(src) and not Path(src).is_dir():
-        raise ArtifactError(f"model artifact not found: {src} is not a directory "
-                            f"(train one with `landmark train ... --output DIR`)")
+        raise ArtifactError(
+            f"model artifact not found: {src} is not a directory (train one with `landmark train ... --output DIR`)"
+        )
     meta = _read_meta(meta_uri, opts)
     blob = _read(weights_uri, opts)
     if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
@@ -136,7 +136,7 @@ def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch
             state_dict={k: v for k, v in tensors.items() if not k.startswith(_EXTRA_PREFIX)},
             temperature=float(meta["calibration"]["temperature"]),
             abstain=dict(meta["abstain"]),
-            extra_tensors={k[len(_EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(_EXTRA_PREFIX)},
+            extra_tensors={k[len(_EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_EXTRA_PREFIX)},
             metrics=meta.get("metrics", {}),
             provenance=meta.get("provenance", {}),
             model_id=meta["model_id"],

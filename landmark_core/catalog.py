@@ -102,8 +102,9 @@ class Catalog:
             raise CatalogError(f"malformed catalog JSON: {e}") from e
 
     @classmethod
-    def from_folders(cls, folders: Iterable[str], *, coords: Mapping[str, Mapping] | None = None,
-                     name: str = "custom") -> "Catalog":
+    def from_folders(
+        cls, folders: Iterable[str], *, coords: Mapping[str, Mapping] | None = None, name: str = "custom"
+    ) -> "Catalog":
         """A catalog from class-folder names (sorted, as torchvision's ImageFolder does).
 
         ``coords`` maps a folder name (or display name) to ``{"lat", "lon", "country", "name"}``, all optional.
@@ -114,13 +115,22 @@ class Catalog:
         coords = {k.lower(): v for k, v in (coords or {}).items()}
         out = []
         for i, folder in enumerate(sorted(set(folders))):
-            extra = (coords.get(folder.lower()) or coords.get(display_name(folder).lower())
-                     or KNOWN_PLACES.get(folder.lower()) or {})
-            out.append(Landmark(
-                id=i, folder=folder, name=extra.get("name") or display_name(folder),
-                lat=_opt_float(extra.get("lat")), lon=_opt_float(extra.get("lon")),
-                country=extra.get("country") or None,
-            ))
+            extra = (
+                coords.get(folder.lower())
+                or coords.get(display_name(folder).lower())
+                or KNOWN_PLACES.get(folder.lower())
+                or {}
+            )
+            out.append(
+                Landmark(
+                    id=i,
+                    folder=folder,
+                    name=extra.get("name") or display_name(folder),
+                    lat=_opt_float(extra.get("lat")),
+                    lon=_opt_float(extra.get("lon")),
+                    country=extra.get("country") or None,
+                )
+            )
         return cls(out, name=name)
 
 
@@ -226,8 +236,10 @@ _UDACITY_50 = [
 ]
 
 UDACITY_50 = Catalog(
-    [Landmark(id=i, folder=f, name=display_name(f), lat=lat, lon=lon, country=cc)
-     for i, (f, lat, lon, cc) in enumerate(_UDACITY_50)],
+    [
+        Landmark(id=i, folder=f, name=display_name(f), lat=lat, lon=lon, country=cc)
+        for i, (f, lat, lon, cc) in enumerate(_UDACITY_50)
+    ],
     name="udacity-50",
 )
 
@@ -247,7 +259,6 @@ _BENCHMARK_SETS = [
 ]
 
 KNOWN_PLACES: dict[str, dict] = {
-    **{lm.folder.lower(): {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country}
-       for lm in UDACITY_50},
+    **{lm.folder.lower(): {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country} for lm in UDACITY_50},
     **{f: {"name": n, "lat": lat, "lon": lon, "country": cc} for f, n, lat, lon, cc in _BENCHMARK_SETS},
 }

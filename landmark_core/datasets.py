@@ -47,8 +47,10 @@ class LabelledData:
     layout: str
 
     def summary(self) -> str:
-        return (f"{self.layout} layout: {len(self.catalog)} classes, train {len(self.train)}, "
-                f"val {len(self.val)}, test {len(self.test)}")
+        return (
+            f"{self.layout} layout: {len(self.catalog)} classes, train {len(self.train)}, "
+            f"val {len(self.val)}, test {len(self.test)}"
+        )
 
 
 def is_image_name(name: str) -> bool:
@@ -60,8 +62,9 @@ def list_files(root: str, opts: storage.S3Options = storage.S3Options()) -> list
     if storage.is_s3(root):
         bucket, prefix = storage.split_s3(root.rstrip("/") + "/")
         pages = storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
-                      if is_image_name(o["Key"]))
+        return sorted(
+            f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if is_image_name(o["Key"])
+        )
     out = []
     for dirpath, _, files in os.walk(root):
         out += [os.path.join(dirpath, f) for f in files if is_image_name(f)]
@@ -69,7 +72,7 @@ def list_files(root: str, opts: storage.S3Options = storage.S3Options()) -> list
 
 
 def _relative_parts(uri: str, root: str) -> list[str]:
-    rel = uri[len(root.rstrip("/")) + 1:] if uri.startswith(root.rstrip("/") + "/") else uri
+    rel = uri[len(root.rstrip("/")) + 1 :] if uri.startswith(root.rstrip("/") + "/") else uri
     return rel.split("/")
 
 
@@ -83,8 +86,14 @@ def _class_split(files: list[str], root: str) -> dict[str, list[str]]:
     return by_class
 
 
-def load_labelled(root: str, *, val_fraction: float = 0.15, seed: int = 0, coords: dict | None = None,
-                  opts: storage.S3Options = storage.S3Options()) -> LabelledData:
+def load_labelled(
+    root: str,
+    *,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    coords: dict | None = None,
+    opts: storage.S3Options = storage.S3Options(),
+) -> LabelledData:
     storage.check_uri(root)
     if not storage.is_s3(root):
         if not Path(root).is_dir():
@@ -139,8 +148,9 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
     return data.take(sorted(train_idx)), data.take(sorted(val_idx))
 
 
-def _load_gldv2(root: str, *, val_fraction: float, seed: int, coords: dict | None,
-                opts: storage.S3Options) -> LabelledData:
+def _load_gldv2(
+    root: str, *, val_fraction: float, seed: int, coords: dict | None, opts: storage.S3Options
+) -> LabelledData:
     text = storage.read_bytes(storage.join(root, "train.csv"), opts).decode("utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"id", "landmark_id"} <= set(rows[0]):
@@ -184,8 +194,9 @@ class Negatives:
         return f"negatives {len(self.train)} train + {len(self.fit)} held back in {len(self.groups)} folder(s)"
 
 
-def load_negatives(roots, *, fit_fraction: float, seed: int,
-                   opts: storage.S3Options = storage.S3Options()) -> Negatives:
+def load_negatives(
+    roots, *, fit_fraction: float, seed: int, opts: storage.S3Options = storage.S3Options()
+) -> Negatives:
     """Every image below each root; the group of a photo is its folder relative to the root's parent, so that
     each folder of look-alikes counts on its own when the threshold is fitted (a big folder of everyday photos
     must not drown a small one of other landmarks)."""
@@ -194,7 +205,7 @@ def load_negatives(roots, *, fit_fraction: float, seed: int,
         top = root.rstrip("/") if storage.is_s3(root) else str(Path(root).resolve())
         parent = top.rsplit("/", 1)[0]
         for f in load_unlabelled(root, opts):
-            by_group.setdefault(f.rsplit("/", 1)[0][len(parent) + 1:], []).append(f)
+            by_group.setdefault(f.rsplit("/", 1)[0][len(parent) + 1 :], []).append(f)
     neg = Negatives(groups=sorted(by_group))
     rng = np.random.default_rng(seed)
     for gi, g in enumerate(neg.groups):

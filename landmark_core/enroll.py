@@ -43,6 +43,7 @@ class EnrollError(ValueError):
 @dataclass
 class Embedded:
     """Photos through the network: head logits and raw embeddings of the ones that decoded, and why others failed."""
+
     uris: list[str]
     logits: np.ndarray
     emb: np.ndarray
@@ -59,14 +60,18 @@ class NewLandmark:
     photos: Embedded
 
 
-def embed_uris(predictor, uris: list[str], opts: storage.S3Options = storage.S3Options(), *,
-               batch_size: int = 32) -> Embedded:
+def embed_uris(
+    predictor, uris: list[str], opts: storage.S3Options = storage.S3Options(), *, batch_size: int = 32
+) -> Embedded:
     """Read + decode exactly as the tag job does (tagging.read_and_decode), then the Predictor's network."""
     logits, embs, good, failed = [], [], [], {}
     for s in range(0, len(uris), batch_size):
-        chunk = uris[s:s + batch_size]
-        dec = read_and_decode({"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)},
-                              preset=predictor.preset, opts=opts)
+        chunk = uris[s : s + batch_size]
+        dec = read_and_decode(
+            {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)},
+            preset=predictor.preset,
+            opts=opts,
+        )
         ok = dec["ok"]
         failed.update({u: e for u, e, o in zip(chunk, dec["error"], ok) if not o})
         if ok.any():
@@ -80,8 +85,9 @@ def embed_uris(predictor, uris: list[str], opts: storage.S3Options = storage.S3O
 def _embedded(uris, logits, embs, failed) -> Embedded:
     if not logits:
         return Embedded([], np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), failed)
-    return Embedded(list(uris), np.concatenate(logits).astype(np.float32), np.concatenate(embs).astype(np.float32),
-                    failed)
+    return Embedded(
+        list(uris), np.concatenate(logits).astype(np.float32), np.concatenate(embs).astype(np.float32), failed
+    )
 
 
 def slug(name: str) -> str:
@@ -100,8 +106,9 @@ def _np(v) -> np.ndarray:
     return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
 
-def with_gallery(art: Artifact, train: Embedded, train_labels: np.ndarray, val: Embedded,
-                 val_labels: np.ndarray) -> Artifact:
+def with_gallery(
+    art: Artifact, train: Embedded, train_labels: np.ndarray, val: Embedded, val_labels: np.ndarray
+) -> Artifact:
     """An artifact trained before the gallery existed, given one: its own landmarks' training photos as the
     gallery, their validation photos as the held-out set (`landmark catalog upgrade`)."""
     ex = numpy_extras(art)
@@ -110,12 +117,19 @@ def with_gallery(art: Artifact, train: Embedded, train_labels: np.ndarray, val: 
     center = ex.get("center", train.emb.mean(axis=0).astype(np.float32))
     ex.update({"center": center, **gallery_tensors(train.emb, train_labels, center, len(art.catalog))})
     ex.update(_held_out(val.logits, val.emb, val_labels))
-    return _finish(art, ex, action={"upgrade": {"gallery_photos": int(len(train_labels)),
-                                                "val_photos": int(len(val_labels))}})
+    return _finish(
+        art, ex, action={"upgrade": {"gallery_photos": int(len(train_labels)), "val_photos": int(len(val_labels))}}
+    )
 
 
-def add(art: Artifact, new: list[NewLandmark], *, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
-        recognizer: str | None = None) -> Artifact:
+def add(
+    art: Artifact,
+    new: list[NewLandmark],
+    *,
+    holdout: float = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    recognizer: str | None = None,
+) -> Artifact:
     """The artifact with ``new`` landmarks in its catalog, gallery and abstention references."""
     ex = numpy_extras(art)
     _check_can_grow(art, ex, new)
@@ -139,9 +153,16 @@ def add(art: Artifact, new: list[NewLandmark], *, holdout: float = DEFAULT_HOLDO
     ex[VAL_EMB] = np.concatenate([ex[VAL_EMB], *val_e])
     ex[VAL_LABELS] = np.concatenate([ex[VAL_LABELS], *val_y])
     catalog = Catalog(landmarks, name=art.catalog.name)
-    summary = [{"name": lm.name, "folder": lm.folder, "photos": len(lm.photos.uris),
-                "held_back": int((ex[VAL_LABELS] == catalog.find(lm.folder).id).sum()),
-                "failed": len(lm.photos.failed)} for lm in new]
+    summary = [
+        {
+            "name": lm.name,
+            "folder": lm.folder,
+            "photos": len(lm.photos.uris),
+            "held_back": int((ex[VAL_LABELS] == catalog.find(lm.folder).id).sum()),
+            "failed": len(lm.photos.failed),
+        }
+        for lm in new
+    ]
     return _finish(replace(art, catalog=catalog), ex, recognizer=recognizer, action={"added": summary})
 
 
@@ -162,8 +183,10 @@ def remove(art: Artifact, key: str) -> Artifact:
         if n_head == 1:
             raise EnrollError(f"--name {key!r}: the head's only landmark; the network needs at least one")
         if "bank" in ex and ("bank_labels" not in ex or (ex["bank_labels"] < 0).any()):
-            raise EnrollError(f"--name {key!r}: this artifact's abstention bank does not say which photos show it "
-                              "(trained before bank labels), so they cannot be taken out; retrain without it")
+            raise EnrollError(
+                f"--name {key!r}: this artifact's abstention bank does not say which photos show it "
+                "(trained before bank labels), so they cannot be taken out; retrain without it"
+            )
         state, spec = _drop_head_column(state, c), ModelSpec(**{**spec.to_json(), "num_classes": n_head - 1})
         ex[VAL_LOGITS] = np.delete(ex[VAL_LOGITS], c, axis=1)
     if "prototypes" in ex:  # one per landmark, in catalog order
@@ -173,16 +196,23 @@ def remove(art: Artifact, key: str) -> Artifact:
             _drop_label(ex, rows if isinstance(rows, tuple) else (rows,), labels, c)
     landmarks = [replace(x, id=i) for i, x in enumerate(y for y in art.catalog if y.id != c)]
     out = replace(art, catalog=Catalog(landmarks, name=art.catalog.name), state_dict=state, spec=spec)
-    return _finish(out, ex, action={"removed": {"name": lm.name, "folder": lm.folder, "was": "head" if c < n_head
-                                                else "gallery"}})
+    return _finish(
+        out, ex, action={"removed": {"name": lm.name, "folder": lm.folder, "was": "head" if c < n_head else "gallery"}}
+    )
 
 
 def describe(art: Artifact) -> list[dict]:
     """One row per landmark: id, name, folder, location, source (head | enrolled), gallery photos."""
     ex = numpy_extras(art)
     counts = np.bincount(ex[GALLERY_LABELS], minlength=len(art.catalog)) if GALLERY_LABELS in ex else None
-    return [{**lm.to_dict(), "source": "head" if lm.id < art.spec.num_classes else "enrolled",
-             "gallery_photos": int(counts[lm.id]) if counts is not None else 0} for lm in art.catalog]
+    return [
+        {
+            **lm.to_dict(),
+            "source": "head" if lm.id < art.spec.num_classes else "enrolled",
+            "gallery_photos": int(counts[lm.id]) if counts is not None else 0,
+        }
+        for lm in art.catalog
+    ]
 
 
 # ---------------------------------------------------------------- internals
@@ -190,28 +220,35 @@ def describe(art: Artifact) -> list[dict]:
 
 def _check_has_gallery(ex: dict) -> None:
     if GALLERY not in ex or VAL_EMB not in ex:
-        raise EnrollError("this artifact has no gallery yet (trained before it existed): give it one first with "
-                          "`landmark catalog upgrade --model DIR --data TRAINING_DATA --output NEW_DIR`")
+        raise EnrollError(
+            "this artifact has no gallery yet (trained before it existed): give it one first with "
+            "`landmark catalog upgrade --model DIR --data TRAINING_DATA --output NEW_DIR`"
+        )
 
 
 def _check_can_grow(art: Artifact, ex: dict, new: list[NewLandmark]) -> None:
     _check_has_gallery(ex)
     method = art.abstain.get("method")
     if method not in ("knn", "proto"):
-        raise EnrollError(f"the abstention method {method!r} scores the head's logits, which know nothing of an "
-                          "enrolled landmark; enrollment needs knn or proto (`landmark train --abstain-method knn`)")
+        raise EnrollError(
+            f"the abstention method {method!r} scores the head's logits, which know nothing of an "
+            "enrolled landmark; enrollment needs knn or proto (`landmark train --abstain-method knn`)"
+        )
     if not new:
         raise EnrollError("no landmarks to add")
     seen = {k for lm in art.catalog for k in (lm.folder.lower(), lm.name.lower())}
     for lm in new:
         for key in {lm.folder.lower(), lm.name.lower()}:
             if key in seen:
-                raise EnrollError(f"{lm.name!r}: {key!r} is already in the catalog (remove it first, or use another "
-                                  "--name)")
+                raise EnrollError(
+                    f"{lm.name!r}: {key!r} is already in the catalog (remove it first, or use another --name)"
+                )
             seen.add(key)
         if len(lm.photos.uris) < 2:
-            raise EnrollError(f"{lm.name!r}: {len(lm.photos.uris)} usable photo(s); enrollment needs at least 2 "
-                              f"(one for the gallery, one held back)" + _failures(lm.photos))
+            raise EnrollError(
+                f"{lm.name!r}: {len(lm.photos.uris)} usable photo(s); enrollment needs at least 2 "
+                f"(one for the gallery, one held back)" + _failures(lm.photos)
+            )
 
 
 def _failures(e: Embedded) -> str:
@@ -237,8 +274,11 @@ def _grow_abstention(method: str, ex: dict, rows: np.ndarray, labels: np.ndarray
 
 
 def _held_out(logits, emb, labels) -> dict:
-    return {VAL_LOGITS: np.asarray(logits, np.float32), VAL_EMB: np.asarray(emb, np.float32),
-            VAL_LABELS: np.asarray(labels, np.int64)}
+    return {
+        VAL_LOGITS: np.asarray(logits, np.float32),
+        VAL_EMB: np.asarray(emb, np.float32),
+        VAL_LABELS: np.asarray(labels, np.int64),
+    }
 
 
 def _drop_label(ex: dict, rows: tuple[str, ...], labels: str, c: int) -> None:
@@ -263,29 +303,46 @@ def _finish(art: Artifact, ex: dict, *, action: dict, recognizer: str | None = N
     new artifact (model_id is set when it is saved)."""
     n, n_head = len(art.catalog), art.spec.num_classes
     val_z, val_e, val_y = ex[VAL_LOGITS], ex[VAL_EMB], ex[VAL_LABELS]
-    rec, rec_metrics = choose(val_z, val_e, val_y, temperature=art.temperature, extra=ex, n_classes=n,
-                              n_head=n_head, forced=recognizer)
+    rec, rec_metrics = choose(
+        val_z, val_e, val_y, temperature=art.temperature, extra=ex, n_classes=n, n_head=n_head, forced=recognizer
+    )
     method, accept_rate = art.abstain.get("method", "msp"), float(art.abstain.get("accept_rate", 0.95))
-    scores = abstention.known_score(method, val_z, val_e, temperature=art.temperature, extra=ex,
-                                    k=int(art.abstain.get("k", 5)))
+    scores = abstention.known_score(
+        method, val_z, val_e, temperature=art.temperature, extra=ex, k=int(art.abstain.get("k", 5))
+    )
     threshold = threshold_at_accept_rate(scores, accept_rate)
     ex["val_scores"] = np.sort(scores).astype(np.float32)
     parent = art.metrics.get("parent_metrics", art.metrics) if art.metrics.get("catalog_changes") else art.metrics
     metrics = {
-        "recognizer": rec.mode, "recognizer_val_top1": rec_metrics["val_top1"], "n_val": rec_metrics["n_val"],
-        "recognizer_tau": rec_metrics["tau"], "abstain_method": method, "abstain_threshold": threshold,
+        "recognizer": rec.mode,
+        "recognizer_val_top1": rec_metrics["val_top1"],
+        "n_val": rec_metrics["n_val"],
+        "recognizer_tau": rec_metrics["tau"],
+        "abstain_method": method,
+        "abstain_threshold": threshold,
         "val_false_abstain": float((scores < threshold).mean()) if len(scores) else 0.0,
         "catalog_changes": art.metrics.get("catalog_changes", []) + [action],
-        "parent_model_id": art.model_id, "parent_metrics": parent,
+        "parent_model_id": art.model_id,
+        "parent_metrics": parent,
     }
     # lineage: the models this one was made from without training, nearest first; the tag job does not re-tag
     # what they settled unless asked (--retag)
-    provenance = {**art.provenance, "parent_model_id": art.model_id, "catalog_change": action,
-                  "lineage": [art.model_id, *art.provenance.get("lineage", [])]}
+    provenance = {
+        **art.provenance,
+        "parent_model_id": art.model_id,
+        "catalog_change": action,
+        "lineage": [art.model_id, *art.provenance.get("lineage", [])],
+    }
     provenance.pop("created_at", None)
-    return replace(art, extra_tensors=_like(art, ex), recognizer=rec.to_json(),
-                   abstain={**art.abstain, "threshold": threshold}, metrics=metrics, provenance=provenance,
-                   model_id="")
+    return replace(
+        art,
+        extra_tensors=_like(art, ex),
+        recognizer=rec.to_json(),
+        abstain={**art.abstain, "threshold": threshold},
+        metrics=metrics,
+        provenance=provenance,
+        model_id="",
+    )
 
 
 def _like(art: Artifact, ex: dict) -> dict:

@@ -29,13 +29,19 @@ class Outcomes:
     def of(cls, group, label, pred, score, tagged) -> "Outcomes":
         n = len(label)
         group = np.asarray(group, dtype=object) if not isinstance(group, str) else np.full(n, group, dtype=object)
-        return cls(group, np.asarray(label, np.int64), np.asarray(pred, np.int64),
-                   np.asarray(score, np.float64), np.asarray(tagged, bool))
+        return cls(
+            group,
+            np.asarray(label, np.int64),
+            np.asarray(pred, np.int64),
+            np.asarray(score, np.float64),
+            np.asarray(tagged, bool),
+        )
 
     @classmethod
     def concat(cls, parts: list["Outcomes"]) -> "Outcomes":
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("group", "label", "pred", "score",
-                                                                            "tagged")))
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("group", "label", "pred", "score", "tagged"))
+        )
 
     @property
     def known(self) -> np.ndarray:
@@ -54,8 +60,11 @@ def folder_rows(o: Outcomes) -> list[dict]:
         known = bool(o.known[m].any())
         row = {"folder": g, "kind": "known" if known else "unknown", "photos": int(m.sum())}
         if known:
-            row.update(right=_share(o.right[m]), abstained=_share(~o.tagged[m]),
-                       wrong=_share(o.tagged[m] & (o.pred[m] != o.label[m])))
+            row.update(
+                right=_share(o.right[m]),
+                abstained=_share(~o.tagged[m]),
+                wrong=_share(o.tagged[m] & (o.pred[m] != o.label[m])),
+            )
         else:
             row.update(tagged=_share(o.tagged[m]))
         rows.append(row)
@@ -69,8 +78,10 @@ def summary(o: Outcomes, *, bins: int = 10) -> dict:
     unknown_rates = [r["tagged"] for r in folder_rows(o) if r["kind"] == "unknown"]
     rel = reliability(o.score[o.tagged], (o.right[o.tagged]).astype(np.float64), bins=bins)
     return {
-        "known_photos": int(k.sum()), "unknown_photos": int(u.sum()),
-        "known_right": _share(o.right[k]), "known_abstained": _share(~o.tagged[k]),
+        "known_photos": int(k.sum()),
+        "unknown_photos": int(u.sum()),
+        "known_right": _share(o.right[k]),
+        "known_abstained": _share(~o.tagged[k]),
         "known_wrong": _share(o.tagged[k] & (o.pred[k] != o.label[k])),
         "unknown_tagged": _share(o.tagged[u]),
         "unknown_tagged_mean_over_folders": float(np.mean(unknown_rates)) if unknown_rates else None,
@@ -92,8 +103,13 @@ def reliability(score: np.ndarray, right: np.ndarray, *, bins: int = 10) -> dict
         conf.append(float(score[m].mean()) if m.any() else None)
         acc.append(float(right[m].mean()) if m.any() else None)
     gap = sum(c * abs(a - f) for c, a, f in zip(count, acc, conf) if c)
-    return {"edges": edges.tolist(), "confidence": conf, "accuracy": acc, "count": count,
-            "ece": float(gap / len(score)) if len(score) else None}
+    return {
+        "edges": edges.tolist(),
+        "confidence": conf,
+        "accuracy": acc,
+        "count": count,
+        "ece": float(gap / len(score)) if len(score) else None,
+    }
 
 
 def coverage_curve(o: Outcomes, points: int = 200) -> dict:
@@ -125,10 +141,20 @@ def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
     ax.plot(curve["coverage"], curve["unknown_tagged"], "-", label="photos of no catalog landmark tagged")
     ax.plot(curve["coverage"], curve["known_wrong"], "--", label="known photos tagged wrong")
     if operating:
-        ax.plot([operating["known_right"]], [operating["unknown_tagged_mean_over_folders"] or 0.0], "o",
-                color="crimson", label="the model's threshold")
-    ax.set(xlabel="coverage: known photos tagged right", ylabel="wrong-tag rate", xlim=(0, 1.01), ylim=(0, 1.01),
-           title="Wrong tags against coverage")
+        ax.plot(
+            [operating["known_right"]],
+            [operating["unknown_tagged_mean_over_folders"] or 0.0],
+            "o",
+            color="crimson",
+            label="the model's threshold",
+        )
+    ax.set(
+        xlabel="coverage: known photos tagged right",
+        ylabel="wrong-tag rate",
+        xlim=(0, 1.01),
+        ylim=(0, 1.01),
+        title="Wrong tags against coverage",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
@@ -146,8 +172,13 @@ def reliability_png(rel: dict) -> bytes:
     if pts:
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[20 + 4 * np.sqrt(p[2]) for p in pts])
     ece = rel.get("ece")
-    ax.set(xlabel="score", ylabel="share of tags right", xlim=(0, 1.02), ylim=(0, 1.02),
-           title="Open-world calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set(
+        xlabel="score",
+        ylabel="share of tags right",
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+        title="Open-world calibration" + (f" (ECE {ece:.3f})" if ece is not None else ""),
+    )
     return _png(fig)
 
 
@@ -160,16 +191,24 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     s = result["summary"]
-    heads = [("known photos right", pct(s["known_right"])), ("known abstained", pct(s["known_abstained"])),
-             ("known wrong", pct(s["known_wrong"])), ("unknown tagged", pct(s["unknown_tagged"])),
-             ("ECE (tagged)", "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}")]
+    heads = [
+        ("known photos right", pct(s["known_right"])),
+        ("known abstained", pct(s["known_abstained"])),
+        ("known wrong", pct(s["known_wrong"])),
+        ("unknown tagged", pct(s["unknown_tagged"])),
+        ("ECE (tagged)", "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}"),
+    ]
     cards = "".join(f"<div class=card><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in heads)
     rows = "".join(
         f"<tr><td>{html.escape(r['folder'])}</td><td>{r['kind']}</td><td>{r['photos']}</td>"
         f"<td>{pct(r.get('right'))}</td><td>{pct(r.get('abstained'))}</td><td>{pct(r.get('wrong'))}</td>"
-        f"<td>{pct(r.get('tagged'))}</td></tr>" for r in s["folders"])
-    imgs = "".join(f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
-                   for n, b in pngs.items())
+        f"<td>{pct(r.get('tagged'))}</td></tr>"
+        for r in s["folders"]
+    )
+    imgs = "".join(
+        f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
+        for n, b in pngs.items()
+    )
     return f"""<!doctype html><html><head><meta charset=utf-8><title>Open-world evaluation</title><style>
 body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:

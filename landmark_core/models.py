@@ -61,8 +61,12 @@ def build_model(spec: ModelSpec, *, storage_options: dict | None = None, trust_p
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
@@ -112,8 +116,9 @@ def _efficientnet_lite0(weights: str, storage_options: dict | None, trust_pickle
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("_fc.")]
         if missing or unexpected:
-            raise WeightsError(f"{weights}: not EfficientNet-Lite0 weights (missing {missing[:3]}, "
-                               f"unexpected {unexpected[:3]})")
+            raise WeightsError(
+                f"{weights}: not EfficientNet-Lite0 weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
     dim = net._fc.in_features
     net._fc = nn.Identity()
     net._dropout = nn.Identity()

@@ -9,11 +9,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 TORCHVISION_BACKBONES = (
-    "resnet18", "resnet34", "resnet50", "resnet101",
-    "convnext_tiny", "convnext_small",
-    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
-    "mobilenet_v3_small", "mobilenet_v3_large",
-    "regnet_y_400mf", "regnet_y_1_6gf",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "convnext_tiny",
+    "convnext_small",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "regnet_y_400mf",
+    "regnet_y_1_6gf",
 )
 KNOWN_MODELS = ("scratch", "efficientnet_lite0") + TORCHVISION_BACKBONES
 

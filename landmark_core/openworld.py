@@ -45,8 +45,9 @@ def features(logits: np.ndarray, embeddings: np.ndarray, *, temperature: float, 
     return np.stack(cols, axis=1).astype(np.float64)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None, l2: float = 1e-2,
-                 iters: int = 50) -> dict:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = None, l2: float = 1e-2, iters: int = 50
+) -> dict:
     """Weighted L2 logistic regression by Newton's method on standardised features; returns the calibrator."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
@@ -62,8 +63,13 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, weights: np.ndarray | None = N
         beta -= step
         if np.abs(step).max() < 1e-8:
             break
-    return {"features": list(FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
-            "coef": beta[:-1].tolist(), "intercept": float(beta[-1])}
+    return {
+        "features": list(FEATURES),
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": beta[:-1].tolist(),
+        "intercept": float(beta[-1]),
+    }
 
 
 def prob_right(x: np.ndarray, calibrator: dict) -> np.ndarray:

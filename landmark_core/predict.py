@@ -27,7 +27,8 @@ def resolve_model(model: str | None) -> str:
     if not model:
         raise NoModelError(
             f"no model given: pass --model DIR or set {MODEL_ENV}. Get one with "
-            f"`landmark train --data DIR --output out/model` (or `make demo`, which trains one to out/demo/model)")
+            f"`landmark train --data DIR --output out/model` (or `make demo`, which trains one to out/demo/model)"
+        )
     return model
 
 
@@ -61,7 +62,7 @@ def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 1
     for start in range(0, len(paths), batch_size):
         results: list[PhotoResult] = []
         datas: list[bytes | None] = []
-        for p in paths[start:start + batch_size]:
+        for p in paths[start : start + batch_size]:
             try:
                 datas.append(Path(p).read_bytes())
             except OSError as e:
@@ -72,8 +73,9 @@ def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 1
         yield from predict_bytes(results, datas, predictor, gpu_decode=gpu_decode)
 
 
-def predict_bytes(results: list[PhotoResult], datas: list[bytes | None], predictor: Predictor, *,
-                  gpu_decode: bool = False) -> list[PhotoResult]:
+def predict_bytes(
+    results: list[PhotoResult], datas: list[bytes | None], predictor: Predictor, *, gpu_decode: bool = False
+) -> list[PhotoResult]:
     """Decode and tag, in one model call, the photo bytes of every result still ``pending`` (``datas[i]`` belongs
     to ``results[i]``); a photo that does not decode becomes a failed result with the DecodeError's reason.
 
@@ -137,8 +139,11 @@ def _decode_on_device(datas: dict, predictor: Predictor) -> dict:
 def format_human(r: PhotoResult) -> str:
     if r.status == FAILED:
         return f"{r.path}: FAILED ({r.error})"
-    head = f"{r.path}: " + (f"{r.landmark} ({r.score:.1%})" if r.landmark else
-                            f"no landmark recognised (best guess {r.tags[0]['name']}, {r.score:.1%})")
+    head = f"{r.path}: " + (
+        f"{r.landmark} ({r.score:.1%})"
+        if r.landmark
+        else f"no landmark recognised (best guess {r.tags[0]['name']}, {r.score:.1%})"
+    )
     lines = [head]
     for t in r.tags:
         where = f" at {t['lat']:.4f}, {t['lon']:.4f}" if t["lat"] is not None else ""
@@ -148,8 +153,16 @@ def format_human(r: PhotoResult) -> str:
     return "\n".join(lines)
 
 
-def run(paths: list[str], model: str | None, *, k: int = 5, as_json: bool = False, out=None,
-        runtime: str = "auto", gpu_decode: bool = False) -> int:
+def run(
+    paths: list[str],
+    model: str | None,
+    *,
+    k: int = 5,
+    as_json: bool = False,
+    out=None,
+    runtime: str = "auto",
+    gpu_decode: bool = False,
+) -> int:
     """Print one result per photo; exit code 1 when any photo failed (the others still print).
 
     ``runtime``: landmark_core.runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:

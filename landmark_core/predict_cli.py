@@ -12,17 +12,25 @@ from .runtime import RUNTIMES, RuntimeChoiceError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="landmark predict",
-                                description="Tag photos with the landmark they show, and where it is.")
+    p = argparse.ArgumentParser(
+        prog="landmark predict", description="Tag photos with the landmark they show, and where it is."
+    )
     p.add_argument("photos", nargs="+", metavar="PHOTO")
     p.add_argument("--model", default=None, help="model artifact directory or s3:// URI (default: $LANDMARK_MODEL)")
     p.add_argument("-k", "--top-k", dest="k", type=int, default=5, help="how many landmarks to list (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per photo per line")
-    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
-                   help="model runtime: torch, onnx (ONNX Runtime fp32), onnx-int8, or auto (default: torch on a "
-                        "GPU, onnx-int8 on a CPU; the ONNX model is built once per model and cached)")
-    p.add_argument("--gpu-decode", action="store_true",
-                   help="decode JPEGs on the GPU (nvJPEG via torchvision); needs CUDA and the torch runtime")
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="model runtime: torch, onnx (ONNX Runtime fp32), onnx-int8, or auto (default: torch on a "
+        "GPU, onnx-int8 on a CPU; the ONNX model is built once per model and cached)",
+    )
+    p.add_argument(
+        "--gpu-decode",
+        action="store_true",
+        help="decode JPEGs on the GPU (nvJPEG via torchvision); needs CUDA and the torch runtime",
+    )
     ns = p.parse_args(argv)
     if ns.k < 1:
         p.error(f"-k/--top-k must be >= 1, got {ns.k}")

@@ -40,10 +40,20 @@ class Predictor:
     ``abstain_score`` (the open-set score), ``topk_idx``, ``topk_score`` (N, k).
     """
 
-    def __init__(self, model: str | Artifact, *, k: int = 5, min_score: float | None = None,
-                 accept_rate: float | None = None, max_wrong_rate: float | None = None,
-                 device: str | None = None, threads: int | None = None,
-                 storage_options: dict | None = None, runtime: str = "torch", onnx_model: bytes | None = None):
+    def __init__(
+        self,
+        model: str | Artifact,
+        *,
+        k: int = 5,
+        min_score: float | None = None,
+        accept_rate: float | None = None,
+        max_wrong_rate: float | None = None,
+        device: str | None = None,
+        threads: int | None = None,
+        storage_options: dict | None = None,
+        runtime: str = "torch",
+        onnx_model: bytes | None = None,
+    ):
         """``min_score`` replaces the artifact's abstain threshold (on its abstention score); ``accept_rate``
         recomputes it from the known validation scores stored in the artifact; ``max_wrong_rate`` (open-world
         artifacts, trained with negatives) from the held-back negatives' scores.
@@ -64,8 +74,11 @@ class Predictor:
             import torch
 
             torch.set_num_threads(threads)
-        self.artifact = model if isinstance(model, Artifact) else load(
-            model, storage_options=storage_options, tensors="numpy" if onnx else "torch")
+        self.artifact = (
+            model
+            if isinstance(model, Artifact)
+            else load(model, storage_options=storage_options, tensors="numpy" if onnx else "torch")
+        )
         art = self.artifact
         self.catalog, self.preset, self.model_id = art.catalog, art.preprocess, art.model_id
         self.k = min(k, len(self.catalog))
@@ -80,8 +93,9 @@ class Predictor:
         if onnx:
             from . import runtime as rt
 
-            self._onnx = rt.OrtModel(onnx_model if onnx_model is not None else rt.model_bytes(art, self.runtime),
-                                     threads=threads)
+            self._onnx = rt.OrtModel(
+                onnx_model if onnx_model is not None else rt.model_bytes(art, self.runtime), threads=threads
+            )
         else:
             import torch
 
@@ -92,14 +106,17 @@ class Predictor:
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
 
-    def _threshold(self, art: Artifact, min_score: float | None, accept_rate: float | None,
-                   max_wrong_rate: float | None) -> float:
+    def _threshold(
+        self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None
+    ) -> float:
         if min_score is not None:
             return float(min_score)
         if max_wrong_rate is not None:
             if "neg_fit_scores" not in self.extra:
-                raise ValueError("this model was trained without --negatives, so it has no held-back negatives to "
-                                 "set a wrong-tag rate on; use min_score or accept_rate")
+                raise ValueError(
+                    "this model was trained without --negatives, so it has no held-back negatives to "
+                    "set a wrong-tag rate on; use min_score or accept_rate"
+                )
             groups = self.extra["neg_fit_groups"]
             scores = {g: self.extra["neg_fit_scores"][groups == g] for g in np.unique(groups)}
             return openworld.threshold_for_wrong_rate(scores, max_wrong_rate)
@@ -132,17 +149,20 @@ class Predictor:
         if n == 0:
             return self._empty()
         logits, emb = self.logits_and_embeddings(images_uint8)
-        probs = recognizer.probabilities(self.recognizer, logits, emb, temperature=self.temperature,
-                                         extra=self.extra, n_classes=len(self.catalog))
+        probs = recognizer.probabilities(
+            self.recognizer, logits, emb, temperature=self.temperature, extra=self.extra, n_classes=len(self.catalog)
+        )
         top = np.argsort(-probs, axis=1)[:, : self.k]
         top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
         if self.method == "openworld":
-            ab = openworld.prob_right(openworld.features(logits, emb, temperature=self.temperature,
-                                                         extra=self.extra), self.calibrator).astype(np.float32)
+            ab = openworld.prob_right(
+                openworld.features(logits, emb, temperature=self.temperature, extra=self.extra), self.calibrator
+            ).astype(np.float32)
             top_p = openworld.tag_scores(top_p, ab)
         else:
-            ab = abstention.known_score(self.method, logits, emb, temperature=self.temperature, extra=self.extra,
-                                        k=self.knn_k).astype(np.float32)
+            ab = abstention.known_score(
+                self.method, logits, emb, temperature=self.temperature, extra=self.extra, k=self.knn_k
+            ).astype(np.float32)
         accepted = ab >= self.threshold
         first = top[:, 0]
         return {
@@ -181,7 +201,8 @@ class Predictor:
             "status": np.full(n, "failed", dtype=object),
             "landmark": np.full(n, None, dtype=object),
             "score": np.full(n, np.nan, dtype=np.float32),
-            "lat": np.full(n, np.nan), "lon": np.full(n, np.nan),
+            "lat": np.full(n, np.nan),
+            "lon": np.full(n, np.nan),
             "abstain_score": np.full(n, np.nan, dtype=np.float32),
             "topk_idx": np.full((n, self.k), -1, dtype=np.int32),
             "topk_score": np.full((n, self.k), np.nan, dtype=np.float32),

@@ -154,9 +154,11 @@ def check_gpu_decode(device: str, flag: str = "--gpu-decode") -> None:
     import torch
 
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        raise GpuDecodeError(f"{flag} decodes JPEGs with nvJPEG on a CUDA GPU (torchvision.io.decode_jpeg("
-                             f"device='cuda')), and there is none here (device {device!r}, "
-                             f"torch.cuda.is_available() {torch.cuda.is_available()}); drop {flag}")
+        raise GpuDecodeError(
+            f"{flag} decodes JPEGs with nvJPEG on a CUDA GPU (torchvision.io.decode_jpeg("
+            f"device='cuda')), and there is none here (device {device!r}, "
+            f"torch.cuda.is_available() {torch.cuda.is_available()}); drop {flag}"
+        )
 
 
 def decode_jpegs_to_uint8(datas: list[bytes], preset: EvalPreset, device: str = "cuda"):
@@ -200,7 +202,7 @@ def decode_jpegs_to_uint8(datas: list[bytes], preset: EvalPreset, device: str = 
         nh, nw = max(preset.size, round(h * scale)), max(preset.size, round(w * scale))
         img = F.resize(img, [nh, nw], antialias=True)
         top, left = (nh - preset.size) // 2, (nw - preset.size) // 2  # as EvalPreset.to_uint8 crops
-        out.append(img[:, top:top + preset.size, left:left + preset.size].permute(1, 2, 0))
+        out.append(img[:, top : top + preset.size, left : left + preset.size].permute(1, 2, 0))
     return torch.stack(out), ok
 
 
@@ -226,13 +228,13 @@ def _orient_chw(img, orientation: int | None):
 
     t = lambda x: x.transpose(-2, -1)  # noqa: E731  (PIL's TRANSPOSE: across the main diagonal)
     ops = {
-        2: lambda x: x.flip(-1),                               # FLIP_LEFT_RIGHT
-        3: lambda x: x.flip(-1).flip(-2),                      # ROTATE_180
-        4: lambda x: x.flip(-2),                               # FLIP_TOP_BOTTOM
-        5: t,                                                  # TRANSPOSE
-        6: lambda x: torch.rot90(x, k=-1, dims=(-2, -1)),      # ROTATE_270 (90 degrees clockwise)
-        7: lambda x: t(x).flip(-1).flip(-2),                   # TRANSVERSE
-        8: lambda x: torch.rot90(x, k=1, dims=(-2, -1)),       # ROTATE_90 (counter-clockwise)
+        2: lambda x: x.flip(-1),  # FLIP_LEFT_RIGHT
+        3: lambda x: x.flip(-1).flip(-2),  # ROTATE_180
+        4: lambda x: x.flip(-2),  # FLIP_TOP_BOTTOM
+        5: t,  # TRANSPOSE
+        6: lambda x: torch.rot90(x, k=-1, dims=(-2, -1)),  # ROTATE_270 (90 degrees clockwise)
+        7: lambda x: t(x).flip(-1).flip(-2),  # TRANSVERSE
+        8: lambda x: torch.rot90(x, k=1, dims=(-2, -1)),  # ROTATE_90 (counter-clockwise)
     }
     return ops[orientation](img) if orientation in ops else img
 

@@ -63,8 +63,9 @@ def gallery_embeddings(emb: np.ndarray, center: np.ndarray) -> np.ndarray:
     return unit(np.asarray(emb, np.float32) - center).astype(np.float32)
 
 
-def gallery_vote(query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, n_classes: int, *, k: int,
-                 tau: float) -> np.ndarray:
+def gallery_vote(
+    query: np.ndarray, gallery: np.ndarray, labels: np.ndarray, n_classes: int, *, k: int, tau: float
+) -> np.ndarray:
     """(N, n_classes) probabilities from the k nearest gallery photos of each (centred, unit) query."""
     n = len(query)
     out = np.zeros((n, n_classes), np.float64)
@@ -95,14 +96,17 @@ def _one_blas_thread():
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def probabilities(rec: Recognizer, logits: np.ndarray, emb: np.ndarray, *, temperature: float, extra: dict,
-                  n_classes: int) -> np.ndarray:
+def probabilities(
+    rec: Recognizer, logits: np.ndarray, emb: np.ndarray, *, temperature: float, extra: dict, n_classes: int
+) -> np.ndarray:
     """(N, n_classes) probabilities of ``rec`` from the network's logits and raw embeddings."""
     head = softmax(logits, temperature)
     if rec.mode == "head":
         if n_classes != head.shape[1]:
-            raise RecognizerError(f"the head knows {head.shape[1]} landmarks but the catalog has {n_classes}: "
-                                  "enrolled landmarks need the gallery or both recognizer")
+            raise RecognizerError(
+                f"the head knows {head.shape[1]} landmarks but the catalog has {n_classes}: "
+                "enrolled landmarks need the gallery or both recognizer"
+            )
         return head
     if GALLERY not in extra:
         raise RecognizerError(f"recognizer {rec.mode!r} needs a gallery, and this artifact has none")
@@ -125,14 +129,26 @@ def fit_tau(val_unit: np.ndarray, labels: np.ndarray, extra: dict, n_classes: in
     """The kNN weight temperature with the lowest log loss on held-out photos (a grid: no optimiser needed)."""
     if not len(labels):
         return Recognizer.tau
+
     def nll(tau):
         p = gallery_vote(val_unit, extra[GALLERY], extra[GALLERY_LABELS], n_classes, k=k, tau=tau)
         return -np.log(np.maximum(p[np.arange(len(labels)), labels], 1e-6)).mean()
+
     return float(min(TAUS, key=nll))
 
 
-def choose(logits: np.ndarray, emb: np.ndarray, labels: np.ndarray, *, temperature: float, extra: dict,
-           n_classes: int, n_head: int, forced: str | None = None, k: int = Recognizer.k) -> tuple[Recognizer, dict]:
+def choose(
+    logits: np.ndarray,
+    emb: np.ndarray,
+    labels: np.ndarray,
+    *,
+    temperature: float,
+    extra: dict,
+    n_classes: int,
+    n_head: int,
+    forced: str | None = None,
+    k: int = Recognizer.k,
+) -> tuple[Recognizer, dict]:
     """The recognizer with the best top-1 on held-out photos (ties: head, then both, then gallery: cheapest and
     longest-proven first), and every candidate's top-1. ``forced`` picks one instead, still measured.
 
@@ -142,14 +158,23 @@ def choose(logits: np.ndarray, emb: np.ndarray, labels: np.ndarray, *, temperatu
     if n_classes > n_head:  # enrolled landmarks: the head cannot name them
         candidates.remove("head")
     if forced is not None and forced not in candidates:
-        raise RecognizerError(f"--recognizer {forced}: not possible here (possible: {', '.join(candidates)}; "
-                              + ("the head has no column for enrolled landmarks)" if n_classes > n_head
-                                 else "the artifact has no gallery)"))
+        raise RecognizerError(
+            f"--recognizer {forced}: not possible here (possible: {', '.join(candidates)}; "
+            + (
+                "the head has no column for enrolled landmarks)"
+                if n_classes > n_head
+                else "the artifact has no gallery)"
+            )
+        )
     tau = Recognizer.tau
     if GALLERY in extra:
         tau = fit_tau(gallery_embeddings(emb, extra.get("center", 0.0)), labels, extra, n_classes, k)
-    scores = {m: top1_accuracy(Recognizer(m, k=k, tau=tau), logits, emb, labels, temperature=temperature,
-                               extra=extra, n_classes=n_classes) for m in candidates}
+    scores = {
+        m: top1_accuracy(
+            Recognizer(m, k=k, tau=tau), logits, emb, labels, temperature=temperature, extra=extra, n_classes=n_classes
+        )
+        for m in candidates
+    }
     if forced is not None:
         best = forced
     else:
@@ -157,12 +182,18 @@ def choose(logits: np.ndarray, emb: np.ndarray, labels: np.ndarray, *, temperatu
     return Recognizer(best, k=k, tau=tau), {"val_top1": scores, "n_val": int(len(labels)), "tau": tau}
 
 
-def gallery_tensors(emb: np.ndarray, labels: np.ndarray, center: np.ndarray, n_classes: int, *,
-                    per_class: int = 200, seed: int = 0) -> dict[str, np.ndarray]:
+def gallery_tensors(
+    emb: np.ndarray, labels: np.ndarray, center: np.ndarray, n_classes: int, *, per_class: int = 200, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A gallery from labelled embeddings: at most ``per_class`` photos of each landmark (seeded choice)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per_class]
-                                   for c in range(n_classes)] or [np.zeros(0, int)]))
-    return {GALLERY: gallery_embeddings(np.asarray(emb, np.float32)[keep], center),
-            GALLERY_LABELS: labels[keep].astype(np.int64)}
+    keep = np.sort(
+        np.concatenate(
+            [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in range(n_classes)] or [np.zeros(0, int)]
+        )
+    )
+    return {
+        GALLERY: gallery_embeddings(np.asarray(emb, np.float32)[keep], center),
+        GALLERY_LABELS: labels[keep].astype(np.int64),
+    }

@@ -59,8 +59,15 @@ def confusion_png(logits: np.ndarray, labels: np.ndarray, names: list[str], titl
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, cm[i, j], ha="center", va="center",
-                            color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+                    ax.text(
+                        j,
+                        i,
+                        cm[i, j],
+                        ha="center",
+                        va="center",
+                        color="white" if norm[i, j] > 0.5 else "black",
+                        fontsize=8,
+                    )
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _png(fig)
 
@@ -85,8 +92,10 @@ def training_report_pngs(history: list[dict], ev: dict, temperature: float, name
     if history:
         out["curves.png"] = curves_png(history)
     if len(ev[f"{split}_labels"]):
-        out["confusion.png"] = confusion_png(ev[f"{split}_logits"], ev[f"{split}_labels"], names,
-                                             f"Confusion matrix ({split})")
-        out["reliability.png"] = reliability_png(ev[f"{split}_logits"], ev[f"{split}_labels"], temperature,
-                                                 f"Reliability ({split})")
+        out["confusion.png"] = confusion_png(
+            ev[f"{split}_logits"], ev[f"{split}_labels"], names, f"Confusion matrix ({split})"
+        )
+        out["reliability.png"] = reliability_png(
+            ev[f"{split}_logits"], ev[f"{split}_labels"], temperature, f"Reliability ({split})"
+        )
     return out

@@ -76,8 +76,9 @@ def resolve_runtime(name: str, device: str, flag: str = "--runtime") -> str:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                     os.path.expanduser("~/.cache"), "landmark-tagger")
+    root = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "landmark-tagger"
+    )
     return Path(root) / "onnx"
 
 
@@ -148,9 +149,16 @@ def export_onnx(artifact) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, (torch.from_numpy(probe),), buf, input_names=["image"],
-                          output_names=["logits", "embedding"], opset_version=OPSET, dynamo=False,
-                          dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}})
+        torch.onnx.export(
+            wrapper,
+            (torch.from_numpy(probe),),
+            buf,
+            input_names=["image"],
+            output_names=["logits", "embedding"],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}},
+        )
     wrapper.eval()  # export restores the module's previous mode; make sure nothing stays in training mode
     blob = buf.getvalue()
     with torch.no_grad():
@@ -158,8 +166,10 @@ def export_onnx(artifact) -> bytes:
     logits, emb = OrtModel(blob, threads=1)(probe)
     scale = float(ref_logits.abs().max()) + 1e-6
     if not np.allclose(logits, ref_logits.numpy(), atol=1e-3 * scale, rtol=1e-3):
-        raise RuntimeError(f"ONNX export of {art.spec.name} does not reproduce torch (max logit difference "
-                           f"{np.abs(logits - ref_logits.numpy()).max():.3g}); use --runtime torch")
+        raise RuntimeError(
+            f"ONNX export of {art.spec.name} does not reproduce torch (max logit difference "
+            f"{np.abs(logits - ref_logits.numpy()).max():.3g}); use --runtime torch"
+        )
     return blob
 
 
@@ -173,8 +183,10 @@ def _uint8_model(net, mean, std):
             super().__init__()
             self.net = net
             self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)))
-            self.register_buffer("shift", (torch.tensor(mean, dtype=torch.float32)
-                                           / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1))
+            self.register_buffer(
+                "shift",
+                (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1),
+            )
 
         def forward(self, image):
             x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift
@@ -205,8 +217,9 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, *, batch_size: int = 8) 
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{"image": calibration[s:s + batch_size]}
-                                 for s in range(0, len(calibration), batch_size)])
+            self.batches = iter(
+                [{"image": calibration[s : s + batch_size]} for s in range(0, len(calibration), batch_size)]
+            )
 
         def get_next(self):
             return next(self.batches, None)
@@ -219,8 +232,15 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, *, batch_size: int = 8) 
             src, pre, dst = (os.path.join(tmp, f) for f in ("fp32.onnx", "pre.onnx", "int8.onnx"))
             Path(src).write_bytes(fp32)
             quant_pre_process(src, pre, skip_symbolic_shape=True)
-            quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                pre,
+                dst,
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
             return Path(dst).read_bytes()
     finally:
         root.setLevel(level)
@@ -240,8 +260,9 @@ class OrtModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise RuntimeChoiceError("the onnx runtimes need onnxruntime (pip install onnxruntime); "
-                                     "or use --runtime torch") from None
+            raise RuntimeChoiceError(
+                "the onnx runtimes need onnxruntime (pip install onnxruntime); or use --runtime torch"
+            ) from None
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(threads or 0)
         so.inter_op_num_threads = 1

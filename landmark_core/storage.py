@@ -50,7 +50,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """'s3://bucket/a/b' -> ('bucket', 'a/b'); a clear error for anything malformed."""
     if not is_s3(uri):
         raise StorageError(f"not an s3:// URI: {uri!r}")
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, key = rest.partition("/")
     if not _BUCKET_RE.match(bucket or ""):
         raise StorageError(f"malformed s3 URI {uri!r}: bucket name {bucket!r} is not a valid S3 bucket name")
@@ -102,13 +102,15 @@ def _cached_client(opts: S3Options, _fingerprint: str):
     from botocore.config import Config
 
     cfg = Config(
-        connect_timeout=opts.connect_timeout, read_timeout=opts.read_timeout,
+        connect_timeout=opts.connect_timeout,
+        read_timeout=opts.read_timeout,
         retries={"max_attempts": opts.max_attempts, "mode": "standard"},
         s3={"addressing_style": "path"} if opts.endpoint else None,
         max_pool_connections=32,
     )
-    return boto3.session.Session().client("s3", endpoint_url=opts.endpoint, region_name=opts.region or _region(),
-                                          config=cfg)
+    return boto3.session.Session().client(
+        "s3", endpoint_url=opts.endpoint, region_name=opts.region or _region(), config=cfg
+    )
 
 
 def _region() -> str:
@@ -144,7 +146,7 @@ def _read_s3_retrying(bucket: str, key: str, opts: S3Options) -> bytes:
                 raise
             now = time.monotonic()
             since = _outage_since.setdefault(opts.endpoint, now)
-            pause = min(4.0, 0.25 * 2 ** attempt) * random.uniform(0.5, 1.0)
+            pause = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
             if now + pause - since > opts.read_retry_seconds:
                 raise
             time.sleep(pause)
@@ -189,8 +191,7 @@ def exists(uri: str, opts: S3Options = S3Options()) -> bool:
     return Path(uri).exists()
 
 
-_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
-               "403"}
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403"}
 
 
 def check_reachable(flag: str, uri: str | None, opts: S3Options) -> None:
@@ -203,24 +204,35 @@ def check_reachable(flag: str, uri: str | None, opts: S3Options) -> None:
 
     bucket, key = split_s3(uri)
     where = f"S3 endpoint {opts.endpoint}" if opts.endpoint else "AWS S3 (no --s3-endpoint given)"
-    client = s3_client(replace(opts, connect_timeout=min(opts.connect_timeout, 5.0),
-                               read_timeout=min(opts.read_timeout, 10.0), max_attempts=2))
+    client = s3_client(
+        replace(
+            opts,
+            connect_timeout=min(opts.connect_timeout, 5.0),
+            read_timeout=min(opts.read_timeout, 10.0),
+            max_attempts=2,
+        )
+    )
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
     except NoCredentialsError:
-        raise StorageError(f"{flag} {uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and "
-                           f"AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role)") from None
+        raise StorageError(
+            f"{flag} {uri}: no S3 credentials found (set AWS_ACCESS_KEY_ID and "
+            f"AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role)"
+        ) from None
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", "?"))
         if code in ("NoSuchBucket", "404"):
             raise StorageError(f"{flag} {uri}: bucket {bucket!r} does not exist at {where}") from None
         if code in _AUTH_CODES:
-            raise StorageError(f"{flag} {uri}: {where} refused the credentials ({code}); check "
-                               f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role") from None
+            raise StorageError(
+                f"{flag} {uri}: {where} refused the credentials ({code}); check "
+                f"AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role"
+            ) from None
         raise StorageError(f"{flag} {uri}: {where} answered {code}: {redact(str(e))[:200]}") from None
     except (BotoCoreError, OSError) as e:
-        raise StorageError(f"{flag} {uri}: cannot reach the {where} ({type(e).__name__}); check --s3-endpoint "
-                           f"and that the store is up") from None
+        raise StorageError(
+            f"{flag} {uri}: cannot reach the {where} ({type(e).__name__}); check --s3-endpoint and that the store is up"
+        ) from None
 
 
 def arrow_fs(uri: str, opts: S3Options = S3Options()):
@@ -230,9 +242,12 @@ def arrow_fs(uri: str, opts: S3Options = S3Options()):
     if not is_s3(uri):
         return pafs.LocalFileSystem(), str(Path(uri).resolve())
     bucket, key = split_s3(uri)
-    kw = dict(region=opts.region or _region(), connect_timeout=opts.connect_timeout,
-              request_timeout=opts.read_timeout,
-              retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=opts.max_attempts))
+    kw = dict(
+        region=opts.region or _region(),
+        connect_timeout=opts.connect_timeout,
+        request_timeout=opts.read_timeout,
+        retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=opts.max_attempts),
+    )
     if opts.endpoint:
         u = urlparse(opts.endpoint)
         kw.update(endpoint_override=u.netloc, scheme=u.scheme)

@@ -43,6 +43,7 @@ _PURPOSES = ("scene", "exif", "gps", "rotation", "unknown")
 
 # ----------------------------------------------------------------------------------------------- colour helpers
 
+
 def _jitter(rng: np.random.Generator, base: Color, amount: int = 18) -> Color:
     """A member of a colour family: the base colour moved a little per channel."""
     return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in base)
@@ -61,6 +62,7 @@ def _rgba(col: Color) -> tuple[int, int, int, int]:
 # ------------------------------------------------------------------------------------------------- structures
 # Each draws on a transparent RGBA layer: x = centre, b = base line (y of the ground contact), h = height.
 # Holes (the sky seen through an arch or between columns) are drawn with CLEAR.
+
 
 def _tower(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Generator) -> None:
     """Lattice tower (Eiffel-like): concave flared legs, an arch between them, platforms; bronze-brown."""
@@ -120,8 +122,9 @@ def _bridge(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Ge
     for px, py in cable[2:-2:2]:
         d.line([(px, py), (px, deck_y)], fill=_rgba(col), width=1)
     for sx in (-1, 1):
-        d.line([(x + sx * span, top), (x + sx * 2.2 * h, deck_y - 0.02 * h)], fill=_rgba(col),
-               width=max(2, int(0.012 * h)))
+        d.line(
+            [(x + sx * span, top), (x + sx * 2.2 * h, deck_y - 0.02 * h)], fill=_rgba(col), width=max(2, int(0.012 * h))
+        )
 
 
 def _pyramid(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Generator) -> None:
@@ -170,9 +173,17 @@ def _pagoda(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Ge
         d.rectangle([x - w, y0 - tier_h, x + w, y0], fill=_rgba(col))
         d.rectangle([x - 0.3 * w, y0 - 0.6 * tier_h, x + 0.3 * w, y0], fill=_rgba(_shade(col, 0.55)))
         ry, rw = y0 - tier_h, w * 1.6
-        d.polygon([(x - rw, ry - 0.12 * tier_h), (x - w * 1.2, ry + 0.12 * tier_h), (x + w * 1.2, ry + 0.12 * tier_h),
-                   (x + rw, ry - 0.12 * tier_h), (x + w * 0.8, ry - 0.3 * tier_h), (x - w * 0.8, ry - 0.3 * tier_h)],
-                  fill=roof)
+        d.polygon(
+            [
+                (x - rw, ry - 0.12 * tier_h),
+                (x - w * 1.2, ry + 0.12 * tier_h),
+                (x + w * 1.2, ry + 0.12 * tier_h),
+                (x + rw, ry - 0.12 * tier_h),
+                (x + w * 0.8, ry - 0.3 * tier_h),
+                (x - w * 0.8, ry - 0.3 * tier_h),
+            ],
+            fill=roof,
+        )
     d.rectangle([x - 0.012 * h, b - h, x + 0.012 * h, b - 0.85 * h], fill=roof)
 
 
@@ -187,8 +198,14 @@ def _castle(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Ge
     for tx, th in ((x - 0.6 * h, 0.72), (x + 0.6 * h, 0.72), (x, 0.8)):
         tw = 0.11 * h if tx != x else 0.14 * h
         d.rectangle([tx - tw, b - th * h, tx + tw, b], fill=_rgba(_shade(col, 0.9)))
-        d.polygon([(tx - tw * 1.25, b - th * h), (tx, b - (th + 0.2 if tx == x else th + 0.26) * h),
-                   (tx + tw * 1.25, b - th * h)], fill=roof)
+        d.polygon(
+            [
+                (tx - tw * 1.25, b - th * h),
+                (tx, b - (th + 0.2 if tx == x else th + 0.26) * h),
+                (tx + tw * 1.25, b - th * h),
+            ],
+            fill=roof,
+        )
         d.rectangle([tx - 0.015 * h, b - (th - 0.12) * h, tx + 0.015 * h, b - (th - 0.2) * h], fill=_rgba((30, 30, 30)))
     d.chord([x - 0.08 * h, b - 0.3 * h, x + 0.08 * h, b - 0.14 * h], 180, 360, fill=_rgba((40, 30, 25)))
     d.rectangle([x - 0.08 * h, b - 0.22 * h, x + 0.08 * h, b], fill=_rgba((40, 30, 25)))
@@ -217,8 +234,10 @@ def _columns(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.G
     """Classical temple front: stepped base, a row of marble columns with sky between, architrave, pediment."""
     w = 0.75 * h
     for k in range(3):  # steps
-        d.rectangle([x - w - (3 - k) * 0.02 * h, b - (k + 1) * 0.035 * h, x + w + (3 - k) * 0.02 * h,
-                     b - k * 0.035 * h], fill=_rgba(_shade(col, 0.85 + 0.05 * k)))
+        d.rectangle(
+            [x - w - (3 - k) * 0.02 * h, b - (k + 1) * 0.035 * h, x + w + (3 - k) * 0.02 * h, b - k * 0.035 * h],
+            fill=_rgba(_shade(col, 0.85 + 0.05 * k)),
+        )
     col_bot, col_top = b - 0.105 * h, b - 0.68 * h
     n = int(rng.integers(6, 9))
     cw = 2 * w / (2 * n - 1) * 0.9
@@ -227,23 +246,26 @@ def _columns(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.G
         d.rectangle([cx - cw / 2, col_top, cx + cw / 2, col_bot], fill=_rgba(col))
         d.line([(cx, col_top), (cx, col_bot)], fill=_rgba(_shade(col, 0.8)), width=1)
     d.rectangle([x - w - 0.03 * h, col_top - 0.1 * h, x + w + 0.03 * h, col_top], fill=_rgba(_shade(col, 0.92)))
-    d.polygon([(x - w - 0.05 * h, col_top - 0.1 * h), (x, b - h), (x + w + 0.05 * h, col_top - 0.1 * h)],
-              fill=_rgba(col))
-    d.polygon([(x - w + 0.05 * h, col_top - 0.12 * h), (x, b - 0.95 * h), (x + w - 0.05 * h, col_top - 0.12 * h)],
-              fill=_rgba(_shade(col, 0.85)))
+    d.polygon(
+        [(x - w - 0.05 * h, col_top - 0.1 * h), (x, b - h), (x + w + 0.05 * h, col_top - 0.1 * h)], fill=_rgba(col)
+    )
+    d.polygon(
+        [(x - w + 0.05 * h, col_top - 0.12 * h), (x, b - 0.95 * h), (x + w - 0.05 * h, col_top - 0.12 * h)],
+        fill=_rgba(_shade(col, 0.85)),
+    )
 
 
 def _spire(d: Draw, x: float, b: float, h: float, col: Color, rng: np.random.Generator) -> None:
     """Gothic church: slate nave with a pitched roof, a square tower and a needle spire with pinnacles."""
     d.rectangle([x - 0.4 * h, b - 0.3 * h, x + 0.4 * h, b], fill=_rgba(col))
-    d.polygon([(x - 0.42 * h, b - 0.3 * h), (x, b - 0.45 * h), (x + 0.42 * h, b - 0.3 * h)],
-              fill=_rgba(_shade(col, 0.7)))
+    d.polygon(
+        [(x - 0.42 * h, b - 0.3 * h), (x, b - 0.45 * h), (x + 0.42 * h, b - 0.3 * h)], fill=_rgba(_shade(col, 0.7))
+    )
     d.rectangle([x - 0.09 * h, b - 0.55 * h, x + 0.09 * h, b], fill=_rgba(_shade(col, 1.15)))
     d.polygon([(x - 0.08 * h, b - 0.55 * h), (x, b - h), (x + 0.08 * h, b - 0.55 * h)], fill=_rgba(_shade(col, 0.85)))
     for sx in (-1, 1):
         px = x + sx * 0.09 * h
-        d.polygon([(px - 0.02 * h, b - 0.55 * h), (px, b - 0.66 * h), (px + 0.02 * h, b - 0.55 * h)],
-                  fill=_rgba(col))
+        d.polygon([(px - 0.02 * h, b - 0.55 * h), (px, b - 0.66 * h), (px + 0.02 * h, b - 0.55 * h)], fill=_rgba(col))
     d.ellipse([x - 0.05 * h, b - 0.42 * h, x + 0.05 * h, b - 0.32 * h], fill=_rgba((200, 160, 70)))
     for k in (-3, -2, -1, 1, 2, 3):  # lancet windows along the nave
         wx = x + k * 0.1 * h
@@ -321,8 +343,9 @@ def _trees(d: Draw, rng: np.random.Generator, w: int, h: int, horizon: int) -> N
         if rng.random() < 0.5:
             d.ellipse([tx - th * 0.3, base - th, tx + th * 0.3, base - th * 0.35], fill=leaf)
         else:
-            d.polygon([(tx - th * 0.25, base - th * 0.25), (tx, base - th), (tx + th * 0.25, base - th * 0.25)],
-                      fill=leaf)
+            d.polygon(
+                [(tx - th * 0.25, base - th * 0.25), (tx, base - th), (tx + th * 0.25, base - th * 0.25)], fill=leaf
+            )
 
 
 def _clutter(d: Draw, rng: np.random.Generator, w: int, h: int) -> None:
@@ -336,10 +359,17 @@ def _clutter(d: Draw, rng: np.random.Generator, w: int, h: int) -> None:
         cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
         d.ellipse([cx - r, cy - r * 1.2, cx + r, cy + r * 1.2], fill=_jitter(rng, (225, 185, 150), 30))
         for sx in (-1, 1):
-            d.ellipse([cx + sx * 0.4 * r - 0.1 * r, cy - 0.35 * r, cx + sx * 0.4 * r + 0.1 * r, cy - 0.15 * r],
-                      fill=(40, 30, 30))
-        d.arc([cx - 0.45 * r, cy + 0.1 * r, cx + 0.45 * r, cy + 0.6 * r], 20, 160, fill=(150, 50, 50),
-              width=max(2, int(0.06 * r)))
+            d.ellipse(
+                [cx + sx * 0.4 * r - 0.1 * r, cy - 0.35 * r, cx + sx * 0.4 * r + 0.1 * r, cy - 0.15 * r],
+                fill=(40, 30, 30),
+            )
+        d.arc(
+            [cx - 0.45 * r, cy + 0.1 * r, cx + 0.45 * r, cy + 0.6 * r],
+            20,
+            160,
+            fill=(150, 50, 50),
+            width=max(2, int(0.06 * r)),
+        )
 
 
 def _structure(canvas: Image.Image, shape: str, rng: np.random.Generator, base: float, height: float) -> None:
@@ -394,6 +424,7 @@ def render_scene(shape: str | None, rng: np.random.Generator, size: tuple[int, i
 
 # ----------------------------------------------------------------------------------------------------- dataset
 
+
 def folder_name(idx: int, shape: str) -> str:
     """Class folder in the usual 'NN.Name' style, e.g. (0, 'tower') -> '00.Tower'."""
     return f"{idx:02d}.{shape.capitalize()}"
@@ -415,8 +446,11 @@ def class_coords(folder: str) -> dict[str, float]:
 def _dms(value: float) -> tuple[TiffImagePlugin.IFDRational, ...]:
     """|value| degrees as EXIF (degrees, minutes, seconds) rationals, seconds to 1/100."""
     total = round(abs(value) * 360000)
-    return (TiffImagePlugin.IFDRational(total // 360000, 1), TiffImagePlugin.IFDRational(total // 6000 % 60, 1),
-            TiffImagePlugin.IFDRational(total % 6000, 100))
+    return (
+        TiffImagePlugin.IFDRational(total // 360000, 1),
+        TiffImagePlugin.IFDRational(total // 6000 % 60, 1),
+        TiffImagePlugin.IFDRational(total % 6000, 100),
+    )
 
 
 def _gps_exif(exif: Image.Exif, lat: float, lon: float, taken: str) -> None:
@@ -429,8 +463,9 @@ def _gps_exif(exif: Image.Exif, lat: float, lon: float, taken: str) -> None:
 
 def _timestamp(rng: np.random.Generator) -> str:
     """A capture time in EXIF's 'YYYY:MM:DD HH:MM:SS' form, somewhere in 2015-2024."""
-    y, mo, d, hh, mm, ss = (int(rng.integers(lo, hi)) for lo, hi in ((2015, 2025), (1, 13), (1, 29), (0, 24),
-                                                                    (0, 60), (0, 60)))
+    y, mo, d, hh, mm, ss = (
+        int(rng.integers(lo, hi)) for lo, hi in ((2015, 2025), (1, 13), (1, 29), (0, 24), (0, 60), (0, 60))
+    )
     return f"{y:04d}:{mo:02d}:{d:02d} {hh:02d}:{mm:02d}:{ss:02d}"
 
 
@@ -457,8 +492,17 @@ def _save_jpeg(img: Image.Image, path: Path, exif: Image.Exif | None = None) -> 
     img.save(path, "JPEG", quality=JPEG_QUALITY, **({"exif": exif} if exif is not None else {}))
 
 
-def _write_split(root: Path, split_id: int, folders: Sequence[str], shapes: Sequence[str], per_class: int,
-                 image_size: tuple[int, int], seed: int, gps_fraction: float, rotated_fraction: float) -> int:
+def _write_split(
+    root: Path,
+    split_id: int,
+    folders: Sequence[str],
+    shapes: Sequence[str],
+    per_class: int,
+    image_size: tuple[int, int],
+    seed: int,
+    gps_fraction: float,
+    rotated_fraction: float,
+) -> int:
     """Write one split. Each image has its own RNG stream, and GPS/rotation choices have theirs, so changing
     the fractions never changes a scene's pixels."""
     n = len(folders) * per_class
@@ -483,10 +527,19 @@ def _write_split(root: Path, split_id: int, folders: Sequence[str], shapes: Sequ
     return n
 
 
-def generate_dataset(root: str | Path, *, shapes: Sequence[str] | None = None, n_classes: int = 6,
-                     train_per_class: int = 30, test_per_class: int = 10, val_per_class: int = 0,
-                     image_size: tuple[int, int] = (320, 240), seed: int = 0, gps_fraction: float = 0.3,
-                     rotated_fraction: float = 0.15) -> dict:
+def generate_dataset(
+    root: str | Path,
+    *,
+    shapes: Sequence[str] | None = None,
+    n_classes: int = 6,
+    train_per_class: int = 30,
+    test_per_class: int = 10,
+    val_per_class: int = 0,
+    image_size: tuple[int, int] = (320, 240),
+    seed: int = 0,
+    gps_fraction: float = 0.3,
+    rotated_fraction: float = 0.15,
+) -> dict:
     """Write an ImageFolder-style dataset (root/{train,test[,val]}/NN.Shape/*.jpg) plus root/coords.json.
 
     Returns {"root", "classes", "counts": {split: files}, "coords": {folder: {"lat", "lon", "country"}}}.
@@ -499,18 +552,29 @@ def generate_dataset(root: str | Path, *, shapes: Sequence[str] | None = None, n
     per_split = {"train": train_per_class, "test": test_per_class, "val": val_per_class}
     counts = {}
     for split_id, split in enumerate(SPLITS):
-        counts[split] = 0 if per_split[split] <= 0 else _write_split(
-            root, split_id, folders, chosen, per_split[split], image_size, seed, gps_fraction, rotated_fraction)
+        counts[split] = (
+            0
+            if per_split[split] <= 0
+            else _write_split(
+                root, split_id, folders, chosen, per_split[split], image_size, seed, gps_fraction, rotated_fraction
+            )
+        )
     coords = {f: class_coords(f) for f in folders}
     root.mkdir(parents=True, exist_ok=True)
-    (root / "coords.json").write_text(json.dumps(
-        {f: {**coords[f], "name": s.capitalize()} for f, s in zip(folders, chosen)}, indent=2))
-    return {"root": str(root), "classes": folders, "counts": counts,
-            "coords": {f: {**coords[f], "country": None} for f in folders}}
+    (root / "coords.json").write_text(
+        json.dumps({f: {**coords[f], "name": s.capitalize()} for f, s in zip(folders, chosen)}, indent=2)
+    )
+    return {
+        "root": str(root),
+        "classes": folders,
+        "counts": counts,
+        "coords": {f: {**coords[f], "country": None} for f in folders},
+    }
 
 
-def generate_unknown(root: str | Path, n: int = 40, *, seed: int = 1,
-                     image_size: tuple[int, int] = (320, 240)) -> list[Path]:
+def generate_unknown(
+    root: str | Path, n: int = 40, *, seed: int = 1, image_size: tuple[int, int] = (320, 240)
+) -> list[Path]:
     """Write ``n`` photos with no structure at all (root/unknown_NNNN.jpg), for "no landmark" / open-set tests."""
     root = Path(root)
     paths = []
@@ -522,8 +586,15 @@ def generate_unknown(root: str | Path, n: int = 40, *, seed: int = 1,
     return paths
 
 
-def generate_negatives(root: str | Path, *, shapes: Sequence[str], scenes: int = 20, per_shape: int = 10,
-                       seed: int = 2, image_size: tuple[int, int] = (320, 240)) -> dict:
+def generate_negatives(
+    root: str | Path,
+    *,
+    shapes: Sequence[str],
+    scenes: int = 20,
+    per_shape: int = 10,
+    seed: int = 2,
+    image_size: tuple[int, int] = (320, 240),
+) -> dict:
     """Photos of no catalog landmark, as a service sees them: root/scenes/ (no structure at all) and
     root/<shape>/ for each of ``shapes`` (structures of other kinds: look-alikes of a catalog's landmarks).
     Returns {"root", "folders": {folder: n_photos}}."""
@@ -540,6 +611,7 @@ def generate_negatives(root: str | Path, *, shapes: Sequence[str], scenes: int =
 
 
 # -------------------------------------------------------------------------------------------------- bad corpus
+
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     """A PNG chunk with a correct CRC, so the file is rejected for its size and not for a checksum."""
@@ -598,8 +670,10 @@ def write_bad_corpus(dest: str | Path) -> dict[str, str | None]:
         "huge_header.png": (_huge_png(50000, 50000), "too_large"),
         "png16.png": (_encoded(Image.fromarray(_gradient((64, 48), 65535).astype(np.uint16)), "PNG"), None),
         "cmyk.jpg": (_encoded(small.convert("CMYK"), "JPEG", quality=JPEG_QUALITY), None),
-        "animated.gif": (_encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
-                         None),
+        "animated.gif": (
+            _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+            None,
+        ),
         "broken_exif.jpg": (_with_broken_exif(_encoded(small, "JPEG", quality=JPEG_QUALITY)), None),
         "palette_alpha.png": (_encoded(palette, "PNG", transparency=0), None),
         "la.png": (_encoded(rgba.convert("LA"), "PNG"), None),
@@ -614,6 +688,7 @@ def write_bad_corpus(dest: str | Path) -> dict[str, str | None]:
 
 # ---------------------------------------------------------------------------------------------------------- CLI
 
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """python -m landmark_core.synthetic DEST [--classes N] [--train-per-class N] [--test-per-class N] [--seed S]
     [--bad]: write a synthetic dataset (and with --bad the bad-file corpus in DEST/bad/)."""
@@ -626,8 +701,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bad", action="store_true", help="also write the bad-file corpus to DEST/bad/")
     a = p.parse_args(argv)
-    summary = generate_dataset(a.dest, n_classes=a.classes, train_per_class=a.train_per_class,
-                               test_per_class=a.test_per_class, val_per_class=a.val_per_class, seed=a.seed)
+    summary = generate_dataset(
+        a.dest,
+        n_classes=a.classes,
+        train_per_class=a.train_per_class,
+        test_per_class=a.test_per_class,
+        val_per_class=a.val_per_class,
+        seed=a.seed,
+    )
     if a.bad:
         summary["bad"] = write_bad_corpus(a.dest / "bad")
     print(json.dumps(summary, indent=2))

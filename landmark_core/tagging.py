@@ -80,13 +80,17 @@ def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> p
 
     try:
         fs, p = storage.arrow_fs(path, opts)
-        table = pq.read_table(p, filesystem=fs) if path.lower().endswith(".parquet") else \
-            pacsv.read_csv(pa.BufferReader(storage.read_bytes(path, opts)))
+        table = (
+            pq.read_table(p, filesystem=fs)
+            if path.lower().endswith(".parquet")
+            else pacsv.read_csv(pa.BufferReader(storage.read_bytes(path, opts)))
+        )
     except FileNotFoundError:
         raise InputError(f"--manifest {path}: no such file") from None
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"--manifest {path}: not a readable Parquet/CSV file ({storage.redact(str(e))[:200]})") \
-            from None
+        raise InputError(
+            f"--manifest {path}: not a readable Parquet/CSV file ({storage.redact(str(e))[:200]})"
+        ) from None
     if "uri" not in table.column_names:
         raise InputError(f"--manifest {path}: needs a 'uri' column (has {', '.join(table.column_names)})")
     uris = [u for u in table.column("uri").to_pylist() if u]
@@ -99,6 +103,7 @@ def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> p
 
 def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa.Table:
     """Size and etag per uri (HEAD in parallel); a missing object keeps size/etag null and fails later."""
+
     def stat(u: str):
         try:
             if storage.is_s3(u):
@@ -115,8 +120,9 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
     return pa.table([uris, [s for s, _ in stats], [e for _, e in stats]], schema=LISTING_SCHEMA)
 
 
-def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Options,
-            settled_by: tuple[str, ...] = ()) -> tuple[pa.Table, int]:
+def pending(
+    listing: pa.Table, output: str, model_id: str, opts: storage.S3Options, settled_by: tuple[str, ...] = ()
+) -> tuple[pa.Table, int]:
     """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
     listed uris only (the listing's uris filter the scan), their latest per uri, anti-joined with the listing in
     DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history.
@@ -127,12 +133,15 @@ def pending(listing: pa.Table, output: str, model_id: str, opts: storage.S3Optio
     if store is None:
         return listing, 0
     try:
-        rows = store.dataset.to_table(columns=["uri", "etag", "model_id", "status", "tagged_at", "run_id"],
-                                      filter=pc.field("uri").isin(listing.column("uri")))
+        rows = store.dataset.to_table(
+            columns=["uri", "etag", "model_id", "status", "tagged_at", "run_id"],
+            filter=pc.field("uri").isin(listing.column("uri")),
+        )
         store.con.register("listed_rows", rows)
         store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
-        todo = store.con.sql(SKIP_SQL.format(rows="listed_rows"),
-                             params=[[model_id, *settled_by], FAILED]).to_arrow_table()
+        todo = store.con.sql(
+            SKIP_SQL.format(rows="listed_rows"), params=[[model_id, *settled_by], FAILED]
+        ).to_arrow_table()
     finally:
         store.close()
     todo = todo.select(listing.column_names).cast(listing.schema)
@@ -155,8 +164,14 @@ ORDER BY l._i
 # ---------------------------------------------------------------- read + decode
 
 
-def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
-                    max_pixels: int = DEFAULT_MAX_PIXELS, defer_jpeg: bool = False) -> dict:
+def read_and_decode(
+    batch: dict,
+    *,
+    preset: EvalPreset,
+    opts: storage.S3Options,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    defer_jpeg: bool = False,
+) -> dict:
     """uri/size/etag rows -> + sha256, width, height, EXIF, image (N, S, S, 3) uint8, ok, status, error.
 
     ``defer_jpeg`` (--gpu-decode): JPEGs the GPU can decode are only read and their headers parsed here; their
@@ -165,14 +180,21 @@ def read_and_decode(batch: dict, *, preset: EvalPreset, opts: storage.S3Options,
     """
     uris = list(batch["uri"])
     n = len(uris)
-    out = {"uri": np.asarray(batch["uri"], dtype=object), "etag": np.asarray(batch["etag"], dtype=object),
-           "size_bytes": np.array([None if s is None or s != s else int(s) for s in batch["size_bytes"]],
-                                  dtype=object)}
+    out = {
+        "uri": np.asarray(batch["uri"], dtype=object),
+        "etag": np.asarray(batch["etag"], dtype=object),
+        "size_bytes": np.array([None if s is None or s != s else int(s) for s in batch["size_bytes"]], dtype=object),
+    }
     out.update(
-        sha256=np.full(n, None, dtype=object), status=np.full(n, "pending", dtype=object),
-        error=np.full(n, None, dtype=object), width=np.full(n, -1, dtype=np.int32),
-        height=np.full(n, -1, dtype=np.int32), exif_lat=np.full(n, np.nan), exif_lon=np.full(n, np.nan),
-        exif_time=np.full(n, _NAT, dtype=np.int64), ok=np.zeros(n, dtype=bool),
+        sha256=np.full(n, None, dtype=object),
+        status=np.full(n, "pending", dtype=object),
+        error=np.full(n, None, dtype=object),
+        width=np.full(n, -1, dtype=np.int32),
+        height=np.full(n, -1, dtype=np.int32),
+        exif_lat=np.full(n, np.nan),
+        exif_lon=np.full(n, np.nan),
+        exif_time=np.full(n, _NAT, dtype=np.int64),
+        ok=np.zeros(n, dtype=bool),
         image=np.zeros((n, preset.size, preset.size, 3), dtype=np.uint8),
     )
     if defer_jpeg:  # b"" for the rows decoded (or failed) here: an all-None object column comes back as NaN
@@ -222,8 +244,11 @@ def decode_deferred(batch: dict, *, preset: EvalPreset, device: str, max_pixels:
     batch with ``image`` an (N, S, S, 3) uint8 tensor on ``device`` and ``ok``/``status``/``error`` updated."""
     import torch
 
-    out = {k: (np.array(v, copy=True) if k in ("ok", "status", "error", "exif_lat", "exif_lon", "exif_time") else v)
-           for k, v in batch.items() if k != "jpeg"}
+    out = {
+        k: (np.array(v, copy=True) if k in ("ok", "status", "error", "exif_lat", "exif_lon", "exif_time") else v)
+        for k, v in batch.items()
+        if k != "jpeg"
+    }
     jpeg = batch["jpeg"]
     images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(device)
     todo = [i for i in range(len(jpeg)) if isinstance(jpeg[i], bytes) and jpeg[i]]
@@ -272,8 +297,9 @@ def predict_batch(predictor: Predictor, batch: dict) -> dict:
         out = {k: v for k, v in batch.items() if k != "image"}
         out.update(predictor._empty(len(batch["uri"])))
         out["status"] = np.full(len(batch["uri"]), FAILED, dtype=object)
-        out["error"] = np.where(np.asarray(batch["ok"]), f"model: {_reason(e)}",
-                                np.asarray(batch["error"], dtype=object))
+        out["error"] = np.where(
+            np.asarray(batch["ok"]), f"model: {_reason(e)}", np.asarray(batch["error"], dtype=object)
+        )
         return out
 
 

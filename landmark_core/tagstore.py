@@ -29,32 +29,45 @@ from . import storage
 RUN_KEY = "landmark.run"  # commit metadata key holding a tag run's summary
 STATUSES = ("tagged", "no_landmark", "failed")
 
-TAG_STRUCT = pa.struct([("name", pa.string()), ("score", pa.float32()), ("lat", pa.float64()),
-                        ("lon", pa.float64())])
-TAGS_SCHEMA = pa.schema([
-    ("uri", pa.string()),
-    ("size_bytes", pa.int64()),
-    ("etag", pa.string()),
-    ("sha256", pa.string()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("exif_lat", pa.float64()),
-    ("exif_lon", pa.float64()),
-    ("exif_time", pa.timestamp("us")),
-    ("landmark", pa.string()),
-    ("score", pa.float32()),
-    ("lat", pa.float64()),
-    ("lon", pa.float64()),
-    ("tags", pa.list_(TAG_STRUCT)),
-    ("model_id", pa.string()),
-    ("run_id", pa.string()),
-    ("tagged_at", pa.timestamp("us", tz="UTC")),
-])
+TAG_STRUCT = pa.struct([("name", pa.string()), ("score", pa.float32()), ("lat", pa.float64()), ("lon", pa.float64())])
+TAGS_SCHEMA = pa.schema(
+    [
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("etag", pa.string()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("exif_lat", pa.float64()),
+        ("exif_lon", pa.float64()),
+        ("exif_time", pa.timestamp("us")),
+        ("landmark", pa.string()),
+        ("score", pa.float32()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("tags", pa.list_(TAG_STRUCT)),
+        ("model_id", pa.string()),
+        ("run_id", pa.string()),
+        ("tagged_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 # Per-file min/max in the commit (file skipping for readers): flat columns whose Parquet statistics are exact.
-_STATS_COLUMNS = ("uri", "size_bytes", "status", "width", "height", "landmark", "score", "lat", "lon", "model_id",
-                  "run_id", "tagged_at")
+_STATS_COLUMNS = (
+    "uri",
+    "size_bytes",
+    "status",
+    "width",
+    "height",
+    "landmark",
+    "score",
+    "lat",
+    "lon",
+    "model_id",
+    "run_id",
+    "tagged_at",
+)
 
 # The current view: a row is current when no committed row of its uri is newer. Written as an ANTI JOIN (not a
 # correlated NOT EXISTS, which DuckDB plans as a delim join that reads every column and pushes no filter): filters
@@ -87,13 +100,17 @@ def current_rows(store: "Store", columns: list[str] | None, filter: pc.Expressio
     if len(uris) <= ISIN_MAX:
         store.con.register("_keys", store.dataset.to_table(columns=KEYS, filter=pc.field("uri").isin(uris)))
     else:
-        store.con.execute("CREATE OR REPLACE TEMP VIEW _keys AS SELECT uri, tagged_at, run_id FROM tags_history "
-                          "WHERE uri IN (SELECT uri FROM _cand)")
+        store.con.execute(
+            "CREATE OR REPLACE TEMP VIEW _keys AS SELECT uri, tagged_at, run_id FROM tags_history "
+            "WHERE uri IN (SELECT uri FROM _cand)"
+        )
     try:
-        return to_schema(store.con.sql(f"""
+        return to_schema(
+            store.con.sql(f"""
             WITH newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM _keys GROUP BY uri)
             SELECT {quoted(cols, "_cand")} FROM _cand JOIN newest USING (uri)
-            WHERE _cand.tagged_at = newest.k.t AND _cand.run_id = newest.k.r""").to_arrow_table())
+            WHERE _cand.tagged_at = newest.k.t AND _cand.run_id = newest.k.r""").to_arrow_table()
+        )
     finally:
         if len(uris) <= ISIN_MAX:
             store.con.unregister("_keys")
@@ -111,7 +128,8 @@ def quoted(columns: list[str] | None, table: str | None = None) -> str:
 # Great-circle distance in km (the mean radius of landmark_core.catalog.haversine_km), NULL if a point is NULL.
 MACROS = """
 CREATE MACRO _haversine_a(lat1, lon1, lat2, lon2) AS
-    pow(sin(radians(lat2 - lat1) / 2), 2) + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2);
+    pow(sin(radians(lat2 - lat1) / 2), 2)
+    + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2);
 CREATE MACRO haversine_km(lat1, lon1, lat2, lon2) AS
     2 * 6371.0088 * asin(sqrt(CASE WHEN _haversine_a(lat1, lon1, lat2, lon2) > 1 THEN 1.0
                                    ELSE _haversine_a(lat1, lon1, lat2, lon2) END));
@@ -147,8 +165,12 @@ def storage_options(root: str, opts: storage.S3Options = storage.S3Options()) ->
     """
     if not storage.is_s3(root):
         return None
-    so = {"AWS_REGION": opts.region or storage._region(), "AWS_CONDITIONAL_PUT": "etag",
-          "connect_timeout": f"{int(opts.connect_timeout)}s", "timeout": f"{int(opts.read_timeout)}s"}
+    so = {
+        "AWS_REGION": opts.region or storage._region(),
+        "AWS_CONDITIONAL_PUT": "etag",
+        "connect_timeout": f"{int(opts.connect_timeout)}s",
+        "timeout": f"{int(opts.read_timeout)}s",
+    }
     if opts.endpoint:
         so["AWS_ENDPOINT_URL"] = opts.endpoint
         so["AWS_ALLOW_HTTP"] = "true" if urlparse(opts.endpoint).scheme == "http" else "false"
@@ -176,16 +198,20 @@ def ensure_table(root: str, opts: storage.S3Options = storage.S3Options()) -> No
     if is_table(root, opts):
         return
     try:
-        DeltaTable.create(table_uri(root), schema=TAGS_SCHEMA, mode="ignore", name="landmark_tags",
-                          description="landmark-tagger tags: one commit per tag run",
-                          storage_options=storage_options(root, opts))
+        DeltaTable.create(
+            table_uri(root),
+            schema=TAGS_SCHEMA,
+            mode="ignore",
+            name="landmark_tags",
+            description="landmark-tagger tags: one commit per tag run",
+            storage_options=storage_options(root, opts),
+        )
     except Exception:
         if not is_table(root, opts):
             raise
 
 
-def commit_run(root: str, fs, files: list[str], summary: dict,
-               opts: storage.S3Options = storage.S3Options()) -> int:
+def commit_run(root: str, fs, files: list[str], summary: dict, opts: storage.S3Options = storage.S3Options()) -> int:
     """Add ``files`` (paths in ``fs`` under the table) to the table in ONE commit carrying ``summary``.
 
     Returns the committed version. Concurrent commits are retried by delta-rs on the next version (blind appends
@@ -198,15 +224,26 @@ def commit_run(root: str, fs, files: list[str], summary: dict,
     dt = DeltaTable(table_uri(root), storage_options=storage_options(root, opts))
     read_version = dt.version()
     meta = json.loads(json.dumps(summary, default=str))
-    dt.create_write_transaction(actions, mode="append", schema=TAGS_SCHEMA,
-                                commit_properties=CommitProperties(custom_metadata={RUN_KEY: meta},
-                                                                   max_commit_retries=50))
+    dt.create_write_transaction(
+        actions,
+        mode="append",
+        schema=TAGS_SCHEMA,
+        commit_properties=CommitProperties(custom_metadata={RUN_KEY: meta}, max_commit_retries=50),
+    )
     return _version_of_run(root, opts, read_version, summary["run_id"])
 
 
-def append_run(root: str, table: pa.Table, summary: dict, *, dt: str,
-               opts: storage.S3Options = storage.S3Options(), commit: bool = True, rows_per_file: int = 1_000_000,
-               **parquet_kw) -> int | None:
+def append_run(
+    root: str,
+    table: pa.Table,
+    summary: dict,
+    *,
+    dt: str,
+    opts: storage.S3Options = storage.S3Options(),
+    commit: bool = True,
+    rows_per_file: int = 1_000_000,
+    **parquet_kw,
+) -> int | None:
     """Write ``table`` (TAGS_SCHEMA rows of one run) as the run's data files and commit them as one run; without
     ``commit`` the files are written and left uncommitted (invisible), as a killed run leaves them."""
     fs, path = storage.arrow_fs(root, opts)
@@ -248,10 +285,16 @@ def _add_action(fs, path: str, base: str):
     info = fs.get_file_info(path)
     with fs.open_input_file(path) as f:
         meta = pq.ParquetFile(f).metadata
-    rel = path[len(base):].lstrip("/")
+    rel = path[len(base) :].lstrip("/")
     mtime = info.mtime.timestamp() if info.mtime is not None else datetime.now(timezone.utc).timestamp()
-    return AddAction(path=rel, size=int(info.size), partition_values={}, modification_time=int(mtime * 1000),
-                     data_change=True, stats=json.dumps(file_stats(meta)))
+    return AddAction(
+        path=rel,
+        size=int(info.size),
+        partition_values={},
+        modification_time=int(mtime * 1000),
+        data_change=True,
+        stats=json.dumps(file_stats(meta)),
+    )
 
 
 def file_stats(meta: pq.FileMetaData) -> dict:
@@ -294,8 +337,13 @@ def _ms_iso(t: datetime, *, up: bool) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def open_table(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
-               as_of: datetime | str | None = None):
+def open_table(
+    root: str,
+    opts: storage.S3Options = storage.S3Options(),
+    *,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+):
     """The DeltaTable at ``root`` (at ``version`` or as of a time), or None when there is no table yet."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
@@ -312,8 +360,9 @@ def open_table(root: str, opts: storage.S3Options = storage.S3Options(), *, vers
         elif as_of is not None:
             dt.load_as_version(as_of)
     except Exception as e:
-        raise StoreError(f"{root}: no version {version if version is not None else as_of} "
-                         f"({error_text(e, 200)})") from None
+        raise StoreError(
+            f"{root}: no version {version if version is not None else as_of} ({error_text(e, 200)})"
+        ) from None
     return dt
 
 
@@ -345,15 +394,25 @@ class Store:
         self.con.close()
 
 
-def open_store(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
-               as_of: datetime | str | None = None) -> Store | None:
+def open_store(
+    root: str,
+    opts: storage.S3Options = storage.S3Options(),
+    *,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+) -> Store | None:
     """The table at ``root`` opened for reading (None when there is no table yet)."""
     dt = open_table(root, opts, version=version, as_of=as_of)
     return None if dt is None else Store(dt, root, opts)
 
 
-def connect(root: str, opts: storage.S3Options = storage.S3Options(), *, version: int | None = None,
-            as_of: datetime | str | None = None):
+def connect(
+    root: str,
+    opts: storage.S3Options = storage.S3Options(),
+    *,
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+):
     """The DuckDB connection of ``open_store`` (None when there is no table)."""
     store = open_store(root, opts, version=version, as_of=as_of)
     return None if store is None else store.con
@@ -370,9 +429,16 @@ def to_schema(table: pa.Table) -> pa.Table:
     return table.cast(pa.schema(fields))
 
 
-def read(root: str, *, columns: list[str] | None = None, filter: pc.Expression | None = None,
-         history: bool = False, opts: storage.S3Options = storage.S3Options(), version: int | None = None,
-         as_of: datetime | str | None = None) -> pa.Table:
+def read(
+    root: str,
+    *,
+    columns: list[str] | None = None,
+    filter: pc.Expression | None = None,
+    history: bool = False,
+    opts: storage.S3Options = storage.S3Options(),
+    version: int | None = None,
+    as_of: datetime | str | None = None,
+) -> pa.Table:
     """Current rows (or every committed row with ``history``) matching ``filter``, sorted by uri."""
     store = open_store(root, opts, version=version, as_of=as_of)
     if store is None:
@@ -384,7 +450,7 @@ def read(root: str, *, columns: list[str] | None = None, filter: pc.Expression |
             rows = current_rows(store, columns, filter)
         else:
             rows = store.con.sql(f"SELECT {quoted(columns)} FROM tags").to_arrow_table()
-        order = [c for c in ("uri", "tagged_at", "run_id") if c in rows.column_names][:3 if history else 1]
+        order = [c for c in ("uri", "tagged_at", "run_id") if c in rows.column_names][: 3 if history else 1]
         return to_schema(rows).sort_by([(c, "ascending") for c in order])
     finally:
         store.close()

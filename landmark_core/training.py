@@ -27,8 +27,9 @@ class UriImageDataset(torch.utils.data.Dataset):
     (ignored by the loss) so one bad file cannot stop a training run; the count is reported.
     """
 
-    def __init__(self, uris, labels, transform, *, opts: storage.S3Options, draft_to: int, cache_side: int,
-                 cache_mb: int = 1024):
+    def __init__(
+        self, uris, labels, transform, *, opts: storage.S3Options, draft_to: int, cache_side: int, cache_mb: int = 1024
+    ):
         self.uris, self.labels, self.transform = list(uris), list(labels), transform
         self.opts, self.draft_to, self.cache_side = opts, draft_to, cache_side
         self.cache: dict[int, object] = {}
@@ -84,8 +85,9 @@ def eval_arrays(uris, opts: storage.S3Options, preset: EvalPreset) -> tuple[np.n
 
 
 @torch.inference_mode()
-def forward_uint8(net, images: np.ndarray, preset: EvalPreset, device, *, batch_size: int = 64,
-                  amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def forward_uint8(
+    net, images: np.ndarray, preset: EvalPreset, device, *, batch_size: int = 64, amp: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(logits, embeddings) of uint8 photos, in batches, in eval mode."""
     from .preprocess import normalize_batch
 
@@ -93,7 +95,7 @@ def forward_uint8(net, images: np.ndarray, preset: EvalPreset, device, *, batch_
     net.eval()
     logits, embs = [], []
     for s in range(0, len(images), batch_size):
-        x = normalize_batch(images[s:s + batch_size], preset.mean, preset.std, device=device)
+        x = normalize_batch(images[s : s + batch_size], preset.mean, preset.std, device=device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             e = net.embed(x)
             z = net.head(e)
@@ -106,8 +108,17 @@ def forward_uint8(net, images: np.ndarray, preset: EvalPreset, device, *, batch_
 
 
 @torch.inference_mode()
-def cached_features(net, dataset: UriImageDataset, device, *, views: int, eval_preset: EvalPreset,
-                    train_preset: TrainPreset, batch_size: int = 64, amp: bool = False) -> np.ndarray:
+def cached_features(
+    net,
+    dataset: UriImageDataset,
+    device,
+    *,
+    views: int,
+    eval_preset: EvalPreset,
+    train_preset: TrainPreset,
+    batch_size: int = 64,
+    amp: bool = False,
+) -> np.ndarray:
     """Frozen-backbone embeddings computed once: view 0 is the eval crop, views 1.. are augmented crops.
 
     Returns (views, N, D). Epochs then train the head on these, never running the backbone again.
@@ -133,11 +144,13 @@ def cached_features(net, dataset: UriImageDataset, device, *, views: int, eval_p
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
     """LambdaLR factor: linear warm-up, then cosine decay to zero."""
+
     def f(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -161,6 +174,7 @@ def param_groups(net, lr: float, backbone_lr_mult: float):
 
 # ---------------------------------------------------------------- checkpoint directory format
 
+
 @dataclass
 class TrainState:
     epoch: int = 0  # epochs completed
@@ -183,8 +197,16 @@ class TrainState:
         return cls(**d)
 
 
-def save_checkpoint_dir(path: Path, *, net_state: dict, best_state: dict, optim_state: dict | None,
-                        sched_state: dict | None, state: TrainState, scaler_state: dict | None = None) -> None:
+def save_checkpoint_dir(
+    path: Path,
+    *,
+    net_state: dict,
+    best_state: dict,
+    optim_state: dict | None,
+    sched_state: dict | None,
+    state: TrainState,
+    scaler_state: dict | None = None,
+) -> None:
     """Weights as safetensors; optimiser, scheduler and AMP GradScaler state through torch.save (plain tensors and
     numbers, loaded weights_only). The scaler's loss scale is kept so a resumed mixed-precision run goes on with it."""
     from safetensors.torch import save_file
@@ -193,8 +215,9 @@ def save_checkpoint_dir(path: Path, *, net_state: dict, best_state: dict, optim_
     save_file({k: v.detach().cpu().contiguous() for k, v in net_state.items()}, str(path / "model.safetensors"))
     save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(path / "best.safetensors"))
     if optim_state is not None:
-        torch.save({"optimizer": optim_state, "scheduler": sched_state, "scaler": scaler_state or {}},
-                   path / "optim.pt")
+        torch.save(
+            {"optimizer": optim_state, "scheduler": sched_state, "scaler": scaler_state or {}}, path / "optim.pt"
+        )
     (path / "state.json").write_text(json.dumps(state.to_json()))
 
 

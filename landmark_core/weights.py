@@ -63,5 +63,6 @@ def _torch_load(data: bytes, uri: str, trust_pickle: bool):
             raise WeightsError(
                 f"{uri} is not a readable state dict without unpickling Python objects ({found.group(1)}), and "
                 f"unpickling can run any code. Convert it to .safetensors, or pass {TRUST_FLAG} if you trust "
-                f"where the file came from") from None
+                f"where the file came from"
+            ) from None
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

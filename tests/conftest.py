@@ -95,22 +95,32 @@ def make_tiny_artifact():
     from landmark_core.models import ModelSpec, build_model
     from landmark_core.preprocess import EvalPreset
 
-    def make(*, temperature: float = 1.5, abstain: dict | None = None, seed: int = 0,
-             extra_tensors: dict | None = None, head_scale: float = 1.0,
-             preset: EvalPreset | None = None) -> Artifact:
+    def make(
+        *,
+        temperature: float = 1.5,
+        abstain: dict | None = None,
+        seed: int = 0,
+        extra_tensors: dict | None = None,
+        head_scale: float = 1.0,
+        preset: EvalPreset | None = None,
+    ) -> Artifact:
         catalog = _tiny_catalog()
         spec = ModelSpec("scratch", len(catalog), weights="none")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = build_model(spec)
         return Artifact(
-            spec=spec, catalog=catalog, preprocess=preset or EvalPreset(),
-            state_dict={k: v.detach().clone() * (head_scale if k == "head.weight" else 1)
-                        for k, v in net.state_dict().items()},
+            spec=spec,
+            catalog=catalog,
+            preprocess=preset or EvalPreset(),
+            state_dict={
+                k: v.detach().clone() * (head_scale if k == "head.weight" else 1) for k, v in net.state_dict().items()
+            },
             temperature=temperature,
             abstain=dict(abstain) if abstain is not None else {"method": "msp", "threshold": 0.3},
             extra_tensors=dict(extra_tensors or {}),
-            metrics={"test_top1": 0.0}, provenance={"made_by": "tests/conftest.py"},
+            metrics={"test_top1": 0.0},
+            provenance={"made_by": "tests/conftest.py"},
         )
 
     return make
@@ -137,9 +147,17 @@ def synthetic_data(tmp_path_factory) -> dict:
     from landmark_core.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("synthetic_data")
-    info = generate_dataset(root, shapes=TINY_SHAPES, n_classes=len(TINY_SHAPES), train_per_class=4,
-                            test_per_class=2, image_size=(96, 72), seed=0, gps_fraction=0.5,
-                            rotated_fraction=0.25)
+    info = generate_dataset(
+        root,
+        shapes=TINY_SHAPES,
+        n_classes=len(TINY_SHAPES),
+        train_per_class=4,
+        test_per_class=2,
+        image_size=(96, 72),
+        seed=0,
+        gps_fraction=0.5,
+        rotated_fraction=0.25,
+    )
     info["files"] = sorted(str(p) for p in _Path(root).glob("*/*/*.jpg"))
     return info
 
@@ -176,8 +194,12 @@ def ray_local(s3):
         saved = {k: os.environ.get(k) for k in creds}
         os.environ.update(creds)
         try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False,
-                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            )
         finally:
             for k, v in saved.items():
                 if v is None:

@@ -21,8 +21,9 @@ torch.set_num_threads(2)
 @pytest.fixture
 def art(make_tiny_artifact):
     protos = torch.randn(3, 256, generator=torch.Generator().manual_seed(1))
-    return make_tiny_artifact(temperature=1.5, abstain={"method": "msp", "threshold": 0.3},
-                              extra_tensors={"prototypes": protos})
+    return make_tiny_artifact(
+        temperature=1.5, abstain={"method": "msp", "threshold": 0.3}, extra_tensors={"prototypes": protos}
+    )
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def test_artifact_json_is_plain_json_and_there_is_no_pickle(saved, art):
     # safetensors = 8-byte little-endian header length + JSON header of plain tensor descriptions
     blob = (saved / "model.safetensors").read_bytes()
     n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n])
+    header = json.loads(blob[8 : 8 + n])
     assert header["__metadata__"] == {"format": "pt"}
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     assert set(tensors) == set(art.state_dict) | {"extra.prototypes"}
@@ -90,8 +91,11 @@ def test_model_id_is_stable_and_content_derived(make_tiny_artifact, tmp_path):
     assert A.save(a, str(tmp_path / "a")) == id_a  # overwriting in place: same id
     assert A.load(str(tmp_path / "a")).model_id == id_a
     ids = {id_a}
-    for variant in (make_tiny_artifact(temperature=2.0), make_tiny_artifact(seed=1),
-                    make_tiny_artifact(abstain={"method": "msp", "threshold": 0.5})):
+    for variant in (
+        make_tiny_artifact(temperature=2.0),
+        make_tiny_artifact(seed=1),
+        make_tiny_artifact(abstain={"method": "msp", "threshold": 0.5}),
+    ):
         ids.add(A.save(variant, str(tmp_path / f"v{len(ids)}")))
     assert len(ids) == 4  # temperature, weights and abstention each change the id
     # metrics and provenance do not change a prediction, so they do not change the id

@@ -9,20 +9,52 @@ import pytest
 
 from jobs import bench
 
-RATES = ("decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips", "pipeline_cold_ips",
-         "pipeline_scaled_ips")
+RATES = (
+    "decode_ips",
+    "model_ips",
+    "limit_ips",
+    "naive_ips",
+    "pipeline_ips",
+    "pipeline_cold_ips",
+    "pipeline_scaled_ips",
+)
 
 
 @pytest.mark.slow
 def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic_data, tiny_artifact, capsys):
     files = synthetic_data["files"]
     root = Path(files[0]).parents[2]  # <root>/<split>/<class>/<photo>.jpg
-    assert bench.main(["tag", "--images", str(root), "--model", tiny_artifact.path, "--batch-size", "8",
-                       "--decode-batch", "8", "--scale", "2", "--json"]) == 0
+    assert (
+        bench.main(
+            [
+                "tag",
+                "--images",
+                str(root),
+                "--model",
+                tiny_artifact.path,
+                "--batch-size",
+                "8",
+                "--decode-batch",
+                "8",
+                "--scale",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     r = json.loads(printed.strip().splitlines()[-1])
-    assert {"decode_ips", "model_ips", "limit_ips", "naive_ips", "pipeline_ips", "ratio_limit", "ratio_naive",
-            "peak_rss_mb"} <= r.keys()  # the keys the issue names
+    assert {
+        "decode_ips",
+        "model_ips",
+        "limit_ips",
+        "naive_ips",
+        "pipeline_ips",
+        "ratio_limit",
+        "ratio_naive",
+        "peak_rss_mb",
+    } <= r.keys()  # the keys the issue names
     assert r["images"] == len(files) and r["rows_scaled"] == 2 * len(files)
     assert all(r[k] > 0 for k in RATES), {k: r[k] for k in RATES}
     assert r["ratio_limit"] == round(r["pipeline_ips"] / r["limit_ips"], 3)
@@ -34,8 +66,12 @@ def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic
 
 
 def test_bench_store_measures_each_form_both_ways_and_the_answers_agree(tmp_path, capsys):
-    assert bench.main(["store", "--rows", "12000", "--rows-per-run", "4000", "--listed", "1000", "--dir",
-                       str(tmp_path), "--json"]) == 0
+    assert (
+        bench.main(
+            ["store", "--rows", "12000", "--rows-per-run", "4000", "--listed", "1000", "--dir", str(tmp_path), "--json"]
+        )
+        == 0
+    )
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(r["sizes"]) == {"12000"} and r["sizes"]["12000"]["nights"] == 3
     for size in r["sizes"].values():

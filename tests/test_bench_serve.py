@@ -13,8 +13,29 @@ from jobs import bench
 @pytest.mark.slow
 def test_bench_serve_runs_inprocess_http_and_the_mixed_load(ray_local, synthetic_data, tiny_artifact, capsys):
     root = Path(synthetic_data["files"][0]).parents[2]
-    assert bench.main(["serve", "--images", str(root), "--model", tiny_artifact.path, "--clients", "1,4",
-                       "--seconds", "1", "--max-batch-size", "4", "--rounds", "2", "--load", "200", "--json"]) == 0
+    assert (
+        bench.main(
+            [
+                "serve",
+                "--images",
+                str(root),
+                "--model",
+                tiny_artifact.path,
+                "--clients",
+                "1,4",
+                "--seconds",
+                "1",
+                "--max-batch-size",
+                "4",
+                "--rounds",
+                "2",
+                "--load",
+                "200",
+                "--json",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     r = json.loads(printed.strip().splitlines()[-1])
     assert r["photos"] == len(synthetic_data["files"]) and r["inprocess_ips"] > 0

@@ -20,17 +20,55 @@ from landmark_core.catalog import (
 
 # The Udacity "Landmark Classification & Tagging" class folders, in the dataset's order.
 UDACITY_FOLDERS = [
-    "00.Haleakala_National_Park", "01.Mount_Rainier_National_Park", "02.Ljubljana_Castle", "03.Dead_Sea",
-    "04.Wroclaws_Dwarves", "05.London_Olympic_Stadium", "06.Niagara_Falls", "07.Stonehenge", "08.Grand_Canyon",
-    "09.Golden_Gate_Bridge", "10.Edinburgh_Castle", "11.Mount_Rushmore_National_Memorial", "12.Kantanagar_Temple",
-    "13.Yellowstone_National_Park", "14.Terminal_Tower", "15.Central_Park", "16.Eiffel_Tower", "17.Changdeokgung",
-    "18.Delicate_Arch", "19.Vienna_City_Hall", "20.Matterhorn", "21.Taj_Mahal", "22.Moscow_Raceway",
-    "23.Externsteine", "24.Soreq_Cave", "25.Banff_National_Park", "26.Pont_du_Gard", "27.Seattle_Japanese_Garden",
-    "28.Sydney_Harbour_Bridge", "29.Petronas_Towers", "30.Brooklyn_Bridge", "31.Washington_Monument",
-    "32.Hanging_Temple", "33.Sydney_Opera_House", "34.Great_Barrier_Reef", "35.Monumento_a_la_Revolucion",
-    "36.Badlands_National_Park", "37.Atomium", "38.Forth_Bridge", "39.Gateway_of_India", "40.Stockholm_City_Hall",
-    "41.Machu_Picchu", "42.Death_Valley_National_Park", "43.Gullfoss_Falls", "44.Trevi_Fountain",
-    "45.Temple_of_Heaven", "46.Great_Wall_of_China", "47.Prague_Astronomical_Clock", "48.Whitby_Abbey",
+    "00.Haleakala_National_Park",
+    "01.Mount_Rainier_National_Park",
+    "02.Ljubljana_Castle",
+    "03.Dead_Sea",
+    "04.Wroclaws_Dwarves",
+    "05.London_Olympic_Stadium",
+    "06.Niagara_Falls",
+    "07.Stonehenge",
+    "08.Grand_Canyon",
+    "09.Golden_Gate_Bridge",
+    "10.Edinburgh_Castle",
+    "11.Mount_Rushmore_National_Memorial",
+    "12.Kantanagar_Temple",
+    "13.Yellowstone_National_Park",
+    "14.Terminal_Tower",
+    "15.Central_Park",
+    "16.Eiffel_Tower",
+    "17.Changdeokgung",
+    "18.Delicate_Arch",
+    "19.Vienna_City_Hall",
+    "20.Matterhorn",
+    "21.Taj_Mahal",
+    "22.Moscow_Raceway",
+    "23.Externsteine",
+    "24.Soreq_Cave",
+    "25.Banff_National_Park",
+    "26.Pont_du_Gard",
+    "27.Seattle_Japanese_Garden",
+    "28.Sydney_Harbour_Bridge",
+    "29.Petronas_Towers",
+    "30.Brooklyn_Bridge",
+    "31.Washington_Monument",
+    "32.Hanging_Temple",
+    "33.Sydney_Opera_House",
+    "34.Great_Barrier_Reef",
+    "35.Monumento_a_la_Revolucion",
+    "36.Badlands_National_Park",
+    "37.Atomium",
+    "38.Forth_Bridge",
+    "39.Gateway_of_India",
+    "40.Stockholm_City_Hall",
+    "41.Machu_Picchu",
+    "42.Death_Valley_National_Park",
+    "43.Gullfoss_Falls",
+    "44.Trevi_Fountain",
+    "45.Temple_of_Heaven",
+    "46.Great_Wall_of_China",
+    "47.Prague_Astronomical_Clock",
+    "48.Whitby_Abbey",
     "49.Temple_of_Olympian_Zeus",
 ]
 
@@ -54,8 +92,14 @@ REFERENCE = {
 
 # Rough bounding boxes (lat_min, lat_max, lon_min, lon_max) per country: catches a swapped sign or lat/lon.
 COUNTRY_BOX = {
-    "US": (18, 72, -170, -65), "GB": (49, 61, -9, 2), "AU": (-44, -10, 112, 154), "CA": (41, 84, -141, -52),
-    "FR": (41, 52, -5, 10), "IL": (29, 34, 34, 36), "CN": (18, 54, 73, 135), "IN": (6, 36, 68, 98),
+    "US": (18, 72, -170, -65),
+    "GB": (49, 61, -9, 2),
+    "AU": (-44, -10, 112, 154),
+    "CA": (41, 84, -141, -52),
+    "FR": (41, 52, -5, 10),
+    "IL": (29, 34, 34, 36),
+    "CN": (18, 54, 73, 135),
+    "IN": (6, 36, 68, 98),
 }
 
 
@@ -118,8 +162,9 @@ def test_haversine_known_distances():
 # --------------------------------------------------------------------------------------------------- lookups
 
 
-@pytest.mark.parametrize("key", ["Eiffel Tower", "eiffel tower", "EIFFEL TOWER", "16.Eiffel_Tower",
-                                 "16.eiffel_tower", "  Eiffel Tower  "])
+@pytest.mark.parametrize(
+    "key", ["Eiffel Tower", "eiffel tower", "EIFFEL TOWER", "16.Eiffel_Tower", "16.eiffel_tower", "  Eiffel Tower  "]
+)
 def test_find_by_display_name_or_folder_case_insensitive(key):
     lm = UDACITY_50.find(key)
     assert lm.id == 16 and lm.folder == "16.Eiffel_Tower"
@@ -181,10 +226,14 @@ def test_from_folders_with_coords_csv_keyed_by_display_name(tmp_path):
 
 def test_from_folders_with_coords_json_dict_and_list(tmp_path):
     as_dict = tmp_path / "coords.json"
-    as_dict.write_text(json.dumps({
-        "00.Big_Ben": {"lat": 51.5007, "lon": -0.1246, "country": "GB", "name": "Elizabeth Tower"},
-        "Colosseum": {"lat": "41.8902", "lon": "12.4922"},  # by display name; numbers as strings are fine
-    }))
+    as_dict.write_text(
+        json.dumps(
+            {
+                "00.Big_Ben": {"lat": 51.5007, "lon": -0.1246, "country": "GB", "name": "Elizabeth Tower"},
+                "Colosseum": {"lat": "41.8902", "lon": "12.4922"},  # by display name; numbers as strings are fine
+            }
+        )
+    )
     cat = Catalog.from_folders(FOLDERS, coords=load_coords(as_dict))
     assert cat[0].name == "Elizabeth Tower" and cat[0].country == "GB"
     assert cat.find("Elizabeth Tower") is cat[0]
@@ -204,8 +253,10 @@ def test_load_coords_row_without_key_is_an_error(tmp_path):
 
 
 def test_json_round_trip():
-    for cat in (UDACITY_50, Catalog.from_folders(FOLDERS, coords={"00.Big_Ben": {"lat": 51.5, "lon": -0.12}},
-                                                 name="mine")):
+    for cat in (
+        UDACITY_50,
+        Catalog.from_folders(FOLDERS, coords={"00.Big_Ben": {"lat": 51.5, "lon": -0.12}}, name="mine"),
+    ):
         text = json.dumps(cat.to_json())
         back = Catalog.from_json(json.loads(text))
         assert back == cat
@@ -240,8 +291,9 @@ def test_lat_without_lon_and_lon_without_lat(lat, lon):
         Catalog([Landmark(0, "a", "A", lat=lat, lon=lon)])
 
 
-@pytest.mark.parametrize("lat,lon", [(90.01, 0.0), (-91.0, 0.0), (0.0, 180.5), (0.0, -181.0),
-                                     (float("nan"), 0.0), (0.0, float("nan"))])
+@pytest.mark.parametrize(
+    "lat,lon", [(90.01, 0.0), (-91.0, 0.0), (0.0, 180.5), (0.0, -181.0), (float("nan"), 0.0), (0.0, float("nan"))]
+)
 def test_coordinates_out_of_range(lat, lon):
     with pytest.raises(CatalogError, match="out of range"):
         Catalog([Landmark(0, "a", "A", lat=lat, lon=lon)])
@@ -275,8 +327,9 @@ def test_catalog_is_immutable():
 def test_from_folders_knows_the_udacity_and_benchmark_landmarks_locations():
     # Training on the Udacity class folders (or the real benchmark sets) needs no coords file to give locations.
     cat = Catalog.from_folders(UDACITY_FOLDERS)
-    assert [(lm.name, lm.lat, lm.lon, lm.country) for lm in cat] == \
-        [(lm.name, lm.lat, lm.lon, lm.country) for lm in UDACITY_50]
+    assert [(lm.name, lm.lat, lm.lon, lm.country) for lm in cat] == [
+        (lm.name, lm.lat, lm.lon, lm.country) for lm in UDACITY_50
+    ]
     vn = Catalog.from_folders(["sapa_rice_terraces", "halong_bay", "not_a_known_place"])
     halong, unknown, sapa = vn
     assert (halong.name, halong.country) == ("Ha Long Bay", "VN") and 20 < halong.lat < 21.5

@@ -11,17 +11,16 @@ import numpy as np
 import pytest
 import torch
 
+from jobs import catalog as job
 from landmark_core import abstention, recognizer as rz
 from landmark_core.artifact import Artifact, load, save
 from landmark_core.calibration import threshold_at_accept_rate
 from landmark_core.catalog import Catalog
 from landmark_core.models import ModelSpec, build_model
-from landmark_core.preprocess import EvalPreset
 from landmark_core.predictor import Predictor
+from landmark_core.preprocess import EvalPreset
 from landmark_core.synthetic import generate_dataset
 from landmark_core.tagging import read_and_decode
-
-from jobs import catalog as job
 
 torch.set_num_threads(2)
 
@@ -33,8 +32,11 @@ OLD = ("tower", "arch", "dome")
 
 
 def _decode(uris: list[str]) -> np.ndarray:
-    dec = read_and_decode({"uri": uris, "etag": [None] * len(uris), "size_bytes": [None] * len(uris)}, preset=SMALL,
-                          opts=job.storage.S3Options())
+    dec = read_and_decode(
+        {"uri": uris, "etag": [None] * len(uris), "size_bytes": [None] * len(uris)},
+        preset=SMALL,
+        opts=job.storage.S3Options(),
+    )
     assert dec["ok"].all()
     return dec["image"]
 
@@ -50,10 +52,25 @@ def _split_files(root: Path, split: str) -> tuple[list[str], np.ndarray]:
 def world(tmp_path_factory):
     """Photos of the model's 3 landmarks (train/val/test) and of a 4th it never saw (pyramid)."""
     root = tmp_path_factory.mktemp("enroll")
-    old = generate_dataset(root / "old", shapes=OLD, n_classes=3, train_per_class=8, val_per_class=3,
-                           test_per_class=4, image_size=(128, 96), seed=5)
-    new = generate_dataset(root / "new", shapes=("pyramid",), n_classes=1, train_per_class=6, test_per_class=4,
-                           image_size=(128, 96), seed=6)
+    old = generate_dataset(
+        root / "old",
+        shapes=OLD,
+        n_classes=3,
+        train_per_class=8,
+        val_per_class=3,
+        test_per_class=4,
+        image_size=(128, 96),
+        seed=5,
+    )
+    new = generate_dataset(
+        root / "new",
+        shapes=("pyramid",),
+        n_classes=1,
+        train_per_class=6,
+        test_per_class=4,
+        image_size=(128, 96),
+        seed=6,
+    )
     return {"root": root, "old": root / "old", "new": root / "new", "old_info": old, "new_info": new}
 
 
@@ -67,8 +84,13 @@ def trained(world, tmp_path_factory) -> dict:
     tr_uris, tr_y = _split_files(world["old"], "train")
     va_uris, va_y = _split_files(world["old"], "val")
     catalog = Catalog.from_folders(sorted(p.name for p in (world["old"] / "train").iterdir()), name="shapes")
-    art = Artifact(spec=spec, catalog=catalog, preprocess=SMALL, state_dict=net.state_dict(),
-                   abstain={"method": "knn", "threshold": 0.0, "accept_rate": 0.95, "k": 5})
+    art = Artifact(
+        spec=spec,
+        catalog=catalog,
+        preprocess=SMALL,
+        state_dict=net.state_dict(),
+        abstain={"method": "knn", "threshold": 0.0, "accept_rate": 0.95, "k": 5},
+    )
     p = Predictor(art, runtime="torch")
     _, tr_e = p.logits_and_embeddings(_decode(tr_uris))
     means = rz.unit(np.stack([tr_e[tr_y == c].mean(axis=0) for c in range(3)]))
@@ -82,9 +104,12 @@ def trained(world, tmp_path_factory) -> dict:
     val_scores = abstention.known_score("knn", va_z, va_e, temperature=1.0, extra=extra)
     extra.update({rz.VAL_LOGITS: va_z, rz.VAL_EMB: va_e, rz.VAL_LABELS: va_y, "val_scores": np.sort(val_scores)})
     rec, _ = rz.choose(va_z, va_e, va_y, temperature=1.0, extra=extra, n_classes=3, n_head=3)
-    art = replace(art, abstain={**art.abstain, "threshold": threshold_at_accept_rate(val_scores, 0.95)},
-                  extra_tensors={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()},
-                  recognizer=rec.to_json())
+    art = replace(
+        art,
+        abstain={**art.abstain, "threshold": threshold_at_accept_rate(val_scores, 0.95)},
+        extra_tensors={k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()},
+        recognizer=rec.to_json(),
+    )
     path = tmp_path_factory.mktemp("trained") / "model"
     save(art, str(path))
     return {"path": str(path), "artifact": art}
@@ -99,9 +124,19 @@ def _top1(model: str, uris: list[str]) -> list[str | None]:
 @pytest.fixture(scope="module")
 def enrolled(trained, world, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("enrolled") / "model"
-    summary = job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(out), name="Pyramid Plaza",
-                                        lat=48.1, lon=11.5, country="DE", runtime="torch",
-                                        photos=str(world["new"] / "train" / "00.Pyramid")))
+    summary = job.run(
+        job.CatalogConfig(
+            action="add",
+            model=trained["path"],
+            output=str(out),
+            name="Pyramid Plaza",
+            lat=48.1,
+            lon=11.5,
+            country="DE",
+            runtime="torch",
+            photos=str(world["new"] / "train" / "00.Pyramid"),
+        )
+    )
     return {"path": str(out), "summary": summary}
 
 
@@ -149,8 +184,9 @@ def test_choose_measures_and_refuses_the_head_for_enrolled_landmarks():
     assert set(m["val_top1"]) == {"both", "gallery"}  # the head cannot name class 2: not a candidate
     assert m["val_top1"][rec.mode] == max(m["val_top1"].values()) == 1.0
     with pytest.raises(rz.RecognizerError, match="--recognizer head: not possible"):
-        rz.choose(logits, emb, np.array([0, 1, 2, 2]), temperature=1.0, extra=extra, n_classes=3, n_head=2,
-                  forced="head")
+        rz.choose(
+            logits, emb, np.array([0, 1, 2, 2]), temperature=1.0, extra=extra, n_classes=3, n_head=2, forced="head"
+        )
 
 
 # ------------------------------------------------------------------------------------------- add / list / remove
@@ -217,8 +253,15 @@ def test_upgrade_gives_an_old_artifact_a_gallery(trained, world, tmp_path):
     save(old, str(tmp_path / "old"))
     cfg = dict(model=str(tmp_path / "old"), runtime="torch")
     with pytest.raises(job.enroll.EnrollError, match="catalog upgrade"):
-        job.run(job.CatalogConfig(action="add", output=str(tmp_path / "x"), name="P",
-                                  photos=str(world["new"] / "train" / "00.Pyramid"), **cfg))
+        job.run(
+            job.CatalogConfig(
+                action="add",
+                output=str(tmp_path / "x"),
+                name="P",
+                photos=str(world["new"] / "train" / "00.Pyramid"),
+                **cfg,
+            )
+        )
     job.run(job.CatalogConfig(action="upgrade", output=str(tmp_path / "up"), data=str(world["old"]), **cfg))
     up = load(str(tmp_path / "up"))
     assert up.extra_tensors[rz.GALLERY].shape[0] == 24 and up.extra_tensors[rz.VAL_LABELS].shape[0] == 9
@@ -228,24 +271,41 @@ def test_upgrade_gives_an_old_artifact_a_gallery(trained, world, tmp_path):
 def test_from_folders_with_coords_csv(trained, world, tmp_path):
     csv = tmp_path / "coords.csv"
     csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n")
-    job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(tmp_path / "m"), runtime="torch",
-                              from_folders=str(world["new"] / "train"), coords=str(csv), max_photos=4))
+    job.run(
+        job.CatalogConfig(
+            action="add",
+            model=trained["path"],
+            output=str(tmp_path / "m"),
+            runtime="torch",
+            from_folders=str(world["new"] / "train"),
+            coords=str(csv),
+            max_photos=4,
+        )
+    )
     art = load(str(tmp_path / "m"))
     lm = art.catalog.find("Great Pyramid")
     assert (lm.lat, lm.country) == (29.9792, "EG")
     assert (art.extra_tensors[rz.GALLERY_LABELS].numpy() == lm.id).sum() == 3  # 4 photos: 3 + 1 held back
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["add", "--model", "M", "--name", "X", "--photos", "P"], "--output"),
-    (["add", "--model", "M", "--output", "O", "--photos", "P"], "--photos needs --name"),
-    (["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--from-folders", "F"],
-     "exactly one of --photos"),
-    (["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--lat", "1"], "both --lat and --lon"),
-    (["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--max-photos", "1"], "--max-photos"),
-    (["add", "--model", "M", "--output", "M", "--name", "X", "--photos", "P"], "--output must differ"),
-    (["remove", "--model", "M", "--output", "O"], "--name"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["add", "--model", "M", "--name", "X", "--photos", "P"], "--output"),
+        (["add", "--model", "M", "--output", "O", "--photos", "P"], "--photos needs --name"),
+        (
+            ["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--from-folders", "F"],
+            "exactly one of --photos",
+        ),
+        (
+            ["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--lat", "1"],
+            "both --lat and --lon",
+        ),
+        (["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--max-photos", "1"], "--max-photos"),
+        (["add", "--model", "M", "--output", "M", "--name", "X", "--photos", "P"], "--output must differ"),
+        (["remove", "--model", "M", "--output", "O"], "--name"),
+    ],
+)
 def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         job.main(argv)
@@ -254,13 +314,37 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
 
 
 def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp_path, capsys):
-    rc = job.main(["add", "--model", enrolled["path"], "--output", str(tmp_path / "o"), "--name", "Pyramid Plaza",
-                   "--photos", str(world["new"] / "train" / "00.Pyramid"), "--runtime", "torch"])
+    rc = job.main(
+        [
+            "add",
+            "--model",
+            enrolled["path"],
+            "--output",
+            str(tmp_path / "o"),
+            "--name",
+            "Pyramid Plaza",
+            "--photos",
+            str(world["new"] / "train" / "00.Pyramid"),
+            "--runtime",
+            "torch",
+        ]
+    )
     assert rc == 2 and "already in the catalog" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     with pytest.raises(SystemExit):
-        job.main(["add", "--model", enrolled["path"], "--output", str(tmp_path / "o"), "--name", "Q",
-                  "--photos", str(tmp_path / "nothing-here")])
+        job.main(
+            [
+                "add",
+                "--model",
+                enrolled["path"],
+                "--output",
+                str(tmp_path / "o"),
+                "--name",
+                "Q",
+                "--photos",
+                str(tmp_path / "nothing-here"),
+            ]
+        )
     assert "--photos" in capsys.readouterr().err
 
 
@@ -284,8 +368,7 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, trained, enrolled, world
     # the enrolled model was made from the trained one: what that one settled is not re-tagged unless asked
     again = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch"))
     assert again["skipped"] == 8 and again["counts"]["total"] == 0
-    summary = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch",
-                                retag=True))
+    summary = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch", retag=True))
     assert summary["model_id"] == load(enrolled["path"]).model_id and summary["counts"]["failed"] == 0
     rows = read_committed(tags).to_pylist()
     new = [r for r in rows if Path(r["uri"]).name.startswith("new-")]
@@ -299,9 +382,21 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, trained, enrolled, world
 @pytest.mark.slow
 def test_many_photos_are_embedded_with_ray_data_alike(ray_local, trained, enrolled, world, tmp_path):
     out = tmp_path / "ray"
-    job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(out), name="Pyramid Plaza",
-                              lat=48.1, lon=11.5, country="DE", runtime="torch", ray_min_photos=2, batch_size=2,
-                              photos=str(world["new"] / "train" / "00.Pyramid")))
+    job.run(
+        job.CatalogConfig(
+            action="add",
+            model=trained["path"],
+            output=str(out),
+            name="Pyramid Plaza",
+            lat=48.1,
+            lon=11.5,
+            country="DE",
+            runtime="torch",
+            ray_min_photos=2,
+            batch_size=2,
+            photos=str(world["new"] / "train" / "00.Pyramid"),
+        )
+    )
     a, b = load(str(out)), load(enrolled["path"])
     for k in (rz.GALLERY, rz.GALLERY_LABELS, "bank", rz.VAL_EMB, rz.VAL_LABELS):
         np.testing.assert_allclose(a.extra_tensors[k].numpy(), b.extra_tensors[k].numpy(), atol=1e-4, err_msg=k)
@@ -316,8 +411,9 @@ def test_bench_compare_measures_both_artifacts_side_by_side(trained, enrolled, w
     paths, _ = _split_files(world["old"], "test")
     head, both = Predictor(trained["path"], runtime="torch"), Predictor(enrolled["path"], runtime="torch")
     images = _decode(paths)
-    r = bench.bench_compare(Namespace(batch_size=4, compare_model=enrolled["path"]), head, both, paths, images,
-                            decode_threads=1, rounds=1)
+    r = bench.bench_compare(
+        Namespace(batch_size=4, compare_model=enrolled["path"]), head, both, paths, images, decode_threads=1, rounds=1
+    )
     assert r["compare_recognizer"] == both.recognizer.mode and r["recognizer"] == head.recognizer.mode
     for k in ("compare_model_ips", "compare_model_ips_base", "compare_limit_ips", "compare_model_cpu_ips"):
         assert r[k] > 0, k
@@ -332,9 +428,17 @@ def test_add_from_s3_with_a_broken_photo(trained, world, s3, s3_bucket, monkeypa
         client.put_object(Bucket=s3_bucket, Key=f"enroll/pyramid/{f.name}", Body=f.read_bytes())
     client.put_object(Bucket=s3_bucket, Key="enroll/pyramid/broken.jpg", Body=b"not a photo at all")
     out = tmp_path / "m"
-    summary = job.run(job.CatalogConfig(action="add", model=trained["path"], output=str(out), name="Pyramid Plaza",
-                                        runtime="torch", photos=f"s3://{s3_bucket}/enroll/pyramid/",
-                                        s3_endpoint=s3.endpoint))
+    summary = job.run(
+        job.CatalogConfig(
+            action="add",
+            model=trained["path"],
+            output=str(out),
+            name="Pyramid Plaza",
+            runtime="torch",
+            photos=f"s3://{s3_bucket}/enroll/pyramid/",
+            s3_endpoint=s3.endpoint,
+        )
+    )
     assert summary["change"]["added"][0]["failed"] == 1 and summary["change"]["added"][0]["photos"] == 6
     assert "broken.jpg skipped: decode" in capsys.readouterr().err  # a bad photo is named, the others enroll
     art = load(str(out))
@@ -346,20 +450,43 @@ def test_proto_abstention_grows_and_shrinks_msp_is_refused(trained, world, tmp_p
     tr_uris, tr_y = _split_files(world["old"], "train")
     _, tr_e = Predictor(art, runtime="torch").logits_and_embeddings(_decode(tr_uris))
     protos = abstention.reference_tensors("proto", tr_e, tr_y, 3)["prototypes"]
-    proto = replace(art, abstain={**art.abstain, "method": "proto"}, model_id="",
-                    extra_tensors={**art.extra_tensors, "prototypes": torch.from_numpy(protos)})
+    proto = replace(
+        art,
+        abstain={**art.abstain, "method": "proto"},
+        model_id="",
+        extra_tensors={**art.extra_tensors, "prototypes": torch.from_numpy(protos)},
+    )
     save(proto, str(tmp_path / "proto"))
     photos = str(world["new"] / "train" / "00.Pyramid")
-    job.run(job.CatalogConfig(action="add", model=str(tmp_path / "proto"), output=str(tmp_path / "p+"),
-                              name="Pyramid Plaza", runtime="torch", photos=photos))
+    job.run(
+        job.CatalogConfig(
+            action="add",
+            model=str(tmp_path / "proto"),
+            output=str(tmp_path / "p+"),
+            name="Pyramid Plaza",
+            runtime="torch",
+            photos=photos,
+        )
+    )
     grown = load(str(tmp_path / "p+"))
     assert grown.extra_tensors["prototypes"].shape[0] == 4
-    job.run(job.CatalogConfig(action="remove", model=str(tmp_path / "p+"), output=str(tmp_path / "p-"),
-                              name="Pyramid Plaza"))
+    job.run(
+        job.CatalogConfig(
+            action="remove", model=str(tmp_path / "p+"), output=str(tmp_path / "p-"), name="Pyramid Plaza"
+        )
+    )
     assert torch.equal(load(str(tmp_path / "p-")).extra_tensors["prototypes"], torch.from_numpy(protos))
     msp = replace(art, abstain={"method": "msp", "threshold": 0.3}, model_id="")
     save(msp, str(tmp_path / "msp"))
     with pytest.raises(job.enroll.EnrollError, match="needs knn or proto"):
-        job.run(job.CatalogConfig(action="add", model=str(tmp_path / "msp"), output=str(tmp_path / "m+"),
-                                  name="Pyramid Plaza", runtime="torch", photos=photos))
+        job.run(
+            job.CatalogConfig(
+                action="add",
+                model=str(tmp_path / "msp"),
+                output=str(tmp_path / "m+"),
+                name="Pyramid Plaza",
+                runtime="torch",
+                photos=photos,
+            )
+        )
     assert not (tmp_path / "m+").exists()

@@ -64,9 +64,7 @@ def test_every_node_type_uses_an_instance_profile(cfg: dict) -> None:
     assert cfg["head_node_type"] in types
     for name, node_type in types.items():
         arn = node_type["node_config"].get("IamInstanceProfile", {}).get("Arn", "")
-        assert re.fullmatch(
-            r"arn:aws:iam::(<ACCOUNT_ID>|\d{12}):instance-profile/[\w+=,.@/-]+", arn
-        ), (name, arn)
+        assert re.fullmatch(r"arn:aws:iam::(<ACCOUNT_ID>|\d{12}):instance-profile/[\w+=,.@/-]+", arn), (name, arn)
         assert node_type["node_config"].get("ImageId"), name
 
 
@@ -91,7 +89,7 @@ def test_project_installed_on_every_node_and_token_auth(cfg: dict) -> None:
     remote = "/home/ubuntu/landmark-tagger"
     assert cfg["file_mounts"][remote] == "."
     assert any(f"pip install -e {remote}" in c for c in cfg["setup_commands"])
-    assert any(re.search(r'ray\[[^]]*default[^]]*\]==\d+\.\d+\.\d+', c) for c in cfg["setup_commands"])
+    assert any(re.search(r"ray\[[^]]*default[^]]*\]==\d+\.\d+\.\d+", c) for c in cfg["setup_commands"])
     assert ".venv" in cfg["rsync_exclude"]
     head_start = " ".join(cfg["head_start_ray_commands"])
     worker_start = " ".join(cfg["worker_start_ray_commands"])

@@ -40,8 +40,7 @@ def test_class_folder_layout_with_stratified_val_split(tmp_path):
 
 
 def test_val_folder_is_used_when_present(tmp_path):
-    generate_dataset(tmp_path, n_classes=2, train_per_class=4, test_per_class=2, val_per_class=2,
-                     image_size=(64, 48))
+    generate_dataset(tmp_path, n_classes=2, train_per_class=4, test_per_class=2, val_per_class=2, image_size=(64, 48))
     data = load_labelled(str(tmp_path), val_fraction=0.5)
     assert len(data.train) == 8 and len(data.val) == 4
 
@@ -109,8 +108,10 @@ def zip_server(tmp_path):
 
 
 def test_fetch_downloads_and_unpacks(zip_server, tmp_path, capsys):
-    assert data_main(["fetch", "udacity", "--dest", str(tmp_path / "d"),
-                      "--url", f"{zip_server}/landmark_images.zip"]) == 0
+    assert (
+        data_main(["fetch", "udacity", "--dest", str(tmp_path / "d"), "--url", f"{zip_server}/landmark_images.zip"])
+        == 0
+    )
     root = tmp_path / "d" / "landmark_images"
     assert len(list((root / "train").rglob("*.jpg"))) == 4
     data = load_labelled(str(root))
@@ -128,8 +129,18 @@ def test_fetch_offline_fails_fast_with_a_clear_message(tmp_path, capsys):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.time()
-    code = data_main(["fetch", "udacity", "--dest", str(tmp_path / "d"), "--url",
-                      f"http://127.0.0.1:{port}/landmark_images.zip", "--timeout", "5"])
+    code = data_main(
+        [
+            "fetch",
+            "udacity",
+            "--dest",
+            str(tmp_path / "d"),
+            "--url",
+            f"http://127.0.0.1:{port}/landmark_images.zip",
+            "--timeout",
+            "5",
+        ]
+    )
     assert code == 1 and time.time() - t0 < 10
     err = capsys.readouterr().err
     assert "offline" in err and "landmark_images" in err

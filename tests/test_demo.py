@@ -13,8 +13,12 @@ from tests.cli_asserts import assert_error_names
 @pytest.mark.slow
 def test_demo_runs_the_whole_story(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "jobs.demo", "--out", str(out), "--classes", "3", "--epochs", "2"],
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.demo", "--out", str(out), "--classes", "3", "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for n in range(1, 7):
         assert f"=== [{n}/6]" in r.stdout
@@ -26,7 +30,11 @@ def test_demo_runs_the_whole_story(tmp_path):
 
 
 def test_demo_refuses_a_model_dir_without_an_artifact(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "jobs.demo", "--model", str(tmp_path), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "jobs.demo", "--model", str(tmp_path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert_error_names(r.stderr, "--model")

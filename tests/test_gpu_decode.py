@@ -26,8 +26,11 @@ NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
 def listing(synthetic_data, bad_corpus) -> dict:
     corpus_dir, _ = bad_corpus
     uris = synthetic_data["files"][:12] + sorted(str(p) for p in Path(corpus_dir).iterdir())
-    return {"uri": np.array(uris, dtype=object), "etag": np.array(["e"] * len(uris), dtype=object),
-            "size_bytes": np.array([None] * len(uris), dtype=object)}
+    return {
+        "uri": np.array(uris, dtype=object),
+        "etag": np.array(["e"] * len(uris), dtype=object),
+        "size_bytes": np.array([None] * len(uris), dtype=object),
+    }
 
 
 def _rows(predictor: Predictor, decoded: dict):
@@ -79,15 +82,21 @@ def test_deferred_jpegs_cross_ray_data_to_the_model_stage(ray_local, listing, ti
 
     def model_stage(batch: dict):
         p = Predictor(tiny_artifact.path, runtime="torch", threads=1)
-        return to_tag_rows(predict_batch(p, decode_deferred(batch, preset=preset, device="cpu")), p,
-                           run_id="r", tagged_at=NOW)
+        return to_tag_rows(
+            predict_batch(p, decode_deferred(batch, preset=preset, device="cpu")), p, run_id="r", tagged_at=NOW
+        )
 
     ds = ray.data.from_items([{"uri": u, "etag": "e", "size_bytes": None} for u in listing["uri"]])
-    ds = ds.map_batches(read_and_decode, batch_size=8, batch_format="numpy",
-                        fn_kwargs={"preset": preset, "opts": storage.S3Options(), "defer_jpeg": True})
+    ds = ds.map_batches(
+        read_and_decode,
+        batch_size=8,
+        batch_format="numpy",
+        fn_kwargs={"preset": preset, "opts": storage.S3Options(), "defer_jpeg": True},
+    )
     got = sorted(ds.map_batches(model_stage, batch_size=8, batch_format="numpy").take_all(), key=lambda r: r["uri"])
-    want = sorted(_rows(predictor, read_and_decode(listing, preset=preset, opts=storage.S3Options())),
-                  key=lambda r: r["uri"])
+    want = sorted(
+        _rows(predictor, read_and_decode(listing, preset=preset, opts=storage.S3Options())), key=lambda r: r["uri"]
+    )
     _same_rows([{k: r[k] for k in w} for r, w in zip(got, want)], want)
 
 
@@ -99,8 +108,9 @@ def test_gpu_decode_without_gpu_actors_is_refused_naming_the_flags(tiny_artifact
         tag.TagConfig(**base).check()
     tag.TagConfig(**base, gpus_per_actor=1).check()  # torch on GPU actors: accepted
     with pytest.raises(SystemExit) as ei:
-        tag.main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path,
-                  "--gpu-decode"])
+        tag.main(
+            ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path, "--gpu-decode"]
+        )
     assert ei.value.code == 2
     assert_error_names(capsys.readouterr().err, "--gpu-decode")
 
@@ -112,5 +122,15 @@ def test_gpu_decode_actor_without_cuda_refuses_to_start(tiny_artifact):
 
     # an actor that holds no CUDA device says so when it starts, rather than decoding on its CPU
     with pytest.raises(GpuDecodeError, match="--gpu-decode .* CUDA"):
-        tag.TagActor(model=tiny_artifact.path, k=3, min_score=None, accept_rate=None, s3_endpoint=None, run_id="r",
-                     threads=1, tagged_at=NOW, runtime="torch", gpu_decode=True)
+        tag.TagActor(
+            model=tiny_artifact.path,
+            k=3,
+            min_score=None,
+            accept_rate=None,
+            s3_endpoint=None,
+            run_id="r",
+            threads=1,
+            tagged_at=NOW,
+            runtime="torch",
+            gpu_decode=True,
+        )

@@ -51,10 +51,18 @@ def _assert_backbone_equals(net: LandmarkNet, state: dict, skip_prefix: str = "f
 # ----------------------------------------------------------------------------------------- every architecture
 
 
-@pytest.mark.parametrize("name,embed_dim", [
-    ("scratch", 256), ("resnet18", 512), ("convnext_tiny", 768), ("efficientnet_b0", 1280),
-    ("mobilenet_v3_large", 1280), ("resnet50", 2048), ("efficientnet_lite0", 1280),
-])
+@pytest.mark.parametrize(
+    "name,embed_dim",
+    [
+        ("scratch", 256),
+        ("resnet18", 512),
+        ("convnext_tiny", 768),
+        ("efficientnet_b0", 1280),
+        ("mobilenet_v3_large", 1280),
+        ("resnet50", 2048),
+        ("efficientnet_lite0", 1280),
+    ],
+)
 def test_forward_and_embed_shapes(name, embed_dim):
     net = build_model(ModelSpec(name, num_classes=7, weights="none")).eval()
     assert isinstance(net, LandmarkNet) and net.embed_dim == embed_dim

@@ -55,8 +55,12 @@ def test_features_see_distractors():
     def unit(v):
         return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    extra = {"center": center, "bank": unit(known - center), "bank_labels": np.zeros(20, np.int32),
-             "distractors": unit(neg - center)}
+    extra = {
+        "center": center,
+        "bank": unit(known - center),
+        "bank_labels": np.zeros(20, np.int32),
+        "distractors": unit(neg - center),
+    }
     logits = np.zeros((2, 3), np.float32)
     f = openworld.features(logits, np.stack([known[0], neg[0]]), temperature=1.0, extra=extra)
     col = {n: i for i, n in enumerate(openworld.FEATURES)}
@@ -94,8 +98,10 @@ def test_coverage_curve_moves_both_ways_with_the_threshold():
 def test_plots_and_report_are_real_files():
     o = _outcomes()
     s = evaluation.summary(o)
-    pngs = {"curve.png": evaluation.curve_png(evaluation.coverage_curve(o), operating=s),
-            "reliability.png": evaluation.reliability_png(s["reliability"])}
+    pngs = {
+        "curve.png": evaluation.curve_png(evaluation.coverage_curve(o), operating=s),
+        "reliability.png": evaluation.reliability_png(s["reliability"]),
+    }
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) > 5000 for b in pngs.values())
     page = evaluation.html_report({"model_id": "lm-x", "threshold": 0.5, "summary": s}, pngs)
     assert "street" in page and "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
@@ -119,8 +125,12 @@ def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
         v = v - center
         return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
-    extra = {"center": center.astype(np.float32), "bank": unit(emb[:6]),
-             "bank_labels": (np.arange(6) % 3).astype(np.int32), "distractors": unit(emb[6:])}
+    extra = {
+        "center": center.astype(np.float32),
+        "bank": unit(emb[:6]),
+        "bank_labels": (np.arange(6) % 3).astype(np.int32),
+        "distractors": unit(emb[6:]),
+    }
     x = openworld.features(logits, emb, temperature=art.temperature, extra=extra)
     cal = openworld.fit_logistic(x, np.r_[np.ones(6), np.zeros(6)])
     fit_scores = openworld.prob_right(x[6:], cal).astype(np.float32)
@@ -152,13 +162,34 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     from landmark_core.synthetic import generate_dataset, generate_negatives
 
     path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
-    generate_dataset(tmp_path / "data", shapes=("tower", "arch", "dome"), n_classes=3, train_per_class=0,
-                     test_per_class=3, image_size=(96, 72), seed=4)
+    generate_dataset(
+        tmp_path / "data",
+        shapes=("tower", "arch", "dome"),
+        n_classes=3,
+        train_per_class=0,
+        test_per_class=3,
+        image_size=(96, 72),
+        seed=4,
+    )
     neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=3, image_size=(96, 72))
     known = str(tmp_path / "data" / "test")
-    code = eval_main(["--model", path, "--known", known, "--unknown", str(Path(neg["root"], "scenes")),
-                      "--unknown", str(Path(neg["root"], "wheel")), "--out", str(tmp_path / "ev"), "--json",
-                      "--runtime", "torch"])
+    code = eval_main(
+        [
+            "--model",
+            path,
+            "--known",
+            known,
+            "--unknown",
+            str(Path(neg["root"], "scenes")),
+            "--unknown",
+            str(Path(neg["root"], "wheel")),
+            "--out",
+            str(tmp_path / "ev"),
+            "--json",
+            "--runtime",
+            "torch",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     s = result["summary"]

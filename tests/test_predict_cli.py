@@ -39,8 +39,12 @@ def photos(tmp_path_factory) -> dict[str, str]:
     gps[3], gps[4] = "E", (_rat(151, 1), _rat(12, 1), _rat(55.08, 100))
     b.save(d / "gps.jpg", "JPEG", quality=90, exif=exif)
     (d / "bad.jpg").write_bytes(b"definitely not a jpeg\n")
-    return {"a": str(d / "a.jpg"), "gps": str(d / "gps.jpg"), "bad": str(d / "bad.jpg"),
-            "missing": str(d / "missing.jpg")}
+    return {
+        "a": str(d / "a.jpg"),
+        "gps": str(d / "gps.jpg"),
+        "bad": str(d / "bad.jpg"),
+        "missing": str(d / "missing.jpg"),
+    }
 
 
 def _json_lines(text: str) -> list[dict]:
@@ -71,9 +75,22 @@ def no_model_env(monkeypatch):
 def test_subprocess_json_good_and_bad(tiny_artifact, photos):
     env = {k: v for k, v in os.environ.items() if k != MODEL_ENV}
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "predict", "--json", "--model", tiny_artifact.path,
-         photos["a"], photos["bad"]],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "predict",
+            "--json",
+            "--model",
+            tiny_artifact.path,
+            photos["a"],
+            photos["bad"],
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     rows = _json_lines(proc.stdout)
@@ -89,8 +106,14 @@ def test_subprocess_json_good_and_bad(tiny_artifact, photos):
 
 def test_subprocess_without_model_exit_2(photos):
     env = {k: v for k, v in os.environ.items() if k != MODEL_ENV}
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "predict", "--json", photos["a"]],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "predict", "--json", photos["a"]],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "--model" in proc.stderr and MODEL_ENV in proc.stderr and "landmark train" in proc.stderr
@@ -100,8 +123,7 @@ def test_subprocess_without_model_exit_2(photos):
 
 
 def test_in_process_json_lines(tiny_artifact, photos, capsys, no_model_env):
-    code, out, err = _main(["--json", "--model", tiny_artifact.path, photos["a"], photos["bad"], photos["gps"]],
-                           capsys)
+    code, out, err = _main(["--json", "--model", tiny_artifact.path, photos["a"], photos["bad"], photos["gps"]], capsys)
     assert code == 1
     rows = _json_lines(out)
     assert [r["path"] for r in rows] == [photos["a"], photos["bad"], photos["gps"]]  # input order kept

@@ -25,15 +25,17 @@ SMALL = EvalPreset(size=64, resize=73)  # the scratch net is fully convolutional
 @pytest.fixture(scope="module")
 def images() -> np.ndarray:
     """Eight 64x64 uint8 photos of different scenes (as the SMALL eval preset makes them)."""
-    return np.stack([SMALL.to_uint8(render_scene(s, np.random.default_rng(i), (96, 72)))
-                     for i, s in enumerate(SHAPES[:8])])
+    return np.stack(
+        [SMALL.to_uint8(render_scene(s, np.random.default_rng(i), (96, 72))) for i, s in enumerate(SHAPES[:8])]
+    )
 
 
 @pytest.fixture(scope="module")
 def images224() -> np.ndarray:
     """Four photos at the default preset (224), for the saved tiny_artifact."""
-    return np.stack([EvalPreset().to_uint8(render_scene(s, np.random.default_rng(i), (160, 120)))
-                     for i, s in enumerate(SHAPES[:4])])
+    return np.stack(
+        [EvalPreset().to_uint8(render_scene(s, np.random.default_rng(i), (160, 120))) for i, s in enumerate(SHAPES[:4])]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +121,12 @@ def test_empty_batch(sharp_predictor):
 
 def test_failed_rows_keep_status_and_get_nan(sharp_predictor, sharp_out, images):
     ok = np.array([True, False, True, False, True])
-    batch = {"image": images[:5], "ok": ok,
-             "status": np.array(["pending", FAILED, "pending", FAILED, "pending"], dtype=object),
-             "error": np.array([None, "decode: truncated", None, "read: not found", None], dtype=object)}
+    batch = {
+        "image": images[:5],
+        "ok": ok,
+        "status": np.array(["pending", FAILED, "pending", FAILED, "pending"], dtype=object),
+        "error": np.array([None, "decode: truncated", None, "read: not found", None], dtype=object),
+    }
     out = sharp_predictor(batch)
     assert list(out["status"][~ok]) == [FAILED, FAILED]
     assert list(out["error"][~ok]) == ["decode: truncated", "read: not found"]
@@ -234,8 +239,10 @@ def test_scores_are_temperature_scaled_softmax(sharp_predictor, sharp_out, logit
 
 
 def test_higher_temperature_flattens_but_keeps_the_ranking(make_tiny_artifact, sharp_out, images):
-    hot = Predictor(make_tiny_artifact(head_scale=40.0, temperature=4.0, preset=SMALL,
-                                       abstain={"method": "msp", "threshold": 0.0}), k=3)
+    hot = Predictor(
+        make_tiny_artifact(head_scale=40.0, temperature=4.0, preset=SMALL, abstain={"method": "msp", "threshold": 0.0}),
+        k=3,
+    )
     out = hot.predict_arrays(images)
     np.testing.assert_array_equal(out["topk_idx"], sharp_out["topk_idx"])
     assert (out["score"] < sharp_out["score"]).all()
@@ -333,8 +340,9 @@ def test_predictor_uses_the_artifacts_abstention_method(sharp, sharp_predictor, 
     p = Predictor(art, k=3)
     assert p.method == method and p.knn_k == 1
     out = p.predict_arrays(images)
-    want = abstention.known_score(method, logits, emb, temperature=1.5,
-                                  extra={k: v.numpy() for k, v in extra.items()}, k=1)
+    want = abstention.known_score(
+        method, logits, emb, temperature=1.5, extra={k: v.numpy() for k, v in extra.items()}, k=1
+    )
     np.testing.assert_allclose(out["abstain_score"], want, rtol=1e-4, atol=1e-5)
     if method == "knn":  # every photo is in the bank: its nearest neighbour is itself
         np.testing.assert_allclose(out["abstain_score"], 1.0, atol=1e-5)

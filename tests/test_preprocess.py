@@ -60,8 +60,9 @@ def dms(value: float):
     return (rational(d, 1), rational(m, 1), rational(s, 10000))
 
 
-def with_gps_exif(img: Image.Image, lat: float, lon: float, taken: str | None = None,
-                  datetime_ifd0: str | None = None) -> bytes:
+def with_gps_exif(
+    img: Image.Image, lat: float, lon: float, taken: str | None = None, datetime_ifd0: str | None = None
+) -> bytes:
     exif = Image.Exif()
     gps = exif.get_ifd(0x8825)
     gps[1], gps[2] = ("N" if lat >= 0 else "S"), dms(lat)
@@ -204,8 +205,10 @@ def test_animated_gif_gives_first_frame():
     assert (np.abs(arr.astype(int) - [220, 30, 30]) <= 4).all()
 
 
-@pytest.mark.parametrize("fmt,kw", [("WEBP", {"quality": 90}), ("PNG", {}), ("GIF", {}), ("BMP", {}),
-                                    ("TIFF", {}), ("JPEG", {"quality": 95})])
+@pytest.mark.parametrize(
+    "fmt,kw",
+    [("WEBP", {"quality": 90}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("TIFF", {}), ("JPEG", {"quality": 95})],
+)
 def test_common_formats_decode(fmt, kw):
     src = scene((80, 60), shape="tower", seed=3)
     d = decode_image(encode(src, fmt, **kw))
@@ -222,9 +225,9 @@ def _quadrants(w: int, h: int) -> Image.Image:
     """Upright test card: top-left red, top-right green, bottom-left blue, bottom-right white."""
     arr = np.zeros((h, w, 3), np.uint8)
     arr[: h // 2, : w // 2] = (255, 0, 0)
-    arr[: h // 2, w // 2:] = (0, 255, 0)
-    arr[h // 2:, : w // 2] = (0, 0, 255)
-    arr[h // 2:, w // 2:] = (255, 255, 255)
+    arr[: h // 2, w // 2 :] = (0, 255, 0)
+    arr[h // 2 :, : w // 2] = (0, 0, 255)
+    arr[h // 2 :, w // 2 :] = (255, 255, 255)
     return Image.fromarray(arr)
 
 
@@ -282,8 +285,9 @@ def test_synthetic_rotated_photos_decode_upright(tmp_path):
     assert orientations & {6, 8}, "no 90-degree case drawn; pick another seed"
 
 
-@pytest.mark.parametrize("lat,lon", [(-33.8568, 151.2153), (37.8199, -122.4783), (48.8584, 2.2945),
-                                     (-13.1631, -72.545)])
+@pytest.mark.parametrize(
+    "lat,lon", [(-33.8568, 151.2153), (37.8199, -122.4783), (48.8584, 2.2945), (-13.1631, -72.545)]
+)
 def test_exif_gps_signed_degrees(lat, lon):
     d = decode_image(with_gps_exif(scene((64, 48)), lat, lon))
     assert d.exif_lat == pytest.approx(lat, abs=1e-5)
@@ -389,13 +393,16 @@ def test_max_pixels_is_the_only_bound(monkeypatch):
     assert decode_image(data, max_pixels=10**6).image.size == (100, 80)
 
 
-@pytest.mark.parametrize("data,kind", [
-    (b"", "empty"),
-    (b"\x00" * 100, "not_an_image"),
-    (b"%PDF-1.7\n" + b"x" * 200, "not_an_image"),
-    (b"GIF89a", "not_an_image"),  # a bare signature: not identified
-    (b"\x89PNG\r\n\x1a\n", "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data,kind",
+    [
+        (b"", "empty"),
+        (b"\x00" * 100, "not_an_image"),
+        (b"%PDF-1.7\n" + b"x" * 200, "not_an_image"),
+        (b"GIF89a", "not_an_image"),  # a bare signature: not identified
+        (b"\x89PNG\r\n\x1a\n", "not_an_image"),
+    ],
+)
 def test_empty_and_garbage(data, kind):
     with pytest.raises(DecodeError) as ei:
         decode_image(data)
@@ -495,8 +502,9 @@ def photo_files(tmp_path_factory, synthetic_data) -> list[str]:
 
 def _draft_route(paths, preset: EvalPreset) -> np.ndarray:
     """What `landmark predict` (predict_paths) and the tag job feed the Predictor: draft decode + to_uint8."""
-    return np.stack([preset.to_uint8(decode_image(Path(p).read_bytes(), draft_to=preset.draft_target()).image)
-                     for p in paths])
+    return np.stack(
+        [preset.to_uint8(decode_image(Path(p).read_bytes(), draft_to=preset.draft_target()).image) for p in paths]
+    )
 
 
 def test_training_eval_and_predictor_inputs_are_identical(photo_files, tiny_artifact):
@@ -542,8 +550,9 @@ def test_tag_job_decode_stage_matches_training_eval(photo_files):
     preset = EvalPreset()
     eval_u8, ok = eval_arrays(photo_files, storage.S3Options(), preset)
     n = len(photo_files)
-    out = tagging.read_and_decode({"uri": photo_files, "etag": [None] * n, "size_bytes": [None] * n},
-                                  preset=preset, opts=storage.S3Options())
+    out = tagging.read_and_decode(
+        {"uri": photo_files, "etag": [None] * n, "size_bytes": [None] * n}, preset=preset, opts=storage.S3Options()
+    )
     assert out["ok"].all()
     assert np.array_equal(out["image"], eval_u8)
 
@@ -581,9 +590,16 @@ def test_draft_and_full_decode_differ_slightly_for_big_jpegs(photo_files):
 
 def _small_valid_images() -> list[bytes]:
     img = scene((24, 18), "wheel", 9)
-    return [encode(img, "JPEG", quality=80), encode(img, "PNG"), encode(img, "GIF"), encode(img, "WEBP"),
-            encode(img, "TIFF"), encode(img, "BMP"),
-            _stored_rotated(img, 6), with_gps_exif(img, -10.5, 20.25, taken="2021:02:03 04:05:06")]
+    return [
+        encode(img, "JPEG", quality=80),
+        encode(img, "PNG"),
+        encode(img, "GIF"),
+        encode(img, "WEBP"),
+        encode(img, "TIFF"),
+        encode(img, "BMP"),
+        _stored_rotated(img, 6),
+        with_gps_exif(img, -10.5, 20.25, taken="2021:02:03 04:05:06"),
+    ]
 
 
 SEEDS = _small_valid_images()

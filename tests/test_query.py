@@ -30,33 +30,78 @@ FIJI = ("Fiji Reef", -17.0, 179.95)  # just west of the antimeridian
 # ------------------------------------------------------------------------------------------ store builders
 
 
-def tag_row(uri: str, run_id: str, *, status: str = "tagged", place=None, score: float | None = None,
-            error: str | None = None, tagged_at: datetime, model_id: str = "lm-aaaa") -> dict:
+def tag_row(
+    uri: str,
+    run_id: str,
+    *,
+    status: str = "tagged",
+    place=None,
+    score: float | None = None,
+    error: str | None = None,
+    tagged_at: datetime,
+    model_id: str = "lm-aaaa",
+) -> dict:
     name, lat, lon = place if place else (None, None, None)
     if status == "failed":
         tags = None
     else:
-        tags = [{"name": name or "Big Ben", "score": score, "lat": lat, "lon": lon},
-                {"name": "Other Place", "score": 0.01, "lat": 1.0, "lon": 2.0}]
+        tags = [
+            {"name": name or "Big Ben", "score": score, "lat": lat, "lon": lon},
+            {"name": "Other Place", "score": 0.01, "lat": 1.0, "lon": 2.0},
+        ]
     return {
-        "uri": uri, "size_bytes": 1234, "etag": "e-" + uri[-5:], "sha256": None, "status": status, "error": error,
-        "width": None if status == "failed" else 320, "height": None if status == "failed" else 240,
-        "exif_lat": None, "exif_lon": None, "exif_time": datetime(2026, 7, 1, 12, 0, 0),
-        "landmark": name if status == "tagged" else None, "score": score,
-        "lat": lat if status == "tagged" else None, "lon": lon if status == "tagged" else None,
-        "tags": tags, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at,
+        "uri": uri,
+        "size_bytes": 1234,
+        "etag": "e-" + uri[-5:],
+        "sha256": None,
+        "status": status,
+        "error": error,
+        "width": None if status == "failed" else 320,
+        "height": None if status == "failed" else 240,
+        "exif_lat": None,
+        "exif_lon": None,
+        "exif_time": datetime(2026, 7, 1, 12, 0, 0),
+        "landmark": name if status == "tagged" else None,
+        "score": score,
+        "lat": lat if status == "tagged" else None,
+        "lon": lon if status == "tagged" else None,
+        "tags": tags,
+        "model_id": model_id,
+        "run_id": run_id,
+        "tagged_at": tagged_at,
     }
 
 
-def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
-              model_id: str = "lm-aaaa", **write_kw) -> str:
+def write_run(
+    root: Path,
+    dt: str,
+    run_id: str,
+    rows: list[dict],
+    *,
+    committed_at: str | None,
+    model_id: str = "lm-aaaa",
+    **write_kw,
+) -> str:
     """One run appended to the Delta table at ``root``; ``committed_at=None`` writes its file but never commits
     it (as a killed run leaves it). Returns the run's data file."""
     counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
-    summary = {"run_id": run_id, "committed_at": committed_at, "model_id": model_id,
-               "counts": {**counts, "total": len(rows)}, "rows": len(rows), "config": {}, "timings": {}}
-    tagstore.append_run(str(root), pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), summary, dt=dt,
-                        commit=committed_at is not None, **write_kw)
+    summary = {
+        "run_id": run_id,
+        "committed_at": committed_at,
+        "model_id": model_id,
+        "counts": {**counts, "total": len(rows)},
+        "rows": len(rows),
+        "config": {},
+        "timings": {},
+    }
+    tagstore.append_run(
+        str(root),
+        pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA),
+        summary,
+        dt=dt,
+        commit=committed_at is not None,
+        **write_kw,
+    )
     return tagstore.run_files_dir(str(Path(root).resolve()), dt, run_id) + "/part-00000.parquet"
 
 
@@ -68,25 +113,44 @@ T3 = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     root = tmp_path / "tags"
-    write_run(root, "2026-11-20", "r1", [
-        tag_row("photos/a.jpg", "r1", place=EIFFEL, score=0.95, tagged_at=T1),
-        # re-tagged by r2 as no_landmark: this old row matches --landmark 'big ben', --status tagged and
-        # --min-score 0.8, and must never come back
-        tag_row("photos/b.jpg", "r1", place=BIG_BEN, score=0.9, tagged_at=T1),
-        tag_row("photos/c.jpg", "r1", status="failed", error="decode: truncated JPEG", tagged_at=T1),
-        tag_row("photos/d.jpg", "r1", place=OPERA, score=0.7, tagged_at=T1),
-    ], committed_at="2026-11-20T06:30:00+00:00")
-    write_run(root, "2026-11-22", "r2", [
-        tag_row("photos/b.jpg", "r2", status="no_landmark", score=0.3, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row("photos/e.jpg", "r2", place=GOLDEN_GATE, score=0.85, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row("photos/f.jpg", "r2", place=EIFFEL, score=0.6, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row("photos/g.jpg", "r2", place=FIJI, score=0.8, tagged_at=T2, model_id="lm-bbbb"),
-    ], committed_at="2026-11-22T06:30:00+00:00", model_id="lm-bbbb")
+    write_run(
+        root,
+        "2026-11-20",
+        "r1",
+        [
+            tag_row("photos/a.jpg", "r1", place=EIFFEL, score=0.95, tagged_at=T1),
+            # re-tagged by r2 as no_landmark: this old row matches --landmark 'big ben', --status tagged and
+            # --min-score 0.8, and must never come back
+            tag_row("photos/b.jpg", "r1", place=BIG_BEN, score=0.9, tagged_at=T1),
+            tag_row("photos/c.jpg", "r1", status="failed", error="decode: truncated JPEG", tagged_at=T1),
+            tag_row("photos/d.jpg", "r1", place=OPERA, score=0.7, tagged_at=T1),
+        ],
+        committed_at="2026-11-20T06:30:00+00:00",
+    )
+    write_run(
+        root,
+        "2026-11-22",
+        "r2",
+        [
+            tag_row("photos/b.jpg", "r2", status="no_landmark", score=0.3, tagged_at=T2, model_id="lm-bbbb"),
+            tag_row("photos/e.jpg", "r2", place=GOLDEN_GATE, score=0.85, tagged_at=T2, model_id="lm-bbbb"),
+            tag_row("photos/f.jpg", "r2", place=EIFFEL, score=0.6, tagged_at=T2, model_id="lm-bbbb"),
+            tag_row("photos/g.jpg", "r2", place=FIJI, score=0.8, tagged_at=T2, model_id="lm-bbbb"),
+        ],
+        committed_at="2026-11-22T06:30:00+00:00",
+        model_id="lm-bbbb",
+    )
     # died (or still running): its file is written but never committed, so invisible — would re-tag a.jpg and add z.jpg
-    write_run(root, "2026-11-23", "r3", [
-        tag_row("photos/a.jpg", "r3", status="failed", error="boom", tagged_at=T3),
-        tag_row("photos/z.jpg", "r3", place=BIG_BEN, score=0.99, tagged_at=T3),
-    ], committed_at=None)
+    write_run(
+        root,
+        "2026-11-23",
+        "r3",
+        [
+            tag_row("photos/a.jpg", "r3", status="failed", error="boom", tagged_at=T3),
+            tag_row("photos/z.jpg", "r3", place=BIG_BEN, score=0.99, tagged_at=T3),
+        ],
+        committed_at=None,
+    )
     return str(root)
 
 
@@ -112,13 +176,16 @@ def test_committed_runs_only_latest_per_uri(store):
     assert rows["b.jpg"]["status"] == "no_landmark" and rows["b.jpg"]["run_id"] == "r2"
 
 
-@pytest.mark.parametrize("filters", [
-    {"landmark": "big ben"},
-    {"status": "tagged", "min_score": 0.8},
-    {"min_score": 0.85},
-    {"near": (51.5, -0.12), "radius_km": 10},
-    {"since": "2026-11-19", "landmark": "Big Ben"},
-])
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"landmark": "big ben"},
+        {"status": "tagged", "min_score": 0.8},
+        {"min_score": 0.85},
+        {"near": (51.5, -0.12), "radius_km": 10},
+        {"since": "2026-11-19", "landmark": "Big Ben"},
+    ],
+)
 @pytest.mark.parametrize("isin_max", [tagstore.ISIN_MAX, 0])  # 0: the many-matches path (DuckDB's semi join)
 def test_old_row_matching_a_filter_does_not_resurface(store, filters, isin_max, monkeypatch):
     monkeypatch.setattr(tagstore, "ISIN_MAX", isin_max)
@@ -135,8 +202,7 @@ def test_store_read_current_and_history(store):
 
 def test_history_and_time_travel(store, capsys):
     t = q.query(store, history=True, columns="uri,run_id")
-    assert list(zip(uris(t), t.column("run_id").to_pylist()))[:3] == [("a.jpg", "r1"), ("b.jpg", "r1"),
-                                                                      ("b.jpg", "r2")]
+    assert list(zip(uris(t), t.column("run_id").to_pylist()))[:3] == [("a.jpg", "r1"), ("b.jpg", "r1"), ("b.jpg", "r2")]
     runs = tagstore.runs(store)
     assert [r["run_id"] for r in runs] == ["r1", "r2"] and [r["version"] for r in runs] == [1, 2]
     at_r1 = q.query(store, version=1)
@@ -156,12 +222,20 @@ def test_history_and_time_travel(store, capsys):
 
 
 def test_sql_over_both_views(store, capsys):
-    t = q.sql(store, "SELECT landmark, count(*) AS n FROM tags WHERE landmark IS NOT NULL GROUP BY 1 "
-                     "ORDER BY n DESC, landmark")
+    t = q.sql(
+        store,
+        "SELECT landmark, count(*) AS n FROM tags WHERE landmark IS NOT NULL GROUP BY 1 ORDER BY n DESC, landmark",
+    )
     assert isinstance(t, pa.Table) and t.to_pylist()[0] == {"landmark": "Eiffel Tower", "n": 2}
-    code, out, _ = cli(capsys, "--tags", store, "--sql",
-                       "SELECT uri, count(*) AS runs FROM tags_history GROUP BY uri HAVING count(*) > 1",
-                       "--format", "json")
+    code, out, _ = cli(
+        capsys,
+        "--tags",
+        store,
+        "--sql",
+        "SELECT uri, count(*) AS runs FROM tags_history GROUP BY uri HAVING count(*) > 1",
+        "--format",
+        "json",
+    )
     assert code == 0 and [json.loads(x) for x in out.splitlines()] == [{"uri": "photos/b.jpg", "runs": 2}]
     code, out, err = cli(capsys, "--tags", store, "--sql", "SELECT nope FROM tags")
     assert code == 2 and err.startswith("landmark query: --sql: ") and "nope" in err
@@ -183,9 +257,14 @@ def test_min_score_compares_in_float32(store):
     assert uris(q.query(store, min_score=1.0)) == []
 
 
-@pytest.mark.parametrize("status,expected", [
-    ("tagged", ["a.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]), ("no_landmark", ["b.jpg"]), ("failed", ["c.jpg"]),
-])
+@pytest.mark.parametrize(
+    "status,expected",
+    [
+        ("tagged", ["a.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+        ("no_landmark", ["b.jpg"]),
+        ("failed", ["c.jpg"]),
+    ],
+)
 def test_status(store, status, expected):
     assert uris(q.query(store, status=status)) == expected
 
@@ -238,14 +317,17 @@ def test_sql_haversine_matches_catalog(store):
     con.close()
 
 
-@pytest.mark.parametrize("since,expected", [
-    ("2026-11-21", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
-    ("2026-11-22T06:00:00Z", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # inclusive
-    ("2026-11-22T07:00:00+01:00", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # = 06:00 UTC
-    ("2026-11-22T06:00:01", []),  # naive = UTC
-    ("2026-11-01", ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]),
-    (datetime(2026, 11, 21, tzinfo=timezone.utc), ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
-])
+@pytest.mark.parametrize(
+    "since,expected",
+    [
+        ("2026-11-21", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+        ("2026-11-22T06:00:00Z", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # inclusive
+        ("2026-11-22T07:00:00+01:00", ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),  # = 06:00 UTC
+        ("2026-11-22T06:00:01", []),  # naive = UTC
+        ("2026-11-01", ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+        (datetime(2026, 11, 21, tzinfo=timezone.utc), ["b.jpg", "e.jpg", "f.jpg", "g.jpg"]),
+    ],
+)
 def test_since(store, since, expected):
     assert uris(q.query(store, since=since)) == expected
 
@@ -266,8 +348,15 @@ def test_filters_combine(store):
 
 
 def test_filter_expression_is_a_compute_expression(store):
-    cfg = q.QueryConfig(tags=store, landmark="Big Ben", min_score=0.5, status="tagged", since="2026-11-01",
-                        near=(51.5, -0.12), radius_km=10)
+    cfg = q.QueryConfig(
+        tags=store,
+        landmark="Big Ben",
+        min_score=0.5,
+        status="tagged",
+        since="2026-11-01",
+        near=(51.5, -0.12),
+        radius_km=10,
+    )
     expr = q.filter_expression(cfg)
     assert isinstance(expr, pc.Expression)
     text = str(expr)
@@ -295,10 +384,13 @@ def test_pushdown_skips_row_groups_it_rules_out(tmp_path):
     """Corrupt the score column of a row group whose statistics say max score 0.2: a query with
     --min-score 0.5 still works because that row group is never decoded; reading without pushdown fails."""
     root = tmp_path / "tags"
-    rows = [tag_row(f"p/{i}.jpg", "r1", place=EIFFEL, score=s, tagged_at=T1)
-            for i, s in enumerate([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.05, 0.15])]
-    f = write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00", row_group_size=4,
-                  compression="none")
+    rows = [
+        tag_row(f"p/{i}.jpg", "r1", place=EIFFEL, score=s, tagged_at=T1)
+        for i, s in enumerate([0.9, 0.8, 0.95, 0.7, 0.1, 0.2, 0.05, 0.15])
+    ]
+    f = write_run(
+        root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00", row_group_size=4, compression="none"
+    )
     meta = pq.ParquetFile(f).metadata
     assert meta.num_row_groups == 2
     chunk = meta.row_group(1).column(tagstore.TAGS_SCHEMA.get_field_index("score"))
@@ -403,8 +495,11 @@ def test_summary_table_and_json(store, capsys):
     code, out, _ = cli(capsys, "--tags", store, "--summary", "--format", "json", "--since", "2026-11-21")
     assert code == 0
     s = json.loads(out)
-    assert s == {"photos": 4, "by_status": {"tagged": 3, "no_landmark": 1, "failed": 0},
-                 "by_landmark": {"Eiffel Tower": 1, "Fiji Reef": 1, "Golden Gate Bridge": 1}}
+    assert s == {
+        "photos": 4,
+        "by_status": {"tagged": 3, "no_landmark": 1, "failed": 0},
+        "by_landmark": {"Eiffel Tower": 1, "Fiji Reef": 1, "Golden Gate Bridge": 1},
+    }
 
 
 def test_summary_csv(store, capsys):
@@ -427,8 +522,9 @@ def test_summarize_python(store):
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_no_committed_runs(tmp_path, capsys, fmt):
     root = tmp_path / "tags"
-    write_run(root, "2026-11-23", "r9", [tag_row("p/a.jpg", "r9", place=EIFFEL, score=0.9, tagged_at=T3)],
-              committed_at=None)
+    write_run(
+        root, "2026-11-23", "r9", [tag_row("p/a.jpg", "r9", place=EIFFEL, score=0.9, tagged_at=T3)], committed_at=None
+    )
     code, out, err = cli(capsys, "--tags", str(root), "--format", fmt)
     assert code == 0
     assert f"no committed runs under {root}" in err
@@ -453,32 +549,35 @@ def test_no_match_is_not_no_runs(store, capsys):
 # ------------------------------------------------------------------------------------------ bad arguments
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
-    (["--min-score", "-0.1"], "--min-score"),
-    (["--min-score", "nan"], "--min-score"),
-    (["--min-score", "high"], "--min-score"),
-    (["--status", "done"], "--status must be one of tagged, no_landmark, failed"),
-    (["--near", "48.8,2.3"], "--near requires --radius-km"),
-    (["--radius-km", "5"], "--radius-km requires --near"),
-    (["--near", "91,2", "--radius-km", "5"], "--near latitude must be in [-90, 90]"),
-    (["--near", "48,181", "--radius-km", "5"], "--near longitude must be in [-180, 180]"),
-    (["--near", "paris", "--radius-km", "5"], "--near must be LAT,LON"),
-    (["--near", "1,2,3", "--radius-km", "5"], "--near must be LAT,LON"),
-    (["--near", "48,2", "--radius-km", "0"], "--radius-km must be a number > 0"),
-    (["--near", "48,2", "--radius-km", "-3"], "--radius-km"),
-    (["--since", "yesterday"], "--since must be a date YYYY-MM-DD"),
-    (["--since", "2026-13-01"], "--since"),
-    (["--limit", "0"], "--limit must be an integer >= 1"),
-    (["--limit", "two"], "--limit"),
-    (["--columns", "uri,colour"], "--columns: unknown column(s) 'colour'"),
-    (["--columns", ","], "--columns must name at least one column"),
-    (["--format", "xml"], "--format"),
-    (["--format", "parquet", "--summary", "--out", "x.parquet"], "--summary"),
-    (["--summary", "--columns", "uri"], "--columns and --summary"),
-    (["--landmark", " "], "--landmark must not be empty"),
-    (["--s3-endpoint", "localhost:9000"], "--s3-endpoint must look like http(s)://host[:port]"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--min-score", "1.5"], "--min-score must be in [0, 1]"),
+        (["--min-score", "-0.1"], "--min-score"),
+        (["--min-score", "nan"], "--min-score"),
+        (["--min-score", "high"], "--min-score"),
+        (["--status", "done"], "--status must be one of tagged, no_landmark, failed"),
+        (["--near", "48.8,2.3"], "--near requires --radius-km"),
+        (["--radius-km", "5"], "--radius-km requires --near"),
+        (["--near", "91,2", "--radius-km", "5"], "--near latitude must be in [-90, 90]"),
+        (["--near", "48,181", "--radius-km", "5"], "--near longitude must be in [-180, 180]"),
+        (["--near", "paris", "--radius-km", "5"], "--near must be LAT,LON"),
+        (["--near", "1,2,3", "--radius-km", "5"], "--near must be LAT,LON"),
+        (["--near", "48,2", "--radius-km", "0"], "--radius-km must be a number > 0"),
+        (["--near", "48,2", "--radius-km", "-3"], "--radius-km"),
+        (["--since", "yesterday"], "--since must be a date YYYY-MM-DD"),
+        (["--since", "2026-13-01"], "--since"),
+        (["--limit", "0"], "--limit must be an integer >= 1"),
+        (["--limit", "two"], "--limit"),
+        (["--columns", "uri,colour"], "--columns: unknown column(s) 'colour'"),
+        (["--columns", ","], "--columns must name at least one column"),
+        (["--format", "xml"], "--format"),
+        (["--format", "parquet", "--summary", "--out", "x.parquet"], "--summary"),
+        (["--summary", "--columns", "uri"], "--columns and --summary"),
+        (["--landmark", " "], "--landmark must not be empty"),
+        (["--s3-endpoint", "localhost:9000"], "--s3-endpoint must look like http(s)://host[:port]"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_flag(store, capsys, argv, flag):
     with pytest.raises(SystemExit) as e:
         q.main(["--tags", store, *argv])
@@ -502,8 +601,9 @@ def test_tags_is_required(capsys):
 
 
 def test_negative_latitude_after_near(store, capsys):
-    code, out, _ = cli(capsys, "--tags", store, "--near", "-33.86,151.21", "--radius-km", "5", "--format", "csv",
-                       "--columns", "uri")
+    code, out, _ = cli(
+        capsys, "--tags", store, "--near", "-33.86,151.21", "--radius-km", "5", "--format", "csv", "--columns", "uri"
+    )
     assert code == 0 and out.splitlines() == ["uri", "photos/d.jpg"]
 
 
@@ -528,8 +628,10 @@ def test_python_api_validates_before_reading(store, monkeypatch):
 def test_landmark_command_dispatches_to_query(store, capsys):
     from jobs import cli as landmark_cli
 
-    assert landmark_cli.main(["query", "--tags", store, "--status", "failed", "--format", "csv",
-                              "--columns", "uri,error"]) == 0
+    assert (
+        landmark_cli.main(["query", "--tags", store, "--status", "failed", "--format", "csv", "--columns", "uri,error"])
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == ["uri,error", "photos/c.jpg,decode: truncated JPEG"]
 
 
@@ -583,9 +685,26 @@ def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
             client.put_object(Bucket=s3_bucket, Key=f"tags/{p.relative_to(store).as_posix()}", Body=p.read_bytes())
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
-    code, out, _ = cli(capsys, "--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint,
-                       "--format", "csv", "--columns", "uri,status", "--min-score", "0.3")
+    code, out, _ = cli(
+        capsys,
+        "--tags",
+        f"s3://{s3_bucket}/tags",
+        "--s3-endpoint",
+        s3.endpoint,
+        "--format",
+        "csv",
+        "--columns",
+        "uri,status",
+        "--min-score",
+        "0.3",
+    )
     assert code == 0
-    assert out.splitlines() == ["uri,status", "photos/a.jpg,tagged", "photos/b.jpg,no_landmark",
-                                "photos/d.jpg,tagged", "photos/e.jpg,tagged", "photos/f.jpg,tagged",
-                                "photos/g.jpg,tagged"]
+    assert out.splitlines() == [
+        "uri,status",
+        "photos/a.jpg,tagged",
+        "photos/b.jpg,no_landmark",
+        "photos/d.jpg,tagged",
+        "photos/e.jpg,tagged",
+        "photos/f.jpg,tagged",
+        "photos/g.jpg,tagged",
+    ]

@@ -51,18 +51,24 @@ def test_int8_runtime_keeps_real_photo_embeddings_and_top1(tmp_path, monkeypatch
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = build_model(ModelSpec("efficientnet_lite0", len(folders), weights="imagenet"))
-    art = Artifact(spec=ModelSpec("efficientnet_lite0", len(folders), weights="none"),
-                   catalog=Catalog.from_folders(folders), preprocess=EvalPreset(),
-                   state_dict={k: v.clone() for k, v in net.state_dict().items()},
-                   temperature=1.0, abstain={"method": "msp", "threshold": 0.0})
+    art = Artifact(
+        spec=ModelSpec("efficientnet_lite0", len(folders), weights="none"),
+        catalog=Catalog.from_folders(folders),
+        preprocess=EvalPreset(),
+        state_dict={k: v.clone() for k, v in net.state_dict().items()},
+        temperature=1.0,
+        abstain={"method": "msp", "threshold": 0.0},
+    )
     files = _photos("vietnam/test")[::3]
     p = art.preprocess
     imgs = np.stack([p.to_uint8(decode_image(f.read_bytes(), draft_to=p.draft_target()).image) for f in files])
     ref_logits, ref_emb = Predictor(art, runtime="torch").logits_and_embeddings(imgs)
     q_logits, q_emb = Predictor(art, runtime="onnx-int8").logits_and_embeddings(imgs)
     cos = (ref_emb * q_emb).sum(1) / (np.linalg.norm(ref_emb, axis=1) * np.linalg.norm(q_emb, axis=1))
-    print(f"int8 vs fp32 on {len(files)} real photos: embedding cosine min {cos.min():.4f} median "
-          f"{np.median(cos):.4f}; top-1 agreement {(ref_logits.argmax(1) == q_logits.argmax(1)).mean():.3f}")
+    print(
+        f"int8 vs fp32 on {len(files)} real photos: embedding cosine min {cos.min():.4f} median "
+        f"{np.median(cos):.4f}; top-1 agreement {(ref_logits.argmax(1) == q_logits.argmax(1)).mean():.3f}"
+    )
     assert np.median(cos) > 0.98 and cos.min() > 0.9
     assert (ref_logits.argmax(1) == q_logits.argmax(1)).mean() >= 0.9
     assert np.abs(softmax(q_logits) - softmax(ref_logits)).max() < 0.3

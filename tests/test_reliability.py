@@ -48,8 +48,9 @@ def small_model(make_tiny_artifact, tmp_path_factory) -> str:
     from landmark_core import artifact as artifact_mod
 
     dest = tmp_path_factory.mktemp("small_model") / "model"
-    artifact_mod.save(make_tiny_artifact(preset=EvalPreset(64, 73), abstain={"method": "msp", "threshold": 0.0}),
-                      str(dest))
+    artifact_mod.save(
+        make_tiny_artifact(preset=EvalPreset(64, 73), abstain={"method": "msp", "threshold": 0.0}), str(dest)
+    )
     return str(dest)
 
 
@@ -101,8 +102,9 @@ def _tag_worker_pids() -> dict[int, str]:
     ``--compute actors``: Ray titles an actor process ``ray::<class>.<method>`` while it runs a method,
     ``...TagActor).__init__`` while the model loads, ``...TagActor).submit`` while it works on a batch.
     ``--compute tasks``: a worker is titled ``ray::MapBatches(tag_task)...`` while it runs a task."""
-    return {p: t for p, t in own_process_titles().items()
-            if t.startswith("ray::") and ("TagActor" in t or "tag_task" in t)}
+    return {
+        p: t for p, t in own_process_titles().items() if t.startswith("ray::") and ("TagActor" in t or "tag_task" in t)
+    }
 
 
 def _wait_for(fn, timeout: float, what: str):
@@ -138,8 +140,10 @@ class _Job(threading.Thread):
 
 def _busy_new_worker(before: set[int]):
     """A model-running process that was not there before and is working on a batch now (or None)."""
-    return next((p for p, t in _tag_worker_pids().items()
-                 if p not in before and (t.endswith(".submit") or "tag_task" in t)), None)
+    return next(
+        (p for p, t in _tag_worker_pids().items() if p not in before and (t.endswith(".submit") or "tag_task" in t)),
+        None,
+    )
 
 
 # ---------------------------------------------------------------- faults: nothing lost, nothing twice
@@ -154,8 +158,15 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
     n = 1200
     uris = _write_photos(tmp_path / "photos", n)
     out = str(tmp_path / "tags")
-    cfg = TagConfig(input=str(tmp_path / "photos"), output=out, model=small_model, k=3, batch_size=4, decode_batch=4,
-                    compute=compute)
+    cfg = TagConfig(
+        input=str(tmp_path / "photos"),
+        output=out,
+        model=small_model,
+        k=3,
+        batch_size=4,
+        decode_batch=4,
+        compute=compute,
+    )
     before = set(_tag_worker_pids())
     job = _Job(cfg)
     job.start()
@@ -182,8 +193,9 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(ray_local, s3, s3_bucket, monkeypatch,
-                                                                       small_model):
+def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(
+    ray_local, s3, s3_bucket, monkeypatch, small_model
+):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     client = s3.client()
@@ -191,8 +203,15 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(ray_local,
     _put_many(client, s3_bucket, objects)
     uris = {f"s3://{s3_bucket}/{k}" for k in objects}
     out = f"s3://{s3_bucket}/tags"  # the output lives on the same server: its writes come after the outage
-    cfg = TagConfig(input=f"s3://{s3_bucket}/up", output=out, model=small_model, s3_endpoint=s3.endpoint, k=3,
-                    batch_size=8, decode_batch=8)
+    cfg = TagConfig(
+        input=f"s3://{s3_bucket}/up",
+        output=out,
+        model=small_model,
+        s3_endpoint=s3.endpoint,
+        k=3,
+        batch_size=8,
+        decode_batch=8,
+    )
     before = set(_tag_worker_pids())
     job = _Job(cfg)
     job.start()
@@ -230,15 +249,29 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(ray_local,
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(ray_local, s3, s3_bucket,
-                                                                                 monkeypatch, small_model,
-                                                                                 tmp_path, capsys):
+def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(
+    ray_local, s3, s3_bucket, monkeypatch, small_model, tmp_path, capsys
+):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     _write_photos(tmp_path / "photos", 1000)
     out = f"s3://{s3_bucket}/tags"
-    job = _Job(argv=["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model,
-                     "--s3-endpoint", s3.endpoint, "--batch-size", "4", "--decode-batch", "4"])
+    job = _Job(
+        argv=[
+            "--input",
+            str(tmp_path / "photos"),
+            "--output",
+            out,
+            "--model",
+            small_model,
+            "--s3-endpoint",
+            s3.endpoint,
+            "--batch-size",
+            "4",
+            "--decode-batch",
+            "4",
+        ]
+    )
     before = set(_tag_worker_pids())
     job.start()
     _wait_for(lambda: _busy_new_worker(before), 150, "the pipeline to work")
@@ -258,8 +291,12 @@ def _mount_tmpfs(where: Path, size_kb: int) -> bool:
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(where)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.mark.slow
@@ -278,8 +315,7 @@ def test_full_output_disk_is_one_clear_error_and_nothing_is_committed(ray_local,
         code = tag_main(["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model])
         err = capsys.readouterr().err
         line = [ln for ln in err.splitlines() if ln.startswith("landmark tag: error:")]
-        assert code == 1 and len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], \
-            err[-2000:]
+        assert code == 1 and len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], err[-2000:]
         print(line[0])
         assert tagstore.runs(out) == [] and tagstore.read(out).num_rows == 0
     finally:
@@ -330,7 +366,7 @@ def _jpeg_with_gps(jpeg: bytes, entries, gps_offset: int | None = None) -> bytes
 def _claims_size(jpeg: bytes, width: int, height: int) -> bytes:
     """The JPEG with its SOF0 header claiming width x height (the data stays 64x48: a decompression bomb)."""
     at = jpeg.index(b"\xff\xc0")
-    return jpeg[:at + 5] + pack(">HH", height, width) + jpeg[at + 9:]
+    return jpeg[: at + 5] + pack(">HH", height, width) + jpeg[at + 9 :]
 
 
 def _bad_inputs() -> dict[str, tuple[bytes, dict, str | None]]:
@@ -354,26 +390,40 @@ def _bad_inputs() -> dict[str, tuple[bytes, dict, str | None]]:
         "bad/octet.jpg": (jpeg, {"ContentType": "application/octet-stream"}, None),
         "bad/over-max-pixels.jpg": (big.getvalue(), {}, "too_large"),  # 1.2 MP > --max-pixels 1 MP
         "bad/claims-600-megapixels.jpg": (_claims_size(jpeg, 30000, 20000), {}, "too_large"),
-        "bad/gps-zero-denominators.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"),
-                                                               (2, 5, 3, _rat((48, 0), (51, 0), (30, 0)))] + lon),
-                                          {}, None),
-        "bad/gps-latitude-123.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"),
-                                                          (2, 5, 3, _rat((123, 1), (0, 1), (0, 1)))] + lon), {}, None),
-        "bad/gps-latitude-is-text.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 2, 8, b"garbage\0")] + lon),
-                                         {}, None),
-        "bad/gps-two-values.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 5, 2, _rat((48, 1), (51, 1)))]
-                                                  + lon), {}, None),
-        "bad/gps-huge-count.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"),
-                                                        (2, 5, 0x0FFFFFFF, _rat((48, 1), (51, 1), (30, 1)))] + lon),
-                                   {}, None),
+        "bad/gps-zero-denominators.jpg": (
+            _jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 5, 3, _rat((48, 0), (51, 0), (30, 0)))] + lon),
+            {},
+            None,
+        ),
+        "bad/gps-latitude-123.jpg": (
+            _jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 5, 3, _rat((123, 1), (0, 1), (0, 1)))] + lon),
+            {},
+            None,
+        ),
+        "bad/gps-latitude-is-text.jpg": (
+            _jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 2, 8, b"garbage\0")] + lon),
+            {},
+            None,
+        ),
+        "bad/gps-two-values.jpg": (
+            _jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 5, 2, _rat((48, 1), (51, 1)))] + lon),
+            {},
+            None,
+        ),
+        "bad/gps-huge-count.jpg": (
+            _jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0"), (2, 5, 0x0FFFFFFF, _rat((48, 1), (51, 1), (30, 1)))] + lon),
+            {},
+            None,
+        ),
         "bad/gps-ifd-past-end.jpg": (_jpeg_with_gps(jpeg, [(1, 2, 2, b"N\0")], gps_offset=0x7FFFFFF0), {}, None),
     }
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(ray_local, s3, s3_bucket,
-                                                                               monkeypatch, small_model, tmp_path):
+def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(
+    ray_local, s3, s3_bucket, monkeypatch, small_model, tmp_path
+):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     client = s3.client()
@@ -384,8 +434,18 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(r
     assert listed == set(cases)  # the store kept every key as written
     out = f"s3://{s3_bucket}/tags"
     opts = storage.S3Options(endpoint=s3.endpoint)
-    summary = tag_run(TagConfig(input=f"s3://{s3_bucket}/bad", output=out, model=small_model, k=3,
-                                s3_endpoint=s3.endpoint, max_pixels=1_000_000, batch_size=4, decode_batch=4))
+    summary = tag_run(
+        TagConfig(
+            input=f"s3://{s3_bucket}/bad",
+            output=out,
+            model=small_model,
+            k=3,
+            s3_endpoint=s3.endpoint,
+            max_pixels=1_000_000,
+            batch_size=4,
+            decode_batch=4,
+        )
+    )
     table = tagstore.read(out, opts=opts)
     _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in cases})
     rows = {r["uri"].split(f"s3://{s3_bucket}/", 1)[1]: r for r in table.to_pylist()}
@@ -402,8 +462,12 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(r
     # `..` and `.` segments: SeaweedFS refuses such keys (AWS S3 stores them), so they reach the job through a
     # manifest; each is still exactly one row, failed with the store's reason, next to a good and a missing uri
     good = f"s3://{s3_bucket}/bad/UPPER.JPEG"
-    odd = [f"s3://{s3_bucket}/bad/x/../UPPER.JPEG", f"s3://{s3_bucket}/bad/./UPPER.JPEG",
-           f"s3://{s3_bucket}/../../etc/passwd.jpg", f"s3://{s3_bucket}/bad/missing.jpg"]
+    odd = [
+        f"s3://{s3_bucket}/bad/x/../UPPER.JPEG",
+        f"s3://{s3_bucket}/bad/./UPPER.JPEG",
+        f"s3://{s3_bucket}/../../etc/passwd.jpg",
+        f"s3://{s3_bucket}/bad/missing.jpg",
+    ]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join([good] + odd) + "\n")
     out2 = f"s3://{s3_bucket}/tags2"
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=out2, model=small_model, s3_endpoint=s3.endpoint))
@@ -418,14 +482,17 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(r
 # ---------------------------------------------------------------- bad configuration fails fast
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--actors", "0"], "--actors"),
-    (["--max-pixels", "0"], "--max-pixels"),
-    (["--decode-batch", "-1"], "--decode-batch"),
-    (["--input", "s3://Bad_Bucket/x"], "--input"),
-    (["--input", "s3://"], "--input"),
-    (["--input", "gs://bucket/photos"], "--input"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--actors", "0"], "--actors"),
+        (["--max-pixels", "0"], "--max-pixels"),
+        (["--decode-batch", "-1"], "--decode-batch"),
+        (["--input", "s3://Bad_Bucket/x"], "--input"),
+        (["--input", "s3://"], "--input"),
+        (["--input", "gs://bucket/photos"], "--input"),
+    ],
+)
 def test_more_bad_arguments_fail_fast_naming_the_flag(argv, needle, small_model, tmp_path, capsys):
     base = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", small_model]
     t0 = time.monotonic()
@@ -454,13 +521,34 @@ def test_corrupt_model_artifact_is_one_line_naming_model(damage, small_model, tm
 def test_unreachable_endpoint_fails_in_seconds_naming_it(small_model, tmp_path):
     """The real CLI in a fresh process: exit 2 and one line naming --input and the endpoint, no traceback."""
     endpoint = f"http://127.0.0.1:{_closed_port()}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "RAY_ADDRESS": "local",
-           "AWS_ACCESS_KEY_ID": "AKEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example-secret-0000000000",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+        "RAY_ADDRESS": "local",
+        "AWS_ACCESS_KEY_ID": "AKEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "example-secret-0000000000",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     t0 = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "jobs.tag", "--input", "s3://photos/2026-11-24/", "--output",
-                        str(tmp_path / "tags"), "--model", small_model, "--s3-endpoint", endpoint],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.tag",
+            "--input",
+            "s3://photos/2026-11-24/",
+            "--output",
+            str(tmp_path / "tags"),
+            "--model",
+            small_model,
+            "--s3-endpoint",
+            endpoint,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     took = time.monotonic() - t0
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1, p.stderr[-3000:]
@@ -469,29 +557,40 @@ def test_unreachable_endpoint_fails_in_seconds_naming_it(small_model, tmp_path):
     assert not (tmp_path / "tags").exists()
 
 
-def test_unreachable_endpoint_for_output_and_for_training_fails_in_seconds(small_model, tmp_path, capsys,
-                                                                           monkeypatch):
+def test_unreachable_endpoint_for_output_and_for_training_fails_in_seconds(small_model, tmp_path, capsys, monkeypatch):
     from jobs.train import main as train_main
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "example-secret-0000000000")
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     t0 = time.monotonic()
-    rc = tag_main(["--input", str(tmp_path), "--output", "s3://tags/landmarks", "--model", small_model,
-                   "--s3-endpoint", endpoint])
+    rc = tag_main(
+        ["--input", str(tmp_path), "--output", "s3://tags/landmarks", "--model", small_model, "--s3-endpoint", endpoint]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "--output s3://tags/landmarks" in err and endpoint in err, err
     assert time.monotonic() - t0 < 15  # pyarrow's own retries took 33 s here before the probe
     t0 = time.monotonic()
-    rc = train_main(["--data", "s3://photos/train", "--output", str(tmp_path / "m"), "--storage",
-                     str(tmp_path / "ckpt"), "--s3-endpoint", endpoint])
+    rc = train_main(
+        [
+            "--data",
+            "s3://photos/train",
+            "--output",
+            str(tmp_path / "m"),
+            "--storage",
+            str(tmp_path / "ckpt"),
+            "--s3-endpoint",
+            endpoint,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "--data s3://photos/train" in err and endpoint in err, err
     assert time.monotonic() - t0 < 15
 
 
-def test_wrong_credentials_and_missing_buckets_are_one_clear_line(s3, s3_bucket, monkeypatch, small_model,
-                                                                   tmp_path, capsys):
+def test_wrong_credentials_and_missing_buckets_are_one_clear_line(
+    s3, s3_bucket, monkeypatch, small_model, tmp_path, capsys
+):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     s3.client().put_object(Bucket=s3_bucket, Key="up/a.jpg", Body=_jpegs()[0])
@@ -560,24 +659,65 @@ def test_planted_secret_appears_in_no_output_log_or_file(make_tiny_artifact, bad
         bad_dir, expected = bad_corpus
         objects.update({f"up/bad/{n}": (bad_dir / n).read_bytes() for n in expected})
         _put_many(client, "leak", objects)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
-               **{k: v for k, v in srv.env().items() if k != "AWS_ENDPOINT_URL_S3"},
-               "RAY_ADDRESS": "local", "RAY_TMPDIR": str(ray_tmp)}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            **{k: v for k, v in srv.env().items() if k != "AWS_ENDPOINT_URL_S3"},
+            "RAY_ADDRESS": "local",
+            "RAY_TMPDIR": str(ray_tmp),
+        }
         try:
-            ok = subprocess.run([sys.executable, "-m", "jobs.tag", "--input", "s3://leak/up", "--output",
-                                 "s3://leak/tags", "--model", str(model), "--s3-endpoint", srv.endpoint,
-                                 "--batch-size", "8", "--decode-batch", "8"],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            ok = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "jobs.tag",
+                    "--input",
+                    "s3://leak/up",
+                    "--output",
+                    "s3://leak/tags",
+                    "--model",
+                    str(model),
+                    "--s3-endpoint",
+                    srv.endpoint,
+                    "--batch-size",
+                    "8",
+                    "--decode-batch",
+                    "8",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-3000:]
-            failing = subprocess.run([sys.executable, "-m", "jobs.tag", "--input", "s3://leak/up", "--output",
-                                      "s3://leak/tags", "--model", str(model), "--s3-endpoint",
-                                      f"http://127.0.0.1:{_closed_port()}"],
-                                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+            failing = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "jobs.tag",
+                    "--input",
+                    "s3://leak/up",
+                    "--output",
+                    "s3://leak/tags",
+                    "--model",
+                    str(model),
+                    "--s3-endpoint",
+                    f"http://127.0.0.1:{_closed_port()}",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert failing.returncode == 2
             # every object the job wrote (Parquet, the Delta log with the run's summary) and the rest of the bucket
-            stored = {o["Key"]: client.get_object(Bucket="leak", Key=o["Key"])["Body"].read()
-                      for page in client.get_paginator("list_objects_v2").paginate(Bucket="leak")
-                      for o in page.get("Contents", [])}
+            stored = {
+                o["Key"]: client.get_object(Bucket="leak", Key=o["Key"])["Body"].read()
+                for page in client.get_paginator("list_objects_v2").paginate(Bucket="leak")
+                for o in page.get("Contents", [])
+            }
             written = [k for k in stored if k.startswith("tags/")]
             assert any(k.endswith(".parquet") for k in written)
             assert any("/_delta_log/" in k and b"landmark.run" in stored[k] for k in written)
@@ -591,8 +731,10 @@ def test_planted_secret_appears_in_no_output_log_or_file(make_tiny_artifact, bad
             # the search does find the secret where it is meant to be: the server's own identities file
             assert str(srv.config_path) in _files_containing(srv.base_dir, needles)[1]
             assert not (leaks + model_hits + ray_hits), leaks + model_hits + ray_hits
-            print(f"searched {len(stored)} objects ({len(written)} written by the job), {n_model} model files, "
-                  f"{n_ray} Ray session files, and {len(outputs)} characters of job output: no secret")
+            print(
+                f"searched {len(stored)} objects ({len(written)} written by the job), {n_model} model files, "
+                f"{n_ray} Ray session files, and {len(outputs)} characters of job output: no secret"
+            )
         finally:
             shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -618,8 +760,16 @@ def test_pickle_weights_are_refused_unless_trusted(tmp_path, capsys):
     torch.save({**state, "x": Payload(marker)}, evil)
     torch.save({"state_dict": state, "meta": _Meta()}, ckpt)
     (tmp_path / "data").mkdir()
-    base = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "m"), "--storage", str(tmp_path / "s"),
-            "--model", "resnet18"]
+    base = [
+        "--data",
+        str(tmp_path / "data"),
+        "--output",
+        str(tmp_path / "m"),
+        "--storage",
+        str(tmp_path / "s"),
+        "--model",
+        "resnet18",
+    ]
 
     # refused by `landmark train` before any Ray work, with one line naming --weights and --trust-pickle
     assert train_main(base + ["--weights", str(evil)]) == 2
@@ -664,8 +814,9 @@ def _peak_rss_while(job: _Job, exclude: int | None) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_load_every_photo_accounted_for_memory_bounded(ray_local, s3, s3_bucket, monkeypatch, small_model,
-                                                       record_property):
+def test_load_every_photo_accounted_for_memory_bounded(
+    ray_local, s3, s3_bucket, monkeypatch, small_model, record_property
+):
     """LANDMARK_LOAD_N photos (default 4000) from S3 in one run, after a run of a quarter as many: every photo
     is one row, and the process tree's peak memory (this test process, Ray; not the S3 server) does not grow
     with the number of photos. Prints wall time, images/s and peak RSS of both runs."""
@@ -680,8 +831,9 @@ def test_load_every_photo_accounted_for_memory_bounded(ray_local, s3, s3_bucket,
     results = {}
     for name, prefix, count in (("1x", "load/a", n // 4), ("4x", "load", n)):
         out = f"s3://{s3_bucket}/tags-{name}"
-        job = _Job(TagConfig(input=f"s3://{s3_bucket}/{prefix}", output=out, model=small_model, k=3,
-                             s3_endpoint=s3.endpoint))
+        job = _Job(
+            TagConfig(input=f"s3://{s3_bucket}/{prefix}", output=out, model=small_model, k=3, s3_endpoint=s3.endpoint)
+        )
         t0 = time.monotonic()
         job.start()
         peak = _peak_rss_while(job, s3.pid)
@@ -691,8 +843,13 @@ def test_load_every_photo_accounted_for_memory_bounded(ray_local, s3, s3_bucket,
         uris = table.column("uri").to_pylist()
         assert len(uris) == len(set(uris)) == count == summary["counts"]["total"]
         assert summary["counts"]["failed"] == 0
-        results[name] = {"photos": count, "wall_s": round(wall, 1), "images_per_s": round(count / wall, 1),
-                         "pipeline_images_per_s": summary["images_per_second"], "peak_rss_mb": round(peak / 2**20)}
+        results[name] = {
+            "photos": count,
+            "wall_s": round(wall, 1),
+            "images_per_s": round(count / wall, 1),
+            "pipeline_images_per_s": summary["images_per_second"],
+            "peak_rss_mb": round(peak / 2**20),
+        }
         print(f"[load] {name}: {results[name]}")
         record_property(f"load_{name}", results[name])
     assert results["4x"]["peak_rss_mb"] < 1.3 * results["1x"]["peak_rss_mb"] + 300, results

@@ -23,32 +23,65 @@ from tests.cli_asserts import assert_error_names
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T1 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
 T2 = datetime(2026, 11, 22, 6, 0, tzinfo=timezone.utc)
-PLACES = {"tower": ("Eiffel Tower", 48.8584, 2.2945), "bridge": ("Golden Gate Bridge", 37.8199, -122.4783),
-          "dome": ("St Peter's Basilica", 41.9022, 12.4539)}
+PLACES = {
+    "tower": ("Eiffel Tower", 48.8584, 2.2945),
+    "bridge": ("Golden Gate Bridge", 37.8199, -122.4783),
+    "dome": ("St Peter's Basilica", 41.9022, 12.4539),
+}
 EVIL = '<script>alert("x")</script>&'
 
 
-def tag_row(uri: str, run_id: str, *, status: str, place=None, score=None, error=None, tagged_at=T1,
-            model_id="lm-aaaa") -> dict:
+def tag_row(
+    uri: str, run_id: str, *, status: str, place=None, score=None, error=None, tagged_at=T1, model_id="lm-aaaa"
+) -> dict:
     name, lat, lon = place if place else (None, None, None)
-    tags = None if status == "failed" else [
-        {"name": name or "Eiffel Tower", "score": score, "lat": lat, "lon": lon},
-        {"name": "Big Ben", "score": 0.02, "lat": 51.5007, "lon": -0.1246}]
-    return {"uri": uri, "size_bytes": 1, "etag": None, "sha256": None, "status": status, "error": error,
-            "width": 320, "height": 240, "exif_lat": None, "exif_lon": None, "exif_time": None,
-            "landmark": name if status == "tagged" else None, "score": score,
-            "lat": lat if status == "tagged" else None, "lon": lon if status == "tagged" else None,
-            "tags": tags, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at}
+    tags = (
+        None
+        if status == "failed"
+        else [
+            {"name": name or "Eiffel Tower", "score": score, "lat": lat, "lon": lon},
+            {"name": "Big Ben", "score": 0.02, "lat": 51.5007, "lon": -0.1246},
+        ]
+    )
+    return {
+        "uri": uri,
+        "size_bytes": 1,
+        "etag": None,
+        "sha256": None,
+        "status": status,
+        "error": error,
+        "width": 320,
+        "height": 240,
+        "exif_lat": None,
+        "exif_lon": None,
+        "exif_time": None,
+        "landmark": name if status == "tagged" else None,
+        "score": score,
+        "lat": lat if status == "tagged" else None,
+        "lon": lon if status == "tagged" else None,
+        "tags": tags,
+        "model_id": model_id,
+        "run_id": run_id,
+        "tagged_at": tagged_at,
+    }
 
 
-def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None,
-              model_id: str) -> None:
+def write_run(root: Path, dt: str, run_id: str, rows: list[dict], *, committed_at: str | None, model_id: str) -> None:
     """One run appended to the Delta table at ``root``; ``committed_at=None`` leaves it uncommitted."""
     counts = {s: sum(r["status"] == s for r in rows) for s in tagstore.STATUSES}
-    summary = {"run_id": run_id, "dt": dt, "committed_at": committed_at, "model_id": model_id,
-               "counts": {**counts, "total": len(rows)}, "rows": len(rows), "config": {}, "timings": {}}
-    tagstore.append_run(str(root), pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), summary, dt=dt,
-                        commit=bool(committed_at))
+    summary = {
+        "run_id": run_id,
+        "dt": dt,
+        "committed_at": committed_at,
+        "model_id": model_id,
+        "counts": {**counts, "total": len(rows)},
+        "rows": len(rows),
+        "config": {},
+        "timings": {},
+    }
+    tagstore.append_run(
+        str(root), pa.Table.from_pylist(rows, schema=tagstore.TAGS_SCHEMA), summary, dt=dt, commit=bool(committed_at)
+    )
 
 
 def save_photo(path: Path, shape: str | None, seed: int) -> str:
@@ -68,21 +101,50 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     plain = save_photo(photos / "plain.jpg", None, 3)
     evil = save_photo(photos / f"{EVIL}.jpg", "tower", 4)  # a file name that must be escaped in the HTML
     root = tmp_path / "tags"
-    write_run(root, "2026-11-20", "r1", [
-        tag_row(tower, "r1", status="tagged", place=PLACES["tower"], score=0.93),
-        tag_row(bridge, "r1", status="tagged", place=PLACES["tower"], score=0.55),  # re-tagged by r2
-        tag_row(plain, "r1", status="no_landmark", score=0.21),
-    ], committed_at="2026-11-20T06:30:00+00:00", model_id="lm-aaaa")
-    write_run(root, "2026-11-22", "r2", [
-        tag_row(bridge, "r2", status="tagged", place=PLACES["bridge"], score=0.88, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row(dome, "r2", status="tagged", place=PLACES["dome"], score=0.76, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row(evil, "r2", status="tagged", place=PLACES["tower"], score=0.81, tagged_at=T2, model_id="lm-bbbb"),
-        tag_row(str(photos / "gone.jpg"), "r2", status="failed", error=f"decode: truncated {EVIL}", tagged_at=T2,
-                model_id="lm-bbbb"),
-    ], committed_at="2026-11-22T06:30:00+00:00", model_id="lm-bbbb")
-    write_run(root, "2026-11-23", "r3", [  # uncommitted: invisible
-        tag_row(tower, "r3", status="failed", error="never shown", tagged_at=T2)], committed_at=None,
-        model_id="lm-cccc")
+    write_run(
+        root,
+        "2026-11-20",
+        "r1",
+        [
+            tag_row(tower, "r1", status="tagged", place=PLACES["tower"], score=0.93),
+            tag_row(bridge, "r1", status="tagged", place=PLACES["tower"], score=0.55),  # re-tagged by r2
+            tag_row(plain, "r1", status="no_landmark", score=0.21),
+        ],
+        committed_at="2026-11-20T06:30:00+00:00",
+        model_id="lm-aaaa",
+    )
+    write_run(
+        root,
+        "2026-11-22",
+        "r2",
+        [
+            tag_row(
+                bridge, "r2", status="tagged", place=PLACES["bridge"], score=0.88, tagged_at=T2, model_id="lm-bbbb"
+            ),
+            tag_row(dome, "r2", status="tagged", place=PLACES["dome"], score=0.76, tagged_at=T2, model_id="lm-bbbb"),
+            tag_row(evil, "r2", status="tagged", place=PLACES["tower"], score=0.81, tagged_at=T2, model_id="lm-bbbb"),
+            tag_row(
+                str(photos / "gone.jpg"),
+                "r2",
+                status="failed",
+                error=f"decode: truncated {EVIL}",
+                tagged_at=T2,
+                model_id="lm-bbbb",
+            ),
+        ],
+        committed_at="2026-11-22T06:30:00+00:00",
+        model_id="lm-bbbb",
+    )
+    write_run(
+        root,
+        "2026-11-23",
+        "r3",
+        [  # uncommitted: invisible
+            tag_row(tower, "r3", status="failed", error="never shown", tagged_at=T2)
+        ],
+        committed_at=None,
+        model_id="lm-cccc",
+    )
     return {"root": str(root)}
 
 
@@ -92,8 +154,17 @@ def model_dir(tmp_path: Path) -> Path:
     (d / "report").mkdir(parents=True)
     for name in rep.MODEL_PNGS:
         Image.new("RGB", (40, 30), (200, 30, 30)).save(d / "report" / name)
-    (d / "metrics.json").write_text(json.dumps({"model_id": "lm-bbbb", "model": "efficientnet_lite0",
-                                                "test_top1": 0.9321, "epochs": 8, "secret_stuff": "no"}))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model_id": "lm-bbbb",
+                "model": "efficientnet_lite0",
+                "test_top1": 0.9321,
+                "epochs": 8,
+                "secret_stuff": "no",
+            }
+        )
+    )
     return d
 
 
@@ -106,8 +177,9 @@ def assert_png(path: Path) -> None:
 def test_write_report(store, model_dir, tmp_path):
     table = tagstore.read(store["root"])
     out = tmp_path / "report"
-    path = rep.write_report(table, out, model_dir=str(model_dir), runs=tagstore.runs(store["root"]),
-                            tags_uri=store["root"])
+    path = rep.write_report(
+        table, out, model_dir=str(model_dir), runs=tagstore.runs(store["root"]), tags_uri=store["root"]
+    )
     assert path == out / "report.html" and path.is_file()
     page = path.read_text(encoding="utf-8")
 
@@ -157,8 +229,13 @@ def test_thumbs_limit_and_missing_photo(store, tmp_path):
     table = tagstore.read(store["root"])
     # a photo deleted since it was tagged (sorts among the first two by uri): its card says so, the report is still
     # written
-    gone = tag_row(str(Path(store["root"]).parent / "photos" / "aaa-deleted.jpg"), "r2", status="tagged",
-                   place=PLACES["dome"], score=0.9)
+    gone = tag_row(
+        str(Path(store["root"]).parent / "photos" / "aaa-deleted.jpg"),
+        "r2",
+        status="tagged",
+        place=PLACES["dome"],
+        score=0.9,
+    )
     table = pa.concat_tables([table, pa.Table.from_pylist([gone], schema=tagstore.TAGS_SCHEMA)])
     out = tmp_path / "small"
     page = rep.write_report(table, out, thumbs=2).read_text()
@@ -179,11 +256,14 @@ def test_no_committed_runs_writes_an_empty_report(tmp_path, capsys):
         assert_png(out / name)
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--thumbs", "-1"], "--thumbs"),
-    (["--s3-endpoint", "nope"], "--s3-endpoint"),
-    (["--model", "ftp://x/y"], "--model"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--thumbs", "-1"], "--thumbs"),
+        (["--s3-endpoint", "nope"], "--s3-endpoint"),
+        (["--model", "ftp://x/y"], "--model"),
+    ],
+)
 def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
     with pytest.raises(SystemExit) as e:
         rep.main(["--tags", store["root"], "--out", str(tmp_path / "o"), *argv])
@@ -203,9 +283,21 @@ def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):
     out = tmp_path / "shot-report"
     page = rep.write_report(tagstore.read(store["root"]), out, model_dir=str(model_dir))
     profile, shot = tmp_path / "chromium-profile", tmp_path / "shot.png"
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        page.as_uri(),
+    ]
     try:
         subprocess.run(cmd, check=False, timeout=60, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except subprocess.TimeoutExpired:

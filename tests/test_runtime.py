@@ -36,8 +36,12 @@ def onnx_cache(cache_root, monkeypatch):
 
 
 def _images(preset: EvalPreset, n: int = 8, seed: int = 0) -> np.ndarray:
-    return np.stack([preset.to_uint8(render_scene(SHAPES[i % len(SHAPES)], np.random.default_rng([seed, i]),
-                                                  (96, 72))) for i in range(n)])
+    return np.stack(
+        [
+            preset.to_uint8(render_scene(SHAPES[i % len(SHAPES)], np.random.default_rng([seed, i]), (96, 72)))
+            for i in range(n)
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +74,7 @@ def test_onnx_gives_the_same_top1_and_probabilities_as_torch(sharp, images):
 
 def test_onnx_batch_size_is_dynamic(sharp, images):
     fast = Predictor(sharp, k=3, runtime="onnx")
-    one_by_one = np.concatenate([fast.logits_and_embeddings(images[i:i + 1])[0] for i in range(3)])
+    one_by_one = np.concatenate([fast.logits_and_embeddings(images[i : i + 1])[0] for i in range(3)])
     np.testing.assert_allclose(one_by_one, fast.logits_and_embeddings(images[:3])[0], rtol=1e-5, atol=1e-5)
     assert fast.predict_arrays(images[:0])["status"].shape == (0,)
 
@@ -100,10 +104,14 @@ def test_efficientnet_lite0_export_matches_torch():
         net = build_model(spec)
     with torch.no_grad():
         net.head.weight.mul_(20)  # confident, varied classes
-    art = Artifact(spec=ModelSpec("efficientnet_lite0", 4, weights="none"),
-                   catalog=Catalog.from_folders(["00.Tower", "01.Arch", "02.Dome", "03.Bridge"]),
-                   preprocess=EvalPreset(), state_dict={k: v.clone() for k, v in net.state_dict().items()},
-                   temperature=1.0, abstain={"method": "msp", "threshold": 0.0})
+    art = Artifact(
+        spec=ModelSpec("efficientnet_lite0", 4, weights="none"),
+        catalog=Catalog.from_folders(["00.Tower", "01.Arch", "02.Dome", "03.Bridge"]),
+        preprocess=EvalPreset(),
+        state_dict={k: v.clone() for k, v in net.state_dict().items()},
+        temperature=1.0,
+        abstain={"method": "msp", "threshold": 0.0},
+    )
     imgs = _images(EvalPreset(), 6, seed=3)
     ref = Predictor(art, k=2, runtime="torch").logits_and_embeddings(imgs)
     fast = Predictor(art, k=2, runtime="onnx").logits_and_embeddings(imgs)
@@ -148,13 +156,15 @@ def test_artifact_loads_as_numpy(tiny_artifact):
 def test_onnx_predictor_never_imports_torch(tiny_artifact, images):
     """Start-up of the tag job's workers: with the ONNX model built, loading and predicting needs no torch."""
     Predictor(tiny_artifact.path, runtime="onnx-int8")  # builds + caches (this process has torch anyway)
-    code = ("import sys, numpy as np\n"
-            "from landmark_core.predictor import Predictor\n"
-            f"p = Predictor({tiny_artifact.path!r}, runtime='onnx-int8', threads=1)\n"
-            "out = p.predict_arrays(np.zeros((2, 224, 224, 3), np.uint8))\n"
-            "import jobs.tag\n"
-            "assert len(out['status']) == 2\n"
-            "print('torch' in sys.modules)\n")
+    code = (
+        "import sys, numpy as np\n"
+        "from landmark_core.predictor import Predictor\n"
+        f"p = Predictor({tiny_artifact.path!r}, runtime='onnx-int8', threads=1)\n"
+        "out = p.predict_arrays(np.zeros((2, 224, 224, 3), np.uint8))\n"
+        "import jobs.tag\n"
+        "assert len(out['status']) == 2\n"
+        "print('torch' in sys.modules)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
@@ -172,11 +182,23 @@ def test_bad_runtime_on_the_commands_exits_2_naming_the_flag(tiny_artifact, tmp_
     from jobs import bench, tag
     from landmark_core import predict_cli
 
-    for main, argv in ((tag.main, ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
-                                   tiny_artifact.path, "--runtime", "tflite"]),
-                       (predict_cli.main, ["--model", tiny_artifact.path, "--runtime", "tflite", "x.jpg"]),
-                       (bench.main, ["tag", "--images", str(tmp_path), "--model", tiny_artifact.path,
-                                     "--runtime", "tflite"])):
+    for main, argv in (
+        (
+            tag.main,
+            [
+                "--input",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "o"),
+                "--model",
+                tiny_artifact.path,
+                "--runtime",
+                "tflite",
+            ],
+        ),
+        (predict_cli.main, ["--model", tiny_artifact.path, "--runtime", "tflite", "x.jpg"]),
+        (bench.main, ["tag", "--images", str(tmp_path), "--model", tiny_artifact.path, "--runtime", "tflite"]),
+    ):
         with pytest.raises(SystemExit) as ei:
             main(argv)
         assert ei.value.code == 2
@@ -311,12 +333,22 @@ def test_tag_job_tasks_and_actors_give_the_same_rows(ray_local, synthetic_data, 
     tables = {}
     for compute in ("tasks", "actors"):
         out = str(tmp_path / compute)
-        s = tag_run(TagConfig(input=str(src), output=out, model=tiny_artifact.path, runtime="onnx",
-                              compute=compute, decode_batch=4, batch_size=4))
+        s = tag_run(
+            TagConfig(
+                input=str(src),
+                output=out,
+                model=tiny_artifact.path,
+                runtime="onnx",
+                compute=compute,
+                decode_batch=4,
+                batch_size=4,
+            )
+        )
         assert (s["runtime"], s["compute"], s["rows"]) == ("onnx", compute, s["listed"])
         tables[compute] = tagstore.read(out).sort_by("uri").select(["uri", "status", "landmark", "score", "error"])
     a, b = tables["tasks"].to_pylist(), tables["actors"].to_pylist()
-    assert [(r["uri"], r["status"], r["landmark"], r["error"]) for r in a] == \
-           [(r["uri"], r["status"], r["landmark"], r["error"]) for r in b]
+    assert [(r["uri"], r["status"], r["landmark"], r["error"]) for r in a] == [
+        (r["uri"], r["status"], r["landmark"], r["error"]) for r in b
+    ]
     np.testing.assert_allclose([r["score"] or 0 for r in a], [r["score"] or 0 for r in b], atol=1e-6)
     assert sum(r["status"] == "failed" for r in a) == 3 and sum(r["status"] != "failed" for r in a) == 10

@@ -272,7 +272,9 @@ def test_independent_servers_start_fast_and_ignore_ambient_aws_env(
         a.make_bucket("only-in-a")
         assert [x["Name"] for x in b.client().list_buckets()["Buckets"]] == []
         ambient = boto3.session.Session().client(
-            "s3", endpoint_url=a.endpoint, region_name="us-east-1",
+            "s3",
+            endpoint_url=a.endpoint,
+            region_name="us-east-1",
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )  # picks up the ambient env keys
         with pytest.raises(ClientError) as ei:

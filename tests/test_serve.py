@@ -57,9 +57,18 @@ def app(ray_local, model_dir, token):
     """The app with a token, 2 Tagger replicas, a 1 MB upload limit; Serve shut down after the module."""
     from ray import serve
 
-    cfg = srv.ServeConfig(model=model_dir, port=free_port(), replicas=(2, 2), cpus_per_replica=0.5,
-                          max_batch_size=8, batch_wait_ms=5, runtime=RUNTIME, token_file=token[1],
-                          max_upload_mb=1.0, request_timeout_s=20)
+    cfg = srv.ServeConfig(
+        model=model_dir,
+        port=free_port(),
+        replicas=(2, 2),
+        cpus_per_replica=0.5,
+        max_batch_size=8,
+        batch_wait_ms=5,
+        runtime=RUNTIME,
+        token_file=token[1],
+        max_upload_mb=1.0,
+        request_timeout_s=20,
+    )
     url = srv.start(cfg)
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token[0]}"
@@ -80,6 +89,7 @@ def expected(model_dir, synthetic_data, bad_corpus) -> dict:
 
 def same_answer(got: dict, want: dict) -> bool:
     """Equal but for the path (the upload's name) and float rounding across processes."""
+
     def strip(d):
         return {k: v for k, v in d.items() if k not in ("path", "score", "tags")}
 
@@ -89,12 +99,18 @@ def same_answer(got: dict, want: dict) -> bool:
         return False
     gt, wt = got["tags"] or [], want["tags"] or []
     return [t["name"] for t in gt] == [t["name"] for t in wt] and all(
-        abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(gt, wt))
+        abs(a["score"] - b["score"]) <= 1e-5 for a, b in zip(gt, wt)
+    )
 
 
 def post_photo(app, path: str, ctype: str = "image/jpeg") -> requests.Response:
-    return app["s"].post(f"{app['url']}/v1/tag", data=Path(path).read_bytes(), params={"name": Path(path).name},
-                         headers={"Content-Type": ctype}, timeout=30)
+    return app["s"].post(
+        f"{app['url']}/v1/tag",
+        data=Path(path).read_bytes(),
+        params={"name": Path(path).name},
+        headers={"Content-Type": ctype},
+        timeout=30,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the API
@@ -170,27 +186,45 @@ def test_model_health_and_docs(app, model_dir):
 def test_token_is_required_and_never_logged(app, expected, token, ray_local):
     good = expected_good(expected)
     url = app["url"]
-    for method, path in (("post", "/v1/tag"), ("post", "/v1/tag/batch"), ("get", "/v1/model"), ("get", "/"),
-                         ("get", "/docs"), ("get", "/openapi.json")):
+    for method, path in (
+        ("post", "/v1/tag"),
+        ("post", "/v1/tag/batch"),
+        ("get", "/v1/model"),
+        ("get", "/"),
+        ("get", "/docs"),
+        ("get", "/openapi.json"),
+    ):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token[0]}):
-            r = getattr(requests, method)(url + path, headers=headers, timeout=30,
-                                          **({"data": Path(good).read_bytes()} if method == "post" else {}))
+            r = getattr(requests, method)(
+                url + path,
+                headers=headers,
+                timeout=30,
+                **({"data": Path(good).read_bytes()} if method == "post" else {}),
+            )
             assert r.status_code == 401, (path, headers, r.status_code)
             assert r.json()["error"].startswith("unauthorized") and r.headers["WWW-Authenticate"] == "Bearer"
     assert post_photo(app, good).status_code == 200
     session_dir = Path(ray_local._private.worker._global_node.get_session_dir_path())
-    leaks = [p for p in session_dir.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000
-             and token[0].encode() in p.read_bytes()]
+    leaks = [
+        p
+        for p in session_dir.rglob("*")
+        if p.is_file() and p.stat().st_size < 50_000_000 and token[0].encode() in p.read_bytes()
+    ]
     assert leaks == []
 
 
 def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
     empty = tmp_path / "empty-token"
     empty.write_text("\n")
-    for argv, flag in ((["--replicas", "3,1"], "--replicas"), (["--max-batch-size", "0"], "--max-batch-size"),
-                       (["--token-file", str(tmp_path / "missing")], "--token-file"),
-                       (["--token-file", str(empty)], "--token-file"), (["--port", "70000"], "--port"),
-                       (["--max-upload-mb", "-1"], "--max-upload-mb"), (["--replicas", "a"], "--replicas")):
+    for argv, flag in (
+        (["--replicas", "3,1"], "--replicas"),
+        (["--max-batch-size", "0"], "--max-batch-size"),
+        (["--token-file", str(tmp_path / "missing")], "--token-file"),
+        (["--token-file", str(empty)], "--token-file"),
+        (["--port", "70000"], "--port"),
+        (["--max-upload-mb", "-1"], "--max-upload-mb"),
+        (["--replicas", "a"], "--replicas"),
+    ):
         with pytest.raises(SystemExit) as e:
             srv.main(["--model", model_dir, *argv])
         assert e.value.code == 2 and flag in capsys.readouterr().err
@@ -218,14 +252,25 @@ def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, 
     """An app whose batches wait 10 s to fill, with a 1 s request timeout: 503 + Retry-After, no hang."""
     from ray import serve
 
-    cfg = srv.ServeConfig(model=model_dir, replicas=(1, 1), cpus_per_replica=0.25, max_batch_size=64,
-                          batch_wait_ms=10_000, runtime=RUNTIME, request_timeout_s=1.0)
+    cfg = srv.ServeConfig(
+        model=model_dir,
+        replicas=(1, 1),
+        cpus_per_replica=0.25,
+        max_batch_size=64,
+        batch_wait_ms=10_000,
+        runtime=RUNTIME,
+        request_timeout_s=1.0,
+    )
     serve.run(srv.build_application(cfg), name="slow", route_prefix="/slow")
     try:
         base = app["url"].rsplit("/", 0)[0] + "/slow"
         t0 = time.monotonic()
-        r = requests.post(f"{base}/v1/tag", data=Path(expected_good(expected)).read_bytes(),
-                          headers={"Content-Type": "image/jpeg"}, timeout=30)
+        r = requests.post(
+            f"{base}/v1/tag",
+            data=Path(expected_good(expected)).read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=30,
+        )
         took = time.monotonic() - t0
         assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
         assert r.json()["error"].startswith("unavailable:") and took < 5
@@ -239,11 +284,25 @@ def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, 
 def cdp_browser(tmp_path: Path):
     """Headless Chromium with a DevTools port; returns (process, the DevTools websocket URL of its page)."""
     profile = tmp_path / "chromium-profile"
-    proc = subprocess.Popen([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                             "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                             "--window-size=1200,900", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-port=0",
+            "--window-size=1200,900",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     port_file = profile / "DevToolsActivePort"
     for _ in range(200):
         if port_file.exists() and port_file.read_text().strip():
@@ -325,8 +384,9 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
     proc, ws_url = cdp_browser(tmp_path)
     try:
         with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            urls, headline, rows, exif, markers, shot, no_landmark = drive_page(Cdp(ws), app, token, photo,
-                                                                                abstained, tmp_path)
+            urls, headline, rows, exif, markers, shot, no_landmark = drive_page(
+                Cdp(ws), app, token, photo, abstained, tmp_path
+            )
     finally:
         proc.kill()
         proc.wait(timeout=30)
@@ -385,8 +445,11 @@ def test_replica_killed_under_load(app, expected):
     for t in threads:
         t.start()
     time.sleep(2)
-    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "Tagger" in a["name"]
-             and "landmark" in a["name"]]
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "Tagger" in a["name"] and "landmark" in a["name"]
+    ]
     assert len(names) == 2, names
     before = seen["ok"]
     ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
@@ -396,9 +459,11 @@ def test_replica_killed_under_load(app, expected):
         t.join(timeout=60)
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
     rerouted = sum(p.read_text(errors="replace").count("because it has died") for p in logs.glob("*TagApi*"))
-    print(f"replica killed under load: {seen['ok']} right answers ({before} before the kill), "
-          f"{seen['503']} answered 503 + Retry-After, {len(seen['wrong'])} wrong; the router saw the dead replica "
-          f"{rerouted} times")
+    print(
+        f"replica killed under load: {seen['ok']} right answers ({before} before the kill), "
+        f"{seen['503']} answered 503 + Retry-After, {len(seen['wrong'])} wrong; the router saw the dead replica "
+        f"{rerouted} times"
+    )
     assert seen["wrong"] == [] and seen["other"] == [], seen
     assert seen["ok"] > before > 0
     deadline = time.monotonic() + 60  # the controller replaces the replica

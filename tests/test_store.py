@@ -23,17 +23,36 @@ T0 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
 
 
 def rows(uris: list[str], run_id: str, tagged_at: datetime, *, status="tagged", etag="e1", model_id="lm-a"):
-    return pa.Table.from_pylist([{
-        "uri": u, "etag": etag, "status": status, "error": None if status != "failed" else "read: boom",
-        "landmark": "Big Ben" if status == "tagged" else None, "score": 0.9 if status == "tagged" else None,
-        "lat": 51.5, "lon": -0.12, "model_id": model_id, "run_id": run_id, "tagged_at": tagged_at,
-    } for u in uris], schema=tagstore.TAGS_SCHEMA)
+    return pa.Table.from_pylist(
+        [
+            {
+                "uri": u,
+                "etag": etag,
+                "status": status,
+                "error": None if status != "failed" else "read: boom",
+                "landmark": "Big Ben" if status == "tagged" else None,
+                "score": 0.9 if status == "tagged" else None,
+                "lat": 51.5,
+                "lon": -0.12,
+                "model_id": model_id,
+                "run_id": run_id,
+                "tagged_at": tagged_at,
+            }
+            for u in uris
+        ],
+        schema=tagstore.TAGS_SCHEMA,
+    )
 
 
 def append(root, table, run_id, *, commit=True, opts=storage.S3Options()):
-    return tagstore.append_run(str(root), table, {"run_id": run_id, "rows": table.num_rows, "model_id": "lm-a",
-                                                  "counts": {"total": table.num_rows}}, dt="2026-11-20",
-                               opts=opts, commit=commit)
+    return tagstore.append_run(
+        str(root),
+        table,
+        {"run_id": run_id, "rows": table.num_rows, "model_id": "lm-a", "counts": {"total": table.num_rows}},
+        dt="2026-11-20",
+        opts=opts,
+        commit=commit,
+    )
 
 
 @pytest.fixture
@@ -49,8 +68,12 @@ def test_one_commit_per_run_with_its_summary_and_the_current_view(table):
     runs = tagstore.runs(table)
     assert [(r["run_id"], r["version"], r["rows"]) for r in runs] == [("r1", 1, 3), ("r2", 2, 1), ("r3", 3, 2)]
     cur = tagstore.read(table, columns=["uri", "run_id", "status"]).to_pylist()
-    assert cur == [{"uri": "a", "run_id": "r1", "status": "tagged"}, {"uri": "b", "run_id": "r2", "status": "failed"},
-                   {"uri": "c", "run_id": "r3", "status": "tagged"}, {"uri": "d", "run_id": "r3", "status": "tagged"}]
+    assert cur == [
+        {"uri": "a", "run_id": "r1", "status": "tagged"},
+        {"uri": "b", "run_id": "r2", "status": "failed"},
+        {"uri": "c", "run_id": "r3", "status": "tagged"},
+        {"uri": "d", "run_id": "r3", "status": "tagged"},
+    ]
     assert tagstore.read(table, history=True).num_rows == 6
 
 
@@ -67,8 +90,7 @@ def test_uncommitted_files_are_invisible_and_vacuum_deletes_them(table, capsys):
 
 
 def test_skip_check_is_an_anti_join_on_the_current_row(table):
-    listing = pa.table([["a", "b", "c", "d", "new"], [1] * 5, ["e1", "e1", "e1", "e2", "e1"]],
-                       schema=LISTING_SCHEMA)
+    listing = pa.table([["a", "b", "c", "d", "new"], [1] * 5, ["e1", "e1", "e1", "e2", "e1"]], schema=LISTING_SCHEMA)
     todo, skipped = pending(listing, table, "lm-a", storage.S3Options())
     # a: same etag and model; b: current row failed (retried); c: its current row has etag e2 (changed);
     # d: same; new: never tagged. The listing's order is kept.
@@ -101,9 +123,14 @@ def test_concurrent_commits_on_s3(s3, s3_bucket, monkeypatch):
     root = f"s3://{s3_bucket}/tags"
     tagstore.ensure_table(root, opts)
     with ThreadPoolExecutor(4) as pool:
-        versions = list(pool.map(lambda i: append(root, rows([f"u{i}", "shared"], f"w{i}",
-                                                             T0 + timedelta(minutes=i)), f"w{i}", opts=opts),
-                                 range(6)))
+        versions = list(
+            pool.map(
+                lambda i: append(
+                    root, rows([f"u{i}", "shared"], f"w{i}", T0 + timedelta(minutes=i)), f"w{i}", opts=opts
+                ),
+                range(6),
+            )
+        )
     assert sorted(versions) == list(range(1, 7))
     cur = tagstore.read(root, columns=["uri", "run_id"], opts=opts)
     assert cur.num_rows == 7 and cur.column("uri").to_pylist().count("shared") == 1
@@ -130,9 +157,18 @@ def write_old_run(root: Path, dt: str, run_id: str, table: pa.Table, committed_a
     d.mkdir(parents=True)
     pq.write_table(table, d / "part-0.parquet")
     if committed_at:
-        (d / "_SUCCESS").write_text(json.dumps({"run_id": run_id, "dt": dt, "committed_at": committed_at,
-                                                "model_id": "lm-a", "counts": {"total": table.num_rows},
-                                                "rows": table.num_rows}))
+        (d / "_SUCCESS").write_text(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "dt": dt,
+                    "committed_at": committed_at,
+                    "model_id": "lm-a",
+                    "counts": {"total": table.num_rows},
+                    "rows": table.num_rows,
+                }
+            )
+        )
 
 
 def test_migrate_imports_committed_runs_in_order(tmp_path, capsys):
@@ -144,7 +180,9 @@ def test_migrate_imports_committed_runs_in_order(tmp_path, capsys):
     assert st.main(["migrate", "--from", str(old), "--to", new, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"runs": 2, "imported": 2, "already_there": 0, "rows": 4}
     assert [(r["run_id"], r["committed_at"]) for r in tagstore.runs(new)] == [
-        ("o1", "2026-11-20T07:00:00+00:00"), ("o2", "2026-11-21T07:00:00")]
+        ("o1", "2026-11-20T07:00:00+00:00"),
+        ("o2", "2026-11-21T07:00:00"),
+    ]
     cur = tagstore.read(new, columns=["uri", "run_id"]).to_pylist()
     assert cur == [{"uri": "a", "run_id": "o1"}, {"uri": "b", "run_id": "o2"}, {"uri": "c", "run_id": "o2"}]
     assert st.main(["migrate", "--from", str(old), "--to", new, "--json"]) == 0  # a rerun adds nothing
@@ -159,13 +197,16 @@ def test_migrate_refuses_when_the_current_row_would_change(tmp_path, capsys):
     assert "Not migrated" in capsys.readouterr().err and not (tmp_path / "tags").exists()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["vacuum", "--table", "x"], "--retain-hours"),
-    (["vacuum", "--table", "x", "--retain-hours", "-1"], "--retain-hours must be >= 0"),
-    (["optimize", "--table", "x", "--target-mb", "0"], "--target-mb"),
-    (["history", "--table", "ftp://x/y"], "--table"),
-    (["migrate", "--from", "gs://b/old", "--to", "x"], "--from"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["vacuum", "--table", "x"], "--retain-hours"),
+        (["vacuum", "--table", "x", "--retain-hours", "-1"], "--retain-hours must be >= 0"),
+        (["optimize", "--table", "x", "--target-mb", "0"], "--target-mb"),
+        (["history", "--table", "ftp://x/y"], "--table"),
+        (["migrate", "--from", "gs://b/old", "--to", "x"], "--from"),
+    ],
+)
 def test_bad_arguments_name_the_flag(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         st.main(argv)
@@ -198,8 +239,7 @@ def test_a_reader_that_is_not_ours_reads_the_table(table):
             out["polars_runs"] = sorted(df["run_id"].unique().to_list())
         print(json.dumps(out))
     """)
-    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd="/")
+    done = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=120, cwd="/")
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout)
     assert out["version"] == 3
@@ -225,8 +265,7 @@ def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_clea
     assert todo.column("uri").to_pylist() == ["c", "d"] and skipped == 2
     append(root, rows(["c", "d"], "rerun", T0 + timedelta(days=2)), "rerun", opts=opts)
     cur = tagstore.read(root, opts=opts, columns=["uri", "run_id"])
-    assert cur.column("uri").to_pylist() == uris and cur.column("run_id").to_pylist() == ["r1", "r1", "rerun",
-                                                                                          "rerun"]
+    assert cur.column("uri").to_pylist() == uris and cur.column("run_id").to_pylist() == ["r1", "r1", "rerun", "rerun"]
     before = tagstore.read(root, opts=opts, history=True)
     deleted = st.run(st.StoreConfig("vacuum", root, retain_hours=0, s3_endpoint=s3.endpoint))
     # (the rest are the empty "directory" objects pyarrow's create_dir leaves on S3)

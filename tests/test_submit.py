@@ -35,18 +35,39 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     # The node's agents get free ports too: their defaults (e.g. the dashboard agent's 52365) are taken when
     # another Ray (the suite's `ray_local`) runs on this machine, and then no job agent ever registers.
-    agents = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-              f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=2",
-           f"--temp-dir={temp}", "--disable-usage-stats", *agents]
+    agents = [
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+    ]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--num-cpus=2",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+        *agents,
+    ]
     log = open(Path(temp) / "ray-start.log", "w")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        ready = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=_job_env(),
-                               capture_output=True, text=True, timeout=60)
+        ready = subprocess.run(
+            [str(BIN / "ray"), "job", "list", "--address", address],
+            env=_job_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if ready.returncode == 0:
             break
         if proc.poll() is not None:
@@ -84,10 +105,30 @@ def _submit(address: str, entrypoint: list[str], timeout: float = 600) -> subpro
 @pytest.mark.slow
 def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
     model = tmp_path / "model"
-    train = _submit(ray_head, ["python", "-m", "jobs.train", "--data", train_data["root"], "--output", str(model),
-                               "--storage", str(tmp_path / "ray_results"), "--model", "efficientnet_lite0",
-                               "--freeze-backbone", "--workers", "2", "--epochs", "2", "--feature-views", "1",
-                               "--no-report"])
+    train = _submit(
+        ray_head,
+        [
+            "python",
+            "-m",
+            "jobs.train",
+            "--data",
+            train_data["root"],
+            "--output",
+            str(model),
+            "--storage",
+            str(tmp_path / "ray_results"),
+            "--model",
+            "efficientnet_lite0",
+            "--freeze-backbone",
+            "--workers",
+            "2",
+            "--epochs",
+            "2",
+            "--feature-views",
+            "1",
+            "--no-report",
+        ],
+    )
     assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
     assert "succeeded" in (train.stdout + train.stderr).lower()
     from landmark_core.artifact import load
@@ -96,8 +137,20 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
     assert len(art.catalog) == 4 and art.metrics["epochs"] == 2
 
     tags = tmp_path / "tags"
-    tag = _submit(ray_head, ["python", "-m", "jobs.tag", "--input", str(Path(train_data["root"], "test")),
-                             "--output", str(tags), "--model", str(model)])
+    tag = _submit(
+        ray_head,
+        [
+            "python",
+            "-m",
+            "jobs.tag",
+            "--input",
+            str(Path(train_data["root"], "test")),
+            "--output",
+            str(tags),
+            "--model",
+            str(model),
+        ],
+    )
     assert tag.returncode == 0, (tag.stdout + tag.stderr)[-4000:]
     from landmark_core import tagstore
 
@@ -107,7 +160,6 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
 
 @pytest.mark.slow
 def test_submit_fails_for_a_bad_argument(ray_head):
-    bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"],
-                  timeout=180)
+    bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"], timeout=180)
     assert bad.returncode != 0
     assert_error_names(bad.stdout + bad.stderr, "--data")

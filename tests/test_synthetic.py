@@ -26,15 +26,34 @@ from landmark_core.synthetic import (
 
 SMALL = (96, 72)
 GPS_FRACTION, ROTATED_FRACTION = 0.5, 0.25
-DECODES = {"webp_named.jpg", "png16.png", "cmyk.jpg", "animated.gif", "broken_exif.jpg", "palette_alpha.png",
-           "la.png", "rgba.png", "tiny.bmp", "image.tiff"}
+DECODES = {
+    "webp_named.jpg",
+    "png16.png",
+    "cmyk.jpg",
+    "animated.gif",
+    "broken_exif.jpg",
+    "palette_alpha.png",
+    "la.png",
+    "rgba.png",
+    "tiny.bmp",
+    "image.tiff",
+}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("synth")
-    return generate_dataset(root, n_classes=6, train_per_class=8, test_per_class=3, val_per_class=2,
-                            image_size=SMALL, seed=0, gps_fraction=GPS_FRACTION, rotated_fraction=ROTATED_FRACTION)
+    return generate_dataset(
+        root,
+        n_classes=6,
+        train_per_class=8,
+        test_per_class=3,
+        val_per_class=2,
+        image_size=SMALL,
+        seed=0,
+        gps_fraction=GPS_FRACTION,
+        rotated_fraction=ROTATED_FRACTION,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +138,9 @@ def test_files_are_jpegs_of_varied_size(dataset):
 
 
 def test_same_seed_same_bytes(tmp_path):
-    kwargs = dict(n_classes=3, train_per_class=3, test_per_class=1, image_size=SMALL, gps_fraction=0.5,
-                  rotated_fraction=0.5)
+    kwargs = dict(
+        n_classes=3, train_per_class=3, test_per_class=1, image_size=SMALL, gps_fraction=0.5, rotated_fraction=0.5
+    )
     runs = [generate_dataset(tmp_path / name, seed=seed, **kwargs) for name, seed in (("a", 5), ("b", 5), ("c", 6))]
     a, b, c = (_files(r["root"]) for r in runs)
     assert [p.relative_to(tmp_path / "a") for p in a] == [p.relative_to(tmp_path / "b") for p in b]
@@ -232,8 +252,9 @@ def test_classes_are_learnable(tmp_path):
 
 
 def test_main_writes_dataset_and_bad_corpus(tmp_path, capsys):
-    summary = main([str(tmp_path), "--classes", "2", "--train-per-class", "2", "--test-per-class", "1",
-                    "--seed", "3", "--bad"])
+    summary = main(
+        [str(tmp_path), "--classes", "2", "--train-per-class", "2", "--test-per-class", "1", "--seed", "3", "--bad"]
+    )
     assert summary["counts"] == {"train": 4, "test": 2, "val": 0}
     assert len(_files(tmp_path)) == 6
     assert (tmp_path / "bad" / "huge_header.png").exists()
@@ -264,10 +285,18 @@ def test_valid_files_decode_with_plain_pillow(bad, name, strict_truncation):
 
 def test_valid_files_have_the_stated_formats(bad):
     dest, _ = bad
-    expect = {"webp_named.jpg": ("WEBP", "RGB"), "png16.png": ("PNG", "I;16"), "cmyk.jpg": ("JPEG", "CMYK"),
-              "animated.gif": ("GIF", "P"), "broken_exif.jpg": ("JPEG", "RGB"), "palette_alpha.png": ("PNG", "P"),
-              "la.png": ("PNG", "LA"), "rgba.png": ("PNG", "RGBA"), "tiny.bmp": ("BMP", "RGB"),
-              "image.tiff": ("TIFF", "RGB")}
+    expect = {
+        "webp_named.jpg": ("WEBP", "RGB"),
+        "png16.png": ("PNG", "I;16"),
+        "cmyk.jpg": ("JPEG", "CMYK"),
+        "animated.gif": ("GIF", "P"),
+        "broken_exif.jpg": ("JPEG", "RGB"),
+        "palette_alpha.png": ("PNG", "P"),
+        "la.png": ("PNG", "LA"),
+        "rgba.png": ("PNG", "RGBA"),
+        "tiny.bmp": ("BMP", "RGB"),
+        "image.tiff": ("TIFF", "RGB"),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # broken_exif.jpg
         for name, (fmt, mode) in expect.items():

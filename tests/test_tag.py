@@ -49,11 +49,15 @@ def _check_exactly_once(table, uris: set[str]) -> None:
 def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, tiny_artifact, tmp_path, capsys):
     src, expected_bad = photos
     out = str(tmp_path / "tags")
-    cfg = TagConfig(input=str(src), output=out, model=tiny_artifact.path, k=3, batch_size=8, decode_batch=4,
-                    stage_times=True)
+    cfg = TagConfig(
+        input=str(src), output=out, model=tiny_artifact.path, k=3, batch_size=8, decode_batch=4, stage_times=True
+    )
     summary = tag_run(cfg)
-    listed = {str(p.resolve()) for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".png", ".gif", ".bmp",
-                                                                                 ".tiff", ".webp")}
+    listed = {
+        str(p.resolve())
+        for p in src.rglob("*")
+        if p.suffix.lower() in (".jpg", ".png", ".gif", ".bmp", ".tiff", ".webp")
+    }
     table = tagstore.read(out)
     _check_exactly_once(table, listed)
     assert table.schema.equals(tagstore.TAGS_SCHEMA)
@@ -98,9 +102,9 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     third = tag_run(cfg)
     tagged_uris = set(_latest_run_uris(out, third["run_id"]))
     assert str(new.resolve()) in tagged_uris
-    assert tagged_uris - {str(new.resolve())} <= {u for u, r in zip(table.column("uri").to_pylist(),
-                                                                   table.column("status").to_pylist())
-                                                  if r == "failed"}
+    assert tagged_uris - {str(new.resolve())} <= {
+        u for u, r in zip(table.column("uri").to_pylist(), table.column("status").to_pylist()) if r == "failed"
+    }
     latest = tagstore.read(out)
     _check_exactly_once(latest, listed | {str(new.resolve())})
 
@@ -129,8 +133,14 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
         client.put_object(Bucket=s3_bucket, Key=f"uploads/2026-11-24/bad/{name}", Body=(bad_dir / name).read_bytes())
         keys.append(f"uploads/2026-11-24/bad/{name}")
     out = f"s3://{s3_bucket}/tags"
-    cfg = TagConfig(input=f"s3://{s3_bucket}/uploads/2026-11-24", output=out, model=tiny_artifact.path,
-                    s3_endpoint=s3.endpoint, batch_size=8, decode_batch=4)
+    cfg = TagConfig(
+        input=f"s3://{s3_bucket}/uploads/2026-11-24",
+        output=out,
+        model=tiny_artifact.path,
+        s3_endpoint=s3.endpoint,
+        batch_size=8,
+        decode_batch=4,
+    )
     summary = tag_run(cfg)
     opts = storage.S3Options(endpoint=s3.endpoint)
     table = tagstore.read(out, opts=opts)
@@ -168,22 +178,44 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
 
 
 def _tag_cmd(src: Path, out: Path, model: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "jobs.tag", "--input", str(src), "--output", str(out), "--model", model,
-            "--decode-batch", "2", "--batch-size", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "jobs.tag",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--model",
+        model,
+        "--decode-batch",
+        "2",
+        "--batch-size",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.mark.slow
 def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artifact, tmp_path):
     from landmark_core.synthetic import generate_dataset
 
-    generate_dataset(tmp_path / "src", n_classes=3, train_per_class=150, test_per_class=0, image_size=(320, 240),
-                     seed=5)
+    generate_dataset(
+        tmp_path / "src", n_classes=3, train_per_class=150, test_per_class=0, image_size=(320, 240), seed=5
+    )
     src = tmp_path / "src" / "train"
     n = len(list(src.rglob("*.jpg")))
     out = tmp_path / "tags"
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _tag_cmd(src, out, tiny_artifact.path),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     started = threading.Event()
 
     def watch():
@@ -202,10 +234,12 @@ def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artif
     from jobs import store
 
     left = [p for p in (out / "runs").rglob("*") if p.is_file()]
-    assert store.run(store.StoreConfig("vacuum", str(out), retain_hours=0, dry_run=True)) == \
-        sorted(str(p.relative_to(out)) for p in left)  # what the killed run wrote, and only that
-    done = subprocess.run(_tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    assert store.run(store.StoreConfig("vacuum", str(out), retain_hours=0, dry_run=True)) == sorted(
+        str(p.relative_to(out)) for p in left
+    )  # what the killed run wrote, and only that
+    done = subprocess.run(
+        _tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     t = tagstore.read(str(out))
     _check_exactly_once(t, {str(p.resolve()) for p in src.rglob("*.jpg")})
@@ -220,9 +254,17 @@ def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_dat
         shutil.copy(f, src / Path(f).name.replace(".jpg", f"_{Path(f).parent.name}.jpg"))
     out = tmp_path / "tags"
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    procs = [subprocess.Popen(_tag_cmd(src, out, tiny_artifact.path, "--run-id", f"concurrent{i}"), cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _tag_cmd(src, out, tiny_artifact.path, "--run-id", f"concurrent{i}"),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     runs = tagstore.runs(str(out))
@@ -234,16 +276,19 @@ def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_dat
     _check_exactly_once(tagstore.read(str(out)), {str(p.resolve()) for p in src.glob("*.jpg")})
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["-k", "0"], "-k"),
-    (["--actors", "2,1"], "--actors"),
-    (["--actors", "x"], "--actors"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--output", "s3://x/y"], "--output"),
-    (["--dt", "24-11-2026"], "--dt"),
-    (["--s3-endpoint", "ftp://h"], "--s3-endpoint"),
-    (["--min-score", "0.5", "--accept-rate", "0.9"], "--accept-rate"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["-k", "0"], "-k"),
+        (["--actors", "2,1"], "--actors"),
+        (["--actors", "x"], "--actors"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--output", "s3://x/y"], "--output"),
+        (["--dt", "24-11-2026"], "--dt"),
+        (["--s3-endpoint", "ftp://h"], "--s3-endpoint"),
+        (["--min-score", "0.5", "--accept-rate", "0.9"], "--accept-rate"),
+    ],
+)
 def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
     base = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path]
     with pytest.raises(SystemExit) as e:
@@ -257,13 +302,11 @@ def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
     assert_error_names(capsys.readouterr().err, "--model")
-    assert tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
-                     str(tmp_path / "nope")]) == 2
+    assert tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
     assert_error_names(capsys.readouterr().err, "--model")
     blocker = tmp_path / "file"
     blocker.write_text("x")
     t0 = time.time()
-    assert tag_main(["--input", str(tmp_path), "--output", str(blocker / "tags"), "--model",
-                     tiny_artifact.path]) == 2
+    assert tag_main(["--input", str(tmp_path), "--output", str(blocker / "tags"), "--model", tiny_artifact.path]) == 2
     assert_error_names(capsys.readouterr().err, "not writable")
     assert time.time() - t0 < 10

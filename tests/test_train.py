@@ -24,21 +24,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cfg(data: str, tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(data=data, output=str(tmp_path / "model"), storage=str(tmp_path / "ray_results"), workers=2,
-                batch_size=16, seed=0)
+    base = dict(
+        data=data,
+        output=str(tmp_path / "model"),
+        storage=str(tmp_path / "ray_results"),
+        workers=2,
+        batch_size=16,
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
 
 @pytest.mark.slow
 def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, tmp_path, capfd):
-    cfg = _cfg(train_data["root"], tmp_path, model="efficientnet_lite0", freeze_backbone=True, epochs=3,
-               feature_views=2)
+    cfg = _cfg(
+        train_data["root"], tmp_path, model="efficientnet_lite0", freeze_backbone=True, epochs=3, feature_views=2
+    )
     metrics = train_run(cfg)
     out = Path(cfg.output)
     saved = json.loads((out / "metrics.json").read_text())
-    for key in ("test_top1", "test_top5", "test_ece", "val_top1", "epochs", "train_seconds", "images_per_second",
-                "temperature", "abstain_threshold", "model_id"):
+    for key in (
+        "test_top1",
+        "test_top5",
+        "test_ece",
+        "val_top1",
+        "epochs",
+        "train_seconds",
+        "images_per_second",
+        "temperature",
+        "abstain_threshold",
+        "model_id",
+    ):
         assert key in saved, key
     assert saved["epochs"] == 3 and metrics["model_id"] == saved["model_id"]
     assert saved["test_top1"] >= 0.75, saved  # ImageNet features separate the synthetic structures
@@ -53,7 +70,10 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     assert art.extra_tensors["gallery"].shape[0] == len(art.extra_tensors["gallery_labels"]) > 0
     assert {"val_logits", "val_emb", "val_labels"} <= set(art.extra_tensors)
     assert saved["recognizer"] == art.recognizer["mode"] and set(saved["recognizer_val_top1"]) == {
-        "head", "both", "gallery"}
+        "head",
+        "both",
+        "gallery",
+    }
     # one console line per epoch with loss, accuracy and images/s
     printed = capfd.readouterr()
     lines = [ln for ln in (printed.out + printed.err).splitlines() if "[train] epoch" in ln]
@@ -77,10 +97,20 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
 def test_scratch_cnn_learns_the_synthetic_set(ray_local, tmp_path):
     from landmark_core.synthetic import generate_dataset
 
-    generate_dataset(tmp_path / "data", n_classes=5, train_per_class=48, test_per_class=16, image_size=(128, 96),
-                     seed=11)
-    cfg = _cfg(str(tmp_path / "data"), tmp_path, model="scratch", epochs=30, image_size=96, batch_size=32,
-               patience=30, feature_views=1, report=False)
+    generate_dataset(
+        tmp_path / "data", n_classes=5, train_per_class=48, test_per_class=16, image_size=(128, 96), seed=11
+    )
+    cfg = _cfg(
+        str(tmp_path / "data"),
+        tmp_path,
+        model="scratch",
+        epochs=30,
+        image_size=96,
+        batch_size=32,
+        patience=30,
+        feature_views=1,
+        report=False,
+    )
     metrics = train_run(cfg)
     assert metrics["test_top1"] >= 0.90, metrics
 
@@ -111,8 +141,16 @@ def _train_worker_pids() -> list[int]:
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_last_checkpoint(ray_local, train_data, tmp_path):
-    cfg = _cfg(train_data["root"], tmp_path, model="scratch", epochs=14, image_size=64, patience=100,
-               max_failures=2, report=False)
+    cfg = _cfg(
+        train_data["root"],
+        tmp_path,
+        model="scratch",
+        epochs=14,
+        image_size=64,
+        patience=100,
+        max_failures=2,
+        report=False,
+    )
     result: dict = {}
     t = threading.Thread(target=lambda: result.setdefault("metrics", train_run(cfg)), daemon=True)
     t.start()
@@ -135,12 +173,32 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, train_data, tmp_p
 @pytest.mark.slow
 def test_killed_driver_continues_with_resume(train_data, tmp_path):
     """Kill the whole driver process group mid-run; `--resume` picks up the last checkpoint."""
-    args = [sys.executable, "-m", "jobs.train", "--data", train_data["root"], "--output", str(tmp_path / "model"),
-            "--storage", str(tmp_path / "ray_results"), "--model", "scratch", "--workers", "1", "--epochs", "10",
-            "--image-size", "64", "--patience", "100", "--no-report"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.train",
+        "--data",
+        train_data["root"],
+        "--output",
+        str(tmp_path / "model"),
+        "--storage",
+        str(tmp_path / "ray_results"),
+        "--model",
+        "scratch",
+        "--workers",
+        "1",
+        "--epochs",
+        "10",
+        "--image-size",
+        "64",
+        "--patience",
+        "100",
+        "--no-report",
+    ]
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_for_checkpoint(tmp_path / "ray_results", 2, timeout=240, alive=lambda: proc.poll() is None)
     finally:
@@ -154,17 +212,20 @@ def test_killed_driver_continues_with_resume(train_data, tmp_path):
     assert "resumed from checkpoint after epoch" in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["--model", "vgg_nonexistent"], "--model"),
-    (["--workers", "0"], "--workers"),
-    (["--epochs", "-1"], "--epochs"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--accept-rate", "1.5"], "--accept-rate"),
-    (["--output", "s3://Bad_Bucket/x"], "--output"),
-    (["--storage", "gs://bucket/x"], "--storage"),
-    (["--s3-endpoint", "localhost:9000"], "--s3-endpoint"),
-    (["--model", "scratch", "--freeze-backbone"], "--freeze-backbone"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--model", "vgg_nonexistent"], "--model"),
+        (["--workers", "0"], "--workers"),
+        (["--epochs", "-1"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--accept-rate", "1.5"], "--accept-rate"),
+        (["--output", "s3://Bad_Bucket/x"], "--output"),
+        (["--storage", "gs://bucket/x"], "--storage"),
+        (["--s3-endpoint", "localhost:9000"], "--s3-endpoint"),
+        (["--model", "scratch", "--freeze-backbone"], "--freeze-backbone"),
+    ],
+)
 def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys):
     base = ["--data", train_data["root"], "--output", str(tmp_path / "m")]
     t0 = time.time()
@@ -194,12 +255,23 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     from jobs.eval import EvalConfig, run as eval_run
     from landmark_core.synthetic import generate_negatives
 
-    neg = generate_negatives(tmp_path / "neg", shapes=("pyramid", "wheel", "castle"), scenes=24, per_shape=16,
-                             image_size=(160, 120))
-    held_out = generate_negatives(tmp_path / "held_out", shapes=("lighthouse", "columns"), scenes=12, per_shape=12,
-                                  image_size=(160, 120), seed=9)
-    cfg = _cfg(train_data["root"], tmp_path, model="efficientnet_lite0", epochs=2, probe_epochs=5, image_size=96,
-               negatives=(neg["root"],), max_wrong_rate=0.05, report=False)
+    neg = generate_negatives(
+        tmp_path / "neg", shapes=("pyramid", "wheel", "castle"), scenes=24, per_shape=16, image_size=(160, 120)
+    )
+    held_out = generate_negatives(
+        tmp_path / "held_out", shapes=("lighthouse", "columns"), scenes=12, per_shape=12, image_size=(160, 120), seed=9
+    )
+    cfg = _cfg(
+        train_data["root"],
+        tmp_path,
+        model="efficientnet_lite0",
+        epochs=2,
+        probe_epochs=5,
+        image_size=96,
+        negatives=(neg["root"],),
+        max_wrong_rate=0.05,
+        report=False,
+    )
     metrics = train_run(cfg)
     art = load_artifact(cfg.output)
     assert art.abstain["method"] == "openworld" and art.abstain["max_wrong_rate"] == 0.05
@@ -209,9 +281,14 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     n_train_neg = sum(neg["folders"].values()) - len(art.extra_tensors["neg_fit_scores"])
     assert art.extra_tensors["distractors"].shape[0] == n_train_neg  # the training part became distractors
     assert metrics["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
-    result = eval_run(EvalConfig(model=cfg.output, known=str(Path(train_data["root"], "test")),
-                                 unknown=tuple(str(Path(held_out["root"], f)) for f in held_out["folders"]),
-                                 runtime="torch"))
+    result = eval_run(
+        EvalConfig(
+            model=cfg.output,
+            known=str(Path(train_data["root"], "test")),
+            unknown=tuple(str(Path(held_out["root"], f)) for f in held_out["folders"]),
+            runtime="torch",
+        )
+    )
     s = result["summary"]
     # every known photo is right, abstained or wrong; the score is a probability among tagged photos
     assert s["known_right"] + s["known_abstained"] + s["known_wrong"] == pytest.approx(1.0)

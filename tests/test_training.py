@@ -33,9 +33,15 @@ def test_checkpoint_round_trips_the_grad_scaler_state(tmp_path):
     net = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    save_checkpoint_dir(tmp_path, net_state=net.state_dict(), best_state=net.state_dict(),
-                        optim_state=opt.state_dict(), sched_state=sched.state_dict(),
-                        scaler_state=saved, state=TrainState(epoch=2, history=[]))
+    save_checkpoint_dir(
+        tmp_path,
+        net_state=net.state_dict(),
+        best_state=net.state_dict(),
+        optim_state=opt.state_dict(),
+        sched_state=sched.state_dict(),
+        scaler_state=saved,
+        state=TrainState(epoch=2, history=[]),
+    )
 
     _, _, optim, state = load_checkpoint_dir(tmp_path)
     assert state.epoch == 2 and optim["scaler"] == saved
@@ -52,10 +58,15 @@ def test_worker_resumes_with_the_checkpointed_loss_scale(tmp_path):
 
     net = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    save_checkpoint_dir(tmp_path, net_state=net.state_dict(), best_state=net.state_dict(),
-                        optim_state=opt.state_dict(), sched_state=torch.optim.lr_scheduler.LambdaLR(
-                            opt, lambda s: 1.0).state_dict(),
-                        scaler_state=_stepped_scaler().state_dict(), state=TrainState(epoch=4, history=[]))
+    save_checkpoint_dir(
+        tmp_path,
+        net_state=net.state_dict(),
+        best_state=net.state_dict(),
+        optim_state=opt.state_dict(),
+        sched_state=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0).state_dict(),
+        scaler_state=_stepped_scaler().state_dict(),
+        state=TrainState(epoch=4, history=[]),
+    )
     w = Worker.__new__(Worker)
     w.rank, w.net = 0, torch.nn.Linear(3, 1)
     w.optimizer = torch.optim.SGD(w.net.parameters(), lr=0.1)
@@ -68,14 +79,27 @@ def test_worker_resumes_with_the_checkpointed_loss_scale(tmp_path):
 
 def test_final_checkpoint_has_no_optimiser_and_a_disabled_scaler_saves_nothing(tmp_path):
     net = torch.nn.Linear(3, 1)
-    save_checkpoint_dir(tmp_path / "final", net_state=net.state_dict(), best_state=net.state_dict(),
-                        optim_state=None, sched_state=None, scaler_state={}, state=TrainState(history=[]))
+    save_checkpoint_dir(
+        tmp_path / "final",
+        net_state=net.state_dict(),
+        best_state=net.state_dict(),
+        optim_state=None,
+        sched_state=None,
+        scaler_state={},
+        state=TrainState(history=[]),
+    )
     assert load_checkpoint_dir(tmp_path / "final")[2] is None
     off = torch.amp.GradScaler("cpu", enabled=False)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    save_checkpoint_dir(tmp_path / "off", net_state=net.state_dict(), best_state=net.state_dict(),
-                        optim_state=opt.state_dict(), sched_state=None, scaler_state=off.state_dict(),
-                        state=TrainState(history=[]))
+    save_checkpoint_dir(
+        tmp_path / "off",
+        net_state=net.state_dict(),
+        best_state=net.state_dict(),
+        optim_state=opt.state_dict(),
+        sched_state=None,
+        scaler_state=off.state_dict(),
+        state=TrainState(history=[]),
+    )
     assert load_checkpoint_dir(tmp_path / "off")[2]["scaler"] == {}  # the worker skips loading it
 
 
@@ -92,22 +116,30 @@ def test_finalize_reports_the_best_epoch_the_worker_kept(synthetic_data, tmp_pat
 
     data = load_labelled(synthetic_data["root"], seed=0)
     n = len(data.catalog)
-    cfg = TrainConfig(data=synthetic_data["root"], output=str(tmp_path / "model"), model="scratch", weights="none",
-                      abstain_method="msp", report=False)
-    history = [{"epoch": e, "val_loss": v, "images_per_second": 10.0}
-               for e, v in ((1, 1.0), (2, 0.5), (3, 0.49995))]
+    cfg = TrainConfig(
+        data=synthetic_data["root"],
+        output=str(tmp_path / "model"),
+        model="scratch",
+        weights="none",
+        abstain_method="msp",
+        report=False,
+    )
+    history = [{"epoch": e, "val_loss": v, "images_per_second": 10.0} for e, v in ((1, 1.0), (2, 0.5), (3, 0.49995))]
     state = TrainState(epoch=3, best_val_loss=0.5, best_epoch=2, bad_epochs=1, history=history)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     rng = np.random.default_rng(0)
 
     def split(name: str, k: int, dim: int = 8) -> dict:
-        return {f"{name}_logits": rng.normal(size=(k, n)).astype(np.float32),
-                f"{name}_emb": rng.normal(size=(k, dim)).astype(np.float32),
-                f"{name}_labels": np.arange(k) % n}
+        return {
+            f"{name}_logits": rng.normal(size=(k, n)).astype(np.float32),
+            f"{name}_emb": rng.normal(size=(k, dim)).astype(np.float32),
+            f"{name}_labels": np.arange(k) % n,
+        }
 
-    (ckpt / "eval.npz").write_bytes(to_bytes_npz(**split("val", 6), **split("test", 6), **split("train", 12),
-                                                 **split("unknown", 0)))
+    (ckpt / "eval.npz").write_bytes(
+        to_bytes_npz(**split("val", 6), **split("test", 6), **split("train", 12), **split("unknown", 0))
+    )
     (ckpt / "history.json").write_text(json.dumps(history))
     (ckpt / "state.json").write_text(json.dumps(state.to_json()))
     net = build_model(ModelSpec("scratch", n, weights="none"))
@@ -119,8 +151,9 @@ def test_finalize_reports_the_best_epoch_the_worker_kept(synthetic_data, tmp_pat
     assert json.loads((tmp_path / "model" / "metrics.json").read_text())["best_epoch"] == 2
 
 
-@pytest.mark.parametrize("freeze, model, want", [(True, "efficientnet_lite0", 3e-3), (False, "resnet18", 1e-3),
-                                                 (False, "scratch", 2e-3)])
+@pytest.mark.parametrize(
+    "freeze, model, want", [(True, "efficientnet_lite0", 3e-3), (False, "resnet18", 1e-3), (False, "scratch", 2e-3)]
+)
 def test_one_learning_rate_rule(freeze, model, want):
     from jobs.train import TrainConfig
 
