@@ -354,7 +354,7 @@ def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp
 @pytest.mark.slow
 def test_tag_run_finds_the_enrolled_landmark(ray_local, trained, enrolled, world, tmp_path):
     from jobs.tag import TagConfig, run as tag_run
-    from landmark_core.tagstore import read_committed
+    from landmark_core import tagstore
 
     photos = tmp_path / "uploads"
     photos.mkdir()
@@ -370,7 +370,7 @@ def test_tag_run_finds_the_enrolled_landmark(ray_local, trained, enrolled, world
     assert again["skipped"] == 8 and again["counts"]["total"] == 0
     summary = tag_run(TagConfig(input=str(photos), output=tags, model=enrolled["path"], runtime="torch", retag=True))
     assert summary["model_id"] == load(enrolled["path"]).model_id and summary["counts"]["failed"] == 0
-    rows = read_committed(tags).to_pylist()
+    rows = tagstore.read(tags).to_pylist()  # the current row of each photo
     new = [r for r in rows if Path(r["uri"]).name.startswith("new-")]
     assert sum(r["landmark"] == "Pyramid Plaza" for r in new) >= 3
     found = next(r for r in new if r["landmark"] == "Pyramid Plaza")
