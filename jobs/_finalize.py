@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, openworld, recognizer, storage
+from landmark_core import abstention, openworld, recognizer, runtime as rt, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc,
@@ -25,6 +25,8 @@ from landmark_core.preprocess import presets_for
 
 # Chosen by measurement on real photos (README, "Knowing when there is no landmark"): see DEFAULT_METHOD's note.
 DEFAULT_METHOD = "knn"
+# runtimes whose features differ enough from the driver's fp32 ones to need their own open-world fit
+OPEN_WORLD_RUNTIMES = ("onnx-int8",)
 
 
 def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None) -> dict:
@@ -41,7 +43,8 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     open_world = negatives is not None and bool(negatives) and len(ev.get("negfit_labels", ()))
     method = "openworld" if open_world else (DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method)
     if open_world:
-        extra, calibrator = _fit_open_world(cfg, ev, temperature, n_classes)
+        extra, fitted = _fit_open_world(cfg, ev, temperature, n_classes)
+        calibrator = fitted["calibrator"]
         score = _open_world_scorer(temperature, extra, calibrator)
     else:
         extra, calibrator = (
@@ -53,9 +56,8 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         score = _scorer(method, temperature, extra)
     val_scores = score(val_logits, ev["val_emb"])
     if open_world:
-        fit_scores = score(ev["negfit_logits"], ev["negfit_emb"])
-        by_group = _by_group(fit_scores, ev["negfit_labels"], negatives.groups)
-        threshold = openworld.threshold_for_wrong_rate(by_group, cfg.max_wrong_rate)
+        fit_scores, threshold = fitted["neg_fit_scores"], fitted["threshold"]
+        by_group = openworld.scores_by_group(fit_scores, ev["negfit_labels"], negatives.groups)
         extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
     else:
         threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
@@ -132,8 +134,11 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         },
         provenance=_provenance(cfg, run_name),
     )
+    blobs = _fit_runtimes(art, cfg, data, negatives, metrics) if open_world else {}
     opts = cfg.s3_options()
     metrics["model_id"] = save(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+    for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
+        rt.cache_model(metrics["model_id"], name, blob)
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
     storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
     if cfg.report:
@@ -151,22 +156,16 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
 
 
 def _fit_open_world(cfg, ev, temperature: float, n_classes: int) -> tuple[dict, dict]:
-    """The open-world score's banks (known training photos, training negatives as distractors) and its
-    calibrator: P(top-1 right) fitted on known validation photos (right or wrong) and held-back negatives,
-    the two sides weighted alike so that neither the few known photos nor the many negatives dominate."""
+    """The open-world score's banks (known training photos, training negatives as distractors) and its fit on
+    known validation photos and held-back negatives, on the driver's fp32 features."""
     extra = abstention.reference_tensors(
         "knn", ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes, seed=cfg.seed
     )
-    distractors = ev["negtrain_emb"].astype(np.float32) - extra["center"]
-    extra["distractors"] = (distractors / np.maximum(np.linalg.norm(distractors, axis=1, keepdims=True), 1e-12)).astype(
-        np.float32
-    )
+    extra["distractors"] = openworld.distractor_bank(ev["negtrain_emb"], extra["center"])
     x_val = openworld.features(ev["val_logits"], ev["val_emb"], temperature=temperature, extra=extra)
     x_neg = openworld.features(ev["negfit_logits"], ev["negfit_emb"], temperature=temperature, extra=extra)
-    right = (softmax(ev["val_logits"], temperature).argmax(axis=1) == ev["val_labels"]).astype(np.float64)
-    x, y = np.concatenate([x_val, x_neg]), np.concatenate([right, np.zeros(len(x_neg))])
-    weights = np.concatenate([np.full(len(x_val), len(x_neg) / max(1, len(x_val))), np.ones(len(x_neg))])
-    return extra, openworld.fit_logistic(x, y, weights=weights)
+    right = softmax(ev["val_logits"], temperature).argmax(axis=1) == ev["val_labels"]
+    return extra, openworld.fit(x_val, right, x_neg, ev["negfit_labels"], cfg.max_wrong_rate)
 
 
 def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
@@ -175,6 +174,54 @@ def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
         return openworld.prob_right(x, calibrator)
 
     return score
+
+
+def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[str, bytes]:
+    """Each runtime in OPEN_WORLD_RUNTIMES gets its own calibrator, held-back scores and threshold in the
+    artifact (the Predictor picks its runtime's); returns the ONNX models built for it."""
+    blocks, blobs = {}, {}
+    for name in OPEN_WORLD_RUNTIMES:
+        fitted, groups, blobs[name], val_right = _fit_runtime(art, name, cfg, data, negatives)
+        blocks[name] = {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"]}
+        art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
+        art.extra_tensors[f"neg_fit_groups@{name}"] = _torch(groups.astype(np.int32))
+        by_group = openworld.scores_by_group(fitted["neg_fit_scores"], groups, negatives.groups)
+        metrics.setdefault("fit_runtimes", {})[name] = {
+            "threshold": fitted["threshold"],
+            "fit_val_right": val_right,
+            "fit_wrong_rate": openworld.wrong_rate(by_group, fitted["threshold"]),
+        }
+    art.abstain["runtimes"] = blocks
+    return blobs
+
+
+def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dict, np.ndarray, bytes, float]:
+    """The open-world fit again on ``runtime``'s own features (the int8 model the CPU tag job runs), from the
+    validation photos and held-back negatives decoded as the tag job decodes them."""
+    from landmark_core.predictor import Predictor
+    from landmark_core.tagging import read_and_decode
+
+    blob = rt.model_bytes(art, runtime, use_cache=False)
+    pred = Predictor(art, runtime=runtime, onnx_model=blob)
+    uris = list(data.val.uris) + list(negatives.fit)
+    labels = np.concatenate([np.asarray(data.val.labels), np.full(len(negatives.fit), -1)])
+    groups = np.concatenate([np.full(len(data.val), -1), np.asarray(negatives.fit_groups)])
+    logits, emb, ok = [], [], []
+    for i in range(0, len(uris), 64):
+        chunk = uris[i : i + 64]
+        batch = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
+        d = read_and_decode(batch, preset=art.preprocess, opts=cfg.s3_options())
+        l_, e_ = pred.logits_and_embeddings(d["image"][d["ok"]])
+        logits.append(l_), emb.append(e_), ok.append(d["ok"])
+    logits, emb, ok = np.concatenate(logits), np.concatenate(emb), np.concatenate(ok)
+    x = openworld.features(logits, emb, temperature=art.temperature, extra=pred.extra)
+    labels, groups = labels[ok], groups[ok]
+    known = labels >= 0
+    right = softmax(logits[known], art.temperature).argmax(axis=1) == labels[known]
+    fitted = openworld.fit(x[known], right, x[~known], groups[~known], cfg.max_wrong_rate)
+    val_scores = openworld.prob_right(x[known], fitted["calibrator"])
+    val_right = float(((val_scores >= fitted["threshold"]) & right).mean()) if known.any() else float("nan")
+    return fitted, groups[~known], blob, val_right
 
 
 def _open_world_summary(ev: dict, temperature: float, threshold: float, score, open_world: bool) -> dict:
@@ -192,10 +239,6 @@ def _open_world_summary(ev: dict, temperature: float, threshold: float, score, o
     out = summary(Outcomes.concat(parts))
     out.pop("reliability")
     return out
-
-
-def _by_group(scores: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
-    return {name: scores[groups == i] for i, name in enumerate(names) if (groups == i).any()}
 
 
 def _fit_metrics(val_scores, val_logits, val_y, temperature: float, by_group: dict, threshold: float) -> dict:

@@ -3,8 +3,10 @@
 Most photos show no catalog landmark, so a softmax among catalog landmarks says nothing about whether to tag. The
 score here is a logistic model over open-set features (similarity to the catalog's training photos, to photos of
 *no* catalog landmark — the distractor bank —, the softmax's confidence and margin), fitted on a mix of known
-validation photos (right or wrong top-1) and held-back negatives. The threshold caps the share of held-back
-negatives that would get a tag (``max_wrong_rate``), per negatives group, the strictest group deciding.
+validation photos (right or wrong top-1) and held-back negatives: weighted so that both sides count alike (the
+ranking), then rescaled on the mix as it is (Platt), so that the probability holds where most photos show no
+catalog landmark. The threshold caps the share of held-back negatives that would get a tag (``max_wrong_rate``),
+the mean over the negatives' folders.
 """
 
 from __future__ import annotations
@@ -19,6 +21,18 @@ KNN_K, CLASS_KNN_K = 5, 3
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def distractor_bank(negative_embeddings: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Training negatives' embeddings, centred like the catalog bank and unit-normed: the distractor bank."""
+    return _unit(negative_embeddings.astype(np.float32) - center).astype(np.float32)
+
+
+def scores_by_group(scores: np.ndarray, groups: np.ndarray, names: list[str] | None = None) -> dict:
+    """Held-back negatives' scores per folder (keyed by name when ``names`` is given, else by group index)."""
+    groups = np.asarray(groups)
+    keys = range(len(names)) if names is not None else np.unique(groups).tolist()
+    return {(names[g] if names is not None else g): scores[groups == g] for g in keys if (groups == g).any()}
 
 
 def _kth_largest(sims: np.ndarray, k: int) -> np.ndarray:
@@ -72,9 +86,35 @@ def fit_logistic(
     }
 
 
-def prob_right(x: np.ndarray, calibrator: dict) -> np.ndarray:
+def fit_calibrator(x_known: np.ndarray, right: np.ndarray, x_negative: np.ndarray) -> dict:
+    """P(top-1 right) from known validation photos (``right``: their top-1 is right) and held-back negatives.
+
+    The logistic model is fitted with both sides weighted alike, so that the few known photos shape the ranking
+    as much as the many negatives; its logit is then rescaled (Platt: slope and intercept) on the mix unweighted,
+    because balanced weights alone would claim a 50:50 world and overstate every score."""
+    x = np.concatenate([x_known, x_negative])
+    y = np.concatenate([np.asarray(right, dtype=np.float64), np.zeros(len(x_negative))])
+    weights = np.concatenate([np.full(len(x_known), len(x_negative) / max(1, len(x_known))), np.ones(len(x_negative))])
+    cal = fit_logistic(x, y, weights=weights)
+    platt = fit_logistic(_logit(x, cal)[:, None], y, l2=1e-4)
+    cal["platt"] = [
+        platt["coef"][0] / platt["scale"][0],
+        platt["intercept"] - platt["coef"][0] * platt["mean"][0] / platt["scale"][0],
+    ]
+    return cal
+
+
+def _logit(x: np.ndarray, calibrator: dict) -> np.ndarray:
     z = (x - np.asarray(calibrator["mean"])) / np.asarray(calibrator["scale"])
-    return 1.0 / (1.0 + np.exp(-(z @ np.asarray(calibrator["coef"]) + calibrator["intercept"])))
+    return z @ np.asarray(calibrator["coef"]) + calibrator["intercept"]
+
+
+def prob_right(x: np.ndarray, calibrator: dict) -> np.ndarray:
+    t = _logit(x, calibrator)
+    if "platt" in calibrator:
+        slope, intercept = calibrator["platt"]
+        t = slope * t + intercept
+    return 1.0 / (1.0 + np.exp(-t))
 
 
 def wrong_rate(negative_scores: dict[str, np.ndarray], threshold: float) -> float:
@@ -107,3 +147,17 @@ def tag_scores(top_p: np.ndarray, p_right: np.ndarray) -> np.ndarray:
     out = (top_p * scale).astype(np.float32)
     out[:, 0] = p_right
     return out
+
+
+def fit(
+    x_known: np.ndarray, right: np.ndarray, x_negative: np.ndarray, negative_groups: np.ndarray, max_wrong_rate: float
+) -> dict:
+    """Calibrator, the held-back negatives' scores and the threshold at ``max_wrong_rate``, for one runtime's
+    features (an int8 model's features differ from fp32's enough to move the threshold)."""
+    cal = fit_calibrator(x_known, right, x_negative)
+    neg_scores = prob_right(x_negative, cal)
+    return {
+        "calibrator": cal,
+        "neg_fit_scores": neg_scores,
+        "threshold": threshold_for_wrong_rate(scores_by_group(neg_scores, negative_groups), max_wrong_rate),
+    }

@@ -86,7 +86,10 @@ class Predictor:
         self.method = art.abstain.get("method", "msp")
         self.knn_k = int(art.abstain.get("k", 5))
         self.extra = {k_: np.asarray(v) for k_, v in art.extra_tensors.items()}
-        self.calibrator = art.abstain.get("calibrator")
+        # an open-world model fitted its score again on this runtime's own features (int8): use that fit
+        self._fit = art.abstain.get("runtimes", {}).get(self.runtime, {})
+        self._neg_key = f"@{self.runtime}" if self._fit else ""
+        self.calibrator = self._fit.get("calibrator", art.abstain.get("calibrator"))
         self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
         self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
         self.net, self._onnx = None, None
@@ -117,14 +120,15 @@ class Predictor:
                     "this model was trained without --negatives, so it has no held-back negatives to "
                     "set a wrong-tag rate on; use min_score or accept_rate"
                 )
-            groups = self.extra["neg_fit_groups"]
-            scores = {g: self.extra["neg_fit_scores"][groups == g] for g in np.unique(groups)}
+            scores = openworld.scores_by_group(
+                self.extra["neg_fit_scores" + self._neg_key], self.extra["neg_fit_groups" + self._neg_key]
+            )
             return openworld.threshold_for_wrong_rate(scores, max_wrong_rate)
         if accept_rate is not None:
             if "val_scores" not in self.extra:
                 raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
             return threshold_at_accept_rate(self.extra["val_scores"], accept_rate)
-        return float(art.abstain.get("threshold", float("-inf")))
+        return float(self._fit.get("threshold", art.abstain.get("threshold", float("-inf"))))
 
     def logits_and_embeddings(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._onnx is not None:

@@ -24,6 +24,25 @@ def test_logistic_calibrator_recovers_a_known_probability():
     assert cal["features"] == list(openworld.FEATURES)
 
 
+def test_calibrator_holds_on_a_mix_where_most_photos_are_negatives():
+    """Balanced weights alone rank well but claim a 50:50 world; the Platt stage makes the score hold on the mix."""
+    rng = np.random.default_rng(3)
+    n_known, n_neg = 60, 1200
+    x_known = rng.normal(loc=1.5, size=(n_known, 2))
+    x_neg = rng.normal(loc=0.0, size=(n_neg, 2))
+    right = np.ones(n_known, bool)
+    cal = openworld.fit_calibrator(x_known, right, x_neg)
+    balanced = {k: v for k, v in cal.items() if k != "platt"}
+    x = np.concatenate([x_known, x_neg])
+    y = np.r_[np.ones(n_known), np.zeros(n_neg)]
+    ours, naive = openworld.prob_right(x, cal), openworld.prob_right(x, balanced)
+    assert abs(ours.mean() - y.mean()) < 0.01  # the mix's base rate (about 5%)
+    assert naive.mean() > 3 * y.mean()  # what the balanced fit alone would claim
+    top = ours >= 0.5
+    assert abs(ours[top].mean() - y[top].mean()) < 0.15  # among the photos it would tag, it means what it says
+    assert np.array_equal(np.argsort(ours), np.argsort(naive))  # the ranking is the balanced fit's
+
+
 def test_threshold_caps_the_mean_wrong_rate_over_groups_and_is_the_lowest_that_does():
     groups = {"everyday": np.linspace(0, 0.5, 100), "look_alikes": np.array([0.2, 0.4, 0.6, 0.8, 0.9])}
     thr = openworld.threshold_for_wrong_rate(groups, 0.1)
@@ -155,6 +174,35 @@ def test_predictor_scores_are_the_open_world_probability(make_tiny_artifact, tmp
     assert strict.threshold > float(np.max(p_right[6:]))
     with pytest.raises(ValueError, match="without --negatives"):  # the plain tiny artifact has no negatives
         Predictor(make_tiny_artifact(), runtime="torch", device="cpu", max_wrong_rate=0.02)
+
+
+def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
+    """An int8 model's features differ from fp32's: the artifact carries a fit per runtime and the Predictor of
+    that runtime uses its calibrator, threshold and held-back scores; other runtimes keep the fp32 fit."""
+    import torch
+
+    from landmark_core import artifact as artifact_mod
+    from landmark_core.predictor import Predictor
+
+    path, imgs, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    art = artifact_mod.load(path)
+    int8 = Predictor(art, runtime="onnx-int8")
+    logits, emb = int8.logits_and_embeddings(imgs)
+    x = openworld.features(logits, emb, temperature=art.temperature, extra=int8.extra)
+    fitted = openworld.fit(x[:6], np.ones(6, bool), x[6:], np.array([0, 0, 0, 1, 1, 1]), 0.34)
+    art.abstain["runtimes"] = {"onnx-int8": {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"]}}
+    art.extra_tensors["neg_fit_scores@onnx-int8"] = torch.from_numpy(fitted["neg_fit_scores"].astype(np.float32))
+    art.extra_tensors["neg_fit_groups@onnx-int8"] = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.int32)
+    dest = str(tmp_path / "ow-runtimes")
+    artifact_mod.save(art, dest)
+
+    int8 = Predictor(dest, runtime="onnx-int8")
+    assert int8.threshold == pytest.approx(fitted["threshold"]) and int8.threshold != 0.5
+    got = int8.predict_arrays(imgs)
+    assert np.allclose(got["abstain_score"], openworld.prob_right(x, fitted["calibrator"]), atol=1e-5)
+    assert Predictor(dest, runtime="torch", device="cpu").threshold == 0.5  # the fp32 fit
+    strict = Predictor(dest, runtime="onnx-int8", max_wrong_rate=0.0)  # from the int8 held-back scores
+    assert strict.threshold > float(fitted["neg_fit_scores"].astype(np.float32).max())
 
 
 def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):

@@ -281,6 +281,12 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     n_train_neg = sum(neg["folders"].values()) - len(art.extra_tensors["neg_fit_scores"])
     assert art.extra_tensors["distractors"].shape[0] == n_train_neg  # the training part became distractors
     assert metrics["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
+    # the int8 runtime the CPU tag job runs got its own fit, on its own features of the same photos
+    int8 = art.abstain["runtimes"]["onnx-int8"]
+    assert set(int8) == {"calibrator", "threshold"} and "platt" in int8["calibrator"]
+    assert len(art.extra_tensors["neg_fit_scores@onnx-int8"]) == len(art.extra_tensors["neg_fit_scores"])
+    assert metrics["fit_runtimes"]["onnx-int8"]["fit_wrong_rate"] <= 0.05
+    assert Predictor(cfg.output, runtime="onnx-int8").threshold == pytest.approx(int8["threshold"])
     result = eval_run(
         EvalConfig(
             model=cfg.output,
