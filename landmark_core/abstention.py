@@ -59,7 +59,13 @@ def known_score(
     if method == "proto":
         return (_unit(embeddings - extra.get("center", 0.0)) @ extra["prototypes"].T).max(axis=1)
     if method == "knn":
-        sims = _unit(embeddings - extra.get("center", 0.0)) @ extra["bank"].T
-        k = min(k, sims.shape[1])
-        return np.partition(-sims, k - 1, axis=1)[:, k - 1] * -1.0
+        return kth_largest(_unit(embeddings - extra.get("center", 0.0)) @ extra["bank"].T, k)
     raise ValueError(f"unknown abstention method {method!r}; known: {', '.join(METHODS)}")
+
+
+def kth_largest(sims: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the k-th largest similarity (the last when a row has fewer; -1 when it has none)."""
+    if sims.shape[1] == 0:
+        return np.full(len(sims), -1.0, dtype=sims.dtype)
+    k = min(k, sims.shape[1])
+    return -np.partition(-sims, k - 1, axis=1)[:, k - 1]

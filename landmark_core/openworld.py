@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .abstention import _unit, kth_largest
 from .calibration import softmax
 
 FEATURES = ("knn", "class_knn", "distractor", "msp", "margin")
 KNN_K, CLASS_KNN_K = 5, 3
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def distractor_bank(negative_embeddings: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -35,13 +32,6 @@ def scores_by_group(scores: np.ndarray, groups: np.ndarray, names: list[str] | N
     return {(names[g] if names is not None else g): scores[groups == g] for g in keys if (groups == g).any()}
 
 
-def _kth_largest(sims: np.ndarray, k: int) -> np.ndarray:
-    if sims.shape[1] == 0:
-        return np.full(len(sims), -1.0, dtype=sims.dtype)
-    k = min(k, sims.shape[1])
-    return -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-
-
 def features(logits: np.ndarray, embeddings: np.ndarray, *, temperature: float, extra: dict) -> np.ndarray:
     """(N, len(FEATURES)) open-set features. ``extra`` holds the artifact's banks: ``center``, ``bank`` (known
     training embeddings, unit, centred), ``bank_labels`` and ``distractors`` (negatives, unit, centred)."""
@@ -52,10 +42,10 @@ def features(logits: np.ndarray, embeddings: np.ndarray, *, temperature: float, 
     same_class = extra["bank_labels"][None, :] == top[:, None]
     class_sims = np.where(same_class, sims, -1.0)
     distractors = extra.get("distractors")
-    dis = _kth_largest(q @ distractors.T, 1) if distractors is not None and len(distractors) else np.full(len(q), -1.0)
+    dis = kth_largest(q @ distractors.T, 1) if distractors is not None and len(distractors) else np.full(len(q), -1.0)
     ranked = np.sort(probs, axis=1)
     margin = ranked[:, -1] - (ranked[:, -2] if probs.shape[1] > 1 else 0.0)
-    cols = [_kth_largest(sims, KNN_K), _kth_largest(class_sims, CLASS_KNN_K), dis, probs.max(axis=1), margin]
+    cols = [kth_largest(sims, KNN_K), kth_largest(class_sims, CLASS_KNN_K), dis, probs.max(axis=1), margin]
     return np.stack(cols, axis=1).astype(np.float64)
 
 
