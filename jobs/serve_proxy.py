@@ -1,4 +1,4 @@
-"""What the Serve proxy answers when no replica did: a 503 + Retry-After in the API's JSON shape.
+"""What the Serve proxy answers when no replica did: 503 + Retry-After in the API's JSON shape.
 
 With the Tagger as the HTTP ingress (one hop), a replica that dies under a request can no longer answer for
 itself: the proxy would close the request with a bare 500. Serve loads this module's ``middlewares`` into its
@@ -30,8 +30,9 @@ def unavailable_body(reason: str) -> bytes:
 
 
 class AnswerForLostReplicas:
-    """A pure ASGI middleware: an HTTP request the app behind the proxy ended without answering (its replica
-    died) gets 503 + Retry-After with the API's error object, instead of the proxy's bare 500."""
+    """A pure ASGI middleware around the proxy: an HTTP request the app ended without answering (its replica
+    died) gets 503 + Retry-After with the API's error object instead of the proxy's bare 500; the proxy's own
+    plain-text 503 (more than --max-queued requests waiting) gets the same shape, its reason kept."""
 
     def __init__(self, app):
         self.app = app
@@ -39,12 +40,19 @@ class AnswerForLostReplicas:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
+        started, held = False, None
 
         async def watch(message):
-            nonlocal started
+            nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
+                if message["status"] == 503 and not _is_json(message):
+                    held = message  # the proxy's own answer: rewritten when its body comes
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                text = message.get("body", b"").decode("utf-8", "replace").strip()
+                await _send_unavailable(send, f"unavailable: {text or 'no replica could take the request'}")
+                return
             await send(message)
 
         try:
@@ -54,11 +62,19 @@ class AnswerForLostReplicas:
                 raise
             logger.warning("no replica answered %s (%s): 503", scope.get("path"), type(e).__name__)
         if not started:
-            body = unavailable_body(LOST)
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"retry-after", b"1"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 503, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await _send_unavailable(send, LOST)
+
+
+def _is_json(start: dict) -> bool:
+    return any(k.lower() == b"content-type" and v.startswith(b"application/json") for k, v in start["headers"])
+
+
+async def _send_unavailable(send, reason: str) -> None:
+    body = unavailable_body(reason)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", b"1"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

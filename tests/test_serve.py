@@ -248,7 +248,8 @@ def test_serve_config_file_builds_the_app(model_dir):
 
 def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
     """jobs.serve_proxy's middleware, as the proxy runs it: an app that ends (or fails, as a dead replica's
-    call does) without a response gives 503 + Retry-After and the API's error object; answers pass through."""
+    call does) without a response, or the proxy's plain 503, gives 503 + Retry-After and the API's error
+    object; the app's answers pass through."""
     import asyncio
 
     from ray.exceptions import RayActorError
@@ -278,6 +279,14 @@ def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
         assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
         assert json.loads(body["body"]) == srv.error_body(serve_proxy.LOST)
     assert [m.get("status") for m in run(answered)] == [422, None]
+
+    async def queue_full(scope, receive, send):  # the proxy's own answer past --max-queued
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure."})
+
+    start, body = run(queue_full)
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"])["error"] == "unavailable: Request dropped due to backpressure."
 
 
 # ---------------------------------------------------------------------------------------------- time-outs
