@@ -38,6 +38,7 @@ RAW_TYPES = ("image/", "application/octet-stream")
 MAX_BATCH_FILES = 64
 RETRY_AFTER_S = 1
 RETRY = {"Retry-After": str(RETRY_AFTER_S)}
+PROXY_GRACE_S = 2.0
 
 
 class ConfigError(ValueError):
@@ -406,7 +407,9 @@ def start(cfg: ServeConfig) -> str:
     from jobs._ray import init_ray
 
     init_ray(cfg.ray_address, worker_env=None)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port}, controller_options=serve_proxy.CONTROLLER_OPTIONS)
+    # the proxy's own deadline, a little after the replica's: a request no replica takes is answered too
+    http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
+    serve.start(http_options=http, controller_options=serve_proxy.CONTROLLER_OPTIONS)
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 

@@ -32,7 +32,8 @@ def unavailable_body(reason: str) -> bytes:
 class AnswerForLostReplicas:
     """A pure ASGI middleware around the proxy: an HTTP request the app ended without answering (its replica
     died) gets 503 + Retry-After with the API's error object instead of the proxy's bare 500; the proxy's own
-    plain-text 503 (more than --max-queued requests waiting) gets the same shape, its reason kept."""
+    plain-text 503 (more than --max-queued requests waiting, no replica) and 408 (its fallback timeout) get
+    the same shape, their reason kept."""
 
     def __init__(self, app):
         self.app = app
@@ -46,7 +47,7 @@ class AnswerForLostReplicas:
             nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] == 503 and not _is_json(message):
+                if message["status"] in (408, 503) and not _is_json(message):
                     held = message  # the proxy's own answer: rewritten when its body comes
                     return
             elif held is not None and message["type"] == "http.response.body":

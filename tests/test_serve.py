@@ -288,6 +288,13 @@ def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
     assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
     assert json.loads(body["body"])["error"] == "unavailable: Request dropped due to backpressure."
 
+    async def proxy_timeout(scope, receive, send):  # the proxy's fallback deadline (no replica took it)
+        await send({"type": "http.response.start", "status": 408, "headers": [[b"content-type", b"text/plain"]]})
+        await send({"type": "http.response.body", "body": b"Request r timed out after 22.0s."})
+
+    start, body = run(proxy_timeout)
+    assert start["status"] == 503 and json.loads(body["body"])["error"].startswith("unavailable: Request r timed")
+
 
 # ---------------------------------------------------------------------------------------------- time-outs
 
