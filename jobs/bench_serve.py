@@ -201,7 +201,7 @@ def run_serve_bench(ns) -> dict:
     base = srv.ServeConfig(
         model=ns.model,
         port=port,
-        replicas=srv.parse_min_max(ns.replicas, "replicas"),
+        replicas=srv.parse_min_max(ns.replicas or str(default_threads()), "replicas"),
         cpus_per_replica=ns.cpus_per_replica,
         max_batch_size=ns.max_batch_size,
         batch_wait_ms=ns.batch_wait_ms,
@@ -278,7 +278,11 @@ def add_arguments(p) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="seconds per measurement (default 30)")
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
-    p.add_argument("--replicas", default="1", help="Tagger replicas MIN[,MAX] (as `landmark serve`)")
+    p.add_argument(
+        "--replicas",
+        default=None,
+        help="Tagger replicas MIN[,MAX] (as `landmark serve`; default one per core, as (p) gets every core)",
+    )
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--runtime", default="auto")
     p.add_argument(

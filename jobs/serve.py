@@ -1,8 +1,9 @@
 """The app: `landmark serve` / `python -m jobs.serve`, the model on Ray Serve with an upload page.
 
-    HTTP (Serve proxy) -> TagApi (FastAPI ingress: auth, size and type checks, timeouts, the page)
-      -> Tagger replicas (@serve.batch: requests from many clients -> one model call; autoscaled MIN..MAX)
-         -> landmark_core.predict.predict_bytes (the decode, Predictor and abstention of `landmark predict`)
+    HTTP (Serve proxy; jobs.serve_proxy answers for a replica that died) -> Tagger replicas, each the FastAPI
+      ingress (auth, size and type checks, timeouts, the page) and the model: @serve.batch turns the requests
+      of many clients into one call of landmark_core.predict.predict_bytes (the decode, Predictor and
+      abstention of `landmark predict`); autoscaled MIN..MAX
 
 A photo gets the JSON object `landmark predict --json` prints for it. `serve deploy serve_config.yaml` runs the
 same application through ``build_app`` on a cluster.
@@ -14,7 +15,6 @@ import argparse
 import asyncio
 import hashlib
 import hmac
-import logging
 import math
 import signal
 import sys
@@ -33,11 +33,12 @@ from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
 from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 
-logger = logging.getLogger("ray.serve")
 APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_BATCH_FILES = 64
 RETRY_AFTER_S = 1
+RETRY = {"Retry-After": str(RETRY_AFTER_S)}
+PROXY_GRACE_S = 2.0
 
 
 class ConfigError(ValueError):
@@ -148,8 +149,10 @@ def parse_min_max(text: str, flag: str) -> tuple[int, int]:
 
 
 @serve.deployment(name="Tagger")
+@serve.ingress()
 class Tagger:
-    """The Predictor behind @serve.batch: concurrent requests become one model call of up to max_batch_size."""
+    """The HTTP API and the Predictor in one replica (one hop from the proxy): concurrent requests become one
+    model call of up to max_batch_size through @serve.batch."""
 
     def __init__(
         self,
@@ -161,6 +164,9 @@ class Tagger:
         max_batch_size: int,
         batch_wait_s: float,
         s3_endpoint: str | None,
+        token_sha256: str | None,
+        max_upload_bytes: int,
+        request_timeout_s: float,
     ):
         from landmark_core.predictor import Predictor
 
@@ -169,6 +175,19 @@ class Tagger:
         )
         self.tag.set_max_batch_size(max_batch_size)
         self.tag.set_batch_wait_timeout_s(batch_wait_s)
+        self.token_sha256 = token_sha256
+        self.max_upload_bytes, self.request_timeout_s = max_upload_bytes, request_timeout_s
+
+    def __serve_build_asgi_app__(self):
+        return make_api(self)
+
+    async def tag_all(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        """Each photo is its own batch call, so photos of one request batch with everyone else's; 503 +
+        Retry-After when they are not answered within the request timeout."""
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*map(self.tag, files)), self.request_timeout_s))
+        except asyncio.TimeoutError:
+            raise HttpError(503, "unavailable: not answered within the request timeout", RETRY) from None
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def tag(self, items: list[tuple[str, bytes]]) -> list[dict]:
@@ -247,8 +266,8 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
     return [(name, b"".join([c async for c in read_bounded(request, limit)]))]
 
 
-def make_api(ingress: "TagApi") -> FastAPI:
-    """The HTTP API, built in each TagApi replica around its handle and settings."""
+def make_api(ingress: Tagger) -> FastAPI:
+    """The HTTP API, built in each Tagger replica around its model and settings."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
     from jobs.serve_page import PAGE
@@ -278,8 +297,7 @@ def make_api(ingress: "TagApi") -> FastAPI:
     @api.get("/healthz")
     async def healthz():
         """Up when a Tagger replica answers (no auth: for load balancers)."""
-        info = await ingress.call(ingress.tagger.info.remote, timeout_s=5.0)
-        return {"status": "ok", "model_id": info["model_id"]}
+        return {"status": "ok", "model_id": ingress.predictor.model_id}
 
     @api.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)])
     async def page():
@@ -297,7 +315,7 @@ def make_api(ingress: "TagApi") -> FastAPI:
     @api.get("/v1/model", dependencies=[Depends(authorize)])
     async def model():
         """The model's id, its catalog of landmarks with their locations, and its metrics."""
-        return await ingress.call(ingress.tagger.info.remote)
+        return ingress.info()
 
     @api.post("/v1/tag", dependencies=[Depends(authorize)])
     async def tag(request: Request):
@@ -315,50 +333,8 @@ def make_api(ingress: "TagApi") -> FastAPI:
     return api
 
 
-@serve.deployment(name="TagApi", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
-@serve.ingress()
-class TagApi:
-    def __init__(self, tagger, *, token_sha256: str | None, max_upload_bytes: int, request_timeout_s: float):
-        self.tagger, self.token_sha256 = tagger, token_sha256
-        self.max_upload_bytes, self.request_timeout_s = max_upload_bytes, request_timeout_s
-
-    def __serve_build_asgi_app__(self):
-        return make_api(self)
-
-    async def tag_all(self, files: list[tuple[str, bytes]]) -> list[dict]:
-        """Each photo is its own Tagger call, so photos of one request batch with everyone else's."""
-        return await self.call(lambda: _gather([self.tagger.tag.remote(f) for f in files]))
-
-    async def call(self, start, timeout_s: float | None = None):
-        """Await ``start()``; 503 + Retry-After when no answer comes within the request timeout, the replicas'
-        queue is full, or the replica died under it. (Serve's router already re-sends a dead replica's requests
-        to a live one; an error that still gets here is answered, not raised.)"""
-        from ray.exceptions import RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-        retry = {"Retry-After": str(RETRY_AFTER_S)}
-        try:
-            return await asyncio.wait_for(start(), timeout_s or self.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise HttpError(503, "unavailable: not answered within the request timeout", retry) from None
-        except BackPressureError:
-            raise HttpError(503, "unavailable: too many requests queued", retry) from None
-        except (RayActorError, DeploymentUnavailableError) as e:
-            logger.warning("no Tagger replica could answer (%s): 503", type(e).__name__)
-            raise HttpError(503, "unavailable: the model replica was lost; retry", retry) from None
-
-
-async def _gather(responses):
-    try:
-        return list(await asyncio.gather(*responses))
-    except BaseException:
-        for r in responses:
-            r.cancel()
-        raise
-
-
 def build_application(cfg: ServeConfig):
-    """The Serve application for ``cfg`` (checked): TagApi bound to a Tagger deployment."""
+    """The Serve application for ``cfg`` (checked): the Tagger deployment, its own HTTP ingress."""
     lo, hi = cfg.replicas
     scale = (
         {"num_replicas": lo}
@@ -371,12 +347,12 @@ def build_application(cfg: ServeConfig):
             }
         }
     )
-    tagger = Tagger.options(
+    return Tagger.options(
         ray_actor_options={"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica},
         # room for a batch being filled while one runs (and for queued single calls when batches are of 1)
         max_ongoing_requests=max(2 * cfg.max_batch_size, 16),
         max_queued_requests=cfg.max_queued,
-        # the ingress logs each HTTP request; a second line per photo from here would only cost CPU
+        # the proxy logs each HTTP request; a second line per request from the replica would only cost CPU
         health_check_period_s=2.0,
         logging_config={"enable_access_log": False},
         **scale,
@@ -388,9 +364,6 @@ def build_application(cfg: ServeConfig):
         max_batch_size=cfg.max_batch_size,
         batch_wait_s=cfg.batch_wait_ms / 1000.0,
         s3_endpoint=cfg.s3_endpoint,
-    )
-    return TagApi.bind(
-        tagger,
         token_sha256=cfg.token_sha256(),
         max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
         request_timeout_s=cfg.request_timeout_s,
@@ -430,10 +403,13 @@ def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
     cfg.check()
     prepare_model(cfg)
+    from jobs import serve_proxy
     from jobs._ray import init_ray
 
     init_ray(cfg.ray_address, worker_env=None)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    # the proxy's own deadline, a little after the replica's: a request no replica takes is answered too
+    http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
+    serve.start(http_options=http, controller_options=serve_proxy.CONTROLLER_OPTIONS)
     serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from jobs import serve as srv
+from jobs import serve as srv, serve_proxy
 from landmark_core import artifact as artifact_mod
 from landmark_core.predict import predict_paths
 from landmark_core.predictor import Predictor
@@ -238,11 +238,62 @@ def test_serve_config_file_builds_the_app(model_dir):
 
     doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve_config.yaml").read_text())
     ServeDeploySchema.model_validate(doc)  # the file `serve deploy` takes
+    assert doc["controller_options"] == serve_proxy.CONTROLLER_OPTIONS  # the proxies' answer for a lost replica
     (app_doc,) = doc["applications"]
     assert app_doc["import_path"] == "jobs.serve:build_app"
     args = {**app_doc["args"], "model": model_dir, "token_file": None, "gpus_per_replica": 0, "runtime": RUNTIME}
     built = srv.build_app(args)
     assert built is not None
+
+
+def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
+    """jobs.serve_proxy's middleware, as the proxy runs it: an app that ends (or fails, as a dead replica's
+    call does) without a response, or the proxy's plain 503, gives 503 + Retry-After and the API's error
+    object; the app's answers pass through."""
+    import asyncio
+
+    from ray.exceptions import RayActorError
+
+    async def died(scope, receive, send):
+        raise RayActorError()
+
+    async def ended(scope, receive, send):
+        return None
+
+    async def answered(scope, receive, send):
+        await send({"type": "http.response.start", "status": 422, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    def run(app) -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        (mw,) = serve_proxy.middlewares()
+        asyncio.run(mw.cls(app)({"type": "http", "path": "/v1/tag"}, None, send))
+        return sent
+
+    for app in (died, ended):
+        start, body = run(app)
+        assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+        assert json.loads(body["body"]) == srv.error_body(serve_proxy.LOST)
+    assert [m.get("status") for m in run(answered)] == [422, None]
+
+    async def queue_full(scope, receive, send):  # the proxy's own answer past --max-queued
+        await send({"type": "http.response.start", "status": 503, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Request dropped due to backpressure."})
+
+    start, body = run(queue_full)
+    assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"]
+    assert json.loads(body["body"])["error"] == "unavailable: Request dropped due to backpressure."
+
+    async def proxy_timeout(scope, receive, send):  # the proxy's fallback deadline (no replica took it)
+        await send({"type": "http.response.start", "status": 408, "headers": [[b"content-type", b"text/plain"]]})
+        await send({"type": "http.response.body", "body": b"Request r timed out after 22.0s."})
+
+    start, body = run(proxy_timeout)
+    assert start["status"] == 503 and json.loads(body["body"])["error"].startswith("unavailable: Request r timed")
 
 
 # ---------------------------------------------------------------------------------------------- time-outs
@@ -458,7 +509,7 @@ def test_replica_killed_under_load(app, expected):
     for t in threads:
         t.join(timeout=60)
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
-    rerouted = sum(p.read_text(errors="replace").count("because it has died") for p in logs.glob("*TagApi*"))
+    rerouted = sum(p.read_text(errors="replace").count("because it has died") for p in logs.glob("proxy_*"))
     print(
         f"replica killed under load: {seen['ok']} right answers ({before} before the kill), "
         f"{seen['503']} answered 503 + Retry-After, {len(seen['wrong'])} wrong; the router saw the dead replica "
