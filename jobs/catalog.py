@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
 from landmark_core.catalog import Catalog, CatalogError, load_coords
@@ -29,10 +30,6 @@ from landmark_core.recognizer import RECOGNIZERS
 from landmark_core.runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 
 ACTIONS = ("add", "remove", "list", "upgrade", "eval")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -148,8 +145,8 @@ def _is_file(p: str) -> bool:
 # ---------------------------------------------------------------- actions
 
 
+@checks_config
 def run(cfg: CatalogConfig) -> dict:
-    cfg.check()
     t0 = time.perf_counter()
     art = _load(cfg, tensors="numpy" if cfg.action in ("list", "eval") else "torch")
     if cfg.action == "list":
@@ -499,27 +496,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(ns: argparse.Namespace) -> CatalogConfig:
-    fields = CatalogConfig.__dataclass_fields__
-    kw = {k: v for k, v in vars(ns).items() if k in fields}
-    if "unknown" in kw:
-        kw["unknown"] = tuple(kw["unknown"])
-    return CatalogConfig(**kw)
+    return fields_of(CatalogConfig, ns, **({"unknown": tuple(ns.unknown)} if "unknown" in vars(ns) else {}))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    ns = p.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except (ConfigError, enroll.EnrollError, CatalogError) as e:
-        print(f"landmark catalog {cfg.action}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(
+        build_parser(),
+        argv,
+        config=config_from_args,
+        run=run,
+        failures=(((enroll.EnrollError, CatalogError), 2),),
+        prog=lambda cfg: f"landmark catalog {cfg.action}",
+    )
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from jobs._cli import ConfigError, run_cli
 from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
@@ -38,10 +39,6 @@ APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_BATCH_FILES = 64
 RETRY_AFTER_S = 1
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -521,18 +518,7 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark serve", description=__doc__.split("\n")[0])
     add_arguments(p)
-    ns = p.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except ConfigError as e:
-        print(f"landmark serve: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(p, argv, config=config_from_args, run=run)
 
 
 if __name__ == "__main__":

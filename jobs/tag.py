@@ -23,16 +23,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
 from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
-
-
-class ConfigError(ValueError):
-    pass
-
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
 
@@ -146,9 +142,9 @@ class TagConfig:
 # ---------------------------------------------------------------- driver
 
 
+@checks_config
 def run(cfg: TagConfig) -> dict:
     """Tag every new photo; returns the summary of the committed run (also in the run's Delta commit)."""
-    cfg.check()
     t_start = time.time()
     opts = cfg.s3_options()
     _check_reachable(cfg, opts)
@@ -740,30 +736,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> TagConfig:
-    fields = TagConfig.__dataclass_fields__
-    return TagConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+    if not ns.model:
+        raise ConfigError("--model is required (or set LANDMARK_MODEL); train one with `landmark train`")
+    return fields_of(TagConfig, ns)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark tag", description=__doc__.split("\n")[0])
     add_arguments(p)
-    ns = p.parse_args(argv)
-    if not ns.model:
-        p.error("--model is required (or set LANDMARK_MODEL); train one with `landmark train`")
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except (ConfigError, InputError) as e:
-        print(f"landmark tag: error: {e}", file=sys.stderr)
-        return 2
-    except OutputError as e:
-        print(f"landmark tag: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(p, argv, config=config_from_args, run=run, failures=((InputError, 2), (OutputError, 1)))
 
 
 if __name__ == "__main__":
