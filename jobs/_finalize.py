@@ -301,7 +301,7 @@ def _provenance(cfg, run_name: str) -> dict:
 
 
 def _write_report(cfg, data, ev, history, temperature, opts) -> None:
-    from landmark_core.report import training_report_pngs
+    from landmark_core.training_report import training_report_pngs
 
     files = training_report_pngs(history, ev, temperature, data.catalog.names)
     for name, blob in files.items():

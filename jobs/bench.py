@@ -39,7 +39,7 @@ import numpy as np
 from jobs._cli import ConfigError, checks_config, run_cli
 from jobs.tag import COMPUTE_MODES, TagConfig
 from landmark_core.datasets import list_files
-from landmark_core.runtime import RUNTIMES
+from landmark_core.onnx_runtime import RUNTIMES
 
 # ---------------------------------------------------------------- memory
 

@@ -26,8 +26,8 @@ from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
 from landmark_core.catalog import Catalog, CatalogError, load_coords
 from landmark_core.datasets import DatasetError, _class_split, list_files, load_labelled
+from landmark_core.onnx_runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 from landmark_core.recognizer import RECOGNIZERS
-from landmark_core.runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 
 ACTIONS = ("add", "remove", "list", "upgrade", "eval")
 
@@ -223,7 +223,7 @@ def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> d
 def _reuse_onnx(predictor, art) -> None:
     """The network did not change (unless a head column was removed): the new model_id's ONNX model is the old
     one's, so the first tag run need not export and quantise it again."""
-    from landmark_core.runtime import cache_model, model_bytes
+    from landmark_core.onnx_runtime import cache_model, model_bytes
 
     if art.spec.num_classes == predictor.artifact.spec.num_classes:
         cache_model(art.model_id, predictor.runtime, model_bytes(predictor.artifact, predictor.runtime))
@@ -340,7 +340,7 @@ def _embed_with_ray(cfg: CatalogConfig, predictor, uris: list[str]) -> enroll.Em
 
 
 def _onnx_bytes(predictor) -> bytes:
-    from landmark_core.runtime import model_bytes
+    from landmark_core.onnx_runtime import model_bytes
 
     return model_bytes(predictor.artifact, predictor.runtime)
 

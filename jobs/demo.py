@@ -201,7 +201,7 @@ def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) ->
 def _start_s3_server(work: Path):
     import os
 
-    from jobs.seaweed import SeaweedS3
+    from landmark_core.devs3 import SeaweedS3
 
     shutil.rmtree(work / "seaweedfs", ignore_errors=True)
     server = SeaweedS3(work / "seaweedfs").start()

@@ -41,7 +41,7 @@ class EvalConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
             raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
-        from landmark_core.runtime import RUNTIMES
+        from landmark_core.onnx_runtime import RUNTIMES
 
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")

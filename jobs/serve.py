@@ -31,8 +31,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from jobs._cli import ConfigError, run_cli
 from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
-from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 
 logger = logging.getLogger("ray.serve")
 APP_NAME = "landmark"
@@ -51,7 +51,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     max_batch_size: int = 16
     batch_wait_ms: float = 10.0
-    runtime: str = "auto"  # landmark_core.runtime: auto = torch on a GPU replica, onnx-int8 on a CPU one
+    runtime: str = "auto"  # landmark_core.onnx_runtime: auto = torch on a GPU replica, onnx-int8 on a CPU one
     k: int = 5
     token_file: str | None = None
     max_upload_mb: float = 25.0
@@ -415,7 +415,7 @@ def prepare_model(cfg: ServeConfig) -> None:
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
     if runtime in ONNX_RUNTIMES:
-        from landmark_core import runtime as rt
+        from landmark_core import onnx_runtime as rt
 
         rt.model_bytes(art, runtime)
 

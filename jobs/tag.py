@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
@@ -50,7 +50,7 @@ class TagConfig:
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None
     decode_batch: int = 16
-    runtime: str = "auto"  # landmark_core.runtime: torch | onnx | onnx-int8 | auto (torch on GPU, else int8)
+    runtime: str = "auto"  # landmark_core.onnx_runtime: torch | onnx | onnx-int8 | auto (torch on GPU, else int8)
     compute: str = "auto"  # where the model runs: actors | tasks | auto (see TagConfig.resolved_compute)
     min_score: float | None = None
     accept_rate: float | None = None
@@ -188,7 +188,7 @@ def run(cfg: TagConfig) -> dict:
     if todo.num_rows:
         onnx_model = None
         if runtime in ONNX_RUNTIMES:  # built (or read from the cache) once here, shipped to every actor/task
-            from landmark_core.runtime import model_bytes
+            from landmark_core.onnx_runtime import model_bytes
 
             t0 = time.time()
             onnx_model = model_bytes(artifact, runtime)

@@ -165,13 +165,13 @@ def run(
 ) -> int:
     """Print one result per photo; exit code 1 when any photo failed (the others still print).
 
-    ``runtime``: landmark_core.runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:
+    ``runtime``: landmark_core.onnx_runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:
     nvJPEG decoding on the GPU; refused (GpuDecodeError) without a CUDA GPU or with an ONNX runtime.
     """
     model = resolve_model(model)
     if gpu_decode:
+        from .onnx_runtime import resolve_runtime
         from .predictor import pick_device
-        from .runtime import resolve_runtime
 
         check_gpu_decode(pick_device())
         if resolve_runtime(runtime, "cuda") != "torch":

@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .artifact import ArtifactError
+from .onnx_runtime import RUNTIMES, RuntimeChoiceError
 from .predict import NoModelError, run
 from .preprocess import GpuDecodeError
-from .runtime import RUNTIMES, RuntimeChoiceError
 
 
 def main(argv: list[str] | None = None) -> int:
