@@ -347,7 +347,7 @@ def _onnx_bytes(predictor) -> bytes:
 
 def embed_task(batch: dict, *, predictor: dict, opts) -> dict:
     """Ray Data task: uris -> logits and embeddings (the tag job's per-worker Predictor cache)."""
-    from jobs.tag import _worker_predictor
+    from jobs._tag_worker import _worker_predictor
 
     p = _worker_predictor(predictor)
     uris = [str(u) for u in batch["uri"]]
