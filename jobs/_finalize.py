@@ -133,7 +133,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         provenance=_provenance(cfg, run_name),
     )
     opts = cfg.s3_options()
-    metrics["model_id"] = save(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+    metrics["model_id"] = save(art, cfg.output, storage_options=cfg.s3_options())
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
     storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
     if cfg.report:

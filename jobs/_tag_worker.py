@@ -10,6 +10,7 @@ import time
 
 import pyarrow as pa
 
+from landmark_core import storage
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
 from landmark_core.tagging import read_and_decode, to_tag_rows
 
@@ -71,7 +72,7 @@ def _make_predictor(
         accept_rate=accept_rate,
         max_wrong_rate=max_wrong_rate,
         threads=threads,
-        storage_options={"endpoint": s3_endpoint},
+        storage_options=storage.S3Options(endpoint=s3_endpoint),
         runtime=runtime,
         onnx_model=onnx_model,
     )

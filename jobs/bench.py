@@ -38,6 +38,7 @@ import numpy as np
 
 from jobs._cli import ConfigError, checks_config, run_cli
 from jobs.tag import COMPUTE_MODES, TagConfig
+from landmark_core import proctree
 from landmark_core.datasets import list_files
 from landmark_core.onnx_runtime import RUNTIMES
 
@@ -45,26 +46,8 @@ from landmark_core.onnx_runtime import RUNTIMES
 
 
 def _tree_rss(root: int) -> dict[int, int]:
-    """{pid: resident bytes} of ``root`` and all its descendants, from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, stack, page = {}, [root], os.sysconf("SC_PAGE_SIZE")
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                out[pid] = int(f.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
-        stack += children.get(pid, [])
-    return out
+    """{pid: resident bytes} of ``root`` and all its descendants (no psutil needed)."""
+    return proctree.resident_bytes(proctree.descendants(root))
 
 
 def _tree_rss_bytes(root: int) -> int:

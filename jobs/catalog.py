@@ -169,7 +169,7 @@ def run(cfg: CatalogConfig) -> dict:
 
 def _load(cfg: CatalogConfig, tensors: str):
     try:
-        return load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint}, tensors=tensors)
+        return load_artifact(cfg.model, storage_options=cfg.s3_options(), tensors=tensors)
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
 
@@ -182,7 +182,7 @@ def _predictor(cfg: CatalogConfig, art, accept_rate: float | None = None):
 
 def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> dict:
     try:
-        model_id = save_artifact(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+        model_id = save_artifact(art, cfg.output, storage_options=cfg.s3_options())
     except Exception as e:
         raise ConfigError(
             f"--output {cfg.output}: could not write the artifact ({storage.redact(str(e))[:200]})"

@@ -183,7 +183,7 @@ def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) ->
     from landmark_core import storage, tagstore
     from landmark_core.artifact import load
 
-    folders = {lm.folder: lm.name for lm in load(model, storage_options={"endpoint": endpoint}).catalog}
+    folders = {lm.folder: lm.name for lm in load(model, storage_options=storage.S3Options(endpoint=endpoint)).catalog}
     rows = tagstore.read(tags, columns=["uri", "landmark"], opts=storage.S3Options(endpoint=endpoint))
     right = total = 0
     for uri, landmark in zip(rows.column("uri").to_pylist(), rows.column("landmark").to_pylist()):

@@ -40,7 +40,6 @@ FORMATS = ("table", "csv", "json", "parquet")
 TABLE_COLUMNS = ("uri", "status", "landmark", "score", "lat", "lon")
 ALL_COLUMNS = tuple(tagstore.TAGS_SCHEMA.names)
 EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km and tagstore.MACROS
-MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the circumference: beyond this every point is inside
 
 
 QueryError = ConfigError  # a bad query argument; the message starts with the flag it is about

@@ -27,8 +27,9 @@ import pyarrow as pa
 
 from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
+from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
 
-STATUS_COLOURS = {"tagged": "#2e7d32", "no_landmark": "#b26a00", "failed": "#c62828"}
+STATUS_COLOURS = {TAGGED: "#2e7d32", NO_LANDMARK: "#b26a00", FAILED: "#c62828"}
 REPORT_COLUMNS = [
     "uri",
     "status",
@@ -362,9 +363,7 @@ def write_report(
         parts.append('<p class="muted">no photos</p>')
     parts.append("</body></html>\n")
     path = out / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    storage.write_bytes(str(path), "\n".join(parts).encode("utf-8"))  # atomic: a reader never sees half a page
     return path
 
 

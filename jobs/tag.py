@@ -152,7 +152,7 @@ def run(cfg: TagConfig) -> dict:
     try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
         artifact = load_artifact(
             cfg.model,
-            storage_options={"endpoint": cfg.s3_endpoint},
+            storage_options=cfg.s3_options(),
             tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
         )
     except ArtifactError as e:

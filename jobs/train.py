@@ -211,7 +211,7 @@ def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
         from landmark_core.weights import WeightsError, load_state_dict_file
 
         try:
-            load_state_dict_file(cfg.weights, {"endpoint": cfg.s3_endpoint}, trust_pickle=cfg.trust_pickle)
+            load_state_dict_file(cfg.weights, cfg.s3_options(), trust_pickle=cfg.trust_pickle)
         except WeightsError as e:
             raise ConfigError(f"--weights: {e}") from None
 

@@ -92,7 +92,7 @@ def model_bytes(artifact, runtime: str, *, use_cache: bool = True) -> bytes:
     fp32 = export_onnx(artifact)
     blob = fp32 if runtime == "onnx" else quantize_int8(fp32, calibration_images(artifact.preprocess))
     if use_cache:
-        _write_atomic(path, blob)
+        _write_cache_file(path, blob)
     return blob
 
 
@@ -103,7 +103,7 @@ def _cache_path(model_id: str, runtime: str) -> Path:
 def cache_model(model_id: str, runtime: str, blob: bytes) -> None:
     """Cache ``blob`` as the ONNX model of ``model_id`` (an artifact whose network is another's, e.g. after
     `landmark catalog add`: same weights, new model_id)."""
-    _write_atomic(_cache_path(model_id, runtime), blob)
+    _write_cache_file(_cache_path(model_id, runtime), blob)
 
 
 def _content_key(artifact) -> str:
@@ -115,9 +115,9 @@ def _content_key(artifact) -> str:
     return "unsaved-" + h.hexdigest()[:16]
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    """Several actors/processes may build the same model at once: storage.write_bytes renames a temp file of
-    its own into place. A read-only home is not an error: the model is just not cached."""
+def _write_cache_file(path: Path, blob: bytes) -> None:
+    """storage.write_bytes (atomic, each writer its own temp file: processes may build the same model at once);
+    a read-only home is not an error, the model is just not cached."""
     from .storage import write_bytes
 
     try:

@@ -7,12 +7,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from .predictor import FAILED, Predictor
+from .predictor import Predictor
 from .preprocess import DecodeError, check_gpu_decode, decode_image
+from .status import FAILED
 
 MODEL_ENV = "LANDMARK_MODEL"
 PENDING = "pending"  # a result whose photo is read but not yet decoded and tagged
@@ -54,23 +54,36 @@ def _num(x) -> float | None:
 
 
 def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16, gpu_decode: bool = False):
-    """Yield a PhotoResult per path, in order; a bad file is a failed result, never an exception.
+    """Yield a PhotoResult per path (local or s3://), in order, through the tag job's stages (read + decode, the
+    model): a bad file is a failed result with the tag job's reason (``read: ...``, ``decode: ...``).
 
-    ``gpu_decode``: JPEGs are decoded by torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a GPU;
-    the caller checks there is one, see run()); other files and JPEGs it refuses take the CPU path.
+    ``gpu_decode``: JPEGs are decoded on the predictor's device (nvJPEG on a GPU; the caller checks there is
+    one, see run()); other files and JPEGs it refuses take the CPU path.
     """
+    from . import storage
+    from .tagging import decode_deferred, predict_batch, read_and_decode
+
+    preset, opts = predictor.preset, storage.S3Options()
     for start in range(0, len(paths), batch_size):
-        results: list[PhotoResult] = []
-        datas: list[bytes | None] = []
-        for p in paths[start : start + batch_size]:
-            try:
-                datas.append(Path(p).read_bytes())
-            except OSError as e:
-                datas.append(None)
-                results.append(PhotoResult(p, FAILED, error=f"unreadable: {e.strerror or e}"))
-                continue
-            results.append(PhotoResult(p, PENDING))
-        yield from predict_bytes(results, datas, predictor, gpu_decode=gpu_decode)
+        chunk = list(paths[start : start + batch_size])
+        listing = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
+        batch = read_and_decode(listing, preset=preset, opts=opts, defer_jpeg=gpu_decode)
+        if gpu_decode:
+            batch = decode_deferred(batch, preset=preset, device=predictor.device)
+        pred = predict_batch(predictor, batch)
+        yield from (_photo_result(p, pred, i, predictor) for i, p in enumerate(chunk))
+
+
+def _photo_result(path: str, pred: dict, i: int, predictor: Predictor) -> PhotoResult:
+    r = PhotoResult(path, str(pred["status"][i]))
+    r.exif_lat, r.exif_lon = _num(pred["exif_lat"][i]), _num(pred["exif_lon"][i])
+    if r.status == FAILED:  # a photo's reason starts with its kind (`not_an_image: ...`), as predict_bytes says it
+        r.error = str(pred["error"][i]).removeprefix("decode: ")
+        return r
+    r.landmark, r.score = pred["landmark"][i], float(pred["score"][i])
+    r.lat, r.lon = _num(pred["lat"][i]), _num(pred["lon"][i])
+    r.tags = predictor.tags(pred["topk_idx"][i], pred["topk_score"][i])
+    return r
 
 
 def predict_bytes(

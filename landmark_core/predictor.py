@@ -19,8 +19,8 @@ from .artifact import Artifact, build_network, load
 from .calibration import threshold_at_accept_rate
 from .onnx_runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 from .preprocess import normalize_batch
-
-TAGGED, NO_LANDMARK, FAILED = "tagged", "no_landmark", "failed"
+from .status import NO_LANDMARK, TAGGED
+from .storage import S3Options
 
 
 def pick_device(device: str | None = None) -> str:
@@ -50,7 +50,7 @@ class Predictor:
         max_wrong_rate: float | None = None,
         device: str | None = None,
         threads: int | None = None,
-        storage_options: dict | None = None,
+        storage_options: S3Options | dict | None = None,
         runtime: str = "torch",
         onnx_model: bytes | None = None,
     ):

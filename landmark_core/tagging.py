@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage, tagstore
-from .datasets import is_image_name
-from .predictor import FAILED, Predictor
+from .datasets import image_objects, local_etag
+from .predictor import Predictor
 from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8, jpeg_header
+from .status import FAILED
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
 _NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent
@@ -37,40 +38,12 @@ class InputError(ValueError):
 
 def list_inputs(root: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
     """Every image object below ``root`` (recursive, extensions case-insensitive) with size and etag."""
-    if storage.is_s3(root):
-        return _list_s3(root, opts)
-    p = Path(root)
-    if not p.is_dir():
-        raise InputError(f"--input {root}: no such directory")
-    uris, sizes, etags = [], [], []
-    for dirpath, _, files in os.walk(p.resolve()):
-        for f in sorted(files):
-            if is_image_name(f):
-                full = os.path.join(dirpath, f)
-                st = os.stat(full)
-                uris.append(full)
-                sizes.append(st.st_size)
-                etags.append(local_etag(st))
-    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA).sort_by("uri")
-
-
-def local_etag(st: os.stat_result) -> str:
-    """Local files have no ETag; modification time and size change whenever the photo is replaced."""
-    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
-
-
-def _list_s3(root: str, opts: storage.S3Options) -> pa.Table:
-    bucket, prefix = storage.split_s3(root)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    uris, sizes, etags = [], [], []
-    for page in storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            if is_image_name(o["Key"]):
-                uris.append(f"s3://{bucket}/{o['Key']}")
-                sizes.append(int(o["Size"]))
-                etags.append(o.get("ETag", "").strip('"'))
-    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA)
+    if not storage.is_s3(root):
+        if not Path(root).is_dir():
+            raise InputError(f"--input {root}: no such directory")
+        root = str(Path(root).resolve())
+    columns = [list(c) for c in zip(*image_objects(root, opts))] or [[], [], []]
+    return pa.table(columns, schema=LISTING_SCHEMA)
 
 
 def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:

@@ -154,7 +154,7 @@ def test_missing_file_is_a_failed_row_not_a_crash(tiny_artifact, photos, capsys,
     code, out, _ = _main(["--json", "--model", tiny_artifact.path, photos["missing"], photos["a"]], capsys)
     assert code == 1
     missing, good = _json_lines(out)
-    assert missing["status"] == "failed" and "unreadable" in missing["error"]
+    assert missing["status"] == "failed" and missing["error"] == "read: not found"
     assert good["status"] == "tagged"
 
 
