@@ -35,11 +35,11 @@ import pyarrow.compute as pc
 
 from jobs._cli import ConfigError, run_cli
 from landmark_core import storage, tagstore
+from landmark_core.catalog import EARTH_RADIUS_KM
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_COLUMNS = ("uri", "status", "landmark", "score", "lat", "lon")
 ALL_COLUMNS = tuple(tagstore.TAGS_SCHEMA.names)
-EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km and tagstore.MACROS
 
 
 QueryError = ConfigError  # a bad query argument; the message starts with the flag it is about
