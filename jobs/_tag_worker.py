@@ -97,7 +97,7 @@ def _worker_predictor(predictor: dict):
 def start_workers(n: int, predictor: dict) -> None:
     """Start ``n`` of this job's worker processes now, each importing Ray Data and loading the model, while the
     driver imports Ray Data and plans: a job's fresh workers otherwise start only when its first tasks are
-    scheduled (measured on 2 cores: 1-1.5 s before the first photo is read). Fire and forget: the pipeline's
+    scheduled. Fire and forget: the pipeline's
     tasks then run in these processes (Ray reuses a job's idle workers), their model already cached."""
     import ray
 

@@ -308,19 +308,17 @@ def _run_pipeline(
     in_tasks = cfg.resolved_compute() == "tasks"
     if in_tasks:
         start_workers(min(n_blocks, int(ray.available_resources().get("CPU", 1))), task_predictor)
-    from ray.data import ActorPoolStrategy  # Ray Data's import (about 0.7 s) overlaps the workers' start
+    from ray.data import ActorPoolStrategy  # Ray Data's import overlaps the workers' start
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
     ds = _dataset_of(blocks)
-    # Off by default: the clock is one more worker process to start, and the stages wait for it on their first
-    # report (measured: 0.5-0.7 s of a 150-photo run, on a 2-core machine).
+    # Off by default: the clock is one more worker process to start, and the stages wait for it on first report.
     clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
     if in_tasks:
-        # One task per block does it all, on one core: read + decode, the model (its own 1 thread), the rows.
-        # With a task per core there is no idle core and no oversubscription, and no actor to start; measured
-        # with `landmark bench tag`: once its workers are up the job runs at the best single-process loop's rate.
+        # One task per block does it all on one core (read + decode, the 1-thread model, the rows): a task per
+        # core leaves no core idle, oversubscribes none, and starts no actor.
         ds = ds.map_batches(
             tag_task,
             batch_size=cfg.decode_batch,
@@ -337,14 +335,9 @@ def _run_pipeline(
             },
             udf_modifying_row_count=False,
         )
-        # Two Ray Data 2.60 behaviours, each of which was measured to run a 150-photo job ONE task at a time:
-        # - its CPU budget per operator comes from what its autoscaling coordinator has reserved for this
-        #   execution, which it learns asynchronously (1-3 s: all of a small run). That reservation guards the
-        #   object store between operators; here the tasks' outputs are kilobytes of tag rows per block, held
-        #   until the writer has --rows-per-file of them, and Ray's CPU slots bound how many tasks run. So this
-        #   dataset (its own copy of the DataContext) goes without it.
-        # - fused into the tasks, the Parquet writer's --rows-per-file makes the fused operator take its whole
-        #   input (up to that many rows) as one task. The writer asks for other resources, so it stays apart.
+        # Ray Data 2.60 would run a small job one task at a time: its per-operator CPU budget waits for a
+        # resource reservation learnt asynchronously (not needed: the outputs are kilobytes of rows), and a writer
+        # fused into the tasks takes --rows-per-file rows as one task (its other resources keep it apart).
         if hasattr(ds.context, "op_resource_reservation_enabled"):
             ds.context.op_resource_reservation_enabled = False
         ds.write_parquet(
@@ -397,9 +390,8 @@ def _run_pipeline(
 def _dataset_of(blocks: list[pa.Table]):
     """The listing as a dataset of these blocks (one per task), their metadata computed here.
 
-    ``ray.data.from_arrow`` computes each block's row count and schema in Ray tasks and waits for them: on a
-    job's fresh workers that is a worker start plus Ray Data's import (measured 1.7-2.1 s of a 150-photo run's
-    4.1 s) before anything is read. The listing is already in this process, and so is its metadata.
+    ``ray.data.from_arrow`` computes each block's row count and schema in Ray tasks and waits for them (a worker
+    start and Ray Data's import before anything is read); the listing and its metadata are already here.
     """
     import ray
 
