@@ -152,7 +152,31 @@ def read_and_decode(
     (``decode_deferred``).
     """
     uris = list(batch["uri"])
-    n = len(uris)
+    out = _decoded_batch(batch, preset, defer_jpeg)
+    t0 = time.perf_counter()
+    for i, uri in enumerate(uris):
+        data = _read_into(out, i, uri, opts)
+        if data is not None:
+            _decode_into(out, i, data, preset, max_pixels)
+    out["decode_seconds"] = np.full(len(uris), (time.perf_counter() - t0) / max(len(uris), 1))
+    return out
+
+
+def decode_bytes(
+    datas: list[bytes], *, preset: EvalPreset, max_pixels: int = DEFAULT_MAX_PIXELS, defer_jpeg: bool = False
+) -> dict:
+    """Photos already in memory (the app's uploads) -> the batch ``read_and_decode`` makes, uris empty."""
+    n = len(datas)
+    listing = {"uri": [""] * n, "etag": [None] * n, "size_bytes": [len(d) for d in datas]}
+    out = _decoded_batch(listing, preset, defer_jpeg)
+    for i, data in enumerate(datas):
+        _decode_into(out, i, data, preset, max_pixels)
+    return out
+
+
+def _decoded_batch(batch: dict, preset: EvalPreset, defer_jpeg: bool) -> dict:
+    """The decode stage's columns for ``batch``'s rows, every row still pending."""
+    n = len(batch["uri"])
     out = {
         "uri": np.asarray(batch["uri"], dtype=object),
         "etag": np.asarray(batch["etag"], dtype=object),
@@ -172,21 +196,21 @@ def read_and_decode(
     )
     if defer_jpeg:  # b"" for the rows decoded (or failed) here: an all-None object column comes back as NaN
         out["jpeg"] = np.full(n, b"", dtype=object)
-    t0 = time.perf_counter()
-    for i, uri in enumerate(uris):
-        _decode_one(out, i, uri, preset, opts, max_pixels)
-    out["decode_seconds"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
     return out
 
 
-def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S3Options, max_pixels: int):
+def _read_into(out: dict, i: int, uri: str, opts: storage.S3Options) -> bytes | None:
     try:
         data = storage.read_bytes(uri, opts)
     except Exception as e:  # any read failure becomes this row's reason; the next run retries it
         out["status"][i], out["error"][i] = FAILED, f"read: {_reason(e)}"
-        return
+        return None
     out["sha256"][i] = hashlib.sha256(data).hexdigest()
     out["size_bytes"][i] = len(data)
+    return data
+
+
+def _decode_into(out: dict, i: int, data: bytes, preset: EvalPreset, max_pixels: int) -> None:
     if "jpeg" in out:
         head = jpeg_header(data, max_pixels)
         if head is not None:  # the GPU actor decodes it
