@@ -28,6 +28,7 @@ from landmark_core.catalog import Catalog, CatalogError, load_coords
 from landmark_core.datasets import DatasetError, _class_split, list_files, load_labelled
 from landmark_core.onnx_runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 from landmark_core.recognizer import RECOGNIZERS
+from landmark_core.status import TAGGED
 
 ACTIONS = ("add", "remove", "list", "upgrade", "eval")
 
@@ -382,7 +383,7 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
         y = np.array([labels[f] for f in sorted(by_class) for _ in by_class[f]])
         pred = _predict(cfg, predictor, uris)
         top1 = pred["topk_idx"][:, 0] == y
-        tagged = pred["status"] == "tagged"
+        tagged = pred["status"] == TAGGED
         out["known"] = {
             "photos": len(uris),
             "top1": float(top1.mean()),
@@ -394,7 +395,7 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
         pred = _predict(cfg, predictor, list_files(u, cfg.s3_options()))
         out.setdefault("unknown", {})[u] = {
             "photos": int(len(pred["status"])),
-            "tagged": float((pred["status"] == "tagged").mean()),
+            "tagged": float((pred["status"] == TAGGED).mean()),
         }
     print(json.dumps(out, indent=None if cfg.as_json else 2), flush=True)
     return out

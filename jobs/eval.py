@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage
+from landmark_core.status import TAGGED
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def run(cfg: EvalConfig) -> dict:
             keep.append(i)
             pred.append(index[r.tags[0]["name"]])
             score.append(r.score)
-            tagged.append(r.status == "tagged")
+            tagged.append(r.status == TAGGED)
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
     outcomes = evaluation.Outcomes.concat(parts)
     result = {

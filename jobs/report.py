@@ -157,7 +157,7 @@ def map_png(rows: list[dict], path: Path) -> None:
     points = Counter(
         (r["lon"], r["lat"], r.get("landmark"))
         for r in rows
-        if r.get("status") == "tagged"
+        if r.get("status") == TAGGED
         and r.get("lat") is not None
         and r.get("lon") is not None
         and not (math.isnan(r["lat"]) or math.isnan(r["lon"]))

@@ -23,7 +23,7 @@ from . import storage, tagstore
 from .datasets import image_objects, local_etag
 from .predictor import Predictor
 from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8, jpeg_header
-from .status import FAILED
+from .status import FAILED, TAGGED
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
 _NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent
@@ -310,7 +310,7 @@ def to_tag_rows(pred: dict, predictor: Predictor, *, run_id: str, tagged_at: dat
     n = len(pred["uri"])
     ok = np.asarray(pred["status"]) != FAILED
     tags = [predictor.tags(pred["topk_idx"][i], pred["topk_score"][i]) if ok[i] else None for i in range(n)]
-    tagged = np.asarray(pred["status"]) == "tagged"
+    tagged = np.asarray(pred["status"]) == TAGGED
     exif_time = np.asarray(pred["exif_time"], dtype=np.int64)
     cols = {
         "uri": _strings(pred["uri"]),
