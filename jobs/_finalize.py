@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, openworld, recognizer, runtime as rt, storage
+from landmark_core import abstention, onnx_runtime as rt, openworld, recognizer, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc,
@@ -136,7 +136,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     )
     blobs = _fit_runtimes(art, cfg, data, negatives, metrics) if open_world else {}
     opts = cfg.s3_options()
-    metrics["model_id"] = save(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+    metrics["model_id"] = save(art, cfg.output, storage_options=cfg.s3_options())
     for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
         rt.cache_model(metrics["model_id"], name, blob)
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
@@ -344,7 +344,7 @@ def _provenance(cfg, run_name: str) -> dict:
 
 
 def _write_report(cfg, data, ev, history, temperature, opts) -> None:
-    from landmark_core.report import training_report_pngs
+    from landmark_core.training_report import training_report_pngs
 
     files = training_report_pngs(history, ev, temperature, data.catalog.names)
     for name, blob in files.items():

@@ -14,7 +14,7 @@ def init_ray(address: str | None, *, worker_env: dict | None = WORKER_ENV) -> No
 
     ``worker_env``: environment variables for this job's workers (a job-level runtime_env); ``None`` for a job
     that needs none (the tag job): a local Ray then runs its tasks in the worker processes ``ray.init`` started,
-    where a runtime_env makes it start new ones first (measured: first two tasks 1.2 s instead of 0.55 s).
+    where a runtime_env would make it start new ones first.
     """
     import ray
 

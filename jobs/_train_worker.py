@@ -50,9 +50,7 @@ class Worker:
         self.opts = self.c.s3_options()
         self.train_preset, self.eval_preset = presets_for(self.c.image_size)
         self.spec = ModelSpec(self.c.model, loop_cfg["n_classes"], dropout=self.c.dropout, weights=self.c.weights)
-        self.net = build_model(
-            self.spec, storage_options={"endpoint": self.c.s3_endpoint}, trust_pickle=self.c.trust_pickle
-        ).to(self.device)
+        self.net = build_model(self.spec, storage_options=self.opts, trust_pickle=self.c.trust_pickle).to(self.device)
         if self.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss_fn = smoothed_ce(self.c.label_smoothing)

@@ -31,38 +31,23 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from jobs.tag import COMPUTE_MODES
+from jobs._cli import ConfigError, checks_config, run_cli
+from jobs.tag import COMPUTE_MODES, TagConfig
+from landmark_core import proctree
 from landmark_core.datasets import list_files
-from landmark_core.runtime import RUNTIMES
+from landmark_core.onnx_runtime import RUNTIMES
 
 # ---------------------------------------------------------------- memory
 
 
 def _tree_rss(root: int) -> dict[int, int]:
-    """{pid: resident bytes} of ``root`` and all its descendants, from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    out, stack, page = {}, [root], os.sysconf("SC_PAGE_SIZE")
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as f:
-                out[pid] = int(f.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            pass
-        stack += children.get(pid, [])
-    return out
+    """{pid: resident bytes} of ``root`` and all its descendants (no psutil needed)."""
+    return proctree.resident_bytes(proctree.descendants(root))
 
 
 def _tree_rss_bytes(root: int) -> int:
@@ -547,37 +532,60 @@ def main(argv: list[str] | None = None) -> int:
             "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
         )
     )
-    ns = p.parse_args(argv)
-    if ns.what == "store":
-        if ns.runs < 1 or ns.rows_per_run < 1 or ns.listed < 1 or min(ns.rows) < ns.rows_per_run:
-            p.error("--runs, --rows-per-run and --listed must be > 0, and every --rows at least --rows-per-run")
+
+    def config(ns: argparse.Namespace) -> BenchConfig:
+        if ns.what == "serve":
+            bench_serve.check_arguments(p, ns)  # exits 2 naming the flag
+        return BenchConfig(ns.what, ns)
+
+    return run_cli(p, argv, config=config, run=run, show=_show)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Which measurement, and its flags as parsed (each measurement has its own)."""
+
+    what: str
+    args: argparse.Namespace
+
+    def check(self) -> None:
+        ns = self.args
+        if self.what == "store":
+            if ns.runs < 1 or ns.rows_per_run < 1 or ns.listed < 1 or min(ns.rows) < ns.rows_per_run:
+                raise ConfigError(
+                    "--runs, --rows-per-run and --listed must be > 0, and every --rows at least --rows-per-run"
+                )
+        elif self.what == "tag":
+            if not Path(ns.images).is_dir():
+                raise ConfigError(f"--images {ns.images}: no such directory")
+            if ns.batch_size < 1 or ns.actors < 1 or ns.cpus_per_actor <= 0 or (ns.decode_batch or 1) < 1:
+                raise ConfigError("--batch-size, --actors, --cpus-per-actor and --decode-batch must be > 0")
+            if ns.scale < 2:
+                raise ConfigError(f"--scale {ns.scale}: must be at least 2")
+            TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute).check()
+
+
+def _show(result: dict, cfg: BenchConfig) -> None:
+    if cfg.args.json:
+        print(json.dumps(result))
+
+
+@checks_config
+def run(cfg: BenchConfig) -> dict:
+    ns = cfg.args
+    if cfg.what == "store":
         from jobs import _bench_store
 
-        result = _bench_store.run(
+        return _bench_store.run(
             ns.rows, runs=ns.runs, rows_per_run=ns.rows_per_run, listed=ns.listed, work=Path(ns.dir), say=_say
         )
-    elif ns.what == "tag":
-        if not Path(ns.images).is_dir():
-            p.error(f"--images {ns.images}: no such directory")
-        if ns.batch_size < 1 or ns.actors < 1 or ns.cpus_per_actor <= 0 or (ns.decode_batch or 1) < 1:
-            p.error("--batch-size, --actors, --cpus-per-actor and --decode-batch must be > 0")
-        if ns.scale < 2:
-            p.error(f"--scale {ns.scale}: must be at least 2")
-        try:
-            from jobs.tag import TagConfig
+    if cfg.what == "tag":
+        return run_tag(ns)
+    if cfg.what == "serve":
+        from jobs import bench_serve
 
-            TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute).check()
-        except ValueError as e:
-            p.error(str(e))
-        result = run_tag(ns)
-    elif ns.what == "serve":
-        bench_serve.check_arguments(p, ns)
-        result = bench_serve.run_serve_bench(ns)
-    else:
-        result = run_train(ns)
-    if ns.json:
-        print(json.dumps(result))
-    return 0
+        return bench_serve.run_serve_bench(ns)
+    return run_train(ns)
 
 
 if __name__ == "__main__":

@@ -21,18 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
 from landmark_core.catalog import Catalog, CatalogError, load_coords
 from landmark_core.datasets import DatasetError, _class_split, list_files, load_labelled
+from landmark_core.onnx_runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 from landmark_core.recognizer import RECOGNIZERS
-from landmark_core.runtime import RUNTIMES, RuntimeChoiceError, check_runtime
+from landmark_core.status import TAGGED
 
 ACTIONS = ("add", "remove", "list", "upgrade", "eval")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -148,8 +146,8 @@ def _is_file(p: str) -> bool:
 # ---------------------------------------------------------------- actions
 
 
+@checks_config
 def run(cfg: CatalogConfig) -> dict:
-    cfg.check()
     t0 = time.perf_counter()
     art = _load(cfg, tensors="numpy" if cfg.action in ("list", "eval") else "torch")
     if cfg.action == "list":
@@ -172,7 +170,7 @@ def run(cfg: CatalogConfig) -> dict:
 
 def _load(cfg: CatalogConfig, tensors: str):
     try:
-        return load_artifact(cfg.model, storage_options={"endpoint": cfg.s3_endpoint}, tensors=tensors)
+        return load_artifact(cfg.model, storage_options=cfg.s3_options(), tensors=tensors)
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
 
@@ -185,7 +183,7 @@ def _predictor(cfg: CatalogConfig, art, accept_rate: float | None = None):
 
 def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> dict:
     try:
-        model_id = save_artifact(art, cfg.output, storage_options={"endpoint": cfg.s3_endpoint})
+        model_id = save_artifact(art, cfg.output, storage_options=cfg.s3_options())
     except Exception as e:
         raise ConfigError(
             f"--output {cfg.output}: could not write the artifact ({storage.redact(str(e))[:200]})"
@@ -226,7 +224,7 @@ def _write(cfg: CatalogConfig, art, t0: float, timings: dict, onnx_of=None) -> d
 def _reuse_onnx(predictor, art) -> None:
     """The network did not change (unless a head column was removed): the new model_id's ONNX model is the old
     one's, so the first tag run need not export and quantise it again."""
-    from landmark_core.runtime import cache_model, model_bytes
+    from landmark_core.onnx_runtime import cache_model, model_bytes
 
     if art.spec.num_classes == predictor.artifact.spec.num_classes:
         cache_model(art.model_id, predictor.runtime, model_bytes(predictor.artifact, predictor.runtime))
@@ -343,14 +341,14 @@ def _embed_with_ray(cfg: CatalogConfig, predictor, uris: list[str]) -> enroll.Em
 
 
 def _onnx_bytes(predictor) -> bytes:
-    from landmark_core.runtime import model_bytes
+    from landmark_core.onnx_runtime import model_bytes
 
     return model_bytes(predictor.artifact, predictor.runtime)
 
 
 def embed_task(batch: dict, *, predictor: dict, opts) -> dict:
     """Ray Data task: uris -> logits and embeddings (the tag job's per-worker Predictor cache)."""
-    from jobs.tag import _worker_predictor
+    from jobs._tag_worker import _worker_predictor
 
     p = _worker_predictor(predictor)
     uris = [str(u) for u in batch["uri"]]
@@ -385,7 +383,7 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
         y = np.array([labels[f] for f in sorted(by_class) for _ in by_class[f]])
         pred = _predict(cfg, predictor, uris)
         top1 = pred["topk_idx"][:, 0] == y
-        tagged = pred["status"] == "tagged"
+        tagged = pred["status"] == TAGGED
         out["known"] = {
             "photos": len(uris),
             "top1": float(top1.mean()),
@@ -397,7 +395,7 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
         pred = _predict(cfg, predictor, list_files(u, cfg.s3_options()))
         out.setdefault("unknown", {})[u] = {
             "photos": int(len(pred["status"])),
-            "tagged": float((pred["status"] == "tagged").mean()),
+            "tagged": float((pred["status"] == TAGGED).mean()),
         }
     print(json.dumps(out, indent=None if cfg.as_json else 2), flush=True)
     return out
@@ -499,27 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(ns: argparse.Namespace) -> CatalogConfig:
-    fields = CatalogConfig.__dataclass_fields__
-    kw = {k: v for k, v in vars(ns).items() if k in fields}
-    if "unknown" in kw:
-        kw["unknown"] = tuple(kw["unknown"])
-    return CatalogConfig(**kw)
+    return fields_of(CatalogConfig, ns, **({"unknown": tuple(ns.unknown)} if "unknown" in vars(ns) else {}))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    ns = p.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except (ConfigError, enroll.EnrollError, CatalogError) as e:
-        print(f"landmark catalog {cfg.action}: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(
+        build_parser(),
+        argv,
+        config=config_from_args,
+        run=run,
+        failures=(((enroll.EnrollError, CatalogError), 2),),
+        prog=lambda cfg: f"landmark catalog {cfg.action}",
+    )
 
 
 if __name__ == "__main__":

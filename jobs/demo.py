@@ -15,7 +15,28 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    data: str | None = None
+    out: str = "out/demo"
+    classes: int = 6
+    epochs: int = 6
+    no_s3: bool = False
+    model: str | None = None
+
+    def check(self) -> None:
+        if self.model and not Path(self.model, "artifact.json").is_file():
+            raise ConfigError(f"--model {self.model}: no artifact.json there (train one with `landmark train`)")
+        if self.data and not Path(self.data).is_dir():
+            raise ConfigError(f"--data {self.data}: no such directory")
+        if self.classes < 2 or self.epochs < 1:
+            raise ConfigError("--classes must be >= 2 and --epochs >= 1")
 
 
 def step(n: int, text: str) -> None:
@@ -65,27 +86,28 @@ def _day_of_uploads(photos: Path, work: Path) -> Path:
     return day
 
 
-def run(ns: argparse.Namespace) -> int:
+@checks_config
+def run(cfg: DemoConfig) -> int:
     t0 = time.time()
-    work = Path(ns.out)
+    work = Path(cfg.out)
     work.mkdir(parents=True, exist_ok=True)
     step(1, "photos")
-    photos = _photos(ns.data, work, ns.classes)
+    photos = _photos(cfg.data, work, cfg.classes)
 
     step(
         2,
         "a local Ray"
         + (
-            f" and the model in {ns.model}"
-            if ns.model
+            f" and the model in {cfg.model}"
+            if cfg.model
             else "; train EfficientNet-Lite0 on it (frozen backbone, 2 workers)"
         ),
     )
     server = None
-    if not ns.no_s3:  # before Ray starts: its workers inherit the S3 keys from this process's environment
+    if not cfg.no_s3:  # before Ray starts: its workers inherit the S3 keys from this process's environment
         server = _start_s3_server(work)
     try:
-        model, tags = _train_tag_query(ns, photos, work, server)
+        model, tags = _train_tag_query(cfg, photos, work, server)
     finally:
         step(6, "stop what the demo started")
         if server is not None:
@@ -100,13 +122,13 @@ def run(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _train_tag_query(ns, photos: Path, work: Path, server):
+def _train_tag_query(cfg: "DemoConfig", photos: Path, work: Path, server):
     from jobs._ray import init_ray
     from jobs.train import TrainConfig, run as train
 
     init_ray(None)
-    if ns.model:
-        model = Path(ns.model)
+    if cfg.model:
+        model = Path(cfg.model)
         print(f"    skipped: using the trained model in {model}")
     else:
         model = work / "model"
@@ -118,7 +140,7 @@ def _train_tag_query(ns, photos: Path, work: Path, server):
                 model="efficientnet_lite0",
                 freeze_backbone=True,
                 workers=2,
-                epochs=ns.epochs,
+                epochs=cfg.epochs,
                 feature_views=2,
             )
         )
@@ -161,7 +183,7 @@ def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) ->
     from landmark_core import storage, tagstore
     from landmark_core.artifact import load
 
-    folders = {lm.folder: lm.name for lm in load(model, storage_options={"endpoint": endpoint}).catalog}
+    folders = {lm.folder: lm.name for lm in load(model, storage_options=storage.S3Options(endpoint=endpoint)).catalog}
     rows = tagstore.read(tags, columns=["uri", "landmark"], opts=storage.S3Options(endpoint=endpoint))
     right = total = 0
     for uri, landmark in zip(rows.column("uri").to_pylist(), rows.column("landmark").to_pylist()):
@@ -179,7 +201,7 @@ def _print_accuracy(tags: str, model: str, endpoint: str | None, listed: int) ->
 def _start_s3_server(work: Path):
     import os
 
-    from jobs.seaweed import SeaweedS3
+    from landmark_core.devs3 import SeaweedS3
 
     shutil.rmtree(work / "seaweedfs", ignore_errors=True)
     server = SeaweedS3(work / "seaweedfs").start()
@@ -208,14 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--no-s3", action="store_true", help="keep the uploads and tags on local disk")
     p.add_argument("--model", default=None, help="tag with this trained model instead of training one")
-    ns = p.parse_args(argv)
-    if ns.model and not Path(ns.model, "artifact.json").is_file():
-        p.error(f"--model {ns.model}: no artifact.json there (train one with `landmark train`)")
-    if ns.data and not Path(ns.data).is_dir():
-        p.error(f"--data {ns.data}: no such directory")
-    if ns.classes < 2 or ns.epochs < 1:
-        p.error("--classes must be >= 2 and --epochs >= 1")
-    return run(ns)
+    return run_cli(p, argv, config=lambda ns: fields_of(DemoConfig, ns), run=run)
 
 
 if __name__ == "__main__":

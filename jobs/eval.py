@@ -14,11 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage
-
-
-class ConfigError(ValueError):
-    pass
+from landmark_core.status import TAGGED
 
 
 @dataclass(frozen=True)
@@ -44,14 +42,14 @@ class EvalConfig:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
             raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
-        from landmark_core.runtime import RUNTIMES
+        from landmark_core.onnx_runtime import RUNTIMES
 
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
 
+@checks_config
 def run(cfg: EvalConfig) -> dict:
-    cfg.check()
     import numpy as np
 
     from landmark_core import evaluation
@@ -77,7 +75,7 @@ def run(cfg: EvalConfig) -> dict:
             keep.append(i)
             pred.append(index[r.tags[0]["name"]])
             score.append(r.score)
-            tagged.append(r.status == "tagged")
+            tagged.append(r.status == TAGGED)
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
     outcomes = evaluation.Outcomes.concat(parts)
     result = {
@@ -171,32 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
     p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
     p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")
-    ns = p.parse_args(argv)
-    try:
-        cfg = EvalConfig(
-            model=ns.model,
-            known=ns.known,
-            unknown=tuple(ns.unknown),
-            out=ns.out,
-            as_json=ns.as_json,
-            runtime=ns.runtime,
-            batch_size=ns.batch_size,
-            min_score=ns.min_score,
-            accept_rate=ns.accept_rate,
-            max_wrong_rate=ns.max_wrong_rate,
-        )
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
     from landmark_core.artifact import ArtifactError
 
-    try:
-        result = run(cfg)
-    except (ConfigError, ArtifactError, ValueError) as e:
-        print(f"landmark eval: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result) if cfg.as_json else format_table(result))
-    return 0
+    return run_cli(
+        p,
+        argv,
+        config=lambda ns: fields_of(EvalConfig, ns, unknown=tuple(ns.unknown)),
+        run=run,
+        show=lambda result, cfg: print(json.dumps(result) if cfg.as_json else format_table(result)),
+        failures=(((ArtifactError, ValueError), 2),),
+    )
 
 
 if __name__ == "__main__":

@@ -33,17 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from jobs._cli import ConfigError, run_cli
 from landmark_core import storage, tagstore
+from landmark_core.catalog import EARTH_RADIUS_KM
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_COLUMNS = ("uri", "status", "landmark", "score", "lat", "lon")
 ALL_COLUMNS = tuple(tagstore.TAGS_SCHEMA.names)
-EARTH_RADIUS_KM = 6371.0088  # same mean radius as landmark_core.catalog.haversine_km and tagstore.MACROS
-MAX_RADIUS_KM = math.pi * EARTH_RADIUS_KM  # half the circumference: beyond this every point is inside
 
 
-class QueryError(ValueError):
-    """A bad query argument; the message starts with the flag it is about."""
+QueryError = ConfigError  # a bad query argument; the message starts with the flag it is about
 
 
 @dataclass(frozen=True)
@@ -609,19 +608,22 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_fix_negative_near(list(sys.argv[1:] if argv is None else argv)))
-    try:
-        cfg = config_from_args(args)
-        if args.columns is not None and args.summary:
-            raise QueryError("--columns and --summary do not go together (the summary has its own columns)")
-        cfg.check()
-        if cfg.format == "parquet" and cfg.out is None and sys.stdout.isatty():
-            raise QueryError("--format parquet writes binary: give --out FILE or redirect stdout")
-    except (QueryError, storage.StorageError) as e:
-        parser.error(str(e))  # exits 2
+def cli_config(args: argparse.Namespace) -> QueryConfig:
+    """The config of a command line, with the checks only the command line needs."""
+    if args.columns is not None and args.summary:
+        raise QueryError("--columns and --summary do not go together (the summary has its own columns)")
+    if args.format == "parquet" and args.out is None and sys.stdout.isatty():
+        raise QueryError("--format parquet writes binary: give --out FILE or redirect stdout")
+    return config_from_args(args)
 
+
+def main(argv: list[str] | None = None) -> int:
+    argv = _fix_negative_near(list(sys.argv[1:] if argv is None else argv))
+    return run_cli(build_parser(), argv, config=cli_config, run=answer)
+
+
+def answer(cfg: QueryConfig) -> int:
+    """Runs the query of a command line and prints it; returns the exit code."""
     try:
         if cfg.summary:
             summary = run_summary(cfg)

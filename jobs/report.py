@@ -19,14 +19,17 @@ import math
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
+from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
 
-STATUS_COLOURS = {"tagged": "#2e7d32", "no_landmark": "#b26a00", "failed": "#c62828"}
+STATUS_COLOURS = {TAGGED: "#2e7d32", NO_LANDMARK: "#b26a00", FAILED: "#c62828"}
 REPORT_COLUMNS = [
     "uri",
     "status",
@@ -154,7 +157,7 @@ def map_png(rows: list[dict], path: Path) -> None:
     points = Counter(
         (r["lon"], r["lat"], r.get("landmark"))
         for r in rows
-        if r.get("status") == "tagged"
+        if r.get("status") == TAGGED
         and r.get("lat") is not None
         and r.get("lon") is not None
         and not (math.isnan(r["lat"]) or math.isnan(r["lon"]))
@@ -360,9 +363,7 @@ def write_report(
         parts.append('<p class="muted">no photos</p>')
     parts.append("</body></html>\n")
     path = out / "report.html"
-    tmp = path.with_name("report.html.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    storage.write_bytes(str(path), "\n".join(parts).encode("utf-8"))  # atomic: a reader never sees half a page
     return path
 
 
@@ -399,37 +400,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    opts = storage.S3Options(endpoint=args.s3_endpoint or None)
-    try:
-        opts.check()
-        storage.check_uri(args.tags)
-    except storage.StorageError as e:
-        parser.error(str(e) if str(e).startswith("--") else f"--tags: {e}")
-    if args.thumbs < 0:
-        parser.error(f"--thumbs must be >= 0, got {args.thumbs}")
-    if storage.is_s3(args.out):
-        parser.error("--out must be a local directory")
-    if args.model:
+@dataclass(frozen=True)
+class ReportConfig:
+    tags: str
+    out: str
+    model: str | None = None
+    thumbs: int = DEFAULT_THUMBS
+    s3_endpoint: str | None = None
+
+    def check(self) -> None:
         try:
-            storage.check_uri(args.model)
+            self.s3_options().check()
+            storage.check_uri(self.tags)
         except storage.StorageError as e:
-            parser.error(f"--model: {e}")
+            raise ConfigError(str(e) if str(e).startswith("--") else f"--tags: {e}") from None
+        if self.thumbs < 0:
+            raise ConfigError(f"--thumbs must be >= 0, got {self.thumbs}")
+        if storage.is_s3(self.out):
+            raise ConfigError("--out must be a local directory")
+        if self.model:
+            try:
+                storage.check_uri(self.model)
+            except storage.StorageError as e:
+                raise ConfigError(f"--model: {e}") from None
+
+    def s3_options(self) -> storage.S3Options:
+        return storage.S3Options(endpoint=self.s3_endpoint or None)
+
+
+@checks_config
+def run(cfg: ReportConfig) -> Path:
+    """Writes the report of the store at ``cfg.tags``; returns the path of report.html."""
+    opts = cfg.s3_options()
     try:
-        runs = tagstore.runs(args.tags, opts)
-        table = tagstore.read(args.tags, columns=REPORT_COLUMNS, opts=opts)
+        runs = tagstore.runs(cfg.tags, opts)
+        table = tagstore.read(cfg.tags, columns=REPORT_COLUMNS, opts=opts)
     except (OSError, storage.StorageError, tagstore.StoreError) as e:
-        print(f"landmark report: cannot read {args.tags}: {storage.redact(str(e))}", file=sys.stderr)
-        return 1
+        raise tagstore.StoreError(f"cannot read {cfg.tags}: {storage.redact(str(e))}") from None
     if not runs:
-        print(f"landmark report: no committed runs under {args.tags}; writing an empty report", file=sys.stderr)
-    path = write_report(
-        table, args.out, model_dir=args.model, opts=opts, thumbs=args.thumbs, runs=runs, tags_uri=args.tags
+        print(f"landmark report: no committed runs under {cfg.tags}; writing an empty report", file=sys.stderr)
+    return write_report(table, cfg.out, model_dir=cfg.model, opts=opts, thumbs=cfg.thumbs, runs=runs, tags_uri=cfg.tags)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        build_parser(),
+        sys.argv[1:] if argv is None else argv,
+        config=lambda ns: fields_of(ReportConfig, ns),
+        run=run,
+        show=lambda path, _cfg: print(path),
+        failures=((tagstore.StoreError, 1),),
     )
-    print(path)
-    return 0
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from jobs._cli import ConfigError, run_cli
 from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
-from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 
 APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -39,10 +40,6 @@ MAX_BATCH_FILES = 64
 RETRY_AFTER_S = 1
 RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 PROXY_GRACE_S = 2.0
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     max_batch_size: int = 16
     batch_wait_ms: float = 10.0
-    runtime: str = "auto"  # landmark_core.runtime: auto = torch on a GPU replica, onnx-int8 on a CPU one
+    runtime: str = "auto"  # landmark_core.onnx_runtime: auto = torch on a GPU replica, onnx-int8 on a CPU one
     k: int = 5
     token_file: str | None = None
     max_upload_mb: float = 25.0
@@ -391,7 +388,7 @@ def prepare_model(cfg: ServeConfig) -> None:
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
     if runtime in ONNX_RUNTIMES:
-        from landmark_core import runtime as rt
+        from landmark_core import onnx_runtime as rt
 
         rt.model_bytes(art, runtime)
 
@@ -497,18 +494,7 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark serve", description=__doc__.split("\n")[0])
     add_arguments(p)
-    ns = p.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except ConfigError as e:
-        print(f"landmark serve: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(p, argv, config=config_from_args, run=run)
 
 
 if __name__ == "__main__":

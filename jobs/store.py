@@ -22,13 +22,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
 
 ACTIONS = ("history", "optimize", "vacuum", "migrate")
-
-
-class StoreConfigError(ValueError):
-    """A bad argument; the message names the flag."""
 
 
 @dataclass(frozen=True)
@@ -45,28 +42,28 @@ class StoreConfig:
 
     def check(self) -> None:
         if self.action not in ACTIONS:
-            raise StoreConfigError(f"the action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
+            raise ConfigError(f"the action must be one of {', '.join(ACTIONS)}, got {self.action!r}")
         flag = "--to" if self.action == "migrate" else "--table"
         if not self.table or not str(self.table).strip():
-            raise StoreConfigError(f"{flag} is required (the Delta table: a local path or s3://bucket/prefix)")
+            raise ConfigError(f"{flag} is required (the Delta table: a local path or s3://bucket/prefix)")
         try:
             storage.check_locations({flag: self.table, "--from": self.source}, self.s3_options())
         except storage.StorageError as e:
-            raise StoreConfigError(str(e)) from None
+            raise ConfigError(str(e)) from None
         if self.action == "migrate" and not self.source:
-            raise StoreConfigError("--from OLD_ROOT is required (a store of dt=/run=/ directories)")
+            raise ConfigError("--from OLD_ROOT is required (a store of dt=/run=/ directories)")
         if self.action == "vacuum":
             if self.retain_hours is None:
-                raise StoreConfigError(
+                raise ConfigError(
                     "--retain-hours N is required: files younger than N hours are kept "
                     "(a tag run still writing has uncommitted files; make N longer than a run)"
                 )
             if not self.retain_hours >= 0:
-                raise StoreConfigError(f"--retain-hours must be >= 0, got {self.retain_hours}")
+                raise ConfigError(f"--retain-hours must be >= 0, got {self.retain_hours}")
         if self.target_mb <= 0:
-            raise StoreConfigError(f"--target-mb must be > 0, got {self.target_mb}")
+            raise ConfigError(f"--target-mb must be > 0, got {self.target_mb}")
         if self.limit is not None and self.limit < 1:
-            raise StoreConfigError(f"--limit must be >= 1, got {self.limit}")
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint or None)
@@ -195,9 +192,19 @@ def _check_order_preserved(summaries: list[dict], tables: list[pa.Table]) -> Non
 # ---------------------------------------------------------------- CLI
 
 
+@checks_config
 def run(cfg: StoreConfig):
-    cfg.check()
     return {"history": history, "optimize": optimize, "vacuum": vacuum, "migrate": migrate}[cfg.action](cfg)
+
+
+def _run_naming_the_table(cfg: StoreConfig):
+    """run(cfg) for the CLI: delta-rs and storage errors become one StoreError naming the table."""
+    try:
+        return run.after_check(cfg)
+    except (tagstore.StoreError, ConfigError):
+        raise
+    except Exception as e:
+        raise tagstore.StoreError(f"{cfg.table}: {tagstore.error_text(e)}") from None
 
 
 def _print(cfg: StoreConfig, result) -> None:
@@ -270,24 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = build_parser()
-    ns = p.parse_args(argv)
-    fields = StoreConfig.__dataclass_fields__
-    cfg = StoreConfig(**{k: v for k, v in vars(ns).items() if k in fields})
-    try:
-        cfg.check()
-    except StoreConfigError as e:
-        p.error(str(e))
-    try:
-        result = run(cfg)
-    except tagstore.StoreError as e:
-        print(f"landmark store {cfg.action}: error: {e}", file=sys.stderr)
-        return 1
-    except Exception as e:  # delta-rs / storage errors: one line naming the table
-        print(f"landmark store {cfg.action}: error: {cfg.table}: {tagstore.error_text(e)}", file=sys.stderr)
-        return 1
-    _print(cfg, result)
-    return 0
+    return run_cli(
+        build_parser(),
+        argv,
+        config=lambda ns: fields_of(StoreConfig, ns),
+        run=_run_naming_the_table,
+        show=lambda result, cfg: _print(cfg, result),
+        failures=((tagstore.StoreError, 1),),
+        prog=lambda cfg: f"landmark store {cfg.action}",
+    )
 
 
 if __name__ == "__main__":

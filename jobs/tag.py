@@ -10,7 +10,6 @@ It streams: Ray Data holds a bounded number of blocks in flight, whatever the nu
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import secrets
 import sys
@@ -23,16 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._tag_worker import StageClock, TagActor, start_workers, tag_task, timed_read_and_decode
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
+from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
-from landmark_core.tagging import InputError, list_inputs, pending, read_and_decode, read_manifest, to_tag_rows
-
-
-class ConfigError(ValueError):
-    pass
-
+from landmark_core.tagging import InputError, list_inputs, pending, read_manifest
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
 
@@ -54,7 +50,7 @@ class TagConfig:
     cpus_per_actor: float = 1.0
     threads_per_actor: int | None = None
     decode_batch: int = 16
-    runtime: str = "auto"  # landmark_core.runtime: torch | onnx | onnx-int8 | auto (torch on GPU, else int8)
+    runtime: str = "auto"  # landmark_core.onnx_runtime: torch | onnx | onnx-int8 | auto (torch on GPU, else int8)
     compute: str = "auto"  # where the model runs: actors | tasks | auto (see TagConfig.resolved_compute)
     min_score: float | None = None
     accept_rate: float | None = None
@@ -146,9 +142,9 @@ class TagConfig:
 # ---------------------------------------------------------------- driver
 
 
+@checks_config
 def run(cfg: TagConfig) -> dict:
     """Tag every new photo; returns the summary of the committed run (also in the run's Delta commit)."""
-    cfg.check()
     t_start = time.time()
     opts = cfg.s3_options()
     _check_reachable(cfg, opts)
@@ -156,7 +152,7 @@ def run(cfg: TagConfig) -> dict:
     try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
         artifact = load_artifact(
             cfg.model,
-            storage_options={"endpoint": cfg.s3_endpoint},
+            storage_options=cfg.s3_options(),
             tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
         )
     except ArtifactError as e:
@@ -192,7 +188,7 @@ def run(cfg: TagConfig) -> dict:
     if todo.num_rows:
         onnx_model = None
         if runtime in ONNX_RUNTIMES:  # built (or read from the cache) once here, shipped to every actor/task
-            from landmark_core.runtime import model_bytes
+            from landmark_core.onnx_runtime import model_bytes
 
             t0 = time.time()
             onnx_model = model_bytes(artifact, runtime)
@@ -311,20 +307,18 @@ def _run_pipeline(
     task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
     in_tasks = cfg.resolved_compute() == "tasks"
     if in_tasks:
-        _start_workers(min(n_blocks, int(ray.available_resources().get("CPU", 1))), task_predictor)
-    from ray.data import ActorPoolStrategy  # Ray Data's import (about 0.7 s) overlaps the workers' start
+        start_workers(min(n_blocks, int(ray.available_resources().get("CPU", 1))), task_predictor)
+    from ray.data import ActorPoolStrategy  # Ray Data's import overlaps the workers' start
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
     ds = _dataset_of(blocks)
-    # Off by default: the clock is one more worker process to start, and the stages wait for it on their first
-    # report (measured: 0.5-0.7 s of a 150-photo run, on a 2-core machine).
+    # Off by default: the clock is one more worker process to start, and the stages wait for it on first report.
     clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
     if in_tasks:
-        # One task per block does it all, on one core: read + decode, the model (its own 1 thread), the rows.
-        # With a task per core there is no idle core and no oversubscription, and no actor to start; measured
-        # with `landmark bench tag`: once its workers are up the job runs at the best single-process loop's rate.
+        # One task per block does it all on one core (read + decode, the 1-thread model, the rows): a task per
+        # core leaves no core idle, oversubscribes none, and starts no actor.
         ds = ds.map_batches(
             tag_task,
             batch_size=cfg.decode_batch,
@@ -341,14 +335,9 @@ def _run_pipeline(
             },
             udf_modifying_row_count=False,
         )
-        # Two Ray Data 2.60 behaviours, each of which was measured to run a 150-photo job ONE task at a time:
-        # - its CPU budget per operator comes from what its autoscaling coordinator has reserved for this
-        #   execution, which it learns asynchronously (1-3 s: all of a small run). That reservation guards the
-        #   object store between operators; here the tasks' outputs are kilobytes of tag rows per block, held
-        #   until the writer has --rows-per-file of them, and Ray's CPU slots bound how many tasks run. So this
-        #   dataset (its own copy of the DataContext) goes without it.
-        # - fused into the tasks, the Parquet writer's --rows-per-file makes the fused operator take its whole
-        #   input (up to that many rows) as one task. The writer asks for other resources, so it stays apart.
+        # Ray Data 2.60 would run a small job one task at a time: its per-operator CPU budget waits for a
+        # resource reservation learnt asynchronously (not needed: the outputs are kilobytes of rows), and a writer
+        # fused into the tasks takes --rows-per-file rows as one task (its other resources keep it apart).
         if hasattr(ds.context, "op_resource_reservation_enabled"):
             ds.context.op_resource_reservation_enabled = False
         ds.write_parquet(
@@ -401,195 +390,13 @@ def _run_pipeline(
 def _dataset_of(blocks: list[pa.Table]):
     """The listing as a dataset of these blocks (one per task), their metadata computed here.
 
-    ``ray.data.from_arrow`` computes each block's row count and schema in Ray tasks and waits for them: on a
-    job's fresh workers that is a worker start plus Ray Data's import (measured 1.7-2.1 s of a 150-photo run's
-    4.1 s) before anything is read. The listing is already in this process, and so is its metadata.
+    ``ray.data.from_arrow`` computes each block's row count and schema in Ray tasks and waits for them (a worker
+    start and Ray Data's import before anything is read); the listing and its metadata are already here.
     """
     import ray
 
     from_blocks = getattr(ray.data, "from_blocks", None)  # DeveloperAPI in Ray 2.60; keeps the blocks as given
     return from_blocks(blocks) if from_blocks is not None else ray.data.from_arrow(blocks)
-
-
-class StageClock:
-    """Worker-seconds and photos per stage, reported by the stages themselves: with decode and the model fused
-    into one task (CPU) or one actor, Ray Data's per-operator stats cannot tell them apart."""
-
-    def __init__(self):
-        self.stages: dict[str, dict] = {}
-
-    def add(self, stage: str, seconds: float, photos: int) -> None:
-        s = self.stages.setdefault(stage, {"seconds": 0.0, "photos": 0})
-        s["seconds"] += seconds
-        s["photos"] += photos
-
-    def totals(self) -> dict:
-        return {k: {"seconds": round(v["seconds"], 2), "photos": v["photos"]} for k, v in self.stages.items()}
-
-
-def _clocked(clock, stage: str, fn, n: int):
-    """fn() timed into ``clock`` (waited for, so the driver's totals include it; one small call per batch)."""
-    import ray
-
-    t0 = time.perf_counter()
-    out = fn()
-    if clock is not None:
-        ray.get(clock.add.remote(stage, time.perf_counter() - t0, n))
-    return out
-
-
-def timed_read_and_decode(batch: dict, *, clock=None, **kwargs) -> dict:
-    return _clocked(clock, "read+decode", lambda: read_and_decode(batch, **kwargs), len(batch["uri"]))
-
-
-def _make_predictor(
-    *,
-    model: str,
-    model_id: str,
-    k: int,
-    min_score,
-    accept_rate,
-    s3_endpoint,
-    runtime: str,
-    onnx_model,
-    threads: int,
-    max_wrong_rate=None,
-):
-    from landmark_core.predictor import Predictor
-
-    if onnx_model is not None and not isinstance(onnx_model, bytes):  # an ObjectRef from the driver
-        import ray
-
-        onnx_model = ray.get(onnx_model)
-    p = Predictor(
-        model,
-        k=k,
-        min_score=min_score,
-        accept_rate=accept_rate,
-        max_wrong_rate=max_wrong_rate,
-        threads=threads,
-        storage_options={"endpoint": s3_endpoint},
-        runtime=runtime,
-        onnx_model=onnx_model,
-    )
-    if model_id is not None and p.model_id != model_id:  # the artifact at --model was replaced meanwhile
-        raise RuntimeError(f"--model {model} changed during the run (model_id {p.model_id}, expected {model_id})")
-    return p
-
-
-# Worker processes run many tasks of one job: the predictor is built by the first task and reused (keyed by
-# everything that makes it, model_id included, so a replaced artifact is never served from the cache).
-_WORKER_PREDICTORS: dict = {}
-
-
-def _worker_predictor(predictor: dict):
-    key = tuple(sorted((k, v) for k, v in predictor.items() if k != "onnx_model"))
-    if key not in _WORKER_PREDICTORS:
-        _WORKER_PREDICTORS.clear()  # one model per worker process
-        _WORKER_PREDICTORS[key] = _make_predictor(**predictor)
-    return _WORKER_PREDICTORS[key]
-
-
-def _start_workers(n: int, predictor: dict) -> None:
-    """Start ``n`` of this job's worker processes now, each importing Ray Data and loading the model, while the
-    driver imports Ray Data and plans: a job's fresh workers otherwise start only when its first tasks are
-    scheduled (measured on 2 cores: 1-1.5 s before the first photo is read). Fire and forget: the pipeline's
-    tasks then run in these processes (Ray reuses a job's idle workers), their model already cached."""
-    import ray
-
-    warm = ray.remote(num_cpus=1, max_retries=0)(warm_worker)
-    for _ in range(n):
-        warm.remote(predictor)
-
-
-def warm_worker(predictor: dict) -> bool:
-    importlib.import_module("ray.data._internal.execution.operators.map_operator")  # what Ray Data's tasks load
-
-    try:
-        _worker_predictor(predictor)
-        return True
-    except Exception:  # the pipeline's own tasks meet the same error and report it; a warm-up has nothing to add
-        return False
-
-
-def tag_task(
-    batch: dict, *, preset, opts, max_pixels: int, run_id: str, tagged_at, predictor: dict, clock=None
-) -> pa.Table:
-    """``--compute tasks``: listing rows -> read + decode -> predict -> TAGS_SCHEMA rows, in one task."""
-    from landmark_core.tagging import predict_batch
-
-    p = _worker_predictor(predictor)
-    decoded = timed_read_and_decode(batch, preset=preset, opts=opts, max_pixels=max_pixels, clock=clock)
-    return _clocked(
-        clock,
-        "model+rows",
-        lambda: to_tag_rows(predict_batch(p, decoded), p, run_id=run_id, tagged_at=tagged_at),
-        len(batch["uri"]),
-    )
-
-
-class TagActor:
-    """The Ray Data actor: one Predictor per actor (model loaded once), batches in, TAGS_SCHEMA rows out."""
-
-    def __init__(
-        self,
-        *,
-        model: str,
-        k: int,
-        min_score,
-        accept_rate,
-        s3_endpoint,
-        run_id: str,
-        threads: int,
-        tagged_at,
-        runtime: str = "torch",
-        onnx_model=None,
-        model_id: str | None = None,
-        clock=None,
-        gpu_decode: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_wrong_rate=None,
-    ):
-        self.predictor = _make_predictor(
-            model=model,
-            model_id=model_id,
-            k=k,
-            min_score=min_score,
-            accept_rate=accept_rate,
-            max_wrong_rate=max_wrong_rate,
-            s3_endpoint=s3_endpoint,
-            runtime=runtime,
-            onnx_model=onnx_model,
-            threads=threads,
-        )
-        if gpu_decode:  # an actor without CUDA says so once, instead of decoding slowly on its CPU
-            from landmark_core.preprocess import check_gpu_decode
-
-            check_gpu_decode(self.predictor.device)
-        self.run_id, self.tagged_at, self.clock = run_id, tagged_at, clock
-        self.gpu_decode, self.max_pixels = gpu_decode, max_pixels
-
-    def __call__(self, batch: dict) -> pa.Table:
-        from landmark_core.tagging import decode_deferred, predict_batch
-
-        if self.gpu_decode:
-            batch = _clocked(
-                self.clock,
-                "gpu-decode",
-                lambda: decode_deferred(
-                    batch, preset=self.predictor.preset, device=self.predictor.device, max_pixels=self.max_pixels
-                ),
-                len(batch["uri"]),
-            )
-
-        return _clocked(
-            self.clock,
-            "model+rows",
-            lambda: to_tag_rows(
-                predict_batch(self.predictor, batch), self.predictor, run_id=self.run_id, tagged_at=self.tagged_at
-            ),
-            len(batch["uri"]),
-        )
 
 
 def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
@@ -740,30 +547,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> TagConfig:
-    fields = TagConfig.__dataclass_fields__
-    return TagConfig(**{k: v for k, v in vars(ns).items() if k in fields})
+    if not ns.model:
+        raise ConfigError("--model is required (or set LANDMARK_MODEL); train one with `landmark train`")
+    return fields_of(TagConfig, ns)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark tag", description=__doc__.split("\n")[0])
     add_arguments(p)
-    ns = p.parse_args(argv)
-    if not ns.model:
-        p.error("--model is required (or set LANDMARK_MODEL); train one with `landmark train`")
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except ConfigError as e:
-        p.error(str(e))
-    try:
-        run(cfg)
-    except (ConfigError, InputError) as e:
-        print(f"landmark tag: error: {e}", file=sys.stderr)
-        return 2
-    except OutputError as e:
-        print(f"landmark tag: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(p, argv, config=config_from_args, run=run, failures=((InputError, 2), (OutputError, 1)))
 
 
 if __name__ == "__main__":

@@ -19,16 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.recognizer import RECOGNIZERS
-
-
-class ConfigError(ValueError):
-    pass
-
 
 HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, and the linear probe's (LP-FT)
 
@@ -162,9 +158,9 @@ class TrainConfig:
 # ---------------------------------------------------------------- driver
 
 
+@checks_config
 def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
-    cfg.check()
     from landmark_core.catalog import load_coords
     from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
 
@@ -215,7 +211,7 @@ def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
         from landmark_core.weights import WeightsError, load_state_dict_file
 
         try:
-            load_state_dict_file(cfg.weights, {"endpoint": cfg.s3_endpoint}, trust_pickle=cfg.trust_pickle)
+            load_state_dict_file(cfg.weights, cfg.s3_options(), trust_pickle=cfg.trust_pickle)
         except WeightsError as e:
             raise ConfigError(f"--weights: {e}") from None
 
@@ -399,28 +395,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    fields = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(ns).items() if k in fields}
-    values["negatives"] = tuple(values.get("negatives") or ())
-    return TrainConfig(**values)
+    return fields_of(TrainConfig, ns, negatives=tuple(ns.negatives or ()))
+
+
+def _show(metrics: dict, _cfg: TrainConfig) -> None:
+    print(json.dumps({k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark train", description=__doc__.split("\n")[0])
     add_arguments(p)
-    ns = p.parse_args(argv)
-    try:
-        cfg = config_from_args(ns)
-        cfg.check()
-    except (ConfigError, ValueError) as e:
-        p.error(str(e))
-    try:
-        metrics = run(cfg)
-    except ConfigError as e:  # found by run's pre-flight checks (storage, --weights, --resume): one line, exit 2
-        print(f"landmark train: error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}))
-    return 0
+    return run_cli(p, argv, config=config_from_args, run=run, show=_show)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ class Artifact:
         return {**body, "model_id": model_id, "metrics": self.metrics, "provenance": self.provenance}
 
 
-def save(artifact: Artifact, dest: str, *, storage_options: dict | None = None) -> str:
+def save(artifact: Artifact, dest: str, *, storage_options: storage.S3Options | dict | None = None) -> str:
     """Write the artifact to a local directory or s3:// prefix; returns its model_id."""
     from safetensors.torch import save as st_save
 
@@ -77,7 +77,7 @@ def save(artifact: Artifact, dest: str, *, storage_options: dict | None = None) 
     meta["provenance"] = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **artifact.provenance}
     artifact.model_id = meta["model_id"]
     text = json.dumps(meta, indent=2, sort_keys=False)
-    opts = storage.S3Options(**(storage_options or {}))
+    opts = storage.as_options(storage_options)
     if storage.is_s3(dest):
         storage.write_bytes(storage.join(dest, WEIGHTS_FILE), blob, opts)
         storage.write_bytes(storage.join(dest, META_FILE), text.encode(), opts)  # meta last: marks it complete
@@ -101,7 +101,7 @@ def _save_local(dest: Path, blob: bytes, text: str) -> None:
         os.replace(tmp, dest)
 
 
-def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch") -> Artifact:
+def load(src: str, *, storage_options: storage.S3Options | dict | None = None, tensors: str = "torch") -> Artifact:
     """Load an artifact; a missing, truncated or mismatched file gets an ArtifactError naming it.
 
     ``tensors="numpy"`` gives numpy arrays instead of torch tensors and never imports torch (the Predictor's
@@ -114,7 +114,7 @@ def load(src: str, *, storage_options: dict | None = None, tensors: str = "torch
     else:
         raise ValueError(f"tensors must be 'torch' or 'numpy', got {tensors!r}")
 
-    opts = storage.S3Options(**(storage_options or {}))
+    opts = storage.as_options(storage_options)
     meta_uri, weights_uri = storage.join(src, META_FILE), storage.join(src, WEIGHTS_FILE)
     if not storage.is_s3(src) and not Path(src).is_dir():
         raise ArtifactError(

@@ -172,8 +172,12 @@ def _check_coords(lm: Landmark) -> None:
         raise CatalogError(f"{lm.folder}: coordinates out of range ({lm.lat}, {lm.lon})")
 
 
+EARTH_RADIUS_KM = 6371.0088  # the mean radius; tagstore's SQL macro haversine_km uses the same
+
+
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    r = 6371.0088
+    """Great-circle distance in km (the query's ``--near`` runs the same formula in SQL: tagstore.MACROS)."""
+    r = EARTH_RADIUS_KM
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2

@@ -57,18 +57,37 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def list_files(root: str, opts: storage.S3Options = storage.S3Options()) -> list[str]:
-    """Every image below ``root`` (recursive), sorted; s3 listing is paginated."""
+def image_objects(root: str, opts: storage.S3Options = storage.S3Options()):
+    """(uri, size in bytes, etag) of every image below ``root`` (recursive, extensions case-insensitive), sorted
+    by uri; an s3 listing is paginated. Local files have no ETag: see ``local_etag``."""
     if storage.is_s3(root):
         bucket, prefix = storage.split_s3(root.rstrip("/") + "/")
         pages = storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        return sorted(
-            f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []) if is_image_name(o["Key"])
+        objects = (
+            (f"s3://{bucket}/{o['Key']}", int(o["Size"]), o.get("ETag", "").strip('"'))
+            for page in pages
+            for o in page.get("Contents", [])
+            if is_image_name(o["Key"])
         )
+        return sorted(objects)
     out = []
     for dirpath, _, files in os.walk(root):
-        out += [os.path.join(dirpath, f) for f in files if is_image_name(f)]
+        for f in files:
+            if is_image_name(f):
+                full = os.path.join(dirpath, f)
+                st = os.stat(full)
+                out.append((full, st.st_size, local_etag(st)))
     return sorted(out)
+
+
+def local_etag(st: os.stat_result) -> str:
+    """Local files have no ETag; modification time and size change whenever the photo is replaced."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
+
+
+def list_files(root: str, opts: storage.S3Options = storage.S3Options()) -> list[str]:
+    """Every image below ``root`` (recursive), sorted."""
+    return [uri for uri, _, _ in image_objects(root, opts)]
 
 
 def _relative_parts(uri: str, root: str) -> list[str]:

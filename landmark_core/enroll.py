@@ -148,7 +148,7 @@ def add(
     rows, labels = np.concatenate(gal), np.concatenate(gal_y)
     ex[GALLERY] = np.concatenate([ex[GALLERY], rows])
     ex[GALLERY_LABELS] = np.concatenate([ex[GALLERY_LABELS], labels])
-    _grow_abstention(art.abstain.get("method"), ex, rows, labels, len(art.catalog))
+    _grow_abstention(art.abstain.get("method"), ex, rows, labels)
     ex[VAL_LOGITS] = np.concatenate([ex[VAL_LOGITS], *val_z])
     ex[VAL_EMB] = np.concatenate([ex[VAL_EMB], *val_e])
     ex[VAL_LABELS] = np.concatenate([ex[VAL_LABELS], *val_y])
@@ -262,7 +262,7 @@ def _holdout_split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def _grow_abstention(method: str, ex: dict, rows: np.ndarray, labels: np.ndarray, n_before: int) -> None:
+def _grow_abstention(method: str, ex: dict, rows: np.ndarray, labels: np.ndarray) -> None:
     """The new photos become known to the open-set score: kNN bank rows, or a prototype per new landmark."""
     if method == "knn":
         bank_labels = ex.get("bank_labels", np.full(len(ex["bank"]), -1, np.int64))  # -1: a head landmark, unknown

@@ -134,7 +134,7 @@ def _share(mask: np.ndarray) -> float | None:
 
 def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
     """Wrong-tag rate against coverage as the threshold moves; the deployed threshold marked."""
-    from .report import _plt, _png
+    from .training_report import _plt, _png
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -163,7 +163,7 @@ def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
 def reliability_png(rel: dict) -> bytes:
     """Among tagged photos: share right against the score, per bin (the diagonal is a score that means what it
     says)."""
-    from .report import _plt, _png
+    from .training_report import _plt, _png
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4))

@@ -17,6 +17,7 @@ from .modelspec import (  # noqa: F401  (re-exported: the spec lives in a torch-
     UnknownModelError,
     check_model_name,
 )
+from .storage import S3Options
 from .weights import WeightsError, load_state_dict_file
 
 
@@ -41,7 +42,9 @@ class LandmarkNet(nn.Module):
         self.backbone.eval()
 
 
-def build_model(spec: ModelSpec, *, storage_options: dict | None = None, trust_pickle: bool = False) -> LandmarkNet:
+def build_model(
+    spec: ModelSpec, *, storage_options: S3Options | dict | None = None, trust_pickle: bool = False
+) -> LandmarkNet:
     """Build the architecture of ``spec``; pretrained backbone weights loaded unless ``spec.weights == 'none'``.
 
     ``trust_pickle`` (the --trust-pickle flag) lets a weights file that needs full unpickling load; off, it is
@@ -102,7 +105,7 @@ class _LiteFeatures(nn.Module):
         return torch.flatten(self.pool(self.net.extract_features(x)), 1)
 
 
-def _efficientnet_lite0(weights: str, storage_options: dict | None, trust_pickle: bool = False):
+def _efficientnet_lite0(weights: str, storage_options: S3Options | dict | None, trust_pickle: bool = False):
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
@@ -128,7 +131,9 @@ def _efficientnet_lite0(weights: str, storage_options: dict | None, trust_pickle
 # ---------------------------------------------------------------- torchvision
 
 
-def _torchvision_backbone(name: str, weights: str, storage_options: dict | None, trust_pickle: bool = False):
+def _torchvision_backbone(
+    name: str, weights: str, storage_options: S3Options | dict | None, trust_pickle: bool = False
+):
     import torchvision
 
     if weights == "imagenet":

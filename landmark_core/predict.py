@@ -1,35 +1,15 @@
-"""`landmark predict`: tag individual photos from disk, the seed app's job, without Ray."""
+"""Tagging photos in this process, without Ray: paths or bytes in, a PhotoResult each (`landmark predict`, the app)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
+from .predictor import Predictor
+from .status import FAILED
 
-from .predictor import FAILED, Predictor
-from .preprocess import DecodeError, check_gpu_decode, decode_image
-
-MODEL_ENV = "LANDMARK_MODEL"
 PENDING = "pending"  # a result whose photo is read but not yet decoded and tagged
-
-
-class NoModelError(ValueError):
-    pass
-
-
-def resolve_model(model: str | None) -> str:
-    model = model or os.environ.get(MODEL_ENV)
-    if not model:
-        raise NoModelError(
-            f"no model given: pass --model DIR or set {MODEL_ENV}. Get one with "
-            f"`landmark train --data DIR --output out/model` (or `make demo`, which trains one to out/demo/model)"
-        )
-    return model
 
 
 @dataclass
@@ -54,23 +34,22 @@ def _num(x) -> float | None:
 
 
 def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16, gpu_decode: bool = False):
-    """Yield a PhotoResult per path, in order; a bad file is a failed result, never an exception.
+    """Yield a PhotoResult per path (local or s3://), in order, through the tag job's stages (read + decode, the
+    model): a bad file is a failed result with the tag job's reason (``read: ...``, or the DecodeError's).
 
-    ``gpu_decode``: JPEGs are decoded by torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a GPU;
-    the caller checks there is one, see run()); other files and JPEGs it refuses take the CPU path.
+    ``gpu_decode``: JPEGs are decoded on the predictor's device (nvJPEG on a GPU; the caller checks there is
+    one, see predict_cli.run()); other files and JPEGs it refuses take the CPU path.
     """
+    from . import storage
+    from .tagging import read_and_decode
+
+    opts = storage.S3Options()
     for start in range(0, len(paths), batch_size):
-        results: list[PhotoResult] = []
-        datas: list[bytes | None] = []
-        for p in paths[start : start + batch_size]:
-            try:
-                datas.append(Path(p).read_bytes())
-            except OSError as e:
-                datas.append(None)
-                results.append(PhotoResult(p, FAILED, error=f"unreadable: {e.strerror or e}"))
-                continue
-            results.append(PhotoResult(p, PENDING))
-        yield from predict_bytes(results, datas, predictor, gpu_decode=gpu_decode)
+        chunk = list(paths[start : start + batch_size])
+        listing = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
+        batch = read_and_decode(listing, preset=predictor.preset, opts=opts, defer_jpeg=gpu_decode)
+        pred = _predict(batch, predictor, gpu_decode)
+        yield from (_fill(PhotoResult(p, PENDING), pred, i, predictor) for i, p in enumerate(chunk))
 
 
 def predict_bytes(
@@ -78,109 +57,36 @@ def predict_bytes(
 ) -> list[PhotoResult]:
     """Decode and tag, in one model call, the photo bytes of every result still ``pending`` (``datas[i]`` belongs
     to ``results[i]``); a photo that does not decode becomes a failed result with the DecodeError's reason.
-
-    The one path from bytes to a result: `landmark predict` and `landmark serve` both call it.
+    The app (`landmark serve`) calls it; the stages are the tag job's (landmark_core.tagging).
     """
+    from .tagging import decode_bytes
+
     todo = [i for i, r in enumerate(results) if r.status == PENDING]
-    on_device = _decode_on_device({i: datas[i] for i in todo}, predictor) if gpu_decode else {}
-    images, decoded = [], []
-    for i in todo:
-        r = results[i]
-        try:
-            if i in on_device:
-                image, (r.exif_lat, r.exif_lon) = on_device[i]
-            else:
-                d = decode_image(datas[i], draft_to=predictor.preset.draft_target())
-                image, r.exif_lat, r.exif_lon = predictor.preset.to_uint8(d.image), d.exif_lat, d.exif_lon
-                if gpu_decode:
-                    import torch
-
-                    image = torch.from_numpy(image).to(predictor.device)
-            images.append(image)
-            decoded.append(r)
-        except DecodeError as e:
-            r.status, r.error = FAILED, str(e)
-    if images:
-        if gpu_decode:
-            import torch
-
-            batch = torch.stack(images)
-        else:
-            batch = np.stack(images)
-        pred = predictor.predict_arrays(batch)
-        for j, r in enumerate(decoded):
-            r.status = pred["status"][j]
-            r.landmark = pred["landmark"][j]
-            r.score = float(pred["score"][j])
-            r.lat, r.lon = _num(pred["lat"][j]), _num(pred["lon"][j])
-            r.tags = predictor.tags(pred["topk_idx"][j], pred["topk_score"][j])
+    if todo:
+        batch = decode_bytes([datas[i] for i in todo], preset=predictor.preset, defer_jpeg=gpu_decode)
+        pred = _predict(batch, predictor, gpu_decode)
+        for j, i in enumerate(todo):
+            _fill(results[i], pred, j, predictor)
     return results
 
 
-def _decode_on_device(datas: dict, predictor: Predictor) -> dict:
-    """key -> ((S, S, 3) uint8 tensor on the predictor's device, (exif_lat, exif_lon)) for the JPEGs decoded there."""
-    from .preprocess import _open, _read_exif, decode_jpegs_to_uint8
+def _predict(batch: dict, predictor: Predictor, gpu_decode: bool) -> dict:
+    """The model on the decoded rows (a model failure raises: here it is the caller's error, not a photo's)."""
+    from .tagging import decode_deferred
 
-    paths = list(datas)
-    batch, ok = decode_jpegs_to_uint8([datas[p] for p in paths], predictor.preset, device=predictor.device)
-    out, j = {}, 0
-    for p, good in zip(paths, ok):
-        if good and batch is not None:
-            try:
-                exif = _read_exif(_open(datas[p]))
-            except Exception:
-                exif = {}
-            out[p] = (batch[j], (exif.get("lat"), exif.get("lon")))
-        if good:
-            j += 1
-    return out
-
-
-def format_human(r: PhotoResult) -> str:
-    if r.status == FAILED:
-        return f"{r.path}: FAILED ({r.error})"
-    head = f"{r.path}: " + (
-        f"{r.landmark} ({r.score:.1%})"
-        if r.landmark
-        else f"no landmark recognised (best guess {r.tags[0]['name']}, {r.score:.1%})"
-    )
-    lines = [head]
-    for t in r.tags:
-        where = f" at {t['lat']:.4f}, {t['lon']:.4f}" if t["lat"] is not None else ""
-        lines.append(f"    {t['score']:6.1%}  {t['name']}{where}")
-    if r.exif_lat is not None:
-        lines.append(f"    photo's own GPS: {r.exif_lat:.5f}, {r.exif_lon:.5f}")
-    return "\n".join(lines)
-
-
-def run(
-    paths: list[str],
-    model: str | None,
-    *,
-    k: int = 5,
-    as_json: bool = False,
-    out=None,
-    runtime: str = "auto",
-    gpu_decode: bool = False,
-) -> int:
-    """Print one result per photo; exit code 1 when any photo failed (the others still print).
-
-    ``runtime``: landmark_core.runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:
-    nvJPEG decoding on the GPU; refused (GpuDecodeError) without a CUDA GPU or with an ONNX runtime.
-    """
-    model = resolve_model(model)
     if gpu_decode:
-        from .predictor import pick_device
-        from .runtime import resolve_runtime
+        batch = decode_deferred(batch, preset=predictor.preset, device=predictor.device)
+    return predictor(batch)
 
-        check_gpu_decode(pick_device())
-        if resolve_runtime(runtime, "cuda") != "torch":
-            from .preprocess import GpuDecodeError
 
-            raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
-    predictor = Predictor(model, k=k, runtime=runtime)
-    failed = 0
-    for r in predict_paths(paths, predictor, gpu_decode=gpu_decode):
-        failed += r.status == FAILED
-        print(r.to_json() if as_json else format_human(r), file=out if out is not None else sys.stdout, flush=True)
-    return 1 if failed else 0
+def _fill(r: PhotoResult, pred: dict, i: int, predictor: Predictor) -> PhotoResult:
+    """``r`` with row ``i`` of the tag stages' output."""
+    r.status = str(pred["status"][i])
+    r.exif_lat, r.exif_lon = _num(pred["exif_lat"][i]), _num(pred["exif_lon"][i])
+    if r.status == FAILED:  # a photo's reason starts with its kind (`not_an_image: ...`), as the app answers it
+        r.error = str(pred["error"][i]).removeprefix("decode: ")
+        return r
+    r.landmark, r.score = pred["landmark"][i], float(pred["score"][i])
+    r.lat, r.lon = _num(pred["lat"][i]), _num(pred["lon"][i])
+    r.tags = predictor.tags(pred["topk_idx"][i], pred["topk_score"][i])
+    return r

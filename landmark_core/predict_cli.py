@@ -1,14 +1,81 @@
-"""`landmark predict PHOTO... [--model DIR] [-k 5] [--json]`."""
+"""The `landmark predict PHOTO... [--model DIR] [-k 5] [--json]` command: photos on this machine, no Ray."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .artifact import ArtifactError
-from .predict import NoModelError, run
-from .preprocess import GpuDecodeError
-from .runtime import RUNTIMES, RuntimeChoiceError
+from .onnx_runtime import RUNTIMES, RuntimeChoiceError
+from .predict import PhotoResult, predict_paths
+from .predictor import Predictor
+from .preprocess import GpuDecodeError, check_gpu_decode
+from .status import FAILED
+
+MODEL_ENV = "LANDMARK_MODEL"
+
+
+class NoModelError(ValueError):
+    pass
+
+
+def resolve_model(model: str | None) -> str:
+    model = model or os.environ.get(MODEL_ENV)
+    if not model:
+        raise NoModelError(
+            f"no model given: pass --model DIR or set {MODEL_ENV}. Get one with "
+            f"`landmark train --data DIR --output out/model` (or `make demo`, which trains one to out/demo/model)"
+        )
+    return model
+
+
+def format_human(r: PhotoResult) -> str:
+    if r.status == FAILED:
+        return f"{r.path}: FAILED ({r.error})"
+    head = f"{r.path}: " + (
+        f"{r.landmark} ({r.score:.1%})"
+        if r.landmark
+        else f"no landmark recognised (best guess {r.tags[0]['name']}, {r.score:.1%})"
+    )
+    lines = [head]
+    for t in r.tags:
+        where = f" at {t['lat']:.4f}, {t['lon']:.4f}" if t["lat"] is not None else ""
+        lines.append(f"    {t['score']:6.1%}  {t['name']}{where}")
+    if r.exif_lat is not None:
+        lines.append(f"    photo's own GPS: {r.exif_lat:.5f}, {r.exif_lon:.5f}")
+    return "\n".join(lines)
+
+
+def run(
+    paths: list[str],
+    model: str | None,
+    *,
+    k: int = 5,
+    as_json: bool = False,
+    out=None,
+    runtime: str = "auto",
+    gpu_decode: bool = False,
+) -> int:
+    """Print one result per photo; exit code 1 when any photo failed (the others still print).
+
+    ``runtime``: landmark_core.onnx_runtime (auto: torch on a GPU, the int8 ONNX model on a CPU). ``gpu_decode``:
+    nvJPEG decoding on the GPU; refused (GpuDecodeError) without a CUDA GPU or with an ONNX runtime.
+    """
+    model = resolve_model(model)
+    if gpu_decode:
+        from .onnx_runtime import resolve_runtime
+        from .predictor import pick_device
+
+        check_gpu_decode(pick_device())
+        if resolve_runtime(runtime, "cuda") != "torch":
+            raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
+    predictor = Predictor(model, k=k, runtime=runtime)
+    failed = 0
+    for r in predict_paths(paths, predictor, gpu_decode=gpu_decode):
+        failed += r.status == FAILED
+        print(r.to_json() if as_json else format_human(r), file=out if out is not None else sys.stdout, flush=True)
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

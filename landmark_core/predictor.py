@@ -3,7 +3,7 @@
 Built from an artifact; usable directly, in `landmark predict`, and unchanged as a Ray Data actor class
 (``ds.map_batches(Predictor, fn_constructor_kwargs={"model": uri}, ...)``).
 
-The network runs on one of landmark_core.runtime's runtimes: torch (default here: the scores equal training's
+The network runs on one of landmark_core.onnx_runtime's runtimes: torch (default here: the scores equal training's
 evaluation; the GPU path), or ONNX Runtime fp32 / int8 on a CPU (several times faster there; the commands default
 to ``auto``, which picks them on a CPU). The ONNX runtimes never import torch once their model is built.
 """
@@ -17,10 +17,10 @@ import numpy as np
 from . import abstention, openworld, recognizer
 from .artifact import Artifact, build_network, load
 from .calibration import threshold_at_accept_rate
+from .onnx_runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 from .preprocess import normalize_batch
-from .runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
-
-TAGGED, NO_LANDMARK, FAILED = "tagged", "no_landmark", "failed"
+from .status import NO_LANDMARK, TAGGED
+from .storage import S3Options
 
 
 def pick_device(device: str | None = None) -> str:
@@ -50,7 +50,7 @@ class Predictor:
         max_wrong_rate: float | None = None,
         device: str | None = None,
         threads: int | None = None,
-        storage_options: dict | None = None,
+        storage_options: S3Options | dict | None = None,
         runtime: str = "torch",
         onnx_model: bytes | None = None,
     ):
@@ -58,7 +58,7 @@ class Predictor:
         recomputes it from the known validation scores stored in the artifact; ``max_wrong_rate`` (open-world
         artifacts, trained with negatives) from the held-back negatives' scores.
 
-        ``runtime``: torch | onnx | onnx-int8 | auto (see landmark_core.runtime). ``onnx_model``: the runtime's
+        ``runtime``: torch | onnx | onnx-int8 | auto (see landmark_core.onnx_runtime). ``onnx_model``: the runtime's
         ONNX model when the caller has it already (the tag job builds it once in the driver); else it comes from
         the cache, or is built and cached. ``threads``: torch threads, or ONNX Runtime intra-op threads.
         """
@@ -94,7 +94,7 @@ class Predictor:
         self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
         self.net, self._onnx = None, None
         if onnx:
-            from . import runtime as rt
+            from . import onnx_runtime as rt
 
             self._onnx = rt.OrtModel(
                 onnx_model if onnx_model is not None else rt.model_bytes(art, self.runtime), threads=threads

@@ -86,7 +86,7 @@ _BLAS = None
 
 def _one_blas_thread():
     """The search on one BLAS thread: the tag job runs a model per core already, and OpenBLAS's threads on a busy
-    machine made a small gallery's product 100x slower (pyproject.toml). One controller: inspecting the loaded
+    machine made a small gallery's product far slower (pyproject.toml). One controller: inspecting the loaded
     libraries per call would cost more than the product."""
     global _BLAS
     from threadpoolctl import ThreadpoolController

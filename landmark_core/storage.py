@@ -42,6 +42,13 @@ class S3Options:
                 raise StorageError(f"--s3-endpoint must look like http(s)://host[:port], got {self.endpoint!r}")
 
 
+def as_options(opts: "S3Options | dict | None") -> S3Options:
+    """S3Options from S3Options, None (the defaults) or a dict of its fields (``{"endpoint": URL}``)."""
+    if isinstance(opts, S3Options):
+        return opts
+    return S3Options(**(opts or {}))
+
+
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
 

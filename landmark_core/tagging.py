@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage, tagstore
-from .datasets import is_image_name
-from .predictor import FAILED, Predictor
+from .datasets import image_objects, local_etag
+from .predictor import Predictor
 from .preprocess import DEFAULT_MAX_PIXELS, DecodeError, EvalPreset, decode_image, decode_jpegs_to_uint8, jpeg_header
+from .status import FAILED, TAGGED
 
 LISTING_SCHEMA = pa.schema([("uri", pa.string()), ("size_bytes", pa.int64()), ("etag", pa.string())])
 _NAT = -1  # exif_time inside the pipeline: microseconds since epoch, -1 = absent
@@ -37,40 +38,12 @@ class InputError(ValueError):
 
 def list_inputs(root: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
     """Every image object below ``root`` (recursive, extensions case-insensitive) with size and etag."""
-    if storage.is_s3(root):
-        return _list_s3(root, opts)
-    p = Path(root)
-    if not p.is_dir():
-        raise InputError(f"--input {root}: no such directory")
-    uris, sizes, etags = [], [], []
-    for dirpath, _, files in os.walk(p.resolve()):
-        for f in sorted(files):
-            if is_image_name(f):
-                full = os.path.join(dirpath, f)
-                st = os.stat(full)
-                uris.append(full)
-                sizes.append(st.st_size)
-                etags.append(local_etag(st))
-    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA).sort_by("uri")
-
-
-def local_etag(st: os.stat_result) -> str:
-    """Local files have no ETag; modification time and size change whenever the photo is replaced."""
-    return f"{st.st_mtime_ns:x}-{st.st_size:x}"
-
-
-def _list_s3(root: str, opts: storage.S3Options) -> pa.Table:
-    bucket, prefix = storage.split_s3(root)
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    uris, sizes, etags = [], [], []
-    for page in storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            if is_image_name(o["Key"]):
-                uris.append(f"s3://{bucket}/{o['Key']}")
-                sizes.append(int(o["Size"]))
-                etags.append(o.get("ETag", "").strip('"'))
-    return pa.table([uris, sizes, etags], schema=LISTING_SCHEMA)
+    if not storage.is_s3(root):
+        if not Path(root).is_dir():
+            raise InputError(f"--input {root}: no such directory")
+        root = str(Path(root).resolve())
+    columns = [list(c) for c in zip(*image_objects(root, opts))] or [[], [], []]
+    return pa.table(columns, schema=LISTING_SCHEMA)
 
 
 def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
@@ -179,7 +152,31 @@ def read_and_decode(
     (``decode_deferred``).
     """
     uris = list(batch["uri"])
-    n = len(uris)
+    out = _decoded_batch(batch, preset, defer_jpeg)
+    t0 = time.perf_counter()
+    for i, uri in enumerate(uris):
+        data = _read_into(out, i, uri, opts)
+        if data is not None:
+            _decode_into(out, i, data, preset, max_pixels)
+    out["decode_seconds"] = np.full(len(uris), (time.perf_counter() - t0) / max(len(uris), 1))
+    return out
+
+
+def decode_bytes(
+    datas: list[bytes], *, preset: EvalPreset, max_pixels: int = DEFAULT_MAX_PIXELS, defer_jpeg: bool = False
+) -> dict:
+    """Photos already in memory (the app's uploads) -> the batch ``read_and_decode`` makes, uris empty."""
+    n = len(datas)
+    listing = {"uri": [""] * n, "etag": [None] * n, "size_bytes": [len(d) for d in datas]}
+    out = _decoded_batch(listing, preset, defer_jpeg)
+    for i, data in enumerate(datas):
+        _decode_into(out, i, data, preset, max_pixels)
+    return out
+
+
+def _decoded_batch(batch: dict, preset: EvalPreset, defer_jpeg: bool) -> dict:
+    """The decode stage's columns for ``batch``'s rows, every row still pending."""
+    n = len(batch["uri"])
     out = {
         "uri": np.asarray(batch["uri"], dtype=object),
         "etag": np.asarray(batch["etag"], dtype=object),
@@ -199,21 +196,21 @@ def read_and_decode(
     )
     if defer_jpeg:  # b"" for the rows decoded (or failed) here: an all-None object column comes back as NaN
         out["jpeg"] = np.full(n, b"", dtype=object)
-    t0 = time.perf_counter()
-    for i, uri in enumerate(uris):
-        _decode_one(out, i, uri, preset, opts, max_pixels)
-    out["decode_seconds"] = np.full(n, (time.perf_counter() - t0) / max(n, 1))
     return out
 
 
-def _decode_one(out: dict, i: int, uri: str, preset: EvalPreset, opts: storage.S3Options, max_pixels: int):
+def _read_into(out: dict, i: int, uri: str, opts: storage.S3Options) -> bytes | None:
     try:
         data = storage.read_bytes(uri, opts)
     except Exception as e:  # any read failure becomes this row's reason; the next run retries it
         out["status"][i], out["error"][i] = FAILED, f"read: {_reason(e)}"
-        return
+        return None
     out["sha256"][i] = hashlib.sha256(data).hexdigest()
     out["size_bytes"][i] = len(data)
+    return data
+
+
+def _decode_into(out: dict, i: int, data: bytes, preset: EvalPreset, max_pixels: int) -> None:
     if "jpeg" in out:
         head = jpeg_header(data, max_pixels)
         if head is not None:  # the GPU actor decodes it
@@ -313,7 +310,7 @@ def to_tag_rows(pred: dict, predictor: Predictor, *, run_id: str, tagged_at: dat
     n = len(pred["uri"])
     ok = np.asarray(pred["status"]) != FAILED
     tags = [predictor.tags(pred["topk_idx"][i], pred["topk_score"][i]) if ok[i] else None for i in range(n)]
-    tagged = np.asarray(pred["status"]) == "tagged"
+    tagged = np.asarray(pred["status"]) == TAGGED
     exif_time = np.asarray(pred["exif_time"], dtype=np.int64)
     cols = {
         "uri": _strings(pred["uri"]),

@@ -25,9 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
+from .status import STATUSES  # noqa: F401  (the values of the status column)
 
 RUN_KEY = "landmark.run"  # commit metadata key holding a tag run's summary
-STATUSES = ("tagged", "no_landmark", "failed")
 
 TAG_STRUCT = pa.struct([("name", pa.string()), ("score", pa.float32()), ("lat", pa.float64()), ("lon", pa.float64())])
 TAGS_SCHEMA = pa.schema(

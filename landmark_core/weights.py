@@ -15,14 +15,16 @@ class WeightsError(ValueError):
 TRUST_FLAG = "--trust-pickle"
 
 
-def load_state_dict_file(uri: str, storage_options: dict | None = None, *, trust_pickle: bool = False) -> dict:
+def load_state_dict_file(
+    uri: str, storage_options: storage.S3Options | dict | None = None, *, trust_pickle: bool = False
+) -> dict:
     """A state dict from .safetensors (preferred) or a torch file loaded with ``weights_only=True``.
 
     ``weights_only`` refuses pickled code, so a downloaded .pth cannot run anything on load. A file that needs
     full unpickling (a whole training checkpoint with Python objects in it) is refused with an error naming
     --trust-pickle; only ``trust_pickle=True`` (the user vouching for the file) unpickles it.
     """
-    opts = storage.S3Options(**(storage_options or {}))
+    opts = storage.as_options(storage_options)
     try:
         data = storage.read_bytes(uri, opts)
     except FileNotFoundError:

@@ -8,10 +8,10 @@ from pathlib import Path as _Path
 
 import pytest
 
-from tests.s3server import SeaweedS3
+from landmark_core.devs3 import SeaweedS3
 
 # ---------------------------------------------------------------------------
-# S3: a real SeaweedFS server on 127.0.0.1 (jobs/seaweed.py, re-exported by tests/s3server.py)
+# S3: a real SeaweedFS server on 127.0.0.1 (landmark_core/devs3.py)
 #
 #   s3         session-scoped, started SeaweedS3: .endpoint .access_key
 #              .secret_key .region .client() .pyarrow_fs() .env() .restart()

@@ -117,12 +117,12 @@ def test_gpu_decode_without_gpu_actors_is_refused_naming_the_flags(tiny_artifact
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where there is no CUDA")
 def test_gpu_decode_actor_without_cuda_refuses_to_start(tiny_artifact):
-    from jobs import tag
+    from jobs import _tag_worker
     from landmark_core.preprocess import GpuDecodeError
 
     # an actor that holds no CUDA device says so when it starts, rather than decoding on its CPU
     with pytest.raises(GpuDecodeError, match="--gpu-decode .* CUDA"):
-        tag.TagActor(
+        _tag_worker.TagActor(
             model=tiny_artifact.path,
             k=3,
             min_score=None,

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, TiffImagePlugin
 
 from landmark_core import predict_cli
-from landmark_core.predict import MODEL_ENV
+from landmark_core.predict_cli import MODEL_ENV
 from landmark_core.synthetic import render_scene
 from tests.cli_asserts import assert_error_names
 
@@ -154,7 +154,7 @@ def test_missing_file_is_a_failed_row_not_a_crash(tiny_artifact, photos, capsys,
     code, out, _ = _main(["--json", "--model", tiny_artifact.path, photos["missing"], photos["a"]], capsys)
     assert code == 1
     missing, good = _json_lines(out)
-    assert missing["status"] == "failed" and "unreadable" in missing["error"]
+    assert missing["status"] == "failed" and missing["error"] == "read: not found"
     assert good["status"] == "tagged"
 
 
@@ -237,7 +237,7 @@ def test_human_output_no_landmark(make_tiny_artifact, photos, capsys, no_model_e
 
 
 def test_run_writes_to_the_given_stream(tiny_artifact, photos):
-    from landmark_core.predict import run
+    from landmark_core.predict_cli import run
 
     buf = io.StringIO()
     assert run([photos["a"]], tiny_artifact.path, k=1, as_json=True, out=buf) == 0
@@ -250,7 +250,7 @@ def test_run_default_output_follows_the_current_sys_stdout(tiny_artifact, photos
     sys.stdout afterwards (contextlib.redirect_stdout, pytest's capsys, notebooks) lost the output."""
     import contextlib
 
-    from landmark_core.predict import run
+    from landmark_core.predict_cli import run
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -9,8 +9,9 @@ import torch
 
 from landmark_core import abstention
 from landmark_core.calibration import softmax
-from landmark_core.predictor import FAILED, NO_LANDMARK, TAGGED, Predictor
+from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
+from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
 from landmark_core.synthetic import SHAPES, render_scene
 
 torch.set_num_threads(2)

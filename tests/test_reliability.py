@@ -644,8 +644,8 @@ def _files_containing(root: Path, needles: list[bytes]) -> tuple[int, list[str]]
 def test_planted_secret_appears_in_no_output_log_or_file(make_tiny_artifact, bad_corpus, tmp_path):
     """A fresh S3 server whose only secret key is a unique random string; a real run (own Ray, S3 in and out,
     failed rows with error text) and a failing run; then every output is searched for the secret."""
-    from jobs.seaweed import SeaweedS3
     from landmark_core import artifact as artifact_mod
+    from landmark_core.devs3 import SeaweedS3
 
     planted = "rl" + secrets.token_hex(19)  # 40 chars, like an AWS secret access key
     needles = [planted.encode(), planted[:16].encode(), planted.encode("utf-16-le")]

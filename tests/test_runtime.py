@@ -1,4 +1,4 @@
-"""Inference runtimes (landmark_core.runtime): the ONNX export reproduces torch (top-1, probabilities, embeddings),
+"""Inference runtimes (landmark_core.onnx_runtime): the ONNX export reproduces torch (top-1, probabilities, embeddings),
 the int8 model runs and stays close, the cache, clear refusals (bad --runtime, ONNX on a GPU, --gpu-decode without
 CUDA), the torch-free ONNX predictor, and the GPU path pieces that can be checked on a CPU."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from landmark_core import artifact as artifact_mod, runtime as rt
+from landmark_core import artifact as artifact_mod, onnx_runtime as rt
 from landmark_core.calibration import softmax
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset, GpuDecodeError, check_gpu_decode, decode_image

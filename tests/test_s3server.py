@@ -19,7 +19,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from tests.s3server import SeaweedS3
+from landmark_core.devs3 import SeaweedS3
 
 
 def _error(exc: ClientError) -> tuple[str, int]:

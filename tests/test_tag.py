@@ -35,10 +35,6 @@ def photos(tmp_path, synthetic_data, bad_corpus):
     return d, expected
 
 
-def _all_rows(output: str, opts=storage.S3Options()):
-    return tagstore.read(output, opts=opts, history=True)
-
-
 def _check_exactly_once(table, uris: set[str]) -> None:
     got = table.column("uri").to_pylist()
     assert len(got) == len(set(got)) == len(uris), (len(got), len(set(got)), len(uris))

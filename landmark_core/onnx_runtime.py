@@ -22,14 +22,8 @@ ONNX is protobuf, never pickle.
 int8 calibration: ``calibration_images`` renders CALIBRATION_COUNT synthetic outdoor scenes
 (landmark_core.synthetic, fixed seeds): deterministic, available everywhere, no photos needed.
 
-Measured on this project's 2-core CPU with the fine-tuned EfficientNet-Lite0 of ../shared/data/real/vietnam
-(model alone, batch 16, same process, median of 3): torch fp32 34.8 img/s, onnx 125.9, onnx-int8 201.9 with 2
-threads (26.9 / 94.1 / 159.1 with 1). On vietnam/test (55 photos) torch, onnx and onnx-int8 all get 54/55 top-1,
-the same top-1 on every photo; onnx-int8 moves the calibrated top-1 score by 0.006 on average (0.25 at most, one
-photo) and the ECE from 0.014 to 0.019; porto/test as unknown photos: 58 of 125 "no landmark" with torch and
-onnx, 55 with onnx-int8. Calibrating on 64 of the vietnam training photos instead of synthetic scenes, or with
-percentile / entropy instead of min/max, did not do better (same top-1, ECE 0.019-0.020). Dynamic int8
-quantisation (ConvInteger kernels) ran at 14 img/s, slower than torch fp32 (38 img/s then): not offered.
+Each runtime's speed and accuracy, with the commands that measured them: README, "Throughput". Dynamic int8
+quantisation is not offered: it ran slower than torch fp32.
 """
 
 from __future__ import annotations
@@ -43,7 +37,7 @@ import numpy as np
 
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_RUNTIMES = ("onnx", "onnx-int8")
-CPU_DEFAULT = "onnx-int8"  # the fastest CPU runtime measured, with top-1 unchanged (numbers above)
+CPU_DEFAULT = "onnx-int8"  # the fastest CPU runtime, top-1 unchanged (README: "Throughput")
 RECIPE = 1  # version of export + quantisation below: part of the cache key
 CALIBRATION_COUNT = 64
 OPSET = 17
@@ -92,7 +86,7 @@ def model_bytes(artifact, runtime: str, *, use_cache: bool = True) -> bytes:
     fp32 = export_onnx(artifact)
     blob = fp32 if runtime == "onnx" else quantize_int8(fp32, calibration_images(artifact.preprocess))
     if use_cache:
-        _write_atomic(path, blob)
+        _write_cache_file(path, blob)
     return blob
 
 
@@ -103,7 +97,7 @@ def _cache_path(model_id: str, runtime: str) -> Path:
 def cache_model(model_id: str, runtime: str, blob: bytes) -> None:
     """Cache ``blob`` as the ONNX model of ``model_id`` (an artifact whose network is another's, e.g. after
     `landmark catalog add`: same weights, new model_id)."""
-    _write_atomic(_cache_path(model_id, runtime), blob)
+    _write_cache_file(_cache_path(model_id, runtime), blob)
 
 
 def _content_key(artifact) -> str:
@@ -115,9 +109,9 @@ def _content_key(artifact) -> str:
     return "unsaved-" + h.hexdigest()[:16]
 
 
-def _write_atomic(path: Path, blob: bytes) -> None:
-    """Several actors/processes may build the same model at once: storage.write_bytes renames a temp file of
-    its own into place. A read-only home is not an error: the model is just not cached."""
+def _write_cache_file(path: Path, blob: bytes) -> None:
+    """storage.write_bytes (atomic, each writer its own temp file: processes may build the same model at once);
+    a read-only home is not an error, the model is just not cached."""
     from .storage import write_bytes
 
     try:

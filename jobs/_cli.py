@@ -1,0 +1,70 @@
+"""The jobs' command-line runner (parse -> frozen config -> check once -> run -> exit code) and their ConfigError."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import Any, Callable
+
+from landmark_core.storage import StorageError
+
+
+class ConfigError(ValueError):
+    """A bad argument, or what it points at (a missing model, an unwritable output); the message names the flag."""
+
+
+def checks_config(execute: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Makes a job's ``run(cfg)`` check ``cfg`` before anything else. ``run.after_check`` is the body alone: the
+    CLI runner calls it, having checked ``cfg`` itself (so a bad flag gets argparse's usage line and exit 2)."""
+
+    @functools.wraps(execute)
+    def run(cfg):
+        cfg.check()
+        return execute(cfg)
+
+    run.after_check = execute
+    return run
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    *,
+    config: Callable[[argparse.Namespace], Any],
+    run: Callable[[Any], Any],
+    show: Callable[[Any, Any], int | None] | None = None,
+    failures: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], int], ...] = (),
+    prog: Callable[[Any], str] | None = None,
+) -> int:
+    """Runs one job from its command line and returns the exit code.
+
+    ``config(ns)`` builds the frozen config and its ``check()`` runs once, here: a ConfigError (or a StorageError,
+    a malformed URI) is argparse's error (usage line, ``<prog>: error: ...``, exit 2). ``run(cfg)`` (its
+    ``after_check`` body when it has one) does the work; a ConfigError it raises (pre-flight: loading the model,
+    probing the output) is one ``<prog>: error:`` line and exit 2, each ``(exception types, code)`` of
+    ``failures`` one such line and that code. ``show(result, cfg)`` prints the result and may return the exit
+    code; without ``show``, an int result is the exit code.
+    """
+    ns = parser.parse_args(argv)
+    try:
+        cfg = config(ns)
+        cfg.check()
+    except (ConfigError, StorageError) as e:  # a malformed URI or endpoint is a bad argument too
+        parser.error(str(e))  # exits 2
+    name = prog(cfg) if prog else parser.prog
+    codes = ((ConfigError, 2),) + failures
+    caught = tuple(t for types, _ in codes for t in (types if isinstance(types, tuple) else (types,)))
+    try:
+        result = getattr(run, "after_check", run)(cfg)
+    except caught as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return next(code for types, code in codes if isinstance(e, types))
+    code = show(result, cfg) if show else result if isinstance(result, int) else 0
+    return int(code or 0)
+
+
+def fields_of(config_type: type, ns: argparse.Namespace, **overrides: Any) -> Any:
+    """``config_type`` from the namespace's entries that are its fields (flags it does not hold are skipped)."""
+    names = config_type.__dataclass_fields__
+    return config_type(**{**{k: v for k, v in vars(ns).items() if k in names}, **overrides})
