@@ -13,9 +13,11 @@ the seconds start after importing pyarrow.dataset, deltalake and duckdb, a fixed
     current_count   landmark query --sql "SELECT count(*) FROM tags"
     skip_check      the tag job's skip check (tagging.pending) for --listed photos (most already tagged)
 
-each through our path (deltalake's pyarrow dataset of the table, in DuckDB) and through raw DuckDB reading the
-same Parquet files (read_parquet of the table's current file list) with the SQL an analyst would write for the
-same answer (the row counts must agree). ratio = ours / raw.
+each through our path (`landmark query` / tagging.pending: the Delta snapshot, the superseded table, catch-up
+check, DuckDB) and through raw DuckDB on the same Parquet files our path reads (read_parquet of the history's and
+the superseded table's file lists, the same SQL: the history minus the superseded keys); and, for scale, raw DuckDB
+over the history's files alone with the SQL an analyst without the superseded table writes (the newest row per
+uri). The row counts must agree. ratio = ours / raw DuckDB on the same files.
 """
 
 from __future__ import annotations
@@ -419,6 +421,35 @@ def merge_vs_append(src: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def append_and_refresh(src: str) -> dict:
+    """What the superseded table costs a run: one more night (50,000 rows, 1,000 re-tags) appended to a copy of the
+    store at ``src``, then the refresh after its commit, timed apart. ``python -m jobs._bench_store
+    append-refresh STORE``."""
+    import shutil
+    import tempfile
+
+    from landmark_core import tagstore
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(src, tmp / "t")
+        root = str(tmp / "t")
+        tagstore.refresh_superseded(root)
+        recent = tagstore.read(root, columns=["uri"]).column("uri").to_pylist()[-200_000:]
+        rng = np.random.default_rng(5)
+        night = night_rows(9999, 50_000, rng, rng.choice(recent, 1000, replace=False).tolist())
+        t = time.perf_counter()
+        tagstore.append_run(root, night, {"run_id": "night9999", "rows": 50_000}, dt="2026-12-01", refresh=False)
+        t_append = time.perf_counter() - t
+        t = time.perf_counter()
+        tagstore.refresh_superseded(root)
+        t_refresh = time.perf_counter() - t
+        added = pa.table(tagstore.open_superseded(root).to_pyarrow_dataset().to_table()).num_rows
+        return {"append_seconds": round(t_append, 2), "refresh_seconds": round(t_refresh, 2), "superseded_rows": added}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_delta_vs_commit(repeats: int = 2) -> dict:
     """The other choice, measured: Ray 2.60's Dataset.write_delta against write_parquet + our one commit, on the
     blocks the tag job makes of 150 photos (--decode-batch 16). ``python -m jobs._bench_store write-delta``."""
@@ -468,6 +499,8 @@ def write_delta_vs_commit(repeats: int = 2) -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "write-delta":
         print(json.dumps(write_delta_vs_commit()))
+    elif sys.argv[1] == "append-refresh":
+        print(json.dumps(append_and_refresh(sys.argv[2])))
     elif sys.argv[1] == "merge-vs-append":
         print(json.dumps(merge_vs_append(sys.argv[2])))
     else:

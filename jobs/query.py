@@ -1,11 +1,12 @@
 """`landmark query`: read the tag store (a Delta table) with DuckDB: committed runs only, current rows by default.
 
 Every flag becomes SQL over the view ``tags`` (the latest committed row per photo) or, with ``--history``,
-``tags_history`` (every committed row). DuckDB pushes the filters and the columns into the scan of deltalake's
-pyarrow dataset: files whose statistics rule a filter out, and row groups likewise, are never decoded. The
-current view is decided before the filters: an older run's row that matches never comes back when the newer row
-for that photo does not. ``--near`` is a bounding box on lat/lon (pushed down) plus the exact haversine distance.
-``--sql`` runs any SELECT over both views; ``--version N`` / ``--as-of TIME`` read the table as it was then.
+``tags_history`` (every committed row). The filters and the columns go into the scan (DuckDB's own Parquet
+reader for a local table, deltalake's pyarrow dataset on S3): row groups whose statistics rule a filter out are
+never decoded. The current view (the history minus the superseded rows) does not depend on the filters: an older
+run's row that matches never comes back when the newer row for that photo does not. ``--near`` is a bounding box
+on lat/lon (pushed down) plus the exact haversine distance. ``--sql`` runs any SELECT over both views;
+``--version N`` / ``--as-of TIME`` read the table as it was then.
 
 Python API (Arrow tables)::
 

@@ -1,15 +1,18 @@
-"""The tag store: a Delta Lake table (delta-rs, no JVM), read with DuckDB through deltalake's pyarrow dataset.
+"""The tag store: a Delta Lake table (delta-rs, no JVM), queried with DuckDB: a local table through DuckDB's own
+Parquet reader on the snapshot's file list, one on S3 through deltalake's pyarrow dataset.
 
     <root>/_delta_log/*.json                 the table's log: one commit per tag run, the run's summary (counts,
                                              model_id, config, timings) in the commit's metadata under RUN_KEY
     <root>/runs/<dt>/<run_id>/*.parquet      the run's data files (TAGS_SCHEMA), written by Ray Data
+    <root>/_superseded/                      a second Delta table: keys of the rows a newer row replaced
 
 A run is one atomic commit: its files are invisible until the commit that adds them lands, so a run killed
 before its commit leaves nothing visible (``landmark store vacuum`` deletes its files). Runs are appended, never
 rewritten: ``tags_history`` is every committed row; ``tags`` (the current view) is the latest row per uri, by
-(tagged_at, run_id) -- every row of a run has the run's tagged_at. Concurrent runs are safe: Delta's optimistic
-concurrency (blind appends never conflict; the commit retries on the next version), each commit file written
-with put-if-absent (S3 If-None-Match, a no-replace rename on local disks).
+(tagged_at, run_id) -- every row of a run has the run's tagged_at -- read as the history minus the superseded
+keys. Concurrent runs are safe: Delta's optimistic concurrency (blind appends never conflict; the commit retries
+on the next version), each commit file written with put-if-absent (S3 If-None-Match, a no-replace rename on
+local disks).
 """
 
 from __future__ import annotations
