@@ -545,8 +545,10 @@ def refresh_superseded(root: str, opts: storage.S3Options = storage.S3Options())
                     f"{root}: a commit removed rows from the history; rebuild the superseded table: delete "
                     f"{superseded_uri(root)} (with no tag run going) and run `landmark store optimize`"
                 )
-            new = "_superseded_new" if store.superseded == "table" else "_superseded"  # table: it has the rest
-            keys = store.con.sql(f"SELECT DISTINCT * FROM {new}").to_arrow_table()
+            keys = "SELECT DISTINCT * FROM _superseded"
+            if store.superseded == "table":  # only the keys it does not have yet
+                keys = "SELECT * FROM _superseded_new EXCEPT SELECT uri, tagged_at, run_id FROM _superseded_table"
+            keys = store.con.sql(keys).to_arrow_table()
             version = store.version
         finally:
             store.close()
