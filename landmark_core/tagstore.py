@@ -398,10 +398,11 @@ class Store:
     those), and the macro ``haversine_km(lat1, lon1, lat2, lon2)``. A local table is read by DuckDB's own Parquet
     reader from the snapshot's file list (``native``); one on S3 through the pyarrow dataset (``dataset``).
 
-    ``superseded``: "table" (the superseded table, caught up from the log where it is behind) or "full" (computed
-    from the whole history: no usable table, or a version older than the one it is complete for)."""
+    ``superseded_table``: the superseded table's snapshot, opened BEFORE ``dt`` (so every history version its
+    commits were computed from is in ``dt``), or None. ``superseded``: "table" (that table, caught up from the log
+    where it is behind) or "full" (computed from the whole history: no usable table)."""
 
-    def __init__(self, dt, root: str, opts: storage.S3Options, *, use_superseded: bool = True):
+    def __init__(self, dt, root: str, opts: storage.S3Options, superseded_table=None):
         import duckdb
 
         self.table, self.root, self.opts = dt, root, opts
@@ -410,7 +411,7 @@ class Store:
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
         self._register("tags_history", dt.file_uris(), lambda: self.dataset)
-        self.superseded, self.covered = self._superseded_view(use_superseded)
+        self.superseded, self.covered = self._superseded_view(superseded_table)
         self.con.execute(f"CREATE VIEW tags AS {current_sql('tags_history')}")
         self.con.execute(MACROS)
 
@@ -426,8 +427,7 @@ class Store:
         else:
             self.con.register(name, arrow_data())
 
-    def _superseded_view(self, use_table: bool) -> tuple[str, int | None]:
-        sdt = open_superseded(self.root, self.opts) if use_table else None
+    def _superseded_view(self, sdt) -> tuple[str, int | None]:
         covered = None if sdt is None else sdt.transaction_version(SUPERSEDED_APP)
         added, self.rows_removed = None, False
         if covered is not None and covered <= self.version:
@@ -593,9 +593,12 @@ def open_store(
     version: int | None = None,
     as_of: datetime | str | None = None,
 ) -> Store | None:
-    """The table at ``root`` opened for reading (None when there is no table yet)."""
+    """The table at ``root`` opened for reading (None when there is no table yet). Time travel computes the current
+    rows from that version's history: the superseded table may hold keys superseded only after it."""
+    latest = version is None and as_of is None
+    sdt = open_superseded(root, opts) if latest else None  # before the history: see Store
     dt = open_table(root, opts, version=version, as_of=as_of)
-    return None if dt is None else Store(dt, root, opts)
+    return None if dt is None else Store(dt, root, opts, sdt)
 
 
 def connect(

@@ -282,7 +282,8 @@ def current_both_ways(root, opts=storage.S3Options()) -> tuple[str, int | None, 
     the current rows computed from the whole history, with every uri current once."""
     views = []
     for use in (True, False):
-        s = tagstore.Store(tagstore.open_table(root, opts), root, opts, use_superseded=use)
+        sdt = tagstore.open_superseded(root, opts) if use else None
+        s = tagstore.Store(tagstore.open_table(root, opts), root, opts, sdt)
         try:
             views.append(s.con.sql("SELECT uri, run_id, status FROM tags ORDER BY uri").fetchall())
             mode, covered, version = s.superseded, s.covered, s.version
@@ -388,3 +389,23 @@ def test_superseded_table_on_s3_after_a_run_killed_after_its_commit(s3, s3_bucke
     listing = pa.table([["a", "b", "c"], [1] * 3, ["e1", "e2", "e2"]], schema=LISTING_SCHEMA)
     assert pending(listing, root, "lm-a", opts)[0].column("uri").to_pylist() == ["a"]  # failed: retried
     assert tagstore.refresh_superseded(root, opts) == 3 and current_both_ways(root, opts)[:2] == ("table", 3)
+
+
+def test_a_refresh_landing_late_with_an_older_version_keeps_reads_right(table):
+    """Two refreshes at once, the one computed at an older version committing last: the table then holds keys
+    superseded after the version its app transaction names. Latest reads catch up from that version; time travel
+    never uses the table."""
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    expected = current_both_ways(table)[2]
+    write_deltalake(  # what a refresh computed at version 1 (nothing superseded yet) writes
+        tagstore.superseded_uri(table),
+        tagstore.KEYS_SCHEMA.empty_table(),
+        mode="append",
+        commit_properties=CommitProperties(app_transactions=[Transaction(tagstore.SUPERSEDED_APP, 1)]),
+    )
+    assert current_both_ways(table) == ("table", 1, expected)
+    at2 = tagstore.read(table, version=2, columns=["uri", "run_id"]).to_pylist()
+    assert [(r["uri"], r["run_id"]) for r in at2] == [("a", "r1"), ("b", "r2"), ("c", "r1")]  # c: r3 not yet
+    assert tagstore.refresh_superseded(table) == 3 and current_both_ways(table) == ("table", 3, expected)
