@@ -238,7 +238,6 @@ CREATE VIEW tags AS SELECT h.* FROM tags_history h
 ANTI JOIN tags_history n
     ON n.uri = h.uri AND (n.tagged_at > h.tagged_at OR (n.tagged_at = h.tagged_at AND n.run_id > h.run_id))
 """
-NEWEST = "QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1"
 
 
 def _raw(form: str, path: str, root: str, x, listed) -> int:
@@ -271,7 +270,7 @@ def _raw(form: str, path: str, root: str, x, listed) -> int:
         lat_min, lat_max, [(lo, hi)] = q.bounding_box(x.lat, x.lon, 5.0)
         where = "lat BETWEEN ? AND ? AND lon BETWEEN ? AND ? AND haversine_km(?, ?, lat, lon) <= 5.0"
         sql = f"SELECT {cols} FROM tags WHERE {where} ORDER BY uri" if with_table else RAW_CURRENT.format(where=where)
-        return con.execute(sql, [lat_min, lat_max, lo, hi, x.lat, x.lon]).to_arrow_table().num_rows
+        return con.sql(sql, params=[lat_min, lat_max, lo, hi, x.lat, x.lon]).to_arrow_table().num_rows
     if form == "summary":
         counts = con.sql(
             "WITH r AS MATERIALIZED (SELECT status, landmark FROM tags) SELECT 'status', status, "
@@ -282,9 +281,10 @@ def _raw(form: str, path: str, root: str, x, listed) -> int:
     if form == "current_count":
         return con.execute("SELECT count(*) FROM tags").fetchone()[0]
     con.register("listing", listed.append_column("_i", pa.array(range(listed.num_rows), pa.int64())))
+    # the skip check needs no superseded table (it reads every row of the listed uris): both read the history
     rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
-    current = tagstore.current_sql(rows) if with_table else f"SELECT * FROM {rows} {NEWEST}"
-    return con.execute(SKIP_SQL.format(current=current), [[MODEL_ID], "failed"]).to_arrow_table().num_rows
+    sql = SKIP_SQL.format(current=tagstore.newest_sql(rows))
+    return con.sql(sql, params=[[MODEL_ID], "failed"]).to_arrow_table().num_rows
 
 
 def child_main(spec: str) -> None:

@@ -124,12 +124,13 @@ def pending(
     listing: pa.Table, output: str, model_id: str, opts: storage.S3Options, settled_by: tuple[str, ...] = ()
 ) -> tuple[pa.Table, int]:
     """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
-    listed uris only (the listing's uris filter the scan), minus the superseded ones, anti-joined with the
-    listing in DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history.
+    listed uris only (the listing's uris filter the scan; all of them, so their newest per uri is the current
+    row, without the superseded table), anti-joined with the listing in DuckDB. Memory is bounded by the listing
+    and the few columns this needs, not by the history.
 
     ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
     from: the artifact's provenance ``lineage``)."""
-    store = tagstore.open_store(output, opts)
+    store = tagstore.open_store(output, opts, superseded=False)
     if store is None:
         return listing, 0
     try:
@@ -142,7 +143,7 @@ def pending(
             store.con.register("listed_rows", rows)
             rows = "listed_rows"
         todo = store.con.sql(
-            SKIP_SQL.format(current=store.current_of(rows)), params=[[model_id, *settled_by], FAILED]
+            SKIP_SQL.format(current=tagstore.newest_sql(rows)), params=[[model_id, *settled_by], FAILED]
         ).to_arrow_table()
     finally:
         store.close()

@@ -103,6 +103,12 @@ def current_sql(rows: str) -> str:
     )
 
 
+def newest_sql(rows: str) -> str:
+    """The current rows among ``rows``, a relation holding EVERY committed row of each of its uris: their newest per
+    uri (memory bounded by ``rows``; for a few uris cheaper than reading the superseded table)."""
+    return f"SELECT * FROM {rows} QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1"
+
+
 def current_rows(store: "Store", columns: list[str] | None, filter: pc.Expression) -> pa.Table:
     """``columns`` of the current rows that match the pyarrow ``filter`` (inside the dataset's scan)."""
     cols = list(columns or TAGS_SCHEMA.names)
@@ -465,14 +471,6 @@ class Store:
             rows = "_new_keys"
         self.con.execute(f"CREATE VIEW _superseded_new AS {SUPERSEDED_SQL.format(rows=rows)}")
 
-    def current_of(self, rows: str) -> str:
-        """SQL for the current rows among ``rows``, a relation holding every committed row of each of its uris:
-        without a usable superseded table, their newest per uri (memory bounded by ``rows``, not the history)."""
-        if self.superseded == "table":
-            return current_sql(rows)
-        newest = "row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1"
-        return f"SELECT * FROM {rows} QUALIFY {newest}"
-
     def close(self) -> None:
         self.con.close()
 
@@ -592,11 +590,13 @@ def open_store(
     *,
     version: int | None = None,
     as_of: datetime | str | None = None,
+    superseded: bool = True,
 ) -> Store | None:
     """The table at ``root`` opened for reading (None when there is no table yet). Time travel computes the current
-    rows from that version's history: the superseded table may hold keys superseded only after it."""
+    rows from that version's history: the superseded table may hold keys superseded only after it. Without
+    ``superseded`` the view ``tags`` is the full computation (for a caller that reads only a few uris' rows)."""
     latest = version is None and as_of is None
-    sdt = open_superseded(root, opts) if latest else None  # before the history: see Store
+    sdt = open_superseded(root, opts) if latest and superseded else None  # before the history: see Store
     dt = open_table(root, opts, version=version, as_of=as_of)
     return None if dt is None else Store(dt, root, opts, sdt)
 
