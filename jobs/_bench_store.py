@@ -252,7 +252,8 @@ def _raw(form: str, path: str, root: str, x, listed) -> int:
 
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"CREATE VIEW tags_history AS SELECT * FROM read_parquet({DeltaTable(root).file_uris()!r})")
+    files = sorted(DeltaTable(root).file_uris())  # in the order our path reads them (tagstore.Store)
+    con.execute(f"CREATE VIEW tags_history AS SELECT * FROM read_parquet({files!r})")
     with_table = path == "duckdb"
     if with_table:
         sfiles = DeltaTable(tagstore.superseded_uri(root)).file_uris()

@@ -416,7 +416,9 @@ class Store:
         self.native = not storage.is_s3(root)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
-        self._register("tags_history", dt.file_uris(), lambda: self.dataset)
+        # in path order, runs/<day>/<run_id>: oldest first. Photo keys mostly sort like their upload day, so
+        # an ORDER BY uri LIMIT's running threshold (a filter DuckDB pushes into the scan) then skips later files
+        self._register("tags_history", sorted(dt.file_uris()), lambda: self.dataset)
         self.superseded, self.covered = self._superseded_view(superseded_table)
         self.con.execute(f"CREATE VIEW tags AS {current_sql('tags_history')}")
         self.con.execute(MACROS)
