@@ -482,13 +482,14 @@ def superseded_uri(root: str) -> str:
 
 
 def open_superseded(root: str, opts: storage.S3Options = storage.S3Options()):
-    """The superseded table beside the history (None if there is none yet)."""
+    """The superseded table beside the history (None if there is none yet, or it cannot be read: then the current
+    rows are computed from the history, whose own read reports a store that is down)."""
     from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from deltalake.exceptions import DeltaError
 
     try:
         return DeltaTable(superseded_uri(root), storage_options=storage_options(root, opts))
-    except TableNotFoundError:
+    except (DeltaError, OSError):
         return None
 
 
