@@ -13,9 +13,11 @@ the seconds start after importing pyarrow.dataset, deltalake and duckdb, a fixed
     current_count   landmark query --sql "SELECT count(*) FROM tags"
     skip_check      the tag job's skip check (tagging.pending) for --listed photos (most already tagged)
 
-each through our path (deltalake's pyarrow dataset of the table, in DuckDB) and through raw DuckDB reading the
-same Parquet files (read_parquet of the table's current file list) with the SQL an analyst would write for the
-same answer (the row counts must agree). ratio = ours / raw.
+each through our path (`landmark query` / tagging.pending: the Delta snapshot, the superseded table, catch-up
+check, DuckDB) and through raw DuckDB on the same Parquet files our path reads (read_parquet of the history's and
+the superseded table's file lists, the same SQL: the history minus the superseded keys); and, for scale, raw DuckDB
+over the history's files alone with the SQL an analyst without the superseded table writes (the newest row per
+uri). The row counts must agree. ratio = ours / raw DuckDB on the same files.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 FORMS = ("filter_limit", "summary", "near", "current_count", "skip_check")
-PATHS = ("landmark", "duckdb")
+PATHS = ("landmark", "duckdb", "duckdb_history")
 MODEL_ID = "lm-bench0001"
 START = datetime(2026, 1, 1, 3, 0, tzinfo=timezone.utc)
 
@@ -139,6 +141,16 @@ def build_store(root: Path, rows: int, rows_per_run: int, seed: int = 0) -> dict
     return info
 
 
+def up_to_date(root: Path) -> float:
+    """The superseded table brought up to the history's latest version (each run's commit did that already,
+    unless the store was built before the table existed); returns the seconds it took."""
+    from landmark_core import tagstore
+
+    t = time.perf_counter()
+    tagstore.refresh_superseded(str(root))
+    return round(time.perf_counter() - t, 2)
+
+
 def listing(root: Path, n: int, seed: int = 1) -> Path:
     """--listed photos for the skip check: 90% already tagged (sampled from the history), 10% new."""
     from landmark_core import tagstore
@@ -198,7 +210,7 @@ def measure(form: str, path: str, root: str, listing_path: str) -> dict:
 
             n = pending(listed, root, MODEL_ID, storage.S3Options())[0].num_rows
     else:
-        n = _raw(form, root, x, listed)
+        n = _raw(form, path, root, x, listed)
     seconds = time.perf_counter() - t0
     return {"seconds": round(seconds, 3), "rows": n, "rss_mb": round(_peak_rss_kb() / 1024, 1)}
 
@@ -211,8 +223,8 @@ def _peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-# What an analyst writes in DuckDB for the current rows matching {where}: the matches, the newest (tagged_at,
-# run_id) of only their uris, the matches that are the newest.
+# Raw DuckDB over the history only (no superseded table), as an analyst without our code writes it: the current
+# rows matching {where} are the matches whose (tagged_at, run_id) is their uri's newest.
 RAW_CURRENT = """
 WITH cand AS MATERIALIZED (SELECT uri, status, landmark, score, lat, lon, tagged_at, run_id FROM tags_history
                            WHERE {where}),
@@ -221,10 +233,16 @@ newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM t
 SELECT cand.uri, cand.status, cand.landmark, cand.score, cand.lat, cand.lon FROM cand JOIN newest USING (uri)
 WHERE cand.tagged_at = newest.k.t AND cand.run_id = newest.k.r ORDER BY uri
 """
+HISTORY_CURRENT_VIEW = """
+CREATE VIEW tags AS SELECT h.* FROM tags_history h
+ANTI JOIN tags_history n
+    ON n.uri = h.uri AND (n.tagged_at > h.tagged_at OR (n.tagged_at = h.tagged_at AND n.run_id > h.run_id))
+"""
 
 
-def _raw(form: str, root: str, x, listed) -> int:
-    """The same question in SQL on DuckDB's own Parquet reader over the table's current files."""
+def _raw(form: str, path: str, root: str, x, listed) -> int:
+    """The same question in SQL on DuckDB's own Parquet reader: "duckdb" over the files our path reads (the
+    history's and the superseded table's, as of their snapshots), "duckdb_history" over the history's only."""
     import duckdb
     from deltalake import DeltaTable
 
@@ -232,23 +250,28 @@ def _raw(form: str, root: str, x, listed) -> int:
     from landmark_core import tagstore
     from landmark_core.tagging import SKIP_SQL
 
-    files = DeltaTable(root).file_uris()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
+    files = sorted(DeltaTable(root).file_uris())  # in the order our path reads them (tagstore.Store)
     con.execute(f"CREATE VIEW tags_history AS SELECT * FROM read_parquet({files!r})")
-    con.execute(tagstore.CURRENT_VIEW)
+    with_table = path == "duckdb"
+    if with_table:
+        sfiles = DeltaTable(tagstore.superseded_uri(root)).file_uris()
+        con.execute(f"CREATE VIEW _superseded AS SELECT * FROM read_parquet({sfiles!r})")
+        con.execute(f"CREATE VIEW tags AS {tagstore.current_sql('tags_history')}")
+    else:
+        con.execute(HISTORY_CURRENT_VIEW)
     con.execute(tagstore.MACROS)
+    cols = "uri, status, landmark, score, lat, lon"
     if form == "filter_limit":
-        sql = RAW_CURRENT.format(where="lower(landmark) = ? AND score >= CAST(? AS FLOAT)") + " LIMIT 5"
-        return len(con.execute(sql, [x.name.lower(), 0.9]).fetchall())
+        where = "lower(landmark) = ? AND score >= CAST(? AS FLOAT)"
+        sql = f"SELECT {cols} FROM tags WHERE {where} ORDER BY uri" if with_table else RAW_CURRENT.format(where=where)
+        return len(con.execute(sql + " LIMIT 5", [x.name.lower(), 0.9]).fetchall())
     if form == "near":
         lat_min, lat_max, [(lo, hi)] = q.bounding_box(x.lat, x.lon, 5.0)
         where = "lat BETWEEN ? AND ? AND lon BETWEEN ? AND ? AND haversine_km(?, ?, lat, lon) <= 5.0"
-        return (
-            con.execute(RAW_CURRENT.format(where=where), [lat_min, lat_max, lo, hi, x.lat, x.lon])
-            .to_arrow_table()
-            .num_rows
-        )
+        sql = f"SELECT {cols} FROM tags WHERE {where} ORDER BY uri" if with_table else RAW_CURRENT.format(where=where)
+        return con.sql(sql, params=[lat_min, lat_max, lo, hi, x.lat, x.lon]).to_arrow_table().num_rows
     if form == "summary":
         counts = con.sql(
             "WITH r AS MATERIALIZED (SELECT status, landmark FROM tags) SELECT 'status', status, "
@@ -259,8 +282,10 @@ def _raw(form: str, root: str, x, listed) -> int:
     if form == "current_count":
         return con.execute("SELECT count(*) FROM tags").fetchone()[0]
     con.register("listing", listed.append_column("_i", pa.array(range(listed.num_rows), pa.int64())))
+    # the skip check needs no superseded table (it reads every row of the listed uris): both read the history
     rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
-    return con.execute(SKIP_SQL.format(rows=rows), [[MODEL_ID], "failed"]).to_arrow_table().num_rows
+    sql = SKIP_SQL.format(current=tagstore.newest_sql(rows))
+    return con.sql(sql, params=[[MODEL_ID], "failed"]).to_arrow_table().num_rows
 
 
 def child_main(spec: str) -> None:
@@ -291,6 +316,8 @@ def run(sizes: list[int], *, runs: int, rows_per_run: int, listed: int, work: Pa
         root = work / f"store-{rows}-{rows_per_run}"
         info = build_store(root, rows, rows_per_run)
         say(f"store {rows:,} rows in {info['nights']} runs at {root} (built in {info['build_seconds']} s)")
+        refresh = up_to_date(root)
+        say(f"superseded table up to date ({refresh} s)")
         lst = listing(root, listed)
         _warm_page_cache(root)
         res: dict = {"nights": info["nights"]}
@@ -304,15 +331,18 @@ def run(sizes: list[int], *, runs: int, rows_per_run: int, listed: int, work: Pa
                     "rows": samples[0]["rows"],
                 }
             r["ratio"] = round(r["landmark"]["seconds"] / max(r["duckdb"]["seconds"], 1e-6), 2)
-            if r["landmark"]["rows"] != r["duckdb"]["rows"]:
-                raise RuntimeError(
-                    f"{form}: our path returned {r['landmark']['rows']} rows, raw DuckDB {r['duckdb']['rows']}"
-                )
+            r["ratio_to_history_only"] = round(r["landmark"]["seconds"] / max(r["duckdb_history"]["seconds"], 1e-6), 2)
+            for path in PATHS[1:]:
+                if r["landmark"]["rows"] != r[path]["rows"]:
+                    raise RuntimeError(
+                        f"{form}: our path returned {r['landmark']['rows']} rows, {path} {r[path]['rows']}"
+                    )
             res[form] = r
             say(
-                f"{rows:>11,} {form:<14} ours {r['landmark']['seconds']:7.3f} s {r['landmark']['rss_mb']:7.0f} MB"
-                f" | raw DuckDB {r['duckdb']['seconds']:7.3f} s {r['duckdb']['rss_mb']:7.0f} MB | ratio "
-                f"{r['ratio']:.2f} | {r['landmark']['rows']} rows"
+                f"{rows:>11,} {form:<14} ours {r['landmark']['seconds']:7.3f} s {r['landmark']['rss_mb']:6.0f} MB"
+                f" | raw DuckDB {r['duckdb']['seconds']:7.3f} s {r['duckdb']['rss_mb']:6.0f} MB | ratio "
+                f"{r['ratio']:.2f} | raw, history only {r['duckdb_history']['seconds']:7.3f} s "
+                f"{r['duckdb_history']['rss_mb']:6.0f} MB | {r['landmark']['rows']} rows"
             )
         out["sizes"][str(rows)] = res
     out["targets"] = targets(out, sizes)
@@ -392,6 +422,35 @@ def merge_vs_append(src: str) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def append_and_refresh(src: str) -> dict:
+    """What the superseded table costs a run: one more night (50,000 rows, 1,000 re-tags) appended to a copy of the
+    store at ``src``, then the refresh after its commit, timed apart. ``python -m jobs._bench_store
+    append-refresh STORE``."""
+    import shutil
+    import tempfile
+
+    from landmark_core import tagstore
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        shutil.copytree(src, tmp / "t")
+        root = str(tmp / "t")
+        tagstore.refresh_superseded(root)
+        recent = tagstore.read(root, columns=["uri"]).column("uri").to_pylist()[-200_000:]
+        rng = np.random.default_rng(5)
+        night = night_rows(9999, 50_000, rng, rng.choice(recent, 1000, replace=False).tolist())
+        t = time.perf_counter()
+        tagstore.append_run(root, night, {"run_id": "night9999", "rows": 50_000}, dt="2026-12-01", refresh=False)
+        t_append = time.perf_counter() - t
+        t = time.perf_counter()
+        tagstore.refresh_superseded(root)
+        t_refresh = time.perf_counter() - t
+        added = pa.table(tagstore.open_superseded(root).to_pyarrow_dataset().to_table()).num_rows
+        return {"append_seconds": round(t_append, 2), "refresh_seconds": round(t_refresh, 2), "superseded_rows": added}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_delta_vs_commit(repeats: int = 2) -> dict:
     """The other choice, measured: Ray 2.60's Dataset.write_delta against write_parquet + our one commit, on the
     blocks the tag job makes of 150 photos (--decode-batch 16). ``python -m jobs._bench_store write-delta``."""
@@ -441,6 +500,8 @@ def write_delta_vs_commit(repeats: int = 2) -> dict:
 if __name__ == "__main__":
     if sys.argv[1] == "write-delta":
         print(json.dumps(write_delta_vs_commit()))
+    elif sys.argv[1] == "append-refresh":
+        print(json.dumps(append_and_refresh(sys.argv[2])))
     elif sys.argv[1] == "merge-vs-append":
         print(json.dumps(merge_vs_append(sys.argv[2])))
     else:

@@ -1,11 +1,12 @@
 """`landmark query`: read the tag store (a Delta table) with DuckDB: committed runs only, current rows by default.
 
 Every flag becomes SQL over the view ``tags`` (the latest committed row per photo) or, with ``--history``,
-``tags_history`` (every committed row). DuckDB pushes the filters and the columns into the scan of deltalake's
-pyarrow dataset: files whose statistics rule a filter out, and row groups likewise, are never decoded. The
-current view is decided before the filters: an older run's row that matches never comes back when the newer row
-for that photo does not. ``--near`` is a bounding box on lat/lon (pushed down) plus the exact haversine distance.
-``--sql`` runs any SELECT over both views; ``--version N`` / ``--as-of TIME`` read the table as it was then.
+``tags_history`` (every committed row). The filters and the columns go into the scan (DuckDB's own Parquet
+reader for a local table, deltalake's pyarrow dataset on S3): row groups whose statistics rule a filter out are
+never decoded. The current view (the history minus the superseded rows) does not depend on the filters: an older
+run's row that matches never comes back when the newer row for that photo does not. ``--near`` is a bounding box
+on lat/lon (pushed down) plus the exact haversine distance. ``--sql`` runs any SELECT over both views;
+``--version N`` / ``--as-of TIME`` read the table as it was then.
 
 Python API (Arrow tables)::
 
@@ -252,26 +253,55 @@ def _read_columns(cfg: QueryConfig) -> list[str] | None:
     return cols + [c for c in extra if c not in cols]
 
 
-def _rows(store: tagstore.Store, cfg: QueryConfig, columns: list[str] | None) -> str:
+def filter_sql(cfg: QueryConfig) -> tuple[str | None, list]:
+    """The same filters as filter_expression, as a SQL condition with its parameters (None when there are none),
+    for DuckDB's own Parquet reader: it evaluates them inside the scan, skipping row groups their statistics rule
+    out, and decodes the other columns only for the rows that pass."""
+    parts, params = [], []
+    if cfg.landmark is not None:
+        parts.append("lower(landmark) = lower(?)")
+        params.append(str(cfg.landmark).strip())
+    if cfg.min_score is not None:  # float32, as in filter_expression
+        parts.append("score >= CAST(? AS FLOAT)")
+        params.append(float(cfg.min_score))
+    if cfg.status is not None:
+        parts.append("status = ?")
+        params.append(cfg.status)
+    if cfg.since is not None:
+        parts.append("tagged_at >= ?")
+        params.append(cfg.since_utc())
+    if cfg.near is not None:
+        lat_min, lat_max, ranges = bounding_box(*map(float, cfg.near), float(cfg.radius_km))
+        lon = ["lon IS NOT NULL" if (lo, hi) == (-180.0, 180.0) else "(lon >= ? AND lon <= ?)" for lo, hi in ranges]
+        parts.append(f"lat >= ? AND lat <= ? AND ({' OR '.join(lon)})")
+        params += [lat_min, lat_max] + [v for r in ranges if r != (-180.0, 180.0) for v in r]
+    return (" AND ".join(f"({p})" for p in parts) or None), params
+
+
+def _rows(store: tagstore.Store, cfg: QueryConfig, columns: list[str] | None) -> tuple[str, list]:
     """The relation holding the rows the filters select: the current ones (or every committed one with
-    --history), the filters inside the scan. Returns its name in ``store.con``."""
-    expr = filter_expression(cfg)
+    --history), the filters inside the scan; and its SQL parameters."""
+    view = "tags_history" if cfg.history else "tags"
+    if store.native:
+        where, params = filter_sql(cfg)
+        return (view, []) if where is None else (f"(SELECT * FROM {view} WHERE {where})", params)
+    expr = filter_expression(cfg)  # DuckDB pushes no float comparison into a pyarrow scan: pyarrow filters
     if expr is None:
-        return "tags_history" if cfg.history else "tags"
+        return view, []
     if cfg.history:
         store.con.register("matching", store.dataset.filter(expr))
     else:
         store.con.register("matching", tagstore.current_rows(store, columns, expr))
-    return "matching"
+    return "matching", []
 
 
-def select_sql(cfg: QueryConfig, relation: str) -> tuple[str, list]:
+def select_sql(cfg: QueryConfig, relation: str, params: list) -> tuple[str, list]:
     """What ``run`` executes over ``relation`` (see _rows): the exact --near distance, order, columns, limit."""
     cols = list(dict.fromkeys(cfg.columns)) if cfg.columns is not None else None
-    sql, params = f"SELECT {tagstore.quoted(cols)} FROM {relation}", []
+    sql, params = f"SELECT {tagstore.quoted(cols)} FROM {relation}", list(params)
     if cfg.near is not None:  # the bounding box ran in the scan; this is the exact great-circle distance
         sql += " WHERE haversine_km(?, ?, lat, lon) <= ?"
-        params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+        params += [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
     sql += " ORDER BY uri" + (", tagged_at, run_id" if cfg.history else "")
     if cfg.limit is not None:
         sql += f" LIMIT {int(cfg.limit)}"
@@ -292,7 +322,7 @@ def run(cfg: QueryConfig) -> pa.Table:
     try:
         if cfg.sql is not None:
             return store.con.sql(cfg.sql).to_arrow_table()
-        statement, params = select_sql(cfg, _rows(store, cfg, _read_columns(cfg)))
+        statement, params = select_sql(cfg, *_rows(store, cfg, _read_columns(cfg)))
         return tagstore.to_schema(store.con.sql(statement, params=params or None).to_arrow_table())
     finally:
         store.close()
@@ -305,11 +335,11 @@ def run_summary(cfg: QueryConfig) -> dict:
     if store is None:
         return summarize(tagstore.empty(["status", "landmark"]))
     try:
-        relation = _rows(store, cfg, ["uri", "status", "landmark"] + (["lat", "lon"] if cfg.near else []))
-        rows, params = f"SELECT status, landmark FROM {relation}", []
+        relation, params = _rows(store, cfg, ["uri", "status", "landmark"] + (["lat", "lon"] if cfg.near else []))
+        rows = f"SELECT status, landmark FROM {relation}"
         if cfg.near is not None:
             rows += " WHERE haversine_km(?, ?, lat, lon) <= ?"
-            params = [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
+            params = params + [float(cfg.near[0]), float(cfg.near[1]), float(cfg.radius_km)]
         counts = store.con.sql(
             f"""WITH r AS MATERIALIZED ({rows})
             SELECT 'status' AS kind, status AS name, count(*) AS n FROM r GROUP BY status

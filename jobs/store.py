@@ -1,7 +1,8 @@
 """`landmark store`: look after the tag store's Delta table (no Ray).
 
     landmark store history --table T [--limit N] [--json]     runs (and other commits) from the table's log
-    landmark store optimize --table T [--target-mb 256]       compact small files into larger ones (one commit)
+    landmark store optimize --table T [--target-mb 256]       compact small files into larger ones (one commit);
+                                                              bring the superseded table up to date, compact it
     landmark store vacuum --table T --retain-hours N [--dry-run]
                                                               delete files no version within N hours references:
                                                               files of killed runs, files optimize replaced
@@ -94,15 +95,19 @@ def history(cfg: StoreConfig) -> list[dict]:
 
 
 def optimize(cfg: StoreConfig) -> dict:
-    return _table(cfg).optimize.compact(target_size=cfg.target_mb * 1024 * 1024)
+    """The history's files compacted (its metrics), then the superseded table brought up to date (built from the
+    history if it is missing) and compacted (its metrics under "superseded")."""
+    metrics = _table(cfg).optimize.compact(target_size=cfg.target_mb * 1024 * 1024)
+    return {**metrics, "superseded": tagstore.compact_superseded(cfg.table, cfg.s3_options())}
 
 
 def vacuum(cfg: StoreConfig) -> list[str]:
     """Files no version within --retain-hours references, deleted (listed only, with --dry-run): uncommitted files
-    of killed runs too (a full vacuum lists the directory, not only the log)."""
-    return _table(cfg).vacuum(
+    of killed runs too (a full vacuum lists the directory, not only the log); the superseded table's likewise."""
+    files = _table(cfg).vacuum(
         retention_hours=int(cfg.retain_hours), dry_run=cfg.dry_run, enforce_retention_duration=False, full=True
     )
+    return files + tagstore.vacuum_superseded(cfg.table, cfg.s3_options(), cfg.retain_hours, cfg.dry_run)
 
 
 # ---------------------------------------------------------------- migrate: the only reader of the old layout
@@ -247,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="landmark store",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.split("\n")[2:10]),
+        epilog="\n".join(__doc__.split("\n")[2:11]),
     )
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     common = argparse.ArgumentParser(add_help=False)

@@ -97,23 +97,26 @@ def pending(
     listing: pa.Table, output: str, model_id: str, opts: storage.S3Options, settled_by: tuple[str, ...] = ()
 ) -> tuple[pa.Table, int]:
     """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
-    listed uris only (the listing's uris filter the scan), their latest per uri, anti-joined with the listing in
-    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history.
+    listed uris only (the listing's uris filter the scan; all of them, so their newest per uri is the current
+    row, without the superseded table), anti-joined with the listing in DuckDB. Memory is bounded by the listing
+    and the few columns this needs, not by the history.
 
     ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
     from: the artifact's provenance ``lineage``)."""
-    store = tagstore.open_store(output, opts)
+    store = tagstore.open_store(output, opts, superseded=False)
     if store is None:
         return listing, 0
     try:
-        rows = store.dataset.to_table(
-            columns=["uri", "etag", "model_id", "status", "tagged_at", "run_id"],
-            filter=pc.field("uri").isin(listing.column("uri")),
-        )
-        store.con.register("listed_rows", rows)
         store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
+        if store.native:  # DuckDB's reader: the semi join with the listing becomes a filter in the scan
+            rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
+        else:
+            cols = ["uri", "etag", "model_id", "status", "tagged_at", "run_id"]
+            rows = store.dataset.to_table(columns=cols, filter=pc.field("uri").isin(listing.column("uri")))
+            store.con.register("listed_rows", rows)
+            rows = "listed_rows"
         todo = store.con.sql(
-            SKIP_SQL.format(rows="listed_rows"), params=[[model_id, *settled_by], FAILED]
+            SKIP_SQL.format(current=tagstore.newest_sql(rows)), params=[[model_id, *settled_by], FAILED]
         ).to_arrow_table()
     finally:
         store.close()
@@ -121,12 +124,10 @@ def pending(
     return todo, listing.num_rows - todo.num_rows
 
 
-# The latest committed row of each listed uri, then the listing minus those that are the same etag, same model
-# and not failed. {rows}: the committed rows of (at least) the listed uris.
+# The listing minus the objects whose current row has the same etag, the same model and did not fail.
+# {current}: the current rows of (at least) the listed uris.
 SKIP_SQL = """
-WITH cur AS (
-    SELECT uri, etag, model_id, status FROM {rows}
-    QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1)
+WITH cur AS ({current})
 SELECT l.* FROM listing l
 ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND list_contains(?::VARCHAR[], cur.model_id)
     AND cur.status <> ?

@@ -1,21 +1,26 @@
-"""The tag store: a Delta Lake table (delta-rs, no JVM), read with DuckDB through deltalake's pyarrow dataset.
+"""The tag store: a Delta Lake table (delta-rs, no JVM), queried with DuckDB: a local table through DuckDB's own
+Parquet reader on the snapshot's file list, one on S3 through deltalake's pyarrow dataset.
 
     <root>/_delta_log/*.json                 the table's log: one commit per tag run, the run's summary (counts,
                                              model_id, config, timings) in the commit's metadata under RUN_KEY
     <root>/runs/<dt>/<run_id>/*.parquet      the run's data files (TAGS_SCHEMA), written by Ray Data
+    <root>/_superseded/                      a second Delta table: keys of the rows a newer row replaced
 
 A run is one atomic commit: its files are invisible until the commit that adds them lands, so a run killed
 before its commit leaves nothing visible (``landmark store vacuum`` deletes its files). Runs are appended, never
 rewritten: ``tags_history`` is every committed row; ``tags`` (the current view) is the latest row per uri, by
-(tagged_at, run_id) -- every row of a run has the run's tagged_at. Concurrent runs are safe: Delta's optimistic
-concurrency (blind appends never conflict; the commit retries on the next version), each commit file written
-with put-if-absent (S3 If-None-Match, a no-replace rename on local disks).
+(tagged_at, run_id) -- every row of a run has the run's tagged_at -- read as the history minus the superseded
+keys. Concurrent runs are safe: Delta's optimistic concurrency (blind appends never conflict; the commit retries
+on the next version), each commit file written with put-if-absent (S3 If-None-Match, a no-replace rename on
+local disks).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -69,53 +74,48 @@ _STATS_COLUMNS = (
     "tagged_at",
 )
 
-# The current view: a row is current when no committed row of its uri is newer. Written as an ANTI JOIN (not a
-# correlated NOT EXISTS, which DuckDB plans as a delim join that reads every column and pushes no filter): filters
-# on ``tags`` reach the scan of ``h``, and the other side reads only (uri, tagged_at, run_id) of the history.
-CURRENT_VIEW = """
-CREATE VIEW tags AS
-SELECT h.* FROM tags_history h
-ANTI JOIN tags_history n
-    ON n.uri = h.uri AND (n.tagged_at > h.tagged_at OR (n.tagged_at = h.tagged_at AND n.run_id > h.run_id))
+# The current view is the history minus the superseded rows: those of a uri that has a newer committed row. They
+# are few (a photo is re-tagged only when it failed or changed), so a small Delta table beside the history keeps
+# their keys, SUPERSEDED_DIR, brought up to date after each run's commit (refresh_superseded). Its app transaction
+# SUPERSEDED_APP says which history version it is complete for; commits after that one are caught up by the reader
+# from the log (only the uris those commits added can have new superseded rows). The history stays the source of
+# truth: a missing or unusable superseded table only costs the full computation.
+SUPERSEDED_DIR = "_superseded"
+SUPERSEDED_APP = "landmark.superseded"
+KEYS = ["uri", "tagged_at", "run_id"]  # what decides the current row of a uri (unique per committed row)
+KEYS_SCHEMA = pa.schema([TAGS_SCHEMA.field(k) for k in KEYS])
+
+# The keys of the rows in {rows} that are not their uri's newest (by tagged_at, then run_id).
+SUPERSEDED_SQL = """
+SELECT uri, tagged_at, run_id FROM (
+    SELECT uri, tagged_at, run_id, row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) AS _n
+    FROM {rows})
+WHERE _n > 1
 """
 
 
-KEYS = ["uri", "tagged_at", "run_id"]  # what decides the current row of a uri
+def current_sql(rows: str) -> str:
+    """The current rows among the committed rows ``rows`` (a relation): those whose key is not superseded. An
+    ANTI JOIN: DuckDB pushes filters on its result into the scan of ``rows``."""
+    return (
+        f"SELECT r.* FROM {rows} r ANTI JOIN _superseded s "
+        "ON s.uri = r.uri AND s.tagged_at = r.tagged_at AND s.run_id = r.run_id"
+    )
 
 
-# Up to this many matching uris, they filter the history's scan in pyarrow (is_in: memory follows the matches);
-# beyond it DuckDB's semi join, which holds the history's keys, is faster. Measured at 10M rows: ~270,000 matches
-# 11.5 s / 0.65 GB through is_in, 10.8 s / 2.0 GB through the join; 1.2M matches 104 s through is_in, 23 s
-# through the join.
-ISIN_MAX = 500_000
+def newest_sql(rows: str) -> str:
+    """The current rows among ``rows``, a relation holding EVERY committed row of each of its uris: their newest per
+    uri (memory bounded by ``rows``; for a few uris cheaper than reading the superseded table)."""
+    return f"SELECT * FROM {rows} QUALIFY row_number() OVER (PARTITION BY uri ORDER BY tagged_at DESC, run_id DESC) = 1"
 
 
 def current_rows(store: "Store", columns: list[str] | None, filter: pc.Expression) -> pa.Table:
-    """``columns`` of the current rows that match ``filter``: the matching rows (the filter inside the scan of
-    the pyarrow dataset), then the newest (tagged_at, run_id) of only their uris, and the matches that are it."""
+    """``columns`` of the current rows that match the pyarrow ``filter`` (inside the dataset's scan)."""
     cols = list(columns or TAGS_SCHEMA.names)
-    cand = store.dataset.to_table(columns=list(dict.fromkeys(cols + KEYS)), filter=filter)
-    uris = cand.column("uri").unique()
-    store.con.register("_cand", cand)
-    if len(uris) <= ISIN_MAX:
-        store.con.register("_keys", store.dataset.to_table(columns=KEYS, filter=pc.field("uri").isin(uris)))
-    else:
-        store.con.execute(
-            "CREATE OR REPLACE TEMP VIEW _keys AS SELECT uri, tagged_at, run_id FROM tags_history "
-            "WHERE uri IN (SELECT uri FROM _cand)"
-        )
+    store.con.register("_cand", store.dataset.to_table(columns=list(dict.fromkeys(cols + KEYS)), filter=filter))
     try:
-        return to_schema(
-            store.con.sql(f"""
-            WITH newest AS (SELECT uri, max(struct_pack(t := tagged_at, r := run_id)) AS k FROM _keys GROUP BY uri)
-            SELECT {quoted(cols, "_cand")} FROM _cand JOIN newest USING (uri)
-            WHERE _cand.tagged_at = newest.k.t AND _cand.run_id = newest.k.r""").to_arrow_table()
-        )
+        return to_schema(store.con.sql(f"SELECT {quoted(cols)} FROM ({current_sql('_cand')})").to_arrow_table())
     finally:
-        if len(uris) <= ISIN_MAX:
-            store.con.unregister("_keys")
-        else:
-            store.con.execute("DROP VIEW _keys")
         store.con.unregister("_cand")
 
 
@@ -211,8 +211,18 @@ def ensure_table(root: str, opts: storage.S3Options = storage.S3Options()) -> No
             raise
 
 
-def commit_run(root: str, fs, files: list[str], summary: dict, opts: storage.S3Options = storage.S3Options()) -> int:
-    """Add ``files`` (paths in ``fs`` under the table) to the table in ONE commit carrying ``summary``.
+def commit_run(
+    root: str,
+    fs,
+    files: list[str],
+    summary: dict,
+    opts: storage.S3Options = storage.S3Options(),
+    *,
+    refresh: bool = True,
+) -> int:
+    """Add ``files`` (paths in ``fs`` under the table) to the table in ONE commit carrying ``summary``, then bring
+    the superseded table up to date (``refresh``; best effort: the run is committed either way, and readers
+    catch up from the log).
 
     Returns the committed version. Concurrent commits are retried by delta-rs on the next version (blind appends
     do not conflict)."""
@@ -230,7 +240,17 @@ def commit_run(root: str, fs, files: list[str], summary: dict, opts: storage.S3O
         schema=TAGS_SCHEMA,
         commit_properties=CommitProperties(custom_metadata={RUN_KEY: meta}, max_commit_retries=50),
     )
-    return _version_of_run(root, opts, read_version, summary["run_id"])
+    version = _version_of_run(root, opts, read_version, summary["run_id"])
+    if refresh:
+        try:
+            refresh_superseded(root, opts)
+        except Exception as e:
+            print(
+                f"[tagstore] {root}: the superseded table was not brought up to date ({error_text(e)}); readers "
+                "catch up from the log, the next run or `landmark store optimize` brings it up to date",
+                file=sys.stderr,
+            )
+    return version
 
 
 def append_run(
@@ -241,11 +261,13 @@ def append_run(
     dt: str,
     opts: storage.S3Options = storage.S3Options(),
     commit: bool = True,
+    refresh: bool = True,
     rows_per_file: int = 1_000_000,
     **parquet_kw,
 ) -> int | None:
     """Write ``table`` (TAGS_SCHEMA rows of one run) as the run's data files and commit them as one run; without
-    ``commit`` the files are written and left uncommitted (invisible), as a killed run leaves them."""
+    ``commit`` the files are written and left uncommitted (invisible), as a killed run leaves them; without
+    ``refresh`` the run commits but leaves the superseded table behind, as a run killed right after its commit."""
     fs, path = storage.arrow_fs(root, opts)
     ensure_table(root, opts)
     d = run_files_dir(path, dt, summary["run_id"])
@@ -255,7 +277,7 @@ def append_run(
     for i in range(0, max(table.num_rows, 1), rows_per_file):
         files.append(f"{d}/part-{len(files):05d}.parquet")
         pq.write_table(table.slice(i, rows_per_file).cast(TAGS_SCHEMA), files[-1], filesystem=fs, **parquet_kw)
-    return commit_run(root, fs, files, summary, opts) if commit else None
+    return commit_run(root, fs, files, summary, opts, refresh=refresh) if commit else None
 
 
 def _version_of_run(root: str, opts: storage.S3Options, after: int, run_id: str) -> int:
@@ -377,21 +399,192 @@ def dataset(dt, root: str, opts: storage.S3Options = storage.S3Options()):
 
 
 class Store:
-    """One snapshot of the table: its pyarrow dataset and a DuckDB connection with the views ``tags`` (current)
-    and ``tags_history`` and the macro ``haversine_km(lat1, lon1, lat2, lon2)``."""
+    """One snapshot of the table: a DuckDB connection with the views ``tags_history`` (every committed row),
+    ``_superseded`` (keys of the rows a newer row of their uri replaced) and ``tags`` (current: the history minus
+    those), and the macro ``haversine_km(lat1, lon1, lat2, lon2)``. A local table is read by DuckDB's own Parquet
+    reader from the snapshot's file list (``native``); one on S3 through the pyarrow dataset (``dataset``).
 
-    def __init__(self, dt, root: str, opts: storage.S3Options):
+    ``superseded_table``: the superseded table's snapshot, opened BEFORE ``dt`` (so every history version its
+    commits were computed from is in ``dt``), or None. ``superseded``: "table" (that table, caught up from the log
+    where it is behind) or "full" (computed from the whole history: no usable table)."""
+
+    def __init__(self, dt, root: str, opts: storage.S3Options, superseded_table=None):
         import duckdb
 
-        self.table, self.dataset = dt, dataset(dt, root, opts)
+        self.table, self.root, self.opts = dt, root, opts
+        self.version = dt.version()
+        self.native = not storage.is_s3(root)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
-        self.con.register("tags_history", self.dataset)
-        self.con.execute(CURRENT_VIEW)
+        # in path order, runs/<day>/<run_id>: oldest first. Photo keys mostly sort like their upload day, so
+        # an ORDER BY uri LIMIT's running threshold (a filter DuckDB pushes into the scan) then skips later files
+        self._register("tags_history", sorted(dt.file_uris()), lambda: self.dataset)
+        self.superseded, self.covered = self._superseded_view(superseded_table)
+        self.con.execute(f"CREATE VIEW tags AS {current_sql('tags_history')}")
         self.con.execute(MACROS)
+
+    @functools.cached_property
+    def dataset(self):
+        """The snapshot as a pyarrow dataset (made when first used: the local path reads without it)."""
+        return dataset(self.table, self.root, self.opts)
+
+    def _register(self, name: str, files: list[str], arrow_data) -> None:
+        """``name`` as a view over ``files`` (DuckDB's reader, local) or ``arrow_data()`` (S3, or no files)."""
+        if self.native and files:
+            self.con.read_parquet(files).create_view(name)
+        else:
+            self.con.register(name, arrow_data())
+
+    def _superseded_view(self, sdt) -> tuple[str, int | None]:
+        covered = None if sdt is None else sdt.transaction_version(SUPERSEDED_APP)
+        added, self.rows_removed = None, False
+        if covered is not None and covered <= self.version:
+            try:
+                added = added_files(self.root, self.opts, covered, self.version)
+            except RowsRemoved:
+                self.rows_removed = True
+        if added is None:  # no usable table: every uri's rows decide
+            self.con.execute(f"CREATE VIEW _superseded AS {SUPERSEDED_SQL.format(rows='tags_history')}")
+            return "full", None
+        self._register(
+            "_superseded_table", sdt.file_uris(), lambda: dataset_of(sdt, superseded_uri(self.root), self.opts)
+        )
+        self._catch_up(added)
+        self.con.execute(
+            "CREATE VIEW _superseded AS SELECT uri, tagged_at, run_id FROM _superseded_table "
+            "UNION ALL SELECT * FROM _superseded_new"
+        )
+        return "table", covered
+
+    def _catch_up(self, added: list[str]) -> None:
+        """The view ``_superseded_new``: the keys superseded among the rows of the uris that ``added`` (the files
+        of the commits the superseded table does not cover yet) hold."""
+        if not added:
+            self.con.register("_superseded_new", KEYS_SCHEMA.empty_table())
+            return
+        fs, base = storage.arrow_fs(self.root, self.opts)
+        new_uris = pq.read_table([f"{base}/{f}" for f in added], columns=["uri"], filesystem=fs)
+        self.con.register("_new_uris", new_uris)
+        if self.native:  # DuckDB's reader takes the semi join into the scan (a dynamic filter on uri)
+            rows = "(SELECT uri, tagged_at, run_id FROM tags_history WHERE uri IN (SELECT uri FROM _new_uris))"
+        else:
+            isin = pc.field("uri").isin(new_uris.column("uri").combine_chunks())
+            self.con.register("_new_keys", self.dataset.to_table(columns=KEYS, filter=isin))
+            rows = "_new_keys"
+        self.con.execute(f"CREATE VIEW _superseded_new AS {SUPERSEDED_SQL.format(rows=rows)}")
 
     def close(self) -> None:
         self.con.close()
+
+
+def superseded_uri(root: str) -> str:
+    return f"{table_uri(root)}/{SUPERSEDED_DIR}"
+
+
+def open_superseded(root: str, opts: storage.S3Options = storage.S3Options()):
+    """The superseded table beside the history (None if there is none yet, or it cannot be read: then the current
+    rows are computed from the history, whose own read reports a store that is down)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    try:
+        return DeltaTable(superseded_uri(root), storage_options=storage_options(root, opts))
+    except (DeltaError, OSError):
+        return None
+
+
+def dataset_of(dt, uri: str, opts: storage.S3Options):
+    import pyarrow.fs as pafs
+
+    fs, path = storage.arrow_fs(uri, opts)
+    return dt.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(path, fs))
+
+
+class RowsRemoved(StoreError):
+    """A commit removed rows from the history (not one of ours: runs only append, optimize rewrites files with
+    the same rows): a row could be current again, which the superseded table, only ever growing, cannot say."""
+
+
+def added_files(root: str, opts: storage.S3Options, after: int, upto: int) -> list[str] | None:
+    """Data files (relative to the table) that the commits after..upto added with new rows; None when the log no
+    longer has one of those entries. Raises RowsRemoved when one of them removed rows."""
+    from urllib.parse import unquote
+
+    fs, path = storage.arrow_fs(root, opts)
+    files = []
+    for v in range(after + 1, upto + 1):
+        try:
+            with fs.open_input_stream(f"{path}/_delta_log/{v:020d}.json") as f:
+                entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+        except (FileNotFoundError, OSError):
+            return None
+        for e in entries:
+            if "remove" in e and e["remove"].get("dataChange", True):
+                raise RowsRemoved(f"{root}: version {v} removed rows from the history")
+            if "add" in e and e["add"].get("dataChange", True):
+                files.append(unquote(e["add"]["path"]))
+    return files
+
+
+def refresh_superseded(root: str, opts: storage.S3Options = storage.S3Options()) -> int:
+    """Bring the superseded table up to the history's latest version: the keys the commits since the version it
+    is complete for superseded, appended in one commit whose app transaction is that latest version. Concurrent
+    refreshes are safe: the table only grows, and the set of superseded keys only grows with the history, so any
+    refresh's rows stay right and the version it records is one it is complete for. Returns that version."""
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    for attempt in range(5):
+        store = open_store(root, opts)
+        if store is None:
+            return 0
+        try:
+            if store.covered == store.version:
+                return store.version
+            if store.rows_removed:
+                raise RowsRemoved(
+                    f"{root}: a commit removed rows from the history; rebuild the superseded table: delete "
+                    f"{superseded_uri(root)} (with no tag run going) and run `landmark store optimize`"
+                )
+            keys = "SELECT DISTINCT * FROM _superseded"
+            if store.superseded == "table":  # only the keys it does not have yet
+                keys = "SELECT * FROM _superseded_new EXCEPT SELECT uri, tagged_at, run_id FROM _superseded_table"
+            keys = store.con.sql(keys).to_arrow_table()
+            version = store.version
+        finally:
+            store.close()
+        try:
+            write_deltalake(
+                superseded_uri(root),
+                keys.cast(KEYS_SCHEMA),
+                mode="append",
+                storage_options=storage_options(root, opts),
+                commit_properties=CommitProperties(
+                    app_transactions=[Transaction(SUPERSEDED_APP, version)], max_commit_retries=50
+                ),
+            )
+            return version
+        except Exception:
+            if attempt == 4:  # e.g. two refreshes creating the table at once: the loser reads it again
+                raise
+    return version
+
+
+def compact_superseded(root: str, opts: storage.S3Options = storage.S3Options()) -> dict:
+    """Compact the superseded table's files (one per run) after a refresh; its app transaction stays."""
+    refresh_superseded(root, opts)
+    sdt = open_superseded(root, opts)
+    return {} if sdt is None else sdt.optimize.compact()
+
+
+def vacuum_superseded(root: str, opts: storage.S3Options, retention_hours: float, dry_run: bool) -> list[str]:
+    sdt = open_superseded(root, opts)
+    if sdt is None:
+        return []
+    files = sdt.vacuum(
+        retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False, full=True
+    )
+    return [f"{SUPERSEDED_DIR}/{f}" for f in files]
 
 
 def open_store(
@@ -400,10 +593,15 @@ def open_store(
     *,
     version: int | None = None,
     as_of: datetime | str | None = None,
+    superseded: bool = True,
 ) -> Store | None:
-    """The table at ``root`` opened for reading (None when there is no table yet)."""
+    """The table at ``root`` opened for reading (None when there is no table yet). Time travel computes the current
+    rows from that version's history: the superseded table may hold keys superseded only after it. Without
+    ``superseded`` the view ``tags`` is the full computation (for a caller that reads only a few uris' rows)."""
+    latest = version is None and as_of is None
+    sdt = open_superseded(root, opts) if latest and superseded else None  # before the history: see Store
     dt = open_table(root, opts, version=version, as_of=as_of)
-    return None if dt is None else Store(dt, root, opts)
+    return None if dt is None else Store(dt, root, opts, sdt)
 
 
 def connect(

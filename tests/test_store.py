@@ -44,7 +44,7 @@ def rows(uris: list[str], run_id: str, tagged_at: datetime, *, status="tagged", 
     )
 
 
-def append(root, table, run_id, *, commit=True, opts=storage.S3Options()):
+def append(root, table, run_id, *, commit=True, refresh=True, opts=storage.S3Options()):
     return tagstore.append_run(
         str(root),
         table,
@@ -52,6 +52,7 @@ def append(root, table, run_id, *, commit=True, opts=storage.S3Options()):
         dt="2026-11-20",
         opts=opts,
         commit=commit,
+        refresh=refresh,
     )
 
 
@@ -271,3 +272,140 @@ def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_clea
     # (the rest are the empty "directory" objects pyarrow's create_dir leaves on S3)
     assert [f for f in deleted if f.endswith(".parquet")] == ["runs/2026-11-20/killed/part-00000.parquet"]
     assert tagstore.read(root, opts=opts, history=True).equals(before) and before.num_rows == 4
+
+
+# ---------------------------------------------------------------- the superseded table beside the history
+
+
+def current_both_ways(root, opts=storage.S3Options()) -> tuple[str, int | None, list[tuple]]:
+    """The current rows through the superseded table (its mode and the version it covers) -- asserted equal to
+    the current rows computed from the whole history, with every uri current once."""
+    views = []
+    for use in (True, False):
+        sdt = tagstore.open_superseded(root, opts) if use else None
+        s = tagstore.Store(tagstore.open_table(root, opts), root, opts, sdt)
+        try:
+            views.append(s.con.sql("SELECT uri, run_id, status FROM tags ORDER BY uri").fetchall())
+            mode, covered, version = s.superseded, s.covered, s.version
+        finally:
+            s.close()
+        if use:
+            got = (mode, covered, version)
+    assert views[0] == views[1]
+    assert len({u for u, _, _ in views[0]}) == len(views[0])
+    return got[0], got[1], views[0]
+
+
+def test_superseded_table_follows_the_history(table):
+    mode, covered, cur = current_both_ways(table)
+    assert (mode, covered) == ("table", 3) and [u for u, _, _ in cur] == ["a", "b", "c", "d"]
+    sup = tagstore.open_superseded(table)
+    keys = sorted((r["uri"], r["run_id"]) for r in pa.table(sup.to_pyarrow_dataset().to_table()).to_pylist())
+    assert keys == [("b", "r1"), ("c", "r1")]  # replaced by r2 and r3
+    # a run committed late with an older tagged_at: its rows are the superseded ones where a newer row exists
+    append(table, rows(["a", "d", "e"], "late", T0 - timedelta(days=1), status="failed"), "late")
+    mode, covered, cur = current_both_ways(table)
+    assert (mode, covered) == ("table", 4)
+    assert {u: r for u, r, _ in cur} == {"a": "r1", "b": "r2", "c": "r3", "d": "r3", "e": "late"}
+
+
+def test_run_killed_after_its_commit_is_caught_up_by_readers_and_the_next_run(table):
+    append(table, rows(["a", "x"], "r4", T0 + timedelta(days=3), etag="e4"), "r4", refresh=False)
+    append(table, rows(["a"], "dead", T0 + timedelta(days=4)), "dead", commit=False)  # killed before its commit
+    mode, covered, cur = current_both_ways(table)
+    assert (mode, covered) == ("table", 3)  # behind: the reader catches up from the log
+    assert {u: r for u, r, _ in cur}["a"] == "r4" and "x" in {u for u, _, _ in cur}
+    listing = pa.table([["a", "x"], [1, 1], ["e4", "e1"]], schema=LISTING_SCHEMA)
+    assert pending(listing, table, "lm-a", storage.S3Options())[0].column("uri").to_pylist() == ["x"]
+    append(table, rows(["b"], "r5", T0 + timedelta(days=5)), "r5")
+    mode, covered, cur = current_both_ways(table)
+    assert (mode, covered) == ("table", 5) and {u: r for u, r, _ in cur}["b"] == "r5"
+
+
+def test_concurrent_runs_keep_the_superseded_table_right(tmp_path):
+    root = str(tmp_path / "tags")
+    tagstore.ensure_table(root)
+
+    def one(i):  # every run re-tags "shared"; their tagged_at order is not their commit order
+        when = T0 + timedelta(minutes=(7 * i) % 12)
+        return append(root, rows([f"u{i}", "shared"], f"w{i:02d}", when), f"w{i:02d}")
+
+    with ThreadPoolExecutor(6) as pool:
+        assert sorted(pool.map(one, range(12))) == list(range(1, 13))
+    mode, covered, cur = current_both_ways(root)
+    assert mode == "table" and covered is not None and covered <= 12
+    assert dict((u, r) for u, r, _ in cur)["shared"] == "w05"  # (7 * 5) % 12 = 11: the latest tagged_at
+    assert tagstore.refresh_superseded(root) == 12
+    assert current_both_ways(root)[:2] == ("table", 12)
+
+
+def test_optimize_vacuum_and_time_travel_keep_the_current_view(table, capsys):
+    before = current_both_ways(table)[2]
+    assert st.main(["optimize", "--table", table, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["numFilesAdded"] == 1 and "superseded" in out
+    mode, covered, cur = current_both_ways(table)
+    assert (mode, covered, cur) == ("table", 4, before)  # optimize's commit adds no rows: nothing to catch up
+    old = tagstore.open_store(table, version=1)
+    try:  # older than what the superseded table covers: computed from that version's history
+        assert old.superseded == "full" and old.con.sql("SELECT count(*) FROM tags").fetchall() == [(3,)]
+    finally:
+        old.close()
+    assert st.main(["vacuum", "--table", table, "--retain-hours", "0", "--json"]) == 0
+    assert any(f.startswith("runs/") for f in json.loads(capsys.readouterr().out))  # the files optimize replaced
+    assert current_both_ways(table)[1:] == (4, before)
+
+
+def test_superseded_table_gone_or_wrong_falls_back_to_the_history(table, capsys):
+    import shutil
+
+    from deltalake import DeltaTable
+
+    expected = current_both_ways(table)[2]
+    shutil.rmtree(Path(table) / tagstore.SUPERSEDED_DIR)
+    assert current_both_ways(table)[:2] == ("full", None)
+    assert st.main(["optimize", "--table", table]) == 0  # rebuilds it from the history
+    capsys.readouterr()
+    assert current_both_ways(table) == ("table", 4, expected)
+    # a delete outside our tools: c's r3 row goes, its r1 row is current again; the table cannot say that
+    DeltaTable(table).delete("run_id = 'r3'")
+    mode, _, cur = current_both_ways(table)
+    assert mode == "full" and ("c", "r1", "tagged") in cur and "d" not in {u for u, _, _ in cur}
+    with pytest.raises(tagstore.RowsRemoved, match="rebuild the superseded table"):
+        tagstore.refresh_superseded(table)
+
+
+def test_superseded_table_on_s3_after_a_run_killed_after_its_commit(s3, s3_bucket, monkeypatch):
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    root = f"s3://{s3_bucket}/tags-superseded"
+    append(root, rows(["a", "b"], "r1", T0), "r1", opts=opts)
+    append(root, rows(["b", "c"], "r2", T0 + timedelta(days=1), etag="e2"), "r2", opts=opts)
+    assert current_both_ways(root, opts)[:2] == ("table", 2)
+    append(root, rows(["a"], "r3", T0 + timedelta(days=2), status="failed"), "r3", opts=opts, refresh=False)
+    mode, covered, cur = current_both_ways(root, opts)
+    assert (mode, covered, cur) == ("table", 2, [("a", "r3", "failed"), ("b", "r2", "tagged"), ("c", "r2", "tagged")])
+    listing = pa.table([["a", "b", "c"], [1] * 3, ["e1", "e2", "e2"]], schema=LISTING_SCHEMA)
+    assert pending(listing, root, "lm-a", opts)[0].column("uri").to_pylist() == ["a"]  # failed: retried
+    assert tagstore.refresh_superseded(root, opts) == 3 and current_both_ways(root, opts)[:2] == ("table", 3)
+
+
+def test_a_refresh_landing_late_with_an_older_version_keeps_reads_right(table):
+    """Two refreshes at once, the one computed at an older version committing last: the table then holds keys
+    superseded after the version its app transaction names. Latest reads catch up from that version; time travel
+    never uses the table."""
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    expected = current_both_ways(table)[2]
+    write_deltalake(  # what a refresh computed at version 1 (nothing superseded yet) writes
+        tagstore.superseded_uri(table),
+        tagstore.KEYS_SCHEMA.empty_table(),
+        mode="append",
+        commit_properties=CommitProperties(app_transactions=[Transaction(tagstore.SUPERSEDED_APP, 1)]),
+    )
+    assert current_both_ways(table) == ("table", 1, expected)
+    at2 = tagstore.read(table, version=2, columns=["uri", "run_id"]).to_pylist()
+    assert [(r["uri"], r["run_id"]) for r in at2] == [("a", "r1"), ("b", "r2"), ("c", "r1")]  # c: r3 not yet
+    assert tagstore.refresh_superseded(table) == 3 and current_both_ways(table) == ("table", 3, expected)
