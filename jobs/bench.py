@@ -1,7 +1,7 @@
 """`landmark bench tag|train|store|serve`: throughput measured side by side in one run, printed as ratios.
 
 bench store: see jobs/_bench_store.py (our query paths against raw DuckDB on the same files, 1M..10M rows);
-bench serve: jobs/bench_serve.py (the app over HTTP against the Predictor in-process).
+bench serve: jobs/_bench_serve.py (the app over HTTP against the Predictor in-process).
 
 bench tag, on the same photos with the same model, (b), (c) and (e) on the same runtime (--runtime):
   (a) decode+preprocess alone, all cores (a process per core)
@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     so.add_argument("--json", action="store_true")
 
-    from jobs import bench_serve
+    from jobs import _bench_serve as bench_serve
 
     bench_serve.add_arguments(
         sub.add_parser(
@@ -582,7 +582,7 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.what == "tag":
         return run_tag(ns)
     if cfg.what == "serve":
-        from jobs import bench_serve
+        from jobs import _bench_serve as bench_serve
 
         return bench_serve.run_serve_bench(ns)
     return run_train(ns)

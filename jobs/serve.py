@@ -1,6 +1,6 @@
 """The app: `landmark serve` / `python -m jobs.serve`, the model on Ray Serve with an upload page.
 
-    HTTP (Serve proxy; jobs.serve_proxy answers for a replica that died) -> Tagger replicas, each the FastAPI
+    HTTP (Serve proxy; jobs._serve_proxy answers for a replica that died) -> Tagger replicas, each the FastAPI
       ingress (auth, size and type checks, timeouts, the page) and the model: @serve.batch turns the requests
       of many clients into one call of landmark_core.predict.predict_bytes (the decode, Predictor and
       abstention of `landmark predict`); autoscaled MIN..MAX
@@ -267,7 +267,7 @@ def make_api(ingress: Tagger) -> FastAPI:
     """The HTTP API, built in each Tagger replica around its model and settings."""
     from fastapi.openapi.docs import get_swagger_ui_html
 
-    from jobs.serve_page import PAGE
+    from jobs._serve_page import PAGE
 
     # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
     api = FastAPI(
@@ -400,7 +400,7 @@ def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
     cfg.check()
     prepare_model(cfg)
-    from jobs import serve_proxy
+    from jobs import _serve_proxy as serve_proxy
     from jobs._ray import init_ray
 
     init_ray(cfg.ray_address, worker_env=None)

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from jobs import serve as srv, serve_proxy
+from jobs import _serve_proxy as serve_proxy, serve as srv
 from landmark_core import artifact as artifact_mod
 from landmark_core.predict import predict_paths
 from landmark_core.predictor import Predictor
@@ -247,7 +247,7 @@ def test_serve_config_file_builds_the_app(model_dir):
 
 
 def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
-    """jobs.serve_proxy's middleware, as the proxy runs it: an app that ends (or fails, as a dead replica's
+    """jobs._serve_proxy's middleware, as the proxy runs it: an app that ends (or fails, as a dead replica's
     call does) without a response, or the proxy's plain 503, gives 503 + Retry-After and the API's error
     object; the app's answers pass through."""
     import asyncio

@@ -14,7 +14,7 @@ import logging
 from starlette.middleware import Middleware
 
 logger = logging.getLogger("ray.serve")
-CALLBACK = "jobs.serve_proxy:middlewares"
+CALLBACK = "jobs._serve_proxy:middlewares"
 CONTROLLER_OPTIONS = {"runtime_env": {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": CALLBACK}}}
 LOST = "unavailable: the model replica was lost; retry"
 
