@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
+
 FORMS = ("filter_limit", "summary", "near", "current_count", "skip_check")
 PATHS = ("landmark", "duckdb", "duckdb_history")
 MODEL_ID = "lm-bench0001"
@@ -63,10 +65,10 @@ def night_rows(night: int, n: int, rng: np.random.Generator, retag_uris: list[st
     lms = _catalog()
     weights = 1.0 / np.arange(1, len(lms) + 1) ** 0.8
     top = rng.choice(len(lms), size=(n, 5), p=weights / weights.sum())
-    status = rng.choice(np.array(["tagged", "no_landmark", "failed"]), size=n, p=[0.8, 0.17, 0.03])
-    score = np.where(status == "tagged", rng.beta(8, 2, n), rng.beta(2, 5, n)).astype(np.float32)
-    tagged = status == "tagged"
-    ok = status != "failed"
+    status = rng.choice(np.array([TAGGED, NO_LANDMARK, FAILED]), size=n, p=[0.8, 0.17, 0.03])
+    score = np.where(status == TAGGED, rng.beta(8, 2, n), rng.beta(2, 5, n)).astype(np.float32)
+    tagged = status == TAGGED
+    ok = status != FAILED
     lat = np.array([lms[i].lat for i in top[:, 0]])
     lon = np.array([lms[i].lon for i in top[:, 0]])
     tag_scores = np.sort(rng.dirichlet(np.ones(5), n).astype(np.float32), axis=1)[:, ::-1]
@@ -285,7 +287,7 @@ def _raw(form: str, path: str, root: str, x, listed) -> int:
     # the skip check needs no superseded table (it reads every row of the listed uris): both read the history
     rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
     sql = SKIP_SQL.format(current=tagstore.newest_sql(rows))
-    return con.sql(sql, params=[[MODEL_ID], "failed"]).to_arrow_table().num_rows
+    return con.sql(sql, params=[[MODEL_ID], FAILED]).to_arrow_table().num_rows
 
 
 def child_main(spec: str) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs._cli import ConfigError, run_cli
+from jobs._cli import ConfigError, checks_config, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.catalog import EARTH_RADIUS_KM
 
@@ -312,10 +312,10 @@ def _open(cfg: QueryConfig) -> tagstore.Store | None:
     return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
 
 
+@checks_config
 def run(cfg: QueryConfig) -> pa.Table:
     """The matching current rows (every committed row with ``history``), sorted by uri, then --limit; or the
     result of --sql. An Arrow table (TAGS_SCHEMA types for the store's columns)."""
-    cfg.check()
     store = _open(cfg)
     if store is None:
         return tagstore.empty(list(dict.fromkeys(cfg.columns)) if cfg.columns and cfg.sql is None else None)
@@ -328,9 +328,9 @@ def run(cfg: QueryConfig) -> pa.Table:
         store.close()
 
 
+@checks_config
 def run_summary(cfg: QueryConfig) -> dict:
     """summarize() of the rows run(cfg) would return, computed by DuckDB (no rows leave the engine)."""
-    cfg.check()
     store = _open(cfg)
     if store is None:
         return summarize(tagstore.empty(["status", "landmark"]))
@@ -656,10 +656,10 @@ def answer(cfg: QueryConfig) -> int:
     """Runs the query of a command line and prints it; returns the exit code."""
     try:
         if cfg.summary:
-            summary = run_summary(cfg)
+            summary = run_summary.after_check(cfg)  # the runner checked cfg
             no_runs = summary["photos"] == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
         else:
-            table = run(cfg)
+            table = run.after_check(cfg)
             no_runs = table.num_rows == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
     except (OSError, storage.StorageError, tagstore.StoreError) as e:
         print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)

@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from jobs._cli import ConfigError, run_cli
+from jobs._cli import ConfigError, checks_config, run_cli
 from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
@@ -168,7 +168,7 @@ class Tagger:
         from landmark_core.predictor import Predictor
 
         self.predictor = Predictor(
-            model, k=k, runtime=runtime, threads=threads, storage_options={"endpoint": s3_endpoint}
+            model, k=k, runtime=runtime, threads=threads, storage_options=storage.S3Options(endpoint=s3_endpoint)
         )
         self.tag.set_max_batch_size(max_batch_size)
         self.tag.set_batch_wait_timeout_s(batch_wait_s)
@@ -382,7 +382,7 @@ def prepare_model(cfg: ServeConfig) -> None:
     try:
         art = load_artifact(
             cfg.model,
-            storage_options={"endpoint": cfg.s3_endpoint},
+            storage_options=storage.S3Options(endpoint=cfg.s3_endpoint),
             tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
         )
     except ArtifactError as e:
@@ -396,9 +396,9 @@ def prepare_model(cfg: ServeConfig) -> None:
 # ---------------------------------------------------------------- driver
 
 
+@checks_config
 def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
-    cfg.check()
     prepare_model(cfg)
     from jobs import _serve_proxy as serve_proxy
     from jobs._ray import init_ray
@@ -411,9 +411,10 @@ def start(cfg: ServeConfig) -> str:
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
 
 
+@checks_config
 def run(cfg: ServeConfig) -> None:
     """Serve until interrupted, then shut Serve down."""
-    url = start(cfg)
+    url = start.after_check(cfg)
     safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
     print(
         f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"

@@ -154,7 +154,7 @@ def migrate(cfg: StoreConfig) -> dict:
         pq.read_table(files, filesystem=fs, schema=tagstore.TAGS_SCHEMA) if files else tagstore.empty()
         for _, files in old
     ]
-    _check_order_preserved([s for s, _ in old], tables)
+    _check_order_preserved(tables)
     done = {r["run_id"] for r in tagstore.runs(cfg.table, opts)}
     imported = 0
     for (success, _), table in zip(old, tables):
@@ -171,7 +171,7 @@ def migrate(cfg: StoreConfig) -> dict:
     }
 
 
-def _check_order_preserved(summaries: list[dict], tables: list[pa.Table]) -> None:
+def _check_order_preserved(tables: list[pa.Table]) -> None:
     """The old store's latest committed run per uri (by commit order) must be the row the table's current view
     picks (latest by tagged_at, then run_id)."""
     import duckdb

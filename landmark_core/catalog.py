@@ -172,7 +172,7 @@ def _check_coords(lm: Landmark) -> None:
         raise CatalogError(f"{lm.folder}: coordinates out of range ({lm.lat}, {lm.lon})")
 
 
-EARTH_RADIUS_KM = 6371.0088  # the mean radius; tagstore's SQL macro haversine_km uses the same
+EARTH_RADIUS_KM = 6371.0088  # the mean radius (also tagstore's SQL macro haversine_km)
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage
+from .catalog import EARTH_RADIUS_KM
 from .status import STATUSES  # noqa: F401  (the values of the status column)
 
 RUN_KEY = "landmark.run"  # commit metadata key holding a tag run's summary
@@ -125,13 +126,13 @@ def quoted(columns: list[str] | None, table: str | None = None) -> str:
     return ", ".join(f'{prefix}"{c}"' for c in columns) if columns else f"{prefix}*"
 
 
-# Great-circle distance in km (the mean radius of landmark_core.catalog.haversine_km), NULL if a point is NULL.
-MACROS = """
+# Great-circle distance in km (catalog.haversine_km's formula and radius), NULL if a point is NULL.
+MACROS = f"""
 CREATE MACRO _haversine_a(lat1, lon1, lat2, lon2) AS
     pow(sin(radians(lat2 - lat1) / 2), 2)
     + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2);
 CREATE MACRO haversine_km(lat1, lon1, lat2, lon2) AS
-    2 * 6371.0088 * asin(sqrt(CASE WHEN _haversine_a(lat1, lon1, lat2, lon2) > 1 THEN 1.0
+    2 * {EARTH_RADIUS_KM} * asin(sqrt(CASE WHEN _haversine_a(lat1, lon1, lat2, lon2) > 1 THEN 1.0
                                    ELSE _haversine_a(lat1, lon1, lat2, lon2) END));
 """
 
