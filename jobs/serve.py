@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import hmac
 import math
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -263,6 +264,17 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
     return [(name, b"".join([c async for c in read_bounded(request, limit)]))]
 
 
+SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+
+
+@functools.cache
+def swagger_asset(name: str) -> bytes:
+    """Swagger UI's files as the fastapi-offline package ships them (what /docs would otherwise fetch from a CDN)."""
+    from importlib.resources import files
+
+    return (files("fastapi_offline") / "static" / name).read_bytes()
+
+
 def make_api(ingress: Tagger) -> FastAPI:
     """The HTTP API, built in each Tagger replica around its model and settings."""
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -307,7 +319,20 @@ def make_api(ingress: Tagger) -> FastAPI:
 
     @api.get("/docs", include_in_schema=False, dependencies=[Depends(authorize)])
     async def docs():
-        return get_swagger_ui_html(openapi_url="openapi.json", title="landmark-tagger API")
+        # relative URLs, so that the page works under any route prefix; no CDN, no favicon from the internet
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="landmark-tagger API",
+            swagger_js_url="docs/swagger-ui-bundle.js",
+            swagger_css_url="docs/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
+
+    @api.get("/docs/{name}", include_in_schema=False, dependencies=[Depends(authorize)])
+    async def docs_asset(name: str):
+        if name not in SWAGGER_ASSETS:
+            raise HttpError(404, f"not found: /docs/{name}")
+        return Response(swagger_asset(name), media_type=SWAGGER_ASSETS[name])
 
     @api.get("/v1/model", dependencies=[Depends(authorize)])
     async def model():

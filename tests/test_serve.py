@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -180,7 +181,16 @@ def test_model_health_and_docs(app, model_dir):
     assert h.status_code == 200 and h.json() == {"status": "ok", "model_id": art.model_id}
     spec = app["s"].get(f"{app['url']}/openapi.json", timeout=30).json()
     assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= set(spec["paths"])
-    assert app["s"].get(f"{app['url']}/docs", timeout=30).status_code == 200
+    docs = app["s"].get(f"{app['url']}/docs", timeout=30)
+    assert docs.status_code == 200
+    # air-gapped: Swagger UI's script and stylesheet come from the app itself, no CDN
+    refs = re.findall(r'(?:src|href|url:)\s*=?\s*["\']([^"\']+)["\']', docs.text)
+    assert {"docs/swagger-ui-bundle.js", "docs/swagger-ui.css", "openapi.json"} <= set(refs), refs
+    assert not [r for r in refs if r.startswith(("http:", "https:", "//"))], refs
+    for name, kind in (("swagger-ui-bundle.js", "javascript"), ("swagger-ui.css", "css")):
+        asset = app["s"].get(f"{app['url']}/docs/{name}", timeout=30)
+        assert asset.status_code == 200 and kind in asset.headers["content-type"] and len(asset.content) > 100_000
+    assert app["s"].get(f"{app['url']}/docs/other.js", timeout=30).status_code == 404
 
 
 def test_token_is_required_and_never_logged(app, expected, token, ray_local):
@@ -453,6 +463,39 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
         px = np.asarray(im.convert("RGB"), dtype=np.float32)
     assert px.std() > 20 and len(np.unique(px.reshape(-1, 3), axis=0)) > 500, "screenshot looks blank"
     print(f"screenshot: {shot}")
+
+
+@pytest.mark.slow
+def test_api_docs_render_in_headless_chromium_air_gapped(app, token, tmp_path):
+    """/docs draws Swagger UI from the app's own files: the operations are listed, nothing else is fetched."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
+        pytest.skip("/usr/bin/chromium not installed")
+    from websockets.sync.client import connect
+
+    proc, ws_url = cdp_browser(tmp_path)
+    try:
+        with connect(ws_url, max_size=None, open_timeout=10) as ws:
+            cdp = Cdp(ws)
+            cdp("Network.enable")
+            cdp("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {token[0]}"})
+            cdp("Page.enable")
+            cdp("Page.navigate", url=app["url"] + "/docs")
+            paths = []
+            for _ in range(200):
+                paths = cdp.js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+                if paths:
+                    break
+                time.sleep(0.1)
+            shown = cdp.js("document.body.innerText.slice(0, 300)")
+            urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, (shown, urls)
+    assert urls and all(u.startswith((app["url"], "data:")) for u in urls), urls
 
 
 # ---------------------------------------------------------------------------------------------- a replica killed
