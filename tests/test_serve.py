@@ -494,7 +494,10 @@ def test_api_docs_render_in_headless_chromium_air_gapped(app, token, tmp_path):
         proc.kill()
         proc.wait(timeout=30)
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
-    assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, (shown, urls)
+    assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, (
+        shown,
+        urls,
+    )
     assert urls and all(u.startswith((app["url"], "data:")) for u in urls), urls
 
 
