@@ -18,6 +18,7 @@ from landmark_core.training import (
     TrainState,
     UriImageDataset,
     cached_features,
+    draw_negatives,
     eval_arrays,
     forward_uint8,
     load_checkpoint_dir,
@@ -166,13 +167,14 @@ class Worker:
         return bool(self.loop_cfg.get("neg_train")) and self.c.outlier_weight > 0
 
     def _epoch_order(self, ds: UriImageDataset, e: int) -> list[int]:
-        """Every known photo once, plus as many negatives as known photos, drawn anew each epoch (seeded)."""
+        """Every known photo once, plus as many negatives as known photos, drawn anew each epoch (seeded; each
+        negatives folder alike with --negatives-sampling balanced)."""
         g = self._epoch_rng(e)
         n_known = len(self.train_shard()[0])
         order = torch.arange(n_known)
-        n_neg = len(ds) - n_known
-        if n_neg:
-            order = torch.cat([order, torch.randperm(n_neg, generator=g)[:n_known] + n_known])
+        if len(ds) > n_known:
+            picks = draw_negatives(ds.uris[n_known:], n_known, g, sampling=self.c.negatives_sampling)
+            order = torch.cat([order, picks + n_known])
         return order[torch.randperm(len(order), generator=g)].tolist()
 
     def _loss(self, logits, y):

@@ -23,6 +23,7 @@ from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
+from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.recognizer import RECOGNIZERS
 
@@ -65,6 +66,7 @@ class TrainConfig:
     negatives: tuple[str, ...] = ()  # photos of no catalog landmark: outlier exposure, distractors, threshold
     negatives_fit_fraction: float = 0.5  # share of each negatives folder held back to fit the score and threshold
     outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuning)
+    negatives_sampling: str = "balanced"  # each epoch's negatives: every folder alike | every photo alike
     max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
     abstain_method: str = "auto"
     accept_rate: float = 0.95
@@ -101,6 +103,10 @@ class TrainConfig:
             raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
         if not 0 < self.negatives_fit_fraction < 1:
             raise ConfigError(f"--negatives-fit-fraction must be in (0, 1), got {self.negatives_fit_fraction}")
+        if self.negatives_sampling not in NEGATIVE_SAMPLINGS:
+            raise ConfigError(
+                f"--negatives-sampling must be one of {', '.join(NEGATIVE_SAMPLINGS)}, got {self.negatives_sampling!r}"
+            )
         if self.outlier_weight < 0:
             raise ConfigError(f"--outlier-weight must be >= 0, got {self.outlier_weight}")
         if not 0 <= self.max_wrong_rate < 1:
@@ -362,6 +368,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.outlier_weight,
         help="weight of the outlier-exposure loss on negatives while fine-tuning (0 = off)",
+    )
+    p.add_argument(
+        "--negatives-sampling",
+        default=d.negatives_sampling,
+        choices=NEGATIVE_SAMPLINGS,
+        help="each epoch's negatives: every folder drawn alike (balanced) or every photo alike (uniform)",
     )
     p.add_argument(
         "--max-wrong-rate",

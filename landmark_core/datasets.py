@@ -22,6 +22,10 @@ from .catalog import Catalog
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
 
 
+# how each fine-tuning epoch draws its negatives (landmark_core.training.draw_negatives)
+NEGATIVE_SAMPLINGS = ("balanced", "uniform")
+
+
 class DatasetError(ValueError):
     pass
 

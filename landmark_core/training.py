@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from . import storage
+from .datasets import NEGATIVE_SAMPLINGS
 from .preprocess import DecodeError, EvalPreset, TrainPreset, decode_image
 
 
@@ -140,6 +141,22 @@ def cached_features(
                 rows.append(net.embed(x).float().cpu())
         feats.append(torch.cat(rows).numpy() if rows else np.zeros((0, net.embed_dim), np.float32))
     return np.stack(feats)
+
+
+def draw_negatives(uris: list[str], n: int, generator: torch.Generator, *, sampling: str = "balanced") -> torch.Tensor:
+    """Indices of ``n`` negatives for one epoch. ``balanced``: every folder is drawn alike (with replacement), so a
+    small folder of look-alike landmarks is seen as often as a large one of everyday photos; ``uniform``: every
+    photo alike, without replacement (a large folder dominates)."""
+    if sampling not in NEGATIVE_SAMPLINGS:
+        raise ValueError(f"sampling must be one of {NEGATIVE_SAMPLINGS}, got {sampling!r}")
+    if not uris or n <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    if sampling == "uniform":
+        return torch.randperm(len(uris), generator=generator)[:n]
+    folders = [u.rsplit("/", 1)[0] for u in uris]
+    size = {f: folders.count(f) for f in set(folders)}
+    weights = torch.tensor([1.0 / size[f] for f in folders], dtype=torch.double)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):

@@ -159,3 +159,30 @@ def test_one_learning_rate_rule(freeze, model, want):
 
     assert TrainConfig(data=".", output="o", model=model, freeze_backbone=freeze).effective_lr == want
     assert TrainConfig(data=".", output="o", model=model, freeze_backbone=freeze, lr=0.25).effective_lr == 0.25
+
+
+def test_negatives_are_drawn_per_folder_alike_or_per_photo():
+    """balanced: a 5-photo folder of look-alikes is drawn as often as a 200-photo folder of everyday photos;
+    uniform: in proportion to its size, each photo at most once."""
+    from landmark_core.training import draw_negatives
+
+    uris = [f"/neg/everyday/{i}.jpg" for i in range(200)] + [f"/neg/louvre/{i}.jpg" for i in range(5)]
+    g = torch.Generator().manual_seed(0)
+    picks = draw_negatives(uris, 2000, g, sampling="balanced")
+    share = float((picks >= 200).double().mean())
+    assert 0.45 < share < 0.55, share
+    assert len(set(picks[picks >= 200].tolist())) == 5  # every look-alike photo is seen
+    uniform = draw_negatives(uris, 100, torch.Generator().manual_seed(0), sampling="uniform")
+    assert len(set(uniform.tolist())) == 100  # without replacement
+    assert float((draw_negatives(uris, 205, g, sampling="uniform") >= 200).double().mean()) == 5 / 205
+    assert len(draw_negatives([], 10, g)) == 0
+    with pytest.raises(ValueError, match="sampling"):
+        draw_negatives(uris, 10, g, sampling="by_size")
+
+
+def test_negatives_sampling_flag_is_checked():
+    from jobs.train import ConfigError, TrainConfig
+
+    assert TrainConfig(data=".", output="o").negatives_sampling == "balanced"
+    with pytest.raises(ConfigError, match="--negatives-sampling"):
+        TrainConfig(data=".", output="o", negatives_sampling="by_size").check()
