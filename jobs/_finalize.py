@@ -136,7 +136,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     )
     blobs = _fit_runtimes(art, cfg, data, negatives, metrics) if open_world else {}
     opts = cfg.s3_options()
-    metrics["model_id"] = save(art, cfg.output, storage_options=cfg.s3_options())
+    metrics["model_id"] = save(art, cfg.output, storage_options=opts)
     for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
         rt.cache_model(metrics["model_id"], name, blob)
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
@@ -181,23 +181,22 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[st
     artifact (the Predictor picks its runtime's); returns the ONNX models built for it."""
     blocks, blobs = {}, {}
     for name in OPEN_WORLD_RUNTIMES:
-        fitted, groups, blobs[name], val_right = _fit_runtime(art, name, cfg, data, negatives)
-        blocks[name] = {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"]}
+        fitted, groups, blobs[name], (val_logits, val_y) = _fit_runtime(art, name, cfg, data, negatives)
+        threshold = fitted["threshold"]
+        blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold}
         art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
         art.extra_tensors[f"neg_fit_groups@{name}"] = _torch(groups.astype(np.int32))
         by_group = openworld.scores_by_group(fitted["neg_fit_scores"], groups, negatives.groups)
-        metrics.setdefault("fit_runtimes", {})[name] = {
-            "threshold": fitted["threshold"],
-            "fit_val_right": val_right,
-            "fit_wrong_rate": openworld.wrong_rate(by_group, fitted["threshold"]),
-        }
+        fit = _fit_metrics(fitted["val_scores"], val_logits, val_y, art.temperature, by_group, threshold)
+        metrics.setdefault("fit_runtimes", {})[name] = {"threshold": threshold, **fit}
     art.abstain["runtimes"] = blocks
     return blobs
 
 
-def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dict, np.ndarray, bytes, float]:
+def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dict, np.ndarray, bytes, tuple]:
     """The open-world fit again on ``runtime``'s own features (the int8 model the CPU tag job runs), from the
-    validation photos and held-back negatives decoded as the tag job decodes them."""
+    validation photos and held-back negatives decoded as the tag job decodes them. Returns the fit (with the
+    validation photos' scores), the negatives' groups, the ONNX model, and the validation logits and labels."""
     from landmark_core.predictor import Predictor
     from landmark_core.tagging import read_and_decode
 
@@ -219,9 +218,8 @@ def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dic
     known = labels >= 0
     right = softmax(logits[known], art.temperature).argmax(axis=1) == labels[known]
     fitted = openworld.fit(x[known], right, x[~known], groups[~known], cfg.max_wrong_rate)
-    val_scores = openworld.prob_right(x[known], fitted["calibrator"])
-    val_right = float(((val_scores >= fitted["threshold"]) & right).mean()) if known.any() else float("nan")
-    return fitted, groups[~known], blob, val_right
+    fitted["val_scores"] = openworld.prob_right(x[known], fitted["calibrator"])
+    return fitted, groups[~known], blob, (logits[known], labels[known])
 
 
 def _open_world_summary(ev: dict, temperature: float, threshold: float, score, open_world: bool) -> dict:
