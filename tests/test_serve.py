@@ -342,6 +342,14 @@ def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, 
 # ---------------------------------------------------------------------------------------------- the page
 
 
+def require_chromium() -> None:
+    """Skip without Debian's chromium, except under CI, where `make test` must have installed it."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
+        pytest.skip("/usr/bin/chromium not installed")
+
+
 def cdp_browser(tmp_path: Path):
     """Headless Chromium with a DevTools port; returns (process, the DevTools websocket URL of its page)."""
     profile = tmp_path / "chromium-profile"
@@ -432,10 +440,7 @@ def choose_and_wait(cdp: Cdp, photo: str) -> None:
 
 @pytest.mark.slow
 def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
-        pytest.skip("/usr/bin/chromium not installed")
+    require_chromium()
     photo = next(p for p, w in expected.items() if w["status"] == "tagged" and w["exif_lat"] is not None)
     want = expected[photo]
     abstained = next((p for p, w in expected.items() if w["status"] == "no_landmark"), None)
@@ -468,10 +473,7 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
 @pytest.mark.slow
 def test_api_docs_render_in_headless_chromium_air_gapped(app, token, tmp_path):
     """/docs draws Swagger UI from the app's own files: the operations are listed, nothing else is fetched."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
-        pytest.skip("/usr/bin/chromium not installed")
+    require_chromium()
     from websockets.sync.client import connect
 
     proc, ws_url = cdp_browser(tmp_path)
