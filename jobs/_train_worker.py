@@ -142,7 +142,7 @@ class Worker:
 
     def _steps_per_epoch(self) -> int:
         n = len(self.train_shard()[0])
-        if self._uses_outliers() and not self.c.freeze_backbone:
+        if self._uses_outliers():
             n += min(n, len(self.negatives_shard()[0]))
         return max(1, -(-n // self.c.batch_size))
 
@@ -188,8 +188,9 @@ class Worker:
         return loss
 
     def _cache_frozen_features(self) -> None:
-        """The backbone's features of the training shard, once: the frozen epochs train the head on them."""
-        ds = self._train_dataset(None)
+        """The backbone's features of the training shard (and its negatives, for outlier exposure), once: the
+        frozen epochs train the head on them."""
+        ds = self.frozen_ds = self._train_dataset(None, negatives=self._uses_outliers())
         t0 = time.time()
         feats = cached_features(
             self.net,
@@ -211,17 +212,18 @@ class Worker:
         self.feats = torch.from_numpy(feats)
 
     def _frozen_epoch(self, e: int):
-        """One epoch of the head on view ``e`` of the cached features; returns (loss sum, correct, seen, bad)."""
+        """One epoch of the head on view ``e`` of the cached features (known photos, plus as many negatives as
+        fine-tuning draws); returns (loss sum, correct, seen, bad)."""
         self.net.head.train()
         labels, bs = self.feat_labels, self.c.batch_size
-        order = torch.randperm(len(labels), generator=self._epoch_rng(e))
+        order = torch.as_tensor(self._epoch_order(self.frozen_ds, e), dtype=torch.long)
         view = self.feats[e % self.feats.shape[0]]
         total, correct, seen, bad = 0.0, 0, 0, 0
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
             x, y = view[idx].to(self.device), labels[idx].to(self.device)
             logits = self.ddp(self.net.dropout(x))
-            loss = self.loss_fn(logits, y)
+            loss = self._loss(logits, y)
             self._step(loss)
             total, correct, seen, bad = self._tally(total, correct, seen, bad, loss, logits, y)
         return total, correct, seen, bad

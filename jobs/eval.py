@@ -142,11 +142,14 @@ def format_table(result: dict) -> str:
             f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
             f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s}"
         )
-    ece = s["ece_tagged"]
+    ece, lo_hi, null = s["ece_tagged"], s["known_right_interval"], s["ece_if_calibrated"]
     lines.append(
-        f"known right {pct(s['known_right'])}, abstained {pct(s['known_abstained'])}, wrong "
-        f"{pct(s['known_wrong'])}; unknown tagged {pct(s['unknown_tagged'])} (mean over folders "
-        f"{pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged " + ("-" if ece is None else f"{ece:.3f}")
+        f"known right {pct(s['known_right'])}"
+        + (f" (95% interval {pct(lo_hi[0])}-{pct(lo_hi[1])})" if lo_hi else "")
+        + f", abstained {pct(s['known_abstained'])}, wrong {pct(s['known_wrong'])}; unknown tagged "
+        f"{pct(s['unknown_tagged'])} (mean over folders {pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged "
+        + ("-" if ece is None else f"{ece:.3f}")
+        + (f" (a calibrated score would show {null['median']:.3f}, 90% under {null['p90']:.3f})" if null else "")
     )
     return "\n".join(lines)
 

@@ -65,7 +65,7 @@ class TrainConfig:
     unknown: str | None = None
     negatives: tuple[str, ...] = ()  # photos of no catalog landmark: outlier exposure, distractors, threshold
     negatives_fit_fraction: float = 0.5  # share of each negatives folder held back to fit the score and threshold
-    outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuning)
+    outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuned or frozen)
     negatives_sampling: str = "balanced"  # each epoch's negatives: every folder alike | every photo alike
     max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
     abstain_method: str = "auto"
@@ -367,7 +367,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--outlier-weight",
         type=float,
         default=d.outlier_weight,
-        help="weight of the outlier-exposure loss on negatives while fine-tuning (0 = off)",
+        help="weight of the outlier-exposure loss on negatives, fine-tuned or --freeze-backbone (0 = off)",
     )
     p.add_argument(
         "--negatives-sampling",

@@ -81,12 +81,14 @@ def summary(o: Outcomes, *, bins: int = 10) -> dict:
         "known_photos": int(k.sum()),
         "unknown_photos": int(u.sum()),
         "known_right": _share(o.right[k]),
+        "known_right_interval": wilson_interval(int(o.right[k].sum()), int(k.sum())),
         "known_abstained": _share(~o.tagged[k]),
         "known_wrong": _share(o.tagged[k] & (o.pred[k] != o.label[k])),
         "unknown_tagged": _share(o.tagged[u]),
         "unknown_tagged_mean_over_folders": float(np.mean(unknown_rates)) if unknown_rates else None,
         "tagged_right": _share(o.right[o.tagged]),
         "ece_tagged": rel["ece"],
+        "ece_if_calibrated": ece_if_calibrated(o.score[o.tagged], bins=bins),
         "reliability": rel,
         "folders": folder_rows(o),
     }
@@ -110,6 +112,27 @@ def reliability(score: np.ndarray, right: np.ndarray, *, bins: int = 10) -> dict
         "count": count,
         "ece": float(gap / len(score)) if len(score) else None,
     }
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95% Wilson score interval of a share ``hits / n``: how far a rate measured on few photos can be
+    from the rate on all photos like them (55 photos: 50 right is 80-96%)."""
+    if n == 0:
+        return None
+    p, d = hits / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [float(max(0.0, mid - half)), float(min(1.0, mid + half))]
+
+
+def ece_if_calibrated(score: np.ndarray, *, bins: int = 10, draws: int = 1000, seed: int = 0) -> dict | None:
+    """The ECE a perfectly calibrated score would show on these photos (each right with probability its score;
+    seeded draws): median and 90th percentile. On a hundred tagged photos it is far from 0, so an ECE is read
+    against it, not against 0."""
+    if not len(score):
+        return None
+    rng = np.random.default_rng(seed)
+    eces = [reliability(score, (rng.random(len(score)) < score).astype(np.float64), bins=bins)["ece"] for _ in range(draws)]
+    return {"median": float(np.median(eces)), "p90": float(np.quantile(eces, 0.9))}
 
 
 def coverage_curve(o: Outcomes, points: int = 200) -> dict:

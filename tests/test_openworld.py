@@ -106,6 +106,26 @@ def test_summary_counts_right_abstained_wrong_and_tagged():
     assert s["ece_tagged"] == pytest.approx((0.1 + 0.2 + 0.7 + 0.6) / 4)
 
 
+def test_wilson_interval_matches_the_textbook_values_and_holds_the_share():
+    lo, hi = evaluation.wilson_interval(50, 55)
+    assert (round(lo, 3), round(hi, 3)) == (0.804, 0.961)  # Wilson 1927; 50/55 = 0.909 inside
+    assert evaluation.wilson_interval(55, 55)[1] == pytest.approx(1.0) and evaluation.wilson_interval(0, 55)[0] == 0.0
+    assert evaluation.wilson_interval(0, 0) is None
+    assert evaluation.summary(_outcomes())["known_right_interval"] == evaluation.wilson_interval(2, 4)
+
+
+def test_ece_if_calibrated_is_the_noise_floor_of_a_perfect_score():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0.1, 1.0, 75), rng.uniform(0.1, 1.0, 20000)
+    small, large = evaluation.ece_if_calibrated(few), evaluation.ece_if_calibrated(many, draws=50)
+    # a calibrated score on 75 photos spread over the bins still shows about 0.1 of ECE; on 20,000 almost none
+    assert 0.05 < small["median"] < small["p90"] < 0.25
+    assert large["p90"] < 0.01
+    # and a miscalibrated score shows well above its floor: every photo wrong at these scores
+    assert evaluation.reliability(few, np.zeros(75))["ece"] > 3 * small["p90"]
+    assert evaluation.ece_if_calibrated(np.zeros(0)) is None
+
+
 def test_coverage_curve_moves_both_ways_with_the_threshold():
     c = evaluation.coverage_curve(_outcomes())
     t = np.asarray(c["threshold"])

@@ -186,3 +186,63 @@ def test_negatives_sampling_flag_is_checked():
     assert TrainConfig(data=".", output="o").negatives_sampling == "balanced"
     with pytest.raises(ConfigError, match="--negatives-sampling"):
         TrainConfig(data=".", output="o", negatives_sampling="by_size").check()
+
+
+class _Listed(list):
+    """What the epoch draw reads of a dataset: its length and its uris."""
+
+    @property
+    def uris(self):
+        return list(self)
+
+
+def _frozen_worker(outlier_weight: float, feats: np.ndarray, labels: list[int], n_known: int):
+    """A Worker around a bare head on cached features (no Ray session): what --freeze-backbone's epochs run."""
+    from jobs._train_worker import Worker
+    from jobs.train import TrainConfig
+    from landmark_core.models import LandmarkNet
+    from landmark_core.training import smoothed_ce
+
+    w = Worker.__new__(Worker)
+    w.c = TrainConfig(data=".", output="o", freeze_backbone=True, outlier_weight=outlier_weight, batch_size=16)
+    w.rank, w.world, w.device = 0, 1, torch.device("cpu")
+    uris = [f"known/{i}.jpg" if i < n_known else f"neg/{i % 2}/{i}.jpg" for i in range(len(labels))]
+    w.loop_cfg = {"train": (uris[:n_known], labels[:n_known]), "neg_train": uris[n_known:]}
+    torch.manual_seed(0)
+    w.net = LandmarkNet(torch.nn.Identity(), feats.shape[1], 2, dropout=0.0)
+    w.ddp, w.loss_fn = w.net.head, smoothed_ce(0.0)
+    w.optimizer = torch.optim.AdamW(w.net.head.parameters(), lr=0.05)
+    w.scheduler = torch.optim.lr_scheduler.LambdaLR(w.optimizer, lambda s: 1.0)
+    w.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    w.frozen_ds = _Listed(uris)
+    w.feats, w.feat_labels = torch.from_numpy(feats[None]), torch.as_tensor(labels)
+    return w
+
+
+def test_frozen_head_epochs_train_outlier_exposure_on_the_cached_negatives():
+    """--freeze-backbone --negatives: each frozen epoch draws as many negatives as known photos, as fine-tuning
+    does, and their loss flattens the head's softmax on look-alikes it would otherwise tag with confidence."""
+    from jobs._train_worker import NEGATIVE
+
+    rng = np.random.default_rng(0)
+    centre = np.zeros((2, 8), np.float32)
+    centre[0, 0], centre[1, 1] = 4.0, 4.0
+    known = np.concatenate([centre[c] + rng.normal(0, 0.5, (20, 8)) for c in (0, 1)])
+    look_alikes = centre[0] + rng.normal(0, 0.5, (60, 8))
+    look_alikes[:, 2] += 4.0  # like landmark 0, plus what sets them apart
+    feats = np.concatenate([known, look_alikes]).astype(np.float32)
+    labels = [0] * 20 + [1] * 20 + [NEGATIVE] * 60
+    peak = {}
+    for weight in (0.0, 1.0):
+        n = len(labels) if weight else 40  # as _cache_frozen_features: negatives cached only when they are used
+        w = _frozen_worker(weight, feats[:n], labels[:n], n_known=40)
+        order = w._epoch_order(w.frozen_ds, 0)
+        assert sorted(i for i in order if i < 40) == list(range(40))  # every known photo once
+        assert sum(i >= 40 for i in order) == (40 if weight else 0)  # and as many negatives, when used
+        for e in range(30):
+            _, correct, seen, _ = w._frozen_epoch(e)
+        assert seen == 40 and correct >= 38  # negatives count in neither, the known photos are learnt
+        with torch.no_grad():
+            peak[weight] = torch.softmax(w.net.head(torch.from_numpy(look_alikes.astype(np.float32))), 1).max(1)[0]
+    assert peak[0.0].mean() > 0.9  # without outlier exposure the look-alikes get landmark 0 with confidence
+    assert peak[1.0].mean() < 0.65  # with it, close to the flat 0.5 of two landmarks
