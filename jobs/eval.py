@@ -147,7 +147,8 @@ def format_table(result: dict) -> str:
         f"known right {pct(s['known_right'])}"
         + (f" (95% interval {pct(lo_hi[0])}-{pct(lo_hi[1])})" if lo_hi else "")
         + f", abstained {pct(s['known_abstained'])}, wrong {pct(s['known_wrong'])}; unknown tagged "
-        f"{pct(s['unknown_tagged'])} (mean over folders {pct(s['unknown_tagged_mean_over_folders'])}); ECE among tagged "
+        f"{pct(s['unknown_tagged'])} (mean over folders {pct(s['unknown_tagged_mean_over_folders'])}); "
+        "ECE among tagged "
         + ("-" if ece is None else f"{ece:.3f}")
         + (f" (a calibrated score would show {null['median']:.3f}, 90% under {null['p90']:.3f})" if null else "")
     )

@@ -131,7 +131,8 @@ def ece_if_calibrated(score: np.ndarray, *, bins: int = 10, draws: int = 1000, s
     if not len(score):
         return None
     rng = np.random.default_rng(seed)
-    eces = [reliability(score, (rng.random(len(score)) < score).astype(np.float64), bins=bins)["ece"] for _ in range(draws)]
+    draw = [(rng.random(len(score)) < score).astype(np.float64) for _ in range(draws)]
+    eces = [reliability(score, right, bins=bins)["ece"] for right in draw]
     return {"median": float(np.median(eces)), "p90": float(np.quantile(eces, 0.9))}
 
 
