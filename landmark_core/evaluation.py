@@ -215,12 +215,16 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     s = result["summary"]
+    lo_hi, floor = s.get("known_right_interval"), s.get("ece_if_calibrated")
     heads = [
-        ("known photos right", pct(s["known_right"])),
+        ("known photos right" + (f" (95%: {pct(lo_hi[0])}-{pct(lo_hi[1])})" if lo_hi else ""), pct(s["known_right"])),
         ("known abstained", pct(s["known_abstained"])),
         ("known wrong", pct(s["known_wrong"])),
         ("unknown tagged", pct(s["unknown_tagged"])),
-        ("ECE (tagged)", "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}"),
+        (
+            "ECE (tagged)" + (f"; a calibrated score: {floor['median']:.3f}" if floor else ""),
+            "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}",
+        ),
     ]
     cards = "".join(f"<div class=card><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in heads)
     rows = "".join(

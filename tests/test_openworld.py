@@ -144,6 +144,9 @@ def test_plots_and_report_are_real_files():
     assert all(b[:8] == b"\x89PNG\r\n\x1a\n" and len(b) > 5000 for b in pngs.values())
     page = evaluation.html_report({"model_id": "lm-x", "threshold": 0.5, "summary": s}, pngs)
     assert "street" in page and "data:image/png;base64," in page and "http" not in page.replace("http-equiv", "")
+    lo, hi = s["known_right_interval"]
+    assert f"(95%: {100 * lo:.1f}%-{100 * hi:.1f}%)" in page  # how far the known share can be from the truth
+    assert f"a calibrated score: {s['ece_if_calibrated']['median']:.3f}" in page
 
 
 def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
@@ -268,6 +271,21 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
         assert (tmp_path / "ev" / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
     assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
+    _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path)
+
+
+def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path) -> None:
+    """The report as a browser shows it: every folder's row, the headline figures, both plots embedded, painted."""
+    from tests.browser import rendered_dom, require_chromium, screenshot
+
+    require_chromium()
+    dom = rendered_dom(page.as_uri(), tmp_path)
+    for folder in ("00.Tower", "01.Arch", "02.Dome", "scenes", "wheel"):
+        assert f"<td>{folder}</td>" in dom, folder
+    assert f"{100 * s['known_right']:.1f}%" in dom and "a calibrated score:" in dom
+    assert dom.count("data:image/png;base64,") == 2
+    pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
+    assert pixels.std() > 20, "the report painted blank"
 
 
 def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys):

@@ -25,8 +25,8 @@ from landmark_core import artifact as artifact_mod
 from landmark_core.predict import predict_paths
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
+from tests.browser import CHROMIUM, FLAGS, require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 RUNTIME = "onnx-int8"  # the CPU default (`--runtime auto` on a CPU): the same ONNX model in the test and the app
 
 
@@ -342,28 +342,13 @@ def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, 
 # ---------------------------------------------------------------------------------------------- the page
 
 
-def require_chromium() -> None:
-    """Skip without Debian's chromium, except under CI, where `make test` must have installed it."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("/usr/bin/chromium missing under CI: `make test` should have installed it")
-        pytest.skip("/usr/bin/chromium not installed")
-
-
 def cdp_browser(tmp_path: Path):
     """Headless Chromium with a DevTools port; returns (process, the DevTools websocket URL of its page)."""
     profile = tmp_path / "chromium-profile"
     proc = subprocess.Popen(
         [
             str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *FLAGS,
             f"--user-data-dir={profile}",
             "--remote-debugging-port=0",
             "--window-size=1200,900",
