@@ -249,9 +249,11 @@ def test_unknown_model_lists_the_known_ones():
 
 
 @pytest.mark.slow
-def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path):
-    """Fine-tuning with --negatives: outlier exposure in the epochs, distractors and a fitted P(right) in the
-    artifact, the threshold capping the held-back negatives' tag rate; `landmark eval` on held-out look-alikes."""
+@pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen"])
+def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path, frozen):
+    """Training with --negatives, fine-tuned or --freeze-backbone (two DDP workers): outlier exposure in the epochs,
+    distractors and a fitted P(right) in the artifact, the threshold capping the held-back negatives' tag rate;
+    `landmark eval` on held-out look-alikes."""
     from jobs.eval import EvalConfig, run as eval_run
     from landmark_core.synthetic import generate_negatives
 
@@ -271,6 +273,8 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         negatives=(neg["root"],),
         max_wrong_rate=0.05,
         report=False,
+        freeze_backbone=frozen,
+        feature_views=2,
     )
     metrics = train_run(cfg)
     art = load_artifact(cfg.output)
