@@ -22,7 +22,7 @@ from .catalog import Catalog
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
 
 
-# how each fine-tuning epoch draws its negatives (landmark_core.training.draw_negatives)
+# how each training epoch, fine-tuned or frozen, draws its negatives (landmark_core.training.draw_negatives)
 NEGATIVE_SAMPLINGS = ("balanced", "uniform")
 
 

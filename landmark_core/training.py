@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def draw_negatives(uris: list[str], n: int, generator: torch.Generator, *, sampl
     if sampling == "uniform":
         return torch.randperm(len(uris), generator=generator)[:n]
     folders = [u.rsplit("/", 1)[0] for u in uris]
-    size = {f: folders.count(f) for f in set(folders)}
+    size = Counter(folders)
     weights = torch.tensor([1.0 / size[f] for f in folders], dtype=torch.double)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
 
