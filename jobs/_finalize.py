@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, members, onnx_runtime as rt, openworld, recognizer, storage
+from landmark_core import abstention, onnx_runtime as rt, openworld, recognizer, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc,
@@ -61,9 +61,6 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
     else:
         threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
-    # the tag decision: the trained model's score and threshold, pooled with the members' where there are any
-    pool = _fit_members(cfg, ev, negatives, n_classes) if open_world and cfg.members > 1 else None
-    tag_score, tag_threshold = (score, threshold) if pool is None else _pooled(score, threshold, pool["members"])
     gallery = _gallery(cfg, ev, extra, n_classes)
     # an open-world model's score is fitted on its head's softmax: its recognizer is the head
     forced = "head" if open_world else (None if cfg.recognizer == "auto" else cfg.recognizer)
@@ -89,7 +86,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
         "temperature": temperature,
         "abstain_method": method,
-        "abstain_threshold": tag_threshold,
+        "abstain_threshold": threshold,
         "accept_rate": cfg.accept_rate,
         "resumed_after_epochs": train_state.get("resumed_after") or [],
         "stopped_early": bool(train_state.get("stopped_early")),
@@ -108,22 +105,18 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
                 per_class_accuracy(softmax(ev["test_logits"], temperature), ev["test_labels"], n_classes),
             )
         )
-        test_scores = tag_score(ev["test_logits"], ev["test_emb"])
-        metrics["test_false_abstain"] = float((test_scores < tag_threshold).mean())
+        test_scores = score(ev["test_logits"], ev["test_emb"])
+        metrics["test_false_abstain"] = float((test_scores < threshold).mean())
     if len(ev["unknown_logits"]):
-        metrics.update(_open_set(ev, temperature, tag_threshold, tag_score, cfg, n_classes))
-        metrics["open_world"] = _open_world_summary(ev, temperature, tag_threshold, tag_score, open_world)
-    abstain = {"method": method, "threshold": tag_threshold, "accept_rate": cfg.accept_rate, "k": 5}
+        metrics.update(_open_set(ev, temperature, threshold, score, cfg, n_classes))
+        metrics["open_world"] = _open_world_summary(ev, temperature, threshold, score, open_world)
+    abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
     if open_world:
         abstain.update(
             calibrator=calibrator, max_wrong_rate=cfg.max_wrong_rate, accept_rate=None, negative_groups=negatives.groups
         )
         metrics.update(_fit_metrics(val_scores, val_logits, val_y, temperature, by_group, threshold))
         metrics["max_wrong_rate"] = cfg.max_wrong_rate
-    if pool is not None:
-        abstain["members"], _, member_tensors = members.to_artifact(pool["members"], {})
-        thresholds = [threshold] + [m["threshold"] for m in pool["members"]]  # the trained model's first
-        metrics["members"] = {"count": cfg.members, "thresholds": thresholds}
     _, eval_preset = presets_for(cfg.image_size)
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
@@ -138,11 +131,10 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
             **{k: _torch(v) for k, v in {**extra, **gallery}.items()},
             "val_scores": _torch(np.sort(val_scores).astype(np.float32)),
             **{k: _torch(v) for k, v in _held_out(ev).items()},
-            **({} if pool is None else {k: _torch(v) for k, v in member_tensors.items()}),
         },
         provenance=_provenance(cfg, run_name),
     )
-    blobs = _fit_runtimes(art, cfg, data, negatives, metrics, pool) if open_world else {}
+    blobs = _fit_runtimes(art, cfg, data, negatives, metrics) if open_world else {}
     opts = cfg.s3_options()
     metrics["model_id"] = save(art, cfg.output, storage_options=opts)
     for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
@@ -184,21 +176,12 @@ def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
     return score
 
 
-def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict, pool: dict | None) -> dict[str, bytes]:
+def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[str, bytes]:
     """Each runtime in OPEN_WORLD_RUNTIMES gets its own calibrator, held-back scores and threshold in the
-    artifact (the Predictor picks its runtime's), for the trained model and each member; returns the ONNX
-    models built for it."""
-    from landmark_core.predictor import Predictor
-
+    artifact (the Predictor picks its runtime's); returns the ONNX models built for it."""
     blocks, blobs = {}, {}
     for name in OPEN_WORLD_RUNTIMES:
-        blob = blobs[name] = rt.model_bytes(art, name, use_cache=False)
-        pred = Predictor(art, runtime=name, onnx_model=blob)
-        uris = list(data.val.uris) + list(negatives.fit)
-        if pool is not None:  # the members' photos too: every known photo outside the test split, every negative
-            uris = list(dict.fromkeys(uris + list(pool["known_uris"]) + list(pool["neg_uris"])))
-        rows = _runtime_rows(pred, uris, cfg)
-        fitted, groups, (val_logits, val_y) = _fit_runtime(pred, rows, data, negatives, cfg.max_wrong_rate)
+        fitted, groups, blobs[name], (val_logits, val_y) = _fit_runtime(art, name, cfg, data, negatives)
         threshold = fitted["threshold"]
         blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold}
         art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
@@ -206,104 +189,37 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict, pool: dict
         by_group = openworld.scores_by_group(fitted["neg_fit_scores"], groups, negatives.groups)
         fit = _fit_metrics(fitted["val_scores"], val_logits, val_y, art.temperature, by_group, threshold)
         metrics.setdefault("fit_runtimes", {})[name] = {"threshold": threshold, **fit}
-        if pool is not None:
-            fits = _refit_members(pool, rows, cfg.max_wrong_rate)
-            _, runtime_blocks, tensors = members.to_artifact(pool["members"], {name: fits})
-            art.extra_tensors.update({k: _torch(v) for k, v in tensors.items() if k.endswith(f"@{name}")})
-            blocks[name]["members"] = runtime_blocks[name]
-            blocks[name]["threshold"] = float(members.pool([threshold] + [f["threshold"] for f in fits]))
-            metrics["fit_runtimes"][name]["threshold"] = blocks[name]["threshold"]
     art.abstain["runtimes"] = blocks
     return blobs
 
 
-def _runtime_rows(pred, uris: list[str], cfg) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """uri -> (logits, embedding) on the predictor's runtime, the photos decoded as the tag job decodes them
-    (a photo that does not decode has no row)."""
+def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dict, np.ndarray, bytes, tuple]:
+    """The open-world fit again on ``runtime``'s own features (the int8 model the CPU tag job runs), from the
+    validation photos and held-back negatives decoded as the tag job decodes them. Returns the fit (with the
+    validation photos' scores), the negatives' groups, the ONNX model, and the validation logits and labels."""
+    from landmark_core.predictor import Predictor
     from landmark_core.tagging import read_and_decode
 
-    rows = {}
+    blob = rt.model_bytes(art, runtime, use_cache=False)
+    pred = Predictor(art, runtime=runtime, onnx_model=blob)
+    uris = list(data.val.uris) + list(negatives.fit)
+    labels = np.concatenate([np.asarray(data.val.labels), np.full(len(negatives.fit), -1)])
+    groups = np.concatenate([np.full(len(data.val), -1), np.asarray(negatives.fit_groups)])
+    logits, emb, ok = [], [], []
     for i in range(0, len(uris), 64):
         chunk = uris[i : i + 64]
         batch = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
-        d = read_and_decode(batch, preset=pred.preset, opts=cfg.s3_options())
-        if d["ok"].any():
-            logits, emb = pred.logits_and_embeddings(d["image"][d["ok"]])
-            rows.update(zip(np.asarray(chunk)[d["ok"]], zip(logits, emb)))
-    return rows
-
-
-def _fit_runtime(pred, rows: dict, data, negatives, max_wrong_rate: float) -> tuple[dict, np.ndarray, tuple]:
-    """The open-world fit again on a runtime's own features (the int8 model the CPU tag job runs), from the
-    validation photos and held-back negatives. Returns the fit (with the validation photos' scores), the
-    negatives' groups, and the validation logits and labels."""
-    val = [(u, y) for u, y in zip(data.val.uris, data.val.labels) if u in rows]
-    neg = [(u, g) for u, g in zip(negatives.fit, negatives.fit_groups) if u in rows]
-    logits = np.stack([rows[u][0] for u, _ in val + neg])
-    emb = np.stack([rows[u][1] for u, _ in val + neg])
-    labels = np.asarray([y for _, y in val], dtype=np.int64)
-    groups = np.asarray([g for _, g in neg], dtype=np.int64)
-    x = openworld.features(logits, emb, temperature=pred.temperature, extra=pred.extra)
-    n = len(val)
-    right = softmax(logits[:n], pred.temperature).argmax(axis=1) == labels
-    fitted = openworld.fit(x[:n], right, x[n:], groups, max_wrong_rate)
-    fitted["val_scores"] = openworld.prob_right(x[:n], fitted["calibrator"])
-    return fitted, groups, (logits[:n], labels)
-
-
-def _fit_members(cfg, ev: dict, negatives, n_classes: int) -> dict:
-    """members - 1 more splits of the same photos' fp32 embeddings (known: training and validation photos;
-    negatives: training and held-back), each with its head, banks, score and threshold (landmark_core.members)."""
-    group_of = {**dict(zip(negatives.train, negatives.train_groups)), **dict(zip(negatives.fit, negatives.fit_groups))}
-    pool = {
-        "known_uris": np.concatenate([ev["train_uris"], ev["val_uris"]]),
-        "known_y": np.concatenate([ev["train_labels"], ev["val_labels"]]),
-        "neg_uris": np.concatenate([ev["negtrain_uris"], ev["negfit_uris"]]),
-    }
-    pool["neg_groups"] = np.asarray([group_of[u] for u in pool["neg_uris"]], dtype=np.int64)
-    known = np.concatenate([ev["train_emb"], ev["val_emb"]]).astype(np.float32)
-    neg = np.concatenate([ev["negtrain_emb"], ev["negfit_emb"]]).astype(np.float32)
-    pool["members"] = [
-        members.fit(
-            known,
-            pool["known_y"],
-            neg,
-            pool["neg_groups"],
-            n_classes,
-            seed=cfg.seed + 1000 * i,
-            val_fraction=cfg.val_fraction,
-            fit_fraction=cfg.negatives_fit_fraction,
-            outlier_weight=cfg.outlier_weight,
-            max_wrong_rate=cfg.max_wrong_rate,
-        )
-        for i in range(1, cfg.members)
-    ]
-    print(
-        f"[train] {len(pool['members'])} more member(s) fitted on {len(known)} known photos and {len(neg)} "
-        "negatives; thresholds " + ", ".join(f"{m['threshold']:.3f}" for m in pool["members"]),
-        flush=True,
-    )
-    return pool
-
-
-def _refit_members(pool: dict, rows: dict, max_wrong_rate: float) -> list[dict]:
-    """Each member's calibrator and threshold again on a runtime's embeddings of the same photos."""
-    missing = [u for u in list(pool["known_uris"]) + list(pool["neg_uris"]) if u not in rows]
-    if missing:
-        raise RuntimeError(f"{len(missing)} photo(s) decoded in training but not again in the driver: {missing[:3]}")
-    known = np.stack([rows[u][1] for u in pool["known_uris"]])
-    neg = np.stack([rows[u][1] for u in pool["neg_uris"]])
-    return [members.refit(m, known, pool["known_y"], neg, pool["neg_groups"], max_wrong_rate) for m in pool["members"]]
-
-
-def _pooled(score, threshold: float, fitted: list[dict]):
-    """The tag decision's score and threshold on the driver's fp32 features: the trained model pooled with the
-    members (landmark_core.members.pool)."""
-
-    def pooled_score(logits, emb):
-        return members.pool([score(logits, emb)] + [members.score(m, m["calibrator"], emb) for m in fitted])
-
-    return pooled_score, float(members.pool([threshold] + [m["threshold"] for m in fitted]))
+        d = read_and_decode(batch, preset=art.preprocess, opts=cfg.s3_options())
+        l_, e_ = pred.logits_and_embeddings(d["image"][d["ok"]])
+        logits.append(l_), emb.append(e_), ok.append(d["ok"])
+    logits, emb, ok = np.concatenate(logits), np.concatenate(emb), np.concatenate(ok)
+    x = openworld.features(logits, emb, temperature=art.temperature, extra=pred.extra)
+    labels, groups = labels[ok], groups[ok]
+    known = labels >= 0
+    right = softmax(logits[known], art.temperature).argmax(axis=1) == labels[known]
+    fitted = openworld.fit(x[known], right, x[~known], groups[~known], cfg.max_wrong_rate)
+    fitted["val_scores"] = openworld.prob_right(x[known], fitted["calibrator"])
+    return fitted, groups[~known], blob, (logits[known], labels[known])
 
 
 def _open_world_summary(ev: dict, temperature: float, threshold: float, score, open_world: bool) -> dict:

@@ -450,7 +450,6 @@ class Worker:
         arrays[f"{split}_logits"] = logits.astype(np.float32)
         arrays[f"{split}_emb"] = emb.astype(np.float16 if split in ("train", "negtrain") else np.float32)
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)[ok]
-        arrays[f"{split}_uris"] = np.asarray(uris, dtype=str)[ok]  # members re-split by photo (see _finalize)
 
 
 def train_loop(loop_cfg: dict) -> None:

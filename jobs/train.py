@@ -68,7 +68,6 @@ class TrainConfig:
     outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuned or frozen)
     negatives_sampling: str = "balanced"  # each epoch's negatives: every folder alike | every photo alike
     max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
-    members: int = 1  # frozen backbone with negatives: the tag decision pools this many seeded splits
     abstain_method: str = "auto"
     accept_rate: float = 0.95
     recognizer: str = "auto"  # head | gallery | both | auto (measured on the validation split)
@@ -118,13 +117,6 @@ class TrainConfig:
             raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
         if self.recognizer not in ("auto",) + RECOGNIZERS:
             raise ConfigError(f"--recognizer must be auto or one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
-        if self.members < 1:
-            raise ConfigError(f"--members must be >= 1, got {self.members}")
-        if self.members > 1 and not (self.freeze_backbone and self.negatives):
-            raise ConfigError(
-                "--members > 1 needs --freeze-backbone and --negatives: its extra splits validate on photos the "
-                "backbone must not have trained on, and fit their thresholds on held-back negatives"
-            )
         if self.model == "scratch" and self.freeze_backbone:
             raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
         if self.probe_epochs < 0:
@@ -388,13 +380,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.max_wrong_rate,
         help="with --negatives: share of held-back negatives the threshold may tag (mean over folders)",
-    )
-    p.add_argument(
-        "--members",
-        type=int,
-        default=d.members,
-        help="with --freeze-backbone and --negatives: pool the tag decision over this many seeded splits "
-        "(the trained model and members-1 linear heads on the same frozen features)",
     )
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
     p.add_argument(

@@ -209,7 +209,6 @@ class Negatives:
     train: list[str] = field(default_factory=list)
     fit: list[str] = field(default_factory=list)
     fit_groups: list[int] = field(default_factory=list)  # index into groups, one per fit photo
-    train_groups: list[int] = field(default_factory=list)  # index into groups, one per training photo
 
     def __bool__(self) -> bool:
         return bool(self.train or self.fit)
@@ -239,5 +238,4 @@ def load_negatives(
         neg.fit += [files[i] for i in sorted(order[:n_fit])]
         neg.fit_groups += [gi] * n_fit
         neg.train += [files[i] for i in sorted(order[n_fit:])]
-        neg.train_groups += [gi] * (len(files) - n_fit)
     return neg
