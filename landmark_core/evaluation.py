@@ -104,18 +104,24 @@ def reliability(score: np.ndarray, right: np.ndarray, *, bins: int = 10) -> dict
         count.append(int(m.sum()))
         conf.append(float(score[m].mean()) if m.any() else None)
         acc.append(float(right[m].mean()) if m.any() else None)
-    gap = sum(c * abs(a - f) for c, a, f in zip(count, acc, conf) if c)
     return {
         "edges": edges.tolist(),
         "confidence": conf,
         "accuracy": acc,
         "count": count,
-        "ece": float(gap / len(score)) if len(score) else None,
+        "ece": _ece(idx, right, np.bincount(idx, weights=score, minlength=bins)) if len(score) else None,
     }
 
 
 def _bin_of(score: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return np.clip(np.digitize(score, edges[1:-1], right=True), 0, len(edges) - 2)
+
+
+def _ece(idx: np.ndarray, right: np.ndarray, expected: np.ndarray) -> float:
+    """Count-weighted gap between share right and mean score per bin: sum over bins of |right - sum of scores| / n
+    (``expected``: the sum of scores per bin)."""
+    hits = np.bincount(idx, weights=np.asarray(right, dtype=np.float64), minlength=len(expected))
+    return float(np.abs(hits - expected).sum() / len(idx))
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float] | None:
@@ -134,16 +140,12 @@ def ece_if_calibrated(score: np.ndarray, *, bins: int = 10, draws: int = 1000, s
     against it, not against 0."""
     if not len(score):
         return None
-    # reliability()'s ECE, sum over bins of |right - sum of scores| / n, with the bins computed once: the scores
-    # stay, only the draws change (and no draw is kept: a large evaluation would hold draws x photos floats)
+    # reliability()'s ECE with the bins computed once: the scores stay, only the draws change (and no draw is
+    # kept: a large evaluation would hold draws x photos floats)
     idx = _bin_of(score, np.linspace(0.0, 1.0, bins + 1))
     expected = np.bincount(idx, weights=score, minlength=bins)
     rng = np.random.default_rng(seed)
-    eces = [
-        float(np.abs(np.bincount(idx, weights=rng.random(len(score)) < score, minlength=bins) - expected).sum())
-        / len(score)
-        for _ in range(draws)
-    ]
+    eces = [_ece(idx, rng.random(len(score)) < score, expected) for _ in range(draws)]
     return {"median": float(np.median(eces)), "p90": float(np.quantile(eces, 0.9))}
 
 
