@@ -68,6 +68,7 @@ class TrainConfig:
     outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuned or frozen)
     negatives_sampling: str = "balanced"  # each epoch's negatives: every folder alike | every photo alike
     max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
+    members: int = 1  # frozen backbone with negatives: runs of seeds seed..seed+members-1, decision pooled
     abstain_method: str = "auto"
     accept_rate: float = 0.95
     recognizer: str = "auto"  # head | gallery | both | auto (measured on the validation split)
@@ -117,6 +118,13 @@ class TrainConfig:
             raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
         if self.recognizer not in ("auto",) + RECOGNIZERS:
             raise ConfigError(f"--recognizer must be auto or one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
+        if self.members < 1:
+            raise ConfigError(f"--members must be >= 1, got {self.members}")
+        if self.members > 1 and not (self.freeze_backbone and self.negatives):
+            raise ConfigError(
+                "--members > 1 needs --freeze-backbone and --negatives: the members share one frozen network, and "
+                "each fits its score and threshold on its own held-back negatives"
+            )
         if self.model == "scratch" and self.freeze_backbone:
             raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
         if self.probe_epochs < 0:
@@ -167,6 +175,8 @@ class TrainConfig:
 @checks_config
 def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
+    if cfg.members > 1:
+        return _run_members(cfg)
     from landmark_core.catalog import load_coords
     from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
 
@@ -203,6 +213,99 @@ def run(cfg: TrainConfig) -> dict:
             cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name, negatives=negatives
         )
     return metrics
+
+
+def _run_members(cfg: TrainConfig) -> dict:
+    """--members K: K runs of seeds seed..seed+K-1 into a scratch folder, then one pooled artifact at --output
+    (landmark_core.members). Each run has its own Ray Train name (NAME-m0, NAME-m1, ...), so --resume continues
+    the one that was cut off and re-finalizes those that had finished."""
+    import tempfile
+    from dataclasses import replace
+
+    from landmark_core import members
+    from landmark_core.artifact import load
+
+    base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
+    opts = cfg.s3_options()
+    with tempfile.TemporaryDirectory(prefix="landmark-members-") as tmp:
+        runs = []
+        for i in range(cfg.members):
+            name = f"{base}-m{i}"
+            resume = cfg.resume and storage.exists(storage.join(cfg.storage, f".{name}.latest"), opts)
+            mcfg = replace(cfg, members=1, seed=cfg.seed + i, output=str(Path(tmp, f"m{i}")), name=name, resume=resume)
+            print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}", flush=True)
+            runs.append(run(mcfg))
+        arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
+        pooled = members.combine(arts)
+        return _write_pooled(cfg, pooled, runs, Path(tmp, "m0"))
+
+
+def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> dict:
+    """The pooled artifact at --output, its metrics (the first member's, with every member's and the pooled
+    thresholds and the pooled decision on the test split), the first member's history and report."""
+    from landmark_core import onnx_runtime as rt
+    from landmark_core.artifact import save
+
+    opts = cfg.s3_options()
+    metrics = dict(runs[0])
+    metrics["members"] = {
+        "count": cfg.members,
+        "seeds": [cfg.seed + i for i in range(cfg.members)],
+        "thresholds": [r["abstain_threshold"] for r in runs],
+        "member_metrics": [{k: r.get(k) for k in MEMBER_METRICS} for r in runs],
+    }
+    metrics["abstain_threshold"] = pooled.abstain["threshold"]
+    metrics.pop("model_id", None)
+    pooled.metrics = metrics
+    metrics["model_id"] = save(pooled, cfg.output, storage_options=opts)
+    for runtime in pooled.abstain.get("runtimes", {}):  # one network: the first member's ONNX models serve
+        blob = rt.cached_model(runs[0]["model_id"], runtime)
+        if blob is not None:
+            rt.cache_model(metrics["model_id"], runtime, blob)
+    metrics["members"]["test"] = _pooled_test(cfg, metrics["model_id"])
+    storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
+    for f in sorted(first.rglob("*")):
+        if f.is_file() and (f.name == "history.json" or f.parent.name == "report"):
+            storage.write_bytes(storage.join(cfg.output, str(f.relative_to(first))), f.read_bytes(), opts)
+    t = metrics["members"]["test"]
+    print(
+        f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): {cfg.members} members pooled, threshold "
+        f"{pooled.abstain['threshold']:.4f}"
+        + (f"; test right {t['right']:.4f}, abstained {t['abstained']:.4f}, wrong {t['wrong']:.4f}" if t else ""),
+        flush=True,
+    )
+    return metrics
+
+
+MEMBER_METRICS = ("model_id", "val_top1", "test_top1", "abstain_threshold", "fit_wrong_rate", "test_false_abstain")
+
+
+def _pooled_test(cfg: TrainConfig, model_id: str) -> dict | None:
+    """The pooled decision on the test split (the torch runtime, as the members' own test metrics): shares right
+    (tagged with its landmark), abstained and wrong."""
+    import numpy as np
+
+    from landmark_core.datasets import load_labelled
+    from landmark_core.predictor import Predictor
+    from landmark_core.status import TAGGED
+    from landmark_core.training import eval_arrays
+
+    opts = cfg.s3_options()
+    test = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, opts=opts).test
+    if not len(test):
+        return None
+    pred = Predictor(cfg.output, storage_options=opts, runtime="torch")
+    images, ok = eval_arrays(list(test.uris), opts, pred.preset)
+    out = pred.predict_arrays(images[ok])
+    labels = np.asarray(test.labels)[ok]
+    tagged = out["status"] == TAGGED
+    right = tagged & (out["topk_idx"][:, 0] == labels)
+    return {
+        "photos": int(ok.sum()),
+        "right": float(right.mean()),
+        "abstained": float((~tagged).mean()),
+        "wrong": float((tagged & ~right).mean()),
+    }
 
 
 def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
@@ -380,6 +483,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=d.max_wrong_rate,
         help="with --negatives: share of held-back negatives the threshold may tag (mean over folders)",
+    )
+    p.add_argument(
+        "--members",
+        type=int,
+        default=d.members,
+        help="with --freeze-backbone and --negatives: train this many runs (seeds --seed, --seed+1, ...), each its "
+        "own split, head and threshold, and pool their tag decision in one artifact (one network)",
     )
     p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
     p.add_argument(

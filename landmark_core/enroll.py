@@ -175,6 +175,11 @@ def remove(art: Artifact, key: str) -> Artifact:
         raise EnrollError(f"--name: {e}") from None
     if len(art.catalog) == 1:
         raise EnrollError(f"--name {key!r}: it is the catalog's only landmark")
+    if art.abstain.get("members"):
+        raise EnrollError(
+            f"--name {key!r}: this model pools its tag decision over --members runs whose heads all know the "
+            "landmark; train again without it"
+        )
     c, n_head = lm.id, art.spec.num_classes
     ex = numpy_extras(art)
     _check_has_gallery(ex)

@@ -100,6 +100,12 @@ def cache_model(model_id: str, runtime: str, blob: bytes) -> None:
     _write_cache_file(_cache_path(model_id, runtime), blob)
 
 
+def cached_model(model_id: str, runtime: str) -> bytes | None:
+    """The cached ONNX model of ``model_id`` for ``runtime``, or None."""
+    path = _cache_path(model_id, runtime)
+    return path.read_bytes() if path.is_file() else None
+
+
 def _content_key(artifact) -> str:
     """An unsaved artifact has no model_id: hash its weights and preset instead."""
     h = hashlib.sha256(repr(artifact.preprocess.to_json()).encode())

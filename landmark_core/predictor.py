@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from . import abstention, openworld, recognizer
+from . import abstention, members, openworld, recognizer
 from .artifact import Artifact, build_network, load
 from .calibration import threshold_at_accept_rate
 from .onnx_runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
@@ -90,7 +90,12 @@ class Predictor:
         self._fit = art.abstain.get("runtimes", {}).get(self.runtime, {})
         self._neg_key = f"@{self.runtime}" if self._fit else ""
         self.calibrator = self._fit.get("calibrator", art.abstain.get("calibrator"))
+        self.members = members.from_artifact(art.abstain, self.extra, self.runtime)  # --members: pooled
         self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
+        if self.members and min_score is None and (accept_rate is not None or max_wrong_rate is not None):
+            rates = {"accept_rate": accept_rate, "max_wrong_rate": max_wrong_rate}
+            own = [members.threshold(m, **rates) for m in self.members]
+            self.threshold = float(members.pool([self.threshold] + own))
         self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
         self.net, self._onnx = None, None
         if onnx:
@@ -161,7 +166,10 @@ class Predictor:
         if self.method == "openworld":
             ab = openworld.prob_right(
                 openworld.features(logits, emb, temperature=self.temperature, extra=self.extra), self.calibrator
-            ).astype(np.float32)
+            )
+            if self.members:
+                ab = members.pool([ab] + [members.score(m, emb) for m in self.members])
+            ab = ab.astype(np.float32)
             top_p = openworld.tag_scores(top_p, ab)
         else:
             ab = abstention.known_score(

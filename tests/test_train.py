@@ -275,6 +275,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         report=False,
         freeze_backbone=frozen,
         feature_views=2,
+        members=2 if frozen else 1,  # the open-world command's shape: frozen, its decision pooled over runs
     )
     metrics = train_run(cfg)
     art = load_artifact(cfg.output)
@@ -287,10 +288,13 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert metrics["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
     # the int8 runtime the CPU tag job runs got its own fit, on its own features of the same photos
     int8 = art.abstain["runtimes"]["onnx-int8"]
-    assert set(int8) == {"calibrator", "threshold"} and "platt" in int8["calibrator"]
+    assert set(int8) == {"calibrator", "threshold"} | ({"member_thresholds"} if frozen else set())
+    assert "platt" in int8["calibrator"]
     assert len(art.extra_tensors["neg_fit_scores@onnx-int8"]) == len(art.extra_tensors["neg_fit_scores"])
     assert metrics["fit_runtimes"]["onnx-int8"]["fit_wrong_rate"] <= 0.05
     assert Predictor(cfg.output, runtime="onnx-int8").threshold == pytest.approx(int8["threshold"])
+    if frozen:
+        _check_members(cfg, art, metrics, held_out["root"])
     result = eval_run(
         EvalConfig(
             model=cfg.output,
@@ -303,5 +307,64 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     # every known photo is right, abstained or wrong; the score is a probability among tagged photos
     assert s["known_right"] + s["known_abstained"] + s["known_wrong"] == pytest.approx(1.0)
     assert s["known_right"] >= 0.5, s
-    assert s["unknown_tagged_mean_over_folders"] <= 0.5, s
+    assert s["unknown_tagged_mean_over_folders"] < s["known_right"], s
+    if not frozen:  # (a pool tags between its members, photo by photo: checked in _check_members)
+        assert s["unknown_tagged_mean_over_folders"] <= 0.5, s
     assert s["ece_tagged"] is None or 0 <= s["ece_tagged"] <= 1
+
+
+def _check_members(cfg, art, metrics, photos_root) -> None:
+    """--members 2: the second run's head, banks and own int8 fit in the artifact; the stored thresholds and every
+    row's score are the pooled ones (mean log-odds), so each photo's decision lies between its members'; what cannot
+    be pooled is refused by name."""
+    from dataclasses import replace
+
+    from landmark_core import enroll, members, openworld
+    from landmark_core.storage import S3Options
+    from landmark_core.training import eval_arrays
+
+    (block,) = art.abstain["members"]
+    assert block["seed"] == cfg.seed + 1 and metrics["members"]["seeds"] == [cfg.seed, cfg.seed + 1]
+    for name in members.TENSORS + members.STORED + ("neg_fit_scores@onnx-int8", "neg_fit_groups@onnx-int8"):
+        assert f"member1.{name}" in art.extra_tensors, name
+    # the runs drew their own splits: their held-back negatives and thresholds differ
+    assert not np.array_equal(art.extra_tensors["member1.neg_fit_scores"], art.extra_tensors["neg_fit_scores"])
+    assert art.abstain["member_thresholds"] == pytest.approx(metrics["members"]["thresholds"])
+    assert art.abstain["threshold"] == pytest.approx(float(members.pool(art.abstain["member_thresholds"])))
+    int8 = art.abstain["runtimes"]["onnx-int8"]
+    own = int8["member_thresholds"]
+    assert own[1] == block["runtimes"]["onnx-int8"]["threshold"] and own[0] != own[1]
+    assert int8["threshold"] == pytest.approx(float(members.pool(own)))
+    t = metrics["members"]["test"]
+    assert t["photos"] > 0 and t["right"] + t["abstained"] + t["wrong"] == pytest.approx(1.0)
+    pred = Predictor(cfg.output, runtime="onnx-int8")
+    uris = sorted(str(p) for p in Path(photos_root).rglob("*.jpg"))
+    images, ok = eval_arrays(uris, S3Options(), pred.preset)
+    out = pred.predict_arrays(images[ok])
+    logits, emb = pred.logits_and_embeddings(images[ok])
+    alone = openworld.prob_right(
+        openworld.features(logits, emb, temperature=pred.temperature, extra=pred.extra), pred.calibrator
+    )
+    second = members.score(pred.members[0], emb)
+    np.testing.assert_allclose(out["abstain_score"], members.pool([alone, second]), rtol=1e-5)
+    tagged = out["status"] == "tagged"
+    assert (tagged == (out["abstain_score"] >= pred.threshold)).all()
+    by_member = np.stack([alone >= own[0], second >= own[1]])
+    assert (tagged[by_member.all(axis=0)]).all() and not tagged[~by_member.any(axis=0)].any()
+    # a rate given at tag time moves every member's threshold, pooled the same way
+    strict = Predictor(cfg.output, runtime="onnx-int8", max_wrong_rate=0.0)
+    assert strict.threshold >= pred.threshold
+    # the members' heads all know every landmark: taking one out needs a new training run, and says so
+    with pytest.raises(enroll.EnrollError, match="--members"):
+        enroll.remove(art, art.catalog.names[0])
+    # combining checks what the pool needs: one frozen network, open-world members, no pool inside a pool
+    plain = replace(art, abstain={k: v for k, v in art.abstain.items() if k != "members"})
+    key = next(k for k in plain.state_dict if k not in members.HEAD)
+    cases = {
+        "already a pooled model": [art, plain],
+        "backbone differs": [plain, replace(plain, state_dict={**plain.state_dict, key: plain.state_dict[key] + 1})],
+        "not an open-world model": [plain, replace(plain, abstain={"method": "msp", "threshold": 0.5})],
+    }
+    for message, arts in cases.items():
+        with pytest.raises(members.MembersError, match=message):
+            members.combine(arts)

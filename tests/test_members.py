@@ -1,0 +1,58 @@
+"""landmark_core.members: the pool's arithmetic and the --members flag's checks (no Ray; the pooled artifact of
+real training runs is checked in test_train.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs.train import ConfigError, TrainConfig
+from landmark_core import members, openworld
+
+
+def test_pool_is_the_mean_log_odds_so_the_pooled_decision_is_the_mean_margin():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, size=(5, 200))
+    t = rng.uniform(0.05, 0.95, size=5)
+    np.testing.assert_allclose(members.pool([p[0]]), p[0], rtol=1e-9)
+    np.testing.assert_allclose(members.pool([np.full(3, 0.3)] * 4), 0.3, rtol=1e-9)
+    pooled, threshold = members.pool(list(p)), members.pool(list(t))
+    margin = np.mean([members.logit(p[k]) - members.logit(t[k]) for k in range(5)], axis=0)
+    assert ((pooled >= threshold) == (margin >= 0)).all()
+    assert ((pooled > 0) & (pooled < 1)).all()
+    # a score of exactly 0 or 1 (a saturated calibrator) stays finite in the pool
+    assert np.isfinite(members.pool([np.array([0.0, 1.0]), np.array([0.5, 0.5])])).all()
+
+
+def test_a_members_threshold_moves_with_the_rate_asked_for_at_tag_time():
+    rng = np.random.default_rng(1)
+    member = {
+        "threshold": 0.4,
+        "neg_fit_scores": rng.uniform(0, 1, 300).astype(np.float32),
+        "neg_fit_groups": np.repeat(np.arange(3), 100).astype(np.int32),
+        "val_scores": np.sort(rng.uniform(0.3, 1, 40)).astype(np.float32),
+    }
+    assert members.threshold(member) == 0.4
+    strict, loose = members.threshold(member, max_wrong_rate=0.01), members.threshold(member, max_wrong_rate=0.3)
+    assert strict > loose
+    by_group = openworld.scores_by_group(member["neg_fit_scores"], member["neg_fit_groups"])
+    assert openworld.wrong_rate(by_group, strict * (1 + 1e-6)) <= 0.01
+    assert members.threshold(member, accept_rate=0.9) <= members.threshold(member, accept_rate=0.5)
+
+
+def test_no_members_in_an_artifact_means_none_to_pool():
+    assert members.from_artifact({"method": "openworld", "threshold": 0.5}, {}, "onnx-int8") == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, needs",
+    [
+        (dict(members=0), "--members must be >= 1"),
+        (dict(members=3, negatives=("n",)), "--freeze-backbone"),
+        (dict(members=3, freeze_backbone=True), "--negatives"),
+    ],
+)
+def test_members_flag_is_checked_before_any_cluster_work(kwargs, needs):
+    with pytest.raises(ConfigError) as e:
+        TrainConfig(data=".", output="o", model="efficientnet_lite0", **kwargs).check()
+    assert "--members" in str(e.value) and needs in str(e.value)
