@@ -247,22 +247,24 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
     from landmark_core.artifact import save
 
     opts = cfg.s3_options()
-    metrics = dict(runs[0])
+    # the network and the head that names the landmark are the first run's; the decision is the pool's
+    metrics = {k: v for k, v in runs[0].items() if not k.startswith(DECISION_METRICS) and k != "model_id"}
+    metrics["abstain_threshold"] = pooled.abstain["threshold"]
     metrics["members"] = {
         "count": cfg.members,
         "seeds": [cfg.seed + i for i in range(cfg.members)],
         "thresholds": [r["abstain_threshold"] for r in runs],
-        "member_metrics": [{k: r.get(k) for k in MEMBER_METRICS} for r in runs],
+        "runs": runs,
     }
-    metrics["abstain_threshold"] = pooled.abstain["threshold"]
-    metrics.pop("model_id", None)
     pooled.metrics = metrics
     metrics["model_id"] = save(pooled, cfg.output, storage_options=opts)
     for runtime in pooled.abstain.get("runtimes", {}):  # one network: the first member's ONNX models serve
         blob = rt.cached_model(runs[0]["model_id"], runtime)
         if blob is not None:
             rt.cache_model(metrics["model_id"], runtime, blob)
-    metrics["members"]["test"] = _pooled_test(cfg, metrics["model_id"])
+    metrics["members"]["test"] = test = _pooled_test(cfg)
+    if test:
+        metrics["test_false_abstain"] = test["abstained"]
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
     for f in sorted(first.rglob("*")):
         if f.is_file() and (f.name == "history.json" or f.parent.name == "report"):
@@ -277,10 +279,11 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
     return metrics
 
 
-MEMBER_METRICS = ("model_id", "val_top1", "test_top1", "abstain_threshold", "fit_wrong_rate", "test_false_abstain")
+# a run's metrics of its own tag decision: in the pooled model's metrics.json under members.runs only
+DECISION_METRICS = ("abstain_threshold", "test_false_abstain", "fit_", "open_", "n_unknown")
 
 
-def _pooled_test(cfg: TrainConfig, model_id: str) -> dict | None:
+def _pooled_test(cfg: TrainConfig) -> dict | None:
     """The pooled decision on the test split (the torch runtime, as the members' own test metrics): shares right
     (tagged with its landmark), abstained and wrong."""
     import numpy as np

@@ -285,13 +285,14 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         assert name in art.extra_tensors, name
     n_train_neg = sum(neg["folders"].values()) - len(art.extra_tensors["neg_fit_scores"])
     assert art.extra_tensors["distractors"].shape[0] == n_train_neg  # the training part became distractors
-    assert metrics["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
+    own = metrics["members"]["runs"][0] if frozen else metrics  # a pool's runs each keep their own fit's metrics
+    assert own["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
     # the int8 runtime the CPU tag job runs got its own fit, on its own features of the same photos
     int8 = art.abstain["runtimes"]["onnx-int8"]
     assert set(int8) == {"calibrator", "threshold"} | ({"member_thresholds"} if frozen else set())
     assert "platt" in int8["calibrator"]
     assert len(art.extra_tensors["neg_fit_scores@onnx-int8"]) == len(art.extra_tensors["neg_fit_scores"])
-    assert metrics["fit_runtimes"]["onnx-int8"]["fit_wrong_rate"] <= 0.05
+    assert own["fit_runtimes"]["onnx-int8"]["fit_wrong_rate"] <= 0.05
     assert Predictor(cfg.output, runtime="onnx-int8").threshold == pytest.approx(int8["threshold"])
     if frozen:
         _check_members(cfg, art, metrics, held_out["root"])
@@ -337,6 +338,8 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     assert int8["threshold"] == pytest.approx(float(members.pool(own)))
     t = metrics["members"]["test"]
     assert t["photos"] > 0 and t["right"] + t["abstained"] + t["wrong"] == pytest.approx(1.0)
+    assert metrics["test_false_abstain"] == t["abstained"] and "fit_wrong_rate" not in metrics  # the pool's, only
+    assert [r["abstain_threshold"] for r in metrics["members"]["runs"]] == metrics["members"]["thresholds"]
     pred = Predictor(cfg.output, runtime="onnx-int8")
     uris = sorted(str(p) for p in Path(photos_root).rglob("*.jpg"))
     images, ok = eval_arrays(uris, S3Options(), pred.preset)
