@@ -16,7 +16,6 @@ import numpy as np
 
 from . import abstention, members, openworld, recognizer
 from .artifact import Artifact, build_network, load
-from .calibration import threshold_at_accept_rate
 from .onnx_runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
 from .preprocess import normalize_batch
 from .status import NO_LANDMARK, TAGGED
@@ -119,21 +118,20 @@ class Predictor:
     ) -> float:
         if min_score is not None:
             return float(min_score)
-        if max_wrong_rate is not None:
-            if "neg_fit_scores" not in self.extra:
-                raise ValueError(
-                    "this model was trained without --negatives, so it has no held-back negatives to "
-                    "set a wrong-tag rate on; use min_score or accept_rate"
-                )
-            scores = openworld.scores_by_group(
-                self.extra["neg_fit_scores" + self._neg_key], self.extra["neg_fit_groups" + self._neg_key]
+        if max_wrong_rate is not None and "neg_fit_scores" not in self.extra:
+            raise ValueError(
+                "this model was trained without --negatives, so it has no held-back negatives to "
+                "set a wrong-tag rate on; use min_score or accept_rate"
             )
-            return openworld.threshold_for_wrong_rate(scores, max_wrong_rate)
-        if accept_rate is not None:
-            if "val_scores" not in self.extra:
-                raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
-            return threshold_at_accept_rate(self.extra["val_scores"], accept_rate)
-        return float(self._fit.get("threshold", art.abstain.get("threshold", float("-inf"))))
+        if accept_rate is not None and max_wrong_rate is None and "val_scores" not in self.extra:
+            raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
+        stored = {  # one rule for a threshold at a rate from stored scores, this model's as each member's
+            "threshold": float(self._fit.get("threshold", art.abstain.get("threshold", float("-inf")))),
+            "neg_fit_scores": self.extra.get("neg_fit_scores" + self._neg_key),
+            "neg_fit_groups": self.extra.get("neg_fit_groups" + self._neg_key),
+            "val_scores": self.extra.get("val_scores"),
+        }
+        return members.threshold(stored, accept_rate=accept_rate, max_wrong_rate=max_wrong_rate)
 
     def logits_and_embeddings(self, images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._onnx is not None:
