@@ -16,7 +16,7 @@ from pathlib import Path
 
 from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from landmark_core import storage
-from landmark_core.status import TAGGED
+from landmark_core.status import FAILED, TAGGED
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,15 @@ def run(cfg: EvalConfig) -> dict:
         max_wrong_rate=cfg.max_wrong_rate,
     )
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
-    parts, failed = [], 0
+    parts, failed = [], []
     for group, paths, labels in _photo_sets(cfg, predictor):
         print(f"[eval] {group}: {len(paths)} photos", file=sys.stderr, flush=True)
+        kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
         pred, score, tagged, keep = [], [], [], []
         for i, r in enumerate(predict_paths(paths, predictor, batch_size=cfg.batch_size)):
-            if r.status == "failed":
-                failed += 1
+            if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
+                print(f"[eval] failed: {r.path}: {r.error}", file=sys.stderr, flush=True)
+                failed.append({"folder": group, "kind": kind, "path": r.path, "error": r.error})
                 continue
             keep.append(i)
             pred.append(index[r.tags[0]["name"]])
@@ -78,17 +80,32 @@ def run(cfg: EvalConfig) -> dict:
             tagged.append(r.status == TAGGED)
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
     outcomes = evaluation.Outcomes.concat(parts)
+    summary = evaluation.summary(outcomes)
+    _add_failed(summary["folders"], failed)
     result = {
         "model_id": predictor.model_id,
         "threshold": predictor.threshold,
         "method": predictor.method,
-        "failed_photos": failed,
-        "summary": evaluation.summary(outcomes),
+        "failed_photos": len(failed),
+        "failed": failed,
+        "summary": summary,
         "curve": evaluation.coverage_curve(outcomes),
     }
     if cfg.out:
         _write(cfg.out, result)
     return result
+
+
+def _add_failed(rows: list[dict], failed: list[dict]) -> None:
+    """Each folder's row gets its count of unreadable photos; a folder none of whose photos could be read gets a
+    row of its own (0 photos), so that it shows in the table rather than vanish."""
+    by_folder = {}
+    for f in failed:
+        by_folder.setdefault((f["folder"], f["kind"]), 0)
+        by_folder[f["folder"], f["kind"]] += 1
+    for row in rows:
+        row["failed"] = by_folder.pop((row["folder"], row["kind"]), 0)
+    rows += [{"folder": g, "kind": k, "photos": 0, "failed": n} for (g, k), n in by_folder.items()]
 
 
 def _photo_sets(cfg: EvalConfig, predictor):
@@ -135,23 +152,32 @@ def format_table(result: dict) -> str:
     s = result["summary"]
     lines = [
         f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
-        f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s}",
+        f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s} {'failed':>6s}",
     ]
     for r in s["folders"]:
         lines.append(
             f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
-            f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s}"
+            f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s} {r['failed']:6d}"
         )
+
+    def share(v):  # a headline figure: "-" where no photo counts towards it
+        return "-" if v is None else pct(v).strip()
+
     ece, lo_hi, null = s["ece_tagged"], s["known_right_interval"], s["ece_if_calibrated"]
     lines.append(
-        f"known right {pct(s['known_right'])}"
-        + (f" (95% interval {pct(lo_hi[0])}-{pct(lo_hi[1])})" if lo_hi else "")
-        + f", abstained {pct(s['known_abstained'])}, wrong {pct(s['known_wrong'])}; unknown tagged "
-        f"{pct(s['unknown_tagged'])} (mean over folders {pct(s['unknown_tagged_mean_over_folders'])}); "
+        f"known right {share(s['known_right'])}"
+        + (f" (95% interval {share(lo_hi[0])}-{share(lo_hi[1])})" if lo_hi else "")
+        + f", abstained {share(s['known_abstained'])}, wrong {share(s['known_wrong'])}; unknown tagged "
+        f"{share(s['unknown_tagged'])} (mean over folders {share(s['unknown_tagged_mean_over_folders'])}); "
         "ECE among tagged "
         + ("-" if ece is None else f"{ece:.3f}")
         + (f" (a calibrated score would show {null['median']:.3f}, 90% under {null['p90']:.3f})" if null else "")
     )
+    if result["failed"]:
+        lines.append(
+            f"{len(result['failed'])} photo(s) could not be read and are in no share (each named above, and in "
+            "eval.json's failed with its reason)"
+        )
     return "\n".join(lines)
 
 

@@ -243,7 +243,7 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r['folder'])}</td><td>{r['kind']}</td><td>{r['photos']}</td>"
         f"<td>{pct(r.get('right'))}</td><td>{pct(r.get('abstained'))}</td><td>{pct(r.get('wrong'))}</td>"
-        f"<td>{pct(r.get('tagged'))}</td></tr>"
+        f"<td>{pct(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td></tr>"
         for r in s["folders"]
     )
     imgs = "".join(
@@ -257,5 +257,5 @@ collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-alig
 left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 <h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, threshold
 {result.get("threshold")}</p>{cards}
-<table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th></tr>
+<table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th><th>failed</th></tr>
 {rows}</table>{imgs}</body></html>"""

@@ -275,6 +275,41 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path)
 
 
+def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_artifact, tmp_path, capsys):
+    """A photo that cannot be read is in no share: it is named with its reason (as it happens, and in the result),
+    counted in its folder's row, and a folder none of whose photos could be read still has its row."""
+    from jobs.eval import format_table, main as eval_main
+    from landmark_core.synthetic import generate_unknown
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    some, none = tmp_path / "some_bad", tmp_path / "all_bad"
+    generate_unknown(some, n=3)
+    for d, name in ((some, "broken.jpg"), (none, "a.jpg"), (none, "b.png")):
+        d.mkdir(exist_ok=True)
+        (d / name).write_bytes(b"not a photo")
+    argv = ["--model", path, "--unknown", str(some), "--unknown", str(none), "--json", "--runtime", "torch"]
+    assert eval_main(argv + ["--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["failed_photos"] == 3
+    assert {(Path(f["path"]).name, f["folder"]) for f in result["failed"]} == {
+        ("broken.jpg", "some_bad"),
+        ("a.jpg", "all_bad"),
+        ("b.png", "all_bad"),
+    }
+    assert all("not_an_image" in f["error"] for f in result["failed"])
+    for f in result["failed"]:
+        assert f"[eval] failed: {f['path']}: {f['error']}" in out.err
+    rows = {r["folder"]: r for r in result["summary"]["folders"]}
+    assert (rows["some_bad"]["photos"], rows["some_bad"]["failed"]) == (3, 1)
+    assert (rows["all_bad"]["photos"], rows["all_bad"]["failed"]) == (0, 2)
+    assert result["summary"]["unknown_photos"] == 3
+    table = format_table(result)
+    assert "3 photo(s) could not be read" in table
+    assert [ln.split()[-1] for ln in table.splitlines() if ln.startswith(("some_bad", "all_bad"))] == ["1", "2"]
+    assert "<td>all_bad</td><td>unknown</td><td>0</td>" in (tmp_path / "ev" / "report.html").read_text()
+
+
 def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path) -> None:
     """The report as a browser shows it: every folder's row, the headline figures, both plots embedded, painted."""
     from tests.browser import rendered_dom, require_chromium, screenshot
