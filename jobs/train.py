@@ -192,6 +192,8 @@ def run(cfg: TrainConfig) -> dict:
         + (f", {negatives.summary()}" if negatives else ""),
         flush=True,
     )
+    if warning := location_warning(data.catalog):
+        print(warning, flush=True)
 
     init_ray(cfg.ray_address)
     trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
@@ -326,6 +328,20 @@ def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
             load_state_dict_file(cfg.weights, cfg.s3_options(), trust_pickle=cfg.trust_pickle)
         except WeightsError as e:
             raise ConfigError(f"--weights: {e}") from None
+
+
+def location_warning(catalog) -> str | None:
+    """A landmark with no location makes tags that name it but cannot say where the photo was taken: the
+    product's point. Known folder names get theirs from the catalog; others need --coords or coords.json."""
+    missing = catalog.without_location
+    if not missing:
+        return None
+    shown = ", ".join(repr(f) for f in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (
+        f"[train] warning: {len(missing)} of {len(catalog)} landmarks have no location ({shown}): their tags will "
+        "name the landmark with no latitude/longitude. Give --coords FILE (CSV: folder,lat,lon[,country], or JSON) "
+        "or put coords.json / coords.csv in the --data folder"
+    )
 
 
 def _coords_beside(data: str) -> dict | None:

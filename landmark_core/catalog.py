@@ -84,6 +84,11 @@ class Catalog:
     def folders(self) -> list[str]:
         return [lm.folder for lm in self.landmarks]
 
+    @property
+    def without_location(self) -> list[str]:
+        """Folders of the landmarks whose tags can carry no latitude/longitude."""
+        return [lm.folder for lm in self.landmarks if lm.lat is None or lm.lon is None]
+
     def find(self, key: str) -> Landmark:
         """Look a landmark up by folder name or display name (case-insensitive)."""
         lm = self._by_key.get(key.strip().lower())

@@ -196,6 +196,7 @@ def test_from_folders_sorts_and_names_without_coords():
     assert cat.names == ["Big Ben", "Colosseum", "Halong Bay"]
     assert cat.name == "mine"
     assert all(lm.lat is None and lm.lon is None and lm.country is None for lm in cat)
+    assert cat.without_location == cat.folders
 
 
 def test_from_folders_with_coords_csv(tmp_path):

@@ -65,6 +65,7 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     art = load_artifact(str(out))
     assert art.model_id == saved["model_id"] and art.catalog.folders == train_data["classes"]
     assert art.catalog[0].lat is not None  # coords.json beside the data was picked up
+    assert "have no location" not in capfd.readouterr().out
     assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
     # the gallery (training photos) and held-out tensors for `landmark catalog`, the recognizer measured on val
     assert art.extra_tensors["gallery"].shape[0] == len(art.extra_tensors["gallery_labels"]) > 0
@@ -371,3 +372,19 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     for message, arts in cases.items():
         with pytest.raises(members.MembersError, match=message):
             members.combine(arts)
+
+
+def test_training_warns_of_landmarks_with_no_location():
+    """A landmark with no location makes tags that cannot say where a photo was taken: train says which, and how
+    to give them; folders the catalog knows (the Udacity 50, the real sets) need nothing."""
+    from jobs.train import location_warning
+    from landmark_core.catalog import Catalog
+
+    assert location_warning(Catalog.from_folders(["00.Haleakala_National_Park", "halong_bay"])) is None
+    mine = [f"spot {i}" for i in range(7)]
+    warning = location_warning(Catalog.from_folders(mine + ["halong_bay"]))
+    assert "7 of 8 landmarks have no location" in warning
+    assert "'spot 0', 'spot 1', 'spot 2', 'spot 3', 'spot 4' and 2 more" in warning
+    assert "--coords" in warning and "coords.json" in warning
+    coords = {f: {"lat": 1.0, "lon": 2.0} for f in mine}
+    assert location_warning(Catalog.from_folders(mine, coords=coords)) is None
