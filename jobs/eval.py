@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,7 @@ def run(cfg: EvalConfig) -> dict:
 def _add_failed(rows: list[dict], failed: list[dict]) -> None:
     """Each folder's row gets its count of unreadable photos; a folder none of whose photos could be read gets a
     row of its own (0 photos), so that it shows in the table rather than vanish."""
-    by_folder = {}
-    for f in failed:
-        by_folder.setdefault((f["folder"], f["kind"]), 0)
-        by_folder[f["folder"], f["kind"]] += 1
+    by_folder = Counter((f["folder"], f["kind"]) for f in failed)
     for row in rows:
         row["failed"] = by_folder.pop((row["folder"], row["kind"]), 0)
     rows += [{"folder": g, "kind": k, "photos": 0, "failed": n} for (g, k), n in by_folder.items()]
