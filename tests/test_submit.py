@@ -76,11 +76,18 @@ def ray_head():
     else:
         raise RuntimeError(f"Ray dashboard at {address} not ready: {ready.stderr[-2000:]}")
     yield address
+    # the whole session (head, raylet, GCS, dashboard, workers) is this cluster's alone: a short grace, then
+    # SIGKILL (a graceful `ray start --block` exit took about 30 s of the suite)
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
+        pass
+    try:
         os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
     shutil.rmtree(temp, ignore_errors=True)
 
 
