@@ -177,6 +177,11 @@ def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
     if cfg.members > 1:
         return _run_members(cfg)
+    return _train_one(cfg)
+
+
+def _train_one(cfg: TrainConfig, *, warn_locations: bool = True) -> dict:
+    """One training run to its artifact at --output (a member's when warn_locations is off: the first one warned)."""
     from landmark_core.catalog import load_coords
     from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
 
@@ -192,7 +197,7 @@ def run(cfg: TrainConfig) -> dict:
         + (f", {negatives.summary()}" if negatives else ""),
         flush=True,
     )
-    if warning := location_warning(data.catalog):
+    if warn_locations and (warning := location_warning(data.catalog)):
         print(warning, flush=True)
 
     init_ray(cfg.ray_address)
@@ -236,7 +241,8 @@ def _run_members(cfg: TrainConfig) -> dict:
             resume = cfg.resume and storage.exists(storage.join(cfg.storage, f".{name}.latest"), opts)
             mcfg = replace(cfg, members=1, seed=cfg.seed + i, output=str(Path(tmp, f"m{i}")), name=name, resume=resume)
             print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}", flush=True)
-            runs.append(run(mcfg))
+            mcfg.check()
+            runs.append(_train_one(mcfg, warn_locations=i == 0))
         arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
         pooled = members.combine(arts)
         return _write_pooled(cfg, pooled, runs, Path(tmp, "m0"))

@@ -251,7 +251,7 @@ def test_unknown_model_lists_the_known_ones():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen"])
-def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path, frozen):
+def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path, capfd, frozen):
     """Training with --negatives, fine-tuned or --freeze-backbone (two DDP workers): outlier exposure in the epochs,
     distractors and a fitted P(right) in the artifact, the threshold capping the held-back negatives' tag rate;
     `landmark eval` on held-out look-alikes."""
@@ -264,6 +264,10 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     held_out = generate_negatives(
         tmp_path / "held_out", shapes=("lighthouse", "columns"), scenes=12, per_shape=12, image_size=(160, 120), seed=9
     )
+    coords = json.loads(Path(train_data["root"], "coords.json").read_text())
+    nowhere = sorted(coords)[0]
+    coords.pop(nowhere)  # one landmark without a location: train warns once, not once per member
+    Path(tmp_path, "coords.json").write_text(json.dumps(coords))
     cfg = _cfg(
         train_data["root"],
         tmp_path,
@@ -277,8 +281,11 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         freeze_backbone=frozen,
         feature_views=2,
         members=2 if frozen else 1,  # the open-world command's shape: frozen, its decision pooled over runs
+        coords=str(tmp_path / "coords.json"),
     )
     metrics = train_run(cfg)
+    out = capfd.readouterr().out
+    assert out.count("landmarks have no location") == 1 and f"'{nowhere}'" in out, out[-3000:]
     art = load_artifact(cfg.output)
     assert art.abstain["method"] == "openworld" and art.abstain["max_wrong_rate"] == 0.05
     assert art.abstain["negative_groups"] == ["neg/castle", "neg/pyramid", "neg/scenes", "neg/wheel"]
