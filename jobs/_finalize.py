@@ -186,6 +186,8 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[st
         blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold}
         art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
         art.extra_tensors[f"neg_fit_groups@{name}"] = _torch(groups.astype(np.int32))
+        # --accept-rate at tag time on this runtime: a threshold on its own validation scores, not fp32's
+        art.extra_tensors[f"val_scores@{name}"] = _torch(np.sort(fitted["val_scores"]).astype(np.float32))
         by_group = openworld.scores_by_group(fitted["neg_fit_scores"], groups, negatives.groups)
         fit = _fit_metrics(fitted["val_scores"], val_logits, val_y, art.temperature, by_group, threshold)
         metrics.setdefault("fit_runtimes", {})[name] = {"threshold": threshold, **fit}

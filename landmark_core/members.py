@@ -69,7 +69,8 @@ def combine(arts: list):
         )
         t = {"weight": a.state_dict["head.weight"], "bias": a.state_dict["head.bias"]}
         t.update({k: a.extra_tensors[k] for k in TENSORS[2:] + STORED})
-        t.update({f"{k}@{rt}": a.extra_tensors[f"{k}@{rt}"] for rt in runtimes for k in STORED[:2]})
+        own = (f"{k}@{rt}" for rt in runtimes for k in STORED)
+        t.update({k: a.extra_tensors[k] for k in own if k in a.extra_tensors})
         tensors.update({f"{PREFIX}{i}.{k}": v.detach().clone() for k, v in t.items()})
     abstain = dict(base.abstain, members=blocks)
     own = [float(a.abstain["threshold"]) for a in arts]
@@ -115,9 +116,9 @@ def from_artifact(abstain: dict, extra: dict, runtime: str) -> list[dict]:
             "tensors": {k: np.asarray(extra[f"{PREFIX}{i}.{k}"]) for k in TENSORS},
             "calibrator": fit["calibrator"],
             "threshold": float(fit["threshold"]),
-            "val_scores": np.asarray(extra[f"{PREFIX}{i}.val_scores"]),
         }
-        m.update({k: np.asarray(extra[f"{PREFIX}{i}.{k}{key}"]) for k in STORED[:2]})
+        # this runtime's held-back and validation scores (validation: fp32's in artifacts from before they had both)
+        m.update({k: np.asarray(extra.get(f"{PREFIX}{i}.{k}{key}", extra[f"{PREFIX}{i}.{k}"])) for k in STORED})
         out.append(m)
     return out
 

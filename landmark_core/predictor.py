@@ -129,7 +129,7 @@ class Predictor:
             "threshold": float(self._fit.get("threshold", art.abstain.get("threshold", float("-inf")))),
             "neg_fit_scores": self.extra.get("neg_fit_scores" + self._neg_key),
             "neg_fit_groups": self.extra.get("neg_fit_groups" + self._neg_key),
-            "val_scores": self.extra.get("val_scores"),
+            "val_scores": self.extra.get("val_scores" + self._neg_key, self.extra.get("val_scores")),
         }
         return members.threshold(stored, accept_rate=accept_rate, max_wrong_rate=max_wrong_rate)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from landmark_core import evaluation, openworld
+from landmark_core.calibration import threshold_at_accept_rate
 from landmark_core.evaluation import UNKNOWN, Outcomes
 from tests.cli_asserts import assert_error_names
 
@@ -177,6 +178,7 @@ def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
     cal = openworld.fit_logistic(x, np.r_[np.ones(6), np.zeros(6)])
     fit_scores = openworld.prob_right(x[6:], cal).astype(np.float32)
     extra.update(neg_fit_scores=fit_scores, neg_fit_groups=np.array([0, 0, 0, 1, 1, 1], np.int32))
+    extra["val_scores"] = np.sort(openworld.prob_right(x[:6], cal)).astype(np.float32)
     art.extra_tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()}
     art.abstain = {"method": "openworld", "threshold": 0.5, "calibrator": cal, "max_wrong_rate": 0.02}
     dest = tmp_path / "ow-model"
@@ -217,6 +219,8 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     art.abstain["runtimes"] = {"onnx-int8": {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"]}}
     art.extra_tensors["neg_fit_scores@onnx-int8"] = torch.from_numpy(fitted["neg_fit_scores"].astype(np.float32))
     art.extra_tensors["neg_fit_groups@onnx-int8"] = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.int32)
+    int8_val = np.sort(openworld.prob_right(x[:6], fitted["calibrator"])).astype(np.float32)
+    art.extra_tensors["val_scores@onnx-int8"] = torch.from_numpy(int8_val)
     dest = str(tmp_path / "ow-runtimes")
     artifact_mod.save(art, dest)
 
@@ -227,6 +231,12 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     assert Predictor(dest, runtime="torch", device="cpu").threshold == 0.5  # the fp32 fit
     strict = Predictor(dest, runtime="onnx-int8", max_wrong_rate=0.0)  # from the int8 held-back scores
     assert strict.threshold > float(fitted["neg_fit_scores"].astype(np.float32).max())
+    # --accept-rate: a threshold on the runtime's own validation scores, as its calibrator scores photos
+    fp32_val = art.extra_tensors["val_scores"].numpy()
+    int8_at, fp32_at = threshold_at_accept_rate(int8_val, 0.5), threshold_at_accept_rate(fp32_val, 0.5)
+    assert int8_at != pytest.approx(fp32_at)  # (else this check could not tell them apart)
+    assert Predictor(dest, runtime="onnx-int8", accept_rate=0.5).threshold == pytest.approx(int8_at)
+    assert Predictor(dest, runtime="torch", device="cpu", accept_rate=0.5).threshold == pytest.approx(fp32_at)
 
 
 def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):

@@ -300,6 +300,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert set(int8) == {"calibrator", "threshold"} | ({"member_thresholds"} if frozen else set())
     assert "platt" in int8["calibrator"]
     assert len(art.extra_tensors["neg_fit_scores@onnx-int8"]) == len(art.extra_tensors["neg_fit_scores"])
+    assert len(art.extra_tensors["val_scores@onnx-int8"]) == len(art.extra_tensors["val_scores"])
     assert own["fit_runtimes"]["onnx-int8"]["fit_wrong_rate"] <= 0.05
     assert Predictor(cfg.output, runtime="onnx-int8").threshold == pytest.approx(int8["threshold"])
     if frozen:
@@ -329,12 +330,13 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     from dataclasses import replace
 
     from landmark_core import enroll, members, openworld
+    from landmark_core.calibration import threshold_at_accept_rate
     from landmark_core.storage import S3Options
     from landmark_core.training import eval_arrays
 
     (block,) = art.abstain["members"]
     assert block["seed"] == cfg.seed + 1 and metrics["members"]["seeds"] == [cfg.seed, cfg.seed + 1]
-    for name in members.TENSORS + members.STORED + ("neg_fit_scores@onnx-int8", "neg_fit_groups@onnx-int8"):
+    for name in members.TENSORS + members.STORED + tuple(f"{k}@onnx-int8" for k in members.STORED):
         assert f"member1.{name}" in art.extra_tensors, name
     # the runs drew their own splits: their held-back negatives and thresholds differ
     assert not np.array_equal(art.extra_tensors["member1.neg_fit_scores"], art.extra_tensors["neg_fit_scores"])
@@ -365,6 +367,11 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     # a rate given at tag time moves every member's threshold, pooled the same way
     strict = Predictor(cfg.output, runtime="onnx-int8", max_wrong_rate=0.0)
     assert strict.threshold >= pred.threshold
+    at_half = [  # --accept-rate: from each member's own int8 validation scores
+        threshold_at_accept_rate(art.extra_tensors[f"{m}val_scores@onnx-int8"].numpy(), 0.5) for m in ("", "member1.")
+    ]
+    loose = Predictor(cfg.output, runtime="onnx-int8", accept_rate=0.5)
+    assert loose.threshold == pytest.approx(float(members.pool(at_half)))
     # the members' heads all know every landmark: taking one out needs a new training run, and says so
     with pytest.raises(enroll.EnrollError, match="--members"):
         enroll.remove(art, art.catalog.names[0])
