@@ -180,6 +180,11 @@ def remove(art: Artifact, key: str) -> Artifact:
             f"--name {key!r}: this model pools its tag decision over --members runs whose heads all know the "
             "landmark; train again without it"
         )
+    if art.abstain.get("method") == "openworld":  # its P(right) and threshold were fitted with every landmark
+        raise EnrollError(
+            f"--name {key!r}: this model's open-world score and threshold were fitted with every landmark "
+            "(trained with --negatives); train again without it"
+        )
     c, n_head = lm.id, art.spec.num_classes
     ex = numpy_extras(art)
     _check_has_gallery(ex)

@@ -239,6 +239,20 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     assert Predictor(dest, runtime="torch", device="cpu", accept_rate=0.5).threshold == pytest.approx(fp32_at)
 
 
+def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_tiny_artifact, tmp_path, capsys):
+    """Its P(right) and threshold were fitted with every landmark: `catalog remove` says so (it crashed)."""
+    from jobs.catalog import main as catalog_main
+    from landmark_core import artifact as artifact_mod, enroll
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    name = artifact_mod.load(path).catalog.names[0]
+    with pytest.raises(enroll.EnrollError, match="--negatives"):
+        enroll.remove(artifact_mod.load(path), name)
+    code = catalog_main(["remove", "--model", path, "--name", name, "--output", str(tmp_path / "smaller")])
+    assert code != 0 and not (tmp_path / "smaller").exists()
+    assert_error_names(capsys.readouterr().err, "--name")
+
+
 def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):
     from jobs.eval import main as eval_main
     from landmark_core.synthetic import generate_dataset, generate_negatives
