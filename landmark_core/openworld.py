@@ -116,16 +116,20 @@ def wrong_rate(negative_scores: dict[str, np.ndarray], threshold: float) -> floa
 def threshold_for_wrong_rate(negative_scores: dict[str, np.ndarray], max_wrong_rate: float) -> float:
     """The lowest threshold at which held-back negatives are tagged at most ``max_wrong_rate`` of the time, the
     rate being the mean over their groups (each folder counts alike: a large folder of everyday photos must
-    not hide a small folder of look-alike landmarks). A tag needs score >= threshold."""
+    not hide a small folder of look-alike landmarks). A tag needs score >= threshold.
+
+    Rows carry float32 scores and the Predictor compares those, so each candidate is the next float32 above a
+    score: a float64 step would round back onto the score it was meant to exclude."""
     if not 0.0 <= max_wrong_rate < 1.0:
         raise ValueError(f"max_wrong_rate must be in [0, 1), got {max_wrong_rate}")
     scores = np.concatenate([np.asarray(v, dtype=np.float64) for v in negative_scores.values()] or [np.zeros(0)])
     if not len(scores):
         return float("-inf")
-    for t in np.unique(np.nextafter(scores, np.inf)):  # ascending: the first that meets the rate is the lowest
+    above = np.nextafter(scores.astype(np.float32), np.float32(np.inf)).astype(np.float64)
+    for t in np.unique(above):  # ascending: the first that meets the rate is the lowest
         if wrong_rate(negative_scores, t) <= max_wrong_rate:
             return float(t)
-    return float(np.nextafter(scores.max(), np.inf))
+    return float(above.max())
 
 
 def tag_scores(top_p: np.ndarray, p_right: np.ndarray) -> np.ndarray:

@@ -57,6 +57,17 @@ def test_threshold_caps_the_mean_wrong_rate_over_groups_and_is_the_lowest_that_d
         openworld.threshold_for_wrong_rate(groups, 1.0)
 
 
+def test_threshold_keeps_its_cap_on_the_float32_scores_that_rows_carry():
+    """The Predictor compares float32 scores with the threshold (a Python float, cast to float32): a threshold one
+    float64 step above a held-back score rounds back onto it, and that photo would be tagged."""
+    rng = np.random.default_rng(3)
+    groups = {"everyday": rng.random(1000), "look_alikes": rng.random(300)}
+    for rate in (0.0, 0.02, 0.1):
+        thr = openworld.threshold_for_wrong_rate(groups, rate)
+        as_rows = [(v.astype(np.float32) >= thr).mean() for v in groups.values()]
+        assert np.mean(as_rows) <= rate, (rate, as_rows)
+
+
 def test_tag_scores_put_p_right_first_and_never_sum_above_one():
     top_p = np.array([[0.9, 0.05, 0.03], [0.5, 0.3, 0.2], [0.4, 0.4, 0.2]], dtype=np.float32)
     p_right = np.array([0.1, 0.95, 0.4], dtype=np.float32)
