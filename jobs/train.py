@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -182,15 +183,9 @@ def run(cfg: TrainConfig) -> dict:
 
 def _train_one(cfg: TrainConfig, *, warn_locations: bool = True) -> dict:
     """One training run to its artifact at --output (a member's when warn_locations is off: the first one warned)."""
-    from landmark_core.catalog import load_coords
-    from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
-
     opts = cfg.s3_options()
     _check_sources(cfg, opts)
-    coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
-    data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
-    unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
-    negatives = load_negatives(cfg.negatives, fit_fraction=cfg.negatives_fit_fraction, seed=cfg.seed, opts=opts)
+    data, unknown, negatives = _load_inputs(cfg, opts)
     print(
         f"[train] {data.summary()}"
         + (f", unknown {len(unknown)}" if unknown else "")
@@ -348,6 +343,38 @@ def location_warning(catalog) -> str | None:
         "name the landmark with no latitude/longitude. Give --coords FILE (CSV: folder,lat,lon[,country], or JSON) "
         "or put coords.json / coords.csv in the --data folder"
     )
+
+
+def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
+    """The photos and locations the flags name, listed before any Ray work: (data, unknown, negatives). A folder
+    with no photos, a malformed coordinates file or negatives that leave nothing to hold back is a ConfigError
+    naming its flag."""
+    from landmark_core.catalog import load_coords
+    from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
+
+    with _names_flag("--coords" if cfg.coords else "--data (its coords file)"):
+        coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
+    with _names_flag("--data"):
+        data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
+    with _names_flag("--unknown"):
+        unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
+    with _names_flag("--negatives"):
+        negatives = load_negatives(cfg.negatives, fit_fraction=cfg.negatives_fit_fraction, seed=cfg.seed, opts=opts)
+    if cfg.negatives and not negatives.fit:  # else the model would quietly be a closed-world one
+        raise ConfigError(
+            f"--negatives: no photo can be held back to fit the open-world score and threshold ({negatives.summary()}"
+            "): a folder of photos needs at least 2, one to train on and one to hold back"
+        )
+    return data, unknown, negatives
+
+
+@contextmanager
+def _names_flag(flag: str):
+    """A bad input behind ``flag`` (no photos, an unreadable or malformed file) -> a ConfigError that names it."""
+    try:
+        yield
+    except (OSError, ValueError) as e:  # DatasetError and CatalogError are ValueErrors
+        raise ConfigError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from None
 
 
 def _coords_beside(data: str) -> dict | None:

@@ -243,6 +243,30 @@ def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
     assert_error_names(capsys.readouterr().err, "--data")
 
 
+@pytest.mark.parametrize("flag", ["--unknown", "--negatives"])
+def test_an_empty_photo_folder_is_a_clear_error_naming_its_flag(train_data, tmp_path, capsys, flag):
+    (tmp_path / "empty").mkdir()
+    argv = ["--data", train_data["root"], flag, str(tmp_path / "empty"), "--output", str(tmp_path / "m")]
+    assert train_main(argv) == 2
+    assert_error_names(capsys.readouterr().err, flag, "no images found")
+    assert not (tmp_path / "m").exists()
+
+
+def test_negatives_with_nothing_to_hold_back_are_refused_before_training(train_data, tmp_path, capsys):
+    """One photo per folder leaves no negative to fit the threshold on: the model would quietly have been a
+    closed-world one (and --members would have trained every run before failing)."""
+    import shutil
+
+    photos = sorted(Path(train_data["root"], "train").rglob("*.jpg"))[:2]
+    for i, photo in enumerate(photos):
+        (tmp_path / "neg" / f"f{i}").mkdir(parents=True)
+        shutil.copy(photo, tmp_path / "neg" / f"f{i}")
+    argv = ["--data", train_data["root"], "--negatives", str(tmp_path / "neg"), "--freeze-backbone"]
+    assert train_main(argv + ["--members", "2", "--output", str(tmp_path / "m")]) == 2
+    assert_error_names(capsys.readouterr().err, "--negatives", "0 held back", "at least 2")
+    assert not (tmp_path / "m").exists()
+
+
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
         TrainConfig(data=".", output="o", model="alexnet9").check()
