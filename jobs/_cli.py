@@ -27,6 +27,20 @@ def checks_config(execute: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return run
 
 
+def check_threshold_flags(min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None) -> None:
+    """The tag decision's overrides, as tag and eval take them: at most one, each in its range."""
+    import math
+
+    if min_score is not None and not math.isfinite(min_score):
+        raise ConfigError(f"--min-score must be a finite number, got {min_score}")
+    if sum(v is not None for v in (min_score, accept_rate, max_wrong_rate)) > 1:
+        raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
+    if max_wrong_rate is not None and not 0 <= max_wrong_rate < 1:
+        raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {max_wrong_rate}")
+    if accept_rate is not None and not 0 < accept_rate <= 1:
+        raise ConfigError(f"--accept-rate must be in (0, 1], got {accept_rate}")
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,

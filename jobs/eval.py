@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_of, run_cli
 from landmark_core import storage
 from landmark_core.status import FAILED, TAGGED
 
@@ -41,8 +41,13 @@ class EvalConfig:
                 raise ConfigError(f"{flag} {d}: no such directory")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
-            raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
+        check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
+        names = [Path(u.rstrip("/")).name for u in self.unknown]
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ConfigError(
+                f"--unknown: {len(names) - len(set(names))} folder(s) share a name with another ({', '.join(twice)}): "
+                "each folder is reported by its name; give folders with distinct names"
+            )
         from landmark_core.onnx_runtime import RUNTIMES
 
         if self.runtime not in RUNTIMES:
@@ -113,7 +118,10 @@ def _photo_sets(cfg: EvalConfig, predictor):
 
     if cfg.known:
         folders = {f: i for i, f in enumerate(predictor.catalog.folders)}
-        for folder, paths in sorted(_class_split(list_files(cfg.known), cfg.known.rstrip("/")).items()):
+        by_class = _class_split(list_files(cfg.known), cfg.known.rstrip("/"))
+        if not by_class:
+            raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
+        for folder, paths in sorted(by_class.items()):
             if folder not in folders:
                 raise ConfigError(
                     f"--known {cfg.known}: folder {folder!r} is not a landmark of this model's "

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_of, run_cli
 from jobs._tag_worker import StageClock, TagActor, start_workers, tag_task, timed_read_and_decode
 from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
@@ -96,14 +96,7 @@ class TagConfig:
             )
         if self.gpu_decode and not self.gpus_per_actor:  # (GPU actors run torch: other runtimes are refused above)
             raise ConfigError("--gpu-decode decodes JPEGs in the GPU actors: it needs --gpus-per-actor > 0")
-        if self.min_score is not None and not np.isfinite(self.min_score):
-            raise ConfigError(f"--min-score must be a finite number, got {self.min_score}")
-        if sum(v is not None for v in (self.min_score, self.accept_rate, self.max_wrong_rate)) > 1:
-            raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
-        if self.max_wrong_rate is not None and not 0 <= self.max_wrong_rate < 1:
-            raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {self.max_wrong_rate}")
-        if self.accept_rate is not None and not 0 < self.accept_rate <= 1:
-            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
         if self.dt is not None:
             try:
                 datetime.strptime(self.dt, "%Y-%m-%d")

@@ -372,3 +372,20 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)
     assert eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--runtime", "torch"]) == 2
     assert "not a landmark of this model's catalog" in capsys.readouterr().err
+    # photos with no class folder above them: nothing to score as known (it crashed on an empty concatenation)
+    generate_unknown(tmp_path / "loose", n=2)
+    model = ["--model", tiny_artifact.path, "--runtime", "torch"]
+    assert eval_main(model + ["--known", str(tmp_path / "loose"), "--unknown", str(tmp_path / "loose")]) == 2
+    assert_error_names(capsys.readouterr().err, "--known", "no class folders")
+    (tmp_path / "other" / "loose").mkdir(parents=True)  # a second folder named "loose": one row would hold both
+    bad = {
+        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "other" / "loose")],
+        "--accept-rate": ["--unknown", str(tmp_path / "loose"), "--accept-rate", "1.5"],
+        "--max-wrong-rate": ["--unknown", str(tmp_path / "loose"), "--max-wrong-rate", "1"],
+        "--min-score": ["--unknown", str(tmp_path / "loose"), "--min-score", "nan"],
+    }
+    for flag, argv in bad.items():
+        with pytest.raises(SystemExit) as e:
+            eval_main(model + argv)
+        assert e.value.code == 2
+        assert_error_names(capsys.readouterr().err, flag)
