@@ -119,6 +119,16 @@ class TrainConfig:
             raise ConfigError(f"--abstain-method must be auto or one of {', '.join(METHODS)}")
         if self.recognizer not in ("auto",) + RECOGNIZERS:
             raise ConfigError(f"--recognizer must be auto or one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
+        if self.negatives and self.abstain_method != "auto":  # it would be ignored: say so instead
+            raise ConfigError(
+                f"--abstain-method {self.abstain_method}: a model trained with --negatives abstains on its fitted "
+                "open-world P(right) (method 'openworld'); drop the flag, or train without --negatives"
+            )
+        if self.negatives and self.recognizer not in ("auto", "head"):
+            raise ConfigError(
+                f"--recognizer {self.recognizer}: a model trained with --negatives names the landmark with its head "
+                "(its open-world score is fitted on the head's softmax); drop the flag, or train without --negatives"
+            )
         if self.members < 1:
             raise ConfigError(f"--members must be >= 1, got {self.members}")
         if self.members > 1 and not (self.freeze_backbone and self.negatives):
@@ -301,11 +311,15 @@ def _pooled_test(cfg: TrainConfig) -> dict | None:
     if not len(test):
         return None
     pred = Predictor(cfg.output, storage_options=opts, runtime="torch")
-    images, ok = eval_arrays(list(test.uris), opts, pred.preset)
-    out = pred.predict_arrays(images[ok])
-    labels = np.asarray(test.labels)[ok]
-    tagged = out["status"] == TAGGED
-    right = tagged & (out["topk_idx"][:, 0] == labels)
+    uris, labels = list(test.uris), np.asarray(test.labels)
+    tagged, right, seen = [], [], []
+    for s in range(0, len(uris), 64):  # a chunk at a time: a large test split must not be one forward pass
+        images, ok = eval_arrays(uris[s : s + 64], opts, pred.preset)
+        out = pred.predict_arrays(images[ok])
+        tagged.append(out["status"] == TAGGED)
+        right.append(tagged[-1] & (out["topk_idx"][:, 0] == labels[s : s + 64][ok]))
+        seen.append(ok)
+    tagged, right, ok = np.concatenate(tagged), np.concatenate(right), np.concatenate(seen)
     return {
         "photos": int(ok.sum()),
         "right": float(right.mean()),

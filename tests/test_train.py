@@ -225,6 +225,8 @@ def test_killed_driver_continues_with_resume(train_data, tmp_path):
         (["--storage", "gs://bucket/x"], "--storage"),
         (["--s3-endpoint", "localhost:9000"], "--s3-endpoint"),
         (["--model", "scratch", "--freeze-backbone"], "--freeze-backbone"),
+        (["--negatives", ".", "--abstain-method", "msp"], "--abstain-method"),  # ignored with negatives: refused
+        (["--negatives", ".", "--recognizer", "gallery"], "--recognizer"),
     ],
 )
 def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys):
