@@ -64,7 +64,9 @@ def threshold_at_accept_rate(known_scores: np.ndarray, accept_rate: float) -> fl
     """Split-conformal threshold: a new known photo scores >= it with probability >= ``accept_rate``.
 
     With n known validation scores sorted ascending, the threshold is the k-th smallest, k = floor((1 - rate)
-    (n + 1)) (at least 1). Small validation sets therefore reject fewer known photos than 1 - rate, never more.
+    (n + 1)). Rounding down rejects fewer known photos than 1 - rate, except where k would be 0 (n + 1 <
+    1 / (1 - rate): fewer than 19 photos at 0.95): the lowest score is kept as the threshold rather than none,
+    which rejects about 1 / (n + 1) of new known photos, more than 1 - rate: too few photos for that rate.
     """
     if not 0.0 < accept_rate <= 1.0:
         raise ValueError(f"accept_rate must be in (0, 1], got {accept_rate}")
