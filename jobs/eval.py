@@ -70,12 +70,14 @@ def run(cfg: EvalConfig) -> dict:
         max_wrong_rate=cfg.max_wrong_rate,
     )
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
-    parts, failed = [], []
+    recorded = _DecisionScores(predictor)
+    parts, decisions, failed = [], [], []
     for group, paths, labels in _photo_sets(cfg, predictor):
         print(f"[eval] {group}: {len(paths)} photos", file=sys.stderr, flush=True)
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
         pred, score, tagged, keep = [], [], [], []
-        for i, r in enumerate(predict_paths(paths, predictor, batch_size=cfg.batch_size)):
+        recorded.batches.clear()
+        for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size)):
             if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
                 print(f"[eval] failed: {r.path}: {r.error}", file=sys.stderr, flush=True)
                 failed.append({"folder": group, "kind": kind, "path": r.path, "error": r.error})
@@ -85,6 +87,7 @@ def run(cfg: EvalConfig) -> dict:
             score.append(r.score)
             tagged.append(r.status == TAGGED)
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
+        decisions.append(np.concatenate(recorded.batches)[keep])
     outcomes = evaluation.Outcomes.concat(parts)
     summary = evaluation.summary(outcomes)
     _add_failed(summary["folders"], failed)
@@ -95,11 +98,28 @@ def run(cfg: EvalConfig) -> dict:
         "failed_photos": len(failed),
         "failed": failed,
         "summary": summary,
-        "curve": evaluation.coverage_curve(outcomes),
+        "curve": evaluation.coverage_curve(outcomes, decision=np.concatenate(decisions)),
     }
     if cfg.out:
         _write(cfg.out, result)
     return result
+
+
+class _DecisionScores:
+    """The Predictor, keeping each batch's decision score (``abstain_score``, one per photo, failed ones too): the
+    curve moves the threshold on what the model decides on, which for a model trained without negatives is not
+    the row's score (its kNN score against the softmax)."""
+
+    def __init__(self, predictor):
+        self._predictor, self.batches = predictor, []
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def __call__(self, batch: dict) -> dict:
+        out = self._predictor(batch)
+        self.batches.append(out["abstain_score"])
+        return out
 
 
 def _add_failed(rows: list[dict], failed: list[dict]) -> None:

@@ -149,14 +149,16 @@ def ece_if_calibrated(score: np.ndarray, *, bins: int = 10, draws: int = 1000, s
     return {"median": float(np.median(eces)), "p90": float(np.quantile(eces, 0.9))}
 
 
-def coverage_curve(o: Outcomes, points: int = 200) -> dict:
+def coverage_curve(o: Outcomes, points: int = 200, *, decision: np.ndarray | None = None) -> dict:
     """As the threshold moves over the scores: coverage (share of known photos tagged right) against the
-    wrong-tag rate (share of unknown photos tagged, mean over unknown folders; plus known photos tagged wrong)."""
-    thresholds = np.unique(np.quantile(o.score, np.linspace(0, 1, points))) if len(o.score) else np.zeros(0)
+    wrong-tag rate (share of unknown photos tagged, mean over unknown folders; plus known photos tagged wrong).
+    ``decision``: the score the threshold applies to, one per photo, when it is not the row's score."""
+    s = o.score if decision is None else np.asarray(decision, np.float64)
+    thresholds = np.unique(np.quantile(s, np.linspace(0, 1, points))) if len(s) else np.zeros(0)
     folders = [g for g in dict.fromkeys(o.group[~o.known].tolist())]
     cov, wrong, known_wrong = [], [], []
     for t in thresholds:
-        tagged = o.score >= t
+        tagged = s >= t
         right = tagged & o.known & (o.pred == o.label)
         cov.append(_share(right[o.known]))
         rates = [float(tagged[o.group == g].mean()) for g in folders]

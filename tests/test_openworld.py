@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -308,6 +309,49 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
     assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
     _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path)
+
+
+def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact, tmp_path):
+    """A model trained without negatives tags on its kNN score, not on the softmax its rows carry: the curve's
+    points are what `--min-score` at each of its thresholds gives (the curve was drawn on the softmax)."""
+    import torch
+
+    from jobs.eval import EvalConfig, run as eval_run
+    from landmark_core import abstention, artifact as artifact_mod
+    from landmark_core.predictor import Predictor
+    from landmark_core.synthetic import generate_dataset, generate_negatives
+
+    art = make_tiny_artifact(seed=5)
+    rng = np.random.default_rng(1)
+    probe = Predictor(art, runtime="torch", device="cpu")
+    imgs = rng.integers(0, 255, size=(9, probe.preset.size, probe.preset.size, 3), dtype=np.uint8)
+    _, emb = probe.logits_and_embeddings(imgs)
+    bank = abstention.reference_tensors("knn", emb, np.arange(9) % 3, 3)
+    art.extra_tensors = {k: torch.from_numpy(v) for k, v in bank.items()}
+    art.abstain = {"method": "knn", "threshold": 0.0, "k": 5}
+    artifact_mod.save(art, str(tmp_path / "knn"))
+    generate_dataset(
+        tmp_path / "data",
+        shapes=("tower", "arch", "dome"),
+        n_classes=3,
+        train_per_class=0,
+        test_per_class=4,
+        image_size=(96, 72),
+        seed=4,
+    )
+    neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=4, image_size=(96, 72))
+    base = EvalConfig(
+        model=str(tmp_path / "knn"),
+        known=str(tmp_path / "data" / "test"),
+        unknown=(str(Path(neg["root"], "wheel")),),
+        runtime="torch",
+    )
+    curve = eval_run(base)["curve"]
+    assert len(curve["threshold"]) > 3
+    for k in (1, len(curve["threshold"]) // 2, len(curve["threshold"]) - 2):
+        s = eval_run(replace(base, min_score=curve["threshold"][k]))["summary"]
+        assert s["known_right"] == pytest.approx(curve["coverage"][k]), k
+        assert s["unknown_tagged_mean_over_folders"] == pytest.approx(curve["unknown_tagged"][k]), k
 
 
 def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_artifact, tmp_path, capsys):
