@@ -109,7 +109,8 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         metrics["test_false_abstain"] = float((test_scores < threshold).mean())
     if len(ev["unknown_logits"]):
         metrics.update(_open_set(ev, temperature, threshold, score, cfg, n_classes))
-        metrics["open_world"] = _open_world_summary(ev, temperature, threshold, score, open_world)
+        named = _recognizer_probs(rec, temperature, {**extra, **gallery}, n_classes)
+        metrics["open_world"] = _open_world_summary(ev, named, threshold, score, open_world)
     abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
     if open_world:
         abstain.update(
@@ -224,14 +225,24 @@ def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dic
     return fitted, groups[~known], blob, (logits[known], labels[known])
 
 
-def _open_world_summary(ev: dict, temperature: float, threshold: float, score, open_world: bool) -> dict:
-    """`landmark eval`'s numbers on the test photos (known) and --unknown, computed by the same code."""
+def _recognizer_probs(rec, temperature: float, extra: dict, n_classes: int):
+    """logits, embeddings -> the probabilities of the recognizer the artifact names the landmark with."""
+
+    def probs(logits, emb):
+        return recognizer.probabilities(rec, logits, emb, temperature=temperature, extra=extra, n_classes=n_classes)
+
+    return probs
+
+
+def _open_world_summary(ev: dict, named, threshold: float, score, open_world: bool) -> dict:
+    """`landmark eval`'s numbers on the test photos (known) and --unknown, computed by the same code: the landmark
+    named by the artifact's recognizer (``named``), tagged when ``score`` reaches the threshold."""
     from landmark_core.evaluation import UNKNOWN, Outcomes, summary
 
     parts = []
     for split, label in (("test", None), ("unknown", UNKNOWN)):
         logits, emb = ev[f"{split}_logits"], ev[f"{split}_emb"]
-        probs = softmax(logits, temperature)
+        probs = named(logits, emb)
         s = score(logits, emb)
         shown = s if open_world else probs.max(axis=1)  # the score a row carries
         labels = ev[f"{split}_labels"] if label is None else np.full(len(s), UNKNOWN)

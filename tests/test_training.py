@@ -246,3 +246,73 @@ def test_frozen_head_epochs_train_outlier_exposure_on_the_cached_negatives():
             peak[weight] = torch.softmax(w.net.head(torch.from_numpy(look_alikes.astype(np.float32))), 1).max(1)[0]
     assert peak[0.0].mean() > 0.9  # without outlier exposure the look-alikes get landmark 0 with confidence
     assert peak[1.0].mean() < 0.65  # with it, close to the flat 0.5 of two landmarks
+
+
+def test_finalize_open_world_metrics_name_the_landmark_as_the_artifact_does(synthetic_data, tmp_path):
+    """`train --unknown`'s open_world metrics name each photo's landmark with the recognizer the artifact keeps
+    (here the gallery), as `landmark eval` does through the Predictor, not with the head's argmax."""
+    from safetensors.torch import save_file
+
+    from jobs._finalize import finalize
+    from jobs.train import TrainConfig
+    from landmark_core import abstention, recognizer
+    from landmark_core.artifact import load
+    from landmark_core.calibration import softmax
+    from landmark_core.datasets import load_labelled
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.training import to_bytes_npz
+
+    data = load_labelled(synthetic_data["root"], seed=0)
+    n = len(data.catalog)
+    cfg = TrainConfig(
+        data=synthetic_data["root"],
+        output=str(tmp_path / "model"),
+        model="scratch",
+        weights="none",
+        abstain_method="knn",
+        recognizer="gallery",
+        report=False,
+    )
+    rng = np.random.default_rng(2)
+    splits = {}
+    for name, k in (("val", 12), ("test", 24), ("train", 24), ("unknown", 10)):
+        labels = np.arange(k) % n
+        emb = rng.normal(size=(k, 8)) + 2.0 * np.eye(8)[labels % 8]  # the gallery can tell the classes apart
+        splits.update(
+            {
+                f"{name}_logits": rng.normal(size=(k, n)).astype(np.float32),  # the head cannot
+                f"{name}_emb": emb.astype(np.float32),
+                f"{name}_labels": labels,
+            }
+        )
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "eval.npz").write_bytes(to_bytes_npz(**splits))
+    history = [{"epoch": 1, "val_loss": 1.0, "images_per_second": 10.0}]
+    (ckpt / "history.json").write_text(json.dumps(history))
+    (ckpt / "state.json").write_text(json.dumps(TrainState(epoch=1, best_epoch=1, history=history).to_json()))
+    save_file(
+        {k: v.contiguous() for k, v in build_model(ModelSpec("scratch", n, weights="none")).state_dict().items()},
+        str(ckpt / "best.safetensors"),
+    )
+
+    ow = finalize(cfg, data, ckpt, train_seconds=1.0, run_name="r")["open_world"]
+    art = load(cfg.output, tensors="numpy")
+    extra = {k: np.asarray(v) for k, v in art.extra_tensors.items()}
+    logits, emb, labels = splits["test_logits"], splits["test_emb"], splits["test_labels"]
+    named = recognizer.probabilities(
+        recognizer.Recognizer.from_json(art.recognizer),
+        logits,
+        emb,
+        temperature=art.temperature,
+        extra=extra,
+        n_classes=n,
+    ).argmax(axis=1)
+    assert (named != softmax(logits, art.temperature).argmax(axis=1)).any()  # (else this could not tell them apart)
+    tagged = (
+        abstention.known_score("knn", logits, emb, temperature=art.temperature, extra=extra, k=5)
+        >= (art.abstain["threshold"])
+    )
+    assert ow["known_right"] == pytest.approx(float((tagged & (named == labels)).mean()))
+    assert ow["known_wrong"] == pytest.approx(float((tagged & (named != labels)).mean()))
+    assert ow["unknown_photos"] == 10
