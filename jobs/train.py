@@ -255,7 +255,7 @@ def _run_members(cfg: TrainConfig) -> dict:
 
 def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> dict:
     """The pooled artifact at --output, its metrics (the first member's, with every member's and the pooled
-    thresholds and the pooled decision on the test split), the first member's history and report."""
+    thresholds and the pooled decision on the test split and --unknown), the first member's history and report."""
     from landmark_core import onnx_runtime as rt
     from landmark_core.artifact import save
 
@@ -275,9 +275,12 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
         blob = rt.cached_model(runs[0]["model_id"], runtime)
         if blob is not None:
             rt.cache_model(metrics["model_id"], runtime, blob)
-    metrics["members"]["test"] = test = _pooled_test(cfg)
+    test, open_world = _pooled_decision(cfg)
+    metrics["members"]["test"] = test
     if test:
         metrics["test_false_abstain"] = test["abstained"]
+    if open_world:
+        metrics["open_world"] = open_world
     storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
     for f in sorted(first.rglob("*")):
         if f.is_file() and (f.name == "history.json" or f.parent.name == "report"):
@@ -296,36 +299,54 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
 DECISION_METRICS = ("abstain_threshold", "test_false_abstain", "fit_", "open_", "n_unknown")
 
 
-def _pooled_test(cfg: TrainConfig) -> dict | None:
-    """The pooled decision on the test split (the torch runtime, as the members' own test metrics): shares right
-    (tagged with its landmark), abstained and wrong."""
+def _pooled_decision(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
+    """The pooled decision (the torch runtime, as the members' own metrics) on the test split: shares right
+    (tagged with its landmark), abstained and wrong; and with --unknown, eval's open-world numbers on the test
+    and unknown photos, as one run's metrics have them (``open_world``)."""
     import numpy as np
 
-    from landmark_core.datasets import load_labelled
+    from landmark_core.datasets import load_labelled, load_unlabelled
+    from landmark_core.evaluation import UNKNOWN, Outcomes, summary
     from landmark_core.predictor import Predictor
-    from landmark_core.status import TAGGED
-    from landmark_core.training import eval_arrays
 
     opts = cfg.s3_options()
     test = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, opts=opts).test
-    if not len(test):
-        return None
+    unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
     pred = Predictor(cfg.output, storage_options=opts, runtime="torch")
-    uris, labels = list(test.uris), np.asarray(test.labels)
-    tagged, right, seen = [], [], []
-    for s in range(0, len(uris), 64):  # a chunk at a time: a large test split must not be one forward pass
+    known = _decide(pred, "test", list(test.uris), np.asarray(test.labels), opts)
+    right = known.tagged & (known.pred == known.label)
+    test_shares = (
+        {
+            "photos": len(known.label),
+            "right": float(right.mean()),
+            "abstained": float((~known.tagged).mean()),
+            "wrong": float((known.tagged & ~right).mean()),
+        }
+        if len(known.label)
+        else None
+    )
+    if not unknown:
+        return test_shares, None
+    both = summary(Outcomes.concat([known, _decide(pred, "unknown", unknown, np.full(len(unknown), UNKNOWN), opts)]))
+    both.pop("reliability")
+    return test_shares, both
+
+
+def _decide(pred, group: str, uris: list[str], labels, opts):
+    """The Predictor's decision on ``uris`` as eval's Outcomes (photos that do not decode left out), 64 photos
+    at a time: a large split must not be one forward pass."""
+
+    from landmark_core.evaluation import Outcomes
+    from landmark_core.status import TAGGED
+    from landmark_core.training import eval_arrays
+
+    parts = []
+    for s in range(0, len(uris), 64):
         images, ok = eval_arrays(uris[s : s + 64], opts, pred.preset)
         out = pred.predict_arrays(images[ok])
-        tagged.append(out["status"] == TAGGED)
-        right.append(tagged[-1] & (out["topk_idx"][:, 0] == labels[s : s + 64][ok]))
-        seen.append(ok)
-    tagged, right, ok = np.concatenate(tagged), np.concatenate(right), np.concatenate(seen)
-    return {
-        "photos": int(ok.sum()),
-        "right": float(right.mean()),
-        "abstained": float((~tagged).mean()),
-        "wrong": float((tagged & ~right).mean()),
-    }
+        top = out["topk_idx"][:, 0]
+        parts.append(Outcomes.of(group, labels[s : s + 64][ok], top, out["score"], out["status"] == TAGGED))
+    return Outcomes.concat(parts) if parts else Outcomes.of(group, [], [], [], [])
 
 
 def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:

@@ -308,6 +308,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         feature_views=2,
         members=2 if frozen else 1,  # the open-world command's shape: frozen, its decision pooled over runs
         coords=str(tmp_path / "coords.json"),
+        unknown=str(held_out["root"]) if frozen else None,
     )
     metrics = train_run(cfg)
     out = capfd.readouterr().out
@@ -375,6 +376,10 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     t = metrics["members"]["test"]
     assert t["photos"] > 0 and t["right"] + t["abstained"] + t["wrong"] == pytest.approx(1.0)
     assert metrics["test_false_abstain"] == t["abstained"] and "fit_wrong_rate" not in metrics  # the pool's, only
+    ow = metrics["open_world"]  # --unknown: eval's numbers, for the pooled decision
+    assert (ow["known_photos"], ow["known_right"], ow["known_abstained"]) == (t["photos"], t["right"], t["abstained"])
+    assert ow["unknown_photos"] == len(list(Path(photos_root).rglob("*.jpg")))
+    assert metrics["members"]["runs"][0]["open_world"] != ow  # (each run's own is kept beside it)
     assert [r["abstain_threshold"] for r in metrics["members"]["runs"]] == metrics["members"]["thresholds"]
     pred = Predictor(cfg.output, runtime="onnx-int8")
     uris = sorted(str(p) for p in Path(photos_root).rglob("*.jpg"))
