@@ -21,6 +21,7 @@ from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
 from landmark_core.synthetic import generate_dataset
 from landmark_core.tagging import read_and_decode
+from tests.cli_asserts import assert_error_names
 
 torch.set_num_threads(2)
 
@@ -268,7 +269,7 @@ def test_upgrade_gives_an_old_artifact_a_gallery(trained, world, tmp_path):
     assert up.recognizer["mode"] in rz.RECOGNIZERS
 
 
-def test_from_folders_with_coords_csv(trained, world, tmp_path):
+def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
     csv = tmp_path / "coords.csv"
     csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n")
     job.run(
@@ -310,7 +311,7 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
         job.main(argv)
     assert e.value.code == 2
-    assert needle in capsys.readouterr().err
+    assert_error_names(capsys.readouterr().err, needle)
 
 
 def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp_path, capsys):

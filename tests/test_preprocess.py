@@ -541,10 +541,8 @@ def test_training_eval_and_predictor_inputs_are_identical(photo_files, tiny_arti
 
 
 def test_tag_job_decode_stage_matches_training_eval(photo_files):
-    """The Ray tag job's CPU stage (landmark_core.tagging.read_and_decode), when present, gives the same pixels."""
-    tagging = pytest.importorskip("landmark_core.tagging")
-    if not hasattr(tagging, "read_and_decode"):
-        pytest.skip("landmark_core.tagging.read_and_decode not there (yet)")
+    """The Ray tag job's CPU stage (landmark_core.tagging.read_and_decode) gives the same pixels."""
+    from landmark_core import tagging
     from landmark_core.training import eval_arrays
 
     preset = EvalPreset()

@@ -15,7 +15,7 @@ from PIL import Image
 from jobs import report as rep
 from landmark_core import tagstore
 from landmark_core.synthetic import render_scene
-from tests.browser import require_chromium, screenshot
+from tests.browser import rendered_dom, require_chromium, screenshot
 from tests.cli_asserts import assert_error_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -270,7 +270,20 @@ def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
 
 
 def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):
+    """The report as a browser shows it (not Chromium's error page): its heading, charts, model PNGs and photo
+    thumbnails in the rendered DOM, and a painted page."""
     require_chromium()
-    page = rep.write_report(tagstore.read(store["root"]), tmp_path / "shot-report", model_dir=str(model_dir))
-    pixels = screenshot(page.as_uri(), tmp_path)
-    assert pixels.var() > 0, "blank screenshot"
+    table = tagstore.read(store["root"])
+    page = rep.write_report(table, tmp_path / "shot-report", model_dir=str(model_dir))
+    dom = rendered_dom(page.as_uri(), tmp_path)
+    assert "<h1>Landmark tags report</h1>" in dom, dom[:2000]
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]+)"', dom)
+    charts = ["landmarks.png", "scores.png", "map.png"]
+    models = [f"model/{name}" for name in rep.MODEL_PNGS]
+    thumbs = [s for s in srcs if s.startswith("thumbs/")]
+    assert [s for s in srcs if s in charts] == charts and [s for s in srcs if s in models] == models, srcs
+    shown = [r for r in table.to_pylist() if r["status"] != "failed"]
+    assert len(thumbs) == len(shown) > 0, (thumbs, len(shown))
+    assert all((page.parent / s).is_file() for s in charts + models + thumbs)  # the images the DOM points at
+    pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
+    assert pixels.std() > 20, f"the report painted blank (std {pixels.std():.1f})"

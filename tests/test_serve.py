@@ -26,6 +26,7 @@ from landmark_core.predict import predict_paths
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
 from tests.browser import CHROMIUM, FLAGS, require_chromium
+from tests.cli_asserts import assert_error_names
 
 RUNTIME = "onnx-int8"  # the CPU default (`--runtime auto` on a CPU): the same ONNX model in the test and the app
 
@@ -196,14 +197,15 @@ def test_model_health_and_docs(app, model_dir):
 def test_token_is_required_and_never_logged(app, expected, token, ray_local):
     good = expected_good(expected)
     url = app["url"]
-    for method, path in (
+    routes = (
         ("post", "/v1/tag"),
         ("post", "/v1/tag/batch"),
         ("get", "/v1/model"),
         ("get", "/"),
         ("get", "/docs"),
         ("get", "/openapi.json"),
-    ):
+    )
+    for method, path in routes:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token[0]}):
             r = getattr(requests, method)(
                 url + path,
@@ -215,11 +217,30 @@ def test_token_is_required_and_never_logged(app, expected, token, ray_local):
             assert r.json()["error"].startswith("unauthorized") and r.headers["WWW-Authenticate"] == "Bearer"
     assert post_photo(app, good).status_code == 200
     session_dir = Path(ray_local._private.worker._global_node.get_session_dir_path())
-    leaks = [
-        p
-        for p in session_dir.rglob("*")
-        if p.is_file() and p.stat().st_size < 50_000_000 and token[0].encode() in p.read_bytes()
-    ]
+    # positive control: the proxy's access log has a line for each refused request above (the ones that carried a
+    # token), so a search that finds those lines but not the token tells absence from not looking
+    logged = {f"{method.upper()} {path} 401".encode() for method, path in routes}
+
+    def search() -> tuple[list[Path], list[Path], set[bytes]]:
+        searched, leaks, found = [], [], set()
+        for p in session_dir.rglob("*"):
+            if p.is_file() and p.stat().st_size < 50_000_000:
+                data = p.read_bytes()
+                searched.append(p)
+                if token[0].encode() in data:
+                    leaks.append(p)
+                found |= {line for line in logged if line in data}
+        return searched, leaks, found
+
+    deadline = time.monotonic() + 30  # the access log is written by the proxy process: give it time to land
+    searched, leaks, found = search()
+    while found != logged and time.monotonic() < deadline:
+        time.sleep(1)
+        searched, leaks, found = search()
+    names = [p.name for p in searched]
+    assert len(searched) >= 20, names
+    assert any(n.startswith("proxy_") for n in names) and any(n.startswith("replica_") for n in names), names
+    assert found == logged, f"access-log lines not found in the {len(searched)} files searched: {logged - found}"
     assert leaks == []
 
 
@@ -237,7 +258,8 @@ def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
     ):
         with pytest.raises(SystemExit) as e:
             srv.main(["--model", model_dir, *argv])
-        assert e.value.code == 2 and flag in capsys.readouterr().err
+        assert e.value.code == 2, argv
+        assert_error_names(capsys.readouterr().err, flag)
     with pytest.raises(srv.ConfigError, match="--model"):
         srv.prepare_model(srv.ServeConfig(model=str(tmp_path / "no-model")))
 
@@ -491,10 +513,28 @@ def test_api_docs_render_in_headless_chromium_air_gapped(app, token, tmp_path):
 # ---------------------------------------------------------------------------------------------- a replica killed
 
 
+def is_unavailable_answer(r: requests.Response) -> bool:
+    """The API's JSON error object (a failed photo's result, no path) with an ``unavailable:`` reason, as the app
+    (jobs/serve.py error_body) and the proxy's middleware (jobs/_serve_proxy.py) answer a 503."""
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return False
+    try:
+        body = r.json()
+    except ValueError:
+        return False
+    return (
+        isinstance(body, dict)
+        and isinstance(body.get("error"), str)
+        and body["error"].startswith("unavailable:")
+        and body == srv.error_body(body["error"])
+    )
+
+
 @pytest.mark.slow
 def test_replica_killed_under_load(app, expected):
     """Clients keep posting photos while a Tagger replica is killed: every answer is right or a 503 with
-    Retry-After, never a wrong answer or another status, and the app has both replicas again after."""
+    Retry-After and the API's JSON error object, never a wrong answer or another status, and the app has both
+    replicas again after."""
     import ray
     from ray import serve
 
@@ -520,7 +560,7 @@ def test_replica_killed_under_load(app, expected):
                     seen["ok"] += 1
                     if not same_answer(r.json(), expected[p]):
                         seen["wrong"].append((p, r.json()))
-                elif r.status_code == 503 and r.headers.get("Retry-After"):
+                elif r.status_code == 503 and r.headers.get("Retry-After") and is_unavailable_answer(r):
                     seen["503"] += 1
                 else:
                     seen["other"].append((r.status_code, r.text[:200]))
