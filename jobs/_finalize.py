@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from landmark_core import abstention, onnx_runtime as rt, openworld, recognizer, storage
+from landmark_core import abstention, members as members_mod, onnx_runtime as rt, openworld, recognizer, storage
 from landmark_core.artifact import Artifact, save
 from landmark_core.calibration import (
     auroc,
@@ -29,7 +29,9 @@ DEFAULT_METHOD = "knn"
 OPEN_WORLD_RUNTIMES = ("onnx-int8",)
 
 
-def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None) -> dict:
+def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None, network=None) -> dict:
+    """``network``: for a member of a pool (--members) after the first, the first member's ONNX model per runtime,
+    whose embedding the pooled Predictor scores this member's head on: its runtime fits are made on that."""
     from safetensors.torch import load_file
 
     ev = dict(np.load(ckpt_dir / "eval.npz"))
@@ -135,7 +137,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
         },
         provenance=_provenance(cfg, run_name),
     )
-    blobs = _fit_runtimes(art, cfg, data, negatives, metrics) if open_world else {}
+    blobs = _fit_runtimes(art, cfg, data, negatives, metrics, network or {}) if open_world else {}
     opts = cfg.s3_options()
     metrics["model_id"] = save(art, cfg.output, storage_options=opts)
     for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
@@ -177,12 +179,15 @@ def _open_world_scorer(temperature: float, extra: dict, calibrator: dict):
     return score
 
 
-def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[str, bytes]:
+def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict, network: dict) -> dict[str, bytes]:
     """Each runtime in OPEN_WORLD_RUNTIMES gets its own calibrator, held-back scores and threshold in the
-    artifact (the Predictor picks its runtime's); returns the ONNX models built for it."""
+    artifact (the Predictor picks its runtime's); returns the ONNX models built for it (none for a pool's member
+    fitted on the first member's ``network``)."""
     blocks, blobs = {}, {}
     for name in OPEN_WORLD_RUNTIMES:
-        fitted, groups, blobs[name], (val_logits, val_y) = _fit_runtime(art, name, cfg, data, negatives)
+        fitted, groups, blob, (val_logits, val_y) = _fit_runtime(art, name, cfg, data, negatives, network.get(name))
+        if name not in network:
+            blobs[name] = blob
         threshold = fitted["threshold"]
         blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold}
         art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
@@ -196,14 +201,20 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict) -> dict[st
     return blobs
 
 
-def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dict, np.ndarray, bytes, tuple]:
+def _fit_runtime(
+    art: Artifact, runtime: str, cfg, data, negatives, network: bytes | None = None
+) -> tuple[dict, np.ndarray, bytes, tuple]:
     """The open-world fit again on ``runtime``'s own features (the int8 model the CPU tag job runs), from the
     validation photos and held-back negatives decoded as the tag job decodes them. Returns the fit (with the
-    validation photos' scores), the negatives' groups, the ONNX model, and the validation logits and labels."""
+    validation photos' scores), the negatives' groups, the ONNX model, and the validation logits and labels.
+
+    ``network``: a pool's first member's ONNX model. The pooled Predictor runs it once per photo and this
+    member's head on its embedding, in float32 numpy (landmark_core.members.score): the fit is made on that,
+    not on this member's own int8 model, whose quantised head gives other logits."""
     from landmark_core.predictor import Predictor
     from landmark_core.tagging import read_and_decode
 
-    blob = rt.model_bytes(art, runtime, use_cache=False)
+    blob = network if network is not None else rt.model_bytes(art, runtime, use_cache=False)
     pred = Predictor(art, runtime=runtime, onnx_model=blob)
     uris = list(data.val.uris) + list(negatives.fit)
     labels = np.concatenate([np.asarray(data.val.labels), np.full(len(negatives.fit), -1)])
@@ -216,6 +227,9 @@ def _fit_runtime(art: Artifact, runtime: str, cfg, data, negatives) -> tuple[dic
         l_, e_ = pred.logits_and_embeddings(d["image"][d["ok"]])
         logits.append(l_), emb.append(e_), ok.append(d["ok"])
     logits, emb, ok = np.concatenate(logits), np.concatenate(emb), np.concatenate(ok)
+    if network is not None:  # this member's head on the pool's embedding, as members.score computes it
+        w, b = (art.state_dict[k].detach().cpu().numpy().astype(np.float32) for k in members_mod.HEAD)
+        logits = np.asarray(emb, np.float32) @ w.T + b
     x = openworld.features(logits, emb, temperature=art.temperature, extra=pred.extra)
     labels, groups = labels[ok], groups[ok]
     known = labels >= 0

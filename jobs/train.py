@@ -191,8 +191,9 @@ def run(cfg: TrainConfig) -> dict:
     return _train_one(cfg)
 
 
-def _train_one(cfg: TrainConfig, *, warn_locations: bool = True) -> dict:
-    """One training run to its artifact at --output (a member's when warn_locations is off: the first one warned)."""
+def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict | None = None) -> dict:
+    """One training run to its artifact at --output (a member's when warn_locations is off: the first one warned;
+    ``network``: the first member's ONNX models, see jobs._finalize.finalize)."""
     opts = cfg.s3_options()
     _check_sources(cfg, opts)
     data, unknown, negatives = _load_inputs(cfg, opts)
@@ -222,7 +223,13 @@ def _train_one(cfg: TrainConfig, *, warn_locations: bool = True) -> dict:
 
     with result.checkpoint.as_directory() as ckpt_dir:
         metrics = finalize(
-            cfg, data, Path(ckpt_dir), train_seconds=train_seconds, run_name=run_name, negatives=negatives
+            cfg,
+            data,
+            Path(ckpt_dir),
+            train_seconds=train_seconds,
+            run_name=run_name,
+            negatives=negatives,
+            network=network,
         )
     return metrics
 
@@ -240,17 +247,30 @@ def _run_members(cfg: TrainConfig) -> dict:
     base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
     opts = cfg.s3_options()
     with tempfile.TemporaryDirectory(prefix="landmark-members-") as tmp:
-        runs = []
+        runs, network = [], None
         for i in range(cfg.members):
             name = f"{base}-m{i}"
             resume = cfg.resume and storage.exists(storage.join(cfg.storage, f".{name}.latest"), opts)
             mcfg = replace(cfg, members=1, seed=cfg.seed + i, output=str(Path(tmp, f"m{i}")), name=name, resume=resume)
             print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}", flush=True)
             mcfg.check()
-            runs.append(_train_one(mcfg, warn_locations=i == 0))
+            runs.append(_train_one(mcfg, warn_locations=i == 0, network=network))
+            if i == 0:
+                network = _first_network(tmp)
         arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
         pooled = members.combine(arts)
         return _write_pooled(cfg, pooled, runs, Path(tmp, "m0"))
+
+
+def _first_network(tmp: str) -> dict[str, bytes]:
+    """The first member's ONNX model per runtime with a fit of its own: the pooled Predictor runs it, and every
+    other member's head on its embedding (built at the first member's finalize: a cache hit)."""
+    from jobs._finalize import OPEN_WORLD_RUNTIMES
+    from landmark_core import onnx_runtime as rt
+    from landmark_core.artifact import load
+
+    first = load(str(Path(tmp, "m0")))
+    return {name: rt.model_bytes(first, name) for name in OPEN_WORLD_RUNTIMES}
 
 
 def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> dict:

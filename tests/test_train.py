@@ -395,6 +395,21 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     assert (tagged == (out["abstain_score"] >= pred.threshold)).all()
     by_member = np.stack([alone >= own[0], second >= own[1]])
     assert (tagged[by_member.all(axis=0)]).all() and not tagged[~by_member.any(axis=0)].any()
+    # the second member's int8 fit was made on what the pool scores it with: the first member's int8 embedding
+    # through its own head (not its own int8 model's quantised logits)
+    from landmark_core.datasets import load_negatives
+    from landmark_core.tagging import read_and_decode
+
+    fit_uris = load_negatives(cfg.negatives, fit_fraction=0.5, seed=cfg.seed + 1).fit
+    batch = {"uri": fit_uris, "etag": [None] * len(fit_uris), "size_bytes": [None] * len(fit_uris)}
+    decoded = read_and_decode(batch, preset=pred.preset, opts=S3Options())
+    _, fit_emb = pred.logits_and_embeddings(decoded["image"][decoded["ok"]])
+    np.testing.assert_allclose(
+        members.score(pred.members[0], fit_emb),
+        art.extra_tensors["member1.neg_fit_scores@onnx-int8"].numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     # a rate given at tag time moves every member's threshold, pooled the same way
     strict = Predictor(cfg.output, runtime="onnx-int8", max_wrong_rate=0.0)
     assert strict.threshold >= pred.threshold
