@@ -77,6 +77,10 @@ def test_onnx_batch_size_is_dynamic(sharp, images):
     one_by_one = np.concatenate([fast.logits_and_embeddings(images[i : i + 1])[0] for i in range(3)])
     np.testing.assert_allclose(one_by_one, fast.logits_and_embeddings(images[:3])[0], rtol=1e-5, atol=1e-5)
     assert fast.predict_arrays(images[:0])["status"].shape == (0,)
+    for runtime in ("onnx", "onnx-int8"):  # a batch whose photos all failed: empty outputs of the right widths
+        logits, emb = Predictor(sharp, k=3, runtime=runtime).logits_and_embeddings(images[:0])
+        assert logits.shape == (0, fast.logits_and_embeddings(images[:1])[0].shape[1]) and emb.shape[0] == 0
+        assert emb.shape[1] == fast.logits_and_embeddings(images[:1])[1].shape[1] and emb.dtype == np.float32
 
 
 def test_int8_runs_and_stays_close_to_fp32(sharp, images):
