@@ -265,22 +265,28 @@ def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_ti
     assert_error_names(capsys.readouterr().err, "--name")
 
 
-def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):
-    from jobs.eval import main as eval_main
+def _eval_photos(tmp_path: Path, per_class: int) -> tuple[str, dict]:
+    """Known test photos of the tiny model's 3 landmarks, and negatives (plain scenes and wheels): (known, neg)."""
     from landmark_core.synthetic import generate_dataset, generate_negatives
 
-    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
     generate_dataset(
         tmp_path / "data",
         shapes=("tower", "arch", "dome"),
         n_classes=3,
         train_per_class=0,
-        test_per_class=3,
+        test_per_class=per_class,
         image_size=(96, 72),
         seed=4,
     )
-    neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=3, image_size=(96, 72))
-    known = str(tmp_path / "data" / "test")
+    neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=per_class, image_size=(96, 72))
+    return str(tmp_path / "data" / "test"), neg
+
+
+def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, tmp_path, capsys):
+    from jobs.eval import main as eval_main
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    known, neg = _eval_photos(tmp_path, 3)
     code = eval_main(
         [
             "--model",
@@ -319,7 +325,6 @@ def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact,
     from jobs.eval import EvalConfig, run as eval_run
     from landmark_core import abstention, artifact as artifact_mod
     from landmark_core.predictor import Predictor
-    from landmark_core.synthetic import generate_dataset, generate_negatives
 
     art = make_tiny_artifact(seed=5)
     rng = np.random.default_rng(1)
@@ -330,19 +335,10 @@ def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact,
     art.extra_tensors = {k: torch.from_numpy(v) for k, v in bank.items()}
     art.abstain = {"method": "knn", "threshold": 0.0, "k": 5}
     artifact_mod.save(art, str(tmp_path / "knn"))
-    generate_dataset(
-        tmp_path / "data",
-        shapes=("tower", "arch", "dome"),
-        n_classes=3,
-        train_per_class=0,
-        test_per_class=4,
-        image_size=(96, 72),
-        seed=4,
-    )
-    neg = generate_negatives(tmp_path / "neg", shapes=("wheel",), scenes=4, per_shape=4, image_size=(96, 72))
+    known, neg = _eval_photos(tmp_path, 4)
     base = EvalConfig(
         model=str(tmp_path / "knn"),
-        known=str(tmp_path / "data" / "test"),
+        known=known,
         unknown=(str(Path(neg["root"], "wheel")),),
         runtime="torch",
     )

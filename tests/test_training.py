@@ -103,27 +103,30 @@ def test_final_checkpoint_has_no_optimiser_and_a_disabled_scaler_saves_nothing(t
     assert load_checkpoint_dir(tmp_path / "off")[2]["scaler"] == {}  # the worker skips loading it
 
 
+def _finalize_inputs(synthetic_data, tmp_path, **overrides):
+    """The synthetic dataset, its number of landmarks and a scratch-model TrainConfig, for finalize on a
+    checkpoint the test writes by hand."""
+    from jobs.train import TrainConfig
+    from landmark_core.datasets import load_labelled
+
+    data = load_labelled(synthetic_data["root"], seed=0)
+    root = synthetic_data["root"]
+    cfg = TrainConfig(
+        data=root, output=str(tmp_path / "model"), model="scratch", weights="none", report=False, **overrides
+    )
+    return data, len(data.catalog), cfg
+
+
 def test_finalize_reports_the_best_epoch_the_worker_kept(synthetic_data, tmp_path):
     """Epoch 3's val_loss is lower than epoch 2's by less than TrainState's 1e-4 margin: the worker kept epoch 2's
     weights, and the metrics say 2, not the argmin 3."""
     from safetensors.torch import save_file
 
     from jobs._finalize import finalize
-    from jobs.train import TrainConfig
-    from landmark_core.datasets import load_labelled
     from landmark_core.models import ModelSpec, build_model
     from landmark_core.training import to_bytes_npz
 
-    data = load_labelled(synthetic_data["root"], seed=0)
-    n = len(data.catalog)
-    cfg = TrainConfig(
-        data=synthetic_data["root"],
-        output=str(tmp_path / "model"),
-        model="scratch",
-        weights="none",
-        abstain_method="msp",
-        report=False,
-    )
+    data, n, cfg = _finalize_inputs(synthetic_data, tmp_path, abstain_method="msp")
     history = [{"epoch": e, "val_loss": v, "images_per_second": 10.0} for e, v in ((1, 1.0), (2, 0.5), (3, 0.49995))]
     state = TrainState(epoch=3, best_val_loss=0.5, best_epoch=2, bad_epochs=1, history=history)
     ckpt = tmp_path / "ckpt"
@@ -254,25 +257,13 @@ def test_finalize_open_world_metrics_name_the_landmark_as_the_artifact_does(synt
     from safetensors.torch import save_file
 
     from jobs._finalize import finalize
-    from jobs.train import TrainConfig
     from landmark_core import abstention, recognizer
     from landmark_core.artifact import load
     from landmark_core.calibration import softmax
-    from landmark_core.datasets import load_labelled
     from landmark_core.models import ModelSpec, build_model
     from landmark_core.training import to_bytes_npz
 
-    data = load_labelled(synthetic_data["root"], seed=0)
-    n = len(data.catalog)
-    cfg = TrainConfig(
-        data=synthetic_data["root"],
-        output=str(tmp_path / "model"),
-        model="scratch",
-        weights="none",
-        abstain_method="knn",
-        recognizer="gallery",
-        report=False,
-    )
+    data, n, cfg = _finalize_inputs(synthetic_data, tmp_path, abstain_method="knn", recognizer="gallery")
     rng = np.random.default_rng(2)
     splits = {}
     for name, k in (("val", 12), ("test", 24), ("train", 24), ("unknown", 10)):
