@@ -10,3 +10,13 @@ from landmark_core import proctree
 def own_process_titles() -> dict[int, str]:
     """{pid: process title} of this process and its descendants (Ray retitles its workers ``ray::...``)."""
     return proctree.titles(proctree.descendants(os.getpid()))
+
+
+def create_table_when_told(root: str, ready, go) -> None:
+    """A child process (spawned: delta-rs's runtime does not survive fork) that creates the tag table at ``root``
+    once ``go`` is set, as a tag run starting on a new output does; ``ready`` once it has imported what it needs."""
+    from landmark_core import tagstore
+
+    ready.set()
+    go.wait()
+    tagstore.ensure_table(root)

@@ -118,23 +118,21 @@ def test_concurrent_commits_all_land_and_no_uri_is_current_twice(tmp_path):
     assert dict(zip(*cur.to_pydict().values()))["u11"] == "w11"  # the latest tagged_at wins
 
 
-def _create_when_told(root: str, go) -> None:
-    go.wait()
-    tagstore.ensure_table(root)
-
-
 def test_two_processes_creating_the_table_at_once_make_one_table(tmp_path):
     """Two tag runs starting on a new output race to create the table: one CREATE TABLE commit, both go on (delta-rs
     retried the loser's creation as version 1, a second table id, in about half of such races)."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("fork")  # the children run ensure_table alone
-    for trial in range(10):
+    from tests.procs import create_table_when_told
+
+    ctx = multiprocessing.get_context("spawn")  # not fork: delta-rs's runtime in this process does not survive it
+    for trial in range(8):
         root = str(tmp_path / f"t{trial}")
-        go = ctx.Event()
-        procs = [ctx.Process(target=_create_when_told, args=(root, go)) for _ in range(2)]
+        go, ready = ctx.Event(), [ctx.Event(), ctx.Event()]
+        procs = [ctx.Process(target=create_table_when_told, args=(root, r, go)) for r in ready]
         for p in procs:
             p.start()
+        assert all(r.wait(60) for r in ready), trial  # both imported and waiting: they start together
         go.set()
         for p in procs:
             p.join(60)
