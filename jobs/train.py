@@ -355,7 +355,6 @@ def _pooled_decision(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
 def _decide(pred, group: str, uris: list[str], labels, opts):
     """The Predictor's decision on ``uris`` as eval's Outcomes (photos that do not decode left out), 64 photos
     at a time: a large split must not be one forward pass."""
-
     from landmark_core.evaluation import Outcomes
     from landmark_core.status import TAGGED
     from landmark_core.training import eval_arrays
