@@ -35,10 +35,22 @@ def check_threshold_flags(min_score: float | None, accept_rate: float | None, ma
         raise ConfigError(f"--min-score must be a finite number, got {min_score}")
     if sum(v is not None for v in (min_score, accept_rate, max_wrong_rate)) > 1:
         raise ConfigError("give at most one of --min-score, --accept-rate and --max-wrong-rate")
-    if max_wrong_rate is not None and not 0 <= max_wrong_rate < 1:
-        raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {max_wrong_rate}")
-    if accept_rate is not None and not 0 < accept_rate <= 1:
-        raise ConfigError(f"--accept-rate must be in (0, 1], got {accept_rate}")
+    if max_wrong_rate is not None:
+        check_max_wrong_rate(max_wrong_rate)
+    if accept_rate is not None:
+        check_accept_rate(accept_rate)
+
+
+def check_accept_rate(rate: float) -> None:
+    """--accept-rate: the share of known validation photos a threshold accepts."""
+    if not 0 < rate <= 1:
+        raise ConfigError(f"--accept-rate must be in (0, 1], got {rate}")
+
+
+def check_max_wrong_rate(rate: float) -> None:
+    """--max-wrong-rate: the share of held-back negatives a threshold may tag."""
+    if not 0 <= rate < 1:
+        raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {rate}")
 
 
 def run_cli(

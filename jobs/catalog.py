@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_accept_rate, checks_config, fields_of, run_cli
 from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
 from landmark_core.catalog import Catalog, CatalogError, load_coords
@@ -79,8 +79,8 @@ class CatalogConfig:
         for flag, v in (("--batch-size", self.batch_size), ("--ray-min-photos", self.ray_min_photos)):
             if v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
-        if self.accept_rate is not None and not 0 < self.accept_rate <= 1:
-            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        if self.accept_rate is not None:
+            check_accept_rate(self.accept_rate)
         if self.recognizer is not None and self.recognizer not in RECOGNIZERS:
             raise ConfigError(f"--recognizer must be one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_accept_rate, check_max_wrong_rate, checks_config, fields_of, run_cli
 from jobs._ray import init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
@@ -101,8 +101,7 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0 < self.accept_rate <= 1:
-            raise ConfigError(f"--accept-rate must be in (0, 1], got {self.accept_rate}")
+        check_accept_rate(self.accept_rate)
         if not 0 < self.negatives_fit_fraction < 1:
             raise ConfigError(f"--negatives-fit-fraction must be in (0, 1), got {self.negatives_fit_fraction}")
         if self.negatives_sampling not in NEGATIVE_SAMPLINGS:
@@ -111,8 +110,7 @@ class TrainConfig:
             )
         if self.outlier_weight < 0:
             raise ConfigError(f"--outlier-weight must be >= 0, got {self.outlier_weight}")
-        if not 0 <= self.max_wrong_rate < 1:
-            raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {self.max_wrong_rate}")
+        check_max_wrong_rate(self.max_wrong_rate)
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.abstain_method not in ("auto",) + METHODS:
