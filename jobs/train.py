@@ -243,14 +243,16 @@ def _run_members(cfg: TrainConfig) -> dict:
     from landmark_core.artifact import load
 
     base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
-    opts = cfg.s3_options()
+    started = _members_started(cfg, base)
     with tempfile.TemporaryDirectory(prefix="landmark-members-") as tmp:
         runs, network = [], None
         for i in range(cfg.members):
-            name = f"{base}-m{i}"
-            resume = cfg.resume and storage.exists(storage.join(cfg.storage, f".{name}.latest"), opts)
+            name, resume = f"{base}-m{i}", started[i]
             mcfg = replace(cfg, members=1, seed=cfg.seed + i, output=str(Path(tmp, f"m{i}")), name=name, resume=resume)
-            print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}", flush=True)
+            note = ""
+            if cfg.resume:
+                note = ", continuing its run" if resume else ", not started before the cut: from the start"
+            print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}{note}", flush=True)
             mcfg.check()
             runs.append(_train_one(mcfg, warn_locations=i == 0, network=network))
             if i == 0:
@@ -258,6 +260,21 @@ def _run_members(cfg: TrainConfig) -> dict:
         arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
         pooled = members.combine(arts)
         return _write_pooled(cfg, pooled, runs, Path(tmp, "m0"))
+
+
+def _members_started(cfg: TrainConfig, base: str) -> list[bool]:
+    """Which members have an earlier run to continue under --storage. With --resume and none, the same error as
+    one run's (a wrong --name or --storage must not silently retrain all K); members after the cut start fresh."""
+    if not cfg.resume:
+        return [False] * cfg.members
+    opts = cfg.s3_options()
+    started = [storage.exists(storage.join(cfg.storage, f".{base}-m{i}.latest"), opts) for i in range(cfg.members)]
+    if not any(started):
+        raise ConfigError(
+            f"--resume: no earlier run named {base!r} (members {base}-m0 to {base}-m{cfg.members - 1}) under "
+            f"--storage {cfg.storage}"
+        )
+    return started
 
 
 def _first_network(tmp: str) -> dict[str, bytes]:

@@ -3,6 +3,8 @@ real training runs is checked in test_train.py)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,35 @@ def test_members_flag_is_checked_before_any_cluster_work(kwargs, needs):
     with pytest.raises(ConfigError) as e:
         TrainConfig(data=".", output="o", model="efficientnet_lite0", **kwargs).check()
     assert "--members" in str(e.value) and needs in str(e.value)
+
+
+def test_members_resume_needs_an_earlier_member_and_continues_those_that_started(tmp_path, capsys):
+    """--members K --resume under a --storage with no member's run (a wrong --name or --storage): one error line
+    naming --resume and exit 2, as one run's --resume, before any training; with member 0's run there, member 0
+    continues and the others start fresh."""
+    from jobs import train
+
+    data, storage_dir = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    storage_dir.mkdir()
+    argv = ["--data", str(data), "--output", str(tmp_path / "out"), "--storage", str(storage_dir)]
+    argv += ["--negatives", str(data), "--freeze-backbone", "--members", "3", "--name", "vn", "--resume"]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error: --resume: no earlier run named 'vn'" in err and "vn-m0 to vn-m2" in err, err
+    assert not (tmp_path / "out").exists()
+
+    (storage_dir / ".vn-m0.latest").write_text("vn-m0-20261204-120000")
+    cfg = train.config_from_args(train_parser().parse_args(argv))
+    assert train._members_started(cfg, "vn") == [True, False, False]
+    assert train._members_started(replace(cfg, resume=False), "vn") == [False, False, False]
+
+
+def train_parser():
+    import argparse
+
+    from jobs import train
+
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    return p

@@ -332,6 +332,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert Predictor(cfg.output, runtime="onnx-int8").threshold == pytest.approx(int8["threshold"])
     if frozen:
         _check_members(cfg, art, metrics, held_out["root"])
+        _check_members_resume(cfg, metrics, capfd)
     result = eval_run(
         EvalConfig(
             model=cfg.output,
@@ -348,6 +349,19 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     if not frozen:  # (a pool tags between its members, photo by photo: checked in _check_members)
         assert s["unknown_tagged_mean_over_folders"] <= 0.5, s
     assert s["ece_tagged"] is None or 0 <= s["ece_tagged"] <= 1
+
+
+def _check_members_resume(cfg, metrics, capfd) -> None:
+    """--members --resume after the pool was written: each member continues its own run from its last checkpoint
+    (no epoch trained again) and the same pool is written again."""
+    from dataclasses import replace
+
+    again = train_run(replace(cfg, resume=True, name="model", output=str(Path(cfg.output).parent / "again")))
+    out = capfd.readouterr().out
+    assert out.count("continuing its run") == 2 and out.count("resumed from checkpoint after epoch") == 2, out
+    assert "[train] epoch" not in out, out
+    assert again["members"]["thresholds"] == pytest.approx(metrics["members"]["thresholds"])
+    assert again["members"]["test"] == pytest.approx(metrics["members"]["test"])
 
 
 def _check_members(cfg, art, metrics, photos_root) -> None:
