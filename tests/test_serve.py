@@ -264,7 +264,11 @@ def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
         srv.prepare_model(srv.ServeConfig(model=str(tmp_path / "no-model")))
 
 
-def test_serve_config_file_builds_the_app(model_dir):
+def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
+    """serve_config.yaml validates as `serve deploy` reads it, and its args build the Tagger deployment they name:
+    the autoscaling range, the replica's CPUs, the batch and upload limits; only the token's SHA-256 is bound."""
+    import hashlib
+
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
@@ -273,9 +277,24 @@ def test_serve_config_file_builds_the_app(model_dir):
     assert doc["controller_options"] == serve_proxy.CONTROLLER_OPTIONS  # the proxies' answer for a lost replica
     (app_doc,) = doc["applications"]
     assert app_doc["import_path"] == "jobs.serve:build_app"
-    args = {**app_doc["args"], "model": model_dir, "token_file": None, "gpus_per_replica": 0, "runtime": RUNTIME}
-    built = srv.build_app(args)
-    assert built is not None
+    token = tmp_path / "serve-token"
+    token.write_text("s3cr3t-token\n")
+    # this machine has no GPU, and the example model is the test's
+    args = {**app_doc["args"], "model": model_dir, "token_file": str(token), "gpus_per_replica": 0, "runtime": RUNTIME}
+    deployment = srv.build_app(args)._bound_deployment
+    want = app_doc["args"]
+    lo, hi = (int(n) for n in want["replicas"].split(","))
+    scale = deployment._deployment_config.autoscaling_config
+    assert (deployment.name, scale.min_replicas, scale.max_replicas) == ("Tagger", lo, hi)
+    assert deployment.ray_actor_options["num_cpus"] == want["cpus_per_replica"]
+    assert deployment.max_ongoing_requests == 2 * want["max_batch_size"]
+    bound = deployment.init_kwargs
+    assert (bound["max_batch_size"], bound["batch_wait_s"]) == (want["max_batch_size"], want["batch_wait_ms"] / 1000)
+    assert bound["max_upload_bytes"] == want["max_upload_mb"] * 1024 * 1024
+    assert bound["request_timeout_s"] == want["request_timeout_s"] and bound["threads"] == want["cpus_per_replica"]
+    assert deployment.init_args == (model_dir,) and bound["runtime"] == RUNTIME
+    assert bound["token_sha256"] == hashlib.sha256(b"s3cr3t-token").hexdigest()
+    assert "s3cr3t" not in repr((deployment.init_args, bound, deployment.ray_actor_options))
 
 
 def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
