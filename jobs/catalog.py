@@ -437,21 +437,31 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="landmark catalog", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", required=True, help="model artifact dir or s3:// URI")
-    common.add_argument("--runtime", choices=RUNTIMES, default="auto", help="runtime that embeds the photos")
-    common.add_argument("--batch-size", type=int, default=32)
-    common.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
-    common.add_argument("--seed", type=int, default=0)
-    writes = argparse.ArgumentParser(add_help=False)
-    writes.add_argument("--output", required=True, help="directory (or s3://) of the new artifact")
-    writes.add_argument(
-        "--recognizer",
-        choices=RECOGNIZERS,
-        default=None,
-        help="head | gallery | both (default: the best top-1 on the held-out photos)",
+    # each action takes the flags it uses, no others: a flag it would ignore is refused by name
+    common = _flags(
+        ("--model", dict(required=True, help="model artifact dir or s3:// URI")),
+        ("--s3-endpoint", dict(default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")),
     )
-    a = sub.add_parser("add", parents=[common, writes], help="enroll new landmarks from photos")
+    embeds = _flags(
+        ("--runtime", dict(choices=RUNTIMES, default="auto", help="runtime that embeds the photos")),
+        ("--batch-size", dict(type=int, default=32, help="photos per model call (default 32)")),
+    )
+    many = _flags(
+        (
+            "--ray-min-photos",
+            dict(
+                type=int,
+                default=CatalogConfig.ray_min_photos,
+                help="embed with Ray Data from this many photos on (default 400)",
+            ),
+        ),
+        (
+            "--ray-address",
+            dict(default=None, help="the Ray cluster for those (default: $RAY_ADDRESS, else a local Ray)"),
+        ),
+    )
+    writes = _flags(("--output", dict(required=True, help="directory (or s3://) of the new artifact")))
+    a = sub.add_parser("add", parents=[common, embeds, many, writes], help="enroll new landmarks from photos")
     a.add_argument("--name", help="the new landmark's name (with --photos)")
     a.add_argument("--lat", type=float)
     a.add_argument("--lon", type=float)
@@ -469,21 +479,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of each landmark's photos held back to measure and set the threshold (default 0.2)",
     )
     a.add_argument(
-        "--ray-min-photos",
-        type=int,
-        default=CatalogConfig.ray_min_photos,
-        help="embed with Ray Data from this many photos on (default 400)",
+        "--recognizer",
+        choices=RECOGNIZERS,
+        default=None,
+        help="head | gallery | both (default: the best top-1 on the held-out photos)",
     )
-    a.add_argument("--ray-address", default=None)
+    a.add_argument("--seed", type=int, default=0, help="the --max-photos choice and the held-out photos (default 0)")
     r = sub.add_parser("remove", parents=[common, writes], help="take a landmark out of the catalog")
     r.add_argument("--name", required=True, help="the landmark's name or folder")
     ls = sub.add_parser("list", parents=[common], help="show the catalog")
     ls.add_argument("--json", dest="as_json", action="store_true")
     u = sub.add_parser(
-        "upgrade", parents=[common, writes], help="give an artifact trained before the gallery existed its gallery"
+        "upgrade",
+        parents=[common, embeds, many, writes],
+        help="give an artifact trained before the gallery existed its gallery",
     )
     u.add_argument("--data", required=True, help="the model's training data (class folders)")
-    e = sub.add_parser("eval", parents=[common], help="top-1 on class folders; tags on photos of no landmark")
+    u.add_argument("--seed", type=int, default=0, help="the training run's --seed: its validation split (default 0)")
+    e = sub.add_parser("eval", parents=[common, embeds], help="top-1 on class folders; tags on photos of no landmark")
     e.add_argument("--photos", help="class folders named like the catalog's landmarks")
     e.add_argument("--unknown", action="append", default=[], help="photos of no catalog landmark (repeatable)")
     e.add_argument(
@@ -493,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)",
     )
     e.add_argument("--json", dest="as_json", action="store_true")
+    return p
+
+
+def _flags(*flags: tuple[str, dict]) -> argparse.ArgumentParser:
+    """A parent parser holding ``flags``, for the actions that use them."""
+    p = argparse.ArgumentParser(add_help=False)
+    for flag, kwargs in flags:
+        p.add_argument(flag, **kwargs)
     return p
 
 

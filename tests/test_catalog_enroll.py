@@ -305,6 +305,11 @@ def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
         (["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--max-photos", "1"], "--max-photos"),
         (["add", "--model", "M", "--output", "M", "--name", "X", "--photos", "P"], "--output must differ"),
         (["remove", "--model", "M", "--output", "O"], "--name"),
+        # a flag the action would ignore is refused, not silently dropped
+        (["remove", "--model", "M", "--output", "O", "--name", "X", "--recognizer", "head"], "--recognizer"),
+        (["list", "--model", "M", "--batch-size", "8"], "--batch-size"),
+        (["upgrade", "--model", "M", "--output", "O", "--data", "D", "--recognizer", "both"], "--recognizer"),
+        (["eval", "--model", "M", "--photos", "P", "--seed", "3"], "--seed"),
     ],
 )
 def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
@@ -312,6 +317,19 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
         job.main(argv)
     assert e.value.code == 2
     assert_error_names(capsys.readouterr().err, needle)
+
+
+def test_each_action_takes_the_flags_it_uses():
+    """upgrade embeds as many photos as add does: it takes add's Ray flags and its own seed (the training split)."""
+    ns = job.build_parser().parse_args(
+        ["upgrade", "--model", "M", "--output", "O", "--data", "D", "--ray-min-photos", "10", "--seed", "4"]
+    )
+    cfg = job.config_from_args(ns)
+    assert (cfg.action, cfg.ray_min_photos, cfg.seed, cfg.batch_size, cfg.recognizer) == ("upgrade", 10, 4, 32, None)
+    cfg = job.config_from_args(
+        job.build_parser().parse_args(["remove", "--model", "M", "--output", "O", "--name", "X"])
+    )
+    assert (cfg.name, cfg.runtime, cfg.seed) == ("X", "auto", 0)
 
 
 def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp_path, capsys):
