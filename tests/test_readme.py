@@ -1,0 +1,49 @@
+"""The README's "Commands and flags" table names every flag of every command (`landmark COMMAND --help`)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from jobs.cli import COMMANDS
+
+ROOT = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = {"bench": ("tag", "train", "store", "serve"), "data": ("fetch", "synthetic")}
+SUBCOMMANDS |= {"catalog": ("add", "remove", "list", "upgrade", "eval")}
+SUBCOMMANDS |= {"store": ("history", "optimize", "vacuum", "migrate")}
+
+
+def _table_rows() -> dict[str, str]:
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Commands and flags") :]
+    table = table[: table.index("\n## ")]
+    rows = {}
+    for line in table.splitlines():
+        if m := re.match(r"\| `landmark ([a-z]+(?: [a-z]+)?)[^`]*` \|(.*)\|\s*$", line):
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+def _flags(command: str, argv: list[str], capsys) -> set[str]:
+    module = importlib.import_module(COMMANDS[command][0])
+    with pytest.raises(SystemExit) as e:
+        module.main([*argv, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    return set(re.findall(r"^\s+(?:-\w[ A-Z_,]*)?(--[a-z0-9][a-z0-9-]*)", text, re.M)) - {"--help"}
+
+
+@pytest.mark.parametrize(
+    "command, sub", [(c, s) for c in COMMANDS for s in SUBCOMMANDS.get(c, (None,))], ids=lambda v: v or ""
+)
+def test_every_flag_is_in_the_readme_table(command, sub, capsys):
+    rows = _table_rows()
+    row = rows.get(f"{command} {sub}") or rows.get(command)
+    assert row, f"README's table has no row for `landmark {command}`"
+    flags = _flags(command, [sub] if sub else [], capsys)
+    assert flags, f"no flags read from `landmark {command} {sub or ''} --help`"
+    missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![a-z0-9-])", row))
+    assert not missing, f"`landmark {command} {sub or ''}`: README's table does not name {missing}"
