@@ -74,14 +74,29 @@ def image_objects(root: str, opts: storage.S3Options = storage.S3Options()):
             if is_image_name(o["Key"])
         )
         return sorted(objects)
-    out = []
-    for dirpath, _, files in os.walk(root):
+    out, walked = [], set()
+    # symlinked folders are followed (a data set is often a subset linked from a larger one); a folder reached
+    # twice (a link to an ancestor, or two links to one folder) is listed once
+    for dirpath, dirnames, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
         for f in files:
             if is_image_name(f):
                 full = os.path.join(dirpath, f)
-                st = os.stat(full)
-                out.append((full, st.st_size, local_etag(st)))
+                out.append((full, *_size_and_etag(full)))
     return sorted(out)
+
+
+def _size_and_etag(path: str) -> tuple[int, str]:
+    """A dangling symlink is listed all the same (reading it fails, and its row says why), not a crash here."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = os.lstat(path)
+    return st.st_size, local_etag(st)
 
 
 def local_etag(st: os.stat_result) -> str:

@@ -39,6 +39,37 @@ def test_class_folder_layout_with_stratified_val_split(tmp_path):
     assert all(Path(u).is_absolute() for u in data.train.uris)  # workers run elsewhere
 
 
+def test_symlinked_class_folders_are_followed_and_a_link_loop_ends(tmp_path):
+    """A data set assembled from links into a larger one: the linked class folders are read; a link back up the
+    tree is walked once; a dangling photo link is listed (its row fails with a reason), not a crash."""
+    import os
+
+    import numpy as np
+
+    from landmark_core.datasets import list_files
+    from landmark_core.preprocess import EvalPreset
+    from landmark_core.tagging import read_and_decode
+
+    generate_dataset(tmp_path / "big", n_classes=3, train_per_class=4, test_per_class=0, image_size=(64, 48))
+    subset = tmp_path / "subset"
+    (subset / "train").mkdir(parents=True)
+    big = sorted((tmp_path / "big" / "train").iterdir())
+    for cls in big[:2]:
+        os.symlink(cls, subset / "train" / cls.name)
+    os.symlink(subset, subset / "train" / big[0].name / "loop")  # a link to an ancestor
+    data = load_labelled(str(subset), val_fraction=0.25, seed=0)
+    assert data.catalog.folders == [c.name for c in big[:2]]
+    assert len(data.train) + len(data.val) == 8  # each photo once, the loop walked once
+    os.symlink(tmp_path / "gone.jpg", subset / "train" / big[1].name / "dangling.jpg")
+    files = list_files(str(subset / "train" / big[1].name))
+    assert len(files) == 5 and files[-1].endswith("dangling.jpg")
+    rows = read_and_decode(
+        {"uri": files[-1:], "etag": [None], "size_bytes": [None]}, preset=EvalPreset(size=32, resize=36), opts=None
+    )
+    assert rows["status"][0] == "failed" and rows["error"][0], rows["error"]
+    assert not np.asarray(rows["ok"])[0]
+
+
 def test_val_folder_is_used_when_present(tmp_path):
     generate_dataset(tmp_path, n_classes=2, train_per_class=4, test_per_class=2, val_per_class=2, image_size=(64, 48))
     data = load_labelled(str(tmp_path), val_fraction=0.5)
