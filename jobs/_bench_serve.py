@@ -276,15 +276,24 @@ def add_arguments(p) -> None:
         help="closed-loop client counts (default 1,4,16)",
     )
     p.add_argument("--seconds", type=float, default=30.0, help="seconds per measurement (default 30)")
-    p.add_argument("--max-batch-size", type=int, default=16)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=16,
+        help="the app's max batch in the batched runs, and (p)'s batch (default 16)",
+    )
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (ms, default 10)")
     p.add_argument(
         "--replicas",
         default=None,
         help="Tagger replicas MIN[,MAX] (as `landmark serve`; default one per core, as (p) gets every core)",
     )
-    p.add_argument("--cpus-per-replica", type=float, default=1.0)
-    p.add_argument("--runtime", default="auto")
+    p.add_argument(
+        "--cpus-per-replica", type=float, default=1.0, help="CPUs (and model threads) per replica (default 1)"
+    )
+    p.add_argument(
+        "--runtime", default="auto", help="model runtime: torch, onnx, onnx-int8, auto (as `landmark serve`)"
+    )
     p.add_argument(
         "--max-upload-mb",
         type=float,

@@ -472,8 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("tag", help="decode / model / single-process limit / naive / Ray Data pipeline")
     t.add_argument("--images", required=True, help="a folder of photos (recursive)")
     t.add_argument("--model", required=True, help="model artifact")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--actors", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=16, help="photos per model call in (b), (c) and (e) (default 16)")
+    t.add_argument("--actors", type=int, default=1, help="(e): predictor actors (default 1)")
     t.add_argument(
         "--cpus-per-actor",
         type=float,
@@ -508,11 +508,25 @@ def main(argv: list[str] | None = None) -> int:
         "alternating, with their ratios",
     )
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
-    tr.add_argument("--data", required=True)
-    tr.add_argument("--model", default="efficientnet_lite0")
-    tr.add_argument("--epochs", type=int, default=2)
-    tr.add_argument("--workers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    tr.add_argument("--json", action="store_true")
+    tr.add_argument("--data", required=True, help="class-folder dataset to train on")
+    tr.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="network, as `landmark train --model` (default efficientnet_lite0)",
+    )
+    tr.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs per run (default 2; the first one is not timed when there are more)",
+    )
+    tr.add_argument(
+        "--workers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[1, 2],
+        help="Ray Train worker counts to measure, comma-separated (default 1,2)",
+    )
+    tr.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
     so = sub.add_parser("store", help="the tag store: landmark query / skip check vs raw DuckDB, seconds and RSS")
     so.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="store sizes, e.g. 1000000,10000000")
     so.add_argument("--runs", type=int, default=1, help="repeats of each measurement (the median is reported)")
@@ -523,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         default=str(Path(tempfile.gettempdir()) / "landmark-bench-store"),
         help="where the synthetic stores are built (and kept for the next run)",
     )
-    so.add_argument("--json", action="store_true")
+    so.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
 
     from jobs import _bench_serve as bench_serve
 

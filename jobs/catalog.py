@@ -463,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     writes = _flags(("--output", dict(required=True, help="directory (or s3://) of the new artifact")))
     a = sub.add_parser("add", parents=[common, embeds, many, writes], help="enroll new landmarks from photos")
     a.add_argument("--name", help="the new landmark's name (with --photos)")
-    a.add_argument("--lat", type=float)
-    a.add_argument("--lon", type=float)
+    a.add_argument("--lat", type=float, help="the new landmark's latitude in degrees (with --lon)")
+    a.add_argument("--lon", type=float, help="the new landmark's longitude in degrees (with --lat)")
     a.add_argument("--country", help="ISO 3166-1 alpha-2 code")
     a.add_argument("--photos", help="directory or s3:// prefix of the new landmark's photos")
     a.add_argument(
@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("remove", parents=[common, writes], help="take a landmark out of the catalog")
     r.add_argument("--name", required=True, help="the landmark's name or folder")
     ls = sub.add_parser("list", parents=[common], help="show the catalog")
-    ls.add_argument("--json", dest="as_json", action="store_true")
+    ls.add_argument("--json", dest="as_json", action="store_true", help="one JSON object per landmark and line")
     u = sub.add_parser(
         "upgrade",
         parents=[common, embeds, many, writes],
@@ -505,7 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)",
     )
-    e.add_argument("--json", dest="as_json", action="store_true")
+    e.add_argument(
+        "--json", dest="as_json", action="store_true", help="print the result as one line of JSON (default: indented)"
+    )
     return p
 
 

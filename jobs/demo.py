@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="a real class-folder dataset instead of the synthetic one")
     p.add_argument("--out", default="out/demo", help="where everything goes (default out/demo)")
     p.add_argument("--classes", type=int, default=6, help="synthetic landmarks (default 6)")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=6, help="training epochs of the demo's model (default 6)")
     p.add_argument("--no-s3", action="store_true", help="keep the uploads and tags on local disk")
     p.add_argument("--model", default=None, help="tag with this trained model instead of training one")
     return run_cli(p, argv, config=lambda ns: fields_of(DemoConfig, ns), run=run)

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write eval.json, curve.png, reliability.png and report.html here")
     p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     p.add_argument("--runtime", default="auto", help="torch | onnx | onnx-int8 | auto (as the tag job)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="photos per model call (default 32)")
     p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
     p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
     p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")

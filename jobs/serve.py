@@ -463,9 +463,9 @@ def _interrupt(_signum, _frame):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--replicas", default="1", help="Tagger replicas MIN[,MAX]; autoscaled between them (default 1)")
-    p.add_argument("--gpus-per-replica", type=float, default=0.0)
+    p.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs per replica (default 0: CPU replicas)")
     p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs (and model threads) per replica")
     p.add_argument("--max-batch-size", type=int, default=16, help="photos per model call (@serve.batch)")
     p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a batch waits to fill (ms)")
@@ -475,7 +475,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="model runtime (auto: torch on a GPU replica, onnx-int8 on a CPU one)",
     )
-    p.add_argument("-k", "--top-k", dest="k", type=int, default=5)
+    p.add_argument(
+        "-k", "--top-k", dest="k", type=int, default=5, help="landmarks per photo in each answer (default 5)"
+    )
     p.add_argument(
         "--token-file", default=None, help="file holding a bearer token; every request but /healthz must then send it"
     )
@@ -492,8 +494,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=512,
         help="requests queued for the replicas before new ones get 503 + Retry-After",
     )
-    p.add_argument("--s3-endpoint", default=None)
-    p.add_argument("--ray-address", default=None)
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
 
 
 def config_from_args(ns: argparse.Namespace) -> ServeConfig:

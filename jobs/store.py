@@ -259,13 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--s3-endpoint", metavar="URL", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     h = sub.add_parser("history", parents=[common], help="commits of the table, newest first")
-    h.add_argument("--table", required=True, metavar="URI")
+    h.add_argument("--table", required=True, metavar="URI", help="the tags Delta table (path or s3://)")
     h.add_argument("--limit", type=int, metavar="N", help="only the latest N commits")
     o = sub.add_parser("optimize", parents=[common], help="compact small files")
-    o.add_argument("--table", required=True, metavar="URI")
+    o.add_argument("--table", required=True, metavar="URI", help="the tags Delta table (path or s3://)")
     o.add_argument("--target-mb", type=int, default=256, metavar="MB", help="target file size (default 256)")
     v = sub.add_parser("vacuum", parents=[common], help="delete files no recent version references")
-    v.add_argument("--table", required=True, metavar="URI")
+    v.add_argument("--table", required=True, metavar="URI", help="the tags Delta table (path or s3://)")
     v.add_argument(
         "--retain-hours",
         type=float,
@@ -276,8 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--dry-run", action="store_true", help="list the files, delete nothing")
     m = sub.add_parser("migrate", parents=[common], help="import a store of the old dt=/run=/_SUCCESS layout")
-    m.add_argument("--from", dest="source", required=True, metavar="OLD_ROOT")
-    m.add_argument("--to", dest="table", required=True, metavar="TABLE")
+    m.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="OLD_ROOT",
+        help="the old store: dt=/run=/ directories, _SUCCESS per committed run (path or s3://)",
+    )
+    m.add_argument(
+        "--to", dest="table", required=True, metavar="TABLE", help="the Delta table to import into (path or s3://)"
+    )
     return p
 
 

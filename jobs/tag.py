@@ -472,8 +472,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--top-k", dest="k", type=int, default=d.k, help="tags per photo")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="photos per model call")
     p.add_argument("--actors", type=_actors, default=d.actors, help="predictor actor pool size MIN[,MAX]")
-    p.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor)
-    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor)
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=d.gpus_per_actor,
+        help="GPUs per predictor actor (default 0: CPU actors)",
+    )
+    p.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        default=d.cpus_per_actor,
+        help="CPUs reserved per predictor actor (default 1)",
+    )
     p.add_argument(
         "--threads-per-actor",
         type=int,

@@ -534,9 +534,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--freeze-backbone", action="store_true", help="train the head only, on cached features")
     p.add_argument("--workers", type=int, default=d.workers, help="Ray Train workers (DDP processes)")
-    p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker)
-    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
-    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=d.gpus_per_worker,
+        help="GPUs per Ray Train worker (default 0: train on CPU; > 0 trains on GPU with NCCL)",
+    )
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=d.cpus_per_worker,
+        help="CPUs per Ray Train worker, also its torch threads (default 1)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=d.epochs, help="training epochs (default 10; --patience may stop sooner)"
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per worker")
     p.add_argument(
         "--lr",
@@ -544,14 +556,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="peak learning rate of the head (default 1e-3 fine-tune, 3e-3 frozen, 2e-3 scratch)",
     )
-    p.add_argument("--backbone-lr-mult", type=float, default=d.backbone_lr_mult)
-    p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd"))
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument(
+        "--backbone-lr-mult",
+        type=float,
+        default=d.backbone_lr_mult,
+        help="backbone learning rate as a multiple of the head's --lr (default 0.1)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default=d.optimizer,
+        choices=("adamw", "sgd"),
+        help="adamw (default) or sgd (Nesterov, momentum 0.9)",
+    )
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="optimizer weight decay (default 0.05)")
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="epochs of linear learning-rate warm-up before the cosine decay (default 1)",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=d.label_smoothing,
+        help="label smoothing of the cross-entropy loss (default 0.1)",
+    )
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the head (default 0.2)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
-    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--image-size", type=int, default=d.image_size, help="model input side in pixels (default 224)")
     p.add_argument(
         "--feature-views",
         type=int,
@@ -565,7 +597,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fine-tuning: head-only epochs on frozen features first (0 = off)",
     )
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="when the data has no val/")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seeds training, the validation split and the negatives' split (default 0); with --members K, "
+        "the runs use seeds seed..seed+K-1",
+    )
     p.add_argument("--storage", default=d.storage, help="Ray Train checkpoint storage (path or s3://)")
     p.add_argument("--name", default=None, help="run name (default: output folder name + time)")
     p.add_argument("--resume", action="store_true", help="continue the latest run of this name from its checkpoint")
@@ -612,7 +650,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --freeze-backbone and --negatives: train this many runs (seeds --seed, --seed+1, ...), each its "
         "own split, head and threshold, and pool their tag decision in one artifact (one network)",
     )
-    p.add_argument("--abstain-method", default=d.abstain_method, choices=("auto",) + METHODS)
+    p.add_argument(
+        "--abstain-method",
+        default=d.abstain_method,
+        choices=("auto",) + METHODS,
+        help='open-set score of the "no landmark" threshold (auto: knn); with --negatives the fitted '
+        "open-world score, and any other value than auto is refused",
+    )
     p.add_argument(
         "--accept-rate",
         type=float,

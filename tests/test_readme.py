@@ -1,7 +1,9 @@
-"""The README's "Commands and flags" table names every flag of every command (`landmark COMMAND --help`)."""
+"""The CLI as the README describes it: its "Commands and flags" table names every flag of every command
+(`landmark COMMAND --help`), and every option has a help string."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import re
 from pathlib import Path
@@ -47,3 +49,38 @@ def test_every_flag_is_in_the_readme_table(command, sub, capsys):
     assert flags, f"no flags read from `landmark {command} {sub or ''} --help`"
     missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![a-z0-9-])", row))
     assert not missing, f"`landmark {command} {sub or ''}`: README's table does not name {missing}"
+
+
+def _parsers_of(command: str, monkeypatch) -> list[argparse.ArgumentParser]:
+    """Every parser of `landmark COMMAND`, subcommands' included, reached without running anything."""
+    seen: list[argparse.ArgumentParser] = []
+
+    def record(self, *_args, **_kwargs):
+        seen.append(self)
+        raise SystemExit(0)
+
+    module = importlib.import_module(COMMANDS[command][0])
+    with monkeypatch.context() as m:
+        m.setattr(argparse.ArgumentParser, "parse_args", record)
+        with pytest.raises(SystemExit):
+            module.main(["x"])
+    assert seen, f"`landmark {command}` built no parser"
+    parsers, todo = [], list(seen)
+    while todo:
+        p = todo.pop()
+        parsers.append(p)
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return parsers
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_option_has_help(command, monkeypatch):
+    missing = sorted(
+        f"{p.prog} {'/'.join(a.option_strings)}"
+        for p in _parsers_of(command, monkeypatch)
+        for a in p._actions
+        if a.option_strings and not {"-h", "--help"} & set(a.option_strings) and not (a.help or "").strip()
+    )
+    assert not missing, f"options without a help string: {missing}"
