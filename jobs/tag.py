@@ -14,6 +14,7 @@ import os
 import secrets
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -28,7 +29,7 @@ from landmark_core import storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.tagging import InputError, list_inputs, pending, read_manifest
+from landmark_core.tagging import InputError, left_out_note, list_inputs, pending, read_manifest
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
 
@@ -162,8 +163,11 @@ def run(cfg: TagConfig) -> dict:
     _check_writable(fs, out_dir, cfg.output)
     _ensure_table(cfg.output, opts)
 
-    listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts)
+    left_out = Counter()  # objects under --input that are not photos by name: said, not silently dropped
+    listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts, left_out=left_out)
     t_list = time.time()
+    if note := left_out_note(dict(left_out)):
+        print(f"[tag] {note}", flush=True)
     # a catalog change (landmark catalog add/remove) does not re-tag what its parent models settled
     lineage = tuple(artifact.provenance.get("lineage") or ())
     if cfg.retag:
@@ -209,6 +213,7 @@ def run(cfg: TagConfig) -> dict:
         "counts": counts,
         "rows": counts["total"],
         "listed": listing.num_rows,
+        "not_photos_by_name": dict(left_out),
         "skipped": skipped,
         "output": cfg.output,
         "files": [f[len(root_path) :].lstrip("/") for f in files],

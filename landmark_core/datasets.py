@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,9 +62,10 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def image_objects(root: str, opts: storage.S3Options = storage.S3Options()):
+def image_objects(root: str, opts: storage.S3Options = storage.S3Options(), *, left_out: Counter | None = None):
     """(uri, size in bytes, etag) of every image below ``root`` (recursive, extensions case-insensitive), sorted
-    by uri; an s3 listing is paginated. Local files have no ETag: see ``local_etag``."""
+    by uri; an s3 listing is paginated. Local files have no ETag: see ``local_etag``. ``left_out`` counts the
+    other objects by extension, for the caller to report."""
     if storage.is_s3(root):
         bucket, prefix = storage.split_s3(root.rstrip("/") + "/")
         pages = storage.s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
@@ -71,7 +73,7 @@ def image_objects(root: str, opts: storage.S3Options = storage.S3Options()):
             (f"s3://{bucket}/{o['Key']}", int(o["Size"]), o.get("ETag", "").strip('"'))
             for page in pages
             for o in page.get("Contents", [])
-            if is_image_name(o["Key"])
+            if _is_image_or_count(o["Key"], left_out)
         )
         return sorted(objects)
     out, walked = [], set()
@@ -84,10 +86,18 @@ def image_objects(root: str, opts: storage.S3Options = storage.S3Options()):
             continue
         walked.add(real)
         for f in files:
-            if is_image_name(f):
+            if _is_image_or_count(f, left_out):
                 full = os.path.join(dirpath, f)
                 out.append((full, *_size_and_etag(full)))
     return sorted(out)
+
+
+def _is_image_or_count(name: str, left_out: Counter | None) -> bool:
+    if is_image_name(name):
+        return True
+    if left_out is not None and not name.endswith("/"):  # (an S3 "folder" marker is no object of the user's)
+        left_out[os.path.splitext(name.rsplit("/", 1)[-1])[1].lower() or "(no extension)"] += 1
+    return False
 
 
 def _size_and_etag(path: str) -> tuple[int, str]:

@@ -36,14 +36,26 @@ class InputError(ValueError):
 # ---------------------------------------------------------------- listing
 
 
-def list_inputs(root: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:
-    """Every image object below ``root`` (recursive, extensions case-insensitive) with size and etag."""
+def list_inputs(root: str, opts: storage.S3Options = storage.S3Options(), *, left_out=None) -> pa.Table:
+    """Every image object below ``root`` (recursive, extensions case-insensitive) with size and etag;
+    ``left_out`` (a Counter) counts the other objects by extension."""
     if not storage.is_s3(root):
         if not Path(root).is_dir():
             raise InputError(f"--input {root}: no such directory")
         root = str(Path(root).resolve())
-    columns = [list(c) for c in zip(*image_objects(root, opts))] or [[], [], []]
+    columns = [list(c) for c in zip(*image_objects(root, opts, left_out=left_out))] or [[], [], []]
     return pa.table(columns, schema=LISTING_SCHEMA)
+
+
+def left_out_note(left_out: dict[str, int]) -> str | None:
+    """One line on the objects under --input that are not photos by name (none tagged, none in a row)."""
+    if not left_out:
+        return None
+    kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
+    return (
+        f"{sum(left_out.values())} object(s) under --input are not photos by name and get no row ({kinds}); "
+        f"to tag them anyway, list them in a --manifest"
+    )
 
 
 def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> pa.Table:

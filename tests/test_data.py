@@ -117,6 +117,41 @@ def test_class_folders_from_s3(s3, s3_bucket, monkeypatch):
     assert storage.read_bytes(data.test.uris[0], opts)[:2] == b"\xff\xd8"
 
 
+def _left_out_cases(put) -> None:
+    for name in ("a.jpg", "b.JPEG", "c.heic", "clip.MOV", "clip2.mov", "IMG_0001", "notes.txt", "sub/d.png"):
+        put(name, _jpeg(0))
+
+
+def test_the_tag_listing_counts_what_it_leaves_out_by_name(tmp_path, s3, s3_bucket, monkeypatch):
+    """Objects under --input that are not photos by name get no row: the listing counts them by extension, for
+    the job to say so (locally and on S3); the photos are listed."""
+    from collections import Counter
+
+    from landmark_core.tagging import left_out_note, list_inputs
+
+    def put_local(name, body):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(body)
+
+    _left_out_cases(put_local)
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    client = s3.client()
+    _left_out_cases(lambda name, body: client.put_object(Bucket=s3_bucket, Key=f"up/{name}", Body=body))
+    client.put_object(Bucket=s3_bucket, Key="up/folder/", Body=b"")  # a console-made "folder": not counted
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    for root in (str(tmp_path / "in"), f"s3://{s3_bucket}/up"):
+        left_out = Counter()
+        listing = list_inputs(root, opts, left_out=left_out)
+        names = sorted(u.rsplit("/", 1)[-1] for u in listing.column("uri").to_pylist())
+        assert names == ["a.jpg", "b.JPEG", "c.heic", "d.png"], root
+        assert left_out == {".mov": 2, "(no extension)": 1, ".txt": 1}, root
+        note = left_out_note(dict(left_out))
+        assert note.startswith("4 object(s) under --input are not photos by name") and "--manifest" in note
+        assert "(.mov 2, (no extension) 1, .txt 1)" in note
+    assert left_out_note({}) is None
+
+
 # ---------------------------------------------------------------- landmark data fetch
 
 
