@@ -20,18 +20,14 @@ from datetime import datetime
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Pillow's own bomb guard is global state; we check our own bound per call and keep Pillow's out of the way.
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: larger than any phone photo, far below a decompression bomb
 
-try:  # HEIC/HEIF (iPhone photos) where the optional pillow-heif is installed
-    from pillow_heif import register_heif_opener
-
-    register_heif_opener()
-except ImportError:  # pragma: no cover - depends on the optional extra
-    pass
+register_heif_opener()  # HEIC/HEIF, the iPhone's photo format, opens like any other
 
 DECODE_ERROR_KINDS = ("empty", "not_an_image", "truncated", "too_large", "unsupported")
 
