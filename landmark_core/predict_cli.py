@@ -71,18 +71,52 @@ def run(
         if resolve_runtime(runtime, "cuda") != "torch":
             raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
     predictor = Predictor(model, k=k, runtime=runtime)
+    items = expand_folders(paths)
+    answers = predict_paths([i for i in items if isinstance(i, str)], predictor, gpu_decode=gpu_decode)
     failed = 0
-    for r in predict_paths(paths, predictor, gpu_decode=gpu_decode):
+    for item in items:  # in the arguments' order, each photo's answer as it comes
+        r = item if isinstance(item, PhotoResult) else next(answers)
         failed += r.status == FAILED
         print(r.to_json() if as_json else format_human(r), file=out if out is not None else sys.stdout, flush=True)
     return 1 if failed else 0
+
+
+def expand_folders(paths: list[str]) -> list[str | PhotoResult]:
+    """PHOTO arguments -> photos to answer: a folder (or an s3:// prefix ending in /) stands for its photos, found
+    as the tag job finds them (recursive, by name, sorted), or for one failed answer when it has none; anything
+    else is tried as given. A photo under two of the arguments is answered once."""
+    from collections import Counter
+
+    from . import storage
+    from .datasets import image_objects
+    from .tagging import left_out_note
+
+    items, seen = [], set()
+    for path in paths:
+        if not (os.path.isdir(path) or (storage.is_s3(path) and path.endswith("/"))):
+            found = [path]
+        else:
+            left_out = Counter()
+            found = [uri for uri, _, _ in image_objects(path, left_out=left_out)]
+            if note := left_out_note(dict(left_out), where=path, instead="name them as PHOTO arguments"):
+                print(f"landmark predict: {note}", file=sys.stderr, flush=True)
+            if not found:
+                items.append(PhotoResult(path, FAILED, error="no photos in this folder"))
+        items += [f for f in found if f not in seen]
+        seen.update(found)
+    return items
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="landmark predict", description="Tag photos with the landmark they show, and where it is."
     )
-    p.add_argument("photos", nargs="+", metavar="PHOTO")
+    p.add_argument(
+        "photos",
+        nargs="+",
+        metavar="PHOTO",
+        help="photo files or s3:// URIs; a folder (or an s3:// prefix ending in /) stands for its photos",
+    )
     p.add_argument("--model", default=None, help="model artifact directory or s3:// URI (default: $LANDMARK_MODEL)")
     p.add_argument("-k", "--top-k", dest="k", type=int, default=5, help="how many landmarks to list (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per photo per line")

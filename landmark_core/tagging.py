@@ -47,14 +47,19 @@ def list_inputs(root: str, opts: storage.S3Options = storage.S3Options(), *, lef
     return pa.table(columns, schema=LISTING_SCHEMA)
 
 
-def left_out_note(left_out: dict[str, int]) -> str | None:
-    """One line on the objects under --input that are not photos by name (none tagged, none in a row)."""
+def left_out_note(
+    left_out: dict[str, int],
+    *,
+    where: str = "--input",
+    instead: str = "list them in a --manifest",
+) -> str | None:
+    """One line on the objects under ``where`` that are not photos by name (none tagged, none in a row)."""
     if not left_out:
         return None
     kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
     return (
-        f"{sum(left_out.values())} object(s) under --input are not photos by name and get no row ({kinds}); "
-        f"to tag them anyway, list them in a --manifest"
+        f"{sum(left_out.values())} object(s) under {where} are not photos by name, not tagged ({kinds}); "
+        f"to tag them anyway, {instead}"
     )
 
 

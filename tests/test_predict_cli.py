@@ -257,3 +257,32 @@ def test_run_default_output_follows_the_current_sys_stdout(tiny_artifact, photos
         assert run([photos["a"]], tiny_artifact.path, k=1, as_json=True) == 0
     (row,) = _json_lines(buf.getvalue())
     assert row["path"] == photos["a"]
+
+
+def test_a_folder_stands_for_its_photos_in_argument_order(tiny_artifact, photos, capsys, no_model_env, tmp_path):
+    """A folder argument is its photos (recursive, by name, sorted), as the tag job lists --input; a folder with
+    none is one failed answer; what is not a photo by name is said on stderr; a photo named twice is answered
+    once; answers keep the arguments' order."""
+    import shutil
+
+    day = tmp_path / "day"
+    (day / "sub").mkdir(parents=True)
+    shutil.copy(photos["a"], day / "z.jpg")
+    shutil.copy(photos["gps"], day / "sub" / "b.JPG")
+    (day / "notes.txt").write_text("not a photo")
+    (tmp_path / "nothing").mkdir()
+    argv = ["--json", "--model", tiny_artifact.path, photos["a"], str(day), str(tmp_path / "nothing")]
+    code, out, err = _main(argv + [str(day / "z.jpg")], capsys)
+    rows = _json_lines(out)
+    assert [r["path"] for r in rows] == [
+        photos["a"],
+        str(day / "sub" / "b.JPG"),
+        str(day / "z.jpg"),
+        str(tmp_path / "nothing"),
+    ]
+    assert [r["status"] for r in rows] == ["tagged", "tagged", "tagged", "failed"]
+    assert rows[-1]["error"] == "no photos in this folder" and code == 1
+    assert rows[1]["exif_lat"] is not None  # the photo itself was read, not the folder
+    assert f"1 object(s) under {day} are not photos by name, not tagged (.txt 1)" in err
+    code, out, _ = _main(["--json", "--model", tiny_artifact.path, str(day)], capsys)
+    assert code == 0 and len(_json_lines(out)) == 2

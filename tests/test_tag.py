@@ -86,7 +86,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     # what is not a photo by name gets no row, and the run says so (notes.txt)
     others = [f for f in src.rglob("*") if f.is_file() and str(f.resolve()) not in listed]
     assert summary["not_photos_by_name"] == success["not_photos_by_name"] == {".txt": 1} and len(others) == 1
-    assert "1 object(s) under --input are not photos by name and get no row (.txt 1)" in printed
+    assert "1 object(s) under --input are not photos by name, not tagged (.txt 1)" in printed
     stages = summary["timings"]["stages"]  # time per stage, every photo through each
     assert {k: v["photos"] for k, v in stages.items()} == {"read+decode": c["total"], "model+rows": c["total"]}
     assert all(v["seconds"] > 0 for v in stages.values()) and success["timings"]["stages"] == stages
