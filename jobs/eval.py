@@ -141,6 +141,10 @@ def _photo_sets(cfg: EvalConfig, predictor):
         by_class = _class_split(list_files(cfg.known), cfg.known.rstrip("/"))
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
+        if "test" in by_class and "test" not in folders:  # the data set's root, not its test split
+            raise ConfigError(
+                f"--known {cfg.known}: holds splits; give the test split, --known {cfg.known.rstrip('/')}/test"
+            )
         for folder, paths in sorted(by_class.items()):
             if folder not in folders:
                 raise ConfigError(

@@ -417,6 +417,10 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     model = ["--model", tiny_artifact.path, "--runtime", "torch"]
     assert eval_main(model + ["--known", str(tmp_path / "loose"), "--unknown", str(tmp_path / "loose")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", "no class folders")
+    # the data set's root (train/ and test/ above the class folders): pointed at its test split
+    generate_unknown(tmp_path / "set" / "test" / "x", n=1)
+    assert eval_main(model + ["--known", str(tmp_path / "set")]) == 2
+    assert_error_names(capsys.readouterr().err, "--known", f"give the test split, --known {tmp_path / 'set'}/test")
     (tmp_path / "other" / "loose").mkdir(parents=True)  # a second folder named "loose": one row would hold both
     bad = {
         "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "other" / "loose")],
