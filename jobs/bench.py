@@ -438,8 +438,8 @@ def run_train(ns) -> dict:
                         freeze_backbone=frozen,
                         workers=workers,
                         epochs=ns.epochs,
-                        probe_epochs=0,
-                        feature_views=1,
+                        # each mode only the flag it uses: no probe before fine-tuning, one cached view when frozen
+                        **({"feature_views": 1} if frozen else {"probe_epochs": 0}),
                         report=False,
                         patience=100,
                     )

@@ -164,6 +164,27 @@ class TrainConfig:
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
 
+    def ignored_flags(self) -> list[str]:
+        """Flags set away from their defaults that this run does not use: said, not silently dropped."""
+        fields = type(self).__dataclass_fields__
+        unused = (
+            (not self.freeze_backbone, ("feature_views",), "without --freeze-backbone"),
+            (self.freeze_backbone, ("probe_epochs", "backbone_lr_mult"), "with --freeze-backbone (it does not train)"),
+            (self.model == "scratch", ("probe_epochs",), "with --model scratch (no pretrained features to probe)"),
+            (
+                not self.negatives,
+                ("negatives_fit_fraction", "outlier_weight", "negatives_sampling", "max_wrong_rate"),
+                "without --negatives",
+            ),
+        )
+        return [
+            f"--{name.replace('_', '-')} {getattr(self, name)} has no effect {why}"
+            for applies, names, why in unused
+            if applies
+            for name in names
+            if getattr(self, name) != fields[name].default
+        ]
+
     @property
     def effective_lr(self) -> float:
         """The peak learning rate: --lr, else by model and freezing (the one rule; the worker uses it)."""
@@ -184,6 +205,8 @@ class TrainConfig:
 @checks_config
 def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
+    for warning in cfg.ignored_flags():
+        print(f"[train] warning: {warning}", flush=True)
     if cfg.members > 1:
         return _run_members(cfg)
     return _train_one(cfg)

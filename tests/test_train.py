@@ -275,6 +275,32 @@ def test_unknown_model_lists_the_known_ones():
     assert "efficientnet_lite0" in str(e.value) and "resnet18" in str(e.value)
 
 
+def test_flags_a_run_does_not_use_are_named_before_it_starts(tmp_path, capsys):
+    """A flag set away from its default that the run ignores (fine-tuning flags on a frozen backbone, negatives'
+    flags without --negatives) is one warning line each, before any work; the defaults warn of nothing."""
+    base = dict(data=str(tmp_path), output=str(tmp_path / "o"), model="efficientnet_lite0")
+    assert TrainConfig(**base).ignored_flags() == []
+    assert TrainConfig(**base, freeze_backbone=True, negatives=("n",), members=3).ignored_flags() == []
+    frozen = TrainConfig(**base, freeze_backbone=True, probe_epochs=5, outlier_weight=1.0, feature_views=2)
+    assert frozen.ignored_flags() == [
+        "--probe-epochs 5 has no effect with --freeze-backbone (it does not train)",
+        "--outlier-weight 1.0 has no effect without --negatives",
+    ]
+    tuned = TrainConfig(**base, feature_views=2, max_wrong_rate=0.05, backbone_lr_mult=0.02)
+    assert tuned.ignored_flags() == [
+        "--feature-views 2 has no effect without --freeze-backbone",
+        "--max-wrong-rate 0.05 has no effect without --negatives",
+    ]
+    assert TrainConfig(**{**base, "model": "scratch"}, probe_epochs=3).ignored_flags() == [
+        "--probe-epochs 3 has no effect with --model scratch (no pretrained features to probe)"
+    ]
+    # printed by the job itself, before it reads the data (here: an empty folder, refused next)
+    argv = ["--data", str(tmp_path), "--output", str(tmp_path / "o"), "--model", "efficientnet_lite0"]
+    assert train_main(argv + ["--probe-epochs", "5", "--freeze-backbone"]) == 2
+    out, err = capsys.readouterr()
+    assert "[train] warning: --probe-epochs 5 has no effect with --freeze-backbone" in out and "--data" in err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen"])
 def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path, capfd, frozen):
