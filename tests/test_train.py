@@ -435,6 +435,17 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     assert (tagged == (out["abstain_score"] >= pred.threshold)).all()
     by_member = np.stack([alone >= own[0], second >= own[1]])
     assert (tagged[by_member.all(axis=0)]).all() and not tagged[~by_member.any(axis=0)].any()
+    # the nightly job (Ray Data tasks, the ONNX model shipped from the driver) gives each photo the pool's answer
+    from jobs.tag import TagConfig, run as tag_run
+    from landmark_core import tagstore
+
+    tags = str(Path(cfg.output).parent / "tags")
+    assert tag_run(TagConfig(input=str(photos_root), output=tags, model=cfg.output))["runtime"] == "onnx-int8"
+    rows = {r["uri"]: r for r in tagstore.read(tags).to_pylist()}
+    assert sorted(rows) == [str(Path(u).resolve()) for u in uris]
+    got = [rows[str(Path(u).resolve())] for u in uris]
+    assert [r["status"] for r in got] == list(out["status"])
+    np.testing.assert_allclose([r["score"] for r in got], out["score"], rtol=1e-5)
     # the second member's int8 fit was made on what the pool scores it with: the first member's int8 embedding
     # through its own head (not its own int8 model's quantised logits)
     from landmark_core.datasets import load_negatives
