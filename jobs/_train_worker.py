@@ -20,6 +20,7 @@ from landmark_core.training import (
     cached_features,
     draw_negatives,
     eval_arrays,
+    every,
     forward_uint8,
     load_checkpoint_dir,
     make_optimizer,
@@ -200,6 +201,7 @@ class Worker:
             eval_preset=self.eval_preset,
             train_preset=self.train_preset,
             amp=self.cuda,
+            progress=self._progress("frozen-backbone features", t0),
         )
         self.feat_labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
         self.feat_labels[list(ds.bad)] = -100
@@ -210,6 +212,17 @@ class Worker:
                 flush=True,
             )
         self.feats = torch.from_numpy(feats)
+
+    def _progress(self, what: str, t0: float):
+        """Rank 0 says how far a long pass has come, every 30 s: minutes of silence look like a hang."""
+        if self.rank != 0:
+            return None
+
+        def report(done: int, total: int) -> None:
+            if done < total:
+                print(f"[train] {what}: {done}/{total} photo-views per worker ({time.time() - t0:.0f}s)", flush=True)
+
+        return every(30.0, report)
 
     def _frozen_epoch(self, e: int):
         """One epoch of the head on view ``e`` of the cached features (known photos, plus as many negatives as
@@ -269,6 +282,7 @@ class Worker:
             eval_preset=self.eval_preset,
             train_preset=self.train_preset,
             amp=self.cuda,
+            progress=self._progress("linear-probe features", time.time()),
         )[0]
         labels = torch.as_tensor(np.asarray(ds.labels, dtype=np.int64))
         labels[list(ds.bad)] = -100

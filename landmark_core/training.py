@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,10 +121,12 @@ def cached_features(
     train_preset: TrainPreset,
     batch_size: int = 64,
     amp: bool = False,
+    progress=None,
 ) -> np.ndarray:
     """Frozen-backbone embeddings computed once: view 0 is the eval crop, views 1.. are augmented crops.
 
     Returns (views, N, D). Epochs then train the head on these, never running the backbone again.
+    ``progress(done, total)``, if given, is called after each batch (photo-views done of views x N).
     """
     from PIL import Image
 
@@ -140,8 +143,24 @@ def cached_features(
             x = torch.stack(batch).to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
                 rows.append(net.embed(x).float().cpu())
+            if progress is not None:
+                progress(v * len(dataset) + s + len(batch), views * len(dataset))
         feats.append(torch.cat(rows).numpy() if rows else np.zeros((0, net.embed_dim), np.float32))
     return np.stack(feats)
+
+
+def every(seconds: float, report, *, clock=time.monotonic):
+    """``report(done, total)`` at most once per ``seconds`` (and always at the end): a progress callback for a
+    long loop that should speak up now and then, not at every step."""
+    last = [clock()]
+
+    def progress(done: int, total: int) -> None:
+        now = clock()
+        if done >= total or now - last[0] >= seconds:
+            last[0] = now
+            report(done, total)
+
+    return progress
 
 
 def draw_negatives(uris: list[str], n: int, generator: torch.Generator, *, sampling: str = "balanced") -> torch.Tensor:

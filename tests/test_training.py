@@ -307,3 +307,36 @@ def test_finalize_open_world_metrics_name_the_landmark_as_the_artifact_does(synt
     assert ow["known_right"] == pytest.approx(float((tagged & (named == labels)).mean()))
     assert ow["known_wrong"] == pytest.approx(float((tagged & (named != labels)).mean()))
     assert ow["unknown_photos"] == 10
+
+
+def test_the_feature_pass_reports_progress_now_and_then(synthetic_data):
+    """The frozen backbone's one pass over every photo (minutes on a large set) calls back after each batch with
+    photo-views done of views x photos; ``every`` lets through at most one call per period, and the last."""
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.preprocess import presets_for
+    from landmark_core.storage import S3Options
+    from landmark_core.training import UriImageDataset, cached_features, every
+
+    uris = sorted(synthetic_data["files"])[:10]
+    train_p, eval_p = presets_for(32)
+    ds = UriImageDataset(uris, [0] * 10, None, opts=S3Options(), draft_to=eval_p.resize, cache_side=48)
+    calls = []
+    feats = cached_features(
+        build_model(ModelSpec("scratch", 2, weights="none")),
+        ds,
+        "cpu",
+        views=2,
+        eval_preset=eval_p,
+        train_preset=train_p,
+        batch_size=4,
+        progress=lambda done, total: calls.append((done, total)),
+    )
+    assert feats.shape[:2] == (2, 10)
+    assert calls == [(4, 20), (8, 20), (10, 20), (14, 20), (18, 20), (20, 20)]
+    now = [0.0]
+    said = []
+    progress = every(30.0, lambda done, total: said.append(done), clock=lambda: now[0])
+    for done, t in ((4, 10.0), (8, 31.0), (10, 40.0), (14, 62.0), (18, 63.0), (20, 64.0)):
+        now[0] = t
+        progress(done, 20)
+    assert said == [8, 14, 20]  # 30 s apart, and the end
