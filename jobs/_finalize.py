@@ -185,6 +185,12 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict, network: d
     fitted on the first member's ``network``)."""
     blocks, blobs = {}, {}
     for name in OPEN_WORLD_RUNTIMES:
+        # a minute or so on a small machine, after the last epoch: say what it is
+        print(
+            f"[train] fitting the {name} runtime's own score and threshold on {len(data.val)} validation photos "
+            f"and {len(negatives.fit)} held-back negatives" + ("" if name in network else " (model built first)"),
+            flush=True,
+        )
         fitted, groups, blob, (val_logits, val_y) = _fit_runtime(art, name, cfg, data, negatives, network.get(name))
         if name not in network:
             blobs[name] = blob
