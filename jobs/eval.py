@@ -32,6 +32,10 @@ class EvalConfig:
     min_score: float | None = None
     accept_rate: float | None = None
     max_wrong_rate: float | None = None
+    s3_endpoint: str | None = None
+
+    def s3_options(self) -> storage.S3Options:
+        return storage.S3Options(endpoint=self.s3_endpoint)
 
     def check(self) -> None:
         if not self.known and not self.unknown:
@@ -39,6 +43,10 @@ class EvalConfig:
         for flag, d in [("--known", self.known)] + [("--unknown", u) for u in self.unknown]:
             if d and not storage.is_s3(d) and not Path(d).is_dir():
                 raise ConfigError(f"{flag} {d}: no such directory")
+        try:
+            self.s3_options().check()
+        except storage.StorageError as e:
+            raise ConfigError(str(e)) from None
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
@@ -68,6 +76,7 @@ def run(cfg: EvalConfig) -> dict:
         min_score=cfg.min_score,
         accept_rate=cfg.accept_rate,
         max_wrong_rate=cfg.max_wrong_rate,
+        storage_options=cfg.s3_options(),
     )
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
@@ -77,7 +86,7 @@ def run(cfg: EvalConfig) -> dict:
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
         pred, score, tagged, keep = [], [], [], []
         recorded.batches.clear()
-        for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size)):
+        for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size, opts=cfg.s3_options())):
             if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
                 print(f"[eval] failed: {r.path}: {r.error}", file=sys.stderr, flush=True)
                 failed.append({"folder": group, "kind": kind, "path": r.path, "error": r.error})
@@ -138,7 +147,7 @@ def _photo_sets(cfg: EvalConfig, predictor):
 
     if cfg.known:
         folders = {f: i for i, f in enumerate(predictor.catalog.folders)}
-        by_class = _class_split(list_files(cfg.known), cfg.known.rstrip("/"))
+        by_class = _class_split(list_files(cfg.known, cfg.s3_options()), cfg.known.rstrip("/"))
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
         if "test" in by_class and "test" not in folders:  # the data set's root, not its test split
@@ -153,7 +162,7 @@ def _photo_sets(cfg: EvalConfig, predictor):
                 )
             yield folder, paths, [folders[folder]] * len(paths)
     for u in cfg.unknown:
-        paths = list_files(u)
+        paths = list_files(u, cfg.s3_options())
         if not paths:
             raise ConfigError(f"--unknown {u}: no photos found")
         yield Path(u.rstrip("/")).name, paths, [UNKNOWN] * len(paths)
@@ -229,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
     p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
     p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint for s3:// photos and --model")
     from landmark_core.artifact import ArtifactError
 
     return run_cli(

@@ -33,17 +33,18 @@ def _num(x) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16, gpu_decode: bool = False):
+def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 16, gpu_decode: bool = False, opts=None):
     """Yield a PhotoResult per path (local or s3://), in order, through the tag job's stages (read + decode, the
     model): a bad file is a failed result with the tag job's reason (``read: ...``, or the DecodeError's).
 
     ``gpu_decode``: JPEGs are decoded on the predictor's device (nvJPEG on a GPU; the caller checks there is
-    one, see predict_cli.run()); other files and JPEGs it refuses take the CPU path.
+    one, see predict_cli.run()); other files and JPEGs it refuses take the CPU path. ``opts``: the S3Options of
+    s3:// paths (an S3-compatible endpoint), default AWS's.
     """
     from . import storage
     from .tagging import read_and_decode
 
-    opts = storage.S3Options()
+    opts = storage.as_options(opts)
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start : start + batch_size])
         listing = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}

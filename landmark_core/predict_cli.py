@@ -12,6 +12,7 @@ from .predict import PhotoResult, predict_paths
 from .predictor import Predictor
 from .preprocess import GpuDecodeError, check_gpu_decode
 from .status import FAILED
+from .storage import S3Options, StorageError, is_s3, redact
 
 MODEL_ENV = "LANDMARK_MODEL"
 
@@ -56,6 +57,7 @@ def run(
     out=None,
     runtime: str = "auto",
     gpu_decode: bool = False,
+    s3_endpoint: str | None = None,
 ) -> int:
     """Print one result per photo; exit code 1 when any photo failed (the others still print).
 
@@ -70,9 +72,11 @@ def run(
         check_gpu_decode(pick_device())
         if resolve_runtime(runtime, "cuda") != "torch":
             raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
-    predictor = Predictor(model, k=k, runtime=runtime)
-    items = expand_folders(paths)
-    answers = predict_paths([i for i in items if isinstance(i, str)], predictor, gpu_decode=gpu_decode)
+    opts = S3Options(endpoint=s3_endpoint)
+    predictor = Predictor(model, k=k, runtime=runtime, storage_options=opts)
+    items = expand_folders(paths, opts)
+    photos = [i for i in items if isinstance(i, str)]
+    answers = predict_paths(photos, predictor, gpu_decode=gpu_decode, opts=opts)
     failed = 0
     for item in items:  # in the arguments' order, each photo's answer as it comes
         r = item if isinstance(item, PhotoResult) else next(answers)
@@ -81,23 +85,26 @@ def run(
     return 1 if failed else 0
 
 
-def expand_folders(paths: list[str]) -> list[str | PhotoResult]:
+def expand_folders(paths: list[str], opts: S3Options = S3Options()) -> list[str | PhotoResult]:
     """PHOTO arguments -> photos to answer: a folder (or an s3:// prefix ending in /) stands for its photos, found
     as the tag job finds them (recursive, by name, sorted), or for one failed answer when it has none; anything
     else is tried as given. A photo under two of the arguments is answered once."""
     from collections import Counter
 
-    from . import storage
     from .datasets import image_objects
     from .tagging import left_out_note
 
     items, seen = [], set()
     for path in paths:
-        if not (os.path.isdir(path) or (storage.is_s3(path) and path.endswith("/"))):
+        if not (os.path.isdir(path) or (is_s3(path) and path.endswith("/"))):
             found = [path]
         else:
             left_out = Counter()
-            found = [uri for uri, _, _ in image_objects(path, left_out=left_out)]
+            try:
+                found = [uri for uri, _, _ in image_objects(path, opts, left_out=left_out)]
+            except Exception as e:  # an unreachable store, a missing bucket: this argument's answer says so
+                items.append(PhotoResult(path, FAILED, error=f"list: {redact(str(e))[:200]}"))
+                continue
             if note := left_out_note(dict(left_out), where=path, instead="name them as PHOTO arguments"):
                 print(f"landmark predict: {note}", file=sys.stderr, flush=True)
             if not found:
@@ -132,12 +139,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="decode JPEGs on the GPU (nvJPEG via torchvision); needs CUDA and the torch runtime",
     )
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint for s3:// photos and --model")
     ns = p.parse_args(argv)
     if ns.k < 1:
         p.error(f"-k/--top-k must be >= 1, got {ns.k}")
     try:
-        return run(ns.photos, ns.model, k=ns.k, as_json=ns.json, runtime=ns.runtime, gpu_decode=ns.gpu_decode)
-    except (RuntimeChoiceError, GpuDecodeError) as e:
+        S3Options(endpoint=ns.s3_endpoint).check()
+        return run(
+            ns.photos,
+            ns.model,
+            k=ns.k,
+            as_json=ns.json,
+            runtime=ns.runtime,
+            gpu_decode=ns.gpu_decode,
+            s3_endpoint=ns.s3_endpoint,
+        )
+    except (RuntimeChoiceError, GpuDecodeError, StorageError) as e:
         p.error(str(e))
     except (NoModelError, ArtifactError) as e:
         print(f"landmark predict: {e}", file=sys.stderr)

@@ -433,3 +433,40 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
             eval_main(model + argv)
         assert e.value.code == 2
         assert_error_names(capsys.readouterr().err, flag)
+
+
+def test_eval_and_predict_read_photos_and_the_model_from_an_s3_compatible_store(
+    make_tiny_artifact, tmp_path, capsys, s3, s3_bucket, monkeypatch
+):
+    """`--s3-endpoint`: eval's --known/--unknown prefixes, predict's s3:// photos and prefixes, and --model, on
+    SeaweedFS; eval's numbers equal those of the same photos on disk. A prefix predict cannot list (no such
+    bucket) is one failed answer, not a traceback."""
+    from jobs.eval import main as eval_main
+    from landmark_core import predict_cli
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    client = s3.client()
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    known, neg = _eval_photos(tmp_path, 2)
+    for local, prefix in ((Path(path), "model"), (Path(known), "known"), (Path(neg["root"], "wheel"), "wheel")):
+        for f in sorted(p for p in local.rglob("*") if p.is_file()):
+            client.put_object(Bucket=s3_bucket, Key=f"{prefix}/{f.relative_to(local)}", Body=f.read_bytes())
+    endpoint = ["--s3-endpoint", s3.endpoint, "--runtime", "torch", "--json"]
+    on_disk = ["--model", path, "--known", known, "--unknown", str(Path(neg["root"], "wheel"))]
+    assert eval_main(on_disk + endpoint) == 0
+    want = json.loads(capsys.readouterr().out)["summary"]
+    b = f"s3://{s3_bucket}"
+    assert eval_main(["--model", f"{b}/model", "--known", f"{b}/known", "--unknown", f"{b}/wheel"] + endpoint) == 0
+    got = json.loads(capsys.readouterr().out)["summary"]
+    assert (got["known_photos"], got["unknown_photos"]) == (6, 2)
+    for key in ("known_right", "known_abstained", "known_wrong", "unknown_tagged_mean_over_folders"):
+        assert got[key] == pytest.approx(want[key]), key
+
+    code = predict_cli.main(
+        ["--json", "--model", f"{b}/model", "--s3-endpoint", s3.endpoint, f"{b}/wheel/", "s3://no-such-bucket/x/"]
+    )
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"].split("/", 3)[-1] for r in rows[:2]] == ["wheel/wheel_0000.jpg", "wheel/wheel_0001.jpg"]
+    assert all(r["status"] in ("tagged", "no_landmark") for r in rows[:2])
+    assert rows[2]["status"] == "failed" and rows[2]["error"].startswith("list: ") and code == 1
