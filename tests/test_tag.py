@@ -163,13 +163,16 @@ def _latest_run_uris_s3(out, run_id, opts):
 
 @pytest.mark.slow
 def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path):
-    files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg")]
+    nameless = tmp_path / "upload-3f2a9c"  # an upload kept under an id, no extension: --input would not list it
+    shutil.copy(synthetic_data["files"][0], nameless)
+    files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg"), str(nameless)]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
     t = tagstore.read(str(tmp_path / "t1"))
     _check_exactly_once(t, set(files))
-    missing = [r for r in t.to_pylist() if r["uri"].endswith("missing.jpg")][0]
-    assert missing["status"] == "failed" and "not found" in missing["error"]
+    rows = {Path(r["uri"]).name: r for r in t.to_pylist()}
+    assert rows["missing.jpg"]["status"] == "failed" and "not found" in rows["missing.jpg"]["error"]
+    assert rows[nameless.name]["status"] != "failed" and rows[nameless.name]["width"] > 0  # read by content
     import pyarrow as pa
 
     pq.write_table(pa.table({"uri": files[:3]}), tmp_path / "m.parquet")
