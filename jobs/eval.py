@@ -98,7 +98,7 @@ def run(cfg: EvalConfig) -> dict:
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
         decisions.append(np.concatenate(recorded.batches)[keep])
     outcomes = evaluation.Outcomes.concat(parts)
-    summary = evaluation.summary(outcomes)
+    summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
     _add_failed(summary["folders"], failed)
     result = {
         "model_id": predictor.model_id,
@@ -185,18 +185,22 @@ def _write(out: str, result: dict) -> None:
 
 
 def format_table(result: dict) -> str:
+    from landmark_core import evaluation
+
     def pct(v):
         return "" if v is None else f"{100 * v:5.1f}%"
 
     s = result["summary"]
     lines = [
         f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
-        f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s} {'failed':>6s}",
+        f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s} {'failed':>6s}"
+        "  wrong tags as",
     ]
     for r in s["folders"]:
         lines.append(
             f"{r['folder'][:28]:28s} {r['photos']:6d} {pct(r.get('right')):>7s} "
             f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s} {r['failed']:6d}"
+            f"  {evaluation.wrong_as(r)}"
         )
 
     def share(v):  # a headline figure: "-" where no photo counts towards it

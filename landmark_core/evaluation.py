@@ -52,13 +52,18 @@ class Outcomes:
         return self.tagged & self.known & (self.pred == self.label)
 
 
-def folder_rows(o: Outcomes) -> list[dict]:
-    """Per folder: photos, and the share right / abstained / wrong (known) or tagged (unknown)."""
+def folder_rows(o: Outcomes, names: list[str] | None = None) -> list[dict]:
+    """Per folder: photos, and the share right / abstained / wrong (known) or tagged (unknown). With the catalog's
+    ``names``: ``wrong_as``, how many of its wrong tags went to each landmark, most first (which look-alike)."""
     rows = []
     for g in dict.fromkeys(o.group.tolist()):
         m = o.group == g
         known = bool(o.known[m].any())
         row = {"folder": g, "kind": "known" if known else "unknown", "photos": int(m.sum())}
+        if names is not None:
+            wrong = m & o.tagged & (o.pred != o.label)
+            counts = np.bincount(o.pred[wrong].astype(np.int64), minlength=len(names))
+            row["wrong_as"] = {names[i]: int(counts[i]) for i in np.argsort(-counts, kind="stable") if counts[i]}
         if known:
             row.update(
                 right=_share(o.right[m]),
@@ -71,7 +76,12 @@ def folder_rows(o: Outcomes) -> list[dict]:
     return rows
 
 
-def summary(o: Outcomes, *, bins: int = 10) -> dict:
+def wrong_as(row: dict, top: int = 3) -> str:
+    """A folder row's wrong tags by landmark, most first: "Hoi An Ancient Town 11, Hue Imperial City 2"."""
+    return ", ".join(f"{name} {n}" for name, n in list(row.get("wrong_as", {}).items())[:top])
+
+
+def summary(o: Outcomes, *, bins: int = 10, names: list[str] | None = None) -> dict:
     """The headline numbers: known right/abstained/wrong, unknown tagged (all photos, and mean over folders),
     the open-world calibration of the score among tagged photos (ECE), and the folders' rows."""
     k, u = o.known, ~o.known
@@ -90,7 +100,7 @@ def summary(o: Outcomes, *, bins: int = 10) -> dict:
         "ece_tagged": rel["ece"],
         "ece_if_calibrated": ece_if_calibrated(o.score[o.tagged], bins=bins),
         "reliability": rel,
-        "folders": folder_rows(o),
+        "folders": folder_rows(o, names),
     }
 
 
@@ -245,7 +255,7 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(r['folder'])}</td><td>{r['kind']}</td><td>{r['photos']}</td>"
         f"<td>{pct(r.get('right'))}</td><td>{pct(r.get('abstained'))}</td><td>{pct(r.get('wrong'))}</td>"
-        f"<td>{pct(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td></tr>"
+        f"<td>{pct(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td><td>{html.escape(wrong_as(r))}</td></tr>"
         for r in s["folders"]
     )
     imgs = "".join(
@@ -259,5 +269,6 @@ collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-alig
 left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 <h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, threshold
 {result.get("threshold")}</p>{cards}
-<table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th><th>failed</th></tr>
+<table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
+<th>failed</th><th>wrong tags as</th></tr>
 {rows}</table>{imgs}</body></html>"""

@@ -310,6 +310,21 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     assert (s["known_photos"], s["unknown_photos"]) == (9, 7)
     assert {r["folder"] for r in s["folders"]} == {"00.Tower", "01.Arch", "02.Dome", "scenes", "wheel"}
     assert s["known_right"] + s["known_abstained"] + s["known_wrong"] == pytest.approx(1.0)
+    # which landmark each folder's wrong tags went to: they add up to its wrong (known) or tagged (unknown) photos
+    names = {"Tower", "Arch", "Dome"}
+    for r in s["folders"]:
+        wrong = r["wrong"] if r["kind"] == "known" else r["tagged"]
+        assert sum(r["wrong_as"].values()) == round(wrong * r["photos"]) and set(r["wrong_as"]) <= names, r
+        assert list(r["wrong_as"].values()) == sorted(r["wrong_as"].values(), reverse=True)
+    assert any(r["wrong_as"] for r in s["folders"])  # (this mix has some, else the check above is empty)
+    from jobs.eval import format_table
+    from landmark_core.evaluation import wrong_as
+
+    table = format_table(result).splitlines()
+    assert table[1].endswith("wrong tags as")
+    for r in s["folders"]:
+        (line,) = [ln for ln in table if ln.startswith(r["folder"])]
+        assert line.rstrip().endswith(wrong_as(r)), (line, r)
     for name in ("curve.png", "reliability.png"):
         assert (tmp_path / "ev" / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
