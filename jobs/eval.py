@@ -146,7 +146,9 @@ def _photo_sets(cfg: EvalConfig, predictor):
     from landmark_core.evaluation import UNKNOWN
 
     if cfg.known:
-        folders = {f: i for i, f in enumerate(predictor.catalog.folders)}
+        # a class folder is a landmark's folder as the model was trained on it, or its name
+        folders = {n: i for i, n in enumerate(predictor.catalog.names)}
+        folders.update({f: i for i, f in enumerate(predictor.catalog.folders)})
         by_class = _class_split(list_files(cfg.known, cfg.s3_options()), cfg.known.rstrip("/"))
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")

@@ -485,3 +485,25 @@ def test_eval_and_predict_read_photos_and_the_model_from_an_s3_compatible_store(
     assert [r["path"].split("/", 3)[-1] for r in rows[:2]] == ["wheel/wheel_0000.jpg", "wheel/wheel_0001.jpg"]
     assert all(r["status"] in ("tagged", "no_landmark") for r in rows[:2])
     assert rows[2]["status"] == "failed" and rows[2]["error"].startswith("list: ") and code == 1
+
+
+def test_eval_known_folders_may_be_named_by_landmark(make_tiny_artifact, tmp_path, capsys):
+    """--known class folders named as the model's training folders ("01.Arch") or by the landmark's name
+    ("Arch") score alike."""
+    import shutil
+
+    from jobs.eval import main as eval_main
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    known, _ = _eval_photos(tmp_path, 2)
+    by_name = tmp_path / "by-name"
+    shutil.copytree(known, by_name)
+    (by_name / "01.Arch").rename(by_name / "Arch")
+    rows = {}
+    for root in (known, by_name):
+        assert eval_main(["--model", path, "--known", str(root), "--runtime", "torch", "--json"]) == 0
+        rows[root] = {r["folder"]: r for r in json.loads(capsys.readouterr().out)["summary"]["folders"]}
+    assert sorted(rows[by_name]) == ["00.Tower", "02.Dome", "Arch"]
+    assert {k: v for k, v in rows[by_name]["Arch"].items() if k != "folder"} == {
+        k: v for k, v in rows[known]["01.Arch"].items() if k != "folder"
+    }
