@@ -291,7 +291,7 @@ def _members_started(cfg: TrainConfig, base: str) -> list[bool]:
     if not cfg.resume:
         return [False] * cfg.members
     opts = cfg.s3_options()
-    started = [storage.exists(storage.join(cfg.storage, f".{base}-m{i}.latest"), opts) for i in range(cfg.members)]
+    started = [storage.exists(_latest_pointer(cfg, f"{base}-m{i}"), opts) for i in range(cfg.members)]
     if not any(started):
         raise ConfigError(
             f"--resume: no earlier run named {base!r} (members {base}-m0 to {base}-m{cfg.members - 1}) under "
@@ -482,9 +482,14 @@ def _coords_beside(data: str) -> dict | None:
     return None
 
 
+def _latest_pointer(cfg: TrainConfig, base: str) -> str:
+    """The file under --storage naming the latest run of ``base`` (what --resume continues)."""
+    return storage.join(cfg.storage, f".{base}.latest")
+
+
 def _run_name(cfg: TrainConfig) -> str:
     base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
-    pointer = storage.join(cfg.storage, f".{base}.latest")
+    pointer = _latest_pointer(cfg, base)
     opts = cfg.s3_options()
     if cfg.resume:
         if cfg.name and storage.exists(storage.join(cfg.storage, cfg.name), opts):
