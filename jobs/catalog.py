@@ -159,6 +159,8 @@ def run(cfg: CatalogConfig) -> dict:
     if cfg.action == "remove":
         new = enroll.remove(art, cfg.name)
         return _write(cfg, new, t0, {})
+    if cfg.action == "add":
+        enroll.check_can_enroll(art)  # before minutes of embedding photos
     predictor = _predictor(cfg, art)
     if cfg.action == "upgrade":
         new, timings = _upgrade(cfg, art, predictor)

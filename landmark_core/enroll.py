@@ -132,7 +132,7 @@ def add(
 ) -> Artifact:
     """The artifact with ``new`` landmarks in its catalog, gallery and abstention references."""
     ex = numpy_extras(art)
-    _check_can_grow(art, ex, new)
+    _check_can_grow(art, new)
     center = ex["center"]
     landmarks = list(art.catalog)
     gal, gal_y, val_z, val_e, val_y = [], [], [], [], []
@@ -236,14 +236,25 @@ def _check_has_gallery(ex: dict) -> None:
         )
 
 
-def _check_can_grow(art: Artifact, ex: dict, new: list[NewLandmark]) -> None:
-    _check_has_gallery(ex)
+def check_can_enroll(art: Artifact) -> None:
+    """The model-level reasons `catalog add` cannot work, before any photo is embedded."""
     method = art.abstain.get("method")
+    if method == "openworld":  # --abstain-method knn would be refused with --negatives: say what does work
+        raise EnrollError(
+            "this model's open-world score and threshold were fitted on its trained landmarks and held-back "
+            "negatives (trained with --negatives), and would not know an enrolled landmark: train again with the "
+            "new landmark's photos in --data, or enroll into a model trained without --negatives"
+        )
+    _check_has_gallery(numpy_extras(art))
     if method not in ("knn", "proto"):
         raise EnrollError(
             f"the abstention method {method!r} scores the head's logits, which know nothing of an "
             "enrolled landmark; enrollment needs knn or proto (`landmark train --abstain-method knn`)"
         )
+
+
+def _check_can_grow(art: Artifact, new: list[NewLandmark]) -> None:
+    check_can_enroll(art)
     if not new:
         raise EnrollError("no landmarks to add")
     seen = {k for lm in art.catalog for k in (lm.folder.lower(), lm.name.lower())}

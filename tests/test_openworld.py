@@ -265,6 +265,25 @@ def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_ti
     assert_error_names(capsys.readouterr().err, "--name")
 
 
+def test_adding_a_landmark_to_an_open_world_model_is_refused_with_what_works(make_tiny_artifact, tmp_path, capsys):
+    """`catalog add` used to answer with the closed-world advice (`--abstain-method knn`), which training refuses
+    with --negatives; it now names the two ways that work, and writes nothing."""
+    from jobs.catalog import main as catalog_main
+    from landmark_core.synthetic import generate_dataset
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    generate_dataset(tmp_path / "new", shapes=("pyramid",), n_classes=1, train_per_class=3, test_per_class=0, image_size=(64, 64))
+    photos = next((tmp_path / "new" / "train").iterdir())
+    out = tmp_path / "bigger"
+    code = catalog_main(
+        ["add", "--model", path, "--name", "Pyramid", "--lat", "1", "--lon", "2", "--photos", str(photos),
+         "--output", str(out)]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert "--negatives" in err and "--data" in err and "--abstain-method" not in err
+
+
 def _eval_photos(tmp_path: Path, per_class: int) -> tuple[str, dict]:
     """Known test photos of the tiny model's 3 landmarks, and negatives (plain scenes and wheels): (known, neg)."""
     from landmark_core.synthetic import generate_dataset, generate_negatives
