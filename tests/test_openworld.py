@@ -272,7 +272,9 @@ def test_adding_a_landmark_to_an_open_world_model_is_refused_with_what_works(mak
     from landmark_core.synthetic import generate_dataset
 
     path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
-    generate_dataset(tmp_path / "new", shapes=("pyramid",), n_classes=1, train_per_class=3, test_per_class=0, image_size=(64, 64))
+    generate_dataset(
+        tmp_path / "new", shapes=("pyramid",), n_classes=1, train_per_class=3, test_per_class=0, image_size=(64, 64)
+    )
     photos = next((tmp_path / "new" / "train").iterdir())
     out = tmp_path / "bigger"
     code = catalog_main(
