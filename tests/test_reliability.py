@@ -35,6 +35,7 @@ from landmark_core.preprocess import EvalPreset
 from tests.cli_asserts import assert_error_names
 from tests.payloads import Payload
 from tests.procs import own_process_titles
+from tests.tag_asserts import assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,12 +83,6 @@ def _put_many(client, bucket: str, items: dict[str, bytes], **extra) -> None:
 
 def _photo_keys(prefix: str, n: int) -> dict[str, bytes]:
     return {f"{prefix}/p{i:06d}.jpg": _jpegs()[i % len(_jpegs())] for i in range(n)}
-
-
-def _check_exactly_once(table, uris: set[str]) -> None:
-    got = table.column("uri").to_pylist()
-    assert len(got) == len(set(got)) == len(uris), (len(got), len(set(got)), len(uris))
-    assert set(got) == uris
 
 
 def _closed_port() -> int:
@@ -186,8 +181,7 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
     replacements = ran_model_after - alive_at_kill if compute == "actors" else ran_model_after
     assert replacements, f"no process took over the model's work after the kill (--compute {compute})"
     assert summary["config"]["compute"] == compute
-    table = tagstore.read(out)
-    _check_exactly_once(table, uris)
+    assert_exactly_once(out, uris)
     assert summary["counts"] == {"tagged": n, "no_landmark": 0, "failed": 0, "total": n}
 
 
@@ -231,8 +225,7 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(
     summary = job.result(timeout=240)
 
     opts = storage.S3Options(endpoint=s3.endpoint)
-    table = tagstore.read(out, opts=opts)
-    _check_exactly_once(table, uris)
+    table = assert_exactly_once(out, uris, opts=opts)
     rows = table.to_pylist()
     failed = [r for r in rows if r["status"] == "failed"]
     assert all(r["error"].startswith("read: ") for r in failed), [r["error"] for r in failed]
@@ -242,8 +235,7 @@ def test_s3_down_mid_run_reads_retry_and_the_run_commits_exactly_once(
 
     again = tag_run(cfg)  # a rerun retries what failed (nothing here) and tags nothing twice
     assert again["counts"]["total"] == len(failed) and again["skipped"] == len(uris) - len(failed)
-    latest = tagstore.read(out, opts=opts)
-    _check_exactly_once(latest, uris)
+    latest = assert_exactly_once(out, uris, opts=opts)
     assert set(latest.column("status").to_pylist()) == {"tagged"}
 
 
@@ -446,8 +438,7 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(
             decode_batch=4,
         )
     )
-    table = tagstore.read(out, opts=opts)
-    _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in cases})
+    table = assert_exactly_once(out, {f"s3://{s3_bucket}/{k}" for k in cases}, opts=opts)
     rows = {r["uri"].split(f"s3://{s3_bucket}/", 1)[1]: r for r in table.to_pylist()}
     for key, (data, _, kind) in cases.items():
         r = rows[key]
@@ -471,8 +462,7 @@ def test_awkward_keys_lying_types_oversized_and_broken_gps_each_end_as_one_row(
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join([good] + odd) + "\n")
     out2 = f"s3://{s3_bucket}/tags2"
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=out2, model=small_model, s3_endpoint=s3.endpoint))
-    t2 = tagstore.read(out2, opts=opts)
-    _check_exactly_once(t2, {good, *odd})
+    t2 = assert_exactly_once(out2, {good, *odd}, opts=opts)
     by_uri = {r["uri"]: r for r in t2.to_pylist()}
     assert by_uri[good]["status"] == "tagged"
     for u in odd:

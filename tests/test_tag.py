@@ -11,12 +11,14 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from tests.cli_asserts import assert_error_names
+from tests.tag_asserts import assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +37,6 @@ def photos(tmp_path, synthetic_data, bad_corpus):
     return d, expected
 
 
-def _check_exactly_once(table, uris: set[str]) -> None:
-    got = table.column("uri").to_pylist()
-    assert len(got) == len(set(got)) == len(uris), (len(got), len(set(got)), len(uris))
-    assert set(got) == uris
-
-
 @pytest.mark.slow
 def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, tiny_artifact, tmp_path, capsys):
     src, expected_bad = photos
@@ -54,8 +50,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
         for p in src.rglob("*")
         if p.suffix.lower() in (".jpg", ".png", ".gif", ".bmp", ".tiff", ".webp")
     }
-    table = tagstore.read(out)
-    _check_exactly_once(table, listed)
+    table = assert_exactly_once(out, listed)
     assert table.schema.equals(tagstore.TAGS_SCHEMA)
     c = summary["counts"]
     assert c["total"] == table.num_rows == c["tagged"] + c["no_landmark"] + c["failed"]
@@ -105,8 +100,7 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     assert tagged_uris - {str(new.resolve())} <= {
         u for u, r in zip(table.column("uri").to_pylist(), table.column("status").to_pylist()) if r == "failed"
     }
-    latest = tagstore.read(out)
-    _check_exactly_once(latest, listed | {str(new.resolve())})
+    assert_exactly_once(out, listed | {str(new.resolve())})
 
     forced = tag_run(TagConfig(**{**cfg.__dict__, "retag": True, "stage_times": False}))
     assert forced["counts"]["total"] == len(listed) + 1
@@ -143,8 +137,7 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
     )
     summary = tag_run(cfg)
     opts = storage.S3Options(endpoint=s3.endpoint)
-    table = tagstore.read(out, opts=opts)
-    _check_exactly_once(table, {f"s3://{s3_bucket}/{k}" for k in keys})
+    table = assert_exactly_once(out, {f"s3://{s3_bucket}/{k}" for k in keys}, opts=opts)
     etags = {f"s3://{s3_bucket}/{k}": client.head_object(Bucket=s3_bucket, Key=k)["ETag"].strip('"') for k in keys}
     assert all(r["etag"] == etags[r["uri"]] for r in table.to_pylist())
     assert summary["counts"]["failed"] == sum(1 for v in expected.values() if v is not None)
@@ -168,8 +161,7 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
     files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg"), str(nameless)]
     (tmp_path / "m.csv").write_text("uri\n" + "\n".join(files) + "\n")
     tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
-    t = tagstore.read(str(tmp_path / "t1"))
-    _check_exactly_once(t, set(files))
+    t = assert_exactly_once(str(tmp_path / "t1"), set(files))
     rows = {Path(r["uri"]).name: r for r in t.to_pylist()}
     assert rows["missing.jpg"]["status"] == "failed" and "not found" in rows["missing.jpg"]["error"]
     assert rows[nameless.name]["status"] != "failed" and rows[nameless.name]["width"] > 0  # read by content
@@ -211,6 +203,32 @@ def _live_in_session(sid: int) -> list[int]:
             except (OSError, IndexError):
                 continue
     return pids
+
+
+def test_verify_refuses_a_run_whose_files_are_not_one_row_per_input(tmp_path):
+    """The guard before every commit: rows counted in the files actually written, against the inputs. A photo
+    written twice, one missing, one that was no input, or a duplicate hiding a missing one: no commit."""
+    from pyarrow import fs as pafs
+
+    from jobs.tag import _verify
+
+    todo = pa.table({"uri": ["a", "b", "c"]})
+
+    def written(name: str, uris: list[str]) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        half = len(uris) // 2  # two files, as a run writes several
+        for i, part in enumerate((uris[:half], uris[half:])):
+            pq.write_table(pa.table({"uri": part, "status": ["tagged"] * len(part)}), d / f"part-{i}.parquet")
+        return str(d)
+
+    fs = pafs.LocalFileSystem()
+    counts, files = _verify(fs, written("ok", ["a", "b", "c"]), todo)
+    assert counts["tagged"] == counts["total"] == 3 and len(files) == 2
+    bad = {"twice": ["a", "b", "c", "c"], "missing": ["a", "b"], "foreign": ["a", "b", "x"], "hidden": ["a", "a", "b"]}
+    for name, uris in bad.items():
+        with pytest.raises(RuntimeError, match="refusing to commit"):
+            _verify(fs, written(name, uris), todo)
 
 
 @pytest.mark.slow
@@ -272,8 +290,7 @@ def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artif
         _tag_cmd(src, out, tiny_artifact.path), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    t = tagstore.read(str(out))
-    _check_exactly_once(t, {str(p.resolve()) for p in src.rglob("*.jpg")})
+    t = assert_exactly_once(str(out), {str(p.resolve()) for p in src.rglob("*.jpg")})
     assert t.num_rows == n
 
 
@@ -317,8 +334,7 @@ def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_dat
             if r == run_id
         ]
         assert sorted(mine) == sorted(photos), run_id
-    current = tagstore.read(str(out))
-    _check_exactly_once(current, photos)
+    current = assert_exactly_once(str(out), photos)
     assert set(current.column("run_id").to_pylist()) <= set(per_run)
 
 
