@@ -132,7 +132,18 @@ def read_bytes(uri: str, opts: S3Options = S3Options()) -> bytes:
 
 
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling"}
-_outage_since: dict[str | None, float] = {}  # per endpoint, this process: when reads began failing transiently
+_outage: dict[str | None, tuple[float, float]] = {}  # per endpoint, this process: (first, last) transient failure
+
+
+def _outage_start(endpoint: str | None, now: float, retry_seconds: float) -> float:
+    """When the current outage of ``endpoint`` began, given a transient failure at ``now``. A failure after a quiet
+    gap longer than the retry budget starts a new outage: else a process whose last read, long ago, failed would
+    give the next outage one attempt per object and no retries."""
+    first, last = _outage.get(endpoint, (now, now))
+    if now - last > retry_seconds:
+        first = now
+    _outage[endpoint] = (first, now)
+    return first
 
 
 def _read_s3_retrying(bucket: str, key: str, opts: S3Options) -> bytes:
@@ -146,13 +157,13 @@ def _read_s3_retrying(bucket: str, key: str, opts: S3Options) -> bytes:
     for attempt in itertools.count():
         try:
             data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            _outage_since.pop(opts.endpoint, None)
+            _outage.pop(opts.endpoint, None)
             return data
         except Exception as e:
             if not is_transient(e):
                 raise
             now = time.monotonic()
-            since = _outage_since.setdefault(opts.endpoint, now)
+            since = _outage_start(opts.endpoint, now, opts.read_retry_seconds)
             pause = min(4.0, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)
             if now + pause - since > opts.read_retry_seconds:
                 raise
@@ -261,10 +272,16 @@ def arrow_fs(uri: str, opts: S3Options = S3Options()):
     return pafs.S3FileSystem(**kw), f"{bucket}/{key}".rstrip("/")
 
 
+# key=value pairs that carry a credential: config-style names and a presigned URL's X-Amz-* query parameters
+_SECRET_PARAM = re.compile(
+    r"(?i)(secret[_-]?(access[_-]?)?key|(?:session|security)[_-]?token|signature|credential)=([^&\s]+)"
+)
+
+
 def redact(text: str) -> str:
     """Remove anything that looks like a credential from a message before it is logged or stored."""
     for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
         val = os.environ.get(var)
         if val and len(val) >= 4:
             text = text.replace(val, "***")
-    return re.sub(r"(?i)(secret[_-]?(access[_-]?)?key|session[_-]?token|signature)=([^&\s]+)", r"\1=***", text)
+    return _SECRET_PARAM.sub(r"\1=***", text)
