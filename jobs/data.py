@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import sys
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 
 UDACITY_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 
@@ -77,46 +81,80 @@ def fetch_udacity(dest: Path, *, url: str = UDACITY_URL, timeout: float = 15.0) 
     return root
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class DataConfig:
+    action: str  # fetch | synthetic
+    dest: str
+    name: str = "udacity"  # fetch: which public dataset
+    url: str = UDACITY_URL
+    timeout: float = 15.0
+    classes: int = 6  # synthetic: landmarks (class folders)
+    train_per_class: int = 30
+    test_per_class: int = 10
+    seed: int = 0
+    bad: bool = False
+
+    def check(self) -> None:
+        if self.action == "fetch" and not self.timeout > 0:
+            raise ConfigError(f"--timeout must be > 0, got {self.timeout}")
+        if self.action == "synthetic":
+            from landmark_core.synthetic import SHAPES
+
+            if not 1 <= self.classes <= len(SHAPES):
+                raise ConfigError(f"--classes must be 1 to {len(SHAPES)} (the synthetic shapes), got {self.classes}")
+            if self.train_per_class < 2:  # training holds one back for validation
+                raise ConfigError(f"--train-per-class must be >= 2, got {self.train_per_class}")
+            if self.test_per_class < 0:
+                raise ConfigError(f"--test-per-class must be >= 0, got {self.test_per_class}")
+
+
+@checks_config
+def run(cfg: DataConfig) -> dict:
+    if cfg.action == "fetch":
+        return {"root": str(fetch_udacity(Path(cfg.dest), url=cfg.url, timeout=cfg.timeout))}
+    from landmark_core import synthetic
+
+    summary = synthetic.generate_dataset(
+        cfg.dest,
+        n_classes=cfg.classes,
+        train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class,
+        seed=cfg.seed,
+    )
+    if cfg.bad:
+        summary["bad"] = synthetic.write_bad_corpus(Path(cfg.dest) / "bad")
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="landmark data", description="Fetch or generate datasets.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fetch", help="download a public dataset")
-    f.add_argument("name", choices=["udacity"])
+    f.add_argument("name", choices=["udacity"], help="the dataset: udacity (the 50-landmark Udacity set)")
     f.add_argument("--dest", required=True, help="directory to unpack into")
     f.add_argument("--url", default=UDACITY_URL, help="override the download URL (mirror)")
     f.add_argument("--timeout", type=float, default=15.0, help="network timeout, seconds")
     s = sub.add_parser("synthetic", help="generate the synthetic landmark-like dataset (+ bad files)")
     s.add_argument("dest", help="directory to write DEST/train/<class>/ and DEST/test/<class>/ into")
-    s.add_argument("--classes", type=int, default=6, help="landmarks (class folders), default 6")
+    s.add_argument("--classes", type=int, default=6, help="landmarks (class folders), 1 to 12, default 6")
     s.add_argument("--train-per-class", type=int, default=30, help="training photos per landmark, default 30")
     s.add_argument("--test-per-class", type=int, default=10, help="test photos per landmark, default 10")
     s.add_argument("--seed", type=int, default=0, help="the same seed writes the same photos, default 0")
     s.add_argument("--bad", action="store_true", help="also write the bad-file corpus to DEST/bad/")
-    ns = p.parse_args(argv)
-    if ns.cmd == "fetch":
-        if ns.timeout <= 0:
-            p.error(f"--timeout must be > 0, got {ns.timeout}")
-        try:
-            fetch_udacity(Path(ns.dest), url=ns.url, timeout=ns.timeout)
-        except FetchError as e:
-            print(f"landmark data fetch: {e}", file=sys.stderr)
-            return 1
-        return 0
-    from landmark_core import synthetic
+    return p
 
-    args = [
-        ns.dest,
-        "--classes",
-        str(ns.classes),
-        "--train-per-class",
-        str(ns.train_per_class),
-        "--test-per-class",
-        str(ns.test_per_class),
-        "--seed",
-        str(ns.seed),
-    ] + (["--bad"] if ns.bad else [])
-    synthetic.main(args)
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        build_parser(),
+        argv,
+        config=lambda ns: fields_of(DataConfig, ns),
+        run=run,
+        show=lambda _result, _cfg: 0,
+        failures=((FetchError, 1),),
+        prog=lambda cfg: f"landmark data {cfg.action}",
+    )
 
 
 if __name__ == "__main__":

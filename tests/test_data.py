@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import json
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ from jobs.data import FetchError, fetch_udacity, main as data_main
 from landmark_core import storage
 from landmark_core.datasets import DatasetError, Split, load_labelled, stratified_split
 from landmark_core.synthetic import generate_dataset, render_scene
+from tests.cli_asserts import assert_error_names
 
 
 def _jpeg(seed: int = 0) -> bytes:
@@ -211,3 +213,29 @@ def test_fetch_offline_fails_fast_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "offline" in err and "landmark_images" in err
     assert not list((tmp_path / "d").glob("*.part"))
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["synthetic", "{d}", "--classes", "0"], "--classes"),  # wrote nothing and said it was done
+        (["synthetic", "{d}", "--classes", "99"], "--classes"),  # was a ValueError traceback
+        (["synthetic", "{d}", "--train-per-class", "-1"], "--train-per-class"),
+        (["synthetic", "{d}", "--test-per-class", "-2"], "--test-per-class"),
+        (["fetch", "udacity", "--dest", "{d}", "--timeout", "0"], "--timeout"),
+    ],
+)
+def test_bad_data_arguments_fail_fast_naming_the_flag(argv, flag, tmp_path, capsys):
+    d = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        data_main([a.format(d=d) for a in argv])
+    assert exit_.value.code == 2 and not d.exists()
+    assert_error_names(capsys.readouterr().err, flag)
+
+
+def test_synthetic_writes_the_dataset_it_reports(tmp_path, capsys):
+    d = tmp_path / "syn"
+    assert data_main(["synthetic", str(d), "--classes", "2", "--train-per-class", "3", "--test-per-class", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["root"] == str(d) and len(summary["classes"]) == 2
+    assert len(list((d / "train").rglob("*.jpg"))) == 6 and len(list((d / "test").rglob("*.jpg"))) == 2

@@ -74,6 +74,7 @@ def test_deferred_jpegs_decoded_on_the_actor_device_give_the_cpu_paths_rows(list
     assert failed["truncated.jpg"].startswith("decode: truncated")  # refused on the device, failed as on the CPU
 
 
+@pytest.mark.slow
 def test_deferred_jpegs_cross_ray_data_to_the_model_stage(ray_local, listing, tiny_artifact):
     import ray
 
@@ -97,6 +98,7 @@ def test_deferred_jpegs_cross_ray_data_to_the_model_stage(ray_local, listing, ti
     want = sorted(
         _rows(predictor, read_and_decode(listing, preset=preset, opts=storage.S3Options())), key=lambda r: r["uri"]
     )
+    assert [r["uri"] for r in got] == [w["uri"] for w in want]  # one row per photo, none extra, none lost
     _same_rows([{k: r[k] for k in w} for r, w in zip(got, want)], want)
 
 

@@ -118,6 +118,7 @@ def post_photo(app, path: str, ctype: str = "image/jpeg") -> requests.Response:
 # ---------------------------------------------------------------------------------------------- the API
 
 
+@pytest.mark.slow
 def test_good_and_bad_photos_answer_as_predict_does(app, expected, bad_corpus):
     _, kinds = bad_corpus
     for path, want in expected.items():
@@ -140,6 +141,7 @@ def expected_good(expected: dict) -> str:
     return next(p for p, w in expected.items() if w["status"] == "tagged")
 
 
+@pytest.mark.slow
 def test_multipart_single_and_batch(app, expected):
     good = [p for p, w in expected.items() if w["status"] != "failed"][:3]
     bad = next(p for p, w in expected.items() if w["status"] == "failed")
@@ -156,6 +158,7 @@ def test_multipart_single_and_batch(app, expected):
     assert r.status_code == 400 and r.json()["error"].startswith("empty:")
 
 
+@pytest.mark.slow
 def test_oversize_and_wrong_type_are_refused_and_the_app_goes_on(app, expected):
     good = expected_good(expected)
     big = os.urandom(int(1.5 * 1024 * 1024))
@@ -171,6 +174,7 @@ def test_oversize_and_wrong_type_are_refused_and_the_app_goes_on(app, expected):
     assert same_answer(post_photo(app, good).json(), expected[good])
 
 
+@pytest.mark.slow
 def test_model_health_and_docs(app, model_dir):
     art = artifact_mod.load(model_dir, tensors="numpy")
     info = app["s"].get(f"{app['url']}/v1/model", timeout=30).json()
@@ -194,6 +198,7 @@ def test_model_health_and_docs(app, model_dir):
     assert app["s"].get(f"{app['url']}/docs/other.js", timeout=30).status_code == 404
 
 
+@pytest.mark.slow
 def test_token_is_required_and_never_logged(app, expected, token, ray_local):
     good = expected_good(expected)
     url = app["url"]
@@ -350,6 +355,7 @@ def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
 # ---------------------------------------------------------------------------------------------- time-outs
 
 
+@pytest.mark.slow
 def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, expected):
     """An app whose batches wait 10 s to fill, with a 1 s request timeout: 503 + Retry-After, no hang."""
     from ray import serve
