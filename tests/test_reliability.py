@@ -272,10 +272,12 @@ def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(
     assert job.result(timeout=240) == 1
     err = capsys.readouterr().err
     line = [ln for ln in err.splitlines() if ln.startswith("landmark tag: error:")]
-    assert len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], err[-2000:]
+    assert len(line) == 1 and f"--output {out} is not writable" in line[0] and "not committed" in line[0], err[-2000:]
+    assert f"Bucket '{s3_bucket}' not found" in line[0], line[0]  # the cause, named
     print(line[0])
+    # nothing is left: no write of the job's brought the bucket back (the store would have made it to hold them)
+    assert s3_bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     client.create_bucket(Bucket=s3_bucket)
-    assert client.list_objects_v2(Bucket=s3_bucket).get("KeyCount", 0) == 0
     assert tagstore.runs(out, storage.S3Options(endpoint=s3.endpoint)) == []
 
 
@@ -289,6 +291,25 @@ def _mount_tmpfs(where: Path, size_kb: int) -> bool:
         ).returncode
         == 0
     )
+
+
+def test_output_disk_too_small_for_the_table_fails_before_any_work(small_model, tmp_path, capsys):
+    """No room at all: the job stops at its pre-flight (the write probe), exit 2, one line naming --output."""
+    disk = tmp_path / "tiny"
+    if not _mount_tmpfs(disk, 64):
+        pytest.skip("needs root and mount to make a small file system")
+    try:
+        (disk / "filler").write_bytes(b"\0" * shutil.disk_usage(disk).free)  # nothing left
+        _write_photos(tmp_path / "photos", 5)
+        out = str(disk / "tags")
+        code = tag_main(["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model])
+        err = capsys.readouterr().err
+        line = assert_error_names(err, f"--output {out}")
+        assert code == 2 and len(err.strip().splitlines()) == 1, err  # one line, before any Ray work
+        assert "No space left on device" in line, line
+        print(line)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.slow
@@ -307,7 +328,8 @@ def test_full_output_disk_is_one_clear_error_and_nothing_is_committed(ray_local,
         code = tag_main(["--input", str(tmp_path / "photos"), "--output", out, "--model", small_model])
         err = capsys.readouterr().err
         line = [ln for ln in err.splitlines() if ln.startswith("landmark tag: error:")]
-        assert code == 1 and len(line) == 1 and f"--output {out}" in line[0] and "not committed" in line[0], err[-2000:]
+        assert code == 1 and len(line) == 1 and f"--output {out} is not writable" in line[0], err[-2000:]
+        assert "No space left on device" in line[0] and "not committed" in line[0], line[0]
         print(line[0])
         assert tagstore.runs(out) == [] and tagstore.read(out).num_rows == 0
     finally:
