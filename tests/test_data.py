@@ -68,7 +68,7 @@ def test_symlinked_class_folders_are_followed_and_a_link_loop_ends(tmp_path):
     rows = read_and_decode(
         {"uri": files[-1:], "etag": [None], "size_bytes": [None]}, preset=EvalPreset(size=32, resize=36), opts=None
     )
-    assert rows["status"][0] == "failed" and rows["error"][0], rows["error"]
+    assert rows["status"][0] == "failed" and rows["error"][0] == "read: not found", rows["error"]
     assert not np.asarray(rows["ok"])[0]
 
 

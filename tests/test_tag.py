@@ -361,8 +361,9 @@ def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
 
 def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LANDMARK_MODEL", raising=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert exit_.value.code == 2
     assert_error_names(capsys.readouterr().err, "--model")
     assert tag_main(["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "nope")]) == 2
     assert_error_names(capsys.readouterr().err, "--model")
@@ -370,5 +371,5 @@ def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, mo
     blocker.write_text("x")
     t0 = time.time()
     assert tag_main(["--input", str(tmp_path), "--output", str(blocker / "tags"), "--model", tiny_artifact.path]) == 2
-    assert_error_names(capsys.readouterr().err, "not writable")
+    assert_error_names(capsys.readouterr().err, f"--output {blocker / 'tags'}", "not writable")
     assert time.time() - t0 < 10

@@ -240,8 +240,9 @@ def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_pat
 
 
 def test_missing_data_dir_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_:
         train_main(["--data", str(tmp_path / "nope"), "--output", str(tmp_path / "m")])
+    assert exit_.value.code == 2 and not (tmp_path / "m").exists()
     assert_error_names(capsys.readouterr().err, "--data")
 
 
