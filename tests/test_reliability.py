@@ -133,12 +133,13 @@ class _Job(threading.Thread):
         return self.value
 
 
+def _busy(title: str) -> bool:
+    return title.endswith(".submit") or "tag_task" in title
+
+
 def _busy_new_worker(before: set[int]):
     """A model-running process that was not there before and is working on a batch now (or None)."""
-    return next(
-        (p for p, t in _tag_worker_pids().items() if p not in before and (t.endswith(".submit") or "tag_task" in t)),
-        None,
-    )
+    return next((p for p, t in _tag_worker_pids().items() if p not in before and _busy(t)), None)
 
 
 # ---------------------------------------------------------------- faults: nothing lost, nothing twice
@@ -169,17 +170,18 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
     time.sleep(0.3)
     assert job.is_alive(), "the run finished before the predictor could be killed; give it more photos"
     alive_at_kill = set(own_process_titles())
-    os.kill(victim, signal.SIGKILL)
+    _wait_for(lambda: _busy(_tag_worker_pids().get(victim, "")), 30, "the victim inside a batch")
+    os.kill(victim, signal.SIGKILL)  # within a poll of seeing it inside a batch: that batch is lost with it
     ran_model_after: set[int] = set()  # processes other than the victim seen running the model after the kill
     while job.is_alive():
         ran_model_after |= set(_tag_worker_pids()) - {victim}
         time.sleep(0.05)
     summary = job.result(timeout=1)
     assert not Path(f"/proc/{victim}").exists(), "the predictor process survived SIGKILL"
-    # actors: one actor in the pool, so its replacement is a process started after the kill. tasks: Ray retries
-    # the killed task in another of the job's worker processes (it reuses idle ones, which may predate the kill).
-    replacements = ran_model_after - alive_at_kill if compute == "actors" else ran_model_after
-    assert replacements, f"no process took over the model's work after the kill (--compute {compute})"
+    if compute == "actors":  # one actor in the pool: its replacement is a process started after the kill
+        assert ran_model_after - alive_at_kill, "no new process took over the model's work after the kill"
+    # tasks: the victim was inside a tag task when it died, so the every-photo-tagged check below is what shows
+    # that Ray ran that task again (in another process: the victim is gone); which idle worker ran it is Ray's
     assert summary["config"]["compute"] == compute
     assert_exactly_once(out, uris)
     assert summary["counts"] == {"tagged": n, "no_landmark": 0, "failed": 0, "total": n}

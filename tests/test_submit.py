@@ -170,3 +170,23 @@ def test_submit_fails_for_a_bad_argument(ray_head):
     bad = _submit(ray_head, ["python", "-m", "jobs.train", "--data", "/nonexistent", "--output", "/tmp/x"], timeout=180)
     assert bad.returncode != 0
     assert_error_names(bad.stdout + bad.stderr, "--data")
+
+
+@pytest.mark.slow
+def test_the_cluster_refuses_a_client_without_its_token(ray_head):
+    """Token auth is on: the job API answers a request without the token 401 and with a wrong one 403, and
+    `ray job submit` with a wrong token fails before any job exists."""
+    import requests
+
+    assert requests.get(f"{ray_head}/api/jobs/", timeout=30).status_code == 401
+    wrong = {"Authorization": "Bearer " + "0" * 64}
+    assert requests.get(f"{ray_head}/api/jobs/", headers=wrong, timeout=30).status_code == 403
+    env = {**_job_env(), "RAY_AUTH_TOKEN": "0" * 64}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_head, "--", "python", "-c", "print('ran')"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "ran" not in r.stdout, (r.stdout + r.stderr)[-2000:]
+    listed = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", ray_head], env=_job_env(), capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "print('ran')" not in listed.stdout
