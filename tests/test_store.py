@@ -362,6 +362,21 @@ def test_run_killed_after_its_commit_is_caught_up_by_readers_and_the_next_run(ta
     assert (mode, covered) == ("table", 5) and {u: r for u, r, _ in cur}["b"] == "r5"
 
 
+def test_a_failed_superseded_refresh_leaves_the_run_committed_and_readers_right(table, capsys):
+    """The refresh after a commit is best effort: here the superseded table's log is damaged (a next version that is
+    not JSON), so the refresh fails for real; the run is committed all the same, the failure is one stderr line,
+    and readers compute the current rows from the history."""
+    log = Path(tagstore.superseded_uri(table)) / "_delta_log"
+    latest = max(int(p.stem) for p in log.glob("*.json"))
+    (log / f"{latest + 1:020d}.json").write_text("not a delta log entry\n")
+    version = append(table, rows(["a", "y"], "r4", T0 + timedelta(days=3), etag="e4"), "r4")
+    err = capsys.readouterr().err
+    assert "the superseded table was not brought up to date" in err, err
+    assert [r["run_id"] for r in tagstore.runs(table)][-1] == "r4" and version == 4
+    cur = {r["uri"]: r["run_id"] for r in tagstore.read(table, columns=["uri", "run_id"]).to_pylist()}
+    assert cur == {"a": "r4", "b": "r2", "c": "r3", "d": "r3", "y": "r4"}
+
+
 def test_concurrent_runs_keep_the_superseded_table_right(tmp_path):
     root = str(tmp_path / "tags")
     tagstore.ensure_table(root)
