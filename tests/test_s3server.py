@@ -60,6 +60,21 @@ def test_put_get_list(s3: SeaweedS3, s3_bucket: str) -> None:
     assert _error(ei.value) == ("NoSuchKey", 404)
 
 
+def test_put_if_none_match_refuses_an_existing_key(s3: SeaweedS3, s3_bucket: str) -> None:
+    """What delta-rs's commits on S3 rest on (RELIABILITY "Concurrent writers on S3"): a PUT with If-None-Match: *
+    of a key that exists answers 412, and the first writer's bytes stay."""
+    from botocore.exceptions import ClientError
+
+    c = s3.client()
+    key = "tags/_delta_log/00000000000000000001.json"
+    c.put_object(Bucket=s3_bucket, Key=key, Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as refused:
+        c.put_object(Bucket=s3_bucket, Key=key, Body=b"second", IfNoneMatch="*")
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+    assert c.get_object(Bucket=s3_bucket, Key=key)["Body"].read() == b"first"
+
+
 def test_multipart_upload(s3: SeaweedS3, s3_bucket: str) -> None:
     c = s3.client()
     data = os.urandom(11 * 1024 * 1024)
