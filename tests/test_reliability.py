@@ -516,6 +516,31 @@ def test_more_bad_arguments_fail_fast_naming_the_flag(argv, needle, small_model,
     assert_error_names(capsys.readouterr().err, needle)
 
 
+@pytest.mark.parametrize(
+    "job, argv, flag",
+    [
+        ("tag", ["--input", "{d}", "--output", "{d}/o", "--model", "{model}", "--actors", "0"], "--actors"),
+        ("train", ["--data", "{d}", "--output", "{d}/m", "--workers", "0"], "--workers"),
+        ("serve", ["--model", "{model}", "--replicas", "0"], "--replicas"),
+        ("eval", ["--model", "{model}", "--known", "{d}/nope"], "--known"),
+    ],
+)
+def test_a_bad_argument_stops_before_ray_starts(job, argv, flag, small_model, tmp_path):
+    """As a user runs it (`python -m jobs.X`, its own process): exit 2, one error line naming the flag, and Ray
+    never started (its session folder under RAY_TMPDIR is never made)."""
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    args = [a.format(d=tmp_path, model=small_model) for a in argv]
+    r = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert_error_names(r.stderr, flag)
+    assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
+
+
 @pytest.mark.parametrize("damage", ["corrupt_json", "truncated_weights"])
 def test_corrupt_model_artifact_is_one_line_naming_model(damage, small_model, tmp_path, capsys):
     model = tmp_path / "model"
