@@ -23,7 +23,7 @@ import math
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -435,9 +435,13 @@ class Store:
         return dataset(self.table, self.root, self.opts)
 
     def _register(self, name: str, files: list[str], arrow_data) -> None:
-        """``name`` as a view over ``files`` (DuckDB's reader, local) or ``arrow_data()`` (S3, or no files)."""
-        if self.native and files:
-            self.con.read_parquet(files).create_view(name)
+        """``name`` as a view over ``files`` (DuckDB's reader, local) or ``arrow_data()`` (S3, or no files).
+
+        The log's file URIs are percent-encoded (a table under "my tags/" lists "my%20tags/..."): DuckDB wants the
+        paths themselves, and reads a path as a glob pattern, so a path with glob characters goes through pyarrow."""
+        paths = [unquote(f.removeprefix("file://")) for f in files] if self.native else []
+        if paths and not any(c in p for p in paths for c in "*?[{"):
+            self.con.read_parquet(paths).create_view(name)
         else:
             self.con.register(name, arrow_data())
 
@@ -514,8 +518,6 @@ class RowsRemoved(StoreError):
 def added_files(root: str, opts: storage.S3Options, after: int, upto: int) -> list[str] | None:
     """Data files (relative to the table) that the commits after..upto added with new rows; None when the log no
     longer has one of those entries. Raises RowsRemoved when one of them removed rows."""
-    from urllib.parse import unquote
-
     fs, path = storage.arrow_fs(root, opts)
     files = []
     for v in range(after + 1, upto + 1):
