@@ -47,6 +47,20 @@ def reference_tensors(
         }
 
 
+# where each method's score lies: a --min-score outside tags every photo or none (energy is unbounded)
+SCORE_RANGES = {"msp": (0.0, 1.0), "openworld": (0.0, 1.0), "knn": (-1.0, 1.0), "proto": (-1.0, 1.0)}
+
+
+def check_min_score(method: str, value: float) -> None:
+    """Refuses a raw threshold outside the range of the model's score, naming the flag users set it with."""
+    lo, hi = SCORE_RANGES.get(method, (float("-inf"), float("inf")))
+    if not lo <= value <= hi:
+        would = "no photo" if value > hi else "every photo"
+        raise ValueError(
+            f"--min-score {value:g}: this model's score ({method}) lies in [{lo:g}, {hi:g}]; it would tag {would}"
+        )
+
+
 def known_score(
     method: str, logits: np.ndarray, embeddings: np.ndarray | None, *, temperature: float, extra: dict, k: int = 5
 ) -> np.ndarray:

@@ -117,6 +117,7 @@ class Predictor:
         self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None
     ) -> float:
         if min_score is not None:
+            abstention.check_min_score(self.method, float(min_score))
             return float(min_score)
         if max_wrong_rate is not None and "neg_fit_scores" not in self.extra:
             raise ValueError(

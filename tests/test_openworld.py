@@ -448,6 +448,10 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)
     assert eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--runtime", "torch"]) == 2
     assert "not a landmark of this model's catalog" in capsys.readouterr().err
+    # a raw threshold no score of this model can reach: refused, not 100% abstained
+    argv = ["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--min-score", "2"]
+    assert eval_main(argv) == 2
+    assert_error_names(capsys.readouterr().err, "--min-score 2", "lies in")
     # photos with no class folder above them: nothing to score as known (it crashed on an empty concatenation)
     generate_unknown(tmp_path / "loose", n=2)
     model = ["--model", tiny_artifact.path, "--runtime", "torch"]

@@ -200,7 +200,20 @@ def test_min_score_overrides_the_artifacts_threshold(sharp, sharp_out, images):
     strict = type(sharp)(**{**sharp.__dict__, "abstain": {"method": "msp", "threshold": 1.01}})
     assert set(Predictor(strict, k=1).predict_arrays(images[:3])["status"]) == {NO_LANDMARK}
     assert set(Predictor(strict, k=1, min_score=0.0).predict_arrays(images[:3])["status"]) == {TAGGED}
-    assert set(Predictor(sharp, k=1, min_score=1.01).predict_arrays(images[:3])["status"]) == {NO_LANDMARK}
+
+
+@pytest.mark.parametrize(
+    "method, bad, fine", [("msp", (1.01, -0.1, 2.0), (0.0, 1.0)), ("knn", (1.5, -1.2), (-0.5, 1.0))]
+)
+def test_a_min_score_outside_the_models_score_range_is_refused(make_tiny_artifact, method, bad, fine):
+    """A threshold no score can reach (or every score passes) would tag no photo (or every one) for the whole run,
+    and the tag job's rows would then be skipped as settled: refused up front, naming the flag."""
+    art = make_tiny_artifact(abstain={"method": method, "threshold": 0.0}, preset=SMALL)
+    for value in bad:
+        with pytest.raises(ValueError, match=r"--min-score .*lies in \["):
+            Predictor(art, k=1, min_score=value)
+    for value in fine:
+        assert Predictor(art, k=1, min_score=value).threshold == value
 
 
 def test_accept_rate_uses_the_artifacts_validation_scores(sharp, images):
