@@ -13,7 +13,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,12 +34,24 @@ class S3Options:
     # An object read that fails on a transient error (connection refused/reset, 5xx, cut-off body) is retried
     # with backoff until the store has been unreachable this long: a restart of the store costs time, not rows.
     read_retry_seconds: float = 30.0
+    endpoint_from: str = field(default="--s3-endpoint", repr=False, compare=False)  # for error messages
+
+    def __post_init__(self) -> None:
+        # no --s3-endpoint: the endpoint boto3 itself would use (AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL), so that
+        # pyarrow, delta-rs and our checks talk to the same store as boto3 does, not to AWS
+        if self.endpoint is None and env_endpoint():
+            object.__setattr__(self, "endpoint", env_endpoint())
+            object.__setattr__(self, "endpoint_from", "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
 
     def check(self) -> None:
         if self.endpoint:
             u = urlparse(self.endpoint)
             if u.scheme not in ("http", "https") or not u.hostname:
-                raise StorageError(f"--s3-endpoint must look like http(s)://host[:port], got {self.endpoint!r}")
+                raise StorageError(f"{self.endpoint_from} must look like http(s)://host[:port], got {self.endpoint!r}")
+
+
+def env_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
 def as_options(opts: "S3Options | dict | None") -> S3Options:

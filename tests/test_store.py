@@ -254,10 +254,15 @@ def test_bad_arguments_name_the_flag(argv, needle, capsys):
     assert_error_names(capsys.readouterr().err, needle)
 
 
-def test_no_table_is_one_line(tmp_path, capsys):
-    assert st.main(["history", "--table", str(tmp_path / "nothing")]) == 1
+@pytest.mark.parametrize(
+    "action,extra", [("history", []), ("optimize", []), ("vacuum", ["--retain-hours", "1", "--dry-run"])]
+)
+def test_no_table_is_one_line(tmp_path, capsys, action, extra):
+    """A table that is not there is a bad --table: exit 2, as for the other config errors, in one line."""
+    assert st.main([action, "--table", str(tmp_path / "nothing"), *extra]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("landmark store history: error: --table") and len(err.splitlines()) == 1
+    assert err.startswith(f"landmark store {action}: error: --table") and len(err.splitlines()) == 1
+    assert_error_names(err, "--table", "_delta_log")
 
 
 def test_a_reader_that_is_not_ours_reads_the_table(table):
@@ -478,3 +483,22 @@ def test_a_table_under_a_path_with_spaces_unicode_or_glob_characters_reads_and_g
     assert tagstore.read(root, history=True).num_rows == 4
     listing = pa.table([["a", "d"], [1, 1], ["e1", "e1"]], schema=LISTING_SCHEMA)
     assert pending(listing, root, "lm-a", storage.S3Options())[0].column("uri").to_pylist() == ["d"]
+
+
+def test_a_table_on_s3_with_the_endpoint_only_in_the_environment(s3, s3_bucket, monkeypatch):
+    """The endpoint the dev server prints (AWS_ENDPOINT_URL_S3) and no --s3-endpoint: boto3 used it while delta-rs
+    and pyarrow went to AWS ("Could not resolve host: tags.s3.us-east-1.amazonaws.com"); every reader and writer
+    now takes the same store."""
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options()  # what a job builds without --s3-endpoint
+    assert opts.endpoint == s3.endpoint
+    root = f"s3://{s3_bucket}/tags-env"
+    append(root, rows(["a", "b"], "r1", T0), "r1", opts=opts)
+    append(root, rows(["b"], "r2", T0 + timedelta(days=1)), "r2", opts=opts)
+    cur = tagstore.read(root, columns=["uri", "run_id"], opts=storage.S3Options()).to_pylist()
+    assert cur == [{"uri": "a", "run_id": "r1"}, {"uri": "b", "run_id": "r2"}]
+    assert storage.S3Options(endpoint="http://other:1").endpoint == "http://other:1"  # the flag wins
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "localhost:9000")
+    with pytest.raises(storage.StorageError, match="AWS_ENDPOINT_URL_S3 .*must look like"):
+        storage.S3Options().check()
