@@ -66,7 +66,7 @@ class CatalogConfig:
             raise ConfigError("--model is required")
         if self.action in ("add", "remove", "upgrade") and not self.output:
             raise ConfigError(f"--output is required for `catalog {self.action}` (the new artifact's directory)")
-        if self.output and self.output.rstrip("/") == self.model.rstrip("/"):
+        if self.output and _same_place(self.output, self.model):
             raise ConfigError("--output must differ from --model: the old artifact stays as it is")
         if self.action == "add":
             self._check_add()
@@ -135,6 +135,15 @@ def _is_dir(p: str) -> bool:
     from pathlib import Path
 
     return Path(p).is_dir()
+
+
+def _same_place(a: str, b: str) -> bool:
+    """The same directory however it is spelled (./m, m/, /abs/m, through a link); s3:// URIs by text."""
+    from pathlib import Path
+
+    if storage.is_s3(a) or storage.is_s3(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def _is_file(p: str) -> bool:
@@ -268,6 +277,7 @@ def _new_landmarks(cfg: CatalogConfig, art, predictor) -> tuple[list, dict]:
         except (CatalogError, ValueError, OSError) as e:
             raise ConfigError(f"--coords: {e}") from None
         info = {lm.folder: {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country} for lm in cat}
+    _warn_without_location(cfg, info)
     t = time.perf_counter()
     everything = [u for fs in groups.values() for u in fs]
     embedded = _embed(cfg, predictor, everything)
@@ -279,6 +289,20 @@ def _new_landmarks(cfg: CatalogConfig, art, predictor) -> tuple[list, dict]:
         for u, why in sub.failed.items():
             print(f"[catalog] warning: {u} skipped: {why}", file=sys.stderr, flush=True)
     return out, {"embed_seconds": seconds, "photos": len(everything)}
+
+
+def _warn_without_location(cfg: CatalogConfig, info: dict) -> None:
+    """As training warns: a tag that names a landmark with no location cannot say where the photo was taken."""
+    missing = [v["name"] for v in info.values() if v["lat"] is None or v["lon"] is None]
+    if missing:
+        how = "--lat and --lon" if cfg.photos else "--coords FILE (CSV: folder,lat,lon[,country])"
+        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        print(
+            f"[catalog] warning: {len(missing)} of {len(info)} new landmarks have no location ({shown}): their tags "
+            f"will name the landmark with no latitude/longitude. Give {how}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _photos(cfg: CatalogConfig, uris: list[str], where: str) -> list[str]:

@@ -93,7 +93,8 @@ class Catalog:
         """Look a landmark up by folder name or display name (case-insensitive)."""
         lm = self._by_key.get(key.strip().lower())
         if lm is None:
-            raise CatalogError(f"no landmark {key!r} in catalog {self.name!r}")
+            names = ", ".join(repr(n) for n in self.names[:20]) + (", ..." if len(self) > 20 else "")
+            raise CatalogError(f"no landmark {key!r} in catalog {self.name!r} (its landmarks: {names})")
         return lm
 
     def to_json(self) -> dict:

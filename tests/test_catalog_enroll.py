@@ -367,6 +367,34 @@ def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp
     assert "--photos" in capsys.readouterr().err
 
 
+def test_output_spelled_another_way_than_model_is_still_refused(enrolled, tmp_path, capsys, monkeypatch):
+    """`--output ./m`, `m/`, an absolute path or a link to the model's folder: each replaced the source model (its
+    model_id, which later lineage names, gone); only the exact same text was refused."""
+    model = Path(enrolled["path"])
+    monkeypatch.chdir(model.parent)
+    (tmp_path / "link").symlink_to(model)
+    for spelled in ("./" + model.name, model.name + "/", str(model.resolve()), str(tmp_path / "link")):
+        with pytest.raises(SystemExit) as exit_:
+            job.main(["remove", "--model", enrolled["path"], "--name", "Pyramid Plaza", "--output", spelled])
+        assert exit_.value.code == 2, spelled
+        assert_error_names(capsys.readouterr().err, "--output must differ from --model")
+    assert load(enrolled["path"]).model_id == enrolled["summary"]["model_id"]
+
+
+def test_a_landmark_added_without_a_location_is_named_in_a_warning(trained, world, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["add", "--model", trained["path"], "--output", str(out), "--name", "Nowhere Plaza", "--runtime", "torch"]
+    assert job.main(argv + ["--photos", str(world["new"] / "train" / "00.Pyramid")]) == 0
+    err = capsys.readouterr().err
+    assert "[catalog] warning: 1 of 1 new landmarks have no location ('Nowhere Plaza')" in err and "--lat" in err
+
+
+def test_removing_a_landmark_not_in_the_catalog_lists_the_ones_that_are(enrolled, tmp_path, capsys):
+    code = job.main(["remove", "--model", enrolled["path"], "--name", "Nowhere", "--output", str(tmp_path / "o")])
+    line = assert_error_names(capsys.readouterr().err, "--name", "no landmark 'Nowhere'")
+    assert code == 2 and "'Pyramid Plaza'" in line
+
+
 # ------------------------------------------------------------------------------------------- the tag job
 
 
