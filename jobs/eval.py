@@ -17,6 +17,7 @@ from pathlib import Path
 
 from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_of, run_cli
 from landmark_core import storage
+from landmark_core.onnx_runtime import RUNTIMES
 from landmark_core.status import FAILED, TAGGED
 
 
@@ -56,8 +57,6 @@ class EvalConfig:
                 f"--unknown: {len(names) - len(set(names))} folder(s) share a name with another ({', '.join(twice)}): "
                 "each folder is reported by its name; give folders with distinct names"
             )
-        from landmark_core.onnx_runtime import RUNTIMES
-
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
 
@@ -239,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default=None, help="write eval.json, curve.png, reliability.png and report.html here")
     p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
-    p.add_argument("--runtime", default="auto", help="torch | onnx | onnx-int8 | auto (as the tag job)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="model runtime, as the tag job's (default auto)")
     p.add_argument("--batch-size", type=int, default=32, help="photos per model call (default 32)")
     p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
     p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
