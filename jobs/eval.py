@@ -102,6 +102,7 @@ def run(cfg: EvalConfig) -> dict:
     result = {
         "model_id": predictor.model_id,
         "threshold": predictor.threshold,
+        "runtime": predictor.runtime,  # an open-world model's threshold is fitted per runtime: say whose
         "method": predictor.method,
         "failed_photos": len(failed),
         "failed": failed,
@@ -193,7 +194,7 @@ def format_table(result: dict) -> str:
 
     s = result["summary"]
     lines = [
-        f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g})",
+        f"model {result['model_id']} ({result['method']}, threshold {result['threshold']:.4g} on {result['runtime']})",
         f"{'folder':28s} {'photos':>6s} {'right':>7s} {'abstain':>7s} {'wrong':>7s} {'tagged':>7s} {'failed':>6s}"
         "  wrong tags as",
     ]
