@@ -550,7 +550,9 @@ examples:
   landmark query --tags ./tags --as-of 2026-11-20T07:00:00Z --summary      # or --version 3
 
 S3 credentials come only from the standard AWS environment (env vars, ~/.aws, instance profile).
-A tags location with no committed run prints a message on stderr and exits 0 (empty json/csv output).
+A tags location with no committed run prints a message on stderr and exits 0 (empty json/csv output); one with
+no table at all (no _delta_log) is an error naming --tags (exit 2). A --landmark that is no landmark of the table
+prints the table's closest names on stderr (the answer stays empty).
 """
 
 
@@ -657,10 +659,13 @@ def answer(cfg: QueryConfig) -> int:
     try:
         if cfg.summary:
             summary = run_summary.after_check(cfg)  # the runner checked cfg
-            no_runs = summary["photos"] == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
+            found = summary["photos"] > 0
         else:
             table = run.after_check(cfg)
-            no_runs = table.num_rows == 0 and not tagstore.runs(cfg.tags, cfg.s3_options())
+            found = table.num_rows > 0
+        no_runs = not found and _no_runs(cfg)
+        if not found and not no_runs and cfg.landmark is not None:
+            _hint_landmark_names(cfg)
     except (OSError, storage.StorageError, tagstore.StoreError) as e:
         print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
         return 1
@@ -693,6 +698,40 @@ def answer(cfg: QueryConfig) -> int:
     else:
         _emit(parquet_bytes(table), cfg)
     return 0
+
+
+def _no_runs(cfg: QueryConfig) -> bool:
+    """For an empty answer: whether the table has no committed run; where there is no table at all (a mistyped
+    --tags), a ConfigError naming it. Asked only when nothing matched, so a query that finds rows pays nothing."""
+    from jobs.store import require_table
+
+    require_table(cfg.tags, cfg.s3_options(), "--tags")
+    return not tagstore.runs(cfg.tags, cfg.s3_options())
+
+
+def _hint_landmark_names(cfg: QueryConfig) -> None:
+    """--landmark is an exact name ("Clerigos Tower", not "clerigos"): when it is no landmark of the table, one
+    stderr line with up to 10 of the table's names, the closest first. The answer itself stays empty."""
+    import difflib
+
+    view = "tags_history" if cfg.history else "tags"
+    store = _open(cfg)
+    try:
+        names = [
+            n for (n,) in store.con.sql(f"SELECT DISTINCT landmark FROM {view} WHERE landmark IS NOT NULL").fetchall()
+        ]
+    finally:
+        store.close()
+    wanted = str(cfg.landmark).strip().lower()
+    by_lower = {n.lower(): n for n in names}
+    if not names or wanted in by_lower:
+        return  # the name is there: the other filters ruled its rows out
+    closest = difflib.get_close_matches(wanted, sorted(by_lower), n=10, cutoff=0)
+    print(
+        f"landmark query: no landmark named {cfg.landmark!r} in {cfg.tags}; names there, the closest first: "
+        + ", ".join(by_lower[n] for n in closest),
+        file=sys.stderr,
+    )
 
 
 def duckdb_errors() -> tuple[type, ...]:

@@ -418,6 +418,7 @@ class ReportConfig:
             raise ConfigError(f"--thumbs must be >= 0, got {self.thumbs}")
         if storage.is_s3(self.out):
             raise ConfigError("--out must be a local directory")
+        _check_out_dir(Path(self.out))
         if self.model:
             try:
                 storage.check_uri(self.model)
@@ -428,12 +429,40 @@ class ReportConfig:
         return storage.S3Options(endpoint=self.s3_endpoint or None)
 
 
+def _check_out_dir(out: Path) -> None:
+    """--out is created as a directory: a file there, or in place of one of its parents, would stop that."""
+    for p in (out, *out.absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "a file is there" if p == out.absolute() else f"{p} is a file"
+                raise ConfigError(f"--out {out}: {where}, not a directory; give a directory")
+            return
+
+
+def _check_model(model: str | None, opts: storage.S3Options) -> None:
+    """--model names the directory `landmark train` wrote: without its metrics.json (or, for a bare artifact, its
+    artifact.json) the report's model section would be empty, so a wrong path fails here, before any work."""
+    if not model:
+        return
+    try:
+        found = any(storage.exists(storage.join(model, name), opts) for name in ("metrics.json", "artifact.json"))
+    except Exception as e:  # S3 refusing or unreachable: still the --model location that is at fault
+        raise ConfigError(f"--model {model}: cannot read it ({storage.redact(tagstore.error_text(e, 200))})") from None
+    if not found:
+        raise ConfigError(f"--model {model}: not a model directory (no metrics.json or artifact.json there)")
+
+
 @checks_config
 def run(cfg: ReportConfig) -> Path:
     """Writes the report of the store at ``cfg.tags``; returns the path of report.html."""
+    from jobs.store import require_table
+
     opts = cfg.s3_options()
+    _check_model(cfg.model, opts)
     try:
         runs = tagstore.runs(cfg.tags, opts)
+        if not runs:  # an empty store gets an empty report; a mistyped --tags (no table there) an error
+            require_table(cfg.tags, opts, "--tags")
         table = tagstore.read(cfg.tags, columns=REPORT_COLUMNS, opts=opts)
     except (OSError, storage.StorageError, tagstore.StoreError) as e:
         raise tagstore.StoreError(f"cannot read {cfg.tags}: {storage.redact(str(e))}") from None

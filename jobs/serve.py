@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import functools
 import hashlib
 import hmac
 import math
+import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -249,7 +252,7 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
         try:
             form = await parser.parse()
         except MultiPartException as e:
-            raise HttpError(400, f"unsupported: malformed multipart form ({e})") from None
+            raise multipart_error(request.url.path, e, max_files) from None
         files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
         if not files:
             raise HttpError(400, "empty: the multipart form holds no file")
@@ -262,6 +265,18 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
         )
     name = request.query_params.get("name") or "upload"
     return [(name, b"".join([c async for c in read_bounded(request, limit)]))]
+
+
+def multipart_error(path: str, e: MultiPartException, max_files: int) -> HttpError:
+    """400 for a form the parser refused: a form over the route's file limit is well formed, so it is told so,
+    with the limit (starlette says it only in the message's words); the rest is malformed."""
+    if not str(e).startswith("Too many files"):
+        return HttpError(400, f"unsupported: malformed multipart form ({e})")
+    if max_files == 1:
+        return HttpError(
+            400, f"too_many_files: {path} takes one photo; send several to /v1/tag/batch (at most {MAX_BATCH_FILES})"
+        )
+    return HttpError(400, f"too_many_files: {path} takes at most {max_files} photos; split them over several requests")
 
 
 SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
@@ -421,9 +436,34 @@ def prepare_model(cfg: ServeConfig) -> None:
 # ---------------------------------------------------------------- driver
 
 
+def joins_a_cluster(cfg: ServeConfig) -> bool:
+    """Whether ``start`` joins a running Ray (--ray-address or $RAY_ADDRESS) rather than starting one."""
+    return bool(cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def check_port_free(cfg: ServeConfig) -> None:
+    """Bind --host:--port as Serve's proxy will, and let go: a port another process listens on fails here in a
+    moment, naming the flags, instead of after Ray's start in ~10 s of tracebacks. SO_REUSEADDR as the proxy
+    sets it (Linux still refuses a port someone listens on): a port left in TIME_WAIT by a server that just
+    stopped is free to the proxy, so it is not refused here; no SO_REUSEPORT, so another Serve's port is."""
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET  # as the proxy chooses it
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((cfg.host, cfg.port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"--port {cfg.port}: already in use on --host {cfg.host}; stop what holds it or choose another"
+                ) from None
+            raise ConfigError(f"--host {cfg.host} --port {cfg.port}: cannot listen there ({e.strerror or e})") from None
+
+
 @checks_config
 def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
+    if not joins_a_cluster(cfg):  # joining: the port is the cluster's proxy's, maybe on another node, maybe held
+        check_port_free(cfg)  # by its Serve already (serve.start then keeps that proxy)
     prepare_model(cfg)
     from jobs import _serve_proxy as serve_proxy
     from jobs._ray import init_ray

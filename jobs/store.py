@@ -70,11 +70,17 @@ class StoreConfig:
         return storage.S3Options(endpoint=self.s3_endpoint or None)
 
 
-def _table(cfg: StoreConfig):
-    dt = tagstore.open_table(cfg.table, cfg.s3_options())
+def require_table(root: str, opts: storage.S3Options, flag: str):
+    """The DeltaTable at ``root``; where there is none (no _delta_log: a mistyped path, not an empty store) a
+    ConfigError naming ``flag``, exit 2 as for any bad argument. query and report use it too."""
+    dt = tagstore.open_table(root, opts)
     if dt is None:
-        raise tagstore.StoreError(f"--table {cfg.table}: no Delta table there (a tag run creates it)")
+        raise ConfigError(f"{flag} {root}: no tag table there (no _delta_log; a tag run creates it): check {flag}")
     return dt
+
+
+def _table(cfg: StoreConfig):
+    return require_table(cfg.table, cfg.s3_options(), "--table")
 
 
 def history(cfg: StoreConfig) -> list[dict]:

@@ -557,16 +557,39 @@ def test_no_committed_runs(tmp_path, capsys, fmt):
         assert out == ""
 
 
-def test_missing_location_is_no_committed_runs(tmp_path, capsys):
-    code, out, err = cli(capsys, "--tags", str(tmp_path / "nowhere"), "--format", "json", "--summary")
-    assert code == 0 and out == "" and "no committed runs" in err
+@pytest.mark.parametrize("extra", [[], ["--summary"], ["--sql", "SELECT * FROM tags"]])
+def test_a_location_with_no_table_is_an_error_naming_tags(tmp_path, capsys, extra):
+    """A mistyped --tags (no _delta_log there) is exit 2 naming the flag, not an empty answer."""
+    missing = tmp_path / "nowhere"
+    code, out, err = cli(capsys, "--tags", str(missing), "--format", "json", *extra)
+    assert code == 2 and out == ""
+    line = assert_error_names(err, "--tags", str(missing), "_delta_log")
+    assert "no committed runs" not in line and len(err.splitlines()) == 1
 
 
 def test_no_match_is_not_no_runs(store, capsys):
+    code, out, err = cli(capsys, "--tags", store, "--landmark", "Eiffel Tower", "--min-score", "0.99")
+    assert code == 0 and err == "" and out.splitlines()[-1] == "(0 photos)"  # a name there: no hint
     code, out, err = cli(capsys, "--tags", store, "--landmark", "Atlantis")
-    assert code == 0 and err == "" and out.splitlines()[-1] == "(0 photos)"
+    assert code == 0 and out.splitlines()[-1] == "(0 photos)" and "no landmark named 'Atlantis'" in err
     code, out, err = cli(capsys, "--tags", store, "--landmark", "Atlantis", "--format", "json")
-    assert code == 0 and out == "" and err == ""
+    assert code == 0 and out == "" and len(err.splitlines()) == 1
+
+
+def test_an_unknown_landmark_name_gets_a_hint_closest_first(tmp_path, capsys):
+    """--landmark is an exact (case-insensitive) name: a short form matches nothing, and the hint names the
+    landmarks the table has, the closest first, at most 10; the rows answered do not change."""
+    root = tmp_path / "tags"
+    names = ["Clerigos Tower", "Big Ben", "Eiffel Tower"] + [f"Place {i:02d}" for i in range(12)]
+    rows = [tag_row(f"p/{i}.jpg", "r1", place=(n, 41.0, -8.6), score=0.9, tagged_at=T1) for i, n in enumerate(names)]
+    write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00")
+    code, out, err = cli(capsys, "--tags", str(root), "--landmark", "clerigos", "--format", "json")
+    assert code == 0 and out == ""
+    (hint,) = err.splitlines()
+    listed = hint.split(": ", 2)[-1].split(", ")
+    assert listed[0] == "Clerigos Tower" and len(listed) == 10 and set(listed) <= set(names), hint
+    code, out, err = cli(capsys, "--tags", str(root), "--landmark", "clerigos tower", "--format", "json")
+    assert code == 0 and err == "" and [json.loads(r)["landmark"] for r in out.splitlines()] == ["Clerigos Tower"]
 
 
 # ------------------------------------------------------------------------------------------ bad arguments
@@ -731,3 +754,7 @@ def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
         "photos/f.jpg,tagged",
         "photos/g.jpg,tagged",
     ]
+    # a prefix of the bucket with no table under it: a bad --tags, as for a local path
+    code, out, err = cli(capsys, "--tags", f"s3://{s3_bucket}/no-tags-here", "--s3-endpoint", s3.endpoint)
+    assert code == 2 and out == ""
+    assert_error_names(err, "--tags", "_delta_log")

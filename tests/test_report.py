@@ -246,7 +246,8 @@ def test_thumbs_limit_and_missing_photo(store, tmp_path):
 
 def test_no_committed_runs_writes_an_empty_report(tmp_path, capsys):
     out = tmp_path / "r"
-    assert rep.main(["--tags", str(tmp_path / "nowhere"), "--out", str(out)]) == 0
+    tagstore.ensure_table(str(tmp_path / "empty"))  # a table, but no run committed to it yet
+    assert rep.main(["--tags", str(tmp_path / "empty"), "--out", str(out)]) == 0
     assert "no committed runs" in capsys.readouterr().err
     page = (out / "report.html").read_text()
     assert "no photos" in page and "<b>0</b>photos" in page and "<b>0</b>committed runs" in page
@@ -267,6 +268,29 @@ def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
         rep.main(["--tags", store["root"], "--out", str(tmp_path / "o"), *argv])
     assert e.value.code == 2
     assert_error_names(capsys.readouterr().err, flag)
+
+
+def test_missing_table_existing_file_and_missing_model_fail_fast_naming_the_flag(store, model_dir, tmp_path, capsys):
+    """Exit 2 and one error line naming the flag, before anything is written: --tags where there is no table,
+    --out an existing file (or under one), --model where there is no model."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    out = tmp_path / "o"
+    for argv, needles in (
+        (["--tags", str(tmp_path / "nowhere"), "--out", str(out)], ("--tags", "_delta_log")),
+        (["--tags", store["root"], "--out", str(a_file)], ("--out", str(a_file))),
+        (["--tags", store["root"], "--out", str(a_file / "sub")], ("--out", str(a_file))),
+        (["--tags", store["root"], "--out", str(out), "--model", str(tmp_path / "no-model")], ("--model",)),
+        (["--tags", store["root"], "--out", str(out), "--model", str(tmp_path)], ("--model", "metrics.json")),
+    ):
+        try:
+            code = rep.main(argv)
+        except SystemExit as e:  # a check of the config: argparse's usage line, then the error
+            code = e.code
+        assert code == 2, argv
+        assert_error_names(capsys.readouterr().err, *needles)
+        assert not out.exists() and a_file.read_text() == "not a directory", argv
+    assert rep.main(["--tags", store["root"], "--out", str(out), "--model", str(model_dir), "--thumbs", "0"]) == 0
 
 
 def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):

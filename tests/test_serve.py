@@ -283,6 +283,131 @@ def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
         srv.prepare_model(srv.ServeConfig(model=str(tmp_path / "no-model")))
 
 
+def _bound_elsewhere(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port of ``host`` (what another server would hold)."""
+    held = socket.socket()
+    held.bind((host, 0))
+    held.listen()
+    return held
+
+
+def test_a_port_in_use_fails_fast_naming_it_before_ray_starts(model_dir, monkeypatch, capsys):
+    """--port already held on --host: one error line naming both, exit 2, in well under a second, and neither
+    Ray nor the model is touched (Serve would take ~10 s of tracebacks to say so)."""
+    from jobs import _ray
+
+    def must_not_run(*_a, **_k):
+        raise AssertionError("started before the port was checked")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(_ray, "init_ray", must_not_run)
+    monkeypatch.setattr(srv, "prepare_model", must_not_run)
+    with _bound_elsewhere() as held:
+        port = held.getsockname()[1]
+        t0 = time.monotonic()
+        code = srv.main(["--model", model_dir, "--port", str(port)])
+        took = time.monotonic() - t0
+    err = capsys.readouterr().err
+    assert code == 2 and took < 2, (code, took, err)
+    assert_error_names(err, f"--port {port}", "--host 127.0.0.1", "in use")
+    assert len(err.splitlines()) == 1
+
+
+def test_the_port_check_is_skipped_when_joining_a_cluster(model_dir, monkeypatch):
+    """With --ray-address (or RAY_ADDRESS) the port belongs to that cluster's Serve proxy, which may hold it
+    already (a second app on the same Serve) or run on another node: no local pre-check then."""
+    from jobs import _ray
+
+    class Joined(Exception):
+        pass
+
+    def joined(*_a, **_k):
+        raise Joined
+
+    monkeypatch.setattr(_ray, "init_ray", joined)
+    monkeypatch.setattr(srv, "prepare_model", lambda cfg: None)
+    with _bound_elsewhere() as held:
+        port = held.getsockname()[1]
+        with pytest.raises(Joined):
+            srv.start(srv.ServeConfig(model=model_dir, port=port, ray_address="ray://head:10001"))
+        monkeypatch.setenv("RAY_ADDRESS", "auto")
+        with pytest.raises(Joined):
+            srv.start(srv.ServeConfig(model=model_dir, port=port))
+
+
+def test_the_port_check_accepts_a_port_a_stopped_server_left_in_time_wait():
+    """Serve's proxy binds with SO_REUSEADDR, so a port whose last server just stopped (its connections in
+    TIME_WAIT) is free to it: the pre-check must not refuse it."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Serve's proxy do
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server closes first: its side of the connection stays in TIME_WAIT
+    time.sleep(0.1)
+    client.close()
+    listener.close()
+    time.sleep(0.2)
+    with socket.socket() as plain, pytest.raises(OSError):  # the control: a plain bind is refused
+        plain.bind(("127.0.0.1", port))
+    srv.check_port_free(srv.ServeConfig(model="m", port=port))
+
+
+def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
+    """POST a multipart form straight to the ASGI app (no server, no Ray): the status and the JSON body."""
+    import asyncio
+
+    req = requests.Request("POST", "http://t" + path, files=files).prepare()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in req.headers.items()],
+        "server": ("t", 80),
+        "client": ("c", 1),
+    }
+    bodies = [{"type": "http.request", "body": req.body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return bodies.pop(0) if bodies else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(api(scope, receive, send))
+    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_too_many_files_says_so_and_names_the_limit():
+    """Two files to /v1/tag, or more than MAX_BATCH_FILES to /v1/tag/batch: 400 in the API's error shape with
+    the reason and the limit (not "malformed"), before any photo reaches the model."""
+    import types
+
+    async def tag_all(files):
+        raise AssertionError("the model was called")
+
+    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7, tag_all=tag_all))
+    two = [("p", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(2)]
+    status, body = _post_multipart(api, "/v1/tag", two)
+    assert status == 400 and body["status"] == "failed", body
+    assert body["error"].startswith("too_many_files:") and "malformed" not in body["error"], body
+    assert "/v1/tag/batch" in body["error"] and str(srv.MAX_BATCH_FILES) in body["error"], body
+    many = [("p", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(srv.MAX_BATCH_FILES + 1)]
+    status, body = _post_multipart(api, "/v1/tag/batch", many)
+    assert status == 400 and body["error"].startswith("too_many_files:"), body
+    assert f"at most {srv.MAX_BATCH_FILES}" in body["error"] and "malformed" not in body["error"], body
+    assert set(body) == set(srv.error_body("x"))
+
+
 def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
     """serve_config.yaml validates as `serve deploy` reads it, and its args build the Tagger deployment they name:
     the autoscaling range, the replica's CPUs, the batch and upload limits; only the token's SHA-256 is bound."""
