@@ -3,7 +3,7 @@
     DIR/report.html     inline CSS, no scripts, no external resources
     DIR/landmarks.png   photos per landmark
     DIR/scores.png      top-1 score histogram split by status
-    DIR/map.png         where the tagged photos' landmarks are (lon/lat, plain axes, no basemap)
+    DIR/map.png         where the tagged photos' landmarks are (lon/lat fitted to them, plain axes, no basemap)
     DIR/thumbs/*.jpg    ~160 px thumbnails (at most --thumbs photos)
     DIR/model/*.png     the training report PNGs, copied when --model DIR is given
 
@@ -151,6 +151,14 @@ def scores_png(rows: list[dict], path: Path) -> None:
     fig.savefig(path, format="png")
 
 
+def map_extent(xs, ys) -> tuple[float, float, float, float]:
+    """The points' box (lon0, lon1, lat0, lat1) with a margin: one city's landmarks fill the map instead of a dot
+    on the whole world; at least 0.01 degrees each way, at most the world."""
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    pad = max(0.01, 0.2 * max(x1 - x0, y1 - y0))
+    return max(-180.0, x0 - pad), min(180.0, x1 + pad), max(-90.0, y0 - pad), min(90.0, y1 + pad)
+
+
 def map_png(rows: list[dict], path: Path) -> None:
     fig = _figure(8, 4.3)
     ax = fig.add_subplot()
@@ -165,15 +173,23 @@ def map_png(rows: list[dict], path: Path) -> None:
     if points:
         xs, ys, sizes = zip(*((x, y, 18 + 10 * math.sqrt(n)) for (x, y, _), n in points.items()))
         ax.scatter(xs, ys, s=sizes, color=STATUS_COLOURS["tagged"], alpha=0.7, edgecolors="white", linewidths=0.5)
-        for (x, y, name), n in sorted(points.items(), key=lambda kv: -kv[1])[:12]:
-            if name:
-                ax.annotate(f"{name} ({n})", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        for i, ((x, y, name), n) in enumerate(sorted(points.items(), key=lambda kv: -kv[1])[:12]):
+            if name:  # right and left, staggered: the landmarks of one city are close together
+                side = 1 if i % 2 == 0 else -1
+                ax.annotate(
+                    f"{name} ({n})",
+                    (x, y),
+                    xytext=(6 * side, 3 + 7 * (i % 3) * side),
+                    textcoords="offset points",
+                    ha="left" if side > 0 else "right",
+                    fontsize=7,
+                )
+        x0, x1, y0, y1 = map_extent(xs, ys)
     else:
         _no_data(ax, "no tagged photos with a location")
-    ax.set_xlim(-180, 180)
-    ax.set_ylim(-90, 90)
-    ax.set_xticks(range(-180, 181, 60))
-    ax.set_yticks(range(-90, 91, 30))
+        x0, x1, y0, y1 = -180, 180, -90, 90
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
     ax.set_aspect("equal")
     ax.grid(True, color="#ddd", linewidth=0.6)
     ax.set_xlabel("longitude")

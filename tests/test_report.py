@@ -311,3 +311,13 @@ def test_report_renders_in_headless_chromium(store, model_dir, tmp_path):
     assert all((page.parent / s).is_file() for s in charts + models + thumbs)  # the images the DOM points at
     pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
     assert pixels.std() > 20, f"the report painted blank (std {pixels.std():.1f})"
+
+
+def test_the_map_fits_the_tagged_landmarks_not_the_whole_world():
+    from jobs.report import map_extent
+
+    porto = ([-8.6146, -8.6307, -8.64, -8.61], [41.1457, 41.1589, 41.147, 41.14])  # one city's landmarks
+    x0, x1, y0, y1 = map_extent(*porto)
+    assert x0 < -8.64 and x1 > -8.61 and y0 < 41.14 and y1 > 41.1589  # all inside
+    assert x1 - x0 < 0.2 and y1 - y0 < 0.2  # and the city fills it
+    assert map_extent([-170, 170], [-80, 80]) == (-180.0, 180.0, -90.0, 90.0)  # never beyond the world
