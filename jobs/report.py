@@ -260,6 +260,18 @@ def _score(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.2f}"
 
 
+def _members_rows(members: dict | None) -> list[str]:
+    """A pooled model (--members K): how many runs, and the pooled decision on the test split (the threshold
+    above is the pooled one; the first member's head names the landmark, so test_top1 is the pool's too)."""
+    if not isinstance(members, dict):
+        return []
+    rows = [("members (seeds)", f"{members.get('count')} ({', '.join(map(str, members.get('seeds', [])))})")]
+    if test := members.get("test"):
+        shares = ", ".join(f"{k} {100 * test[k]:.1f}%" for k in ("right", "abstained", "wrong") if k in test)
+        rows.append(("test, pooled decision", f"{shares} of {test.get('photos')} photos"))
+    return [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]
+
+
 def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
     parts = [f'<h2>Model</h2><p class="muted">from <code>{esc(model_dir)}</code></p>']
     try:
@@ -274,6 +286,7 @@ def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
                 v = metrics[k]
                 v = f"{v:.4f}" if isinstance(v, float) else v
                 rows.append(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>")
+        rows += _members_rows(metrics.get("members"))
         if rows:
             parts.append(f'<table class="kv">{"".join(rows)}</table>')
     imgs = []

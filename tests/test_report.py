@@ -160,6 +160,7 @@ def model_dir(tmp_path: Path) -> Path:
                 "test_top1": 0.9321,
                 "epochs": 8,
                 "secret_stuff": "no",
+                "members": {"count": 3, "seeds": [0, 1, 2], "test": {"photos": 125, "right": 0.968, "wrong": 0.008}},
             }
         )
     )
@@ -213,6 +214,7 @@ def test_write_report(store, model_dir, tmp_path):
         assert_png(out / "model" / name)
         assert f'src="model/{name}"' in page
     assert "0.9321" in page and "efficientnet_lite0" in page and "secret_stuff" not in page
+    assert "3 (0, 1, 2)" in page and "right 96.8%, wrong 0.8% of 125 photos" in page  # a pooled model says so
     # self-contained: inline CSS, no external resources
     assert "<style>" in page and "http://" not in page and "https://" not in page
 
