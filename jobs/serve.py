@@ -466,9 +466,15 @@ def start(cfg: ServeConfig) -> str:
         check_port_free(cfg)  # by its Serve already (serve.start then keeps that proxy)
     prepare_model(cfg)
     from jobs import _serve_proxy as serve_proxy
-    from jobs._ray import init_ray
+    from jobs._ray import check_resources, init_ray
 
     init_ray(cfg.ray_address, worker_env=None)
+    check_resources(  # the replicas' ray_actor_options; MIN replicas must all start before serve.run returns
+        cfg.ray_address,
+        "serve",
+        {"CPU": ("--cpus-per-replica", cfg.cpus_per_replica), "GPU": ("--gpus-per-replica", cfg.gpus_per_replica)},
+        at_once=("--replicas", cfg.replicas[0]),
+    )
     # the proxy's own deadline, a little after the replica's: a request no replica takes is answered too
     http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
     serve.start(http_options=http, controller_options=serve_proxy.CONTROLLER_OPTIONS)

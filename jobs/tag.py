@@ -112,6 +112,11 @@ class TagConfig:
             )
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
+        if self.input and not storage.is_s3(self.input) and os.path.isfile(self.input):
+            raise ConfigError(
+                f"--input {self.input} is a file: --input takes a folder or an s3:// prefix of photos; for a list "
+                "of photos, give it as --manifest FILE (CSV or Parquet with a 'uri' column)"
+            )
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
@@ -168,6 +173,9 @@ def run(cfg: TagConfig) -> dict:
     t_list = time.time()
     if note := left_out_note(dict(left_out)):
         print(f"[tag] {note}", flush=True)
+    if not listing.num_rows:  # a night with no uploads is a normal run: committed, but not silently
+        where = f"under --input {cfg.input}" if cfg.input else f"in --manifest {cfg.manifest}"
+        print(f"[tag] no photos {where}: an empty run is committed", flush=True)
     # a catalog change (landmark catalog add/remove) does not re-tag what its parent models settled
     lineage = tuple(artifact.provenance.get("lineage") or ())
     if cfg.retag:
@@ -236,7 +244,11 @@ def run(cfg: TagConfig) -> dict:
 
 
 def _check_reachable(cfg: TagConfig, opts: storage.S3Options) -> None:
-    """Endpoint, credentials and buckets answer: seconds, not minutes of retries, and one line naming the flag."""
+    """Endpoint, credentials, buckets and the Ray address answer: seconds, not minutes of retries, and one line
+    naming the flag (the Ray address before the table is created, though Ray starts later, if at all)."""
+    from jobs._ray import check_address
+
+    check_address(cfg.ray_address)
     try:
         storage.check_reachable("--input", cfg.input, opts)
         storage.check_reachable("--output", cfg.output, opts)
@@ -287,9 +299,16 @@ def _run_pipeline(
     (StageClock), else {}."""
     import ray
 
-    from jobs._ray import init_ray
+    from jobs._ray import check_resources, init_ray
 
     init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
+    if cfg.resolved_compute() == "actors":  # tasks take 1 CPU each, one at a time if need be
+        check_resources(  # the pool's MIN actors must all start before Ray Data sends them a batch
+            cfg.ray_address,
+            "tag",
+            {"CPU": ("--cpus-per-actor", cfg.cpus_per_actor), "GPU": ("--gpus-per-actor", cfg.gpus_per_actor)},
+            at_once=("--actors", cfg.actors[0]),
+        )
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
     predictor_kwargs = {
         "model": cfg.model,

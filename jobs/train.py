@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from jobs._cli import ConfigError, check_accept_rate, check_max_wrong_rate, checks_config, fields_of, run_cli
-from jobs._ray import init_ray
+from jobs._ray import check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
@@ -29,6 +30,9 @@ from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.recognizer import RECOGNIZERS
 
 HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, and the linear probe's (LP-FT)
+# The networks halve their input five times (scratch, efficientnet_lite0 and convnext fail below 32 px: their last
+# kernels find a feature map smaller than themselves, a worker crash three times over, not a config error).
+MIN_IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,10 @@ class TrainConfig:
         for flag, v in positive.items():
             if v is None or v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"--image-size must be at least {MIN_IMAGE_SIZE} (the networks downsample by 32), got {self.image_size}"
+            )
         if self.gpus_per_worker < 0:
             raise ConfigError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
         if self.lr is not None and self.lr <= 0:
@@ -207,9 +215,34 @@ def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
     for warning in cfg.ignored_flags():
         print(f"[train] warning: {warning}", flush=True)
+    if not cfg.resume and (warning := _replaced_model_warning(cfg)):  # --resume: continuing into it is the point
+        print(warning, flush=True)
     if cfg.members > 1:
         return _run_members(cfg)
     return _train_one(cfg)
+
+
+def _replaced_model_warning(cfg: TrainConfig) -> str | None:
+    """--output holding a model: re-running a command into its own folder is normal (not refused), but the model
+    there is replaced only at the end of the run, silently until now."""
+    from landmark_core.artifact import META_FILE
+
+    opts, meta_uri = cfg.s3_options(), storage.join(cfg.output, META_FILE)
+    try:
+        storage.check_reachable("--output", cfg.output, opts)  # (an S3 head_object would retry a dead endpoint)
+        if not storage.exists(meta_uri, opts):
+            return None
+        meta = json.loads(storage.read_bytes(meta_uri, opts))
+    except storage.StorageError as e:
+        raise ConfigError(str(e)) from None
+    except (OSError, ValueError):  # unreadable or malformed: a model all the same, to be replaced
+        meta = {}
+    trained = str((meta.get("provenance") or {}).get("created_at") or "")[:10]
+    return (
+        f"[train] warning: --output {cfg.output} holds model {meta.get('model_id') or f'(unreadable {META_FILE})'}"
+        + (f" (trained {trained})" if trained else "")
+        + "; it will be replaced when this run finishes"
+    )
 
 
 def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict | None = None) -> dict:
@@ -228,6 +261,12 @@ def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict |
         print(warning, flush=True)
 
     init_ray(cfg.ray_address)
+    check_resources(  # the workers' ScalingConfig: all of them at once (one placement group)
+        cfg.ray_address,
+        "train",
+        {"CPU": ("--cpus-per-worker", cfg.cpus_per_worker), "GPU": ("--gpus-per-worker", cfg.gpus_per_worker)},
+        at_once=("--workers", cfg.workers),
+    )
     trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
     print(
         f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
@@ -452,12 +491,33 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
         unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
     with _names_flag("--negatives"):
         negatives = load_negatives(cfg.negatives, fit_fraction=cfg.negatives_fit_fraction, seed=cfg.seed, opts=opts)
+    _refuse_known_negatives(cfg, data, negatives.train + negatives.fit)
     if cfg.negatives and not negatives.fit:  # else the model would quietly be a closed-world one
         raise ConfigError(
             f"--negatives: no photo can be held back to fit the open-world score and threshold ({negatives.summary()}"
             "): a folder of photos needs at least 2, one to train on and one to hold back"
         )
     return data, unknown, negatives
+
+
+def _refuse_known_negatives(cfg: TrainConfig, data, negatives: list[str]) -> None:
+    """Negatives that are --data's own photos (its test folder given as --negatives, links to its photos) would
+    train the model to reject its own landmarks and fit the threshold on them: refused, naming the folder."""
+
+    def where(uri: str) -> str:  # a local photo by its real path (links followed), an s3:// one as it is
+        return uri if storage.is_s3(uri) else os.path.realpath(uri)
+
+    inside = where(cfg.data).rstrip("/") + "/"
+    known = {where(u) for split in (data.train, data.val, data.test) for u in split.uris}
+    clash = [n for n in negatives if where(n).startswith(inside) or where(n) in known]
+    if not clash:
+        return
+    given = {n: n.rstrip("/") if storage.is_s3(n) else str(Path(n).resolve()) for n in cfg.negatives}
+    flag = next((f"--negatives {n}" for n, top in given.items() if clash[0].startswith(top + "/")), "--negatives")
+    raise ConfigError(
+        f"{flag}: {len(clash)} of its photos are under --data {cfg.data} or are its photos (e.g. {clash[0]}); "
+        "negatives must be photos of no catalog landmark"
+    )
 
 
 @contextmanager

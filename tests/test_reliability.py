@@ -541,6 +541,78 @@ def test_a_bad_argument_stops_before_ray_starts(job, argv, flag, small_model, tm
     assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
 
 
+def _job_main(job: str):
+    from importlib import import_module
+
+    return import_module(f"jobs.{job}").main
+
+
+def _job_argv(job: str, tmp_path: Path, model: str, data: str) -> list[str]:
+    photos = tmp_path / "photos"
+    _write_photos(photos, 2)
+    return {
+        "train": ["--data", data, "--output", str(tmp_path / "m"), "--storage", str(tmp_path / "ckpt")],
+        "tag": ["--input", str(photos), "--output", str(tmp_path / "o"), "--model", model],
+        "serve": ["--model", model, "--port", str(_closed_port())],
+    }[job]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "job, argv, needles",
+    [
+        ("train", ["--cpus-per-worker", "8"], ("--cpus-per-worker 8", "CPU 2")),
+        ("train", ["--workers", "3"], ("--workers 3", "CPU 2")),
+        ("train", ["--gpus-per-worker", "1"], ("--gpus-per-worker 1", "no GPU (CPU 2)")),
+        ("tag", ["--gpus-per-actor", "1"], ("--gpus-per-actor 1", "no GPU (CPU 2)")),
+        ("serve", ["--gpus-per-replica", "1"], ("--gpus-per-replica 1", "no GPU (CPU 2)")),
+        ("serve", ["--replicas", "3"], ("--replicas 3", "CPU 2")),
+    ],
+)
+def test_resources_a_local_ray_can_never_give_fail_in_seconds_naming_the_flag(
+    job, argv, needles, ray_local, small_model, train_data, tmp_path, capsys, monkeypatch
+):
+    """A local Ray (no --ray-address) cannot grow: asking it for a GPU it lacks, or more CPUs than it has, used to
+    wait forever ("No available node types can fulfill resource request")."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    t0 = time.monotonic()
+    rc = _job_main(job)(_job_argv(job, tmp_path, small_model, train_data["root"]) + argv)
+    assert rc == 2 and time.monotonic() - t0 < 30
+    assert_error_names(capsys.readouterr().err, *needles)
+
+
+def test_a_cluster_that_may_autoscale_is_only_warned_of(ray_local, capsys):
+    """Joined with --ray-address, the cluster may add a node with a GPU: one warning line, and the job goes on."""
+    from jobs._cli import ConfigError
+    from jobs._ray import check_resources
+
+    asked = {"CPU": ("--cpus-per-worker", 1.0), "GPU": ("--gpus-per-worker", 1.0)}
+    check_resources("10.0.0.1:6379", "train", asked, at_once=("--workers", 2))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("[train] warning: --gpus-per-worker 1: this Ray cluster has no GPU")
+    with pytest.raises(ConfigError, match="--gpus-per-worker 1: this Ray cluster has no GPU"):
+        check_resources(None, "train", asked, at_once=("--workers", 2))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "job, scheme",
+    [("train", ""), ("tag", ""), ("tag", "ray://"), ("serve", "")],
+    ids=["train", "tag", "tag-client", "serve"],
+)
+def test_a_ray_address_where_nothing_listens_fails_in_seconds_naming_it(
+    job, scheme, small_model, train_data, tmp_path, capsys, monkeypatch
+):
+    """Ray retried a dead --ray-address for over a minute; a 2 s TCP connect says it in one line."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"{scheme}127.0.0.1:{_closed_port()}"
+    t0 = time.monotonic()
+    rc = _job_main(job)(_job_argv(job, tmp_path, small_model, train_data["root"]) + ["--ray-address", address])
+    assert rc == 2 and time.monotonic() - t0 < 15
+    assert_error_names(capsys.readouterr().err, f"--ray-address {address}")
+    assert not (tmp_path / "o").exists()  # tag: checked before it creates the table
+
+
 @pytest.mark.parametrize("damage", ["corrupt_json", "truncated_weights"])
 def test_corrupt_model_artifact_is_one_line_naming_model(damage, small_model, tmp_path, capsys):
     model = tmp_path / "model"

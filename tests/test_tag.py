@@ -359,6 +359,27 @@ def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
     assert_error_names(capsys.readouterr().err, needle)
 
 
+def test_input_that_is_a_file_points_to_manifest(tiny_artifact, tmp_path, capsys):
+    """A file given as --input said "no such directory": it is one, only not a folder."""
+    listing = tmp_path / "photos.csv"
+    listing.write_text("uri\n/x.jpg\n")
+    with pytest.raises(SystemExit) as e:
+        tag_main(["--input", str(listing), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path])
+    assert e.value.code == 2
+    assert_error_names(capsys.readouterr().err, f"--input {listing}", "folder", "s3://", "--manifest")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_empty_input_folder_commits_an_empty_run_and_says_so(tiny_artifact, tmp_path, capsys):
+    """A night with no uploads is a normal run (committed, no Ray started), but not a silent one."""
+    (tmp_path / "in").mkdir()
+    argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path]
+    assert tag_main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"[tag] no photos under --input {tmp_path / 'in'}: an empty run is committed" in out, out
+    assert "[tag] committed run" in out and "(0 rows;" in out
+
+
 def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LANDMARK_MODEL", raising=False)
     with pytest.raises(SystemExit) as exit_:

@@ -237,6 +237,8 @@ def test_killed_driver_continues_with_resume(train_data, tmp_path):
         (["--model", "scratch", "--freeze-backbone"], "--freeze-backbone"),
         (["--negatives", ".", "--abstain-method", "msp"], "--abstain-method"),  # ignored with negatives: refused
         (["--negatives", ".", "--recognizer", "gallery"], "--recognizer"),
+        (["--image-size", "5"], "--image-size"),  # workers crashed three times on a conv "Kernel size" error
+        (["--image-size", "31"], "--image-size"),
     ],
 )
 def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys):
@@ -278,6 +280,45 @@ def test_negatives_with_nothing_to_hold_back_are_refused_before_training(train_d
     assert train_main(argv + ["--members", "2", "--output", str(tmp_path / "m")]) == 2
     assert_error_names(capsys.readouterr().err, "--negatives", "0 held back", "at least 2")
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("how", ["inside", "linked"])
+def test_negatives_that_are_the_data_s_own_photos_are_refused(how, train_data, tmp_path, capsys, monkeypatch):
+    """The known landmarks' test folder given as --negatives (or links to --data's photos) would train the model
+    to reject its own landmarks: refused while the photos are listed, before Ray."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    negatives = Path(train_data["root"], "test")
+    if how == "linked":
+        negatives = tmp_path / "neg"
+        negatives.mkdir()
+        for i, photo in enumerate(sorted(Path(train_data["root"], "train").rglob("*.jpg"))[:3]):
+            (negatives / f"n{i}.jpg").symlink_to(photo)
+    argv = ["--data", train_data["root"], "--negatives", str(negatives), "--output", str(tmp_path / "m")]
+    assert train_main(argv) == 2
+    assert_error_names(capsys.readouterr().err, f"--negatives {negatives}", "--data")
+    assert not (tmp_path / "m").exists()
+
+
+def test_an_output_holding_a_model_is_warned_of_unless_resuming(tiny_artifact, tmp_path, capsys):
+    """Training into a folder that holds a model replaces it at the end: said first, in one line (re-running a
+    command into its own folder is normal, so not refused); --resume continues that folder's run: no warning."""
+    import shutil
+
+    shutil.copytree(tiny_artifact.path, tmp_path / "m")
+    (tmp_path / "data").mkdir()  # no photos: refused next, after the warning
+    meta = json.loads((tmp_path / "m" / "artifact.json").read_text())
+    argv = ["--data", str(tmp_path / "data"), "--output", str(tmp_path / "m"), "--storage", str(tmp_path / "ckpt")]
+    assert train_main(argv) == 2
+    out = capsys.readouterr().out
+    date = meta["provenance"]["created_at"][:10]
+    assert (
+        f"[train] warning: --output {tmp_path / 'm'} holds model {meta['model_id']} (trained {date}); "
+        "it will be replaced when this run finishes" in out
+    ), out
+    assert train_main(argv + ["--resume"]) == 2
+    assert "holds model" not in capsys.readouterr().out
+    assert train_main([*argv[:2], "--output", str(tmp_path / "new"), *argv[4:]]) == 2
+    assert "holds model" not in capsys.readouterr().out
 
 
 def test_unknown_model_lists_the_known_ones():
