@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_of, run_cli
 from jobs._tag_worker import StageClock, TagActor, start_workers, tag_task, timed_read_and_decode
-from landmark_core import storage, tagstore
+from landmark_core import abstention, storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
@@ -161,6 +161,11 @@ def run(cfg: TagConfig) -> dict:
             f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
             f"use --min-score or --accept-rate"
         )
+    if cfg.min_score is not None:  # else every actor refuses it, after the table exists
+        try:
+            abstention.check_min_score(artifact.abstain.get("method", "msp"), cfg.min_score)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
     fs, root_path = storage.arrow_fs(cfg.output, opts)

@@ -380,6 +380,15 @@ def test_an_empty_input_folder_commits_an_empty_run_and_says_so(tiny_artifact, t
     assert "[tag] committed run" in out and "(0 rows;" in out
 
 
+def test_a_min_score_outside_the_models_score_range_fails_before_the_table_exists(tiny_artifact, tmp_path, capsys):
+    """--min-score 2 on a model whose score is a probability used to commit a run of all `no_landmark` rows, which
+    later runs then skipped as settled."""
+    out = tmp_path / "tags"
+    code = tag_main(["--input", str(tmp_path), "--output", str(out), "--model", tiny_artifact.path, "--min-score", "2"])
+    assert code == 2 and not out.exists()
+    assert_error_names(capsys.readouterr().err, "--min-score 2", "lies in [0, 1]")
+
+
 def test_missing_model_and_unwritable_output(tiny_artifact, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("LANDMARK_MODEL", raising=False)
     with pytest.raises(SystemExit) as exit_:
