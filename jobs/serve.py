@@ -459,11 +459,30 @@ def check_port_free(cfg: ServeConfig) -> None:
             raise ConfigError(f"--host {cfg.host} --port {cfg.port}: cannot listen there ({e.strerror or e})") from None
 
 
+def _own_serve_listens_on(cfg: ServeConfig) -> bool:
+    """Whether Serve, started earlier by this process, has its proxy on --host:--port (Ray's client, not a public
+    API: anything unexpected means no, and the port is checked)."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        http = client.http_config if client is not None else None
+        return http is not None and (http.host, http.port) == (cfg.host, cfg.port)
+    except Exception:
+        return False
+
+
 @checks_config
 def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
-    if not joins_a_cluster(cfg):  # joining: the port is the cluster's proxy's, maybe on another node, maybe held
-        check_port_free(cfg)  # by its Serve already (serve.start then keeps that proxy)
+    # joining: the port is the cluster's proxy's, maybe on another node, maybe held by its Serve already; and a
+    # Serve this process started on it (bench's rounds) keeps its proxy: serve.start reuses it
+    if not (joins_a_cluster(cfg) or _own_serve_listens_on(cfg)):
+        check_port_free(cfg)
     prepare_model(cfg)
     from jobs import _serve_proxy as serve_proxy
     from jobs._ray import check_resources, init_ray
