@@ -24,7 +24,7 @@ import numpy as np
 from jobs._cli import ConfigError, check_accept_rate, checks_config, fields_of, run_cli
 from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
-from landmark_core.catalog import Catalog, CatalogError, load_coords
+from landmark_core.catalog import Catalog, CatalogError, load_coords, no_location_note
 from landmark_core.datasets import DatasetError, _class_split, list_files, load_labelled
 from landmark_core.onnx_runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 from landmark_core.recognizer import RECOGNIZERS
@@ -292,17 +292,10 @@ def _new_landmarks(cfg: CatalogConfig, art, predictor) -> tuple[list, dict]:
 
 
 def _warn_without_location(cfg: CatalogConfig, info: dict) -> None:
-    """As training warns: a tag that names a landmark with no location cannot say where the photo was taken."""
     missing = [v["name"] for v in info.values() if v["lat"] is None or v["lon"] is None]
-    if missing:
-        how = "--lat and --lon" if cfg.photos else "--coords FILE (CSV: folder,lat,lon[,country])"
-        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        print(
-            f"[catalog] warning: {len(missing)} of {len(info)} new landmarks have no location ({shown}): their tags "
-            f"will name the landmark with no latitude/longitude. Give {how}",
-            file=sys.stderr,
-            flush=True,
-        )
+    how = "--lat and --lon" if cfg.photos else "--coords FILE (CSV: folder,lat,lon[,country])"
+    if note := no_location_note(missing, len(info), what="new landmarks", how=how):
+        print(f"[catalog] {note}", file=sys.stderr, flush=True)
 
 
 def _photos(cfg: CatalogConfig, uris: list[str], where: str) -> list[str]:

@@ -463,17 +463,17 @@ def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
 
 
 def location_warning(catalog) -> str | None:
-    """A landmark with no location makes tags that name it but cannot say where the photo was taken: the
-    product's point. Known folder names get theirs from the catalog; others need --coords or coords.json."""
-    missing = catalog.without_location
-    if not missing:
-        return None
-    shown = ", ".join(repr(f) for f in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    return (
-        f"[train] warning: {len(missing)} of {len(catalog)} landmarks have no location ({shown}): their tags will "
-        "name the landmark with no latitude/longitude. Give --coords FILE (CSV: folder,lat,lon[,country], or JSON) "
-        "or put coords.json / coords.csv in the --data folder"
+    """Known folder names get their location from the catalog; others need --coords or coords.json."""
+    from landmark_core.catalog import no_location_note
+
+    note = no_location_note(
+        catalog.without_location,
+        len(catalog),
+        what="landmarks",
+        how="--coords FILE (CSV: folder,lat,lon[,country], or JSON) or put coords.json / coords.csv in the --data "
+        "folder",
     )
+    return note and f"[train] {note}"
 
 
 def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):

@@ -272,3 +272,15 @@ KNOWN_PLACES: dict[str, dict] = {
     **{lm.folder.lower(): {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country} for lm in UDACITY_50},
     **{f: {"name": n, "lat": lat, "lon": lon, "country": cc} for f, n, lat, lon, cc in _BENCHMARK_SETS},
 }
+
+
+def no_location_note(missing: list[str], total: int, *, what: str, how: str) -> str | None:
+    """The warning train and `catalog add` print for landmarks with no location: a tag naming one cannot say where
+    the photo was taken, the product's point. ``missing``: their names or folders; ``how``: what to give."""
+    if not missing:
+        return None
+    shown = ", ".join(repr(f) for f in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (
+        f"warning: {len(missing)} of {total} {what} have no location ({shown}): their tags will name the landmark "
+        f"with no latitude/longitude. Give {how}"
+    )
