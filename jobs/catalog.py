@@ -158,7 +158,9 @@ def _is_file(p: str) -> bool:
 @checks_config
 def run(cfg: CatalogConfig) -> dict:
     t0 = time.perf_counter()
-    art = _load(cfg, tensors="numpy" if cfg.action in ("list", "eval") else "torch")
+    # numpy tensors load faster and are all that listing and the ONNX runtimes need; the torch runtime needs torch's
+    numpy_ok = cfg.action == "list" or (cfg.action == "eval" and cfg.runtime in ("onnx", "onnx-int8"))
+    art = _load(cfg, tensors="numpy" if numpy_ok else "torch")
     if cfg.action == "list":
         rows = enroll.describe(art)
         _print_rows(rows, cfg.as_json)
@@ -416,8 +418,22 @@ def _evaluate(cfg: CatalogConfig, art) -> dict:
             "photos": int(len(pred["status"])),
             "tagged": float((pred["status"] == TAGGED).mean()),
         }
-    print(json.dumps(out, indent=None if cfg.as_json else 2), flush=True)
+    print(json.dumps(out) if cfg.as_json else _eval_text(out), flush=True)
     return out
+
+
+def _eval_text(out: dict) -> str:
+    """`catalog eval` for a person: the shares in percent, a line per landmark and per unknown folder."""
+    lines = [f"model {out['model_id']} (threshold {out['threshold']:.4g})"]
+    if known := out.get("known"):
+        lines.append(
+            f"known: {known['photos']} photos, top-1 {100 * known['top1']:.1f}%, tagged and right "
+            f"{100 * known['tagged_right']:.1f}%, abstained {100 * known['abstained']:.1f}%"
+        )
+        lines += [f"  {f}: top-1 {100 * v:.1f}%" for f, v in known["per_landmark"].items()]
+    for u, r in (out.get("unknown") or {}).items():
+        lines.append(f"unknown {u}: {r['photos']} photos, tagged (a wrong location) {100 * r['tagged']:.1f}%")
+    return "\n".join(lines)
 
 
 def _predict(cfg: CatalogConfig, predictor, uris: list[str]) -> dict:

@@ -395,6 +395,24 @@ def test_removing_a_landmark_not_in_the_catalog_lists_the_ones_that_are(enrolled
     assert code == 2 and "'Pyramid Plaza'" in line
 
 
+def test_catalog_eval_measures_known_and_unknown_photos(enrolled, world, capsys):
+    """`catalog eval`: top-1, tagged-and-right and abstained on class folders, tagged on unknown folders; JSON with
+    --json, lines for a person without (it printed indented JSON either way)."""
+    argv = ["eval", "--model", enrolled["path"], "--photos", str(world["old"] / "test"), "--runtime", "torch"]
+    argv += ["--unknown", str(world["new"] / "test")]
+    assert job.main(argv + ["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    known = out["known"]
+    assert known["photos"] == 12 and set(known["per_landmark"]) == {p.name for p in (world["old"] / "test").iterdir()}
+    assert 0 <= known["tagged_right"] <= known["top1"] <= 1 and 0 <= known["abstained"] <= 1
+    (unknown,) = out["unknown"].values()
+    assert unknown["photos"] == 4 and 0 <= unknown["tagged"] <= 1
+    assert job.main(argv) == 0
+    text = capsys.readouterr().out
+    assert not text.lstrip().startswith("{") and f"known: 12 photos, top-1 {100 * known['top1']:.1f}%" in text
+    assert f"unknown {world['new'] / 'test'}: 4 photos" in text
+
+
 # ------------------------------------------------------------------------------------------- the tag job
 
 
