@@ -391,7 +391,24 @@ def open_table(
         raise StoreError(
             f"{root}: no version {version if version is not None else as_of} ({error_text(e, 200)})"
         ) from None
+    if as_of is not None and dt.version() == 0 and (created := _commit_time(root, opts, 0)) > _as_utc(as_of):
+        # delta-rs gives the first version for any earlier time: the table did not exist then
+        raise StoreError(f"{root}: no version as of {as_of}: the table was created {created.isoformat()}")
     return dt
+
+
+def _commit_time(root: str, opts: storage.S3Options, version: int) -> datetime:
+    """When ``version`` was committed (its log entry's commitInfo timestamp)."""
+    fs, path = storage.arrow_fs(root, opts)
+    with fs.open_input_stream(f"{path}/_delta_log/{version:020d}.json") as f:
+        entries = [json.loads(line) for line in f.read().splitlines() if line.strip()]
+    ms = next(e["commitInfo"]["timestamp"] for e in entries if "commitInfo" in e)
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _as_utc(t: datetime | str) -> datetime:
+    t = datetime.fromisoformat(t) if isinstance(t, str) else t
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def dataset(dt, root: str, opts: storage.S3Options = storage.S3Options()):

@@ -243,6 +243,9 @@ def test_history_and_time_travel(store, capsys):
     assert code == 0 and out.splitlines()[2] == "photos/b.jpg,r1"
     code, out, err = cli(capsys, "--tags", store, "--version", "9")
     assert code == 1 and "no version 9" in err
+    # a time before the table existed: said so (delta-rs loads the first version for any earlier time: 0 rows)
+    code, out, err = cli(capsys, "--tags", store, "--as-of", "2020-01-01")
+    assert code == 1 and "no version as of 2020-01-01" in err and "the table was created" in err, err
 
 
 def test_sql_over_both_views(store, capsys):
