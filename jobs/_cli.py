@@ -77,7 +77,7 @@ def run_cli(
         cfg = config(ns)
         cfg.check()
     except (ConfigError, StorageError) as e:  # a malformed URI or endpoint is a bad argument too
-        parser.error(str(e))  # exits 2
+        _chosen_parser(parser, ns).error(str(e))  # exits 2
     name = prog(cfg) if prog else parser.prog
     codes = ((ConfigError, 2),) + failures
     caught = tuple(t for types, _ in codes for t in (types if isinstance(types, tuple) else (types,)))
@@ -88,6 +88,15 @@ def run_cli(
         return next(code for types, code in codes if isinstance(e, types))
     code = show(result, cfg) if show else result if isinstance(result, int) else 0
     return int(code or 0)
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:
+    """The subcommand's own parser (`landmark catalog add`), whose usage line and name an error should carry,
+    as argparse's own errors do; the parser itself for a command without subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(ns, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(ns, action.dest)], ns)
+    return parser
 
 
 def fields_of(config_type: type, ns: argparse.Namespace, **overrides: Any) -> Any:

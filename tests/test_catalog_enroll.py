@@ -367,6 +367,15 @@ def test_duplicate_name_and_missing_photos_are_clear_errors(enrolled, world, tmp
     assert "--photos" in capsys.readouterr().err
 
 
+def test_a_bad_argument_of_an_action_is_told_with_that_actions_usage(enrolled, capsys):
+    """As argparse's own errors are: `landmark catalog add`'s usage and name, not `landmark catalog {add,...}`."""
+    with pytest.raises(SystemExit) as exit_:
+        job.main(["remove", "--model", enrolled["path"], "--name", "X", "--output", enrolled["path"]])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: landmark catalog remove ")
+    assert "landmark catalog remove: error: --output must differ from --model" in err
+
+
 def test_output_spelled_another_way_than_model_is_still_refused(enrolled, tmp_path, capsys, monkeypatch):
     """`--output ./m`, `m/`, an absolute path or a link to the model's folder: each replaced the source model (its
     model_id, which later lineage names, gone); only the exact same text was refused."""
