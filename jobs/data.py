@@ -114,15 +114,14 @@ def run(cfg: DataConfig) -> dict:
         return {"root": str(fetch_udacity(Path(cfg.dest), url=cfg.url, timeout=cfg.timeout))}
     from landmark_core import synthetic
 
-    summary = synthetic.generate_dataset(
+    summary = synthetic.write_dataset(
         cfg.dest,
         n_classes=cfg.classes,
         train_per_class=cfg.train_per_class,
         test_per_class=cfg.test_per_class,
         seed=cfg.seed,
+        bad=cfg.bad,
     )
-    if cfg.bad:
-        summary["bad"] = synthetic.write_bad_corpus(Path(cfg.dest) / "bad")
     print(json.dumps(summary, indent=2))
     return summary
 

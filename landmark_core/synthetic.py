@@ -701,17 +701,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bad", action="store_true", help="also write the bad-file corpus to DEST/bad/")
     a = p.parse_args(argv)
-    summary = generate_dataset(
+    summary = write_dataset(
         a.dest,
         n_classes=a.classes,
         train_per_class=a.train_per_class,
         test_per_class=a.test_per_class,
         val_per_class=a.val_per_class,
         seed=a.seed,
+        bad=a.bad,
     )
-    if a.bad:
-        summary["bad"] = write_bad_corpus(a.dest / "bad")
     print(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_dataset(dest: str | Path, *, bad: bool = False, **kwargs) -> dict:
+    """generate_dataset(dest, **kwargs), and with ``bad`` the bad-file corpus in DEST/bad/; its summary."""
+    summary = generate_dataset(dest, **kwargs)
+    if bad:
+        summary["bad"] = write_bad_corpus(Path(dest) / "bad")
     return summary
 
 
