@@ -12,7 +12,7 @@ from .predict import PhotoResult, predict_paths
 from .predictor import Predictor
 from .preprocess import GpuDecodeError, check_gpu_decode
 from .status import FAILED
-from .storage import S3Options, StorageError, is_s3, redact
+from .storage import S3Options, StorageError, exists, is_s3, redact
 
 MODEL_ENV = "LANDMARK_MODEL"
 
@@ -86,9 +86,9 @@ def run(
 
 
 def expand_folders(paths: list[str], opts: S3Options = S3Options()) -> list[str | PhotoResult]:
-    """PHOTO arguments -> photos to answer: a folder (or an s3:// prefix ending in /) stands for its photos, found
-    as the tag job finds them (recursive, by name, sorted), or for one failed answer when it has none; anything
-    else is tried as given. A photo under two of the arguments is answered once."""
+    """PHOTO arguments -> photos to answer: a folder (or an s3:// prefix) stands for its photos, found as the tag
+    job finds them (recursive, by name, sorted), or for one failed answer when it has none; anything else is tried
+    as given. A photo under two of the arguments is answered once."""
     from collections import Counter
 
     from .datasets import image_objects
@@ -96,7 +96,7 @@ def expand_folders(paths: list[str], opts: S3Options = S3Options()) -> list[str 
 
     items, seen = [], set()
     for path in paths:
-        if not (os.path.isdir(path) or (is_s3(path) and path.endswith("/"))):
+        if not (os.path.isdir(path) or _is_s3_prefix(path, opts)):
             found = [path]
         else:
             left_out = Counter()
@@ -114,6 +114,21 @@ def expand_folders(paths: list[str], opts: S3Options = S3Options()) -> list[str 
     return items
 
 
+def _is_s3_prefix(path: str, opts: S3Options) -> bool:
+    """An s3:// argument ending in "/" is a prefix; so is one with no photo's extension that is no object (as
+    `--input s3://uploads/2026-11-24` names one for the tag job). A photo's name is tried as given, no request."""
+    from .datasets import is_image_name
+
+    if not is_s3(path) or is_image_name(path):
+        return False
+    if path.endswith("/"):
+        return True
+    try:
+        return not exists(path, opts)
+    except Exception:  # unreachable or refused: listing it will say why, in this argument's answer
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="landmark predict", description="Tag photos with the landmark they show, and where it is."
@@ -122,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "photos",
         nargs="+",
         metavar="PHOTO",
-        help="photo files or s3:// URIs; a folder (or an s3:// prefix ending in /) stands for its photos",
+        help="photo files or s3:// URIs; a folder or an s3:// prefix (s3://bucket/2026-11-24 or .../2026-11-24/) stands for its photos",
     )
     p.add_argument("--model", default=None, help="model artifact directory or s3:// URI (default: $LANDMARK_MODEL)")
     p.add_argument("-k", "--top-k", dest="k", type=int, default=5, help="how many landmarks to list (default 5)")

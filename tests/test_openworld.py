@@ -504,13 +504,19 @@ def test_eval_and_predict_read_photos_and_the_model_from_an_s3_compatible_store(
     for key in ("known_right", "known_abstained", "known_wrong", "unknown_tagged_mean_over_folders"):
         assert got[key] == pytest.approx(want[key]), key
 
-    code = predict_cli.main(
-        ["--json", "--model", f"{b}/model", "--s3-endpoint", s3.endpoint, f"{b}/wheel/", "s3://no-such-bucket/x/"]
-    )
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["path"].split("/", 3)[-1] for r in rows[:2]] == ["wheel/wheel_0000.jpg", "wheel/wheel_0001.jpg"]
-    assert all(r["status"] in ("tagged", "no_landmark") for r in rows[:2])
-    assert rows[2]["status"] == "failed" and rows[2]["error"].startswith("list: ") and code == 1
+    client.put_object(Bucket=s3_bucket, Key="notes/readme", Body=b"not a photo")
+    for wheel in (f"{b}/wheel/", f"{b}/wheel"):  # a prefix with or without its slash, as the tag job's --input
+        code = predict_cli.main(
+            ["--json", "--model", f"{b}/model", "--s3-endpoint", s3.endpoint, wheel, "s3://no-such-bucket/x/"]
+            + [f"{b}/notes/readme"]
+        )
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [r["path"].split("/", 3)[-1] for r in rows[:2]] == ["wheel/wheel_0000.jpg", "wheel/wheel_0001.jpg"]
+        assert all(r["status"] in ("tagged", "no_landmark") for r in rows[:2])
+        assert rows[2]["status"] == "failed" and rows[2]["error"].startswith("list: ") and code == 1
+        # an object with no photo's extension is tried as the photo it was named as, not listed as a prefix
+        assert rows[3]["path"] == f"{b}/notes/readme" and rows[3]["status"] == "failed", rows[3]
+        assert "decode" in rows[3]["error"] or "image" in rows[3]["error"], rows[3]
 
 
 def test_eval_known_folders_may_be_named_by_landmark(make_tiny_artifact, tmp_path, capsys):
