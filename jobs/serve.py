@@ -41,6 +41,8 @@ from landmark_core.predict import PENDING, PhotoResult, predict_bytes
 APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_BATCH_FILES = 64
+MAX_FORM_FIELDS = 16  # text fields of a multipart form (photos are file parts): a form of thousands is an attack
+MAX_FIELD_BYTES = 1 << 20  # one text field
 RETRY_AFTER_S = 1
 RETRY = {"Retry-After": str(RETRY_AFTER_S)}
 PROXY_GRACE_S = 2.0
@@ -248,7 +250,13 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
     """(name, bytes) of every photo in the request: a raw image body, or the files of a multipart form."""
     ctype = request.headers.get("content-type", "")
     if ctype.lower().startswith("multipart/form-data"):
-        parser = MultiPartParser(request.headers, read_bounded(request, limit), max_files=max_files, max_fields=16)
+        parser = MultiPartParser(
+            request.headers,
+            read_bounded(request, limit),
+            max_files=max_files,
+            max_fields=MAX_FORM_FIELDS,
+            max_part_size=MAX_FIELD_BYTES,
+        )
         try:
             form = await parser.parse()
         except MultiPartException as e:
@@ -268,15 +276,26 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
 
 
 def multipart_error(path: str, e: MultiPartException, max_files: int) -> HttpError:
-    """400 for a form the parser refused: a form over the route's file limit is well formed, so it is told so,
-    with the limit (starlette says it only in the message's words); the rest is malformed."""
-    if not str(e).startswith("Too many files"):
-        return HttpError(400, f"unsupported: malformed multipart form ({e})")
-    if max_files == 1:
+    """400 for a form the parser refused. A form over one of the route's limits is well formed, so it is told
+    which limit, with its value (starlette says it only in the message's words); the rest is malformed."""
+    said = str(e)
+    if said.startswith("Too many files") and max_files == 1:
         return HttpError(
             400, f"too_many_files: {path} takes one photo; send several to /v1/tag/batch (at most {MAX_BATCH_FILES})"
         )
-    return HttpError(400, f"too_many_files: {path} takes at most {max_files} photos; split them over several requests")
+    if said.startswith("Too many files"):
+        return HttpError(
+            400, f"too_many_files: {path} takes at most {max_files} photos; split them over several requests"
+        )
+    if said.startswith("Too many fields"):
+        return HttpError(
+            400, f"too_many_fields: a form takes at most {MAX_FORM_FIELDS} text fields; send photos as file parts"
+        )
+    if said.startswith(("Field exceeded", "Part exceeded")):
+        return HttpError(
+            400, f"field_too_large: a form's text field is at most {MAX_FIELD_BYTES} bytes; send photos as file parts"
+        )
+    return HttpError(400, f"unsupported: malformed multipart form ({e})")
 
 
 SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}

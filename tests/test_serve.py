@@ -388,8 +388,9 @@ def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
 
 
 def test_too_many_files_says_so_and_names_the_limit():
-    """Two files to /v1/tag, or more than MAX_BATCH_FILES to /v1/tag/batch: 400 in the API's error shape with
-    the reason and the limit (not "malformed"), before any photo reaches the model."""
+    """Two files to /v1/tag, more than MAX_BATCH_FILES to /v1/tag/batch, more than MAX_FORM_FIELDS text fields or
+    a text field over MAX_FIELD_BYTES: 400 in the API's error shape with the reason and the limit (not
+    "malformed"), before any photo reaches the model."""
     import types
 
     async def tag_all(files):
@@ -406,6 +407,14 @@ def test_too_many_files_says_so_and_names_the_limit():
     assert status == 400 and body["error"].startswith("too_many_files:"), body
     assert f"at most {srv.MAX_BATCH_FILES}" in body["error"] and "malformed" not in body["error"], body
     assert set(body) == set(srv.error_body("x"))
+    photo = [("p", ("0.jpg", b"x", "image/jpeg"))]
+    fields = [(f"f{i}", (None, "v")) for i in range(srv.MAX_FORM_FIELDS + 1)]
+    status, body = _post_multipart(api, "/v1/tag/batch", fields + photo)
+    assert status == 400 and body["error"].startswith("too_many_fields:"), body
+    assert f"at most {srv.MAX_FORM_FIELDS}" in body["error"], body
+    status, body = _post_multipart(api, "/v1/tag", [("note", (None, "v" * (srv.MAX_FIELD_BYTES + 1)))] + photo)
+    assert status == 400 and body["error"].startswith("field_too_large:"), body
+    assert str(srv.MAX_FIELD_BYTES) in body["error"], body
 
 
 def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
