@@ -155,7 +155,8 @@ def migrate(cfg: StoreConfig) -> dict:
     fs, _ = storage.arrow_fs(cfg.source, opts)
     old = old_committed_runs(cfg.source, opts)
     if not old:
-        raise tagstore.StoreError(f"--from {cfg.source}: no committed runs (dt=*/run=*/_SUCCESS) there")
+        # a mistyped --from (or no such folder): a bad argument, exit 2 as for a missing --table
+        raise ConfigError(f"--from {cfg.source}: no committed runs (dt=*/run=*/_SUCCESS) there")
     tables = [
         pq.read_table(files, filesystem=fs, schema=tagstore.TAGS_SCHEMA) if files else tagstore.empty()
         for _, files in old

@@ -254,6 +254,15 @@ def test_bad_arguments_name_the_flag(argv, needle, capsys):
     assert_error_names(capsys.readouterr().err, needle)
 
 
+def test_no_old_store_at_from_is_a_bad_argument(tmp_path, capsys):
+    """migrate --from a folder that is not there, or holds no committed run: exit 2 naming --from, nothing made."""
+    (tmp_path / "empty").mkdir()
+    for source in (tmp_path / "nothing", tmp_path / "empty"):
+        assert st.main(["migrate", "--from", str(source), "--to", str(tmp_path / "tags")]) == 2
+        assert_error_names(capsys.readouterr().err, "--from", "no committed runs")
+        assert not (tmp_path / "tags").exists()
+
+
 @pytest.mark.parametrize(
     "action,extra", [("history", []), ("optimize", []), ("vacuum", ["--retain-hours", "1", "--dry-run"])]
 )
