@@ -328,8 +328,13 @@ def _run_pipeline(
     }
     task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
     in_tasks = cfg.resolved_compute() == "tasks"
-    if in_tasks:
-        start_workers(min(n_blocks, int(ray.available_resources().get("CPU", 1))), task_predictor)
+    if in_tasks and (n_warm := min(n_blocks, int(ray.available_resources().get("CPU", 1)))):
+        start_workers(n_warm, task_predictor)
+        # The warm-up holds every free CPU for a moment, so Ray Data's start-of-run check would warn on every run
+        # that the cluster "does not have any available CPUs" and "will hang": not so, they are this run's own.
+        from ray.util.debug import log_once
+
+        log_once("cpu_warning")
     from ray.data import ActorPoolStrategy  # Ray Data's import overlaps the workers' start
 
     ctx = ray.data.DataContext.get_current()
