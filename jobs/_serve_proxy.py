@@ -17,6 +17,9 @@ logger = logging.getLogger("ray.serve")
 CALLBACK = "jobs._serve_proxy:middlewares"
 CONTROLLER_OPTIONS = {"runtime_env": {"env_vars": {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": CALLBACK}}}
 LOST = "unavailable: the model replica was lost; retry"
+# The app's routes (jobs/serve.py make_api): the proxy's plain 404 for one of them means no app serves it yet
+APP_ROUTES = ("/healthz", "/v1/model", "/v1/tag", "/v1/tag/batch", "/docs", "/openapi.json")
+NOT_SERVING = "unavailable: the app does not serve {path} yet (starting, or deployed at another route prefix); retry"
 
 
 def middlewares() -> list[Middleware]:
@@ -33,7 +36,8 @@ class AnswerForLostReplicas:
     """A pure ASGI middleware around the proxy: an HTTP request the app ended without answering (its replica
     died) gets 503 + Retry-After with the API's error object instead of the proxy's bare 500; the proxy's own
     plain-text 503 (more than --max-queued requests waiting, no replica) and 408 (its fallback timeout) get
-    the same shape, their reason kept."""
+    the same shape, their reason kept; so does its plain 404 for one of the app's routes, which comes while the
+    app deploys (a health check polling /healthz from the start saw "not found")."""
 
     def __init__(self, app):
         self.app = app
@@ -47,12 +51,15 @@ class AnswerForLostReplicas:
             nonlocal started, held
             if message["type"] == "http.response.start":
                 started = True
-                if message["status"] in (408, 503) and not _is_json(message):
-                    held = message  # the proxy's own answer: rewritten when its body comes
+                if _is_the_proxys_own(message, scope.get("path", "")):
+                    held = message  # rewritten when its body comes
                     return
             elif held is not None and message["type"] == "http.response.body":
                 text = message.get("body", b"").decode("utf-8", "replace").strip()
-                await _send_unavailable(send, f"unavailable: {text or 'no replica could take the request'}")
+                if held["status"] == 404:
+                    await _send_unavailable(send, NOT_SERVING.format(path=scope.get("path")))
+                else:
+                    await _send_unavailable(send, f"unavailable: {text or 'no replica could take the request'}")
                 return
             await send(message)
 
@@ -64,6 +71,14 @@ class AnswerForLostReplicas:
             logger.warning("no replica answered %s (%s): 503", scope.get("path"), type(e).__name__)
         if not started:
             await _send_unavailable(send, LOST)
+
+
+def _is_the_proxys_own(start: dict, path: str) -> bool:
+    """The proxy's plain-text answers (the app's own are JSON or the page): 408, 503, and 404 on an app route."""
+    if _is_json(start):
+        return False
+    on_app_route = path == "/" or any(path.endswith(r) for r in APP_ROUTES)  # the page; routes under any prefix
+    return start["status"] in (408, 503) or (start["status"] == 404 and on_app_route)
 
 
 def _is_json(start: dict) -> bool:

@@ -452,8 +452,9 @@ def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
 
 def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
     """jobs._serve_proxy's middleware, as the proxy runs it: an app that ends (or fails, as a dead replica's
-    call does) without a response, or the proxy's plain 503, gives 503 + Retry-After and the API's error
-    object; the app's answers pass through."""
+    call does) without a response, the proxy's plain 503 or 408, or its plain 404 on one of the app's routes
+    (the app not routed yet), gives 503 + Retry-After and the API's error object; the app's answers pass
+    through."""
     import asyncio
 
     from ray.exceptions import RayActorError
@@ -468,14 +469,14 @@ def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
         await send({"type": "http.response.start", "status": 422, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    def run(app) -> list[dict]:
+    def run(app, path: str = "/v1/tag") -> list[dict]:
         sent = []
 
         async def send(message):
             sent.append(message)
 
         (mw,) = serve_proxy.middlewares()
-        asyncio.run(mw.cls(app)({"type": "http", "path": "/v1/tag"}, None, send))
+        asyncio.run(mw.cls(app)({"type": "http", "path": path}, None, send))
         return sent
 
     for app in (died, ended):
@@ -498,6 +499,19 @@ def test_the_proxy_answers_503_for_a_request_its_replica_never_answered():
 
     start, body = run(proxy_timeout)
     assert start["status"] == 503 and json.loads(body["body"])["error"].startswith("unavailable: Request r timed")
+
+    async def not_deployed_yet(scope, receive, send):  # the proxy before the app is routed (Ray 2.60's words)
+        from ray.serve._private.http_util import convert_object_to_asgi_messages
+
+        for m in convert_object_to_asgi_messages(f"Path '{scope['path']}' not found.", status_code=404):
+            await send(m)
+
+    for path in ("/", "/healthz", "/v1/tag", "/landmark/v1/model"):
+        start, body = run(not_deployed_yet, path)
+        assert start["status"] == 503 and (b"retry-after", b"1") in start["headers"], path
+        assert json.loads(body["body"])["error"] == serve_proxy.NOT_SERVING.format(path=path)
+    start, body = run(not_deployed_yet, "/no/such/route")  # not the app's: the proxy's 404 stands
+    assert start["status"] == 404 and body["body"].startswith(b"Path '/no/such/route' not found")
 
 
 # ---------------------------------------------------------------------------------------------- time-outs
