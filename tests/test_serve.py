@@ -548,6 +548,44 @@ def test_a_request_not_served_in_time_gets_503_with_retry_after(app, model_dir, 
         serve.delete("slow")
 
 
+@pytest.mark.slow
+def test_a_full_queue_is_answered_503_with_retry_after(app, model_dir, tmp_path):
+    """`--max-queued` end to end: one replica holding its 16 requests (each a 12 MP PNG, about 0.3 s to decode),
+    a queue of 1, and 40 requests at once: the rest are answered at once by the proxy, 503 + Retry-After in the
+    API's JSON shape; every other answer is the photo's, and the app answers normally after."""
+    import concurrent.futures
+
+    from PIL import Image
+    from ray import serve
+
+    ramp = (np.add.outer(np.arange(3000), np.arange(4000)) % 256).astype(np.uint8)
+    slow = tmp_path / "slow.png"
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save(slow)
+    body = slow.read_bytes()
+    cfg = srv.ServeConfig(
+        model=model_dir, replicas=(1, 1), cpus_per_replica=0.25, max_batch_size=1, runtime=RUNTIME, max_queued=1
+    )
+    serve.run(srv.build_application(cfg), name="full", route_prefix="/full")
+    url = app["url"].rstrip("/") + "/full/v1/tag"
+    try:
+
+        def post(_):
+            return requests.post(url, data=body, headers={"Content-Type": "image/png"}, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(post, range(40)))
+        full = [r for r in answers if r.status_code == 503]
+        done = [r for r in answers if r.status_code == 200]
+        assert len(full) + len(done) == 40, [(r.status_code, r.text[:200]) for r in answers]
+        assert full and done, f"{len(full)} refused, {len(done)} answered: the queue never filled"
+        assert all(r.headers.get("Retry-After") == "1" and is_unavailable_answer(r) for r in full), full[0].text
+        assert all(r.json()["status"] in ("tagged", "no_landmark") for r in done), done[0].text
+        print(f"queue full: {len(full)} of 40 answered 503 at once, {len(done)} tagged; e.g. {full[0].json()['error']}")
+        assert post(0).status_code == 200  # and after the burst, the app takes requests again
+    finally:
+        serve.delete("full")
+
+
 # ---------------------------------------------------------------------------------------------- the page
 
 
