@@ -110,10 +110,13 @@ def optimize(cfg: StoreConfig) -> dict:
 def vacuum(cfg: StoreConfig) -> list[str]:
     """Files no version within --retain-hours references, deleted (listed only, with --dry-run): uncommitted files
     of killed runs too (a full vacuum lists the directory, not only the log); the superseded table's likewise."""
+    # a full vacuum on S3 also lists (and deletes) the empty folder objects: no file of the user's, not reported
+    markers = storage.folder_markers(cfg.table, cfg.s3_options())
     files = _table(cfg).vacuum(
         retention_hours=int(cfg.retain_hours), dry_run=cfg.dry_run, enforce_retention_duration=False, full=True
     )
-    return files + tagstore.vacuum_superseded(cfg.table, cfg.s3_options(), cfg.retain_hours, cfg.dry_run)
+    files += tagstore.vacuum_superseded(cfg.table, cfg.s3_options(), cfg.retain_hours, cfg.dry_run)
+    return [f for f in files if f.rstrip("/") not in markers]
 
 
 # ---------------------------------------------------------------- migrate: the only reader of the old layout

@@ -221,6 +221,21 @@ def exists(uri: str, opts: S3Options = S3Options()) -> bool:
     return Path(uri).exists()
 
 
+def folder_markers(uri: str, opts: S3Options = S3Options()) -> set[str]:
+    """The empty "folder/" objects below an s3:// prefix (pyarrow's create_dir leaves them; they hold nothing), as
+    paths relative to it without the slash ("" for the prefix's own). A local path has none."""
+    if not is_s3(uri):
+        return set()
+    bucket, prefix = split_s3(uri.rstrip("/") + "/")
+    pages = s3_client(opts).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {
+        o["Key"][len(prefix) :].rstrip("/")
+        for page in pages
+        for o in page.get("Contents", [])
+        if o["Key"].endswith("/") and int(o["Size"]) == 0
+    }
+
+
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken", "403"}
 
 

@@ -322,9 +322,12 @@ def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_clea
     cur = tagstore.read(root, opts=opts, columns=["uri", "run_id"])
     assert cur.column("uri").to_pylist() == uris and cur.column("run_id").to_pylist() == ["r1", "r1", "rerun", "rerun"]
     before = tagstore.read(root, opts=opts, history=True)
-    deleted = st.run(st.StoreConfig("vacuum", root, retain_hours=0, s3_endpoint=s3.endpoint))
-    # (the rest are the empty "directory" objects pyarrow's create_dir leaves on S3)
-    assert [f for f in deleted if f.endswith(".parquet")] == ["runs/2026-11-20/killed/part-00000.parquet"]
+    fs, base = storage.arrow_fs(root, opts)
+    fs.create_dir(f"{base}/runs/2026-11-20/killed", recursive=True)  # what the tag job's Ray Data writer does first
+    dead = ["runs/2026-11-20/killed/part-00000.parquet"]
+    # only the dead file: not the empty "folder/" objects pyarrow's create_dir leaves on S3 (listed before)
+    assert st.run(st.StoreConfig("vacuum", root, retain_hours=0, dry_run=True, s3_endpoint=s3.endpoint)) == dead
+    assert st.run(st.StoreConfig("vacuum", root, retain_hours=0, s3_endpoint=s3.endpoint)) == dead
     assert tagstore.read(root, opts=opts, history=True).equals(before) and before.num_rows == 4
 
 
