@@ -118,6 +118,7 @@ class QueryConfig:
         if self.sql is not None:
             if not str(self.sql).strip():
                 raise QueryError("--sql must not be empty")
+            check_one_select(self.sql)
             used = [
                 f
                 for f, v in (
@@ -312,6 +313,18 @@ def _open(cfg: QueryConfig) -> tagstore.Store | None:
     return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
 
 
+def check_one_select(statement: str) -> None:
+    """--sql is one SELECT (or EXPLAIN of one): a query of the tags, not a way to change or write anything."""
+    import duckdb
+
+    try:
+        kinds = [s.type.name for s in duckdb.connect().extract_statements(statement)]
+    except duckdb.Error as e:
+        raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
+    if len(kinds) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
+        raise QueryError(f"--sql takes one SELECT over the views tags and tags_history, got {' + '.join(kinds)}")
+
+
 @checks_config
 def run(cfg: QueryConfig) -> pa.Table:
     """The matching current rows (every committed row with ``history``), sorted by uri, then --limit; or the
@@ -321,6 +334,7 @@ def run(cfg: QueryConfig) -> pa.Table:
         return tagstore.empty(list(dict.fromkeys(cfg.columns)) if cfg.columns and cfg.sql is None else None)
     try:
         if cfg.sql is not None:
+            store.read_only()
             return store.con.sql(cfg.sql).to_arrow_table()
         statement, params = select_sql(cfg, *_rows(store, cfg, _read_columns(cfg)))
         return tagstore.to_schema(store.con.sql(statement, params=params or None).to_arrow_table())
@@ -590,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--sql",
         metavar="SELECT",
-        help="a query over the views tags (current) and tags_history "
-        "(every committed row), instead of the filter flags",
+        help="one SELECT (or EXPLAIN) over the views tags (current) and tags_history (every committed row), "
+        "instead of the filter flags; it reads the table and no other file",
     )
     t.add_argument("--history", action="store_true", help="every committed row, not only the current one per photo")
     t.add_argument("--version", type=int, metavar="N", help="read the table at version N (landmark store history)")

@@ -439,12 +439,22 @@ class Store:
         self.native = not storage.is_s3(root)
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")
+        self._files: list[str] = []  # the local Parquet files the views read (read_only allows only these)
         # in path order, runs/<day>/<run_id>: oldest first. Photo keys mostly sort like their upload day, so
         # an ORDER BY uri LIMIT's running threshold (a filter DuckDB pushes into the scan) then skips later files
         self._register("tags_history", sorted(dt.file_uris()), lambda: self.dataset)
         self.superseded, self.covered = self._superseded_view(superseded_table)
         self.con.execute(f"CREATE VIEW tags AS {current_sql('tags_history')}")
         self.con.execute(MACROS)
+
+    def read_only(self) -> None:
+        """From here on, SQL on this connection reads this snapshot and nothing else: no other file (read_csv,
+        COPY ... TO, ATTACH, INSTALL), and no setting can undo it. For SQL that is the user's text (--sql)."""
+        if self._files:
+            listed = ", ".join("'" + f.replace("'", "''") + "'" for f in self._files)
+            self.con.execute(f"SET allowed_paths = [{listed}]")
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET lock_configuration = true")
 
     @functools.cached_property
     def dataset(self):
@@ -459,6 +469,7 @@ class Store:
         paths = [unquote(f.removeprefix("file://")) for f in files] if self.native else []
         if paths and not any(c in p for p in paths for c in "*?[{"):
             self.con.read_parquet(paths).create_view(name)
+            self._files += paths
         else:
             self.con.register(name, arrow_data())
 

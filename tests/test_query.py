@@ -268,6 +268,36 @@ def test_sql_over_both_views(store, capsys):
     assert code == 2 and err.startswith("landmark query: --sql: ") and "nope" in err
 
 
+def test_sql_reads_the_tags_and_nothing_else(store, capsys, tmp_path):
+    """--sql is one SELECT of the snapshot: statements that write or change are refused before the table is read,
+    and a SELECT cannot read or write another file (the DuckDB connection's external access is off and locked)."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("password\nhunter2\n")
+    written = tmp_path / "out.csv"
+    refused = {
+        f"COPY (SELECT * FROM tags) TO '{written}'": "COPY",
+        "DROP VIEW tags": "DROP",
+        "SELECT 1; SELECT 2": "SELECT + SELECT",
+        "ATTACH 'x.duckdb'": "ATTACH",
+        "SET enable_external_access = true": "SET",
+    }
+    for statement, kinds in refused.items():
+        with pytest.raises(SystemExit) as e:
+            q.main(["--tags", store, "--sql", statement])
+        captured = capsys.readouterr()
+        assert e.value.code == 2 and captured.out == "", statement
+        assert_error_names(captured.err, "--sql", f"got {kinds}")
+    for statement in (
+        f"SELECT * FROM read_csv('{secret}')",
+        f"SELECT count(*) FROM tags UNION ALL SELECT count(*) FROM read_parquet('{written}')",
+    ):
+        code, out, err = cli(capsys, "--tags", store, "--sql", statement)
+        assert code == 2 and "hunter2" not in out + err and "disabled" in err, (statement, err)
+    assert not written.exists()
+    code, out, _ = cli(capsys, "--tags", store, "--sql", "EXPLAIN SELECT count(*) FROM tags")
+    assert code == 0 and "physical_plan" in out
+
+
 # ---------------------------------------------------------------------------------------------- filters
 
 
@@ -757,6 +787,10 @@ def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
         "photos/f.jpg,tagged",
         "photos/g.jpg,tagged",
     ]
+    # --sql on S3: read through pyarrow, which the read-only connection still reads
+    sql = ["--sql", "SELECT count(*) AS n FROM tags", "--format", "csv"]
+    code, out, _ = cli(capsys, "--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint, *sql)
+    assert code == 0 and out.splitlines() == ["n", str(q.run(q.QueryConfig(tags=store)).num_rows)]
     # a prefix of the bucket with no table under it: a bad --tags, as for a local path
     code, out, err = cli(capsys, "--tags", f"s3://{s3_bucket}/no-tags-here", "--s3-endpoint", s3.endpoint)
     assert code == 2 and out == ""
