@@ -26,9 +26,11 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -111,6 +113,8 @@ class QueryConfig:
                 raise QueryError(
                     f"--columns: unknown column(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_COLUMNS)}"
                 )
+        if self.out is not None:
+            check_out_file(self.out)
         if self.format not in FORMATS:
             raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.summary and self.format == "parquet":
@@ -748,6 +752,18 @@ def _hint_landmark_names(cfg: QueryConfig) -> None:
     )
 
 
+def check_out_file(path: str) -> None:
+    """--out names a file that can be written: not a folder, under a folder (made if missing) that can be."""
+    p = Path(path)
+    if p.is_dir():
+        raise QueryError(f"--out {path} is a folder: name a file, e.g. {p / 'tags.csv'}")
+    parent = next(a for a in p.absolute().parents if a.exists())
+    if not parent.is_dir():
+        raise QueryError(f"--out {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise QueryError(f"--out {path}: cannot write in {parent}")
+
+
 def duckdb_errors() -> tuple[type, ...]:
     import duckdb
 
@@ -757,6 +773,7 @@ def duckdb_errors() -> tuple[type, ...]:
 def _emit(data: str | bytes, cfg: QueryConfig) -> None:
     if cfg.out is not None:
         mode, kw = ("wb", {}) if isinstance(data, bytes) else ("w", {"encoding": "utf-8", "newline": ""})
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         with open(cfg.out, mode, **kw) as fh:
             fh.write(data)
         return

@@ -664,6 +664,20 @@ def test_bad_arguments_exit_2_naming_the_flag(store, capsys, argv, flag):
     assert_error_names(capsys.readouterr().err, flag)
 
 
+def test_out_must_be_a_writable_file_and_its_folder_is_made(store, capsys, tmp_path):
+    """--out a folder, or under a file: exit 2 naming --out before the table is read; under a missing folder: made."""
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    for out, words in ((tmp_path, "is a folder"), (a_file / "t.csv", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as e:
+            q.main(["--tags", store, "--format", "csv", "--out", str(out)])
+        assert e.value.code == 2
+        assert_error_names(capsys.readouterr().err, "--out", words)
+    out = tmp_path / "new" / "dir" / "t.csv"
+    assert q.main(["--tags", store, "--format", "csv", "--columns", "uri", "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "uri"
+
+
 @pytest.mark.parametrize("tags,flag", [("ftp://host/tags", "--tags"), ("s3://Bad_Bucket/tags", "--tags")])
 def test_bad_tags_uri(capsys, tags, flag):
     with pytest.raises(SystemExit) as e:
