@@ -30,6 +30,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from jobs._cli import ConfigError, checks_config, run_cli
@@ -337,12 +338,21 @@ def make_api(ingress: Tagger) -> FastAPI:
     async def http_error(_request: Request, e: HttpError):
         return JSONResponse(error_body(e.reason), status_code=e.status, headers=e.headers)
 
-    @api.get("/healthz")
+    @api.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, e: StarletteHTTPException):
+        """No such route (404) or method (405, with Allow): the API's error shape too, not FastAPI's {"detail"}."""
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "unsupported")
+        return JSONResponse(
+            error_body(f"{reason}: {request.method} {request.url.path}"), status_code=e.status_code, headers=e.headers
+        )
+
+    # HEAD too: load balancers and uptime checks often probe with it
+    @api.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz():
         """Up when a Tagger replica answers (no auth: for load balancers)."""
         return {"status": "ok", "model_id": ingress.predictor.model_id}
 
-    @api.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)])
+    @api.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, dependencies=[Depends(authorize)])
     async def page():
         """The upload page: one self-contained HTML file (no external scripts, fonts or tiles)."""
         return HTMLResponse(PAGE)

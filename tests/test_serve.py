@@ -196,6 +196,15 @@ def test_model_health_and_docs(app, model_dir):
         asset = app["s"].get(f"{app['url']}/docs/{name}", timeout=30)
         assert asset.status_code == 200 and kind in asset.headers["content-type"] and len(asset.content) > 100_000
     assert app["s"].get(f"{app['url']}/docs/other.js", timeout=30).status_code == 404
+    # HEAD, as load balancers probe: the health check without a token, the page with one
+    assert requests.head(f"{app['url']}/healthz", timeout=30).status_code == 200
+    assert app["s"].head(f"{app['url']}/", timeout=30).status_code == 200
+    # no such route or method: the API's error shape (FastAPI's default is {"detail": ...})
+    r = app["s"].get(f"{app['url']}/v1/nope", timeout=30)
+    assert r.status_code == 404 and r.json() == srv.error_body("not_found: GET /v1/nope"), r.text
+    r = app["s"].delete(f"{app['url']}/v1/tag", timeout=30)
+    assert r.status_code == 405 and r.json() == srv.error_body("method_not_allowed: DELETE /v1/tag"), r.text
+    assert r.headers["Allow"] == "POST"
 
 
 def _guarded_routes() -> list[tuple[str, str, str]]:
@@ -232,8 +241,8 @@ def test_token_is_required_and_never_logged(app, expected, token, ray_local):
                 timeout=30,
                 **({"data": Path(good).read_bytes()} if method == "post" else {}),
             )
-            assert r.status_code == 401, (path, headers, r.status_code)
-            assert r.json()["error"].startswith("unauthorized") and r.headers["WWW-Authenticate"] == "Bearer"
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", (path, headers, r.status_code)
+            assert method == "head" or r.json()["error"].startswith("unauthorized")  # (a HEAD answer has no body)
     assert post_photo(app, good).status_code == 200
     session_dir = Path(ray_local._private.worker._global_node.get_session_dir_path())
     # positive control: the proxy's access log has a line for each refused request above (the ones that carried a
