@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import ray
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -532,22 +533,23 @@ def start(cfg: ServeConfig) -> str:
 
 @checks_config
 def run(cfg: ServeConfig) -> None:
-    """Serve until interrupted, then shut Serve down."""
-    url = start.after_check(cfg)
-    safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
-    print(
-        f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
-        f"{'; bearer token required' if cfg.token_file else ''}",
-        flush=True,
-    )
+    """Serve until interrupted (Ctrl-C or SIGTERM, also while starting), then shut Serve down."""
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
     try:
+        url = start.after_check(cfg)
+        safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
+        print(
+            f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
+            f"{'; bearer token required' if cfg.token_file else ''}",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("landmark serve: interrupted; shutting down", file=sys.stderr, flush=True)
     finally:
-        serve.shutdown()
+        if ray.is_initialized():  # (not when a check refused the config before Ray started)
+            serve.shutdown()
 
 
 def _interrupt(_signum, _frame):

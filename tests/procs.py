@@ -20,3 +20,19 @@ def create_table_when_told(root: str, ready, go) -> None:
     ready.set()
     go.wait()
     tagstore.ensure_table(root)
+
+
+def live_in_session(sid: int) -> list[int]:
+    """The processes (zombies aside) of session ``sid``: a job started with start_new_session and all it started."""
+    from pathlib import Path
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                if os.getsid(int(d)) == sid and state != "Z":
+                    pids.append(int(d))
+            except (OSError, IndexError):
+                continue
+    return pids

@@ -11,6 +11,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -424,6 +425,46 @@ def test_too_many_files_says_so_and_names_the_limit():
     status, body = _post_multipart(api, "/v1/tag", [("note", (None, "v" * (srv.MAX_FIELD_BYTES + 1)))] + photo)
     assert status == 400 and body["error"].startswith("field_too_large:"), body
     assert str(srv.MAX_FIELD_BYTES) in body["error"], body
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_starting_shuts_down_without_a_traceback(model_dir):
+    """Ctrl-C (SIGINT to the terminal's process group) while Serve deploys, before the ready line: one line, no
+    traceback, exit 0, and every process the server started gone."""
+    import signal
+
+    from tests.procs import live_in_session
+
+    cmd = [sys.executable, "-m", "jobs.serve", "--model", model_dir, "--port", str(free_port())]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, deploying = [], threading.Event()
+
+    def watch():
+        for line in proc.stdout:
+            lines.append(line)
+            if "Deploying new app" in line or "Adding 1 replica" in line:
+                deploying.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert deploying.wait(120), "".join(lines)[-3000:]
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
+    out = "".join(lines)
+    assert "landmark serve: interrupted; shutting down" in out and "Traceback" not in out, out[-3000:]
+    assert "landmark serve: http" not in out  # (the interrupt came before the ready line)
+    deadline = time.monotonic() + 60
+    while live_in_session(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not live_in_session(proc.pid), "the server's processes outlived it"
 
 
 def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
