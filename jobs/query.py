@@ -314,7 +314,10 @@ def select_sql(cfg: QueryConfig, relation: str, params: list) -> tuple[str, list
 
 
 def _open(cfg: QueryConfig) -> tagstore.Store | None:
-    return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
+    try:
+        return tagstore.open_store(cfg.tags, cfg.s3_options(), version=cfg.version, as_of=cfg.as_of_utc())
+    except tagstore.NoSuchVersion as e:  # a bad argument: exit 2 naming it, as for the others
+        raise QueryError(f"{'--version' if cfg.version is not None else '--as-of'}: {e}") from None
 
 
 def check_one_select(statement: str) -> None:
@@ -684,10 +687,18 @@ def answer(cfg: QueryConfig) -> int:
         no_runs = not found and _no_runs(cfg)
         if not found and not no_runs and cfg.landmark is not None:
             _hint_landmark_names(cfg)
-    except (OSError, storage.StorageError, tagstore.StoreError) as e:
-        print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
-        return 1
-    except duckdb_errors() as e:
+    except (OSError, storage.StorageError, tagstore.StoreError, *duckdb_errors()) as e:
+        if _old_files_vacuumed(cfg, e):
+            then = f"version {cfg.version}" if cfg.version is not None else f"the table as of {cfg.as_of}"
+            print(
+                f"landmark query: cannot read {then} of {cfg.tags}: its files were deleted by `landmark store "
+                f"vacuum` (it keeps the files of the last --retain-hours); newer versions: landmark store history",
+                file=sys.stderr,
+            )
+            return 1
+        if not isinstance(e, duckdb_errors()):
+            print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
+            return 1
         where = "--sql" if cfg.sql is not None else f"cannot read {cfg.tags}"
         print(f"landmark query: {where}: {tagstore.error_text(e, 500)}", file=sys.stderr)
         return 2 if cfg.sql is not None and not isinstance(e, OSError) else 1
@@ -716,6 +727,13 @@ def answer(cfg: QueryConfig) -> int:
     else:
         _emit(parquet_bytes(table), cfg)
     return 0
+
+
+def _old_files_vacuumed(cfg: QueryConfig, e: Exception) -> bool:
+    """Time travel to a version whose files a vacuum deleted: DuckDB (local) or pyarrow (S3) finds a file missing."""
+    if cfg.version is None and cfg.as_of is None:
+        return False
+    return isinstance(e, FileNotFoundError) or "No files found that match" in str(e)
 
 
 def _no_runs(cfg: QueryConfig) -> bool:

@@ -141,6 +141,10 @@ class StoreError(RuntimeError):
     """The tag store cannot be read or written; the message names the location."""
 
 
+class NoSuchVersion(StoreError):
+    """A --version or --as-of the table does not have: the caller's argument, not the store, is wrong."""
+
+
 def error_text(e: BaseException, limit: int = 300) -> str:
     """One line for a delta-rs/DuckDB error (theirs span lines and carry terminal colours), secrets redacted."""
     import re
@@ -382,18 +386,20 @@ def open_table(
         return None
     except OSError as e:
         raise StoreError(f"{root}: {error_text(e)}") from None
+    latest = dt.version()
     try:
         if version is not None:
             dt.load_as_version(int(version))
         elif as_of is not None:
             dt.load_as_version(as_of)
     except Exception as e:
-        raise StoreError(
-            f"{root}: no version {version if version is not None else as_of} ({error_text(e, 200)})"
+        said = f"version {version}" if version is not None else f"version as of {as_of}"
+        raise NoSuchVersion(
+            f"{root}: no {said}: its versions are 0 to {latest} (landmark store history; {error_text(e, 120)})"
         ) from None
     if as_of is not None and dt.version() == 0 and (created := _commit_time(root, opts, 0)) > _as_utc(as_of):
         # delta-rs gives the first version for any earlier time: the table did not exist then
-        raise StoreError(f"{root}: no version as of {as_of}: the table was created {created.isoformat()}")
+        raise NoSuchVersion(f"{root}: no version as of {as_of}: the table was created {created.isoformat()}")
     return dt
 
 

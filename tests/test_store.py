@@ -426,6 +426,11 @@ def test_optimize_vacuum_and_time_travel_keep_the_current_view(table, capsys):
     assert st.main(["vacuum", "--table", table, "--retain-hours", "0", "--json"]) == 0
     assert any(f.startswith("runs/") for f in json.loads(capsys.readouterr().out))  # the files optimize replaced
     assert current_both_ways(table)[1:] == (4, before)
+    from jobs import query
+
+    assert query.main(["--tags", table, "--version", "1"]) == 1  # its files are gone: said so, no raw reader error
+    err = capsys.readouterr().err
+    assert "version 1" in err and "vacuum" in err and "No files found" not in err, err
 
 
 def test_superseded_table_gone_or_wrong_falls_back_to_the_history(table, capsys):
@@ -514,3 +519,23 @@ def test_a_table_on_s3_with_the_endpoint_only_in_the_environment(s3, s3_bucket, 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "localhost:9000")
     with pytest.raises(storage.StorageError, match="AWS_ENDPOINT_URL_S3 .*must look like"):
         storage.S3Options().check()
+
+
+def test_history_into_a_reader_that_closes_after_the_first_line_ends_quietly(tmp_path):
+    """`landmark store history --table T | head -1`: the header line, then exit 0 and no BrokenPipeError on
+    stderr, with stdout buffered (the rest meets the closed pipe at the end) or not (at the next line). Before:
+    a BrokenPipeError traceback, exit 1 (or "Exception ignored ... BrokenPipeError", exit 120)."""
+    import os
+
+    from tests.test_predict_cli import first_line_then_close
+
+    root = str(tmp_path / "tags")
+    for i in range(80):  # ~5.5 KiB of history: more than the reader's 4 KiB pipe holds
+        append(root, rows([f"u{i}"], f"r{i}", T0 + timedelta(hours=i)), f"r{i}", refresh=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    for unbuffered in ({}, {"PYTHONUNBUFFERED": "1"}):
+        argv = [sys.executable, "-m", "jobs.store", "history", "--table", root]
+        line, code, err = first_line_then_close(argv, {**env, **unbuffered})
+        assert line.split() == [b"version", b"committed", b"(UTC)", b"operation", b"run_id", b"/", b"details"], err
+        assert "Traceback" not in err and "BrokenPipeError" not in err, (unbuffered, err[-3000:])
+        assert code == 0, (unbuffered, err[-3000:])
