@@ -315,7 +315,8 @@ function render(r) {
   $("coords").textContent = (r.lat !== null && r.lat !== undefined)
     ? "location: " + fmt(r.lat) + ", " + fmt(r.lon) : "";
   $("exif").textContent = (r.exif_lat !== null && r.exif_lat !== undefined) ?
-      "photo's own GPS (EXIF): " + fmt(r.exif_lat) + ", " + fmt(r.exif_lon) : "no GPS in the photo";
+      "photo's own GPS (EXIF): " + fmt(r.exif_lat) + ", " + fmt(r.exif_lon) :
+      (r.status === "failed" ? "" : "no GPS in the photo");  // a failed photo was not read: nothing to say
   const t = $("tags"); t.textContent = "";
   for (const tag of (r.tags || [])) {
     const row = t.insertRow();
@@ -336,7 +337,9 @@ async function tag(file) {
   if (!file) return;
   $("result").dataset.state = "pending";
   $("headline").className = ""; $("headline").textContent = "tagging " + file.name + " ...";
-  const img = $("preview"); img.src = URL.createObjectURL(file); img.style.display = "block";
+  const img = $("preview");
+  img.onerror = () => { img.style.display = "none"; };  // a file the browser cannot show: no broken-image icon
+  img.src = URL.createObjectURL(file); img.style.display = "block";
   const form = new FormData(); form.append("photo", file, file.name);
   try {
     const resp = await fetch("v1/tag", { method: "POST", body: form });

@@ -683,8 +683,9 @@ class Cdp:
         return self("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
 
 
-def drive_page(cdp: Cdp, app, token, photo: str, abstained: str, tmp_path: Path):
-    """Open the page with the token header, choose ``photo`` in its file input, wait for the answer, read it."""
+def drive_page(cdp: Cdp, app, token, photo: str, abstained: str, tmp_path: Path, failed: str):
+    """Open the page with the token header, choose ``photo`` in its file input, wait for the answer, read it
+    (and before it, the answers for ``abstained`` and for ``failed``: headline, GPS line, whether the preview shows)."""
     cdp("Network.enable")
     cdp("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {token[0]}"})
     cdp("Page.enable")
@@ -693,6 +694,12 @@ def drive_page(cdp: Cdp, app, token, photo: str, abstained: str, tmp_path: Path)
         if cdp.js("document.readyState") == "complete" and cdp.js("!!document.getElementById('file')"):
             break
         time.sleep(0.1)
+    choose_and_wait(cdp, failed)  # a file that is no photo: its reason, no GPS line, no broken preview
+    time.sleep(0.5)  # (the preview's error event)
+    bad = cdp.js(
+        "[document.getElementById('headline').textContent, document.getElementById('exif').textContent,"
+        " getComputedStyle(document.getElementById('preview')).display]"
+    )
     choose_and_wait(cdp, abstained)  # a photo the model abstains on: the page says so
     no_landmark = cdp.js("document.getElementById('headline').textContent")
     choose_and_wait(cdp, photo)
@@ -704,7 +711,7 @@ def drive_page(cdp: Cdp, app, token, photo: str, abstained: str, tmp_path: Path)
     shot = tmp_path / "serve-page.png"
     shot.write_bytes(base64.b64decode(cdp("Page.captureScreenshot", format="png")["data"]))
     urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
-    return urls, headline, rows, exif, markers, shot, no_landmark
+    return urls, headline, rows, exif, markers, shot, no_landmark, bad
 
 
 def choose_and_wait(cdp: Cdp, photo: str) -> None:
@@ -727,13 +734,14 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
     want = expected[photo]
     abstained = next((p for p, w in expected.items() if w["status"] == "no_landmark"), None)
     assert abstained, "the synthetic photos should include one the model abstains on (msp threshold 0.6)"
+    failed = next(p for p, w in expected.items() if w["status"] == "failed" and "not_an_image" in w["error"])
     from websockets.sync.client import connect
 
     proc, ws_url = cdp_browser(tmp_path)
     try:
         with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            urls, headline, rows, exif, markers, shot, no_landmark = drive_page(
-                Cdp(ws), app, token, photo, abstained, tmp_path
+            urls, headline, rows, exif, markers, shot, no_landmark, bad = drive_page(
+                Cdp(ws), app, token, photo, abstained, tmp_path, failed
             )
     finally:
         proc.kill()
@@ -741,6 +749,7 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
     assert headline.startswith(want["landmark"] + " ("), headline
     assert no_landmark.startswith("no landmark"), no_landmark
+    assert bad[0].startswith("failed: not_an_image") and bad[1:] == ["", "none"], bad
     assert rows == [t["name"] for t in want["tags"]]
     assert f"{want['exif_lat']:.5f}" in exif and markers == 2  # the landmark and the photo's own GPS
     # nothing but the app itself (and the photo's blob: URL) was requested: the page works air-gapped
