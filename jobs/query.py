@@ -472,7 +472,7 @@ def format_table(table: pa.Table, noun: str = "photo") -> str:
     rows = [[_cell(c, r[c]) for c in table.column_names] for r in _jsonable_rows(table)]
     rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
     head = table.column_names
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    widths = [max([len(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(head)]
     numeric = {
         i
         for i, c in enumerate(head)
@@ -480,13 +480,21 @@ def format_table(table: pa.Table, noun: str = "photo") -> str:
     }
 
     def line(cells):
-        return "  ".join(
-            c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
+        pads = [" " * (w - _width(c)) for c, w in zip(cells, widths)]
+        return "  ".join(p + c if i in numeric else c + p for i, (c, p) in enumerate(zip(cells, pads))).rstrip()
 
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
     out.append(f"({table.num_rows} {noun}{'s' if table.num_rows != 1 else ''})")
     return "\n".join(out) + "\n"
+
+
+def _width(text: str) -> int:
+    """Columns a terminal gives ``text``: East Asian wide and full-width letters take two, combining marks none."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text
+    )
 
 
 def format_csv(table: pa.Table) -> str:
@@ -644,7 +652,7 @@ def config_from_args(args: argparse.Namespace) -> QueryConfig:
         tags=args.tags,
         landmark=args.landmark,
         min_score=args.min_score,
-        status=args.status,
+        status=args.status.lower() if args.status else args.status,  # any case, as --landmark
         near=parse_near(args.near) if args.near is not None else None,
         radius_km=args.radius_km,
         since=args.since,

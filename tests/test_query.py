@@ -666,6 +666,23 @@ def test_bad_arguments_exit_2_naming_the_flag(store, capsys, argv, flag):
     assert_error_names(capsys.readouterr().err, flag)
 
 
+def test_table_columns_line_up_for_wide_letters_and_status_takes_any_case(tmp_path, capsys):
+    """A name in CJK letters (two terminal columns each) or with combining marks keeps the columns in line; --status
+    FAILED is --status failed, as --landmark takes any case."""
+    root = tmp_path / "tags"
+    names = ["東京タワー.jpg", "e\u0301glise.jpg", "plain.jpg"]
+    rows = [tag_row(f"p/{n}", "r1", place=("Tokyo Tower", 35.6, 139.7), score=0.9, tagged_at=T1) for n in names]
+    write_run(root, "2026-11-20", "r1", rows, committed_at="2026-11-20T06:30:00+00:00")
+    code, out, _ = cli(capsys, "--tags", str(root), "--columns", "uri,status,score")
+    assert code == 0
+    lines = out.splitlines()[2:5]
+    starts = {q._width(line[: line.index("tagged")]) for line in lines}
+    assert len(starts) == 1, out  # the status column starts at the same terminal column in every row
+    code, upper, _ = cli(capsys, "--tags", str(root), "--status", "TAGGED", "--format", "csv")
+    code2, lower, _ = cli(capsys, "--tags", str(root), "--status", "tagged", "--format", "csv")
+    assert code == code2 == 0 and upper == lower and len(upper.splitlines()) == 4
+
+
 def test_out_must_be_a_writable_file_and_its_folder_is_made(store, capsys, tmp_path):
     """--out a folder, or under a file: exit 2 naming --out before the table is read; under a missing folder: made."""
     a_file = tmp_path / "f.txt"
