@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
-from landmark_core.storage import StorageError
+from landmark_core.closed_pipe import quiet_on_closed_pipe
+from landmark_core.storage import StorageError, is_s3
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,39 @@ def check_max_wrong_rate(rate: float) -> None:
         raise ConfigError(f"--max-wrong-rate must be in [0, 1), got {rate}")
 
 
+def check_output_dir(flag: str, path: str) -> None:
+    """A local output folder the job creates (or writes into, if it exists) can be: no file in its place or in
+    place of a parent, and creatable and writable. Creating is tried, and undone, so that a bad flag fails here,
+    before any work, and a check that fails later leaves nothing behind."""
+    if is_s3(path):
+        raise ConfigError(f"{flag} {path}: give a local folder (s3:// is not written here)")
+    out = Path(os.path.abspath(path))  # "a/../b" is b: mkdir and rmdir below walk the real folders
+    parent = next(p for p in (out, *out.parents) if p.exists())
+    if not parent.is_dir():
+        where = "a file is there" if parent == out else f"{parent} is a file"
+        raise ConfigError(f"{flag} {path}: {where}, not a folder; give a folder")
+    if parent != out:
+        _try_mkdir(flag, path, out, parent)
+    elif not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in this folder (permission denied)")
+
+
+def _try_mkdir(flag: str, path: str, out: Path, parent: Path) -> None:
+    """Creates ``out`` and its missing parents below ``parent``, then removes them again."""
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:  # /proc/x, a read-only disk, no permission: what mkdir says
+        raise ConfigError(f"{flag} {path}: cannot create it ({e.strerror or e})") from None
+    for made in (out, *out.parents):
+        if made == parent:
+            return
+        try:
+            made.rmdir()
+        except OSError:  # something else wrote there meanwhile: leave it
+            return
+
+
+@quiet_on_closed_pipe
 def run_cli(
     parser: argparse.ArgumentParser,
     argv: list[str] | None,

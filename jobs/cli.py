@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from landmark_core.closed_pipe import quiet_on_closed_pipe
+
 COMMANDS = {
     "predict": ("landmark_core.predict_cli", "tag photos on this machine (no Ray)"),
     "train": ("jobs.train", "train a model on Ray Train"),
@@ -20,6 +22,7 @@ COMMANDS = {
 }
 
 
+@quiet_on_closed_pipe  # the command list too; each command's own main has it as well
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:

@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_output_dir, checks_config, fields_of, run_cli
 
 UDACITY_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 
@@ -95,6 +95,7 @@ class DataConfig:
     bad: bool = False
 
     def check(self) -> None:
+        check_output_dir("--dest" if self.action == "fetch" else "DEST", self.dest)
         if self.action == "fetch" and not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0, got {self.timeout}")
         if self.action == "synthetic":
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--url", default=UDACITY_URL, help="override the download URL (mirror)")
     f.add_argument("--timeout", type=float, default=15.0, help="network timeout, seconds")
     s = sub.add_parser("synthetic", help="generate the synthetic landmark-like dataset (+ bad files)")
-    s.add_argument("dest", help="directory to write DEST/train/<class>/ and DEST/test/<class>/ into")
+    s.add_argument("dest", metavar="DEST", help="directory to write DEST/train/<class>/ and DEST/test/<class>/ into")
     s.add_argument("--classes", type=int, default=6, help="landmarks (class folders), 1 to 12, default 6")
     s.add_argument("--train-per-class", type=int, default=30, help="training photos per landmark, default 30")
     s.add_argument("--test-per-class", type=int, default=10, help="test photos per landmark, default 10")

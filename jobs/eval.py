@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_output_dir, check_threshold_flags, checks_config, fields_of, run_cli
 from landmark_core import storage
 from landmark_core.onnx_runtime import RUNTIMES
 from landmark_core.status import FAILED, TAGGED
@@ -59,6 +59,8 @@ class EvalConfig:
             )
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.out:  # written at the end: a folder that cannot be would cost the whole evaluation
+            check_output_dir("--out", self.out)
 
 
 @checks_config
@@ -174,7 +176,7 @@ def _write(out: str, result: dict) -> None:
     from landmark_core import evaluation
 
     d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)  # an existing folder is written into: its four files replaced
     s = result["summary"]
     pngs = {
         "curve.png": evaluation.curve_png(result["curve"], operating=s),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from jobs._cli import ConfigError, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, check_output_dir, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
 
@@ -445,9 +445,7 @@ class ReportConfig:
             raise ConfigError(str(e) if str(e).startswith("--") else f"--tags: {e}") from None
         if self.thumbs < 0:
             raise ConfigError(f"--thumbs must be >= 0, got {self.thumbs}")
-        if storage.is_s3(self.out):
-            raise ConfigError("--out must be a local directory")
-        _check_out_dir(Path(self.out))
+        check_output_dir("--out", self.out)  # a local folder: the PNGs and thumbnails are written with Path
         if self.model:
             try:
                 storage.check_uri(self.model)
@@ -456,16 +454,6 @@ class ReportConfig:
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint or None)
-
-
-def _check_out_dir(out: Path) -> None:
-    """--out is created as a directory: a file there, or in place of one of its parents, would stop that."""
-    for p in (out, *out.absolute().parents):
-        if p.exists():
-            if not p.is_dir():
-                where = "a file is there" if p == out.absolute() else f"{p} is a file"
-                raise ConfigError(f"--out {out}: {where}, not a directory; give a directory")
-            return
 
 
 def _check_model(model: str | None, opts: storage.S3Options) -> None:

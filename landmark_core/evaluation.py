@@ -174,7 +174,14 @@ def coverage_curve(o: Outcomes, points: int = 200, *, decision: np.ndarray | Non
         rates = [float(tagged[o.group == g].mean()) for g in folders]
         wrong.append(float(np.mean(rates)) if rates else 0.0)
         known_wrong.append(_share((tagged & (o.pred != o.label))[o.known]))
-    return {"threshold": thresholds.tolist(), "coverage": cov, "unknown_tagged": wrong, "known_wrong": known_wrong}
+    # (named as the summary's mean over folders, not its pooled "unknown_tagged": one folder of many photos would
+    # otherwise set the curve)
+    return {
+        "threshold": thresholds.tolist(),
+        "coverage": cov,
+        "unknown_tagged_mean_over_folders": wrong,
+        "known_wrong": known_wrong,
+    }
 
 
 def _share(mask: np.ndarray) -> float | None:
@@ -187,7 +194,12 @@ def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ax.plot(curve["coverage"], curve["unknown_tagged"], "-", label="photos of no catalog landmark tagged")
+    ax.plot(
+        curve["coverage"],
+        curve["unknown_tagged_mean_over_folders"],
+        "-",
+        label="photos of no catalog landmark tagged (mean over folders)",
+    )
     ax.plot(curve["coverage"], curve["known_wrong"], "--", label="known photos tagged wrong")
     if operating:
         ax.plot(
@@ -199,7 +211,7 @@ def curve_png(curve: dict, *, operating: dict | None = None) -> bytes:
         )
     ax.set(
         xlabel="coverage: known photos tagged right",
-        ylabel="wrong-tag rate",
+        ylabel="share tagged wrong",
         xlim=(0, 1.01),
         ylim=(0, 1.01),
         title="Wrong tags against coverage",
@@ -245,7 +257,8 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         ("known photos right" + (f" (95%: {pct(lo_hi[0])}-{pct(lo_hi[1])})" if lo_hi else ""), pct(s["known_right"])),
         ("known abstained", pct(s["known_abstained"])),
         ("known wrong", pct(s["known_wrong"])),
-        ("unknown tagged", pct(s["unknown_tagged"])),
+        ("unknown tagged (all photos)", pct(s["unknown_tagged"])),
+        ("unknown tagged (mean over folders: the curve)", pct(s["unknown_tagged_mean_over_folders"])),
         (
             "ECE (tagged)" + (f"; a calibrated score: {floor['median']:.3f}" if floor else ""),
             "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}",

@@ -7,6 +7,7 @@ import os
 import sys
 
 from .artifact import ArtifactError
+from .closed_pipe import quiet_on_closed_pipe
 from .onnx_runtime import RUNTIMES, RuntimeChoiceError
 from .predict import PhotoResult, predict_paths
 from .predictor import Predictor
@@ -130,6 +131,11 @@ def _is_s3_prefix(path: str, opts: S3Options) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`landmark predict`; when stdout's reader goes (`| head -1`), ends quietly as every job does."""
+    return quiet_on_closed_pipe(_main)(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="landmark predict", description="Tag photos with the landmark they show, and where it is."
     )
@@ -137,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "photos",
         nargs="+",
         metavar="PHOTO",
-        help="photo files or s3:// URIs; a folder or an s3:// prefix (s3://bucket/2026-11-24 or .../2026-11-24/) stands for its photos",
+        help="photo files or s3:// URIs; a folder or an s3:// prefix (s3://bucket/2026-11-24 or .../2026-11-24/) "
+        "stands for its photos",
     )
     p.add_argument("--model", default=None, help="model artifact directory or s3:// URI (default: $LANDMARK_MODEL)")
     p.add_argument("-k", "--top-k", dest="k", type=int, default=5, help="how many landmarks to list (default 5)")

@@ -233,6 +233,23 @@ def test_bad_data_arguments_fail_fast_naming_the_flag(argv, flag, tmp_path, caps
     assert_error_names(capsys.readouterr().err, flag)
 
 
+@pytest.mark.parametrize(
+    "head, flag",
+    [(["synthetic"], "DEST"), (["fetch", "udacity", "--url", "http://127.0.0.1:9/no.zip", "--dest"], "--dest")],
+)
+def test_a_dest_that_cannot_be_a_folder_fails_fast_naming_it(head, flag, tmp_path, capsys):
+    """DEST (--dest) a file, under a file, or where no folder can be made: exit 2 and one line naming it, before
+    any photo is drawn or download started. Before: a NotADirectoryError / FileExistsError traceback."""
+    a_file = tmp_path / "photo.jpg"
+    a_file.write_bytes(b"a photo")
+    for dest, needle in ((a_file, "a file is there"), (a_file / "sub", f"{a_file} is a file"), ("/proc/x", "create")):
+        with pytest.raises(SystemExit) as exit_:
+            data_main([*head, str(dest)])
+        assert exit_.value.code == 2
+        assert_error_names(capsys.readouterr().err, f"{flag} {dest}", needle)
+    assert a_file.read_bytes() == b"a photo"
+
+
 def test_synthetic_writes_the_dataset_it_reports(tmp_path, capsys):
     d = tmp_path / "syn"
     assert data_main(["synthetic", str(d), "--classes", "2", "--train-per-class", "3", "--test-per-class", "1"]) == 0

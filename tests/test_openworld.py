@@ -143,8 +143,9 @@ def test_coverage_curve_moves_both_ways_with_the_threshold():
     c = evaluation.coverage_curve(_outcomes())
     t = np.asarray(c["threshold"])
     assert (np.diff(t) > 0).all()
-    assert (np.diff(c["coverage"]) <= 1e-12).all() and (np.diff(c["unknown_tagged"]) <= 1e-12).all()
-    assert c["coverage"][0] == 0.75 and c["unknown_tagged"][0] == 1.0  # lowest threshold: everything tagged
+    wrong = c["unknown_tagged_mean_over_folders"]
+    assert (np.diff(c["coverage"]) <= 1e-12).all() and (np.diff(wrong) <= 1e-12).all()
+    assert c["coverage"][0] == 0.75 and wrong[0] == 1.0  # lowest threshold: everything tagged
 
 
 def test_plots_and_report_are_real_files():
@@ -384,7 +385,7 @@ def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact,
     for k in (1, len(curve["threshold"]) // 2, len(curve["threshold"]) - 2):
         s = eval_run(replace(base, min_score=curve["threshold"][k]))["summary"]
         assert s["known_right"] == pytest.approx(curve["coverage"][k]), k
-        assert s["unknown_tagged_mean_over_folders"] == pytest.approx(curve["unknown_tagged"][k]), k
+        assert s["unknown_tagged_mean_over_folders"] == pytest.approx(curve["unknown_tagged_mean_over_folders"][k]), k
 
 
 def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_artifact, tmp_path, capsys):
@@ -474,6 +475,44 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
             eval_main(model + argv)
         assert e.value.code == 2
         assert_error_names(capsys.readouterr().err, flag)
+
+
+def test_eval_out_that_cannot_be_a_folder_fails_before_any_work(tiny_artifact, tmp_path, capsys, monkeypatch):
+    """--out a file, under a file, where no folder can be made, or s3://: exit 2 naming --out before the model is
+    loaded (it was checked only when writing, after the whole evaluation: a FileExistsError traceback). The
+    probe leaves no folder behind; an existing --out folder is written into, as before."""
+    from jobs.eval import main as eval_main
+    from landmark_core import predictor
+    from landmark_core.synthetic import generate_unknown
+
+    generate_unknown(tmp_path / "street", n=2)
+    a_file = tmp_path / "a-file.jpg"
+    a_file.write_text("not a folder")
+    model = ["--model", tiny_artifact.path, "--unknown", str(tmp_path / "street"), "--runtime", "torch"]
+    real_predictor = predictor.Predictor
+
+    def no_work(*_a, **_k):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(predictor, "Predictor", no_work)
+    for out, needle in (
+        (a_file, "a file is there"),
+        (a_file / "sub", f"{a_file} is a file"),
+        ("/proc/x", "cannot create it"),
+        ("s3://bucket/eval", "local folder"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            eval_main(model + ["--out", str(out)])
+        assert e.value.code == 2
+        assert_error_names(capsys.readouterr().err, f"--out {out}", needle)
+    monkeypatch.setattr(predictor, "Predictor", real_predictor)
+    assert eval_main(model + ["--out", str(tmp_path / "new" / "ev"), "--min-score", "2"]) == 2  # fails in run
+    assert_error_names(capsys.readouterr().err, "--min-score")
+    assert not (tmp_path / "new").exists() and a_file.read_text() == "not a folder"
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / "eval.json").write_text("{}")
+    assert eval_main(model + ["--out", str(tmp_path / "ev"), "--json"]) == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["summary"]
 
 
 def test_eval_and_predict_read_photos_and_the_model_from_an_s3_compatible_store(

@@ -119,6 +119,39 @@ def test_subprocess_without_model_exit_2(photos):
     assert "--model" in proc.stderr and MODEL_ENV in proc.stderr and "landmark train" in proc.stderr
 
 
+def first_line_then_close(argv: list[str], env: dict | None = None) -> tuple[bytes, int, str]:
+    """Runs ``argv`` into a pipe whose reader takes the first line and closes it, as `| head -1` does; returns
+    (that line, exit code, stderr). The pipe holds 4 KiB (F_SETPIPE_SZ): a command writing more than that after
+    its first line is still writing when the reader goes, so it meets the closed pipe every run, not by chance."""
+    import fcntl
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    with subprocess.Popen(argv, cwd=REPO, env=env, stdout=w, stderr=subprocess.PIPE) as proc:
+        os.close(w)
+        line = b""
+        while not line.endswith(b"\n") and (byte := os.read(r, 1)):
+            line += byte
+        os.close(r)
+        err = proc.communicate(timeout=300)[1].decode()
+    return line, proc.returncode, err
+
+
+def test_a_reader_that_closes_after_the_first_line_ends_predict_quietly(tiny_artifact, photos, tmp_path):
+    """`landmark predict FOLDER | head -1`: the first answer, then exit 0 and no BrokenPipeError on stderr (the
+    answers after it, ~10 KiB, meet the closed pipe). Before: a BrokenPipeError traceback, exit 1."""
+    import shutil
+
+    for i in range(40):
+        shutil.copy(photos["a"], tmp_path / f"{i:02d}.jpg")
+    env = {k: v for k, v in os.environ.items() if k != MODEL_ENV}
+    argv = [sys.executable, "-m", "landmark_core.predict_cli", "--model", tiny_artifact.path, "--runtime", "torch"]
+    line, code, err = first_line_then_close(argv + [str(tmp_path)], env)
+    assert line.startswith(str(tmp_path / "00.jpg").encode() + b": "), (line, err[-3000:])
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err[-3000:]
+    assert code == 0, err[-3000:]
+
+
 # ---------------------------------------------------------------------------------------------- in-process
 
 

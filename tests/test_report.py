@@ -274,7 +274,8 @@ def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
 
 def test_missing_table_existing_file_and_missing_model_fail_fast_naming_the_flag(store, model_dir, tmp_path, capsys):
     """Exit 2 and one error line naming the flag, before anything is written: --tags where there is no table,
-    --out an existing file (or under one), --model where there is no model."""
+    --out an existing file (or under one) or where no folder can be made, --model where there is no model (the
+    --out probe, made before it, is undone)."""
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory")
     out = tmp_path / "o"
@@ -282,6 +283,7 @@ def test_missing_table_existing_file_and_missing_model_fail_fast_naming_the_flag
         (["--tags", str(tmp_path / "nowhere"), "--out", str(out)], ("--tags", "_delta_log")),
         (["--tags", store["root"], "--out", str(a_file)], ("--out", str(a_file))),
         (["--tags", store["root"], "--out", str(a_file / "sub")], ("--out", str(a_file))),
+        (["--tags", store["root"], "--out", "/proc/x"], ("--out /proc/x", "cannot create it")),  # was a traceback
         (["--tags", store["root"], "--out", str(out), "--model", str(tmp_path / "no-model")], ("--model",)),
         (["--tags", store["root"], "--out", str(out), "--model", str(tmp_path)], ("--model", "metrics.json")),
     ):
