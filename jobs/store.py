@@ -247,8 +247,20 @@ def _print(cfg: StoreConfig, result) -> None:
         print(f"{'would delete' if cfg.dry_run else 'deleted'} {len(result)} file(s)")
         for f in result[:50]:
             print(f"  {f}")
+    elif cfg.action == "optimize":
+        print(f"history: {_compacted(result)}")
+        print(f"superseded table: {_compacted(result.get('superseded') or {})}")
     else:
         print(json.dumps(result, default=str, indent=2))
+
+
+def _compacted(m: dict) -> str:
+    """delta-rs's compaction metrics in a line (all of them: --json)."""
+    if not m:
+        return "none yet (made by the next run or optimize)"
+    if not m.get("numFilesRemoved"):
+        return f"nothing to compact ({m.get('totalConsideredFiles', 0)} file(s) considered)"
+    return f"{m['numFilesRemoved']} file(s) compacted into {m.get('numFilesAdded', '?')} (one commit)"
 
 
 def _counts(c: dict | None) -> str:

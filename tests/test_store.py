@@ -442,7 +442,9 @@ def test_superseded_table_gone_or_wrong_falls_back_to_the_history(table, capsys)
     shutil.rmtree(Path(table) / tagstore.SUPERSEDED_DIR)
     assert current_both_ways(table)[:2] == ("full", None)
     assert st.main(["optimize", "--table", table]) == 0  # rebuilds it from the history
-    capsys.readouterr()
+    out = capsys.readouterr().out.splitlines()  # two lines for a person (the metrics: --json)
+    assert len(out) == 2 and out[0].startswith("history: ") and "compacted into 1" in out[0], out
+    assert out[1].startswith("superseded table: ") and "{" not in "".join(out), out
     assert current_both_ways(table) == ("table", 4, expected)
     # a delete outside our tools: c's r3 row goes, its r1 row is current again; the table cannot say that
     DeltaTable(table).delete("run_id = 'r3'")
