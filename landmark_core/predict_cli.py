@@ -106,7 +106,9 @@ def expand_folders(paths: list[str], opts: S3Options = S3Options()) -> list[str 
             except Exception as e:  # an unreachable store, a missing bucket: this argument's answer says so
                 items.append(PhotoResult(path, FAILED, error=f"list: {redact(str(e))[:200]}"))
                 continue
-            if note := left_out_note(dict(left_out), where=path, instead="name them as PHOTO arguments"):
+            if note := left_out_note(
+                dict(left_out), where=path, instead="name them as PHOTO arguments", verb=("answer", "answered")
+            ):
                 print(f"landmark predict: {note}", file=sys.stderr, flush=True)
             if not found:
                 items.append(PhotoResult(path, FAILED, error="no photos in this folder"))

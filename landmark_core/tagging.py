@@ -52,14 +52,16 @@ def left_out_note(
     *,
     where: str = "--input",
     instead: str = "list them in a --manifest",
+    verb: tuple[str, str] = ("tag", "tagged"),
 ) -> str | None:
-    """One line on the objects under ``where`` that are not photos by name (none tagged, none in a row)."""
+    """One line on the objects under ``where`` that are not photos by name (none tagged, none in a row);
+    ``verb``: what the command does to a photo, and its participle (predict answers)."""
     if not left_out:
         return None
     kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
     return (
-        f"{sum(left_out.values())} object(s) under {where} are not photos by name, not tagged ({kinds}); "
-        f"to tag them anyway, {instead}"
+        f"{sum(left_out.values())} object(s) under {where} are not photos by name, not {verb[1]} ({kinds}); "
+        f"to {verb[0]} them anyway, {instead}"
     )
 
 

@@ -316,6 +316,6 @@ def test_a_folder_stands_for_its_photos_in_argument_order(tiny_artifact, photos,
     assert [r["status"] for r in rows] == ["tagged", "tagged", "tagged", "failed"]
     assert rows[-1]["error"] == "no photos in this folder" and code == 1
     assert rows[1]["exif_lat"] is not None  # the photo itself was read, not the folder
-    assert f"1 object(s) under {day} are not photos by name, not tagged (.txt 1)" in err
+    assert f"1 object(s) under {day} are not photos by name, not answered (.txt 1); to answer them anyway" in err
     code, out, _ = _main(["--json", "--model", tiny_artifact.path, str(day)], capsys)
     assert code == 0 and len(_json_lines(out)) == 2
