@@ -420,30 +420,35 @@ def _say(text: str) -> None:
 # ---------------------------------------------------------------- bench train
 
 
+def train_config(ns, workers: int, frozen: bool, tmp: str):
+    """One measured run's TrainConfig (checked, as `landmark train` checks it, before Ray starts)."""
+    from jobs.train import TrainConfig
+
+    return TrainConfig(
+        data=ns.data,
+        output=f"{tmp}/m",
+        storage=f"{tmp}/r",
+        model=ns.model,
+        freeze_backbone=frozen,
+        workers=workers,
+        epochs=ns.epochs,
+        # each mode only the flag it uses: no probe before fine-tuning, one cached view when frozen
+        **({"feature_views": 1} if frozen else {"probe_epochs": 0}),
+        report=False,
+        patience=100,
+    )
+
+
 def run_train(ns) -> dict:
     from jobs._ray import init_ray
-    from jobs.train import TrainConfig, run as train_run
+    from jobs.train import run as train_run
 
     init_ray(None)
     out = {}
     for workers in ns.workers:
         for frozen in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
-                train_run(
-                    TrainConfig(
-                        data=ns.data,
-                        output=f"{tmp}/m",
-                        storage=f"{tmp}/r",
-                        model=ns.model,
-                        freeze_backbone=frozen,
-                        workers=workers,
-                        epochs=ns.epochs,
-                        # each mode only the flag it uses: no probe before fine-tuning, one cached view when frozen
-                        **({"feature_views": 1} if frozen else {"probe_epochs": 0}),
-                        report=False,
-                        patience=100,
-                    )
-                )
+                train_run(train_config(ns, workers, frozen, tmp))
                 history = json.loads(Path(tmp, "m", "history.json").read_text())
             # epoch 1 of fine-tuning also decodes every photo once (later epochs read the decoded cache)
             steady = history[1:] or history
@@ -541,18 +546,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from jobs import _bench_serve as bench_serve
 
-    bench_serve.add_arguments(
-        sub.add_parser(
-            "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
-        )
+    se = sub.add_parser(
+        "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
     )
+    bench_serve.add_arguments(se)
 
     def config(ns: argparse.Namespace) -> BenchConfig:
         if ns.what == "serve":
-            bench_serve.check_arguments(p, ns)  # exits 2 naming the flag
+            bench_serve.check_arguments(se, ns)  # exits 2 naming the flag, as `landmark bench serve`
         return BenchConfig(ns.what, ns)
 
-    return run_cli(p, argv, config=config, run=run, show=_show)
+    # an error while measuring is `landmark bench train: error: ...`, as a bad flag's (the subcommand's parser)
+    return run_cli(p, argv, config=config, run=run, show=_show, prog=lambda cfg: f"landmark bench {cfg.what}")
 
 
 @dataclass(frozen=True)
@@ -577,6 +582,10 @@ class BenchConfig:
             if ns.scale < 2:
                 raise ConfigError(f"--scale {ns.scale}: must be at least 2")
             TagConfig(input=ns.images, output="unused", model=ns.model, runtime=ns.runtime, compute=ns.compute).check()
+        elif self.what == "train":  # --data, --model, --epochs, --workers: as `landmark train` checks them
+            for workers in ns.workers:
+                for frozen in (False, True):
+                    train_config(ns, workers, frozen, "unused").check()
 
 
 def _show(result: dict, cfg: BenchConfig) -> None:

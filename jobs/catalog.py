@@ -79,6 +79,8 @@ class CatalogConfig:
         for flag, v in (("--batch-size", self.batch_size), ("--ray-min-photos", self.ray_min_photos)):
             if v <= 0:
                 raise ConfigError(f"{flag} must be > 0, got {v}")
+        if self.seed < 0:  # else numpy's "expected non-negative integer", after the model and photos are read
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
         if self.accept_rate is not None:
             check_accept_rate(self.accept_rate)
         if self.recognizer is not None and self.recognizer not in RECOGNIZERS:

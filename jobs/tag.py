@@ -10,6 +10,7 @@ It streams: Ray Data holds a bounded number of blocks in flight, whatever the nu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
 import sys
@@ -77,8 +78,10 @@ class TagConfig:
             ("--rows-per-file", self.rows_per_file),
             ("--max-pixels", self.max_pixels),
         ):
-            if v is None or v <= 0:
+            if v is None or not 0 < v < math.inf:  # (NaN too: --cpus-per-actor nan)
                 raise ConfigError(f"{flag} must be > 0, got {v}")
+        if self.threads_per_actor is not None and self.threads_per_actor < 1:  # None: as --cpus-per-actor, or 1
+            raise ConfigError(f"--threads-per-actor must be >= 1, got {self.threads_per_actor}")
         lo, hi = self.actors
         if lo < 1 or hi < lo:
             raise ConfigError(f"--actors must be MIN[,MAX] with 1 <= MIN <= MAX, got {lo},{hi}")
@@ -133,6 +136,23 @@ class TagConfig:
             return self.compute
         return "tasks" if self.resolved_runtime() in ONNX_RUNTIMES and not self.gpus_per_actor else "actors"
 
+    def ignored_flags(self) -> list[str]:
+        """The actor pool's flags set away from their defaults when the model runs in tasks: said, not dropped."""
+        if self.resolved_compute() != "tasks":
+            return []
+        how = "--compute tasks" if self.compute == "tasks" else "--compute auto (tasks: an ONNX runtime on CPUs)"
+        fields = type(self).__dataclass_fields__
+        given = {
+            name: ",".join(map(str, v)) if isinstance(v, tuple) else v  # --actors MIN,MAX as it was given
+            for name in ("actors", "cpus_per_actor", "batch_size")
+            if (v := getattr(self, name)) != fields[name].default
+        }
+        return [
+            f"--{name.replace('_', '-')} {v} has no effect with {how}: no actor pool, the model runs in the decode "
+            "tasks (1 CPU each, a --decode-batch block per call)"
+            for name, v in given.items()
+        ]
+
     def safe_json(self) -> dict:
         """The config as recorded in the run's commit (nothing secret is in it: credentials never enter the config)."""
         return asdict(self)
@@ -145,6 +165,8 @@ class TagConfig:
 def run(cfg: TagConfig) -> dict:
     """Tag every new photo; returns the summary of the committed run (also in the run's Delta commit)."""
     t_start = time.time()
+    for warning in cfg.ignored_flags():
+        print(f"[tag] warning: {warning}", flush=True)
     opts = cfg.s3_options()
     _check_reachable(cfg, opts)
     runtime = cfg.resolved_runtime()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from jobs._cli import ConfigError, check_accept_rate, check_max_wrong_rate, checks_config, fields_of, run_cli
+from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
@@ -33,6 +34,45 @@ HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, an
 # The networks halve their input five times (scratch, efficientnet_lite0 and convnext fail below 32 px: their last
 # kernels find a feature map smaller than themselves, a worker crash three times over, not a config error).
 MIN_IMAGE_SIZE = 32
+# The workers seed torch with seed * 1000 + epoch * 10 + rank, which must fit in 64 bits: seeds below 2**32 do.
+MAX_SEED = 2**32
+
+# Each numeric field's allowed values: (as the error says them, the test). Checked before Ray starts.
+_POSITIVE = ("> 0", lambda v: v > 0)
+_NOT_NEGATIVE = (">= 0", lambda v: v >= 0)
+_AT_LEAST_ONE = (">= 1", lambda v: v >= 1)
+_SHARE = ("in [0, 1)", lambda v: 0 <= v < 1)
+_SHARE_NOT_ZERO = ("in (0, 1)", lambda v: 0 < v < 1)
+NUMBER_RANGES = {
+    "workers": _POSITIVE,
+    "gpus_per_worker": _NOT_NEGATIVE,
+    "cpus_per_worker": _POSITIVE,
+    "epochs": _POSITIVE,
+    "batch_size": _POSITIVE,
+    "lr": _POSITIVE,
+    "backbone_lr_mult": _NOT_NEGATIVE,
+    "weight_decay": _NOT_NEGATIVE,
+    "warmup_epochs": _NOT_NEGATIVE,
+    "label_smoothing": _SHARE,
+    "dropout": _SHARE,  # 1 drops every feature: the head would learn nothing
+    # the worker stops after this many epochs without a better validation loss: 0 would act as 1, not as "off"
+    "patience": (">= 1 (to never stop early, give the --epochs value)", lambda v: v >= 1),
+    "image_size": (f"at least {MIN_IMAGE_SIZE} (the networks downsample by 32)", lambda v: v >= MIN_IMAGE_SIZE),
+    "feature_views": _POSITIVE,
+    "probe_epochs": _NOT_NEGATIVE,
+    # every run fits its temperature, recognizer and threshold on validation photos: val/, else this share of train/
+    "val_fraction": _SHARE_NOT_ZERO,
+    "seed": _NOT_NEGATIVE,
+    "max_failures": _NOT_NEGATIVE,  # Ray Train reads -1 as "retry forever"
+    "negatives_fit_fraction": _SHARE_NOT_ZERO,
+    "outlier_weight": _NOT_NEGATIVE,
+    "max_wrong_rate": _SHARE,
+    "members": _AT_LEAST_ONE,
+    "accept_rate": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "loader_workers": _NOT_NEGATIVE,
+    "cache_mb": _NOT_NEGATIVE,
+}
+AUTO_WHEN_NONE = ("lr", "loader_workers")  # None: chosen by the model (effective_lr) or the device
 
 
 @dataclass(frozen=True)
@@ -88,37 +128,11 @@ class TrainConfig:
             check_model_name(self.model)
         except ValueError as e:
             raise ConfigError(f"--model: {e}") from None
-        positive = {
-            "--workers": self.workers,
-            "--epochs": self.epochs,
-            "--batch-size": self.batch_size,
-            "--cpus-per-worker": self.cpus_per_worker,
-            "--image-size": self.image_size,
-            "--feature-views": self.feature_views,
-        }
-        for flag, v in positive.items():
-            if v is None or v <= 0:
-                raise ConfigError(f"{flag} must be > 0, got {v}")
-        if self.image_size < MIN_IMAGE_SIZE:
-            raise ConfigError(
-                f"--image-size must be at least {MIN_IMAGE_SIZE} (the networks downsample by 32), got {self.image_size}"
-            )
-        if self.gpus_per_worker < 0:
-            raise ConfigError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not 0 <= self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        check_accept_rate(self.accept_rate)
-        if not 0 < self.negatives_fit_fraction < 1:
-            raise ConfigError(f"--negatives-fit-fraction must be in (0, 1), got {self.negatives_fit_fraction}")
+        self._check_numbers()
         if self.negatives_sampling not in NEGATIVE_SAMPLINGS:
             raise ConfigError(
                 f"--negatives-sampling must be one of {', '.join(NEGATIVE_SAMPLINGS)}, got {self.negatives_sampling!r}"
             )
-        if self.outlier_weight < 0:
-            raise ConfigError(f"--outlier-weight must be >= 0, got {self.outlier_weight}")
-        check_max_wrong_rate(self.max_wrong_rate)
         if self.optimizer not in ("adamw", "sgd"):
             raise ConfigError(f"--optimizer must be adamw or sgd, got {self.optimizer!r}")
         if self.abstain_method not in ("auto",) + METHODS:
@@ -135,8 +149,6 @@ class TrainConfig:
                 f"--recognizer {self.recognizer}: a model trained with --negatives names the landmark with its head "
                 "(its open-world score is fitted on the head's softmax); drop the flag, or train without --negatives"
             )
-        if self.members < 1:
-            raise ConfigError(f"--members must be >= 1, got {self.members}")
         if self.members > 1 and not (self.freeze_backbone and self.negatives):
             raise ConfigError(
                 "--members > 1 needs --freeze-backbone and --negatives: the members share one frozen network, and "
@@ -144,10 +156,6 @@ class TrainConfig:
             )
         if self.model == "scratch" and self.freeze_backbone:
             raise ConfigError("--freeze-backbone needs a pretrained --model (scratch has nothing to freeze)")
-        if self.probe_epochs < 0:
-            raise ConfigError(f"--probe-epochs must be >= 0, got {self.probe_epochs}")
-        if self.max_failures < 0:
-            raise ConfigError(f"--max-failures must be >= 0, got {self.max_failures}")
         try:
             storage.check_locations(
                 {
@@ -168,6 +176,19 @@ class TrainConfig:
         for n in self.negatives:
             if not storage.is_s3(n) and not Path(n).is_dir():
                 raise ConfigError(f"--negatives {n}: no such directory")
+
+    def _check_numbers(self) -> None:
+        """Every numeric flag in its range (NUMBER_RANGES), finite: else it fails in the workers, after Ray Train
+        started (a negative --seed, --dropout 1.5), or trains on nonsense without a word (--val-fraction 0)."""
+        for name, (allowed, ok) in NUMBER_RANGES.items():
+            v, flag = getattr(self, name), f"--{name.replace('_', '-')}"
+            if v is None and name in AUTO_WHEN_NONE:
+                continue
+            if v is None or not (math.isfinite(v) and ok(v)):
+                finite = " a finite number" if isinstance(v, float) and not math.isfinite(v) else ""
+                raise ConfigError(f"{flag} must be{finite} {allowed}, got {v}")
+        if self.seed + self.members - 1 >= MAX_SEED:  # member K's seed is --seed + K - 1
+            raise ConfigError(f"--seed must be below {MAX_SEED} (--seed + --members - 1 too), got {self.seed}")
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
@@ -670,7 +691,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="label smoothing of the cross-entropy loss (default 0.1)",
     )
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout before the head (default 0.2)")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation loss")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early stopping: epochs without a better validation loss before the run stops (default 3, >= 1)",
+    )
     p.add_argument("--image-size", type=int, default=d.image_size, help="model input side in pixels (default 224)")
     p.add_argument(
         "--feature-views",
@@ -684,7 +710,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.probe_epochs,
         help="fine-tuning: head-only epochs on frozen features first (0 = off)",
     )
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="when the data has no val/")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of train/ held back for validation when the data has no val/ (default 0.15, in (0, 1))",
+    )
     p.add_argument(
         "--seed",
         type=int,

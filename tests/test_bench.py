@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs import bench
+from tests.cli_asserts import assert_error_names
 
 RATES = (
     "decode_ips",
@@ -83,3 +84,32 @@ def test_bench_store_measures_each_form_both_ways_and_the_answers_agree(tmp_path
     assert r["sizes"]["12000"]["filter_limit"]["landmark"]["rows"] == 5
     assert r["sizes"]["12000"]["skip_check"]["landmark"]["rows"] >= 100  # the 10% never tagged, at least
     assert set(r["targets"]) == {"every_form_within_2x_of_raw", "filter_limit_under_1s", "skip_check_under_5s"}
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--data", "{tmp}/nonexist"], "--data {tmp}/nonexist: no such directory"),
+        (["train", "--data", "{tmp}", "--workers", "0"], "--workers must be > 0"),
+        (["train", "--data", "{tmp}", "--workers", "1,0"], "--workers must be > 0"),
+        (["train", "--data", "{tmp}", "--epochs", "0"], "--epochs must be > 0"),
+        (["train", "--data", "{tmp}", "--model", "vgg_nonexistent"], "--model"),
+    ],
+)
+def test_bench_train_bad_arguments_fail_before_ray(argv, needle, tmp_path, capsys, monkeypatch):
+    """As `bench tag`'s and `landmark train`'s: one line under the subcommand's name, exit 2, before Ray starts
+    (a missing --data started Ray and failed 8 s later, as `landmark bench: error:`)."""
+    monkeypatch.setattr("jobs._ray.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    with pytest.raises(SystemExit) as e:
+        bench.main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert_error_names(err, needle.format(tmp=tmp_path))
+    assert "landmark bench train: error: " in err
+
+
+def test_bench_serve_bad_arguments_are_told_under_its_name(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["serve", "--model", str(tmp_path), "--images", str(tmp_path / "nonexist")])
+    assert e.value.code == 2
+    assert "landmark bench serve: error: --images" in capsys.readouterr().err

@@ -310,6 +310,12 @@ def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
         (["list", "--model", "M", "--batch-size", "8"], "--batch-size"),
         (["upgrade", "--model", "M", "--output", "O", "--data", "D", "--recognizer", "both"], "--recognizer"),
         (["eval", "--model", "M", "--photos", "P", "--seed", "3"], "--seed"),
+        # numpy's seeds are >= 0: refused before the model and photos are read (add took -1 silently)
+        (
+            ["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--seed", "-1"],
+            "--seed must be >= 0",
+        ),
+        (["upgrade", "--model", "M", "--output", "O", "--data", "D", "--seed", "-1"], "--seed must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):

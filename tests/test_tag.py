@@ -18,6 +18,7 @@ import pytest
 from jobs.tag import TagConfig, main as tag_main, run as tag_run
 from landmark_core import storage, tagstore
 from tests.cli_asserts import assert_error_names
+from tests.procs import live_in_session
 from tests.tag_asserts import assert_exactly_once
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,20 +192,6 @@ def _tag_cmd(src: Path, out: Path, model: str, *extra: str) -> list[str]:
     ]
 
 
-def _live_in_session(sid: int) -> list[int]:
-    """The processes (zombies aside) of session ``sid``: a job started with start_new_session and all it started."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
-                if os.getsid(int(d)) == sid and state != "Z":
-                    pids.append(int(d))
-            except (OSError, IndexError):
-                continue
-    return pids
-
-
 def test_verify_refuses_a_run_whose_files_are_not_one_row_per_input(tmp_path):
     """The guard before every commit: rows counted in the files actually written, against the inputs. A photo
     written twice, one missing, one that was no input, or a duplicate hiding a missing one: no commit."""
@@ -273,9 +260,9 @@ def test_job_killed_mid_run_commits_nothing_and_rerun_is_exactly_once(tiny_artif
     # driver died still finishes its file (seen: 1 file at the kill, 3 half a second later). They all leave once
     # they find the driver gone; only then is what the killed run wrote known.
     deadline = time.time() + 120
-    while _live_in_session(proc.pid) and time.time() < deadline:
+    while live_in_session(proc.pid) and time.time() < deadline:
         time.sleep(0.5)
-    assert not _live_in_session(proc.pid), "the killed run's Ray processes never went away"
+    assert not live_in_session(proc.pid), "the killed run's Ray processes never went away"
     assert tagstore.runs(str(out)) == [], "a killed run must not commit"
     assert tagstore.read(str(out)).num_rows == 0  # invisible to readers
     from jobs import store
@@ -351,6 +338,9 @@ def test_two_runs_at_once_do_not_corrupt_each_other(tiny_artifact, synthetic_dat
         (["--dt", "24-11-2026"], "--dt"),
         (["--s3-endpoint", "ftp://h"], "--s3-endpoint"),
         (["--min-score", "0.5", "--accept-rate", "0.9"], "--accept-rate"),
+        (["--threads-per-actor", "0"], "--threads-per-actor must be >= 1"),  # was taken as 1 (`or 1`)
+        (["--threads-per-actor", "-1"], "--threads-per-actor must be >= 1"),
+        (["--cpus-per-actor", "nan"], "--cpus-per-actor must be > 0"),
     ],
 )
 def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
@@ -359,6 +349,25 @@ def test_bad_arguments_fail_fast(argv, needle, tiny_artifact, tmp_path, capsys):
         tag_main(base + argv)
     assert e.value.code == 2
     assert_error_names(capsys.readouterr().err, needle)
+
+
+def test_actor_flags_with_the_model_in_tasks_are_named_in_a_warning(tmp_path, capsys):
+    """--cpus-per-actor (and --actors, --batch-size) do nothing when the model runs in the decode tasks (--compute
+    auto resolves to tasks for an ONNX runtime on CPUs): one warning line each, before any work; unset, none."""
+    base = dict(input=str(tmp_path), output=str(tmp_path / "o"), model=str(tmp_path / "no-model"))
+    assert TagConfig(**base, cpus_per_actor=8.0).ignored_flags() == [
+        "--cpus-per-actor 8.0 has no effect with --compute auto (tasks: an ONNX runtime on CPUs): no actor pool, "
+        "the model runs in the decode tasks (1 CPU each, a --decode-batch block per call)"
+    ]
+    assert [w.split(" has")[0] for w in TagConfig(**base, actors=(2, 3), compute="tasks").ignored_flags()] == [
+        "--actors 2,3"
+    ]
+    assert TagConfig(**base).ignored_flags() == []
+    assert TagConfig(**base, cpus_per_actor=8.0, runtime="torch").ignored_flags() == []  # actors: used
+    argv = ["--input", base["input"], "--output", base["output"], "--model", base["model"], "--cpus-per-actor", "8"]
+    assert tag_main(argv) == 2  # no model there: refused next, after the warning
+    out, err = capsys.readouterr()
+    assert "[tag] warning: --cpus-per-actor 8.0 has no effect with --compute auto" in out and "--model" in err
 
 
 def test_input_that_is_a_file_points_to_manifest(tiny_artifact, tmp_path, capsys):

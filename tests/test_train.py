@@ -241,9 +241,33 @@ def test_killed_driver_continues_with_resume(train_data, tmp_path):
         (["--negatives", ".", "--recognizer", "gallery"], "--recognizer"),
         (["--image-size", "5"], "--image-size"),  # workers crashed three times on a conv "Kernel size" error
         (["--image-size", "31"], "--image-size"),
+        # each numeric flag in its range, named with it (these started Ray Train and failed in the workers, were
+        # told as another flag's error, or trained on nonsense)
+        (["--seed", "-1"], "--seed must be >= 0"),  # was numpy's "expected non-negative integer" under --data
+        (["--seed", str(2**32)], "--seed must be below"),  # the workers' torch seeds overflow 64 bits
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--dropout", "1"], "--dropout must be in [0, 1)"),
+        (["--weight-decay", "-1"], "--weight-decay must be >= 0"),
+        (["--loader-workers", "-1"], "--loader-workers must be >= 0"),
+        (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1)"),
+        (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+        (["--patience", "0"], "--patience must be >= 1"),  # stopped as 1 does, not "never"
+        (["--patience", "-1"], "--patience must be >= 1"),
+        (["--cache-mb", "-1"], "--cache-mb must be >= 0"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs must be >= 0"),
+        (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),  # the threshold is fitted on validation
+        (["--backbone-lr-mult", "-0.1"], "--backbone-lr-mult must be >= 0"),
+        (["--lr", "nan"], "--lr must be a finite number > 0"),
+        (["--lr", "inf"], "--lr must be a finite number > 0"),
+        (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number >= 0"),
+        (["--outlier-weight", "nan"], "--outlier-weight must be a finite number >= 0"),
+        (["--cpus-per-worker", "nan"], "--cpus-per-worker must be a finite number > 0"),
+        (["--cpus-per-worker", "inf"], "--cpus-per-worker must be a finite number > 0"),
+        (["--gpus-per-worker", "nan"], "--gpus-per-worker must be a finite number >= 0"),
     ],
 )
-def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys):
+def test_bad_arguments_fail_fast_naming_the_flag(argv, flag, train_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
     base = ["--data", train_data["root"], "--output", str(tmp_path / "m")]
     t0 = time.time()
     with pytest.raises(SystemExit) as e:
