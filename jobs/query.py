@@ -492,9 +492,7 @@ def _width(text: str) -> int:
     """Columns a terminal gives ``text``: East Asian wide and full-width letters take two, combining marks none."""
     import unicodedata
 
-    return sum(
-        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text
-    )
+    return sum(0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 
 
 def format_csv(table: pa.Table) -> str:
