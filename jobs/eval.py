@@ -83,7 +83,8 @@ def run(cfg: EvalConfig) -> dict:
     recorded = _DecisionScores(predictor)
     parts, decisions, failed = [], [], []
     for group, paths, labels in _photo_sets(cfg, predictor):
-        print(f"[eval] {group}: {len(paths)} photos", file=sys.stderr, flush=True)
+        # files, not photos: the table's photos column counts those read, its failed column the rest
+        print(f"[eval] {group}: {len(paths)} files", file=sys.stderr, flush=True)
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
         pred, score, tagged, keep = [], [], [], []
         recorded.batches.clear()
