@@ -346,13 +346,13 @@ def bench_tag_job(ns, paths: list[str]) -> dict:
     out: dict = {"ray_data_services_started": _start_ray_data_services(), "scale": ns.scale}
     config = {
         "model": str(Path(ns.model).resolve()),
-        "batch_size": ns.batch_size,
-        "actors": [ns.actors, ns.actors],
-        "cpus_per_actor": ns.cpus_per_actor,
         "runtime": ns.runtime,
         "compute": ns.compute,
         **({"decode_batch": ns.decode_batch} if ns.decode_batch else {}),
     }
+    job = TagConfig(input=ns.images, output="unused", **config)
+    if job.resolved_compute() == "actors":  # (in tasks the pool's flags do nothing, and the job would say so)
+        config.update(batch_size=ns.batch_size, actors=[ns.actors, ns.actors], cpus_per_actor=ns.cpus_per_actor)
     with tempfile.TemporaryDirectory() as tree:  # the photos (all, or --limit of them) as (c) and (d) had them
         one = bench_job({**config, "input": scaled_tree(paths, ns.images, 1, tree)}, repeat=2, address=address)
     cold, steady = one["runs"]

@@ -64,6 +64,7 @@ def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic
     assert abs(r["rss_ratio_scaled"] - r["peak_rss_scaled_mb"] / r["peak_rss_mb"]) < 0.01
     assert printed.count("[bench] [tag] committed run") == 3  # 1x twice in one fresh driver, then 2x in another
     assert "(e2x)" in printed and "ratio_limit (e/c)" in printed
+    assert "has no effect" not in printed  # the bench gives the job no actor flag its tasks would not use
 
 
 def test_bench_store_measures_each_form_both_ways_and_the_answers_agree(tmp_path, capsys):
