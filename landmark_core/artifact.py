@@ -86,10 +86,17 @@ def save(artifact: Artifact, dest: str, *, storage_options: storage.S3Options | 
     return artifact.model_id
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _save_local(dest: Path, blob: bytes, text: str) -> None:
     """Write into a temp dir beside ``dest`` and swap it in, so a crash never leaves half an artifact."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would hide the model from a server running as another user
     (tmp / WEIGHTS_FILE).write_bytes(blob)
     (tmp / META_FILE).write_text(text)
     if dest.exists():

@@ -112,6 +112,20 @@ def test_overwrite_replaces_the_artifact_and_leaves_no_temp_dirs(make_tiny_artif
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_the_saved_folder_is_readable_as_the_umask_allows(make_tiny_artifact, tmp_path):
+    """The artifact folder gets the permissions any new folder would (umask 022: 0755), not mkdtemp's 0700: a
+    server or a colleague running as another user can read the model."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        A.save(make_tiny_artifact(), str(tmp_path / "m"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o755
+
+
 def test_build_network_reproduces_the_saved_model(art, saved):
     from landmark_core.models import build_model
 
