@@ -269,10 +269,32 @@ def _members_rows(members: dict | None) -> list[str]:
     if test := members.get("test"):
         shares = ", ".join(f"{k} {100 * test[k]:.1f}%" for k in ("right", "abstained", "wrong") if k in test)
         rows.append(("test, pooled decision", f"{shares} of {test.get('photos')} photos"))
+    # (test_ece and reliability.png describe the first member's head alone, not the pooled score)
+    rows.append(("test_ece, reliability.png", "the first member's head (fp32); the pooled decision is above"))
     return [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]
 
 
-def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
+def _runs_threshold(model_dir: str, model_id, runs: list[dict] | None, opts: storage.S3Options) -> str | None:
+    """The threshold the newest tag run of this model applied: its override, else the artifact's threshold for
+    the runtime it ran (an open-world model fits one per runtime: int8's differs from the fp32 one in metrics)."""
+    run = next((r for r in reversed(runs or []) if r.get("model_id") == model_id and r.get("runtime")), None)
+    if run is None:
+        return None
+    runtime, config = run["runtime"], run.get("config") or {}
+    if config.get("min_score") is not None:
+        return f"{config['min_score']} (--min-score of run {run.get('run_id')}, on {runtime})"
+    for flag in ("max_wrong_rate", "accept_rate"):
+        if config.get(flag) is not None:
+            return f"at --{flag.replace('_', '-')} {config[flag]} (run {run.get('run_id')}, on {runtime})"
+    try:
+        abstain = json.loads(storage.read_bytes(storage.join(model_dir, "artifact.json"), opts)).get("abstain", {})
+    except Exception:
+        return None
+    t = abstain.get("runtimes", {}).get(runtime, {}).get("threshold", abstain.get("threshold"))
+    return None if t is None else f"{float(t):.4f} (on {runtime}, as run {run.get('run_id')} applied it)"
+
+
+def _model_section(model_dir: str, out: Path, opts: storage.S3Options, runs: list[dict] | None = None) -> str:
     parts = [f'<h2>Model</h2><p class="muted">from <code>{esc(model_dir)}</code></p>']
     try:
         metrics = json.loads(storage.read_bytes(storage.join(model_dir, "metrics.json"), opts))
@@ -285,7 +307,10 @@ def _model_section(model_dir: str, out: Path, opts: storage.S3Options) -> str:
             if k in metrics:
                 v = metrics[k]
                 v = f"{v:.4f}" if isinstance(v, float) else v
-                rows.append(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>")
+                label = f"{k} (training, fp32)" if k in ("abstain_threshold", "test_ece") else k
+                rows.append(f"<tr><th>{esc(label)}</th><td>{esc(v)}</td></tr>")
+        if applied := _runs_threshold(model_dir, metrics.get("model_id"), runs, opts):
+            rows.append(f"<tr><th>threshold of the tag runs</th><td>{esc(applied)}</td></tr>")
         rows += _members_rows(metrics.get("members"))
         if rows:
             parts.append(f'<table class="kv">{"".join(rows)}</table>')
@@ -383,7 +408,7 @@ def write_report(
         "</div>",
     ]
     if model_dir:
-        parts.append(_model_section(model_dir, out, opts))
+        parts.append(_model_section(model_dir, out, opts, runs))
     note = f" (first {len(shown)} of {len(rows)}, by uri)" if len(shown) < len(rows) else ""
     parts.append(f"<h2>Photos{note}</h2>")
     if shown:

@@ -272,6 +272,28 @@ def test_report_cli_bad_arguments(store, capsys, argv, flag, tmp_path):
     assert_error_names(capsys.readouterr().err, flag)
 
 
+def test_the_model_section_shows_the_threshold_the_tag_runs_applied(model_dir, tmp_path):
+    """An open-world model has one threshold per runtime: the report names the one its newest run applied (int8's
+    on a CPU), or that run's override, beside the training (fp32) numbers, which it labels as such."""
+    (model_dir / "artifact.json").write_text(
+        json.dumps({"abstain": {"threshold": 0.1842, "runtimes": {"onnx-int8": {"threshold": 0.2848}}}})
+    )
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    (model_dir / "metrics.json").write_text(json.dumps({**metrics, "abstain_threshold": 0.1842}))
+    empty = tagstore.empty()
+    runs = [
+        {"run_id": "r1", "model_id": "lm-bbbb", "runtime": "torch", "config": {}},
+        {"run_id": "r2", "model_id": "lm-bbbb", "runtime": "onnx-int8", "config": {}},
+        {"run_id": "r3", "model_id": "lm-other", "runtime": "torch", "config": {}},
+    ]
+    page = rep.write_report(empty, tmp_path / "a", model_dir=str(model_dir), runs=runs).read_text()
+    assert "threshold of the tag runs</th><td>0.2848 (on onnx-int8, as run r2 applied it)" in page
+    assert "abstain_threshold (training, fp32)" in page and "the first member&#x27;s head" in page
+    runs.append({"run_id": "r4", "model_id": "lm-bbbb", "runtime": "onnx-int8", "config": {"min_score": 0.5}})
+    page = rep.write_report(empty, tmp_path / "b", model_dir=str(model_dir), runs=runs).read_text()
+    assert "threshold of the tag runs</th><td>0.5 (--min-score of run r4, on onnx-int8)" in page
+
+
 def test_missing_table_existing_file_and_missing_model_fail_fast_naming_the_flag(store, model_dir, tmp_path, capsys):
     """Exit 2 and one error line naming the flag, before anything is written: --tags where there is no table,
     --out an existing file (or under one) or where no folder can be made, --model where there is no model (the
