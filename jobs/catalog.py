@@ -124,6 +124,10 @@ class CatalogConfig:
             raise ConfigError("give both --lat and --lon, or neither")
         if self.lat is not None and not (-90 <= self.lat <= 90 and -180 <= self.lon <= 180):
             raise ConfigError(f"--lat/--lon out of range: {self.lat}, {self.lon}")
+        if self.country is not None and not (
+            len(self.country) == 2 and self.country.isascii() and self.country.isalpha()
+        ):
+            raise ConfigError(f"--country must be an ISO 3166-1 alpha-2 code such as PT or VN, got {self.country!r}")
         if self.max_photos is not None and self.max_photos < 2:
             raise ConfigError(f"--max-photos must be >= 2 (one for the gallery, one held back), got {self.max_photos}")
         if not 0 < self.holdout < 1:

@@ -316,6 +316,10 @@ def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
             "--seed must be >= 0",
         ),
         (["upgrade", "--model", "M", "--output", "O", "--data", "D", "--seed", "-1"], "--seed must be >= 0"),
+        (
+            ["add", "--model", "M", "--output", "O", "--name", "X", "--photos", "P", "--country", "Portugal"],
+            "--country must be an ISO 3166-1 alpha-2 code",
+        ),
     ],
 )
 def test_bad_arguments_fail_fast_naming_the_flag(argv, needle, capsys):
