@@ -273,7 +273,7 @@ def _new_landmarks(cfg: CatalogConfig, art, predictor) -> tuple[list, dict]:
     if cfg.photos:
         key = enroll.slug(cfg.name)
         groups = {key: _photos(cfg, list_files(cfg.photos, opts), cfg.photos)}
-        info = {key: {"name": cfg.name, "lat": cfg.lat, "lon": cfg.lon, "country": cfg.country}}
+        info = {key: {"name": cfg.name, "lat": cfg.lat, "lon": cfg.lon, "country": cfg.country and cfg.country.upper()}}
     else:
         root = cfg.from_folders.rstrip("/")
         by_class = _class_split(list_files(root, opts), root)
