@@ -45,6 +45,7 @@ def step(n: int, text: str) -> None:
 
 def _photos(data: str | None, work: Path, classes: int) -> Path:
     if data:
+        print(f"    using the photos in {data} (--data)")
         return Path(data)
     from landmark_core.synthetic import generate_dataset
 
@@ -115,9 +116,15 @@ def run(cfg: DemoConfig) -> int:
         import ray
 
         ray.shutdown()
+    again = (
+        f" (on the S3 server the demo stopped; to query them again: python -m landmark_core.devs3 "
+        f"{work / 'seaweedfs'}, then the variables it prints)"
+        if server is not None
+        else ""
+    )
     print(
         f"\nDone in {time.time() - t0:.0f}s. Open {work / 'report' / 'report.html'}; model in {model}; "
-        f"tags in {tags} (SeaweedFS data in {work / 'seaweedfs'} when S3 was used)."
+        f"tags in {tags}{again}."
     )
     return 0
 
