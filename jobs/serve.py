@@ -535,8 +535,10 @@ def start(cfg: ServeConfig) -> str:
 def run(cfg: ServeConfig) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM, also while starting), then shut Serve down."""
     signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
+    ours = False  # a check that refused the config started nothing, and must not stop a Serve of this process
     try:
         url = start.after_check(cfg)
+        ours = True
         safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
         print(
             f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
@@ -546,9 +548,10 @@ def run(cfg: ServeConfig) -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        ours = ours or ray.is_initialized()  # interrupted while starting: what it started goes too
         print("landmark serve: interrupted; shutting down", file=sys.stderr, flush=True)
     finally:
-        if ray.is_initialized():  # (not when a check refused the config before Ray started)
+        if ours:
             serve.shutdown()
 
 

@@ -301,9 +301,10 @@ def _bound_elsewhere(host: str = "127.0.0.1") -> socket.socket:
     return held
 
 
-def test_a_port_in_use_fails_fast_naming_it_before_ray_starts(model_dir, monkeypatch, capsys):
+def test_a_port_in_use_fails_fast_naming_it_before_ray_starts(app, model_dir, monkeypatch, capsys):
     """--port already held on --host: one error line naming both, exit 2, in well under a second, and neither
-    Ray nor the model is touched (Serve would take ~10 s of tracebacks to say so)."""
+    Ray nor the model is touched (Serve would take ~10 s of tracebacks to say so); nor is a Serve this process
+    runs already (``app``): the refused command stops nothing it did not start."""
     from jobs import _ray
 
     def must_not_run(*_a, **_k):
@@ -321,6 +322,7 @@ def test_a_port_in_use_fails_fast_naming_it_before_ray_starts(model_dir, monkeyp
     assert code == 2 and took < 2, (code, took, err)
     assert_error_names(err, f"--port {port}", "--host 127.0.0.1", "in use")
     assert len(err.splitlines()) == 1
+    assert requests.get(f"{app['url']}/healthz", timeout=30).status_code == 200
 
 
 def test_the_port_check_is_skipped_when_joining_a_cluster(model_dir, monkeypatch):
