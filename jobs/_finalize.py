@@ -29,9 +29,13 @@ DEFAULT_METHOD = "knn"
 OPEN_WORLD_RUNTIMES = ("onnx-int8",)
 
 
-def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None, network=None) -> dict:
+def finalize(
+    cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, negatives=None, network=None, done=None
+) -> dict:
     """``network``: for a member of a pool (--members) after the first, the first member's ONNX model per runtime,
-    whose embedding the pooled Predictor scores this member's head on: its runtime fits are made on that."""
+    whose embedding the pooled Predictor scores this member's head on: its runtime fits are made on that.
+    ``done``: the last line's opening for a member ("member 1 of 3 trained ..."), whose --output is a scratch
+    folder the user never sees (else "wrote --output")."""
     from safetensors.torch import load_file
 
     ev = dict(np.load(ckpt_dir / "eval.npz"))
@@ -147,7 +151,7 @@ def finalize(cfg, data, ckpt_dir: Path, *, train_seconds: float, run_name: str, 
     if cfg.report:
         _write_report(cfg, data, ev, history, temperature, opts)
     print(
-        f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): "
+        f"[train] {done or f'wrote {cfg.output}'} (model_id {metrics['model_id']}): "
         + ", ".join(
             f"{k} {metrics[k]:.4f}"
             for k in ("val_top1", "test_top1", "test_top5", "test_ece", "open_auroc", "open_reject_at_95")

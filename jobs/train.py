@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -266,19 +267,21 @@ def _replaced_model_warning(cfg: TrainConfig) -> str | None:
     )
 
 
-def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict | None = None) -> dict:
-    """One training run to its artifact at --output (a member's when warn_locations is off: the first one warned;
-    ``network``: the first member's ONNX models, see jobs._finalize.finalize)."""
+def _train_one(cfg: TrainConfig, *, member: tuple[int, int] | None = None, network: dict | None = None) -> dict:
+    """One training run to its artifact at --output; ``member``: (i, K), member i of a pool's K, whose artifact
+    goes to a scratch folder (the first one warns of the data for all); ``network``: the first member's ONNX
+    models, see jobs._finalize.finalize."""
     opts = cfg.s3_options()
     _check_sources(cfg, opts)
-    data, unknown, negatives = _load_inputs(cfg, opts)
+    resumed = _resumed_run(cfg) if cfg.resume else None  # a wrong --name or --storage: said before Ray's ~20 s
+    data, unknown, negatives, warnings = _load_inputs(cfg, opts)
     print(
         f"[train] {data.summary()}"
         + (f", unknown {len(unknown)}" if unknown else "")
         + (f", {negatives.summary()}" if negatives else ""),
         flush=True,
     )
-    if warn_locations and (warning := location_warning(data.catalog)):
+    for warning in warnings if member is None or member[0] == 0 else []:
         print(warning, flush=True)
 
     init_ray(cfg.ray_address)
@@ -288,7 +291,7 @@ def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict |
         {"CPU": ("--cpus-per-worker", cfg.cpus_per_worker), "GPU": ("--gpus-per-worker", cfg.gpus_per_worker)},
         at_once=("--workers", cfg.workers),
     )
-    trainer, run_name = _make_trainer(cfg, data, unknown, negatives)
+    trainer, run_name = _make_trainer(cfg, data, unknown, negatives, resumed)
     print(
         f"[train] run {run_name!r}: {cfg.workers} worker(s) x ({cfg.cpus_per_worker} CPU, "
         f"{cfg.gpus_per_worker} GPU), model {cfg.model}{' (frozen backbone)' if cfg.freeze_backbone else ''}, "
@@ -296,7 +299,8 @@ def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict |
         flush=True,
     )
     t0 = time.time()
-    result = trainer.fit()
+    with _interrupt_says_resume():
+        result = trainer.fit()
     train_seconds = time.time() - t0
     if result.error:
         raise result.error
@@ -311,8 +315,27 @@ def _train_one(cfg: TrainConfig, *, warn_locations: bool = True, network: dict |
             run_name=run_name,
             negatives=negatives,
             network=network,
+            done=member and f"member {member[0] + 1} of {member[1]} trained (pooled into --output at the end)",
         )
     return metrics
+
+
+class Interrupted(Exception):
+    """Ctrl-C while Ray Train ran: the run's checkpoints are kept, and --resume continues from the last one."""
+
+
+@contextmanager
+def _interrupt_says_resume():
+    """Ray Train answers SIGINT with its own handler, set in fit(): it aborts the run and leaves fit() by a
+    SystemExit (before it is set: a KeyboardInterrupt). Either is an Interrupted, for main to say how to go on;
+    the handler is put back after, so that a Ctrl-C while the artifact is written is a KeyboardInterrupt."""
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise Interrupted() from None
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _run_members(cfg: TrainConfig) -> dict:
@@ -325,7 +348,7 @@ def _run_members(cfg: TrainConfig) -> dict:
     from landmark_core import members
     from landmark_core.artifact import load
 
-    base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
+    base = _base_name(cfg)
     started = _members_started(cfg, base)
     with tempfile.TemporaryDirectory(prefix="landmark-members-") as tmp:
         runs, network = [], None
@@ -337,7 +360,7 @@ def _run_members(cfg: TrainConfig) -> dict:
                 note = ", continuing its run" if resume else ", not started before the cut: from the start"
             print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}{note}", flush=True)
             mcfg.check()
-            runs.append(_train_one(mcfg, warn_locations=i == 0, network=network))
+            runs.append(_train_one(mcfg, member=(i, cfg.members), network=network))
             if i == 0:
                 network = _first_network(tmp)
         arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
@@ -355,7 +378,7 @@ def _members_started(cfg: TrainConfig, base: str) -> list[bool]:
     if not any(started):
         raise ConfigError(
             f"--resume: no earlier run named {base!r} (members {base}-m0 to {base}-m{cfg.members - 1}) under "
-            f"--storage {cfg.storage}"
+            f"--storage {_shown_storage(cfg)}"
         )
     return started
 
@@ -483,31 +506,72 @@ def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
             raise ConfigError(f"--weights: {e}") from None
 
 
-def location_warning(catalog) -> str | None:
-    """Known folder names get their location from the catalog; others need --coords or coords.json."""
-    from landmark_core.catalog import no_location_note
+def location_warning(catalog, coords_file: str | None = None) -> str | None:
+    """Known folder names get their location from the catalog; others need --coords or coords.json (or their
+    rows in the coords file read: ``coords_file``, as data_warnings names it)."""
+    from landmark_core.catalog import COORDS_HEADER, no_location_note
 
+    how = f"--coords FILE (CSV: {COORDS_HEADER}, or JSON) or put coords.json / coords.csv in the --data folder"
     note = no_location_note(
         catalog.without_location,
         len(catalog),
         what="landmarks",
-        how="--coords FILE (CSV: folder,lat,lon[,country], or JSON) or put coords.json / coords.csv in the --data "
-        "folder",
+        how=f"their rows in {coords_file} (CSV: {COORDS_HEADER})" if coords_file else how,
     )
     return note and f"[train] {note}"
 
 
+def data_warnings(data, coords: dict | None, coords_file: str | None) -> list[str]:
+    """One line each, before Ray: rows of the coords file that match no class folder, landmarks with no location,
+    landmarks with no validation photo."""
+    lines = (_coords_warning(data, coords, coords_file), location_warning(data.catalog, coords_file))
+    return [line for line in (*lines, _no_val_warning(data)) if line]
+
+
+def _coords_warning(data, coords: dict | None, coords_file: str | None) -> str | None:
+    """Rows no folder matches (a misspelt folder) or no rows at all (a header-less one-line CSV): else ignored
+    without a word, and the location warning would ask for the --coords FILE that was given."""
+    from landmark_core.catalog import COORDS_HEADER, unmatched_coords
+
+    if coords is not None and not coords:
+        return f"[train] warning: {coords_file} has no rows: expected the header line {COORDS_HEADER}, then a row each"
+    if stray := unmatched_coords(coords or {}, data.catalog):
+        return (
+            f"[train] warning: {coords_file}: {len(stray)} of its {len(coords)} rows "
+            f"{'names' if len(stray) == 1 else 'name'} no class folder of --data, ignored: {_listed(stray)} "
+            f"(the folders: {_listed(data.catalog.folders)})"
+        )
+    return None
+
+
+def _no_val_warning(data) -> str | None:
+    """A landmark with one photo trains on it and has none held back: the temperature and the threshold, fitted
+    on validation photos, never see it."""
+    with_val = set(data.val.labels)
+    if unseen := [lm.folder for lm in data.catalog if lm.id not in with_val]:
+        return (
+            f"[train] warning: {len(unseen)} of {len(data.catalog)} landmarks have no validation photo "
+            f"({_listed(unseen)}: one photo, kept for training): their temperature and tag threshold rest on the "
+            "other landmarks' photos. Give each 2 photos or more"
+        )
+    return None
+
+
+def _listed(names: list[str], at_most: int = 5) -> str:
+    more = len(names) - at_most
+    return ", ".join(repr(n) for n in names[:at_most]) + (f" and {more} more" if more > 0 else "")
+
+
 def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
-    """The photos and locations the flags name, listed before any Ray work: (data, unknown, negatives). A folder
-    with no photos, a malformed coordinates file or negatives that leave nothing to hold back is a ConfigError
-    naming its flag."""
-    from landmark_core.catalog import load_coords
+    """The photos and locations the flags name, listed before any Ray work: (data, unknown, negatives, warning
+    lines). A folder with no photos, a malformed coordinates file, one landmark only or negatives that leave
+    nothing to hold back is a ConfigError naming its flag."""
     from landmark_core.datasets import load_labelled, load_negatives, load_unlabelled
 
-    with _names_flag("--coords" if cfg.coords else "--data (its coords file)"):
-        coords = load_coords(cfg.coords) if cfg.coords else _coords_beside(cfg.data)
+    coords, coords_file = _coords(cfg)
     with _names_flag("--data"):
         data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
+    _refuse_one_landmark(cfg, data)
     with _names_flag("--unknown"):
         unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
     with _names_flag("--negatives"):
@@ -518,7 +582,17 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
             f"--negatives: no photo can be held back to fit the open-world score and threshold ({negatives.summary()}"
             "): a folder of photos needs at least 2, one to train on and one to hold back"
         )
-    return data, unknown, negatives
+    return data, unknown, negatives, data_warnings(data, coords, coords_file)
+
+
+def _refuse_one_landmark(cfg: TrainConfig, data) -> None:
+    """One class: its softmax is 1 whatever the photo, so the model tags a cat as it at 100%. With --negatives the
+    run finishes too, but its head learns nothing (no loss to lower) and it abstained on every test photo."""
+    if len(data.catalog) < 2:
+        raise ConfigError(
+            f"--data {cfg.data}: 1 landmark ({data.catalog.folders[0]!r}); a model needs at least 2 to choose "
+            "between (--negatives does not make up for it: a one-class head learns nothing)"
+        )
 
 
 def _refuse_known_negatives(cfg: TrainConfig, data, negatives: list[str]) -> None:
@@ -550,17 +624,25 @@ def _names_flag(flag: str):
         raise ConfigError(str(e) if str(e).startswith(flag) else f"{flag}: {e}") from None
 
 
-def _coords_beside(data: str) -> dict | None:
-    """A coords.json/coords.csv at the dataset root is picked up (the synthetic generator writes one)."""
-    from landmark_core.catalog import load_coords
+def _coords(cfg: TrainConfig) -> tuple[dict | None, str | None]:
+    """The coordinates of --coords, else of a coords.json / coords.csv at --data's root (the synthetic generator
+    writes one), and that file as messages name it; a malformed row is a ConfigError naming the file and line."""
+    from landmark_core.catalog import CatalogError, load_coords
 
+    path = cfg.coords or _coords_beside(cfg.data)
+    if path is None:
+        return None, None
+    flag = "--coords" if cfg.coords else f"--data {cfg.data}:"
+    try:
+        return load_coords(path), f"{flag} {Path(path)}"
+    except CatalogError as e:  # (its message starts with the file)
+        raise ConfigError(f"{flag} {e}") from None
+
+
+def _coords_beside(data: str) -> str | None:
     if storage.is_s3(data):
         return None
-    for name in ("coords.json", "coords.csv"):
-        p = Path(data, name)
-        if p.is_file():
-            return load_coords(p)
-    return None
+    return next((str(p) for p in (Path(data, "coords.json"), Path(data, "coords.csv")) if p.is_file()), None)
 
 
 def _latest_pointer(cfg: TrainConfig, base: str) -> str:
@@ -568,28 +650,42 @@ def _latest_pointer(cfg: TrainConfig, base: str) -> str:
     return storage.join(cfg.storage, f".{base}.latest")
 
 
-def _run_name(cfg: TrainConfig) -> str:
-    base = cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
-    pointer = _latest_pointer(cfg, base)
-    opts = cfg.s3_options()
-    if cfg.resume:
+def _base_name(cfg: TrainConfig) -> str:
+    return cfg.name or Path(cfg.output.rstrip("/")).name or "landmark"
+
+
+def _resumed_run(cfg: TrainConfig) -> str:
+    """--resume: the run to continue under --storage (no Ray needed to find it)."""
+    base, opts = _base_name(cfg), cfg.s3_options()
+    try:
         if cfg.name and storage.exists(storage.join(cfg.storage, cfg.name), opts):
             return cfg.name
-        if storage.exists(pointer, opts):
+        if storage.exists(pointer := _latest_pointer(cfg, base), opts):
             return storage.read_bytes(pointer, opts).decode().strip()
-        raise ConfigError(f"--resume: no earlier run named {base!r} under --storage {cfg.storage}")
+    except storage.StorageError as e:
+        raise ConfigError(str(e)) from None
+    raise ConfigError(f"--resume: no earlier run named {base!r} under --storage {_shown_storage(cfg)}")
+
+
+def _shown_storage(cfg: TrainConfig) -> str:
+    """--storage as an error shows it: a relative path (the default) made absolute, for it depends on the cwd."""
+    return cfg.storage if storage.is_s3(cfg.storage) else os.path.abspath(cfg.storage)
+
+
+def _new_run_name(cfg: TrainConfig) -> str:
+    base = _base_name(cfg)
     name = f"{base}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    storage.write_bytes(pointer, name.encode(), opts)
+    storage.write_bytes(_latest_pointer(cfg, base), name.encode(), cfg.s3_options())
     return name
 
 
-def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives):
+def _make_trainer(cfg: TrainConfig, data, unknown: list[str], negatives, resumed: str | None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs._train_worker import train_loop
 
-    run_name = _run_name(cfg)
+    run_name = resumed or _new_run_name(cfg)
     fs, path = storage.arrow_fs(cfg.storage, cfg.s3_options())
     if not storage.is_s3(cfg.storage):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -723,7 +819,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seeds training, the validation split and the negatives' split (default 0); with --members K, "
         "the runs use seeds seed..seed+K-1",
     )
-    p.add_argument("--storage", default=d.storage, help="Ray Train checkpoint storage (path or s3://)")
+    p.add_argument(
+        "--storage",
+        default=d.storage,
+        help=f"Ray Train checkpoint storage, path or s3:// (default {d.storage}, relative to the current folder: "
+        "--resume looks there)",
+    )
     p.add_argument("--name", default=None, help="run name (default: output folder name + time)")
     p.add_argument("--resume", action="store_true", help="continue the latest run of this name from its checkpoint")
     p.add_argument("--max-failures", type=int, default=d.max_failures, help="worker failures survived per run")
@@ -805,13 +906,29 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 
 
 def _show(metrics: dict, _cfg: TrainConfig) -> None:
-    print(json.dumps({k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}))
+    """The model at --output in one JSON line; a pool's: its decision on the test split (right, abstained, wrong),
+    and the top-1 numbers of its head, which is the first member's."""
+    shown = {k: metrics[k] for k in ("val_top1", "test_top1", "test_top5", "test_ece") if k in metrics}
+    if pool := metrics.get("members"):
+        test = {f"test_{k}": v for k, v in (pool.get("test") or {}).items() if k != "photos"}
+        shown = {"members": pool["count"], **test, **shown}
+    print(json.dumps(shown))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark train", description=__doc__.split("\n")[0])
     add_arguments(p)
-    return run_cli(p, argv, config=config_from_args, run=run, show=_show)
+    try:
+        return run_cli(p, argv, config=config_from_args, run=run, show=_show)
+    except Interrupted:
+        print(
+            f"{p.prog}: interrupted; rerun the same command with --resume to continue from the last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:  # before Ray Train's run (nothing to resume) or while its artifact is written
+        print(f"{p.prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

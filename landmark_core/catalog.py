@@ -140,29 +140,108 @@ class Catalog:
         return cls(out, name=name)
 
 
+COORDS_HEADER = "folder,lat,lon[,country]"  # the CSV's header line as train and `catalog add` say it
+
+
 def load_coords(path: str | Path) -> dict[str, dict]:
     """Read landmark coordinates from CSV (columns folder|name, lat, lon[, country]) or JSON.
 
     JSON is either ``{folder: {lat, lon, country}}`` or a list of such objects with a ``folder`` or ``name`` key.
+    Every row is checked here, so that an error names the file and the row's line (CSV) or key (JSON): later,
+    the catalog knows only the folder it was matched to.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    rows: list[dict]
-    if path.suffix.lower() == ".json":
-        data = json.loads(text)
-        if isinstance(data, dict):
-            rows = [{"folder": k, **v} for k, v in data.items()]
-        else:
-            rows = list(data)
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # (a BOM: a CSV saved by a spreadsheet)
+    except UnicodeDecodeError:
+        raise CatalogError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise CatalogError(f"{path}: cannot read it ({e.strerror or e})") from None
+    rows = _json_rows(path, text) if path.suffix.lower() == ".json" else _csv_rows(path, text)
     out = {}
-    for row in rows:
+    for where, row in rows:
         key = row.get("folder") or row.get("name")
         if not key:
-            raise CatalogError(f"{path}: each row needs a 'folder' or 'name'")
-        out[str(key)] = {k: v for k, v in row.items() if k != "folder"}
+            raise CatalogError(f"{path} {where}: each row needs a 'folder' or 'name'")
+        out[str(key).strip()] = _coords_row(f"{path} {where}", row)
     return out
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    """(``line N``, row) of a CSV whose header names its columns (a header-less file's first row is no header)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None:
+        return []
+    given = ",".join(reader.fieldnames)
+    reader.fieldnames = header = [h.strip().lower() for h in reader.fieldnames]
+    # other columns (notes, a source) are a spreadsheet's and are ignored; a file without a header line has its
+    # first row taken for one, which names neither a folder nor lat and lon
+    missing = [c for c in ("lat", "lon") if c not in header]
+    if missing or not {"folder", "name"} & set(header):
+        what = f"no {' or '.join(map(repr, missing))} column" if missing else "no 'folder' or 'name' column"
+        raise CatalogError(
+            f"{path} line 1: header {given!r} has {what}: expected the header line {COORDS_HEADER} "
+            "(or name in place of folder; a file without a header line has its first row taken for one)"
+        )
+    return [(f"line {reader.line_num}", row) for row in reader]
+
+
+def _json_rows(path: Path, text: str) -> list[tuple[str, dict]]:
+    """(``entry KEY`` or ``entry N``, row) of ``{folder: {...}}`` or ``[{folder|name: ...}, ...]``."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise CatalogError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, dict):
+        rows = [(f"entry {k!r}", {"folder": k, **v} if isinstance(v, dict) else v) for k, v in data.items()]
+    elif isinstance(data, list):
+        rows = [(f"entry {i + 1}", v) for i, v in enumerate(data)]
+    else:
+        raise CatalogError(f"{path}: expected an object of folder -> {{lat, lon, country}}, or a list of them")
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise CatalogError(f"{path} {where}: expected an object with lat, lon[, country], got {row!r}")
+    return rows
+
+
+def _coords_row(where: str, row: dict) -> dict:
+    """A row's entry for from_folders (lat, lon as floats or None), or a CatalogError naming ``where``."""
+    lat, lon = _coord(where, row, "lat", 90), _coord(where, row, "lon", 180)
+    if (lat is None) != (lon is None):
+        raise CatalogError(f"{where}: lat and lon must both be set or both be empty")
+    return {**{k: v for k, v in row.items() if k not in ("folder", None)}, "lat": lat, "lon": lon}
+
+
+def _coord(where: str, row: dict, key: str, limit: float) -> float | None:
+    v = row.get(key)
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise CatalogError(f"{where}: {key} {v!r} is not a number") from None
+    if not -limit <= x <= limit:  # (NaN too)
+        raise CatalogError(f"{where}: {key} {v} is out of range (-{limit} to {limit})")
+    return x
+
+
+def unmatched_coords(coords: Mapping[str, Mapping], catalog: "Catalog") -> list[str]:
+    """The keys of ``coords`` that name no landmark of ``catalog`` (as from_folders matches: folder or display
+    name, any case): a misspelt folder's row would otherwise be ignored without a word."""
+    known = {f.lower() for f in catalog.folders} | {display_name(f).lower() for f in catalog.folders}
+    return [k for k in coords if k.lower() not in known]
+
+
+def same_name_folders(catalog: "Catalog") -> tuple[str, str, str] | None:
+    """Two folders whose landmarks share a name or a folder name, any case ('sapa' and 'Sapa', or two folders
+    the known places name alike): (folder, folder, name), else None. Tags and queries could not tell them apart."""
+    seen: dict[str, str] = {}
+    for lm in catalog:
+        for key in {lm.folder.lower(), lm.name.lower()}:
+            if key in seen and seen[key] != lm.folder:
+                return seen[key], lm.folder, lm.name
+            seen[key] = lm.folder
+    return None
 
 
 def _opt_float(v) -> float | None:

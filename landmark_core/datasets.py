@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import storage
-from .catalog import Catalog
+from .catalog import Catalog, same_name_folders
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
 
@@ -160,7 +160,9 @@ def load_labelled(
             splits[name] = _class_split(chosen, sub)
     if "train" not in splits:  # a bare root of class folders
         splits = {"train": _class_split(files, root)}
-    catalog = Catalog.from_folders(splits["train"], coords=coords, name=Path(root.rstrip("/")).name or "custom")
+    catalog = _distinct(
+        Catalog.from_folders(splits["train"], coords=coords, name=Path(root.rstrip("/")).name or "custom")
+    )
     index = {f: i for i, f in enumerate(catalog.folders)}
 
     def to_split(by_class: dict[str, list[str]], which: str) -> Split:
@@ -178,6 +180,18 @@ def load_labelled(
     if val is None:
         train, val = stratified_split(train, val_fraction, seed)
     return LabelledData(catalog, train, val, test, "class-folder")
+
+
+def _distinct(catalog: Catalog) -> Catalog:
+    """Two landmarks with one name (folders that differ in case only, or that the known places or the coords
+    file name alike) could not be told apart in tags and queries, and a lookup by name finds one: refused."""
+    if clash := same_name_folders(catalog):
+        a, b, name = clash
+        raise DatasetError(
+            f"class folders {a!r} and {b!r} would both be landmark {name!r} (names match whatever the case): "
+            "tags and queries could not tell them apart; merge them into one folder or rename one"
+        )
+    return catalog
 
 
 def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -204,7 +218,7 @@ def _load_gldv2(
     if not rows or not {"id", "landmark_id"} <= set(rows[0]):
         raise DatasetError(f"{root}/train.csv: expected columns id,url,landmark_id")
     folders = sorted({r["landmark_id"] for r in rows}, key=lambda s: (len(s), s))
-    catalog = Catalog.from_folders(folders, coords=coords, name="gldv2")
+    catalog = _distinct(Catalog.from_folders(folders, coords=coords, name="gldv2"))
     index = {f: i for i, f in enumerate(catalog.folders)}
     data = Split()
     for r in rows:

@@ -339,3 +339,85 @@ def test_from_folders_knows_the_udacity_and_benchmark_landmarks_locations():
     # An explicit coords entry wins over what the project knows.
     own = Catalog.from_folders(["halong_bay"], coords={"halong_bay": {"lat": 1.0, "lon": 2.0}})
     assert (own[0].lat, own[0].lon, own[0].name) == (1.0, 2.0, "Halong Bay")
+
+
+# ------------------------------------------------------------------------------------------------ coords files
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "folder,lat,lon,country\n00.Big_Ben,51.5,-0.12,GB\nhoian_town,abc,108.3,VN\n",
+            "line 3: lat 'abc' is not a number",
+        ),
+        ("folder,lat,lon\n00.Big_Ben,123,107.18\n", "line 2: lat 123 is out of range (-90 to 90)"),
+        ("folder,lat,lon\n00.Big_Ben,1,-181\n", "line 2: lon -181 is out of range"),
+        ("folder,lat,lon\n00.Big_Ben,nan,1\n", "line 2: lat nan is out of range"),
+        ("folder,lat,lon\n00.Big_Ben,21,\n", "line 2: lat and lon must both be set or both be empty"),
+        ("hoian_town,15.8,108.3,VN\nhalong_bay,20.9,107.2,VN\n", "line 1: header 'hoian_town,15.8,108.3,VN'"),
+        ("folder,latitude,longitude\n00.Big_Ben,1,2\n", "no 'lat' or 'lon' column"),
+    ],
+)
+def test_a_bad_coords_row_is_named_by_file_and_line(tmp_path, text, message):
+    """A row's error names the file and its line (it was told as the matched folder, under --data, or as float()'s
+    "could not convert string to float"), for every reader of the file: train and `catalog add`."""
+    p = tmp_path / "coords.csv"
+    p.write_text(text)
+    with pytest.raises(CatalogError) as e:
+        load_coords(p)
+    assert str(e.value).startswith(f"{p} line ") and message in str(e.value), str(e.value)
+
+
+def test_coords_csv_columns_beyond_the_header_are_ignored(tmp_path):
+    """A spreadsheet's extra column (notes) does not stop the file from loading; header names take any case."""
+    p = tmp_path / "coords.csv"
+    p.write_text("Folder,Lat,Lon,notes\n00.Big_Ben,51.5,-0.12,the clock\n")
+    assert load_coords(p)["00.Big_Ben"]["lat"] == 51.5 and load_coords(p)["00.Big_Ben"]["lon"] == -0.12
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"00.Big_Ben": {"lat": "abc", "lon": 1}}, "entry '00.Big_Ben': lat 'abc' is not a number"),
+        ({"00.Big_Ben": [51.5, -0.12]}, "entry '00.Big_Ben': expected an object"),
+        ([{"folder": "00.Big_Ben", "lat": 1}], "entry 1: lat and lon must both be set"),
+        ([7], "entry 1: expected an object"),
+        (3, "expected an object of folder"),
+    ],
+)
+def test_a_bad_coords_json_entry_is_named(tmp_path, data, message):
+    p = tmp_path / "coords.json"
+    p.write_text(json.dumps(data))
+    with pytest.raises(CatalogError, match="^" + str(p)) as e:
+        load_coords(p)
+    assert message in str(e.value), str(e.value)
+
+
+def test_coords_header_is_read_whatever_its_case_spaces_or_bom(tmp_path):
+    p = tmp_path / "coords.csv"
+    p.write_text("\ufeffFolder, Lat, Lon\n 00.Big_Ben ,51.5,-0.12\n", encoding="utf-8")
+    assert load_coords(p) == {"00.Big_Ben": {"lat": 51.5, "lon": -0.12}}
+
+
+def test_coords_rows_that_name_no_folder_are_found():
+    from landmark_core.catalog import unmatched_coords
+
+    cat = Catalog.from_folders(FOLDERS)
+    coords = {"00.big_ben": {}, "Colosseum": {}, "my_cafee": {}, "HALONG BAY": {}}
+    assert unmatched_coords(coords, cat) == ["my_cafee"]  # folder or display name, any case: as from_folders
+
+
+@pytest.mark.parametrize(
+    "folders, coords, clash",
+    [
+        (["sapa_rice_terraces", "Sapa_Rice_Terraces"], None, ("Sapa_Rice_Terraces", "sapa_rice_terraces")),
+        (["halong_bay", "Ha Long Bay"], None, ("Ha Long Bay", "halong_bay")),  # the known places' name
+        (["a", "b"], {"a": {"name": "Same"}, "b": {"name": "same"}}, ("a", "b")),
+    ],
+)
+def test_folders_that_make_one_landmark_name_are_found(folders, coords, clash):
+    from landmark_core.catalog import same_name_folders
+
+    assert same_name_folders(Catalog.from_folders(folders, coords=coords))[:2] == clash
+    assert same_name_folders(Catalog.from_folders(FOLDERS)) is None

@@ -256,3 +256,15 @@ def test_synthetic_writes_the_dataset_it_reports(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["root"] == str(d) and len(summary["classes"]) == 2
     assert len(list((d / "train").rglob("*.jpg"))) == 6 and len(list((d / "test").rglob("*.jpg"))) == 2
+
+
+@pytest.mark.parametrize("second", ["Sapa_Rice_Terraces", "Sa Pa Rice Terraces"])
+def test_class_folders_that_make_one_landmark_name_are_refused(tmp_path, second):
+    """Two folders that differ in case only (or that the known places name alike) were two landmarks of one
+    name: tags and queries could not tell them apart."""
+    for folder in ("sapa_rice_terraces", second, "hoian_town"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.jpg").write_bytes(_jpeg())
+    with pytest.raises(DatasetError) as e:
+        load_labelled(str(tmp_path))
+    assert f"'{second}' and 'sapa_rice_terraces'" in str(e.value) and "'Sa Pa Rice Terraces'" in str(e.value)

@@ -580,3 +580,151 @@ def test_training_warns_of_landmarks_with_no_location():
     assert "--coords" in warning and "coords.json" in warning
     coords = {f: {"lat": 1.0, "lon": 2.0} for f in mine}
     assert location_warning(Catalog.from_folders(mine, coords=coords)) is None
+
+
+# ------------------------------------------------------------------ the data's own problems, said before Ray
+
+
+def _no_ray(monkeypatch):
+    """Stops a run where Ray would start, with exit 2: what was printed before it is the test's."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: (_ for _ in ()).throw(ConfigError("(no Ray here)")))
+
+
+def _tiny_data(root: Path, folders=("00.Tower", "01.Arch"), photos: int = 3) -> str:
+    from landmark_core.synthetic import render_scene
+
+    for folder in folders:
+        (root / folder).mkdir(parents=True)
+        for i in range(photos if folder != "03.Lone" else 1):
+            render_scene("tower", np.random.default_rng(i), size=(64, 48)).save(root / folder / f"{i}.jpg", "JPEG")
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("hoian_town,abc,108.3,VN", "line 3: lat 'abc' is not a number"),
+        ("01.Arch,123.0,107.18,VN", "line 3: lat 123.0 is out of range"),
+        ("01.Arch,21.0,,VN", "line 3: lat and lon must both be set or both be empty"),
+    ],
+)
+def test_a_bad_coords_row_names_the_flag_the_file_and_its_line(row, message, tmp_path, capsys, monkeypatch):
+    """It said `--data: could not convert string to float: 'abc'` (or the matched folder's name): no file, no line."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    data = _tiny_data(tmp_path / "data")
+    coords = tmp_path / "coords.csv"
+    coords.write_text(f"folder,lat,lon,country\n00.Tower,10,20,VN\n{row}\n")
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
+    assert_error_names(capsys.readouterr().err, f"--coords {coords} {message}")
+    (tmp_path / "data" / "coords.csv").write_text(coords.read_text())  # read since --coords is not given
+    assert train_main(["--data", data, "--output", str(tmp_path / "m")]) == 2
+    assert_error_names(capsys.readouterr().err, f"--data {data}: {data}/coords.csv {message}")
+
+
+def test_coords_rows_that_match_no_folder_are_named_in_one_warning(tmp_path, capsys, monkeypatch):
+    """A misspelt folder's row was ignored without a word, and the location warning asked for --coords FILE."""
+    _no_ray(monkeypatch)
+    data = _tiny_data(tmp_path / "data")
+    coords = tmp_path / "coords.csv"
+    coords.write_text("folder,lat,lon\n00.Tower,10,20\n01.Archh,1,2\n")
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
+    out = capsys.readouterr().out
+    assert (
+        f"[train] warning: --coords {coords}: 1 of its 2 rows names no class folder of --data, ignored: '01.Archh' "
+        "(the folders: '00.Tower', '01.Arch')\n" in out
+    ), out
+    assert "1 of 2 landmarks have no location ('01.Arch'): " in out and f"their rows in --coords {coords}" in out
+    coords.write_text("00.Tower,10,20\n")  # no header line: its one row is taken for the header, no rows left
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
+    assert_error_names(capsys.readouterr().err, f"--coords {coords} line 1: header '00.Tower,10,20'")
+    coords.write_text("folder,lat,lon\n")
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
+    assert f"warning: --coords {coords} has no rows: expected the header line folder,lat,lon" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("second", ["Sapa_Rice_Terraces", "Sa Pa Rice Terraces"])
+def test_two_folders_of_one_landmark_name_are_refused_before_ray(second, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    data = _tiny_data(tmp_path / "data", folders=("sapa_rice_terraces", second, "hoian_town"))
+    assert train_main(["--data", data, "--output", str(tmp_path / "m")]) == 2
+    assert_error_names(capsys.readouterr().err, "--data", f"'{second}' and 'sapa_rice_terraces'")
+
+
+@pytest.mark.parametrize("negatives", [False, True])
+def test_one_landmark_is_refused_before_ray(negatives, tmp_path, capsys, monkeypatch):
+    """One class: the model tagged a cat as it at 100%; with --negatives (tried) the head learnt nothing and the
+    model abstained on every test photo of its landmark."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    data = _tiny_data(tmp_path / "data", folders=("00.Tower",))
+    neg = ["--negatives", _tiny_data(tmp_path / "neg", folders=("cats",))] if negatives else []
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), *neg]) == 2
+    assert_error_names(capsys.readouterr().err, f"--data {data}: 1 landmark ('00.Tower')", "at least 2")
+
+
+def test_a_landmark_with_one_photo_is_warned_of(tmp_path, capsys, monkeypatch):
+    _no_ray(monkeypatch)
+    data = _tiny_data(tmp_path / "data", folders=("00.Tower", "01.Arch", "03.Lone"))
+    assert train_main(["--data", data, "--output", str(tmp_path / "m")]) == 2
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "validation photo" in ln]
+    assert len(lines) == 1 and "1 of 3 landmarks have no validation photo ('03.Lone'" in lines[0], lines
+
+
+def test_resume_with_no_earlier_run_fails_before_ray_naming_the_absolute_storage(tmp_path, capsys, monkeypatch):
+    """It took a local Ray's ~20 s start to say so, and named --storage as given (relative, by default)."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    monkeypatch.chdir(tmp_path)
+    data = _tiny_data(tmp_path / "data")
+    assert train_main(["--data", data, "--output", "m", "--resume"]) == 2
+    assert_error_names(capsys.readouterr().err, f"--resume: no earlier run named 'm' under --storage {tmp_path}/out/")
+    pool = ["--members", "2", "--freeze-backbone", "--negatives", _tiny_data(tmp_path / "neg", folders=("cats",))]
+    assert train_main(["--data", data, "--output", "m", "--resume", *pool]) == 2
+    assert_error_names(capsys.readouterr().err, f"(members m-m0 to m-m1) under --storage {tmp_path}/out/")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert "default out/ray_results" in " ".join(capsys.readouterr().out.split())
+
+
+def test_ctrl_c_while_training_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Ray Train's SIGINT handler leaves fit() by SystemExit(1): it exited 1 with no word of ours. By hand (a real
+    run, SIGINT to its process group after the first epoch): exit 130, this line, the checkpoints kept."""
+    import signal as signals
+
+    from jobs import train
+
+    before = signals.getsignal(signals.SIGINT)
+    with pytest.raises(train.Interrupted):
+        with train._interrupt_says_resume():
+            signals.signal(signals.SIGINT, lambda *a: None)  # as fit() sets Ray Train's own
+            raise SystemExit(1)
+    assert signals.getsignal(signals.SIGINT) is before  # put back: Ctrl-C while finalizing is ours again
+
+    def interrupted(cfg, **kw):
+        raise train.Interrupted()
+
+    monkeypatch.setattr("jobs.train._train_one", interrupted)
+    assert train_main(["--data", _tiny_data(tmp_path / "data"), "--output", str(tmp_path / "m")]) == 130
+    err = capsys.readouterr().err
+    assert err == (
+        "landmark train: interrupted; rerun the same command with --resume to continue from the last checkpoint\n"
+    )
+
+
+def test_a_pool_s_last_line_is_the_pooled_model_s(capsys):
+    from jobs.train import _show
+
+    pooled = {
+        "val_top1": 0.9,
+        "test_top1": 0.8,
+        "abstain_threshold": 0.5,
+        "members": {"count": 2, "test": {"photos": 10, "right": 0.7, "abstained": 0.2, "wrong": 0.1}},
+    }
+    _show(pooled, None)
+    assert json.loads(capsys.readouterr().out) == {
+        "members": 2,
+        "test_right": 0.7,
+        "test_abstained": 0.2,
+        "test_wrong": 0.1,
+        "val_top1": 0.9,
+        "test_top1": 0.8,
+    }
