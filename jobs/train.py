@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,7 +336,8 @@ def _interrupt_says_resume():
     except (KeyboardInterrupt, SystemExit):
         raise Interrupted() from None
     finally:
-        signal.signal(signal.SIGINT, before)
+        if threading.current_thread() is threading.main_thread():  # (only there can a handler be set: a run in
+            signal.signal(signal.SIGINT, before)  # a thread, as the tests' worker-kill run, has none to restore)
 
 
 def _run_members(cfg: TrainConfig) -> dict:
