@@ -492,8 +492,6 @@ def check_port_free(cfg: ServeConfig) -> None:
 def _own_serve_listens_on(cfg: ServeConfig) -> bool:
     """Whether Serve, started earlier by this process, has its proxy on --host:--port (Ray's client, not a public
     API: anything unexpected means no, and the port is checked)."""
-    import ray
-
     if not ray.is_initialized():
         return False
     try:
