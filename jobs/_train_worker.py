@@ -470,4 +470,12 @@ def train_loop(loop_cfg: dict) -> None:
     import logging
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one line per epoch is ours; no per-report INFO
+    # Ray 2.60 logs each report ("Reporting training result N: TrainingReport(...)") on a logger named by its
+    # file's path, which the "ray.train" level does not reach.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray layout: its lines are noise, not an error
+        pass
     Worker(loop_cfg).run()

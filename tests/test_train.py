@@ -79,6 +79,7 @@ def test_frozen_backbone_run_writes_a_complete_artifact(ray_local, train_data, t
     lines = [ln for ln in (printed.out + printed.err).splitlines() if "[train] epoch" in ln]
     assert len({ln.split("[train] epoch")[1].split()[0] for ln in lines}) == 3
     assert all("loss" in ln and "acc" in ln and "img/s" in ln for ln in lines)
+    assert "Reporting training result" not in printed.out + printed.err  # Ray's per-report INFO line, per worker
     # frozen features were computed once, before the epochs
     assert "cached frozen-backbone features" in printed.out + printed.err
     assert "have no location" not in printed.out  # every landmark has one: no warning
