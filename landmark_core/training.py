@@ -48,6 +48,8 @@ class UriImageDataset(torch.utils.data.Dataset):
 
         if i in self.cache:
             return self.cache[i]
+        if i in self.bad:  # read and warned of once: every view and epoch would otherwise say it again
+            return None
         try:
             im = decode_image(storage.read_bytes(self.uris[i], self.opts), draft_to=self.draft_to).image
         except (DecodeError, OSError) as e:

@@ -340,3 +340,23 @@ def test_the_feature_pass_reports_progress_now_and_then(synthetic_data):
         now[0] = t
         progress(done, 20)
     assert said == [8, 14, 20]  # 30 s apart, and the end
+
+
+def test_a_bad_training_photo_is_read_and_warned_of_once(synthetic_data, tmp_path, capsys):
+    """Four views of the features, then epochs, each ask for every photo: a photo that cannot be decoded is tried
+    once, named in one warning, and stays marked bad (label -100 for the loss)."""
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.preprocess import presets_for
+    from landmark_core.storage import S3Options
+    from landmark_core.training import UriImageDataset, cached_features
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a photo")
+    uris = sorted(synthetic_data["files"])[:3] + [str(broken)]
+    train_p, eval_p = presets_for(32)
+    ds = UriImageDataset(uris, [0] * 4, eval_p.tensor, opts=S3Options(), draft_to=eval_p.resize, cache_side=48)
+    net = build_model(ModelSpec("scratch", 2, weights="none"))
+    cached_features(net, ds, "cpu", views=4, eval_preset=eval_p, train_preset=train_p, batch_size=2)
+    assert [ds[i][1] for i in range(4)] == [0, 0, 0, -100] and ds.bad == {3}
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if "skipping" in ln]
+    assert warned == [f"warning: skipping {broken}: not_an_image: not a recognised image format"]
