@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import threading
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
@@ -28,6 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 MP: larger than any phone photo, far below a decompression bomb
 
 register_heif_opener()  # HEIC/HEIF, the iPhone's photo format, opens like any other
+# Pillow warns of a corrupt EXIF block on stderr; _read_exif already treats what it cannot read as absent, and a
+# nightly job's log should not carry a warning per such photo.
+warnings.filterwarnings("ignore", message=r"(Possibly )?[Cc]orrupt EXIF", category=UserWarning, module=r"PIL\.")
 
 DECODE_ERROR_KINDS = ("empty", "not_an_image", "truncated", "too_large", "unsupported")
 

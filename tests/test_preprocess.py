@@ -346,6 +346,21 @@ def test_broken_exif_is_ignored(bad_corpus):
     assert d.exif_lat is None and d.exif_time is None
 
 
+def test_broken_exif_prints_no_pillow_warning(bad_corpus):
+    """In a fresh process, as a job runs it: the photo decodes without Pillow's "Corrupt EXIF data" on stderr."""
+    import subprocess
+    import sys
+
+    photo = bad_corpus[0] / "broken_exif.jpg"
+    code = (
+        "import sys; from landmark_core.preprocess import decode_image; "
+        "d = decode_image(open(sys.argv[1], 'rb').read()); print(d.image.size, d.exif_lat)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(photo)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "(64, 48) None", done.stderr
+    assert "EXIF" not in done.stderr, done.stderr
+
+
 def test_out_of_range_gps_and_garbage_orientation_are_ignored():
     exif = Image.Exif()
     gps = exif.get_ifd(0x8825)
