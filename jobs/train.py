@@ -28,6 +28,7 @@ from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
+from landmark_core.catalog import coords_file_note, listed
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.recognizer import RECOGNIZERS
@@ -531,19 +532,8 @@ def data_warnings(data, coords: dict | None, coords_file: str | None) -> list[st
 
 
 def _coords_warning(data, coords: dict | None, coords_file: str | None) -> str | None:
-    """Rows no folder matches (a misspelt folder) or no rows at all (a header-less one-line CSV): else ignored
-    without a word, and the location warning would ask for the --coords FILE that was given."""
-    from landmark_core.catalog import COORDS_HEADER, unmatched_coords
-
-    if coords is not None and not coords:
-        return f"[train] warning: {coords_file} has no rows: expected the header line {COORDS_HEADER}, then a row each"
-    if stray := unmatched_coords(coords or {}, data.catalog):
-        return (
-            f"[train] warning: {coords_file}: {len(stray)} of its {len(coords)} rows "
-            f"{'names' if len(stray) == 1 else 'name'} no class folder of --data, ignored: {_listed(stray)} "
-            f"(the folders: {_listed(data.catalog.folders)})"
-        )
-    return None
+    note = coords_file_note(coords, data.catalog, coords_file, "class folder of --data")
+    return note and f"[train] warning: {note}"
 
 
 def _no_val_warning(data) -> str | None:
@@ -553,15 +543,10 @@ def _no_val_warning(data) -> str | None:
     if unseen := [lm.folder for lm in data.catalog if lm.id not in with_val]:
         return (
             f"[train] warning: {len(unseen)} of {len(data.catalog)} landmarks have no validation photo "
-            f"({_listed(unseen)}: one photo, kept for training): their temperature and tag threshold rest on the "
+            f"({listed(unseen)}: one photo, kept for training): their temperature and tag threshold rest on the "
             "other landmarks' photos. Give each 2 photos or more"
         )
     return None
-
-
-def _listed(names: list[str], at_most: int = 5) -> str:
-    more = len(names) - at_most
-    return ", ".join(repr(n) for n in names[:at_most]) + (f" and {more} more" if more > 0 else "")
 
 
 def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):

@@ -232,6 +232,29 @@ def unmatched_coords(coords: Mapping[str, Mapping], catalog: "Catalog") -> list[
     return [k for k in coords if k.lower() not in known]
 
 
+def coords_file_note(
+    coords: Mapping[str, Mapping] | None, catalog: "Catalog", coords_file: str, what: str
+) -> str | None:
+    """A coordinates file that gives no row (a header-less one-line CSV) or rows no folder matches (a misspelt
+    folder): else it would be ignored without a word. ``what`` names the folders' flag ("class folder of --data")."""
+    if coords is None:
+        return None
+    if not coords:
+        return f"{coords_file} has no rows: expected the header line {COORDS_HEADER}, then a row each"
+    if stray := unmatched_coords(coords, catalog):
+        return (
+            f"{coords_file}: {len(stray)} of its {len(coords)} rows {'names' if len(stray) == 1 else 'name'} no "
+            f"{what}, ignored: {listed(stray)} (the folders: {listed(catalog.folders)})"
+        )
+    return None
+
+
+def listed(names: list[str], at_most: int = 5) -> str:
+    """'a', 'b', 'c' and 2 more: names in a one-line message."""
+    more = len(names) - at_most
+    return ", ".join(repr(n) for n in names[:at_most]) + (f" and {more} more" if more > 0 else "")
+
+
 def same_name_folders(catalog: "Catalog") -> tuple[str, str, str] | None:
     """Two folders whose landmarks share a name or a folder name, any case ('sapa' and 'Sapa', or two folders
     the known places name alike): (folder, folder, name), else None. Tags and queries could not tell them apart."""

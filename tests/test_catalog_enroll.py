@@ -269,9 +269,9 @@ def test_upgrade_gives_an_old_artifact_a_gallery(trained, world, tmp_path):
     assert up.recognizer["mode"] in rz.RECOGNIZERS
 
 
-def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
+def test_add_from_folders_with_coords_csv(trained, world, tmp_path, capsys):
     csv = tmp_path / "coords.csv"
-    csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n")
+    csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n00.Pyramd,X,1,2,EG\n")
     job.run(
         job.CatalogConfig(
             action="add",
@@ -287,6 +287,12 @@ def test_add_from_folders_with_coords_csv(trained, world, tmp_path):
     lm = art.catalog.find("Great Pyramid")
     assert (lm.lat, lm.country) == (29.9792, "EG")
     assert (art.extra_tensors[rz.GALLERY_LABELS].numpy() == lm.id).sum() == 3  # 4 photos: 3 + 1 held back
+    # a misspelt folder's row is named, not ignored without a word
+    folders = ", ".join(repr(f) for f in sorted(p.name for p in (world["new"] / "train").iterdir()))
+    assert (
+        f"[catalog] warning: --coords {csv}: 1 of its 2 rows names no class folder of --from-folders, ignored: "
+        f"'00.Pyramd' (the folders: {folders})\n"
+    ) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
