@@ -73,6 +73,20 @@ def check_output_dir(flag: str, path: str) -> None:
         raise ConfigError(f"{flag} {path}: cannot write in this folder (permission denied)")
 
 
+def check_output_file(flag: str, path: str) -> None:
+    """A local file the job writes (its folder made if missing): not a folder, under a folder that can be."""
+    if is_s3(path):
+        raise ConfigError(f"{flag} {path}: give a local file (s3:// is not written here)")
+    out = Path(os.path.abspath(path))
+    if out.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder: name a file, e.g. {Path(path) / 'tags.csv'}")
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {parent} (permission denied)")
+
+
 def _try_mkdir(flag: str, path: str, out: Path, parent: Path) -> None:
     """Creates ``out`` and its missing parents below ``parent``, then removes them again."""
     try:

@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -36,7 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs._cli import ConfigError, checks_config, run_cli
+from jobs._cli import ConfigError, check_output_file, checks_config, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.catalog import EARTH_RADIUS_KM
 
@@ -114,7 +113,7 @@ class QueryConfig:
                     f"--columns: unknown column(s) {', '.join(map(repr, unknown))}; known: {', '.join(ALL_COLUMNS)}"
                 )
         if self.out is not None:
-            check_out_file(self.out)
+            check_output_file("--out", self.out)
         if self.format not in FORMATS:
             raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.summary and self.format == "parquet":
@@ -774,18 +773,6 @@ def _hint_landmark_names(cfg: QueryConfig) -> None:
         + ", ".join(by_lower[n] for n in closest),
         file=sys.stderr,
     )
-
-
-def check_out_file(path: str) -> None:
-    """--out names a file that can be written: not a folder, under a folder (made if missing) that can be."""
-    p = Path(path)
-    if p.is_dir():
-        raise QueryError(f"--out {path} is a folder: name a file, e.g. {p / 'tags.csv'}")
-    parent = next(a for a in p.absolute().parents if a.exists())
-    if not parent.is_dir():
-        raise QueryError(f"--out {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise QueryError(f"--out {path}: cannot write in {parent}")
 
 
 def duckdb_errors() -> tuple[type, ...]:

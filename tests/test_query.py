@@ -684,10 +684,15 @@ def test_table_columns_line_up_for_wide_letters_and_status_takes_any_case(tmp_pa
 
 
 def test_out_must_be_a_writable_file_and_its_folder_is_made(store, capsys, tmp_path):
-    """--out a folder, or under a file: exit 2 naming --out before the table is read; under a missing folder: made."""
+    """--out a folder, under a file or on S3: exit 2 naming --out before the table is read; under a missing folder:
+    made."""
     a_file = tmp_path / "f.txt"
     a_file.write_text("x")
-    for out, words in ((tmp_path, "is a folder"), (a_file / "t.csv", "is a file, not a folder")):
+    for out, words in (
+        (tmp_path, "is a folder"),
+        (a_file / "t.csv", "is a file, not a folder"),
+        ("s3://bucket/t.csv", "give a local file"),  # it made a folder "s3:" here and wrote into it
+    ):
         with pytest.raises(SystemExit) as e:
             q.main(["--tags", store, "--format", "csv", "--out", str(out)])
         assert e.value.code == 2
