@@ -557,6 +557,7 @@ def _job_argv(job: str, tmp_path: Path, model: str, data: str) -> list[str]:
     }[job]
 
 
+@pytest.mark.slow  # starts a local Ray (the checks run right after it starts)
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "job, argv, needles",
@@ -581,6 +582,7 @@ def test_resources_a_local_ray_can_never_give_fail_in_seconds_naming_the_flag(
     assert_error_names(capsys.readouterr().err, *needles)
 
 
+@pytest.mark.slow  # starts a local Ray
 def test_a_cluster_that_may_autoscale_is_only_warned_of(ray_local, capsys):
     """Joined with --ray-address, the cluster may add a node with a GPU: one warning line, and the job goes on."""
     from jobs._cli import ConfigError

@@ -301,6 +301,7 @@ def _bound_elsewhere(host: str = "127.0.0.1") -> socket.socket:
     return held
 
 
+@pytest.mark.slow  # the app fixture deploys Serve (the check itself runs before any Ray)
 def test_a_port_in_use_fails_fast_naming_it_before_ray_starts(app, model_dir, monkeypatch, capsys):
     """--port already held on --host: one error line naming both, exit 2, in well under a second, and neither
     Ray nor the model is touched (Serve would take ~10 s of tracebacks to say so); nor is a Serve this process
