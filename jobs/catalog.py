@@ -550,7 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="abstain threshold accepting this share of the held-out photos (as `landmark tag`)",
     )
     e.add_argument(
-        "--json", dest="as_json", action="store_true", help="print the result as one line of JSON (default: indented)"
+        "--json",
+        dest="as_json",
+        action="store_true",
+        help="print the result as one line of JSON (default: text, a line per landmark and folder)",
     )
     return p
 
