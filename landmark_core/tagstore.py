@@ -200,7 +200,7 @@ def ensure_table(root: str, opts: storage.S3Options = storage.S3Options()) -> No
     """Create the empty table at ``root`` if there is none (two runs creating it at once: one wins, both go on).
 
     No commit retries: delta-rs would retry a creation that lost the race for version 0 as version 1, a second
-    CREATE TABLE with another table id (seen in 10 of 20 two-process races); without them the loser fails and
+    CREATE TABLE with another table id (seen in 12 of 20 two-process races); without them the loser fails and
     finds the winner's table."""
     from deltalake import CommitProperties, DeltaTable
 
