@@ -30,7 +30,7 @@ from landmark_core import abstention, storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.tagging import InputError, left_out_note, list_inputs, pending, read_manifest
+from landmark_core.tagging import InputError, left_out_note, list_inputs, pending, read_manifest, unique_uris
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
 
@@ -116,10 +116,7 @@ class TagConfig:
         except storage.StorageError as e:
             raise ConfigError(str(e)) from None
         if self.input and not storage.is_s3(self.input) and os.path.isfile(self.input):
-            raise ConfigError(
-                f"--input {self.input} is a file: --input takes a folder or an s3:// prefix of photos; for a list "
-                "of photos, give it as --manifest FILE (CSV or Parquet with a 'uri' column)"
-            )
+            raise ConfigError(_INPUT_IS_A_FILE.format(input=self.input, what="a file"))
 
     def s3_options(self) -> storage.S3Options:
         return storage.S3Options(endpoint=self.s3_endpoint)
@@ -197,6 +194,11 @@ def run(cfg: TagConfig) -> dict:
 
     left_out = Counter()  # objects under --input that are not photos by name: said, not silently dropped
     listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts, left_out=left_out)
+    listing, repeated = unique_uris(listing)
+    if repeated:
+        print(
+            f"[tag] --manifest {cfg.manifest}: {repeated} row(s) repeat an earlier row's uri; each photo is tagged once"
+        )
     t_list = time.time()
     if note := left_out_note(dict(left_out)):
         print(f"[tag] {note}", flush=True)
@@ -281,6 +283,23 @@ def _check_reachable(cfg: TagConfig, opts: storage.S3Options) -> None:
         storage.check_reachable("--output", cfg.output, opts)
     except storage.StorageError as e:
         raise ConfigError(str(e)) from None
+    if cfg.input and _names_one_object(cfg.input, opts):
+        raise ConfigError(_INPUT_IS_A_FILE.format(input=cfg.input, what="an object"))
+
+
+def _names_one_object(uri: str, opts: storage.S3Options) -> bool:
+    """An s3:// --input that is an object's key with nothing below it as a prefix: one photo, not a folder."""
+    if not storage.is_s3(uri) or uri.endswith("/"):
+        return False
+    bucket, key = storage.split_s3(uri)
+    below = storage.s3_client(opts).list_objects_v2(Bucket=bucket, Prefix=key + "/", MaxKeys=1)
+    return not below.get("Contents") and storage.exists(uri, opts)
+
+
+_INPUT_IS_A_FILE = (
+    "--input {input} is {what}: --input takes a folder or an s3:// prefix of photos; for a list of photos, give it "
+    "as --manifest FILE (CSV or Parquet with a 'uri' column)"
+)
 
 
 def _ensure_table(output: str, opts: storage.S3Options) -> None:

@@ -93,6 +93,16 @@ def read_manifest(path: str, opts: storage.S3Options = storage.S3Options()) -> p
     return stat_uris(uris, opts)
 
 
+def unique_uris(listing: pa.Table) -> tuple[pa.Table, int]:
+    """The listing with each uri once (its first row): a manifest that names a photo twice would give it two
+    rows in one run, which the run's check refuses to commit. Returns (table, rows dropped)."""
+    uris = listing.column("uri").to_pylist()
+    first = {u: i for i, u in reversed(list(enumerate(uris)))}
+    if len(first) == len(uris):
+        return listing, 0
+    return listing.take(sorted(first.values())), len(uris) - len(first)
+
+
 def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa.Table:
     """Size and etag per uri (HEAD in parallel); a missing object keeps size/etag null and fails later."""
 
@@ -122,6 +132,8 @@ def pending(
 
     ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
     from: the artifact's provenance ``lineage``)."""
+    if not listing.num_rows:  # nothing to look up (pyarrow's isin cannot even type an empty value set)
+        return listing, 0
     store = tagstore.open_store(output, opts, superseded=False)
     if store is None:
         return listing, 0

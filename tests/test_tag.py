@@ -114,7 +114,7 @@ def _latest_run_uris(out: str, run_id: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_data, bad_corpus, tiny_artifact):
+def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_data, bad_corpus, tiny_artifact, capsys):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
     client = s3.client()
@@ -149,6 +149,22 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
     third = tag_run(cfg)
     assert f"s3://{s3_bucket}/{keys[0]}" in _latest_run_uris_s3(out, third["run_id"], opts)
 
+    # a day with no uploads commits an empty run into the S3 table (it was a pyarrow ArrowTypeError, nothing
+    # committed), into an existing table and into a new one
+    for table_uri in (out, f"s3://{s3_bucket}/fresh-tags"):
+        empty = tag_run(
+            TagConfig(**{**cfg.__dict__, "input": f"s3://{s3_bucket}/uploads/2026-11-25/", "output": table_uri})
+        )
+        assert empty["counts"]["total"] == 0 and empty["run_id"] in {
+            r["run_id"] for r in tagstore.runs(table_uri, opts=opts)
+        }
+    # an object given as --input is one photo, not a prefix: refused before any work, pointing to --manifest
+    one = f"s3://{s3_bucket}/{keys[1]}"
+    argv = ["--input", one, "--output", f"s3://{s3_bucket}/other", "--model", tiny_artifact.path]
+    assert tag_main([*argv, "--s3-endpoint", s3.endpoint]) == 2
+    assert_error_names(capsys.readouterr().err, f"--input {one} is an object", "--manifest")
+    assert not client.list_objects_v2(Bucket=s3_bucket, Prefix="other/").get("Contents")
+
 
 def _latest_run_uris_s3(out, run_id, opts):
     t = tagstore.read(out, opts=opts, history=True)
@@ -156,7 +172,7 @@ def _latest_run_uris_s3(out, run_id, opts):
 
 
 @pytest.mark.slow
-def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path):
+def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_path, capsys):
     nameless = tmp_path / "upload-3f2a9c"  # an upload kept under an id, no extension: --input would not list it
     shutil.copy(synthetic_data["files"][0], nameless)
     files = synthetic_data["files"][:5] + [str(tmp_path / "missing.jpg"), str(nameless)]
@@ -167,6 +183,12 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
     assert rows["missing.jpg"]["status"] == "failed" and "not found" in rows["missing.jpg"]["error"]
     assert rows[nameless.name]["status"] != "failed" and rows[nameless.name]["width"] > 0  # read by content
     import pyarrow as pa
+
+    # a uri listed twice is tagged once (the run's own check refused to commit two rows of one photo)
+    (tmp_path / "twice.csv").write_text("uri\n" + "\n".join([*files[:3], files[1]]) + "\n")
+    tag_run(TagConfig(manifest=str(tmp_path / "twice.csv"), output=str(tmp_path / "t3"), model=tiny_artifact.path))
+    assert_exactly_once(str(tmp_path / "t3"), set(files[:3]))
+    assert f"--manifest {tmp_path / 'twice.csv'}: 1 row(s) repeat an earlier row's uri" in capsys.readouterr().out
 
     pq.write_table(pa.table({"uri": files[:3]}), tmp_path / "m.parquet")
     tag_run(TagConfig(manifest=str(tmp_path / "m.parquet"), output=str(tmp_path / "t2"), model=tiny_artifact.path))
