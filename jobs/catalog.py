@@ -24,7 +24,14 @@ import numpy as np
 from jobs._cli import ConfigError, check_accept_rate, checks_config, fields_of, run_cli
 from landmark_core import enroll, storage
 from landmark_core.artifact import ArtifactError, load as load_artifact, save as save_artifact
-from landmark_core.catalog import Catalog, CatalogError, coords_file_note, load_coords, no_location_note
+from landmark_core.catalog import (
+    Catalog,
+    CatalogError,
+    coords_file_beside,
+    coords_file_note,
+    load_coords,
+    no_location_note,
+)
 from landmark_core.datasets import DatasetError, _class_split, list_files, load_labelled
 from landmark_core.onnx_runtime import RUNTIMES, RuntimeChoiceError, check_runtime
 from landmark_core.recognizer import RECOGNIZERS
@@ -280,12 +287,14 @@ def _new_landmarks(cfg: CatalogConfig, art, predictor) -> tuple[list, dict]:
         if not by_class:
             raise ConfigError(f"--from-folders {root}: no class folders with photos in it")
         groups = {f: _photos(cfg, fs, f"{root}/{f}") for f, fs in sorted(by_class.items())}
+        coords_path = cfg.coords or coords_file_beside(root)  # as train reads one at --data's root
+        flag = "--coords" if cfg.coords else f"--from-folders {root}:"
         try:
-            coords = load_coords(cfg.coords) if cfg.coords else None
+            coords = load_coords(coords_path) if coords_path else None
             cat = Catalog.from_folders(groups, coords=coords)
         except (CatalogError, ValueError, OSError) as e:
-            raise ConfigError(f"--coords: {e}") from None
-        if note := coords_file_note(coords, cat, f"--coords {cfg.coords}", "class folder of --from-folders"):
+            raise ConfigError(f"{flag} {e}") from None
+        if note := coords_file_note(coords, cat, f"{flag} {coords_path}", "class folder of --from-folders"):
             print(f"[catalog] warning: {note}", file=sys.stderr, flush=True)
         info = {lm.folder: {"name": lm.name, "lat": lm.lat, "lon": lm.lon, "country": lm.country} for lm in cat}
     _warn_without_location(cfg, info)

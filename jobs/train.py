@@ -28,7 +28,7 @@ from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
-from landmark_core.catalog import coords_file_note, listed
+from landmark_core.catalog import coords_file_beside, coords_file_note, listed
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.recognizer import RECOGNIZERS
@@ -616,7 +616,7 @@ def _coords(cfg: TrainConfig) -> tuple[dict | None, str | None]:
     writes one), and that file as messages name it; a malformed row is a ConfigError naming the file and line."""
     from landmark_core.catalog import CatalogError, load_coords
 
-    path = cfg.coords or _coords_beside(cfg.data)
+    path = cfg.coords or coords_file_beside(cfg.data)
     if path is None:
         return None, None
     flag = "--coords" if cfg.coords else f"--data {cfg.data}:"
@@ -624,12 +624,6 @@ def _coords(cfg: TrainConfig) -> tuple[dict | None, str | None]:
         return load_coords(path), f"{flag} {Path(path)}"
     except CatalogError as e:  # (its message starts with the file)
         raise ConfigError(f"{flag} {e}") from None
-
-
-def _coords_beside(data: str) -> str | None:
-    if storage.is_s3(data):
-        return None
-    return next((str(p) for p in (Path(data, "coords.json"), Path(data, "coords.csv")) if p.is_file()), None)
 
 
 def _latest_pointer(cfg: TrainConfig, base: str) -> str:

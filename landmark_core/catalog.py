@@ -232,6 +232,14 @@ def unmatched_coords(coords: Mapping[str, Mapping], catalog: "Catalog") -> list[
     return [k for k in coords if k.lower() not in known]
 
 
+def coords_file_beside(folder: str) -> str | None:
+    """The coords.json or coords.csv at a local class-folder root (as the synthetic generator writes one), else
+    None: train's --data and catalog's --from-folders read it when no --coords is given."""
+    if folder.startswith("s3://"):
+        return None
+    return next((str(p) for p in (Path(folder, "coords.json"), Path(folder, "coords.csv")) if p.is_file()), None)
+
+
 def coords_file_note(
     coords: Mapping[str, Mapping] | None, catalog: "Catalog", coords_file: str, what: str
 ) -> str | None:

@@ -269,21 +269,26 @@ def test_upgrade_gives_an_old_artifact_a_gallery(trained, world, tmp_path):
     assert up.recognizer["mode"] in rz.RECOGNIZERS
 
 
-def test_add_from_folders_with_coords_csv(trained, world, tmp_path, capsys):
-    csv = tmp_path / "coords.csv"
-    csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n00.Pyramd,X,1,2,EG\n")
+def _add_from_folders(trained, folders, output, **flags):
+    """`catalog add --from-folders FOLDERS --max-photos 4` into ``output``; the new artifact."""
     job.run(
         job.CatalogConfig(
             action="add",
             model=trained["path"],
-            output=str(tmp_path / "m"),
+            output=str(output),
             runtime="torch",
-            from_folders=str(world["new"] / "train"),
-            coords=str(csv),
+            from_folders=str(folders),
             max_photos=4,
+            **flags,
         )
     )
-    art = load(str(tmp_path / "m"))
+    return load(str(output))
+
+
+def test_add_from_folders_with_coords_csv(trained, world, tmp_path, capsys):
+    csv = tmp_path / "coords.csv"
+    csv.write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n00.Pyramd,X,1,2,EG\n")
+    art = _add_from_folders(trained, world["new"] / "train", tmp_path / "m", coords=str(csv))
     lm = art.catalog.find("Great Pyramid")
     assert (lm.lat, lm.country) == (29.9792, "EG")
     assert (art.extra_tensors[rz.GALLERY_LABELS].numpy() == lm.id).sum() == 3  # 4 photos: 3 + 1 held back
@@ -293,6 +298,17 @@ def test_add_from_folders_with_coords_csv(trained, world, tmp_path, capsys):
         f"[catalog] warning: --coords {csv}: 1 of its 2 rows names no class folder of --from-folders, ignored: "
         f"'00.Pyramd' (the folders: {folders})\n"
     ) in capsys.readouterr().err
+
+
+def test_add_from_folders_reads_a_coords_csv_at_their_root(trained, world, tmp_path):
+    """As train reads one at --data's root: a folder of class folders with its coords.csv needs no --coords."""
+    root = tmp_path / "new"
+    root.mkdir()
+    for folder in (world["new"] / "train").iterdir():
+        (root / folder.name).symlink_to(folder)
+    (root / "coords.csv").write_text("folder,name,lat,lon,country\n00.Pyramid,Great Pyramid,29.9792,31.1342,EG\n")
+    lm = _add_from_folders(trained, root, tmp_path / "m").catalog.find("Great Pyramid")
+    assert (lm.lat, lm.lon, lm.country) == (29.9792, 31.1342, "EG")
 
 
 @pytest.mark.parametrize(
