@@ -68,17 +68,21 @@ def run(cfg: EvalConfig) -> dict:
     import numpy as np
 
     from landmark_core import evaluation
+    from landmark_core.artifact import ArtifactError
     from landmark_core.predict import predict_paths
     from landmark_core.predictor import Predictor
 
-    predictor = Predictor(
-        cfg.model,
-        runtime=cfg.runtime,
-        min_score=cfg.min_score,
-        accept_rate=cfg.accept_rate,
-        max_wrong_rate=cfg.max_wrong_rate,
-        storage_options=cfg.s3_options(),
-    )
+    try:
+        predictor = Predictor(
+            cfg.model,
+            runtime=cfg.runtime,
+            min_score=cfg.min_score,
+            accept_rate=cfg.accept_rate,
+            max_wrong_rate=cfg.max_wrong_rate,
+            storage_options=cfg.s3_options(),
+        )
+    except ArtifactError as e:
+        raise ConfigError(f"--model: {e}") from None
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed = [], [], []

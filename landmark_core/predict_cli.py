@@ -180,8 +180,11 @@ def _main(argv: list[str] | None) -> int:
         )
     except (RuntimeChoiceError, GpuDecodeError, StorageError) as e:
         p.error(str(e))
-    except (NoModelError, ArtifactError) as e:
+    except NoModelError as e:
         print(f"landmark predict: {e}", file=sys.stderr)
+        return 2
+    except ArtifactError as e:
+        print(f"landmark predict: --model: {e}", file=sys.stderr)
         return 2
 
 

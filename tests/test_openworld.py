@@ -445,6 +445,8 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     assert e.value.code == 2
     assert_error_names(capsys.readouterr().err, "--known", "no such directory")
     (tmp_path / "known" / "not_a_landmark").mkdir(parents=True)
+    assert eval_main(["--model", str(tmp_path / "no-model"), "--known", str(tmp_path / "known")]) == 2
+    assert_error_names(capsys.readouterr().err, "--model", "no-model is not a directory")
     from landmark_core.synthetic import generate_unknown
 
     generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)

@@ -217,6 +217,7 @@ def test_model_flag_beats_environment_variable(tiny_artifact, photos, capsys, mo
 def test_bad_model_dir_exit_2(photos, capsys, no_model_env, tmp_path):
     code, out, err = _main(["--model", str(tmp_path / "nope"), photos["a"]], capsys)
     assert code == 2 and "nope" in err and "not a directory" in err and out == ""
+    assert err.startswith("landmark predict: --model: "), err
 
 
 @pytest.mark.parametrize("k", ["0", "-3"])
