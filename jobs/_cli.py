@@ -116,12 +116,13 @@ def run_cli(
     """Runs one job from its command line and returns the exit code.
 
     ``config(ns)`` builds the frozen config and its ``check()`` runs once, here: a ConfigError (or a StorageError,
-    a malformed URI) is argparse's error (usage line, ``<prog>: error: ...``, exit 2). ``run(cfg)`` (its
-    ``after_check`` body when it has one) does the work; a ConfigError it raises (pre-flight: loading the model,
-    probing the output) is one ``<prog>: error:`` line and exit 2, each ``(exception types, code)`` of
-    ``failures`` one such line and that code. ``show(result, cfg)`` prints the result and may return the exit
+    a malformed URI) is argparse's error (``<prog>: error: ...`` and where the flags are listed, exit 2).
+    ``run(cfg)`` (its ``after_check`` body when it has one) does the work; a ConfigError it raises (pre-flight:
+    loading the model, probing the output) is one ``<prog>: error:`` line and exit 2, each ``(exception types,
+    code)`` of ``failures`` one such line and that code. ``show(result, cfg)`` prints the result and may return the exit
     code; without ``show``, an int result is the exit code.
     """
+    _brief_errors(parser)
     ns = parser.parse_args(argv)
     try:
         cfg = config(ns)
@@ -138,6 +139,20 @@ def run_cli(
         return next(code for types, code in codes if isinstance(e, types))
     code = show(result, cfg) if show else result if isinstance(result, int) else 0
     return int(code or 0)
+
+
+def _brief_errors(parser: argparse.ArgumentParser) -> None:
+    """A bad argument is told in two lines, the error and where the flags are listed, not after argparse's usage
+    line, which for a job of 40 flags fills the screen above the one line that matters."""
+
+    def error(message: str, p: argparse.ArgumentParser = parser):
+        p.exit(2, f"{p.prog}: error: {message}\n({p.prog} --help lists its flags)\n")
+
+    parser.error = error
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _brief_errors(sub)
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:
