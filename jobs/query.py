@@ -341,11 +341,58 @@ def run(cfg: QueryConfig) -> pa.Table:
     try:
         if cfg.sql is not None:
             store.read_only()
-            return store.con.sql(cfg.sql).to_arrow_table()
+            return arrow_safe(store.con.sql(cfg.sql)).to_arrow_table()
         statement, params = select_sql(cfg, *_rows(store, cfg, _read_columns(cfg)))
         return tagstore.to_schema(store.con.sql(statement, params=params or None).to_arrow_table())
     finally:
         store.close()
+
+
+# DuckDB types that Arrow does not carry faithfully, or that Parquet cannot store: an INTERVAL (Arrow's
+# month_day_nano, which Parquet refuses), a UNION (likewise), a TIMETZ (its offset dropped), a UHUGEINT (wrapped into
+# a decimal128: 2**128-1 read back as -1), a BIT (its packed bytes), a BIGNUM (opaque bytes), a VARIANT (its binary
+# encoding). --sql results get them as DuckDB's own text (e.g. '1 year 2 months', '0101'), nested ones too.
+_AS_TEXT = {"interval", "union", "time with time zone", "uhugeint", "bit", "bignum", "varint", "variant"}
+
+
+def _safe_type(t) -> str | None:
+    """The type to cast a DuckDB column type ``t`` to so that its Arrow form is faithful and Parquet writes it: None
+    when ``t`` already is; VARCHAR in the place of each _AS_TEXT type, at any depth of a LIST, ARRAY, STRUCT or MAP."""
+    if t.id in _AS_TEXT:
+        return "VARCHAR"
+    kids = dict(t.children) if t.id in ("list", "array", "map") else None
+    if t.id in ("list", "array"):
+        child = _safe_type(kids["child"])
+        return None if child is None else f"{child}[]" if t.id == "list" else f"{child}[{kids['size']}]"
+    if t.id == "map":
+        key, value = _safe_type(kids["key"]), _safe_type(kids["value"])
+        if key is None and value is None:
+            return None
+        return f"MAP({key or kids['key']}, {value or kids['value']})"
+    if t.id == "struct":
+        fields = [(name, ft, _safe_type(ft)) for name, ft in t.children]
+        if all(safe is None for _, _, safe in fields):
+            return None
+        return "STRUCT(" + ", ".join(f"{_ident(n)} {safe or ft}" for n, ft, safe in fields) + ")"
+    return None
+
+
+def _ident(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def arrow_safe(rel):
+    """``rel`` (a DuckDB relation: the result of --sql) with the columns of a type _safe_type changes cast to it;
+    the columns' names and order stay (duplicate names too: they are addressed by position)."""
+    casts = [_safe_type(t) for t in rel.types]
+    if all(c is None for c in casts):
+        return rel
+    cols = [f"_c{i}" for i in range(len(casts))]
+    select = ", ".join(
+        f"{c if safe is None else f'CAST({c} AS {safe})'} AS {_ident(name)}"
+        for c, safe, name in zip(cols, casts, rel.columns)
+    )
+    return rel.query("_q", f"SELECT {select} FROM _q AS _t({', '.join(cols)})")
 
 
 @checks_config
@@ -425,40 +472,87 @@ def _float(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def _jsonable_rows(table: pa.Table) -> list[dict]:
-    """Rows as plain JSON values: timestamps ISO strings, tags a list of objects, float32 kept short."""
-    converters = {}
-    for f in table.schema:
-        if pa.types.is_timestamp(f.type):
-            converters[f.name] = lambda v: None if v is None else v.isoformat()
-        elif pa.types.is_float32(f.type):
-            converters[f.name] = _float32
-        elif pa.types.is_floating(f.type):
-            converters[f.name] = _float
-        elif f.name == "tags":
-            converters[f.name] = lambda v: (
-                None
-                if v is None
-                else [
-                    {**t, "score": _float32(t.get("score")), "lat": _float(t.get("lat")), "lon": _float(t.get("lon"))}
-                    for t in v
-                ]
-            )
-    rows = table.to_pylist()
-    for r in rows:
-        for k, conv in converters.items():
-            r[k] = conv(r[k])
-    return rows
+def _finite(v):
+    return v if v is None or math.isfinite(v) else None
+
+
+def _plain_value(v):
+    """A Python value of no JSON kind as text: bytes as lowercase hex, dates and times ISO 8601, others str()."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).hex()
+    if hasattr(v, "isoformat"):  # date, time, datetime, pandas' Timestamp (nanoseconds)
+        return v.isoformat()
+    return str(v)  # e.g. a UUID
+
+
+def _converter(t: pa.DataType, json_out: bool):
+    """Turns a value of Arrow type ``t``, as ``to_pylist`` gives it, into JSON's kinds (None, bool, int, float, str,
+    list, dict). ``json_out``: strict JSON, so NaN and +-inf become null (as JavaScript's JSON.stringify does) and a
+    DECIMAL a number where that is exact (scale 0: an integer of any size; up to 15 digits: a float, whose shortest
+    repr is the decimal) else its exact text; otherwise (a table or CSV cell) inf stays and a DECIMAL is its exact
+    text. NaN is null either way. Nested values are always converted for JSON (a cell shows them as JSON)."""
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type  # what to_pylist gives is the storage's value, or an object _plain_value makes text
+    if pa.types.is_dictionary(t):
+        return _converter(t.value_type, json_out)
+    if pa.types.is_floating(t):
+        short = _float32 if pa.types.is_float32(t) else _float
+        return (lambda v: _finite(short(v))) if json_out else short
+    if pa.types.is_decimal(t):
+        if not json_out:
+            return lambda v: None if v is None else format(v, "f")
+        if t.scale == 0:
+            return lambda v: None if v is None else int(v)
+        if t.precision <= 15:
+            return lambda v: None if v is None else float(v)
+        return lambda v: None if v is None else format(v, "f")
+    if pa.types.is_map(t):  # to_pylist gives a list of (key, value) pairs: a JSON object, its keys as text
+        key, item = _converter(t.key_type, True), _converter(t.item_type, True)
+        return lambda v: None if v is None else {_key(key(k)): item(x) for k, x in v}
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or _is_list_view(t):
+        item = _converter(t.value_type, True)
+        return lambda v: None if v is None else [item(x) for x in v]
+    if pa.types.is_struct(t):
+        fields = {t.field(i).name: _converter(t.field(i).type, True) for i in range(t.num_fields)}
+        return lambda v: None if v is None else {k: fields.get(k, _plain_value)(x) for k, x in v.items()}
+    return _plain_value
+
+
+def _is_list_view(t: pa.DataType) -> bool:
+    return any(getattr(pa.types, f"is_{kind}", lambda _: False)(t) for kind in ("list_view", "large_list_view"))
+
+
+def _key(k) -> str:
+    return k if isinstance(k, str) else json.dumps(k)
+
+
+def _jsonable_rows(table: pa.Table, json_out: bool = True) -> list[dict]:
+    """Rows as plain JSON values (see _converter): timestamps ISO strings, tags a list of objects, float32 kept
+    short, bytes hex; any type an analyst's --sql can give. (Of two columns of one name the last is kept.)"""
+    return [dict(zip(table.column_names, row)) for row in _value_rows(table, json_out)]
+
+
+def _value_rows(table: pa.Table, json_out: bool) -> list[tuple]:
+    """Each row's values (see _converter), every column in order: duplicate names too (SELECT 1 a, 2 a)."""
+    columns = [list(map(_converter(f.type, json_out), table.column(i).to_pylist())) for i, f in enumerate(table.schema)]
+    return list(zip(*columns)) if columns else [()] * table.num_rows
 
 
 def _cell(name: str, v) -> str:
     if v is None:
         return ""
-    if name == "tags":
-        return ", ".join(f"{t['name']} {t['score']:.2f}" if t.get("score") is not None else str(t["name"]) for t in v)
-    if name == "score":
+    if name == "tags" and isinstance(v, list):
+        return ", ".join(
+            f"{t['name']} {t['score']:.2f}"
+            if isinstance(t, dict) and isinstance(t.get("score"), float)
+            else str(t.get("name") if isinstance(t, dict) else t)
+            for t in v
+        )
+    if isinstance(v, float) and name == "score":
         return f"{v:.3f}"
-    if name in ("lat", "lon", "exif_lat", "exif_lon"):
+    if isinstance(v, float) and name in ("lat", "lon", "exif_lat", "exif_lon"):
         return f"{v:.4f}"
     if isinstance(v, float):
         return f"{v:g}"
@@ -468,7 +562,7 @@ def _cell(name: str, v) -> str:
 
 
 def format_table(table: pa.Table, noun: str = "photo") -> str:
-    rows = [[_cell(c, r[c]) for c in table.column_names] for r in _jsonable_rows(table)]
+    rows = [[_cell(c, v) for c, v in zip(table.column_names, r)] for r in _value_rows(table, json_out=False)]
     rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
     head = table.column_names
     widths = [max([len(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(head)]
@@ -498,8 +592,8 @@ def format_csv(table: pa.Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(table.column_names)
-    for r in _jsonable_rows(table):
-        w.writerow(["" if r[c] is None else (json.dumps(r[c]) if c == "tags" else r[c]) for c in table.column_names])
+    for r in _value_rows(table, json_out=False):  # a list or an object (tags, a LIST, STRUCT, MAP) as JSON text
+        w.writerow(["" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else v for v in r])
     return buf.getvalue()
 
 
@@ -734,11 +828,17 @@ def answer(cfg: QueryConfig) -> int:
     return 0
 
 
+# How a data file of the snapshot that is gone reads: DuckDB's own reader (a local table), pyarrow's scan (S3, or a
+# local path DuckDB cannot take), which DuckDB reports inside its own error ("reading the stream registered as
+# 'tags_history' failed: IOError: Path does not exist '...'. Detail: [errno 2] No such file or directory").
+_MISSING_FILE = ("No files found that match", "Path does not exist", "No such file or directory")
+
+
 def _old_files_vacuumed(cfg: QueryConfig, e: Exception) -> bool:
     """Time travel to a version whose files a vacuum deleted: DuckDB (local) or pyarrow (S3) finds a file missing."""
     if cfg.version is None and cfg.as_of is None:
         return False
-    return isinstance(e, FileNotFoundError) or "No files found that match" in str(e)
+    return isinstance(e, FileNotFoundError) or any(m in str(e) for m in _MISSING_FILE)
 
 
 def _no_runs(cfg: QueryConfig) -> bool:

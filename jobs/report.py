@@ -86,6 +86,7 @@ ul.tags{list-style:none;margin:4px 0 0 0;padding:0;font-size:12px}
 ul.tags li{display:flex;justify-content:space-between}
 table.kv{border-collapse:collapse;font-size:13px;background:#fff}
 table.kv td,table.kv th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.warn{background:#fff4e5;border:1px solid #b26a00;border-radius:6px;padding:6px 10px;font-size:13px}
 """
 
 
@@ -294,8 +295,35 @@ def _runs_threshold(model_dir: str, model_id, runs: list[dict] | None, opts: sto
     return None if t is None else f"{float(t):.4f} (on {runtime}, as run {run.get('run_id')} applied it)"
 
 
-def _model_section(model_dir: str, out: Path, opts: storage.S3Options, runs: list[dict] | None = None) -> str:
+def model_id_of(model_dir: str, opts: storage.S3Options = storage.S3Options()) -> str | None:
+    """The model_id of the model at ``model_dir``: its metrics.json's, else its artifact.json's (None: neither)."""
+    for name in ("metrics.json", "artifact.json"):
+        try:
+            model_id = json.loads(storage.read_bytes(storage.join(model_dir, name), opts)).get("model_id")
+        except Exception:
+            continue
+        if model_id:
+            return str(model_id)
+    return None
+
+
+def untagged_note(model_id: str | None, table_model_ids, runs: list[dict] | None) -> str | None:
+    """When the model given (--model) tagged none of the rows and none of the runs (their recorded model_id), what
+    to say: its numbers and threshold are then not those of these tags. None when it did, or nothing tells."""
+    if not model_id:
+        return None
+    used = {m for m in table_model_ids if m} | {r["model_id"] for r in runs or [] if r.get("model_id")}
+    if not used or model_id in used:
+        return None
+    return f"this model ({model_id}) tagged none of these rows; the table's runs used {', '.join(sorted(used))}"
+
+
+def _model_section(
+    model_dir: str, out: Path, opts: storage.S3Options, runs: list[dict] | None = None, note: str | None = None
+) -> str:
     parts = [f'<h2>Model</h2><p class="muted">from <code>{esc(model_dir)}</code></p>']
+    if note:
+        parts.append(f'<p class="warn"><b>Not the model of these tags:</b> {esc(note)}</p>')
     try:
         metrics = json.loads(storage.read_bytes(storage.join(model_dir, "metrics.json"), opts))
     except Exception as e:
@@ -408,7 +436,8 @@ def write_report(
         "</div>",
     ]
     if model_dir:
-        parts.append(_model_section(model_dir, out, opts, runs))
+        note = untagged_note(model_id_of(model_dir, opts), {r.get("model_id") for r in rows}, runs)
+        parts.append(_model_section(model_dir, out, opts, runs, note))
     note = f" (first {len(shown)} of {len(rows)}, by uri)" if len(shown) < len(rows) else ""
     parts.append(f"<h2>Photos{note}</h2>")
     if shown:
@@ -510,6 +539,8 @@ def run(cfg: ReportConfig) -> Path:
         raise tagstore.StoreError(f"cannot read {cfg.tags}: {storage.redact(str(e))}") from None
     if not runs:
         print(f"landmark report: no committed runs under {cfg.tags}; writing an empty report", file=sys.stderr)
+    if cfg.model and (note := untagged_note(model_id_of(cfg.model, opts), table.column("model_id").to_pylist(), runs)):
+        print(f"landmark report: warning: --model {cfg.model}: {note}", file=sys.stderr)
     return write_report(table, cfg.out, model_dir=cfg.model, opts=opts, thumbs=cfg.thumbs, runs=runs, tags_uri=cfg.tags)
 
 

@@ -300,6 +300,107 @@ def test_sql_reads_the_tags_and_nothing_else(store, capsys, tmp_path):
     assert code == 0 and "physical_plan" in out
 
 
+# Any type an analyst's SELECT can give, in every format: (SQL expression, its JSON value, its table/CSV cell).
+# Bytes are lowercase hex; NaN and +-inf are null in JSON (strict JSON has neither); types Arrow does not carry
+# faithfully (INTERVAL, TIMETZ, UHUGEINT, BIT, BIGNUM, UNION, VARIANT) are DuckDB's own text.
+SQL_VALUES = {
+    "blob": ("'\\x01\\xffab'::BLOB", "01ff6162", "01ff6162"),
+    "blob_of_a_column": ("(SELECT uri::BLOB FROM tags ORDER BY uri LIMIT 1)", b"photos/a.jpg".hex(), None),
+    "decimal": ("1.23::DECIMAL(10,2)", 1.23, "1.23"),
+    "decimal_38": (
+        "12345678901234567890.123456789::DECIMAL(38,9)",
+        "12345678901234567890.123456789",
+        "12345678901234567890.123456789",
+    ),
+    "hugeint": ("170141183460469231731687303715884105727::HUGEINT", 2**127 - 1, str(2**127 - 1)),
+    "uhugeint": ("340282366920938463463374607431768211455::UHUGEINT", str(2**128 - 1), str(2**128 - 1)),
+    "ubigint": ("18446744073709551615::UBIGINT", 2**64 - 1, str(2**64 - 1)),
+    "bignum": ("(2::BIGNUM ** 200)::BIGNUM", None, None),  # its digits, checked below
+    "date": ("DATE '2026-11-24'", "2026-11-24", "2026-11-24"),
+    "timestamp": ("TIMESTAMP '2026-11-24 06:30:00.123456'", "2026-11-24T06:30:00.123456", "2026-11-24T06:30:00.123456"),
+    "timestamptz": ("TIMESTAMPTZ '2026-11-24 06:30:00+00'", "2026-11-24T06:30:00+00:00", "2026-11-24T06:30:00+00:00"),
+    "timestamp_ns": ("TIMESTAMP_NS '2026-11-24 06:30:00.123456789'", "2026-11-24T06:30:00.123456789", None),
+    "time": ("TIME '06:30:00.5'", "06:30:00.500000", "06:30:00.500000"),
+    "timetz": ("TIMETZ '06:30:00+02'", "06:30:00+02", "06:30:00+02"),
+    "interval": ("INTERVAL '1 year 2 months 3 days 04:05:06.000007'", "1 year 2 months 3 days 04:05:06.000007", None),
+    "uuid": ("'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::UUID", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", None),
+    "list": ("[1, 2, 3]", [1, 2, 3], "[1, 2, 3]"),
+    "struct": ("{'a': 1, 'b': 'x'}", {"a": 1, "b": "x"}, '{"a": 1, "b": "x"}'),
+    "map": ("MAP {'k': 1, 'j': 2}", {"k": 1, "j": 2}, '{"k": 1, "j": 2}'),
+    "map_int_keys": ("MAP {1: 'a'}", {"1": "a"}, '{"1": "a"}'),
+    "list_of_blobs": ("['\\x00'::BLOB, NULL]", ["00", None], '["00", null]'),
+    "nested_interval": ("{'d': [INTERVAL 1 DAY]}", {"d": ["1 day"]}, '{"d": ["1 day"]}'),
+    "list_of_nan": ("['nan'::DOUBLE, 1.5]", [None, 1.5], "[null, 1.5]"),
+    "nan": ("'nan'::DOUBLE", None, ""),
+    "inf": ("'inf'::DOUBLE", None, "inf"),
+    "minus_inf_float": ("'-inf'::FLOAT", None, "-inf"),
+    "bit": ("'0101'::BIT", "0101", "0101"),
+    "union": ("union_value(num := 2)::UNION(num INTEGER, str VARCHAR)", "2", "2"),
+    "enum": ("'a'::ENUM('a', 'b')", "a", "a"),
+    "null": ("NULL", None, ""),
+    "variant": ("(SELECT typed_value FROM duckdb_settings() WHERE name = 'threads')", None, None),  # its text
+}
+
+
+@pytest.mark.parametrize("fmt", q.FORMATS)
+@pytest.mark.parametrize("case", list(SQL_VALUES))
+def test_sql_any_result_type_in_every_format(store, capsys, tmp_path, case, fmt):
+    expr, as_json, as_text = SQL_VALUES[case]
+    as_text = as_json if as_text is None else as_text
+    out_file = tmp_path / "out.parquet"
+    extra = ["--out", str(out_file)] if fmt == "parquet" else []
+    code, out, err = cli(capsys, "--tags", store, "--sql", f"SELECT {expr} AS v", "--format", fmt, *extra)
+    assert code == 0 and err == "", err
+    if fmt == "parquet":
+        t = pq.read_table(out_file)
+        assert t.column_names == ["v"] and t.num_rows == 1
+        if case == "blob":
+            assert t.column("v").to_pylist() == [b"\x01\xffab"]
+        return
+    if fmt == "json":
+        (line,) = out.splitlines()
+        value = json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["v"]
+    elif fmt == "csv":
+        import csv
+
+        header, (value,) = list(csv.reader(io.StringIO(out)))
+        assert header == ["v"]
+    else:
+        lines = out.splitlines()
+        assert lines[0].strip() == "v" and lines[-1] == "(1 row)" and len(lines) == 4, out
+        value = lines[2].strip()
+    if case == "bignum":
+        assert value == str(2**200)
+    elif case == "variant":
+        assert isinstance(value, str) and value.isdigit()
+    else:
+        assert value == (as_json if fmt == "json" else as_text), (value, out)
+
+
+@pytest.mark.parametrize("fmt", q.FORMATS)
+def test_sql_duckdb_settings_and_columns_of_one_name(store, capsys, tmp_path, fmt):
+    """The user's two commands (a BLOB of a column; DuckDB's settings, whose typed_value is a VARIANT), and two
+    result columns of one name (a join's), in every format."""
+    extra = ["--out", str(tmp_path / "o")] if fmt == "parquet" else []
+    for statement in (
+        "SELECT sha256::BLOB b FROM tags LIMIT 1",
+        "SELECT * FROM duckdb_settings() LIMIT 1",
+        "SELECT * FROM duckdb_settings()",
+    ):
+        code, out, err = cli(capsys, "--tags", store, "--sql", statement, "--format", fmt, *extra)
+        assert code == 0 and err == "", (statement, err)
+        if fmt == "json":
+            assert all(isinstance(json.loads(x), dict) for x in out.splitlines())
+    code, out, _ = cli(capsys, "--tags", store, "--sql", "SELECT 1 AS a, INTERVAL 1 DAY AS a", "--format", fmt, *extra)
+    assert code == 0
+    if fmt == "csv":
+        assert out.splitlines() == ["a,a", "1,1 day"]
+    elif fmt == "table":
+        assert out.splitlines()[2].split() == ["1", "1", "day"]
+    elif fmt == "parquet":
+        assert pq.ParquetFile(tmp_path / "o").metadata.num_rows == 1  # (pyarrow reads no two columns of a name)
+
+
 # ---------------------------------------------------------------------------------------------- filters
 
 
@@ -794,14 +895,19 @@ def test_no_ray_import():
 # -------------------------------------------------------------------------------------------------------- S3
 
 
-def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
-    """The same store uploaded to a real S3 server, read with --s3-endpoint and credentials from the env."""
+def _upload_store(s3, s3_bucket, store, monkeypatch) -> None:
+    """The local store's files under s3://BUCKET/tags, and the server's credentials in the environment."""
     client = s3.client()
     for p in Path(store).rglob("*"):
         if p.is_file():
             client.put_object(Bucket=s3_bucket, Key=f"tags/{p.relative_to(store).as_posix()}", Body=p.read_bytes())
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
+
+
+def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
+    """The same store uploaded to a real S3 server, read with --s3-endpoint and credentials from the env."""
+    _upload_store(s3, s3_bucket, store, monkeypatch)
     code, out, _ = cli(
         capsys,
         "--tags",
@@ -833,3 +939,24 @@ def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
     code, out, err = cli(capsys, "--tags", f"s3://{s3_bucket}/no-tags-here", "--s3-endpoint", s3.endpoint)
     assert code == 2 and out == ""
     assert_error_names(err, "--tags", "_delta_log")
+
+
+def test_sql_on_s3_shows_no_credential(s3, s3_bucket, store, monkeypatch, capsys):
+    """--sql may read DuckDB's own settings and catalog (duckdb_settings() and the like): harmless, as no secret is
+    ever set in the connection. The S3 keys stay in the environment and pyarrow's filesystem, never in DuckDB."""
+    _upload_store(s3, s3_bucket, store, monkeypatch)
+    tags = ["--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint]
+    for statement in (
+        "SELECT * FROM duckdb_settings()",
+        "SELECT * FROM duckdb_variables()",
+        "SELECT * FROM duckdb_extensions()",
+        "SELECT * FROM duckdb_secrets()",
+        "SELECT * FROM which_secret('s3://x/y', 's3')",
+        "SELECT current_setting('s3_secret_access_key')",
+        "SELECT count(*) FROM tags",
+    ):
+        code, out, err = cli(capsys, *tags, "--sql", statement, "--format", "json")
+        assert code in (0, 2), (statement, err)
+        for key in (s3.access_key, s3.secret_key):
+            assert key not in out + err, statement
+    assert out.splitlines() == [json.dumps({"count_star()": 7})]  # the table itself reads

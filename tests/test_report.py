@@ -294,6 +294,33 @@ def test_the_model_section_shows_the_threshold_the_tag_runs_applied(model_dir, t
     assert "threshold of the tag runs</th><td>0.5 (--min-score of run r4, on onnx-int8)" in page
 
 
+def test_a_model_that_tagged_none_of_the_rows_is_warned_of_and_said_in_the_page(store, model_dir, tmp_path, capsys):
+    """--model of another model than the table's runs used: its training numbers and threshold are not those of
+    these tags. One warning line naming --model and the runs' model_ids, and the same beside the Model section."""
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    (model_dir / "metrics.json").write_text(json.dumps({**metrics, "model_id": "lm-zzzz"}))
+    out = tmp_path / "other"
+    assert rep.main(["--tags", store["root"], "--out", str(out), "--model", str(model_dir), "--thumbs", "0"]) == 0
+    captured = capsys.readouterr()
+    (warning,) = captured.err.splitlines()
+    assert warning.startswith(f"landmark report: warning: --model {model_dir}: "), warning
+    note = "this model (lm-zzzz) tagged none of these rows; the table&#x27;s runs used lm-aaaa, lm-bbbb"
+    assert note.replace("&#x27;", "'") in warning and "lm-cccc" not in warning  # not the uncommitted run's
+    page = (out / "report.html").read_text()
+    model_section = page[page.index("<h2>Model</h2>") :]
+    assert note in model_section[: model_section.index("<table")], model_section[:600]
+    assert "threshold of the tag runs" not in page
+    # the model of the newest run: no warning, no note
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    assert rep.main(["--tags", store["root"], "--out", str(out), "--model", str(model_dir), "--thumbs", "0"]) == 0
+    assert capsys.readouterr().err == "" and "tagged none of these rows" not in (out / "report.html").read_text()
+    # a bare artifact (no metrics.json): its artifact.json's model_id tells
+    (model_dir / "metrics.json").unlink()
+    (model_dir / "artifact.json").write_text(json.dumps({"model_id": "lm-yyyy", "abstain": {}}))
+    assert rep.main(["--tags", store["root"], "--out", str(out), "--model", str(model_dir), "--thumbs", "0"]) == 0
+    assert "--model" in capsys.readouterr().err and "this model (lm-yyyy)" in (out / "report.html").read_text()
+
+
 def test_missing_table_existing_file_and_missing_model_fail_fast_naming_the_flag(store, model_dir, tmp_path, capsys):
     """Exit 2 and one error line naming the flag, before anything is written: --tags where there is no table,
     --out an existing file (or under one) or where no folder can be made, --model where there is no model (the

@@ -433,6 +433,34 @@ def test_optimize_vacuum_and_time_travel_keep_the_current_view(table, capsys):
     assert "version 1" in err and "vacuum" in err and "No files found" not in err, err
 
 
+def test_time_travel_after_vacuum_on_s3_says_so_as_locally(s3, s3_bucket, monkeypatch, capsys):
+    """On S3 the vacuumed version's files are missing to pyarrow's scan inside DuckDB (an Invalid Input Error
+    wrapping "IOError: Path does not exist"): the same message and exit code as the local table gives."""
+    from jobs import query
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    opts = storage.S3Options(endpoint=s3.endpoint)
+    root = f"s3://{s3_bucket}/landmarks"
+    append(root, rows(["a", "b", "c"], "r1", T0), "r1", opts=opts)
+    append(root, rows(["b"], "r2", T0 + timedelta(days=1), status="failed"), "r2", opts=opts)
+    append(root, rows(["c", "d"], "r3", T0 + timedelta(days=2), etag="e2"), "r3", opts=opts)
+    endpoint = ["--s3-endpoint", s3.endpoint]
+    assert query.main(["--tags", root, "--version", "2", "--summary", *endpoint]) == 0
+    capsys.readouterr()
+    assert st.main(["optimize", "--table", root, *endpoint]) == 0
+    assert st.main(["vacuum", "--table", root, "--retain-hours", "0", *endpoint]) == 0
+    capsys.readouterr()
+    for extra in (["--summary"], [], ["--sql", "SELECT count(*) FROM tags_history"]):
+        assert query.main(["--tags", root, "--version", "2", *extra, *endpoint]) == 1, extra
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"cannot read version 2 of {root}: its files were deleted by `landmark store vacuum`" in err, err
+        assert "Path does not exist" not in err and "Invalid Input" not in err, err
+    assert query.main(["--tags", root, "--summary", *endpoint]) == 0  # the latest version reads as before
+    assert capsys.readouterr().out.startswith("4 photos")
+
+
 def test_superseded_table_gone_or_wrong_falls_back_to_the_history(table, capsys):
     import shutil
 
