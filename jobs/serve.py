@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import functools
 import hashlib
 import hmac
+import logging
 import math
 import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -516,6 +519,7 @@ def start(cfg: ServeConfig) -> str:
     from jobs._ray import check_resources, init_ray
 
     init_ray(cfg.ray_address, worker_env=None)
+    _SigtermAsCtrlC.reclaim()  # (ray.init put its own SIGTERM handlers in place of run's)
     check_resources(  # the replicas' ray_actor_options; MIN replicas must all start before serve.run returns
         cfg.ray_address,
         "serve",
@@ -525,36 +529,90 @@ def start(cfg: ServeConfig) -> str:
     # the proxy's own deadline, a little after the replica's: a request no replica takes is answered too
     http = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_GRACE_S}
     serve.start(http_options=http, controller_options=serve_proxy.CONTROLLER_OPTIONS)
-    serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
+    with _quiet_about_options_not_applied():
+        serve.run(build_application(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+class _OptionsNotAppliedFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will not be applied" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_about_options_not_applied():
+    """serve.run starts Serve itself, without options, and so, Serve being up (serve.start just started it, with
+    ours), logs 'Connecting to existing Serve app ... New http_options/controller_options will not be applied':
+    true of serve.run's own (it has none), read as if the proxy's middleware were missing. Dropped while serve.run
+    runs; serve.start's own line, when it joins a Serve already running and ours are indeed not applied, stays."""
+    serve_logger, quiet = logging.getLogger("ray.serve"), _OptionsNotAppliedFilter()
+    serve_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        serve_logger.removeFilter(quiet)
 
 
 @checks_config
 def run(cfg: ServeConfig) -> None:
     """Serve until interrupted (Ctrl-C or SIGTERM, also while starting), then shut Serve down."""
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill`, systemd, containers: shut down as Ctrl-C does
     ours = False  # a check that refused the config started nothing, and must not stop a Serve of this process
-    try:
-        url = start.after_check(cfg)
-        ours = True
-        safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
-        print(
-            f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
-            f"{'; bearer token required' if cfg.token_file else ''}",
-            flush=True,
-        )
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        ours = ours or ray.is_initialized()  # interrupted while starting: what it started goes too
-        print("landmark serve: interrupted; shutting down", file=sys.stderr, flush=True)
-    finally:
-        if ours:
-            serve.shutdown()
+    with _SigtermAsCtrlC():  # `kill`, systemd, containers: shut down as Ctrl-C does
+        try:
+            url = start.after_check(cfg)
+            ours = True
+            safe = {k: v for k, v in asdict(cfg).items() if k != "token_file"}
+            print(
+                f"landmark serve: {url}/ (page), {url}/v1/tag, {url}/docs; config {safe}"
+                f"{'; bearer token required' if cfg.token_file else ''}",
+                flush=True,
+            )
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            ours = ours or ray.is_initialized()  # interrupted while starting: what it started goes too
+            print("landmark serve: interrupted; shutting down", file=sys.stderr, flush=True)
+        finally:
+            if ours:
+                serve.shutdown()
 
 
 def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
+
+
+class _SigtermAsCtrlC:
+    """While in effect (``with``, in the main thread; elsewhere it does nothing): SIGTERM raises KeyboardInterrupt,
+    so the server stops as on Ctrl-C: Serve shut down, then the local Ray with all its processes at exit.
+
+    ray.init replaces the handler with Ray's own: a Python one that kills the local Ray's processes from inside the
+    handler and exits 1, and Ray's C++ failure handler, which dumps a stack and aborts; either way
+    ray::DashboardAgent and ray::RuntimeEnvAgent outlived the server. ``start`` calls ``reclaim`` after ray.init;
+    on leaving, the handler in place before (Ray's, once Ray started, for a process that goes on) is restored."""
+
+    active: "_SigtermAsCtrlC | None" = None
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and _SigtermAsCtrlC.active is None:
+            self.previous = signal.signal(signal.SIGTERM, _interrupt)
+            _SigtermAsCtrlC.active = self
+        return self
+
+    def __exit__(self, *_exc):
+        if _SigtermAsCtrlC.active is self:
+            _SigtermAsCtrlC.active = None
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+    @staticmethod
+    def reclaim() -> None:
+        """Put the handler back after ray.init (signal.signal re-installs Python's C-level handler too), keeping
+        Ray's Python handler to restore; nothing when no ``_SigtermAsCtrlC`` is in effect."""
+        it = _SigtermAsCtrlC.active
+        if it is not None and threading.current_thread() is threading.main_thread():
+            displaced = signal.signal(signal.SIGTERM, _interrupt)
+            if displaced is not _interrupt and displaced is not None:
+                it.previous = displaced
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -623,4 +681,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m jobs.serve` (as `ray job submit` starts it): run the module as `jobs.serve`, not as __main__, so
+    # that the replicas, which unpickle the Tagger by its module's name, find it (they have no __main__ of ours)
+    from jobs.serve import main as _main
+
+    sys.exit(_main())

@@ -430,6 +430,31 @@ def test_too_many_files_says_so_and_names_the_limit():
     assert str(srv.MAX_FIELD_BYTES) in body["error"], body
 
 
+def _serve_process(model_dir, port: int, *flags: str, until):
+    """`python -m jobs.serve` (as `ray job submit` starts it) in its own session with a local Ray: (process, the
+    lines it printed so far, an Event set at the first line for which ``until(line)`` holds)."""
+    cmd = [sys.executable, "-m", "jobs.serve", "--model", model_dir, "--port", str(port), *flags]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "RAY_ADDRESS": "local"},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, seen = [], threading.Event()
+
+    def watch():
+        for line in proc.stdout:
+            lines.append(line)
+            if until(line):
+                seen.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    return proc, lines, seen
+
+
 @pytest.mark.slow
 def test_ctrl_c_while_starting_shuts_down_without_a_traceback(model_dir):
     """Ctrl-C (SIGINT to the terminal's process group) while Serve deploys, before the ready line: one line, no
@@ -438,26 +463,9 @@ def test_ctrl_c_while_starting_shuts_down_without_a_traceback(model_dir):
 
     from tests.procs import live_in_session
 
-    cmd = [sys.executable, "-m", "jobs.serve", "--model", model_dir, "--port", str(free_port())]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=Path(__file__).resolve().parents[1],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc, lines, deploying = _serve_process(
+        model_dir, free_port(), until=lambda line: "Deploying new app" in line or "Adding 1 replica" in line
     )
-    lines, deploying = [], threading.Event()
-
-    def watch():
-        for line in proc.stdout:
-            lines.append(line)
-            if "Deploying new app" in line or "Adding 1 replica" in line:
-                deploying.set()
-
-    threading.Thread(target=watch, daemon=True).start()
     assert deploying.wait(120), "".join(lines)[-3000:]
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
@@ -468,6 +476,52 @@ def test_ctrl_c_while_starting_shuts_down_without_a_traceback(model_dir):
     while live_in_session(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not live_in_session(proc.pid), "the server's processes outlived it"
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_serving_server_shuts_down_as_ctrl_c_does(model_dir):
+    """SIGTERM to the server process alone (as systemd or a supervisor sends it) once it answers: the one line Ctrl-C
+    prints, no traceback, exit 0, and no process of its Ray left (Ray's own SIGTERM handler, which ray.init
+    installs, exited 1 and left ray::DashboardAgent and ray::RuntimeEnvAgent running, re-parented to init). The
+    output does not say Serve's options "will not be applied": they were, by the serve.start before serve.run."""
+    import signal
+
+    from tests.procs import live_in_session
+
+    port = free_port()
+    proc, lines, ready = _serve_process(
+        model_dir, port, "--runtime", RUNTIME, until=lambda line: line.startswith("landmark serve: http")
+    )
+    try:
+        assert ready.wait(180), "".join(lines)[-3000:]
+        assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+        ray_procs = [p for p in live_in_session(proc.pid) if p != proc.pid]
+        assert ray_procs, "no Ray process found in the server's session"
+        proc.send_signal(signal.SIGTERM)  # the server process only, not its group
+        code = proc.wait(timeout=120)
+        time.sleep(0.5)  # (the watcher reads the last lines)
+        out = "".join(lines)
+        assert code == 0, out[-3000:]
+        assert out.count("landmark serve: interrupted; shutting down") == 1 and "Traceback" not in out, out[-3000:]
+        assert "will not be applied" not in out, out[-3000:]
+        deadline = time.monotonic() + 60
+        while live_in_session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {p: _cmdline(p) for p in live_in_session(proc.pid)}
+        assert not left, f"the server's Ray processes outlived it: {left}"
+    finally:
+        for pid in live_in_session(proc.pid):  # a failed run leaves nothing running either
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
 
 
 def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
