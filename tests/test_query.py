@@ -343,38 +343,50 @@ SQL_VALUES = {
 
 
 @pytest.mark.parametrize("fmt", q.FORMATS)
-@pytest.mark.parametrize("case", list(SQL_VALUES))
-def test_sql_any_result_type_in_every_format(store, capsys, tmp_path, case, fmt):
-    expr, as_json, as_text = SQL_VALUES[case]
-    as_text = as_json if as_text is None else as_text
+def test_sql_any_result_type_in_every_format(store, capsys, tmp_path, fmt):
+    """Every type of SQL_VALUES in one SELECT, a column each (named by its case): each value reads back as its
+    format says (strict JSON, the CSV cell, the table's cell, Parquet's column)."""
+    select = "SELECT " + ", ".join(f"{expr} AS {case}" for case, (expr, _, _) in SQL_VALUES.items())
     out_file = tmp_path / "out.parquet"
     extra = ["--out", str(out_file)] if fmt == "parquet" else []
-    code, out, err = cli(capsys, "--tags", store, "--sql", f"SELECT {expr} AS v", "--format", fmt, *extra)
+    code, out, err = cli(capsys, "--tags", store, "--sql", select, "--format", fmt, *extra)
     assert code == 0 and err == "", err
     if fmt == "parquet":
         t = pq.read_table(out_file)
-        assert t.column_names == ["v"] and t.num_rows == 1
-        if case == "blob":
-            assert t.column("v").to_pylist() == [b"\x01\xffab"]
+        assert t.column_names == list(SQL_VALUES) and t.num_rows == 1
+        assert t.column("blob").to_pylist() == [b"\x01\xffab"]
         return
+    values = _the_one_row(out, fmt)
+    assert list(values) == list(SQL_VALUES), out
+    for case, (_, as_json, as_text) in SQL_VALUES.items():
+        value = values[case]
+        if case == "bignum":
+            assert value == str(2**200), value
+        elif case == "variant":
+            assert isinstance(value, str) and value.isdigit(), value
+        else:
+            want = as_json if fmt == "json" or as_text is None else as_text
+            assert value == want, (case, value, want)
+
+
+def _the_one_row(out: str, fmt: str) -> dict:
+    """column -> value of a one-row answer: JSON parsed strictly, CSV by its reader, the table by its columns
+    (two spaces apart, as wide as the dashes under their names)."""
     if fmt == "json":
         (line,) = out.splitlines()
-        value = json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["v"]
-    elif fmt == "csv":
+        return json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    if fmt == "csv":
         import csv
 
-        header, (value,) = list(csv.reader(io.StringIO(out)))
-        assert header == ["v"]
-    else:
-        lines = out.splitlines()
-        assert lines[0].strip() == "v" and lines[-1] == "(1 row)" and len(lines) == 4, out
-        value = lines[2].strip()
-    if case == "bignum":
-        assert value == str(2**200)
-    elif case == "variant":
-        assert isinstance(value, str) and value.isdigit()
-    else:
-        assert value == (as_json if fmt == "json" else as_text), (value, out)
+        header, row = list(csv.reader(io.StringIO(out)))
+        return dict(zip(header, row))
+    head, dashes, row, count = out.splitlines()
+    assert count == "(1 row)", out
+    values, at = {}, 0
+    for width in (len(d) for d in dashes.split("  ")):
+        values[head[at : at + width].strip()] = row[at : at + width].strip()
+        at += width + 2
+    return values
 
 
 @pytest.mark.parametrize("fmt", q.FORMATS)
