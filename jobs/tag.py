@@ -193,12 +193,16 @@ def run(cfg: TagConfig) -> dict:
     _ensure_table(cfg.output, opts)
 
     left_out = Counter()  # objects under --input that are not photos by name: said, not silently dropped
-    listing = read_manifest(cfg.manifest, opts) if cfg.manifest else list_inputs(cfg.input, opts, left_out=left_out)
-    listing, repeated = unique_uris(listing)
-    if repeated:
-        print(
-            f"[tag] --manifest {cfg.manifest}: {repeated} row(s) repeat an earlier row's uri; each photo is tagged once"
-        )
+    if cfg.manifest:
+        listing, repeated = unique_uris(read_manifest(cfg.manifest, opts))  # (a listing names each object once)
+        if repeated:
+            print(
+                f"[tag] --manifest {cfg.manifest}: {repeated} row(s) repeat an earlier row's uri; each photo is "
+                "tagged once",
+                flush=True,
+            )
+    else:
+        listing = list_inputs(cfg.input, opts, left_out=left_out)
     t_list = time.time()
     if note := left_out_note(dict(left_out)):
         print(f"[tag] {note}", flush=True)
