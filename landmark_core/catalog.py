@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from .storage import is_s3
+
 
 @dataclass(frozen=True)
 class Landmark:
@@ -235,7 +237,7 @@ def unmatched_coords(coords: Mapping[str, Mapping], catalog: "Catalog") -> list[
 def coords_file_beside(folder: str) -> str | None:
     """The coords.json or coords.csv at a local class-folder root (as the synthetic generator writes one), else
     None: train's --data and catalog's --from-folders read it when no --coords is given."""
-    if folder.startswith("s3://"):
+    if is_s3(folder):
         return None
     return next((str(p) for p in (Path(folder, "coords.json"), Path(folder, "coords.csv")) if p.is_file()), None)
 
