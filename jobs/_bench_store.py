@@ -210,7 +210,7 @@ def measure(form: str, path: str, root: str, listing_path: str) -> dict:
             from landmark_core import storage
             from landmark_core.tagging import pending
 
-            n = pending(listed, root, MODEL_ID, storage.S3Options())[0].num_rows
+            n = pending(listed, root, MODEL_ID, storage.S3Options()).todo.num_rows
     else:
         n = _raw(form, path, root, x, listed)
     seconds = time.perf_counter() - t0
@@ -286,8 +286,8 @@ def _raw(form: str, path: str, root: str, x, listed) -> int:
     con.register("listing", listed.append_column("_i", pa.array(range(listed.num_rows), pa.int64())))
     # the skip check needs no superseded table (it reads every row of the listed uris): both read the history
     rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
-    sql = SKIP_SQL.format(current=tagstore.newest_sql(rows))
-    return con.sql(sql, params=[[MODEL_ID], FAILED]).to_arrow_table().num_rows
+    sql = f"SELECT * FROM ({SKIP_SQL.format(current=tagstore.newest_sql(rows))}) WHERE _settled IS NULL"
+    return con.sql(sql, params=[FAILED, [MODEL_ID]]).to_arrow_table().num_rows
 
 
 def child_main(spec: str) -> None:

@@ -171,7 +171,8 @@ def _train_tag_query(cfg: "DemoConfig", photos: Path, work: Path, server):
     second = tag(cfg)
     print(
         f"    second run tagged {second['counts']['tagged'] + second['counts']['no_landmark']} photos "
-        f"({second['skipped']} already tagged; {second['counts']['failed']} broken files retried)"
+        f"({second['skipped']} already tagged, {second['skipped_undecodable']} of them broken files not read again; "
+        f"{second['counts']['failed']} failed)"
     )
 
     step(5, "query the tags and write the HTML report")

@@ -30,7 +30,15 @@ from landmark_core import abstention, storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
-from landmark_core.tagging import InputError, left_out_note, list_inputs, pending, read_manifest, unique_uris
+from landmark_core.tagging import (
+    InputError,
+    Pending,
+    left_out_note,
+    list_inputs,
+    pending,
+    read_manifest,
+    unique_uris,
+)
 
 COMPUTE_MODES = ("auto", "actors", "tasks")
 
@@ -58,6 +66,7 @@ class TagConfig:
     accept_rate: float | None = None
     max_wrong_rate: float | None = None  # open-world models: threshold from the held-back negatives
     retag: bool = False
+    retry_failed: bool = False  # read again the photos that failed to decode with the same bytes
     s3_endpoint: str | None = None
     dt: str | None = None
     run_id: str | None = None
@@ -134,7 +143,16 @@ class TagConfig:
         return "tasks" if self.resolved_runtime() in ONNX_RUNTIMES and not self.gpus_per_actor else "actors"
 
     def ignored_flags(self) -> list[str]:
-        """The actor pool's flags set away from their defaults when the model runs in tasks: said, not dropped."""
+        """Flags set away from their defaults that this run ignores (the actor pool's when the model runs in tasks;
+        --retry-failed beside --retag): said, not dropped."""
+        said = (
+            ["--retry-failed has no effect with --retag (it reads every photo)"]
+            if self.retry_failed and self.retag
+            else []
+        )
+        return said + self._pool_flags_ignored()
+
+    def _pool_flags_ignored(self) -> list[str]:
         if self.resolved_compute() != "tasks":
             return []
         how = "--compute tasks" if self.compute == "tasks" else "--compute auto (tasks: an ONNX runtime on CPUs)"
@@ -212,16 +230,11 @@ def run(cfg: TagConfig) -> dict:
     # a catalog change (landmark catalog add/remove) does not re-tag what its parent models settled
     lineage = tuple(artifact.provenance.get("lineage") or ())
     if cfg.retag:
-        todo, skipped = listing, 0
+        plan = Pending(listing)
     else:
-        todo, skipped = pending(listing, cfg.output, artifact.model_id, opts, settled_by=lineage)
-    print(
-        f"[tag] run {run_id}: {listing.num_rows} photos listed, {skipped} already tagged by model "
-        f"{artifact.model_id}"
-        + (f" or the models it was made from ({', '.join(lineage)})" if lineage else "")
-        + f", {todo.num_rows} to tag",
-        flush=True,
-    )
+        plan = pending(listing, cfg.output, artifact.model_id, opts, settled_by=lineage, retry_failed=cfg.retry_failed)
+    print(f"[tag] run {run_id}: {_pending_line(listing.num_rows, plan, artifact.model_id, lineage)}", flush=True)
+    todo = plan.todo
     timings = {"list_seconds": round(t_list - t_start, 2)}
     if todo.num_rows:
         onnx_model = None
@@ -255,7 +268,8 @@ def run(cfg: TagConfig) -> dict:
         "rows": counts["total"],
         "listed": listing.num_rows,
         "not_photos_by_name": dict(left_out),
-        "skipped": skipped,
+        "skipped": plan.skipped,
+        "skipped_undecodable": plan.undecodable,
         "output": cfg.output,
         "files": [f[len(root_path) :].lstrip("/") for f in files],
         "config": cfg.safe_json(),
@@ -498,6 +512,16 @@ def _verify(fs, out_dir: str, todo: pa.Table) -> tuple[dict, list[str]]:
     return counts, sorted(files)
 
 
+def _pending_line(listed: int, p: Pending, model_id: str, lineage: tuple[str, ...]) -> str:
+    by = f"model {model_id}" + (f" or the models it was made from ({', '.join(lineage)})" if lineage else "")
+    undecodable = (
+        f" ({p.undecodable} of them failed to decode before and are unchanged: --retry-failed reads them again)"
+        if p.undecodable
+        else ""
+    )
+    return f"{listed} photos listed, {p.skipped} already tagged by {by}{undecodable}, {p.todo.num_rows} to tag"
+
+
 def _print_summary(s: dict) -> None:
     c = s["counts"]
     print(
@@ -605,6 +629,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "negatives (photos of no catalog landmark) it may tag, mean over their folders",
     )
     p.add_argument("--retag", action="store_true", help="tag everything, even photos already tagged")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="read again the photos that failed to decode, which later runs skip while their bytes stay the "
+        "same (after raising --max-pixels, say); a failed read is retried by every run",
+    )
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument(
         "--gpu-decode",

@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -122,46 +123,70 @@ def stat_uris(uris: list[str], opts: storage.S3Options, threads: int = 32) -> pa
     return pa.table([uris, [s for s, _ in stats], [e for _, e in stats]], schema=LISTING_SCHEMA)
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What a run has to tag: ``todo``, the listing's rows still to read; ``skipped``, how many it drops, of which
+    ``undecodable`` failed to decode before with the same bytes (they would fail the same way again)."""
+
+    todo: pa.Table
+    skipped: int = 0
+    undecodable: int = 0
+
+
 def pending(
-    listing: pa.Table, output: str, model_id: str, opts: storage.S3Options, settled_by: tuple[str, ...] = ()
-) -> tuple[pa.Table, int]:
-    """Drop objects whose current row has the same etag and model and did not fail: the committed rows of the
-    listed uris only (the listing's uris filter the scan; all of them, so their newest per uri is the current
-    row, without the superseded table), anti-joined with the listing in DuckDB. Memory is bounded by the listing
-    and the few columns this needs, not by the history.
+    listing: pa.Table,
+    output: str,
+    model_id: str,
+    opts: storage.S3Options,
+    settled_by: tuple[str, ...] = (),
+    *,
+    retry_failed: bool = False,
+) -> Pending:
+    """Drop objects whose current row has the same etag and model and did not fail, or failed to decode (unless
+    ``retry_failed``): the committed rows of the listed uris only (the listing's uris filter the scan; all of
+    them, so their newest per uri is the current row, without the superseded table), joined with the listing in
+    DuckDB. Memory is bounded by the listing and the few columns this needs, not by the history.
 
     ``settled_by``: other model_ids whose rows count as done too (the models a `landmark catalog` change was made
     from: the artifact's provenance ``lineage``)."""
     if not listing.num_rows:  # nothing to look up (pyarrow's isin cannot even type an empty value set)
-        return listing, 0
+        return Pending(listing)
     store = tagstore.open_store(output, opts, superseded=False)
     if store is None:
-        return listing, 0
+        return Pending(listing)
     try:
         store.con.register("listing", listing.append_column("_i", pa.array(range(listing.num_rows), pa.int64())))
         if store.native:  # DuckDB's reader: the semi join with the listing becomes a filter in the scan
             rows = "(SELECT * FROM tags_history WHERE uri IN (SELECT uri FROM listing))"
         else:
-            cols = ["uri", "etag", "model_id", "status", "tagged_at", "run_id"]
+            cols = ["uri", "etag", "model_id", "status", "error", "tagged_at", "run_id"]
             rows = store.dataset.to_table(columns=cols, filter=pc.field("uri").isin(listing.column("uri")))
             store.con.register("listed_rows", rows)
             rows = "listed_rows"
-        todo = store.con.sql(
-            SKIP_SQL.format(current=tagstore.newest_sql(rows)), params=[[model_id, *settled_by], FAILED]
+        state = store.con.sql(
+            SKIP_SQL.format(current=tagstore.newest_sql(rows)), params=[FAILED, [model_id, *settled_by]]
         ).to_arrow_table()
     finally:
         store.close()
-    todo = todo.select(listing.column_names).cast(listing.schema)
-    return todo, listing.num_rows - todo.num_rows
+    settled = state.column("_settled")
+    undecodable = pc.fill_null(pc.equal(settled, UNDECODABLE), False)
+    done = pc.or_(pc.fill_null(pc.equal(settled, DONE), False), pc.and_(undecodable, pa.scalar(not retry_failed)))
+    todo = state.filter(pc.invert(done)).select(listing.column_names).cast(listing.schema)
+    n_undecodable = 0 if retry_failed else pc.sum(undecodable.cast(pa.int64())).as_py() or 0
+    return Pending(todo, listing.num_rows - todo.num_rows, n_undecodable)
 
 
-# The listing minus the objects whose current row has the same etag, the same model and did not fail.
+# Each listed object with what its current row (same etag, same model) settles: DONE (tagged, or no landmark),
+# UNDECODABLE (failed to decode: the same bytes fail the same way, so only --retry-failed reads them again) or
+# NULL (no such row, or a read that failed: an S3 outage, a missing object; tagged by this run).
 # {current}: the current rows of (at least) the listed uris.
-SKIP_SQL = """
-WITH cur AS ({current})
-SELECT l.* FROM listing l
-ANTI JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND list_contains(?::VARCHAR[], cur.model_id)
-    AND cur.status <> ?
+DONE, UNDECODABLE = "done", "undecodable"
+SKIP_SQL = f"""
+WITH cur AS ({{current}})
+SELECT l.*, CASE WHEN cur.status <> ? THEN '{DONE}' WHEN starts_with(cur.error, 'decode: ') THEN '{UNDECODABLE}'
+    END AS _settled
+FROM listing l
+LEFT JOIN cur ON cur.uri = l.uri AND cur.etag = coalesce(l.etag, '') AND list_contains(?::VARCHAR[], cur.model_id)
 ORDER BY l._i
 """
 

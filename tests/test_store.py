@@ -17,7 +17,7 @@ import pytest
 
 from jobs import store as st
 from landmark_core import storage, tagstore
-from landmark_core.tagging import LISTING_SCHEMA, pending
+from landmark_core.tagging import LISTING_SCHEMA, Pending, pending
 from tests.cli_asserts import assert_error_names
 
 T0 = datetime(2026, 11, 20, 6, 0, tzinfo=timezone.utc)
@@ -93,13 +93,36 @@ def test_uncommitted_files_are_invisible_and_vacuum_deletes_them(table, capsys):
 
 def test_skip_check_is_an_anti_join_on_the_current_row(table):
     listing = pa.table([["a", "b", "c", "d", "new"], [1] * 5, ["e1", "e1", "e1", "e2", "e1"]], schema=LISTING_SCHEMA)
-    todo, skipped = pending(listing, table, "lm-a", storage.S3Options())
+    p = pending(listing, table, "lm-a", storage.S3Options())
+    todo, skipped = p.todo, p.skipped
     # a: same etag and model; b: current row failed (retried); c: its current row has etag e2 (changed);
     # d: same; new: never tagged. The listing's order is kept.
     assert todo.column("uri").to_pylist() == ["b", "c", "new"] and skipped == 2 and todo.schema == LISTING_SCHEMA
-    todo, skipped = pending(listing, table, "lm-other", storage.S3Options())
+    p = pending(listing, table, "lm-other", storage.S3Options())
+    todo, skipped = p.todo, p.skipped
     assert todo.num_rows == 5 and skipped == 0
-    assert pending(listing, str(Path(table).parent / "none"), "lm-a", storage.S3Options()) == (listing, 0)
+    assert pending(listing, str(Path(table).parent / "none"), "lm-a", storage.S3Options()) == Pending(listing)
+
+
+def undecodable(uris: list[str], run_id: str, tagged_at: datetime, **kw) -> pa.Table:
+    """Failed rows as the decode stage writes them (rows() fails them at the read)."""
+    t = rows(uris, run_id, tagged_at, status="failed", **kw)
+    errors = pa.array(["decode: truncated: image file is truncated"] * len(uris), pa.string())
+    return t.set_column(t.schema.get_field_index("error"), "error", errors)
+
+
+def test_a_photo_that_failed_to_decode_is_not_read_again_until_its_bytes_change(tmp_path):
+    """The same bytes decode the same way: an unchanged undecodable photo is settled (not one more failed row
+    every night), unless --retry-failed; a failed read is retried; a changed one (new etag) is read again."""
+    root = str(tmp_path / "tags")
+    append(root, undecodable(["bad", "fixed"], "r1", T0), "r1")
+    append(root, rows(["gone"], "r1b", T0, status="failed"), "r1b")  # "read: boom"
+    listing = pa.table([["bad", "fixed", "gone"], [1] * 3, ["e1", "e2", "e1"]], schema=LISTING_SCHEMA)
+    p = pending(listing, root, "lm-a", storage.S3Options())
+    assert p.todo.column("uri").to_pylist() == ["fixed", "gone"] and (p.skipped, p.undecodable) == (1, 1)
+    p = pending(listing, root, "lm-a", storage.S3Options(), retry_failed=True)
+    assert p.todo.column("uri").to_pylist() == ["bad", "fixed", "gone"] and (p.skipped, p.undecodable) == (0, 0)
+    assert pending(listing, root, "lm-other", storage.S3Options()).todo.num_rows == 3  # another model reads all
 
 
 def test_concurrent_commits_all_land_and_no_uri_is_current_twice(tmp_path):
@@ -316,7 +339,8 @@ def test_killed_run_on_s3_is_invisible_the_rerun_is_exactly_once_and_vacuum_clea
     append(root, rows(uris, "killed", T0 + timedelta(days=1), etag="e2"), "killed", commit=False, opts=opts)
     assert tagstore.read(root, opts=opts, history=True).num_rows == 2
     listing = pa.table([uris, [1] * 4, ["e1", "e1", "e1", "e1"]], schema=LISTING_SCHEMA)
-    todo, skipped = pending(listing, root, "lm-a", opts)
+    p = pending(listing, root, "lm-a", opts)
+    todo, skipped = p.todo, p.skipped
     assert todo.column("uri").to_pylist() == ["c", "d"] and skipped == 2
     append(root, rows(["c", "d"], "rerun", T0 + timedelta(days=2)), "rerun", opts=opts)
     cur = tagstore.read(root, opts=opts, columns=["uri", "run_id"])
@@ -373,7 +397,7 @@ def test_run_killed_after_its_commit_is_caught_up_by_readers_and_the_next_run(ta
     assert (mode, covered) == ("table", 3)  # behind: the reader catches up from the log
     assert {u: r for u, r, _ in cur}["a"] == "r4" and "x" in {u for u, _, _ in cur}
     listing = pa.table([["a", "x"], [1, 1], ["e4", "e1"]], schema=LISTING_SCHEMA)
-    assert pending(listing, table, "lm-a", storage.S3Options())[0].column("uri").to_pylist() == ["x"]
+    assert pending(listing, table, "lm-a", storage.S3Options()).todo.column("uri").to_pylist() == ["x"]
     append(table, rows(["b"], "r5", T0 + timedelta(days=5)), "r5")
     mode, covered, cur = current_both_ways(table)
     assert (mode, covered) == ("table", 5) and {u: r for u, r, _ in cur}["b"] == "r5"
@@ -493,9 +517,11 @@ def test_superseded_table_on_s3_after_a_run_killed_after_its_commit(s3, s3_bucke
     append(root, rows(["a"], "r3", T0 + timedelta(days=2), status="failed"), "r3", opts=opts, refresh=False)
     mode, covered, cur = current_both_ways(root, opts)
     assert (mode, covered, cur) == ("table", 2, [("a", "r3", "failed"), ("b", "r2", "tagged"), ("c", "r2", "tagged")])
-    listing = pa.table([["a", "b", "c"], [1] * 3, ["e1", "e2", "e2"]], schema=LISTING_SCHEMA)
-    assert pending(listing, root, "lm-a", opts)[0].column("uri").to_pylist() == ["a"]  # failed: retried
-    assert tagstore.refresh_superseded(root, opts) == 3 and current_both_ways(root, opts)[:2] == ("table", 3)
+    append(root, undecodable(["d"], "r4", T0 + timedelta(days=3)), "r4", opts=opts, refresh=False)
+    listing = pa.table([["a", "b", "c", "d"], [1] * 4, ["e1", "e2", "e2", "e1"]], schema=LISTING_SCHEMA)
+    p = pending(listing, root, "lm-a", opts)  # a: its read failed, retried; d: undecodable, settled
+    assert p.todo.column("uri").to_pylist() == ["a"] and p.undecodable == 1
+    assert tagstore.refresh_superseded(root, opts) == 4 and current_both_ways(root, opts)[:2] == ("table", 4)
 
 
 def test_a_refresh_landing_late_with_an_older_version_keeps_reads_right(table):
@@ -529,7 +555,7 @@ def test_a_table_under_a_path_with_spaces_unicode_or_glob_characters_reads_and_g
     assert {u: r for u, r, _ in cur} == {"a": "r1", "b": "r2", "c": "r2"}
     assert tagstore.read(root, history=True).num_rows == 4
     listing = pa.table([["a", "d"], [1, 1], ["e1", "e1"]], schema=LISTING_SCHEMA)
-    assert pending(listing, root, "lm-a", storage.S3Options())[0].column("uri").to_pylist() == ["d"]
+    assert pending(listing, root, "lm-a", storage.S3Options()).todo.column("uri").to_pylist() == ["d"]
 
 
 def test_a_table_on_s3_with_the_endpoint_only_in_the_environment(s3, s3_bucket, monkeypatch):

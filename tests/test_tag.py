@@ -88,19 +88,21 @@ def test_local_run_one_row_per_photo_then_rerun_tags_nothing(ray_local, photos, 
     assert all(v["seconds"] > 0 for v in stages.values()) and success["timings"]["stages"] == stages
 
     again = tag_run(cfg)
-    # nothing is tagged twice; only the failed ones are retried (and fail again)
-    assert again["skipped"] == len(listed) - c["failed"]
-    assert again["counts"] == {"tagged": 0, "no_landmark": 0, "failed": c["failed"], "total": c["failed"]}
+    # nothing is read twice: the broken files failed to decode, and their bytes have not changed
+    assert again["skipped"] == len(listed) and again["skipped_undecodable"] == c["failed"] > 0
+    assert again["counts"] == {"tagged": 0, "no_landmark": 0, "failed": 0, "total": 0}
+    assert (
+        f"({c['failed']} of them failed to decode before and are unchanged: --retry-failed" in capsys.readouterr().out
+    )
+    retried = tag_run(TagConfig(**{**cfg.__dict__, "retry_failed": True}))  # read again on request (and fail again)
+    assert retried["skipped"] == len(listed) - c["failed"] and retried["skipped_undecodable"] == 0
+    assert retried["counts"] == {"tagged": 0, "no_landmark": 0, "failed": c["failed"], "total": c["failed"]}
 
     new = src / "user9" / "new.jpg"
     new.parent.mkdir()
     shutil.copy(next(iter(sorted(src.rglob("*.jpg")))), new)
     third = tag_run(cfg)
-    tagged_uris = set(_latest_run_uris(out, third["run_id"]))
-    assert str(new.resolve()) in tagged_uris
-    assert tagged_uris - {str(new.resolve())} <= {
-        u for u, r in zip(table.column("uri").to_pylist(), table.column("status").to_pylist()) if r == "failed"
-    }
+    assert set(_latest_run_uris(out, third["run_id"])) == {str(new.resolve())}
     assert_exactly_once(out, listed | {str(new.resolve())})
 
     forced = tag_run(TagConfig(**{**cfg.__dict__, "retag": True, "stage_times": False}))
@@ -142,7 +144,8 @@ def test_s3_input_and_output(ray_local, s3, s3_bucket, monkeypatch, synthetic_da
     etags = {f"s3://{s3_bucket}/{k}": client.head_object(Bucket=s3_bucket, Key=k)["ETag"].strip('"') for k in keys}
     assert all(r["etag"] == etags[r["uri"]] for r in table.to_pylist())
     assert summary["counts"]["failed"] == sum(1 for v in expected.values() if v is not None)
-    assert tag_run(cfg)["counts"]["total"] == summary["counts"]["failed"]  # only failed ones retried
+    again = tag_run(cfg)  # nothing read again: the broken objects are unchanged (same etags)
+    assert again["counts"]["total"] == 0 and again["skipped_undecodable"] == summary["counts"]["failed"] > 0
 
     # a changed object (new etag) is tagged again
     client.put_object(Bucket=s3_bucket, Key=keys[0], Body=Path(synthetic_data["files"][-1]).read_bytes())
@@ -182,6 +185,8 @@ def test_manifest_csv_and_parquet(ray_local, synthetic_data, tiny_artifact, tmp_
     rows = {Path(r["uri"]).name: r for r in t.to_pylist()}
     assert rows["missing.jpg"]["status"] == "failed" and "not found" in rows["missing.jpg"]["error"]
     assert rows[nameless.name]["status"] != "failed" and rows[nameless.name]["width"] > 0  # read by content
+    again = tag_run(TagConfig(manifest=str(tmp_path / "m.csv"), output=str(tmp_path / "t1"), model=tiny_artifact.path))
+    assert again["counts"] == {"tagged": 0, "no_landmark": 0, "failed": 1, "total": 1}  # a failed read: retried
     import pyarrow as pa
 
     # a uri listed twice is tagged once (the run's own check refused to commit two rows of one photo)
@@ -384,7 +389,10 @@ def test_actor_flags_with_the_model_in_tasks_are_named_in_a_warning(tmp_path, ca
     assert [w.split(" has")[0] for w in TagConfig(**base, actors=(2, 3), compute="tasks").ignored_flags()] == [
         "--actors 2,3"
     ]
-    assert TagConfig(**base).ignored_flags() == []
+    assert TagConfig(**base).ignored_flags() == [] == TagConfig(**base, retry_failed=True).ignored_flags()
+    assert TagConfig(**base, retry_failed=True, retag=True).ignored_flags() == [
+        "--retry-failed has no effect with --retag (it reads every photo)"
+    ]
     assert TagConfig(**base, cpus_per_actor=8.0, runtime="torch").ignored_flags() == []  # actors: used
     argv = ["--input", base["input"], "--output", base["output"], "--model", base["model"], "--cpus-per-actor", "8"]
     assert tag_main(argv) == 2  # no model there: refused next, after the warning
