@@ -28,11 +28,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import ray
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -268,7 +270,9 @@ async def uploaded_files(request: Request, limit: int, max_files: int) -> list[t
             raise multipart_error(request.url.path, e, max_files) from None
         files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "read")]
         if not files:
-            raise HttpError(400, "empty: the multipart form holds no file")
+            raise HttpError(
+                400, "empty: the multipart form holds no file (a part with a filename; one without is a text field)"
+            )
         return files
     if not ctype.lower().startswith(RAW_TYPES):
         raise HttpError(
@@ -314,6 +318,76 @@ def swagger_asset(name: str) -> bytes:
     return (files("fastapi_offline") / "static" / name).read_bytes()
 
 
+class TagOut(BaseModel):
+    name: str
+    score: float
+    lat: float | None = None
+    lon: float | None = None
+
+
+class ResultOut(BaseModel):
+    """One photo's answer: the object `landmark predict --json` prints. Errors have this shape too."""
+
+    path: str | None = Field(
+        None,
+        description="the upload's name: ?name=, or the form file's name; 'upload' for a raw body without ?name=; "
+        "null on an error about the request itself",
+    )
+    status: Literal["tagged", "no_landmark", "failed"]
+    error: str | None = Field(None, description="why, when failed: '<kind>: <reason>' (see the error statuses)")
+    landmark: str | None = Field(None, description="the top landmark when tagged; null for no_landmark and failed")
+    score: float | None = Field(
+        None,
+        description="the top landmark's score (for a model trained with --negatives, the probability that the tag "
+        "is right); for no_landmark the best guess's, below the threshold; null when failed",
+    )
+    lat: float | None = Field(None, description="the landmark's location when tagged")
+    lon: float | None = None
+    tags: list[TagOut] | None = Field(None, description="the top-k landmarks, best first (not when failed)")
+    exif_lat: float | None = Field(None, description="the photo's own GPS position from its EXIF, if any")
+    exif_lon: float | None = None
+
+
+_BINARY = {"type": "string", "format": "binary"}
+PHOTO_BODY = {
+    "required": True,
+    "content": {
+        "image/*": {"schema": _BINARY},
+        "application/octet-stream": {"schema": _BINARY},
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"photo": _BINARY}, "required": ["photo"]},
+        },
+    },
+}
+PHOTOS_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"photos": {"type": "array", "items": _BINARY, "maxItems": MAX_BATCH_FILES}},
+                "required": ["photos"],
+            },
+        },
+    },
+}
+
+
+def _errors(*statuses: int) -> dict:
+    """OpenAPI ``responses`` for these error statuses, each in the result's shape with status 'failed'."""
+    said = {
+        400: "empty (zero bytes, no file in the form), malformed form, too_many_files, too_many_fields, "
+        "field_too_large",
+        401: "unauthorized: no or wrong bearer token (a server started with --token-file); WWW-Authenticate: Bearer",
+        413: "too_large: the request body is over --max-upload-mb (the whole body: a batch's photos together)",
+        415: "unsupported: a content type other than image/*, application/octet-stream or multipart/form-data",
+        422: "the photo does not decode: not_an_image, truncated, too_large (pixels), unsupported",
+        503: "unavailable: not answered within --request-timeout (upload time included), the queue is full "
+        "(--max-queued), or the replica died; Retry-After: 1",
+    }
+    return {code: {"model": ResultOut, "description": said[code]} for code in statuses}
+
+
 def make_api(ingress: Tagger) -> FastAPI:
     """The HTTP API, built in each Tagger replica around its model and settings."""
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -321,22 +395,19 @@ def make_api(ingress: Tagger) -> FastAPI:
     from jobs._serve_page import PAGE
 
     # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
+    # redirect_slashes off: /v1/tag/ is a 404 in the API's error shape, not an empty 307 (a POST's body is lost)
     api = FastAPI(
         title="landmark-tagger",
         version="1",
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        redirect_slashes=False,
         description="Tag a photo with the landmark it shows, and where it was taken.",
     )
-    bearer = HTTPBearer(auto_error=False, description="Bearer token (when the server runs with --token-file)")
-
-    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if ingress.token_sha256 is None:
-            return
-        given = hashlib.sha256(creds.credentials.encode()).hexdigest() if creds else ""
-        if not hmac.compare_digest(given, ingress.token_sha256):
-            raise HttpError(401, "unauthorized: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+    guarded = ingress.token_sha256 is not None
+    authorize = _bearer_check(ingress.token_sha256) if guarded else _open
+    auth_errors = (401,) if guarded else ()
 
     @api.exception_handler(HttpError)
     async def http_error(_request: Request, e: HttpError):
@@ -350,13 +421,15 @@ def make_api(ingress: Tagger) -> FastAPI:
             error_body(f"{reason}: {request.method} {request.url.path}"), status_code=e.status_code, headers=e.headers
         )
 
-    # HEAD too: load balancers and uptime checks often probe with it
-    @api.api_route("/healthz", methods=["GET", "HEAD"])
+    # HEAD too (load balancers and uptime checks often probe with it), kept out of the schema: one operation each
+    @api.get("/healthz", responses=_errors(503))
+    @api.head("/healthz", include_in_schema=False)
     async def healthz():
         """Up when a Tagger replica answers (no auth: for load balancers)."""
         return {"status": "ok", "model_id": ingress.predictor.model_id}
 
-    @api.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, dependencies=[Depends(authorize)])
+    @api.get("/", response_class=HTMLResponse, dependencies=[Depends(authorize)], responses=_errors(*auth_errors))
+    @api.head("/", response_class=HTMLResponse, dependencies=[Depends(authorize)], include_in_schema=False)
     async def page():
         """The upload page: one self-contained HTML file (no external scripts, fonts or tiles)."""
         return HTMLResponse(PAGE)
@@ -382,25 +455,58 @@ def make_api(ingress: Tagger) -> FastAPI:
             raise HttpError(404, f"not found: /docs/{name}")
         return Response(swagger_asset(name), media_type=SWAGGER_ASSETS[name])
 
-    @api.get("/v1/model", dependencies=[Depends(authorize)])
+    @api.get("/v1/model", dependencies=[Depends(authorize)], responses=_errors(*auth_errors))
     async def model():
         """The model's id, its catalog of landmarks with their locations, and its metrics."""
         return ingress.info()
 
-    @api.post("/v1/tag", dependencies=[Depends(authorize)])
-    async def tag(request: Request):
-        """One photo (raw body with an image/* type, or multipart with one file) -> the `predict --json` object."""
+    @api.post(
+        "/v1/tag",
+        dependencies=[Depends(authorize)],
+        response_model=ResultOut,
+        responses=_errors(400, *auth_errors, 413, 415, 422, 503),
+        openapi_extra={"requestBody": PHOTO_BODY},
+    )
+    async def tag(
+        request: Request,
+        name: str | None = Query(None, description="the photo's name in the answer, for a raw body"),
+    ):
+        """One photo, as the raw body (Content-Type image/* or application/octet-stream) or a multipart form with
+        one file -> the `landmark predict --json` object for it."""
         files = await uploaded_files(request, ingress.max_upload_bytes, max_files=1)
         result = (await ingress.tag_all(files[:1]))[0]
         return JSONResponse(result, status_code=status_for(result))
 
-    @api.post("/v1/tag/batch", dependencies=[Depends(authorize)])
+    @api.post(
+        "/v1/tag/batch",
+        dependencies=[Depends(authorize)],
+        response_model=list[ResultOut],
+        responses=_errors(400, *auth_errors, 413, 415, 503),
+        openapi_extra={"requestBody": PHOTOS_BODY},
+    )
     async def tag_batch(request: Request):
-        """Several photos as multipart files -> a list of `predict --json` objects, in order (failed ones inline)."""
+        """Several photos (at most 64) as the files of a multipart form -> a list of `predict --json` objects, in
+        order, 200 even when some photos failed (their objects say why). An error about the request itself
+        (too large, too many files, ...) is one object, not a list."""
         files = await uploaded_files(request, ingress.max_upload_bytes, max_files=MAX_BATCH_FILES)
-        return await ingress.tag_all(files)
+        return JSONResponse(await ingress.tag_all(files))
 
     return api
+
+
+def _open() -> None:
+    """No --token-file: every route is open (and the schema declares no security scheme)."""
+
+
+def _bearer_check(token_sha256: str):
+    bearer = HTTPBearer(auto_error=False, description="the token of the server's --token-file")
+
+    def authorize(creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        given = hashlib.sha256(creds.credentials.encode()).hexdigest() if creds else ""
+        if not hmac.compare_digest(given, token_sha256):
+            raise HttpError(401, "unauthorized: send Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+
+    return authorize
 
 
 def build_application(cfg: ServeConfig):

@@ -23,7 +23,7 @@ from PIL import Image
 
 from jobs import _serve_proxy as serve_proxy, serve as srv
 from landmark_core import artifact as artifact_mod
-from landmark_core.predict import predict_paths
+from landmark_core.predict import PhotoResult, predict_paths
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
 from tests.browser import CHROMIUM, FLAGS, require_chromium
@@ -398,6 +398,54 @@ def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
 
     asyncio.run(api(scope, receive, send))
     return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+
+
+def test_the_schema_describes_the_requests_answers_and_errors_a_client_generator_needs():
+    """/openapi.json as a client generator reads it: each route's request body (raw photo or multipart), its answer's
+    fields, its error statuses in the same shape; one operationId per operation (GET and HEAD routes made two
+    alike); a security scheme only when the server has a token."""
+    import types
+
+    open_api = srv.make_api(types.SimpleNamespace(token_sha256=None)).openapi()
+    ids = [op["operationId"] for path in open_api["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), ids
+    tag = open_api["paths"]["/v1/tag"]["post"]
+    assert set(tag["requestBody"]["content"]) == {"image/*", "application/octet-stream", "multipart/form-data"}
+    assert [p["name"] for p in tag["parameters"]] == ["name"]
+    result = open_api["components"]["schemas"]["ResultOut"]
+    assert set(result["properties"]) == set(srv.error_body("x")) == set(PhotoResult("p", "tagged").__dict__)
+    assert result["properties"]["status"]["enum"] == ["tagged", "no_landmark", "failed"]
+    ok = tag["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ResultOut"}
+    assert {"400", "413", "415", "422", "503"} <= set(tag["responses"]) and "401" not in tag["responses"]
+    assert tag["responses"]["422"]["content"]["application/json"]["schema"] == ok
+    batch = open_api["paths"]["/v1/tag/batch"]["post"]
+    assert batch["responses"]["200"]["content"]["application/json"]["schema"]["items"] == ok
+    assert "422" not in batch["responses"]  # a photo that does not decode fails inside the list
+    photos = batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["photos"]
+    assert photos["maxItems"] == srv.MAX_BATCH_FILES
+    assert "securitySchemes" not in open_api.get("components", {}) and "security" not in tag
+    guarded = srv.make_api(types.SimpleNamespace(token_sha256="x")).openapi()
+    assert guarded["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert guarded["paths"]["/v1/tag"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "401" in guarded["paths"]["/v1/tag"]["post"]["responses"]
+
+
+def test_a_trailing_slash_is_a_404_in_the_api_shape_not_an_empty_redirect():
+    import types
+
+    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7))
+    status, body = _post_multipart(api, "/v1/tag/", [("photo", ("a.jpg", b"x", "image/jpeg"))])
+    assert status == 404 and body == srv.error_body("not_found: POST /v1/tag/"), body
+
+
+def test_a_form_part_without_a_filename_is_said_to_be_a_text_field():
+    import types
+
+    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7))
+    status, body = _post_multipart(api, "/v1/tag", [("photo", (None, "not a file"))])
+    assert status == 400 and body["error"].startswith("empty: the multipart form holds no file"), body
+    assert "one without is a text field" in body["error"], body
 
 
 def test_too_many_files_says_so_and_names_the_limit():
