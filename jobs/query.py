@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -324,11 +325,38 @@ def check_one_select(statement: str) -> None:
     import duckdb
 
     try:
-        kinds = [s.type.name for s in duckdb.connect().extract_statements(statement)]
+        statements = duckdb.connect().extract_statements(statement)
     except duckdb.Error as e:
         raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
+    kinds = [s.type.name for s in statements]
     if len(kinds) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
         raise QueryError(f"--sql takes one SELECT over the views tags and tags_history, got {' + '.join(kinds)}")
+    if kinds[0] == "EXPLAIN":
+        _check_explains_a_select(statements[0].query)
+
+
+_LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
+_EXPLAIN = re.compile(
+    r"EXPLAIN\b\s*(?:\((?P<options>[^()]*)\)\s*)?(?P<analyze>ANALY[SZ]E\b)?(?P<inner>.*)\Z", re.I | re.S
+)
+
+
+def _check_explains_a_select(text: str) -> None:
+    """EXPLAIN of one SELECT, the plan only: EXPLAIN ANALYZE runs the statement it explains (a COPY inside it
+    would write over the table's own files, the only files the connection may open)."""
+    import duckdb
+
+    m = _EXPLAIN.match(text, _LEADING_COMMENTS.match(text).end())
+    if m is None or m["analyze"] or "analy" in (m["options"] or "").lower():
+        raise QueryError("--sql: EXPLAIN ANALYZE runs the statement it explains; EXPLAIN SELECT ... shows the plan")
+    try:
+        inner = [s.type.name for s in duckdb.connect().extract_statements(m["inner"])]
+    except duckdb.Error as e:
+        raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
+    if inner != ["SELECT"]:
+        raise QueryError(
+            f"--sql: EXPLAIN takes one SELECT over the views tags and tags_history, got {' + '.join(inner)}"
+        )
 
 
 @checks_config

@@ -300,6 +300,35 @@ def test_sql_reads_the_tags_and_nothing_else(store, capsys, tmp_path):
     assert code == 0 and "physical_plan" in out
 
 
+def test_sql_cannot_write_over_the_tables_own_files(store, capsys):
+    """The connection may open the table's own Parquet files (DuckDB's allowed paths), to read and to write:
+    EXPLAIN ANALYZE runs the statement it explains, so a COPY inside it overwrote a committed run's file. Refused
+    before anything runs; every file of the table is unchanged."""
+    import hashlib
+
+    def digests():
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(store).rglob("*") if p.is_file()}
+
+    before = digests()
+    own = next(p for p in before if p.suffix == ".parquet" and "_superseded" not in p.parts)
+    copy = f"COPY (SELECT * FROM tags LIMIT 1) TO '{own}' (FORMAT parquet, USE_TMP_FILE false)"
+    refused = {
+        f"EXPLAIN ANALYZE {copy}": "EXPLAIN ANALYZE runs the statement",
+        f"/* a plan */ explain  analyse {copy}": "EXPLAIN ANALYZE runs the statement",
+        f"EXPLAIN (ANALYZE) {copy}": "EXPLAIN ANALYZE runs the statement",
+        f"EXPLAIN {copy}": "EXPLAIN takes one SELECT over the views tags and tags_history, got COPY",  # a plan of one
+    }
+    for statement, said in refused.items():
+        with pytest.raises(SystemExit) as e:
+            q.main(["--tags", store, "--sql", statement])
+        captured = capsys.readouterr()
+        assert e.value.code == 2 and captured.out == "", statement
+        assert_error_names(captured.err, "--sql", said)
+    assert digests() == before
+    code, out, _ = cli(capsys, "--tags", store, "--sql", "-- a plan\nEXPLAIN (FORMAT json) SELECT count(*) FROM tags")
+    assert code == 0 and out.strip(), out
+
+
 # Any type an analyst's SELECT can give, in every format: (SQL expression, its JSON value, its table/CSV cell).
 # Bytes are lowercase hex; NaN and +-inf are null in JSON (strict JSON has neither); types Arrow does not carry
 # faithfully (INTERVAL, TIMETZ, UHUGEINT, BIT, BIGNUM, UNION, VARIANT) are DuckDB's own text.
