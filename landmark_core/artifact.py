@@ -61,8 +61,19 @@ class Artifact:
         }
         if self.recognizer:  # only when set: the model_id of an artifact without one stays what it was
             body["recognizer"] = self.recognizer
-        model_id = "lm-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-        return {**body, "model_id": model_id, "metrics": self.metrics, "provenance": self.provenance}
+        return {**body, "model_id": content_id(body), "metrics": self.metrics, "provenance": self.provenance}
+
+
+_ID_KEYS = ("format_version", "spec", "catalog", "preprocess", "calibration", "abstain", "weights_sha256")
+
+
+def content_id(meta: dict) -> str:
+    """The model_id: a hash of what changes a prediction, from the metadata as written (a JSON round trip keeps
+    it: tuples become lists, floats keep their repr)."""
+    body = {k: meta[k] for k in _ID_KEYS if k in meta}
+    if meta.get("recognizer"):
+        body["recognizer"] = meta["recognizer"]
+    return "lm-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save(artifact: Artifact, dest: str, *, storage_options: storage.S3Options | dict | None = None) -> str:
@@ -152,6 +163,12 @@ def load(src: str, *, storage_options: storage.S3Options | dict | None = None, t
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{meta_uri}: malformed artifact metadata ({type(e).__name__}: {e})") from None
     _check_classes(art, meta_uri)
+    # the id names caches (the ONNX models) and every tag row: one that is not the content's hash is refused
+    if not isinstance(meta["model_id"], str) or meta["model_id"] != content_id(meta):
+        raise ArtifactError(
+            f"{meta_uri}: model_id {str(meta['model_id'])[:40]!r} is not the hash of the artifact's content "
+            f"({content_id(meta)}): its metadata was changed after it was written"
+        )
     return art
 
 

@@ -91,7 +91,10 @@ def model_bytes(artifact, runtime: str, *, use_cache: bool = True) -> bytes:
 
 
 def _cache_path(model_id: str, runtime: str) -> Path:
-    return cache_dir() / f"{model_id}-{runtime}-r{RECIPE}.onnx"
+    name = f"{model_id}-{runtime}-r{RECIPE}.onnx"
+    if Path(name).name != name or name.startswith("."):  # (a loaded artifact's id is checked: lm- and hex)
+        raise ValueError(f"model_id {model_id!r} cannot name a cache file")
+    return cache_dir() / name
 
 
 def cache_model(model_id: str, runtime: str, blob: bytes) -> None:

@@ -188,6 +188,21 @@ def test_replaced_weights_sha_mismatch(saved, make_tiny_artifact, tmp_path):
         A.load(str(saved))
 
 
+def test_a_model_id_that_is_not_the_content_hash_is_refused(saved, tmp_path, make_tiny_artifact):
+    """model_id names the ONNX cache files and every tag row: an id edited into artifact.json (another model's, to
+    be served its cached network; or a path, to write outside the cache) is refused on load."""
+    from landmark_core import onnx_runtime as rt
+
+    other = A.save(make_tiny_artifact(seed=5), str(tmp_path / "other"))
+    for forged in (other, "../../../../tmp/escaped", 7):
+        _edit_meta(saved, lambda m, forged=forged: m.update(model_id=forged))
+        with pytest.raises(ArtifactError, match="is not the hash of the artifact's content") as ei:
+            A.load(str(saved))
+        assert "artifact.json" in str(ei.value)
+    with pytest.raises(ValueError, match="cannot name a cache file"):
+        rt._cache_path("../../escaped", "onnx")
+
+
 def test_corrupt_json(saved):
     p = saved / "artifact.json"
     p.write_text(p.read_text()[:50])
