@@ -46,8 +46,15 @@ class S3Options:
     def check(self) -> None:
         if self.endpoint:
             u = urlparse(self.endpoint)
+            if u.username or u.password:  # printed in errors and recorded in each run's config: no place for keys
+                raise StorageError(
+                    f"{self.endpoint_from} holds credentials ({redact(self.endpoint)}): give them in "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance profile), never in the endpoint"
+                )
             if u.scheme not in ("http", "https") or not u.hostname:
-                raise StorageError(f"{self.endpoint_from} must look like http(s)://host[:port], got {self.endpoint!r}")
+                raise StorageError(
+                    f"{self.endpoint_from} must look like http(s)://host[:port], got {redact(self.endpoint)!r}"
+                )
 
 
 def env_endpoint() -> str | None:
@@ -300,6 +307,7 @@ def arrow_fs(uri: str, opts: S3Options = S3Options()):
 
 
 # key=value pairs that carry a credential: config-style names and a presigned URL's X-Amz-* query parameters
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")  # scheme://user:password@host
 _SECRET_PARAM = re.compile(
     r"(?i)(secret[_-]?(access[_-]?)?key|(?:session|security)[_-]?token|signature|credential)=([^&\s]+)"
 )
@@ -311,4 +319,4 @@ def redact(text: str) -> str:
         val = os.environ.get(var)
         if val and len(val) >= 4:
             text = text.replace(val, "***")
-    return _SECRET_PARAM.sub(r"\1=***", text)
+    return _URL_CREDENTIALS.sub(r"\1***@", _SECRET_PARAM.sub(r"\1=***", text))

@@ -64,6 +64,25 @@ def test_redact_removes_credentials_from_messages(monkeypatch):
     assert "failed with key ***" in out and "k.jpg" in out  # the rest of the message is kept
 
 
+def test_credentials_in_an_endpoint_url_are_refused_and_never_printed(monkeypatch, capsys):
+    """An endpoint written http://user:password@host would be printed in errors and recorded in each run's config:
+    refused, before any work, with the password masked; redact masks such URLs wherever else they appear."""
+    from jobs import query
+
+    url = "http://admin:pw-TOPSECRET@127.0.0.1:9"
+    assert storage.redact(f"GET {url}/bkt/tags failed") == "GET http://***@127.0.0.1:9/bkt/tags failed"
+    with pytest.raises(storage.StorageError, match="--s3-endpoint holds credentials"):
+        storage.S3Options(endpoint=url).check()
+    with pytest.raises(SystemExit) as e:
+        query.main(["--tags", "s3://bkt/tags", "--s3-endpoint", url, "--summary"])
+    printed = capsys.readouterr()
+    assert e.value.code == 2 and "--s3-endpoint holds credentials" in printed.err
+    assert "TOPSECRET" not in printed.out + printed.err
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)  # the same endpoint from the environment: refused alike
+    with pytest.raises(storage.StorageError, match="AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL holds credentials"):
+        storage.S3Options().check()
+
+
 def test_a_failed_rows_reason_carries_no_secret(monkeypatch):
     """The reason text is what reaches the tag table: an exception that quotes the secret is redacted there."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
