@@ -28,6 +28,7 @@ import pyarrow as pa
 from jobs._cli import ConfigError, check_output_dir, checks_config, fields_of, run_cli
 from landmark_core import storage, tagstore
 from landmark_core.status import FAILED, NO_LANDMARK, TAGGED
+from landmark_core.training_report import plot_text
 
 STATUS_COLOURS = {TAGGED: "#2e7d32", NO_LANDMARK: "#b26a00", FAILED: "#c62828"}
 REPORT_COLUMNS = [
@@ -113,7 +114,7 @@ def landmarks_png(rows: list[dict], path: Path, top: int = 30) -> None:
     fig = _figure(7, max(2.5, 0.28 * len(items) + 1.2))
     ax = fig.add_subplot()
     if items:
-        names = [n for n, _ in items][::-1]
+        names = [plot_text(n) for n, _ in items][::-1]
         ax.barh(names, [c for _, c in items][::-1], color=STATUS_COLOURS["tagged"])
         ax.set_xlabel("photos")
         ax.tick_params(axis="y", labelsize=8)
@@ -178,7 +179,7 @@ def map_png(rows: list[dict], path: Path) -> None:
             if name:  # right and left, staggered: the landmarks of one city are close together
                 side = 1 if i % 2 == 0 else -1
                 ax.annotate(
-                    f"{name} ({n})",
+                    f"{plot_text(name)} ({n})",
                     (x, y),
                     xytext=(6 * side, 3 + 7 * (i % 3) * side),
                     textcoords="offset points",

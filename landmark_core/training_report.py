@@ -18,6 +18,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def plot_text(text: str) -> str:
+    """A name as matplotlib shows it literally: a landmark named with two $ would be parsed as maths (and one
+    that does not parse stops the whole figure)."""
+    return str(text).replace("$", r"\$")
+
+
 def _plt():
     import matplotlib
 
@@ -53,8 +59,9 @@ def confusion_png(logits: np.ndarray, labels: np.ndarray, names: list[str], titl
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title=title)
-    ax.set_xticklabels(names, rotation=90, fontsize=7 if n > 20 else 9)
-    ax.set_yticklabels(names, fontsize=7 if n > 20 else 9)
+    tick_labels = [plot_text(x) for x in names]
+    ax.set_xticklabels(tick_labels, rotation=90, fontsize=7 if n > 20 else 9)
+    ax.set_yticklabels(tick_labels, fontsize=7 if n > 20 else 9)
     if n <= 20:
         for i in range(n):
             for j in range(n):

@@ -374,3 +374,22 @@ def test_the_map_fits_the_tagged_landmarks_not_the_whole_world():
     assert x0 < -8.64 and x1 > -8.61 and y0 < 41.14 and y1 > 41.1589  # all inside
     assert x1 - x0 < 0.2 and y1 - y0 < 0.2  # and the city fills it
     assert map_extent([-170, 170], [-80, 80]) == (-180.0, 180.0, -90.0, 90.0)  # never beyond the world
+
+
+def test_a_landmark_name_with_dollar_signs_is_drawn_as_written(tmp_path):
+    """matplotlib parses $...$ as maths: a name that does not parse stopped the whole report (and a training
+    report's confusion matrix); names are drawn literally."""
+    import numpy as np
+
+    from landmark_core.training_report import confusion_png
+
+    names = [r"Mont $\frac{$ St", "Cash $ Tower $"]
+    rows = [
+        {"status": "tagged", "landmark": n, "lat": 48.6 + i, "lon": -1.5, "score": 0.9} for i, n in enumerate(names)
+    ]
+    rep.landmarks_png(rows, tmp_path / "landmarks.png")
+    rep.map_png(rows, tmp_path / "map.png")
+    for name in ("landmarks.png", "map.png"):
+        assert_png(tmp_path / name)
+    png = confusion_png(np.eye(2), np.array([0, 1]), names, "confusion")
+    assert png[:8] == PNG_MAGIC
