@@ -591,7 +591,7 @@ def _cell(name: str, v) -> str:
 
 def format_table(table: pa.Table, noun: str = "photo") -> str:
     rows = [[_cell(c, v) for c, v in zip(table.column_names, r)] for r in _value_rows(table, json_out=False)]
-    rows = [[s.replace("\n", " ").replace("\t", " ") for s in row] for row in rows]
+    rows = [[_shown(s) for s in row] for row in rows]
     head = table.column_names
     widths = [max([len(h)] + [_width(r[i]) for r in rows]) for i, h in enumerate(head)]
     numeric = {
@@ -607,6 +607,16 @@ def format_table(table: pa.Table, noun: str = "photo") -> str:
     out = [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
     out.append(f"({table.num_rows} {noun}{'s' if table.num_rows != 1 else ''})")
     return "\n".join(out) + "\n"
+
+
+# A file name or an S3 key may hold any character: in the table (for a terminal) a control character is shown as
+# an escape, not sent, so a name cannot move the cursor, recolour or retitle the analyst's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _shown(text: str) -> str:
+    """One table cell as a terminal shows it: line breaks and tabs as spaces, other control characters as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\n", " ").replace("\t", " "))
 
 
 def _width(text: str) -> int:

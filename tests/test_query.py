@@ -825,6 +825,25 @@ def test_table_columns_line_up_for_wide_letters_and_status_takes_any_case(tmp_pa
     assert code == code2 == 0 and upper == lower and len(upper.splitlines()) == 4
 
 
+def test_control_characters_in_a_key_are_shown_not_sent_to_the_terminal(tmp_path, capsys):
+    """An S3 key or file name may hold terminal escapes (retitle, recolour, move the cursor): the table shows them
+    as \\xNN; CSV keeps the value as it is (data for programs), JSON escapes it as JSON does."""
+    root = tmp_path / "tags"
+    uri = "p/\x1b]0;pwned\x07\x1b[31mred\r.jpg"
+    write_run(
+        root,
+        "2026-11-20",
+        "r1",
+        [tag_row(uri, "r1", score=0.9, tagged_at=T1)],
+        committed_at="2026-11-20T06:30:00+00:00",
+    )
+    code, out, _ = cli(capsys, "--tags", str(root), "--columns", "uri,status")
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "\r" not in out, repr(out)
+    assert "p/\\x1b]0;pwned\\x07\\x1b[31mred\\x0d.jpg" in out, out
+    code, out, _ = cli(capsys, "--tags", str(root), "--columns", "uri", "--format", "json")
+    assert code == 0 and json.loads(out)["uri"] == uri and "\x1b" not in out
+
+
 def test_out_must_be_a_writable_file_and_its_folder_is_made(store, capsys, tmp_path):
     """--out a folder, under a file or on S3: exit 2 naming --out before the table is read; under a missing folder:
     made."""
