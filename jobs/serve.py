@@ -44,6 +44,7 @@ from landmark_core import storage
 from landmark_core.artifact import ArtifactError, load as load_artifact
 from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, check_runtime, resolve_runtime
 from landmark_core.predict import PENDING, PhotoResult, predict_bytes
+from landmark_core.preprocess import DEFAULT_MAX_PIXELS
 
 APP_NAME = "landmark"
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -69,6 +70,7 @@ class ServeConfig:
     k: int = 5
     token_file: str | None = None
     max_upload_mb: float = 25.0
+    max_pixels: int = DEFAULT_MAX_PIXELS  # a photo over it is refused from its header (422 too_large)
     request_timeout_s: float = 30.0  # a request not answered by then gets 503 + Retry-After
     max_queued: int = 512  # requests waiting for a Tagger replica at the ingress; beyond: 503 + Retry-After
     s3_endpoint: str | None = None
@@ -81,6 +83,7 @@ class ServeConfig:
             ("-k", self.k),
             ("--max-batch-size", self.max_batch_size),
             ("--max-upload-mb", self.max_upload_mb),
+            ("--max-pixels", self.max_pixels),
             ("--request-timeout", self.request_timeout_s),
             ("--cpus-per-replica", self.cpus_per_replica),
             ("--max-queued", self.max_queued),
@@ -177,6 +180,7 @@ class Tagger:
         token_sha256: str | None,
         max_upload_bytes: int,
         request_timeout_s: float,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         from landmark_core.predictor import Predictor
 
@@ -187,6 +191,7 @@ class Tagger:
         self.tag.set_batch_wait_timeout_s(batch_wait_s)
         self.token_sha256 = token_sha256
         self.max_upload_bytes, self.request_timeout_s = max_upload_bytes, request_timeout_s
+        self.max_pixels = max_pixels
 
     def __serve_build_asgi_app__(self):
         return make_api(self)
@@ -206,7 +211,8 @@ class Tagger:
 
     def _tag_now(self, items: list[tuple[str, bytes]]) -> list[dict]:
         results = [PhotoResult(name, PENDING) for name, _ in items]
-        return [r.__dict__ for r in predict_bytes(results, [data for _, data in items], self.predictor)]
+        datas = [data for _, data in items]
+        return [r.__dict__ for r in predict_bytes(results, datas, self.predictor, max_pixels=self.max_pixels)]
 
     def info(self) -> dict:
         p = self.predictor
@@ -543,6 +549,7 @@ def build_application(cfg: ServeConfig):
         token_sha256=cfg.token_sha256(),
         max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
         request_timeout_s=cfg.request_timeout_s,
+        max_pixels=cfg.max_pixels,
     )
 
 
@@ -744,6 +751,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body (default 25 MB)")
     p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"refuse photos larger than this, from their header (default {DEFAULT_MAX_PIXELS:,}: a small PNG can "
+        "declare that many; lower it to bound each request's decode time and memory)",
+    )
+    p.add_argument(
         "--request-timeout",
         type=float,
         default=30.0,
@@ -773,6 +787,7 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         k=ns.k,
         token_file=ns.token_file,
         max_upload_mb=ns.max_upload_mb,
+        max_pixels=ns.max_pixels,
         request_timeout_s=ns.request_timeout,
         max_queued=ns.max_queued,
         s3_endpoint=ns.s3_endpoint,

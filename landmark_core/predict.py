@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from .predictor import Predictor
+from .preprocess import DEFAULT_MAX_PIXELS
 from .status import FAILED
 
 PENDING = "pending"  # a result whose photo is read but not yet decoded and tagged
@@ -54,7 +55,12 @@ def predict_paths(paths: list[str], predictor: Predictor, *, batch_size: int = 1
 
 
 def predict_bytes(
-    results: list[PhotoResult], datas: list[bytes | None], predictor: Predictor, *, gpu_decode: bool = False
+    results: list[PhotoResult],
+    datas: list[bytes | None],
+    predictor: Predictor,
+    *,
+    gpu_decode: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[PhotoResult]:
     """Decode and tag, in one model call, the photo bytes of every result still ``pending`` (``datas[i]`` belongs
     to ``results[i]``); a photo that does not decode becomes a failed result with the DecodeError's reason.
@@ -64,7 +70,9 @@ def predict_bytes(
 
     todo = [i for i, r in enumerate(results) if r.status == PENDING]
     if todo:
-        batch = decode_bytes([datas[i] for i in todo], preset=predictor.preset, defer_jpeg=gpu_decode)
+        batch = decode_bytes(
+            [datas[i] for i in todo], preset=predictor.preset, max_pixels=max_pixels, defer_jpeg=gpu_decode
+        )
         pred = _predict(batch, predictor, gpu_decode)
         for j, i in enumerate(todo):
             _fill(results[i], pred, j, predictor)

@@ -3,6 +3,7 @@ upload page in headless Chromium, a request timeout, and a replica killed under 
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
@@ -283,6 +284,7 @@ def test_config_errors_name_the_flag(model_dir, tmp_path, capsys):
         (["--token-file", str(empty)], "--token-file"),
         (["--port", "70000"], "--port"),
         (["--max-upload-mb", "-1"], "--max-upload-mb"),
+        (["--max-pixels", "0"], "--max-pixels"),
         (["--replicas", "a"], "--replicas"),
     ):
         with pytest.raises(SystemExit) as e:
@@ -446,6 +448,29 @@ def test_a_form_part_without_a_filename_is_said_to_be_a_text_field():
     status, body = _post_multipart(api, "/v1/tag", [("photo", (None, "not a file"))])
     assert status == 400 and body["error"].startswith("empty: the multipart form holds no file"), body
     assert "one without is a text field" in body["error"], body
+
+
+def test_max_pixels_bounds_the_photos_a_request_may_ask_to_decode(tiny_artifact):
+    """--max-pixels: a small file may declare a huge image (a PNG of 8000x8000 is 200 KB), and decoding it costs
+    a replica seconds and hundreds of MB; over the bound it is refused from its header, 422 too_large."""
+    import io
+
+    from landmark_core.predict import PENDING, predict_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (90, 120, 200)).save(buf, format="PNG")
+    photo = buf.getvalue()
+    predictor = Predictor(tiny_artifact.path, k=1)
+    small = predict_bytes([PhotoResult("a.png", PENDING)], [photo], predictor, max_pixels=100_000)[0]
+    assert small.status == "failed" and small.error.startswith("too_large: 400x300"), small.error
+    assert srv.status_for(small.__dict__) == 422
+    fits = predict_bytes([PhotoResult("a.png", PENDING)], [photo], predictor, max_pixels=120_000)[0]
+    assert fits.status != "failed", fits.error
+    parser = argparse.ArgumentParser()
+    srv.add_arguments(parser)
+    cfg = srv.config_from_args(parser.parse_args(["--model", "m", "--max-pixels", "2000000"]))
+    assert cfg.max_pixels == 2_000_000
+    assert srv.build_application(cfg)._bound_deployment.init_kwargs["max_pixels"] == 2_000_000
 
 
 def test_too_many_files_says_so_and_names_the_limit():
