@@ -539,16 +539,28 @@ def test_ctrl_c_while_starting_shuts_down_without_a_traceback(model_dir):
     proc, lines, deploying = _serve_process(
         model_dir, free_port(), until=lambda line: "Deploying new app" in line or "Adding 1 replica" in line
     )
-    assert deploying.wait(120), "".join(lines)[-3000:]
-    os.killpg(proc.pid, signal.SIGINT)
-    assert proc.wait(timeout=120) == 0, "".join(lines)[-3000:]
-    out = "".join(lines)
-    assert "landmark serve: interrupted; shutting down" in out and "Traceback" not in out, out[-3000:]
-    assert "landmark serve: http" not in out  # (the interrupt came before the ready line)
-    deadline = time.monotonic() + 60
-    while live_in_session(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not live_in_session(proc.pid), "the server's processes outlived it"
+    try:
+        assert deploying.wait(120), "".join(lines)[-3000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 120 s after Ctrl-C; it printed:\n{''.join(lines)[-5000:]}")
+        time.sleep(0.5)  # (the watcher reads the last lines)
+        out = "".join(lines)
+        assert code == 0, out[-3000:]
+        assert "landmark serve: interrupted; shutting down" in out and "Traceback" not in out, out[-3000:]
+        assert "landmark serve: http" not in out  # (the interrupt came before the ready line)
+        deadline = time.monotonic() + 60
+        while live_in_session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not live_in_session(proc.pid), "the server's processes outlived it"
+    finally:
+        for pid in live_in_session(proc.pid):  # a failed run leaves nothing running for the tests after it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
 
 
 @pytest.mark.slow
