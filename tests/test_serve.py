@@ -506,12 +506,17 @@ def test_too_many_files_says_so_and_names_the_limit():
 def _serve_process(model_dir, port: int, *flags: str, until):
     """`python -m jobs.serve` (as `ray job submit` starts it) in its own session with a local Ray: (process, the
     lines it printed so far, an Event set at the first line for which ``until(line)`` holds)."""
+    import signal
+
     cmd = [sys.executable, "-m", "jobs.serve", "--model", model_dir, "--port", str(port), *flags]
     proc = subprocess.Popen(
         cmd,
         cwd=Path(__file__).resolve().parents[1],
         env={**os.environ, "RAY_ADDRESS": "local"},
         start_new_session=True,
+        # as a terminal's foreground job gets it: a shell runs a background job (`make test &`) with SIGINT
+        # ignored, which its children inherit, and Python then installs no Ctrl-C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
