@@ -322,17 +322,22 @@ def _open(cfg: QueryConfig) -> tagstore.Store | None:
 
 def check_one_select(statement: str) -> None:
     """--sql is one SELECT (or EXPLAIN of one): a query of the tags, not a way to change or write anything."""
-    import duckdb
-
-    try:
-        statements = duckdb.connect().extract_statements(statement)
-    except duckdb.Error as e:
-        raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
+    statements = _parsed(statement)
     kinds = [s.type.name for s in statements]
     if len(kinds) != 1 or kinds[0] not in ("SELECT", "EXPLAIN"):
         raise QueryError(f"--sql takes one SELECT over the views tags and tags_history, got {' + '.join(kinds)}")
     if kinds[0] == "EXPLAIN":
         _check_explains_a_select(statements[0].query)
+
+
+def _parsed(sql: str) -> list:
+    """DuckDB's statements of ``sql`` (parsed, not run); one that does not parse is an error naming --sql."""
+    import duckdb
+
+    try:
+        return duckdb.connect().extract_statements(sql)
+    except duckdb.Error as e:
+        raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
 
 
 _LEADING_COMMENTS = re.compile(r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.S)
@@ -344,15 +349,10 @@ _EXPLAIN = re.compile(
 def _check_explains_a_select(text: str) -> None:
     """EXPLAIN of one SELECT, the plan only: EXPLAIN ANALYZE runs the statement it explains (a COPY inside it
     would write over the table's own files, the only files the connection may open)."""
-    import duckdb
-
     m = _EXPLAIN.match(text, _LEADING_COMMENTS.match(text).end())
     if m is None or m["analyze"] or "analy" in (m["options"] or "").lower():
         raise QueryError("--sql: EXPLAIN ANALYZE runs the statement it explains; EXPLAIN SELECT ... shows the plan")
-    try:
-        inner = [s.type.name for s in duckdb.connect().extract_statements(m["inner"])]
-    except duckdb.Error as e:
-        raise QueryError(f"--sql: {tagstore.error_text(e, 300)}") from None
+    inner = [s.type.name for s in _parsed(m["inner"])]
     if inner != ["SELECT"]:
         raise QueryError(
             f"--sql: EXPLAIN takes one SELECT over the views tags and tags_history, got {' + '.join(inner)}"

@@ -307,10 +307,10 @@ def arrow_fs(uri: str, opts: S3Options = S3Options()):
 
 
 # key=value pairs that carry a credential: config-style names and a presigned URL's X-Amz-* query parameters
-_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")  # scheme://user:password@host
 _SECRET_PARAM = re.compile(
     r"(?i)(secret[_-]?(access[_-]?)?key|(?:session|security)[_-]?token|signature|credential)=([^&\s]+)"
 )
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")  # scheme://user:password@host
 
 
 def redact(text: str) -> str:
