@@ -21,6 +21,7 @@ import hmac
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -53,6 +54,8 @@ MAX_FORM_FIELDS = 16  # text fields of a multipart form (photos are file parts):
 MAX_FIELD_BYTES = 1 << 20  # one text field
 RETRY_AFTER_S = 1
 RETRY = {"Retry-After": str(RETRY_AFTER_S)}
+ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+CORS_MAX_AGE_S = 600  # a browser caches a preflight's answer this long
 PROXY_GRACE_S = 2.0
 
 
@@ -77,6 +80,7 @@ class ServeConfig:
     ray_address: str | None = None
     app_name: str = APP_NAME
     route_prefix: str = "/"
+    allow_origins: tuple[str, ...] = ()  # web origins whose pages may call the API from a browser (CORS)
 
     def check(self) -> None:
         for flag, v in (
@@ -107,6 +111,8 @@ class ServeConfig:
             raise ConfigError(str(e)) from None
         if self.token_file is not None:
             self.token_sha256()
+        for origin in self.allow_origins:
+            check_origin(origin)
         try:
             storage.check_locations({"--model": self.model}, storage.S3Options(endpoint=self.s3_endpoint))
         except storage.StorageError as e:
@@ -142,10 +148,25 @@ class ServeConfig:
             values["replicas"] = parse_min_max(str(values["replicas"]), "replicas")
         elif isinstance(values.get("replicas"), list):  # YAML [MIN, MAX]
             values["replicas"] = parse_min_max(",".join(map(str, values["replicas"])), "replicas")
+        origins = values.get("allow_origins")
+        if isinstance(origins, str):  # "https://a.example,https://b.example"
+            values["allow_origins"] = tuple(o.strip() for o in origins.split(",") if o.strip())
+        elif isinstance(origins, list):
+            values["allow_origins"] = tuple(str(o) for o in origins)
         for name, f in cls.__dataclass_fields__.items():
             if name in values and values[name] is not None and f.type in ("int", "float"):
                 values[name] = (int if f.type == "int" else float)(values[name])
         return cls(**values)
+
+
+def check_origin(origin: str) -> None:
+    """A CORS origin as a browser sends it: scheme://host[:port], no path or trailing slash (it would never
+    match, silently), or * for any page."""
+    if origin != "*" and not (ORIGIN.fullmatch(origin) and origin == origin.lower()):
+        raise ConfigError(
+            f"--allow-origin {origin!r}: must be * or scheme://host[:port] as a browser sends it, "
+            "e.g. https://photos.example.com (no path, no trailing slash)"
+        )
 
 
 def parse_min_max(text: str, flag: str) -> tuple[int, int]:
@@ -181,6 +202,7 @@ class Tagger:
         max_upload_bytes: int,
         request_timeout_s: float,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        allow_origins: tuple[str, ...] = (),
     ):
         from landmark_core.predictor import Predictor
 
@@ -192,6 +214,7 @@ class Tagger:
         self.token_sha256 = token_sha256
         self.max_upload_bytes, self.request_timeout_s = max_upload_bytes, request_timeout_s
         self.max_pixels = max_pixels
+        self.allow_origins = tuple(allow_origins)
 
     def __serve_build_asgi_app__(self):
         return make_api(self)
@@ -394,6 +417,22 @@ def _errors(*statuses: int) -> dict:
     return {code: {"model": ResultOut, "description": said[code]} for code in statuses}
 
 
+def _allow_origins(api: FastAPI, origins: tuple[str, ...]) -> None:
+    """CORS for the pages of ``origins`` (--allow-origin): their scripts may call the API and read its answers,
+    sending the token in Authorization (a bearer token, not a cookie: no credentials mode). None given: no CORS
+    headers, so browsers keep other sites' pages from reading answers; the upload page is same-origin anyway."""
+    if origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "HEAD", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=CORS_MAX_AGE_S,
+        )
+
+
 def make_api(ingress: Tagger) -> FastAPI:
     """The HTTP API, built in each Tagger replica around its model and settings."""
     from fastapi.openapi.docs import get_swagger_ui_html
@@ -411,6 +450,7 @@ def make_api(ingress: Tagger) -> FastAPI:
         redirect_slashes=False,
         description="Tag a photo with the landmark it shows, and where it was taken.",
     )
+    _allow_origins(api, ingress.allow_origins)
     guarded = ingress.token_sha256 is not None
     authorize = _bearer_check(ingress.token_sha256) if guarded else _open
     auth_errors = (401,) if guarded else ()
@@ -550,6 +590,7 @@ def build_application(cfg: ServeConfig):
         max_upload_bytes=int(cfg.max_upload_mb * 1024 * 1024),
         request_timeout_s=cfg.request_timeout_s,
         max_pixels=cfg.max_pixels,
+        allow_origins=cfg.allow_origins,
     )
 
 
@@ -769,6 +810,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=512,
         help="requests queued for the replicas before new ones get 503 + Retry-After",
     )
+    p.add_argument(
+        "--allow-origin",
+        dest="allow_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://photos.example.com, or *) whose pages may call the API from a browser (CORS); "
+        "repeatable; default: none",
+    )
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
     p.add_argument("--ray-address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
 
@@ -792,6 +842,7 @@ def config_from_args(ns: argparse.Namespace) -> ServeConfig:
         max_queued=ns.max_queued,
         s3_endpoint=ns.s3_endpoint,
         ray_address=ns.ray_address,
+        allow_origins=tuple(ns.allow_origins),
     )
 
 

@@ -57,8 +57,33 @@ def token(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def app(ray_local, model_dir, token):
-    """The app with a token, 2 Tagger replicas, a 1 MB upload limit; Serve shut down after the module."""
+def sites(tmp_path_factory):
+    """Two static web sites on loopback serving one folder: the first is the origin the app allows (CORS), the
+    second (another port, so another origin) is not. Yields (folder, first's URL, second's URL)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = tmp_path_factory.mktemp("site")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *_args):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder))) for _ in "ab"]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield folder, *(f"http://127.0.0.1:{server.server_address[1]}" for server in servers)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture(scope="module")
+def app(ray_local, model_dir, token, sites):
+    """The app with a token, 2 Tagger replicas, a 1 MB upload limit, the first of ``sites`` allowed to call it
+    from a browser; Serve shut down after the module."""
     from ray import serve
 
     cfg = srv.ServeConfig(
@@ -72,6 +97,7 @@ def app(ray_local, model_dir, token):
         token_file=token[1],
         max_upload_mb=1.0,
         request_timeout_s=20,
+        allow_origins=(sites[1],),
     )
     url = srv.start(cfg)
     session = requests.Session()
@@ -216,7 +242,7 @@ def _guarded_routes() -> list[tuple[str, str, str]]:
 
     from fastapi.routing import APIRoute
 
-    api = srv.make_api(types.SimpleNamespace(token_sha256="x"))
+    api = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256="x"))
     fill = {"{name}": next(iter(srv.SWAGGER_ASSETS))}
     out = []
     for r in api.routes:
@@ -370,26 +396,25 @@ def test_the_port_check_accepts_a_port_a_stopped_server_left_in_time_wait():
     srv.check_port_free(srv.ServeConfig(model="m", port=port))
 
 
-def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
-    """POST a multipart form straight to the ASGI app (no server, no Ray): the status and the JSON body."""
+def _asgi(api, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:
+    """One request straight to the ASGI app (no server, no Ray): the status, the headers and the body."""
     import asyncio
 
-    req = requests.Request("POST", "http://t" + path, files=files).prepare()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in req.headers.items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "server": ("t", 80),
         "client": ("c", 1),
     }
-    bodies = [{"type": "http.request", "body": req.body, "more_body": False}]
+    bodies = [{"type": "http.request", "body": body, "more_body": False}]
     sent = []
 
     async def receive():
@@ -399,7 +424,59 @@ def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
         sent.append(message)
 
     asyncio.run(api(scope, receive, send))
-    return sent[0]["status"], json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    answer = {k.decode().lower(): v.decode() for k, v in sent[0].get("headers", [])}
+    return sent[0]["status"], answer, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def _post_multipart(api, path: str, files: list) -> tuple[int, dict]:
+    """POST a multipart form straight to the ASGI app: the status and the JSON body."""
+    req = requests.Request("POST", "http://t" + path, files=files).prepare()
+    status, _headers, body = _asgi(api, "POST", path, dict(req.headers), req.body)
+    return status, json.loads(body)
+
+
+def test_allow_origin_lets_those_pages_call_the_api_and_read_its_answers_errors_included():
+    """--allow-origin: a browser's preflight from that origin is answered with CORS headers (Authorization may be
+    sent), and so is an error answer (a page can read why: 401 here); another origin's preflight is refused, and
+    without the flag no answer carries CORS headers. Origins a browser would never send are refused by name."""
+    import types
+
+    page = "https://photos.example.com"
+    api = srv.make_api(types.SimpleNamespace(allow_origins=(page,), token_sha256="x", max_upload_bytes=10**7))
+    preflight = {
+        "origin": page,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization",
+    }
+    status, headers, _ = _asgi(api, "OPTIONS", "/v1/tag", preflight)
+    assert status == 200 and headers["access-control-allow-origin"] == page, headers
+    assert "authorization" in headers["access-control-allow-headers"].lower()
+    assert "POST" in headers["access-control-allow-methods"]
+    status, headers, body = _asgi(api, "POST", "/v1/tag", {"origin": page, "content-type": "image/jpeg"}, b"x")
+    assert status == 401 and headers["access-control-allow-origin"] == page, headers
+    assert json.loads(body)["error"].startswith("unauthorized"), body
+    status, headers, _ = _asgi(api, "OPTIONS", "/v1/tag", {**preflight, "origin": "https://evil.example"})
+    assert status == 400 and "access-control-allow-origin" not in headers, headers
+    closed = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256="x", max_upload_bytes=10**7))
+    status, headers, _ = _asgi(closed, "POST", "/v1/tag", {"origin": page, "content-type": "image/jpeg"}, b"x")
+    assert status == 401 and "access-control-allow-origin" not in headers, headers
+
+    parser = argparse.ArgumentParser()
+    srv.add_arguments(parser)
+    cfg = srv.config_from_args(parser.parse_args(["--model", "m", "--allow-origin", page, "--allow-origin", "*"]))
+    assert cfg.allow_origins == (page, "*")
+    assert srv.build_application(cfg)._bound_deployment.init_kwargs["allow_origins"] == (page, "*")
+    assert srv.ServeConfig.from_mapping(
+        {"model": "m", "allow_origins": f"{page}, http://localhost:3000"}
+    ).allow_origins == (
+        page,
+        "http://localhost:3000",
+    )
+    for bad in ("https://photos.example.com/", "photos.example.com", "https://Photos.example.com", "https://a.b/x"):
+        with pytest.raises(srv.ConfigError, match="--allow-origin"):
+            srv.check_origin(bad)
+    with pytest.raises(srv.ConfigError, match="--allow-origin 'https://a.b/'"):
+        srv.ServeConfig(model="m", allow_origins=("https://a.b/",)).check()
 
 
 def test_the_schema_describes_the_requests_answers_and_errors_a_client_generator_needs():
@@ -408,7 +485,7 @@ def test_the_schema_describes_the_requests_answers_and_errors_a_client_generator
     alike); a security scheme only when the server has a token."""
     import types
 
-    open_api = srv.make_api(types.SimpleNamespace(token_sha256=None)).openapi()
+    open_api = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256=None)).openapi()
     ids = [op["operationId"] for path in open_api["paths"].values() for op in path.values()]
     assert len(ids) == len(set(ids)), ids
     tag = open_api["paths"]["/v1/tag"]["post"]
@@ -427,7 +504,7 @@ def test_the_schema_describes_the_requests_answers_and_errors_a_client_generator
     photos = batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["photos"]
     assert photos["maxItems"] == srv.MAX_BATCH_FILES
     assert "securitySchemes" not in open_api.get("components", {}) and "security" not in tag
-    guarded = srv.make_api(types.SimpleNamespace(token_sha256="x")).openapi()
+    guarded = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256="x")).openapi()
     assert guarded["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert guarded["paths"]["/v1/tag"]["post"]["security"] == [{"HTTPBearer": []}]
     assert "401" in guarded["paths"]["/v1/tag"]["post"]["responses"]
@@ -436,7 +513,7 @@ def test_the_schema_describes_the_requests_answers_and_errors_a_client_generator
 def test_a_trailing_slash_is_a_404_in_the_api_shape_not_an_empty_redirect():
     import types
 
-    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7))
+    api = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256=None, max_upload_bytes=10**7))
     status, body = _post_multipart(api, "/v1/tag/", [("photo", ("a.jpg", b"x", "image/jpeg"))])
     assert status == 404 and body == srv.error_body("not_found: POST /v1/tag/"), body
 
@@ -444,7 +521,7 @@ def test_a_trailing_slash_is_a_404_in_the_api_shape_not_an_empty_redirect():
 def test_a_form_part_without_a_filename_is_said_to_be_a_text_field():
     import types
 
-    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7))
+    api = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256=None, max_upload_bytes=10**7))
     status, body = _post_multipart(api, "/v1/tag", [("photo", (None, "not a file"))])
     assert status == 400 and body["error"].startswith("empty: the multipart form holds no file"), body
     assert "one without is a text field" in body["error"], body
@@ -482,7 +559,9 @@ def test_too_many_files_says_so_and_names_the_limit():
     async def tag_all(files):
         raise AssertionError("the model was called")
 
-    api = srv.make_api(types.SimpleNamespace(token_sha256=None, max_upload_bytes=10**7, tag_all=tag_all))
+    api = srv.make_api(
+        types.SimpleNamespace(allow_origins=(), token_sha256=None, max_upload_bytes=10**7, tag_all=tag_all)
+    )
     two = [("p", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(2)]
     status, body = _post_multipart(api, "/v1/tag", two)
     assert status == 400 and body["status"] == "failed", body
@@ -644,6 +723,7 @@ def test_serve_config_file_builds_the_app_it_describes(model_dir, tmp_path):
     assert bound["request_timeout_s"] == want["request_timeout_s"] and bound["threads"] == want["cpus_per_replica"]
     assert deployment.init_args == (model_dir,) and bound["runtime"] == RUNTIME
     assert bound["token_sha256"] == hashlib.sha256(b"s3cr3t-token").hexdigest()
+    assert bound["allow_origins"] == tuple(want["allow_origins"])
     assert "s3cr3t" not in repr((deployment.init_args, bound, deployment.ray_actor_options))
 
 
@@ -906,6 +986,56 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
         px = np.asarray(im.convert("RGB"), dtype=np.float32)
     assert px.std() > 20 and len(np.unique(px.reshape(-1, 3), axis=0)) > 500, "screenshot looks blank"
     print(f"screenshot: {shot}")
+
+
+CALL_API = """(async () => {
+  const photo = await (await fetch('/photo.jpg')).blob();
+  const call = async (headers) => {
+    try {
+      const r = await fetch('%(api)s/v1/tag?name=photo.jpg', {method: 'POST', body: photo, headers});
+      return [r.status, await r.json()];
+    } catch (e) { return ['blocked', String(e)]; }
+  };
+  return [await call({'Authorization': 'Bearer %(token)s', 'Content-Type': 'image/jpeg'}),
+          await call({'Content-Type': 'image/jpeg'})];
+})()"""
+
+
+@pytest.mark.slow
+def test_a_page_of_an_allowed_origin_calls_the_api_from_headless_chromium(app, expected, token, sites, tmp_path):
+    """--allow-origin end to end: a page on the allowed site POSTs a photo with the bearer token and reads the
+    same answer as `predict`, and reads a 401's reason; the same page on another origin cannot read either (the
+    browser blocks it, as it does for every site by default)."""
+    require_chromium()
+    folder, allowed, other = sites
+    photo = next(p for p, w in expected.items() if w["status"] == "tagged")
+    shutil.copyfile(photo, folder / "photo.jpg")
+    (folder / "caller.html").write_text("<!DOCTYPE html><title>caller</title><p>a photo service's page</p>")
+    from websockets.sync.client import connect
+
+    proc, ws_url = cdp_browser(tmp_path)
+    answers = {}
+    try:
+        with connect(ws_url, max_size=None, open_timeout=10) as ws:
+            cdp = Cdp(ws)
+            cdp("Page.enable")
+            for site in (allowed, other):
+                cdp("Page.navigate", url=f"{site}/caller.html")
+                for _ in range(100):
+                    if cdp.js("document.readyState") == "complete" and cdp.js("document.title") == "caller":
+                        break
+                    time.sleep(0.1)
+                script = CALL_API % {"api": app["url"], "token": token[0]}
+                got = cdp("Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True)
+                answers[site] = got["result"]["value"]
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    (status, body), (denied, reason) = answers[allowed]
+    assert status == 200 and same_answer(body, expected[photo]), answers[allowed]
+    assert denied == 401 and reason["error"].startswith("unauthorized"), reason
+    assert [a[0] for a in answers[other]] == ["blocked", "blocked"], answers[other]
 
 
 @pytest.mark.slow
