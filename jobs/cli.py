@@ -9,7 +9,7 @@ from landmark_core.closed_pipe import quiet_on_closed_pipe
 COMMANDS = {
     "predict": ("landmark_core.predict_cli", "tag photos on this machine (no Ray)"),
     "train": ("jobs.train", "train a model on Ray Train"),
-    "tag": ("jobs.tag", "the nightly tag job on Ray Data: photos -> Parquet tags"),
+    "tag": ("jobs.tag", "the nightly tag job on Ray Data: photos -> the Delta tag table"),
     "eval": ("jobs.eval", "open-world numbers of a model on labelled photos (right, abstained, wrong tags)"),
     "query": ("jobs.query", "read the tags with SQL (committed runs, latest per photo, history)"),
     "data": ("jobs.data", "fetch or generate datasets"),
