@@ -38,7 +38,7 @@ import numpy as np
 RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 ONNX_RUNTIMES = ("onnx", "onnx-int8")
 CPU_DEFAULT = "onnx-int8"  # the fastest CPU runtime, top-1 unchanged (README: "Throughput")
-RECIPE = 1  # version of export + quantisation below: part of the cache key
+RECIPE = 2  # version of export + quantisation below: part of the cache key
 CALIBRATION_COUNT = 64
 OPSET = 17
 CACHE_ENV = "LANDMARK_CACHE_DIR"
@@ -212,7 +212,12 @@ def calibration_images(preset, n: int = CALIBRATION_COUNT, seed: int = 0) -> np.
 
 
 def quantize_int8(fp32: bytes, calibration: np.ndarray, *, batch_size: int = 8) -> bytes:
-    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min/max calibration)."""
+    """Static int8 quantisation (QDQ, per-channel int8 weights, uint8 activations, min/max calibration).
+
+    Weights in 7 bits (reduce_range): x86 CPUs without VNNI (AVX2 only) multiply uint8 by int8 with an int16
+    sum that saturates on full-range weights; measured on an AVX2 EPYC, real photos' int8 embeddings fell to a
+    median cosine of 0.93 with fp32 (0.98 in 7 bits, at the same speed). uint8 weights do not saturate but ran
+    5.5x slower there."""
     import logging
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -243,6 +248,7 @@ def quantize_int8(fp32: bytes, calibration: np.ndarray, *, batch_size: int = 8) 
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                reduce_range=True,
             )
             return Path(dst).read_bytes()
     finally:
