@@ -165,7 +165,7 @@ def check_origin(origin: str) -> None:
     if origin != "*" and not (ORIGIN.fullmatch(origin) and origin == origin.lower()):
         raise ConfigError(
             f"--allow-origin {origin!r}: must be * or scheme://host[:port] as a browser sends it, "
-            "e.g. https://photos.example.com (no path, no trailing slash)"
+            "e.g. https://photos.example.com (lowercase, no path, no trailing slash)"
         )
 
 
