@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -892,6 +893,21 @@ def cdp_browser(tmp_path: Path):
     return proc, page["webSocketDebuggerUrl"]
 
 
+@contextlib.contextmanager
+def chromium_page(tmp_path: Path):
+    """A Cdp session on a fresh headless Chromium's page; the browser killed and its profile removed after."""
+    from websockets.sync.client import connect
+
+    proc, ws_url = cdp_browser(tmp_path)
+    try:
+        with connect(ws_url, max_size=None, open_timeout=10) as ws:
+            yield Cdp(ws)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
 class Cdp:
     def __init__(self, ws):
         self.ws, self.n, self.events = ws, 0, []
@@ -962,18 +978,10 @@ def test_upload_page_in_headless_chromium(app, expected, token, tmp_path):
     abstained = next((p for p, w in expected.items() if w["status"] == "no_landmark"), None)
     assert abstained, "the synthetic photos should include one the model abstains on (msp threshold 0.6)"
     failed = next(p for p, w in expected.items() if w["status"] == "failed" and "not_an_image" in w["error"])
-    from websockets.sync.client import connect
-
-    proc, ws_url = cdp_browser(tmp_path)
-    try:
-        with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            urls, headline, rows, exif, markers, shot, no_landmark, bad = drive_page(
-                Cdp(ws), app, token, photo, abstained, tmp_path, failed
-            )
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    with chromium_page(tmp_path) as cdp:
+        urls, headline, rows, exif, markers, shot, no_landmark, bad = drive_page(
+            cdp, app, token, photo, abstained, tmp_path, failed
+        )
     assert headline.startswith(want["landmark"] + " ("), headline
     assert no_landmark.startswith("no landmark"), no_landmark
     assert bad[0].startswith("failed: not_an_image") and bad[1:] == ["", "none"], bad
@@ -1011,27 +1019,18 @@ def test_a_page_of_an_allowed_origin_calls_the_api_from_headless_chromium(app, e
     photo = next(p for p, w in expected.items() if w["status"] == "tagged")
     shutil.copyfile(photo, folder / "photo.jpg")
     (folder / "caller.html").write_text("<!DOCTYPE html><title>caller</title><p>a photo service's page</p>")
-    from websockets.sync.client import connect
-
-    proc, ws_url = cdp_browser(tmp_path)
     answers = {}
-    try:
-        with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            cdp = Cdp(ws)
-            cdp("Page.enable")
-            for site in (allowed, other):
-                cdp("Page.navigate", url=f"{site}/caller.html")
-                for _ in range(100):
-                    if cdp.js("document.readyState") == "complete" and cdp.js("document.title") == "caller":
-                        break
-                    time.sleep(0.1)
-                script = CALL_API % {"api": app["url"], "token": token[0]}
-                got = cdp("Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True)
-                answers[site] = got["result"]["value"]
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    with chromium_page(tmp_path) as cdp:
+        cdp("Page.enable")
+        for site in (allowed, other):
+            cdp("Page.navigate", url=f"{site}/caller.html")
+            for _ in range(100):
+                if cdp.js("document.readyState") == "complete" and cdp.js("document.title") == "caller":
+                    break
+                time.sleep(0.1)
+            script = CALL_API % {"api": app["url"], "token": token[0]}
+            got = cdp("Runtime.evaluate", expression=script, awaitPromise=True, returnByValue=True)
+            answers[site] = got["result"]["value"]
     (status, body), (denied, reason) = answers[allowed]
     assert status == 200 and same_answer(body, expected[photo]), answers[allowed]
     assert denied == 401 and reason["error"].startswith("unauthorized"), reason
@@ -1042,28 +1041,19 @@ def test_a_page_of_an_allowed_origin_calls_the_api_from_headless_chromium(app, e
 def test_api_docs_render_in_headless_chromium_air_gapped(app, token, tmp_path):
     """/docs draws Swagger UI from the app's own files: the operations are listed, nothing else is fetched."""
     require_chromium()
-    from websockets.sync.client import connect
-
-    proc, ws_url = cdp_browser(tmp_path)
-    try:
-        with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            cdp = Cdp(ws)
-            cdp("Network.enable")
-            cdp("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {token[0]}"})
-            cdp("Page.enable")
-            cdp("Page.navigate", url=app["url"] + "/docs")
-            paths = []
-            for _ in range(200):
-                paths = cdp.js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
-                if paths:
-                    break
-                time.sleep(0.1)
-            shown = cdp.js("document.body.innerText.slice(0, 300)")
-            urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    with chromium_page(tmp_path) as cdp:
+        cdp("Network.enable")
+        cdp("Network.setExtraHTTPHeaders", headers={"Authorization": f"Bearer {token[0]}"})
+        cdp("Page.enable")
+        cdp("Page.navigate", url=app["url"] + "/docs")
+        paths = []
+        for _ in range(200):
+            paths = cdp.js("[...document.querySelectorAll('.opblock-summary-path')].map(e => e.textContent)")
+            if paths:
+                break
+            time.sleep(0.1)
+        shown = cdp.js("document.body.innerText.slice(0, 300)")
+        urls = [e["params"]["request"]["url"] for e in cdp.events if e.get("method") == "Network.requestWillBeSent"]
     assert {"/v1/tag", "/v1/tag/batch", "/v1/model", "/healthz"} <= {p.replace("\u200b", "") for p in paths}, (
         shown,
         urls,
