@@ -199,7 +199,7 @@ def _fit_runtimes(art: Artifact, cfg, data, negatives, metrics: dict, network: d
         if name not in network:
             blobs[name] = blob
         threshold = fitted["threshold"]
-        blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold}
+        blocks[name] = {"calibrator": fitted["calibrator"], "threshold": threshold, "recipe": rt.RECIPE}
         art.extra_tensors[f"neg_fit_scores@{name}"] = _torch(fitted["neg_fit_scores"].astype(np.float32))
         art.extra_tensors[f"neg_fit_groups@{name}"] = _torch(groups.astype(np.int32))
         # --accept-rate at tag time on this runtime: a threshold on its own validation scores, not fp32's

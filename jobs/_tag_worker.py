@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
+import warnings
 
 import pyarrow as pa
 
@@ -59,23 +60,26 @@ def _make_predictor(
     threads: int,
     max_wrong_rate=None,
 ):
+    from landmark_core.onnx_runtime import StaleFitWarning
     from landmark_core.predictor import Predictor
 
     if onnx_model is not None and not isinstance(onnx_model, bytes):  # an ObjectRef from the driver
         import ray
 
         onnx_model = ray.get(onnx_model)
-    p = Predictor(
-        model,
-        k=k,
-        min_score=min_score,
-        accept_rate=accept_rate,
-        max_wrong_rate=max_wrong_rate,
-        threads=threads,
-        storage_options=storage.S3Options(endpoint=s3_endpoint),
-        runtime=runtime,
-        onnx_model=onnx_model,
-    )
+    with warnings.catch_warnings():  # a stale runtime fit: the driver has said it once (not once per worker)
+        warnings.simplefilter("ignore", StaleFitWarning)
+        p = Predictor(
+            model,
+            k=k,
+            min_score=min_score,
+            accept_rate=accept_rate,
+            max_wrong_rate=max_wrong_rate,
+            threads=threads,
+            storage_options=storage.S3Options(endpoint=s3_endpoint),
+            runtime=runtime,
+            onnx_model=onnx_model,
+        )
     if model_id is not None and p.model_id != model_id:  # the artifact at --model was replaced meanwhile
         raise RuntimeError(f"--model {model} changed during the run (model_id {p.model_id}, expected {model_id})")
     return p

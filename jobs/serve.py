@@ -245,7 +245,7 @@ class Tagger:
             "k": p.k,
             "catalog": p.catalog.to_json(),
             "metrics": p.artifact.metrics,
-            "abstain": {"method": p.method, "threshold": p.threshold},
+            "abstain": {"method": p.method, "threshold": p.threshold, "stale_fit": p.stale_fit},
         }
 
 

@@ -28,7 +28,7 @@ from jobs._cli import ConfigError, check_threshold_flags, checks_config, fields_
 from jobs._tag_worker import StageClock, TagActor, start_workers, tag_task, timed_read_and_decode
 from landmark_core import abstention, storage, tagstore
 from landmark_core.artifact import ArtifactError, load as load_artifact
-from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime
+from landmark_core.onnx_runtime import ONNX_RUNTIMES, RUNTIMES, RuntimeChoiceError, resolve_runtime, stale_fit
 from landmark_core.preprocess import DEFAULT_MAX_PIXELS
 from landmark_core.tagging import (
     InputError,
@@ -193,6 +193,8 @@ def run(cfg: TagConfig) -> dict:
         )
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
+    if stale := stale_fit(artifact.abstain.get("runtimes", {}).get(runtime, {}), runtime):
+        print(f"[tag] warning: --model: {stale}", flush=True)
     if cfg.max_wrong_rate is not None and "neg_fit_scores" not in artifact.extra_tensors:
         raise ConfigError(
             f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "

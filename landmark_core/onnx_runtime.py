@@ -48,6 +48,24 @@ class RuntimeChoiceError(ValueError):
     pass
 
 
+class StaleFitWarning(UserWarning):
+    """An artifact's runtime fit was made on another RECIPE's model than this code builds (``stale_fit``)."""
+
+
+def stale_fit(fit: dict, runtime: str) -> str | None:
+    """Why ``fit`` (an open-world artifact's score and threshold fitted on ``runtime``'s features) was made on
+    another build of that runtime's model than this code makes, or None. Fits record their RECIPE; an
+    artifact's fit without one was made by recipe 1."""
+    made = int(fit.get("recipe", 1)) if fit else RECIPE
+    if runtime not in ONNX_RUNTIMES or made == RECIPE:
+        return None
+    return (
+        f"this model's {runtime} score and threshold were fitted on quantisation recipe {made}; this version "
+        f"builds recipe {RECIPE} (README: 'int8 on CPUs without VNNI'), whose scores can differ by a few points: "
+        f"the wrong-tag rate it was fitted for is not guaranteed; train the model again to refit them"
+    )
+
+
 def check_runtime(name: str | None, flag: str = "--runtime") -> str:
     """The runtime name, or a RuntimeChoiceError naming ``flag`` and the choices."""
     if name not in RUNTIMES:

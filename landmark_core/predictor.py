@@ -11,12 +11,13 @@ to ``auto``, which picks them on a CPU). The ONNX runtimes never import torch on
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from . import abstention, members, openworld, recognizer
 from .artifact import Artifact, build_network, load
-from .onnx_runtime import ONNX_RUNTIMES, check_runtime, resolve_runtime
+from .onnx_runtime import ONNX_RUNTIMES, StaleFitWarning, check_runtime, resolve_runtime, stale_fit
 from .preprocess import normalize_batch
 from .status import NO_LANDMARK, TAGGED
 from .storage import S3Options
@@ -88,6 +89,9 @@ class Predictor:
         # an open-world model fitted its score again on this runtime's own features (int8): use that fit
         self._fit = art.abstain.get("runtimes", {}).get(self.runtime, {})
         self._neg_key = f"@{self.runtime}" if self._fit else ""
+        self.stale_fit = stale_fit(self._fit, self.runtime)  # fitted on an older build of this runtime's model
+        if self.stale_fit:
+            warnings.warn(self.stale_fit, StaleFitWarning, stacklevel=2)
         self.calibrator = self._fit.get("calibrator", art.abstain.get("calibrator"))
         self.members = members.from_artifact(art.abstain, self.extra, self.runtime)  # --members: pooled
         self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)

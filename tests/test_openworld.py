@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from landmark_core import evaluation, openworld
+from landmark_core import evaluation, onnx_runtime as rt, openworld
 from landmark_core.calibration import threshold_at_accept_rate
 from landmark_core.evaluation import UNKNOWN, Outcomes
 from tests.cli_asserts import assert_error_names
@@ -229,7 +230,8 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     logits, emb = int8.logits_and_embeddings(imgs)
     x = openworld.features(logits, emb, temperature=art.temperature, extra=int8.extra)
     fitted = openworld.fit(x[:6], np.ones(6, bool), x[6:], np.array([0, 0, 0, 1, 1, 1]), 0.34)
-    art.abstain["runtimes"] = {"onnx-int8": {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"]}}
+    fit = {"calibrator": fitted["calibrator"], "threshold": fitted["threshold"], "recipe": rt.RECIPE}
+    art.abstain["runtimes"] = {"onnx-int8": fit}
     art.extra_tensors["neg_fit_scores@onnx-int8"] = torch.from_numpy(fitted["neg_fit_scores"].astype(np.float32))
     art.extra_tensors["neg_fit_groups@onnx-int8"] = torch.tensor([0, 0, 0, 1, 1, 1], dtype=torch.int32)
     int8_val = np.sort(openworld.prob_right(x[:6], fitted["calibrator"])).astype(np.float32)
@@ -237,7 +239,10 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     dest = str(tmp_path / "ow-runtimes")
     artifact_mod.save(art, dest)
 
-    int8 = Predictor(dest, runtime="onnx-int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rt.StaleFitWarning)  # fitted on the model this code builds: nothing to say
+        int8 = Predictor(dest, runtime="onnx-int8")
+    assert int8.stale_fit is None
     assert int8.threshold == pytest.approx(fitted["threshold"]) and int8.threshold != 0.5
     got = int8.predict_arrays(imgs)
     assert np.allclose(got["abstain_score"], openworld.prob_right(x, fitted["calibrator"]), atol=1e-5)
@@ -250,6 +255,35 @@ def test_predictor_uses_its_runtimes_own_fit(make_tiny_artifact, tmp_path):
     assert int8_at != pytest.approx(fp32_at)  # (else this check could not tell them apart)
     assert Predictor(dest, runtime="onnx-int8", accept_rate=0.5).threshold == pytest.approx(int8_at)
     assert Predictor(dest, runtime="torch", device="cpu", accept_rate=0.5).threshold == pytest.approx(fp32_at)
+
+
+def test_a_runtime_fit_made_on_another_quantisation_recipe_is_said_not_silently_used(
+    make_tiny_artifact, tmp_path, capsys
+):
+    """An int8 fit records the RECIPE of the model it was made on; one made on another (an artifact from before
+    recipe 2, whose fit carries none) still scores, and the Predictor and `landmark eval` say its threshold was
+    fitted on another model's features."""
+    from jobs.eval import main as eval_main
+    from landmark_core import artifact as artifact_mod
+    from landmark_core.predictor import Predictor
+
+    path, imgs, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    art = artifact_mod.load(path)
+    art.abstain["runtimes"] = {"onnx-int8": {"calibrator": art.abstain["calibrator"], "threshold": 0.42}}
+    dest = str(tmp_path / "ow-recipe-1")
+    artifact_mod.save(art, dest)
+    said = rf"fitted on quantisation recipe 1; this version builds recipe {rt.RECIPE}"
+    with pytest.warns(rt.StaleFitWarning, match=said):
+        int8 = Predictor(dest, runtime="onnx-int8")
+    assert int8.threshold == pytest.approx(0.42) and "train the model again" in int8.stale_fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rt.StaleFitWarning)  # torch has no quantisation recipe
+        assert Predictor(dest, runtime="torch", device="cpu").stale_fit is None
+    known, _ = _eval_photos(tmp_path, 1)
+    assert eval_main(["--model", dest, "--known", known, "--runtime", "onnx-int8", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["stale_fit"] == int8.stale_fit
+    assert f"[eval] warning: --model: {int8.stale_fit}" in err and "StaleFitWarning" not in err
 
 
 def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_tiny_artifact, tmp_path, capsys):

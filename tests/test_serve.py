@@ -211,6 +211,7 @@ def test_model_health_and_docs(app, model_dir):
     names = [lm["name"] for lm in info["catalog"]["landmarks"]]
     assert names == art.catalog.names and all("lat" in lm and "lon" in lm for lm in info["catalog"]["landmarks"])
     assert info["metrics"] == art.metrics
+    assert info["abstain"] == {"method": "msp", "threshold": 0.6, "stale_fit": None}  # (msp: no runtime fit)
     h = requests.get(f"{app['url']}/healthz", timeout=30)  # no token needed
     assert h.status_code == 200 and h.json() == {"status": "ok", "model_id": art.model_id}
     spec = app["s"].get(f"{app['url']}/openapi.json", timeout=30).json()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jobs.train import ConfigError, TrainConfig, main as train_main, run as train_run
+from landmark_core import onnx_runtime as rt
 from landmark_core.artifact import load as load_artifact
 from landmark_core.predictor import Predictor
 from tests.cli_asserts import assert_error_names
@@ -432,7 +433,8 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert own["fit_wrong_rate"] <= 0.05  # the threshold's promise, on the photos it was fitted on
     # the int8 runtime the CPU tag job runs got its own fit, on its own features of the same photos
     int8 = art.abstain["runtimes"]["onnx-int8"]
-    assert set(int8) == {"calibrator", "threshold"} | ({"member_thresholds"} if frozen else set())
+    assert set(int8) == {"calibrator", "threshold", "recipe"} | ({"member_thresholds"} if frozen else set())
+    assert int8["recipe"] == rt.RECIPE  # the model it was fitted on: a later recipe's Predictor says so
     assert "platt" in int8["calibrator"]
     assert len(art.extra_tensors["neg_fit_scores@onnx-int8"]) == len(art.extra_tensors["neg_fit_scores"])
     assert len(art.extra_tensors["val_scores@onnx-int8"]) == len(art.extra_tensors["val_scores"])
