@@ -32,10 +32,18 @@ def require_chromium() -> None:
         pytest.skip("/usr/bin/chromium not installed")
 
 
+def chromium_env(profile: Path) -> dict:
+    """The environment of a Chromium whose profile is ``profile``: its temporary files (the singleton socket's
+    folder among them, left behind when the browser is killed) go inside the profile, removed with it, not /tmp."""
+    profile.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "TMPDIR": str(profile)}
+
+
 def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(
             [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+            env=chromium_env(profile),
             check=False,
             timeout=60,
             stdout=subprocess.PIPE,

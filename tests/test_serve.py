@@ -28,7 +28,7 @@ from landmark_core import artifact as artifact_mod
 from landmark_core.predict import PhotoResult, predict_paths
 from landmark_core.predictor import Predictor
 from landmark_core.preprocess import EvalPreset
-from tests.browser import CHROMIUM, FLAGS, require_chromium
+from tests.browser import CHROMIUM, FLAGS, chromium_env, require_chromium
 from tests.cli_asserts import assert_error_names
 
 RUNTIME = "onnx-int8"  # the CPU default (`--runtime auto` on a CPU): the same ONNX model in the test and the app
@@ -880,6 +880,7 @@ def cdp_browser(tmp_path: Path):
             "--window-size=1200,900",
             "about:blank",
         ],
+        env=chromium_env(profile),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
