@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,25 +69,21 @@ def run(cfg: EvalConfig) -> dict:
 
     from landmark_core import evaluation
     from landmark_core.artifact import ArtifactError
-    from landmark_core.onnx_runtime import StaleFitWarning
     from landmark_core.predict import predict_paths
     from landmark_core.predictor import Predictor
 
     try:
-        with warnings.catch_warnings():  # a stale runtime fit: said below, in the job's words
-            warnings.simplefilter("ignore", StaleFitWarning)
-            predictor = Predictor(
-                cfg.model,
-                runtime=cfg.runtime,
-                min_score=cfg.min_score,
-                accept_rate=cfg.accept_rate,
-                max_wrong_rate=cfg.max_wrong_rate,
-                storage_options=cfg.s3_options(),
-            )
+        predictor = Predictor.for_command(
+            "[eval]",
+            cfg.model,
+            runtime=cfg.runtime,
+            min_score=cfg.min_score,
+            accept_rate=cfg.accept_rate,
+            max_wrong_rate=cfg.max_wrong_rate,
+            storage_options=cfg.s3_options(),
+        )
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
-    if predictor.stale_fit:
-        print(f"[eval] warning: --model: {predictor.stale_fit}", file=sys.stderr, flush=True)
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed = [], [], []

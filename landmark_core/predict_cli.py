@@ -74,7 +74,7 @@ def run(
         if resolve_runtime(runtime, "cuda") != "torch":
             raise GpuDecodeError(f"--gpu-decode feeds the torch runtime on the GPU; not --runtime {runtime}")
     opts = S3Options(endpoint=s3_endpoint)
-    predictor = Predictor(model, k=k, runtime=runtime, storage_options=opts)
+    predictor = Predictor.for_command("landmark predict:", model, k=k, runtime=runtime, storage_options=opts)
     items = expand_folders(paths, opts)
     photos = [i for i in items if isinstance(i, str)]
     answers = predict_paths(photos, predictor, gpu_decode=gpu_decode, opts=opts)

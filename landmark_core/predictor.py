@@ -11,6 +11,7 @@ to ``auto``, which picks them on a CPU). The ONNX runtimes never import torch on
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -116,6 +117,17 @@ class Predictor:
         self._lat = np.array([np.nan if lm.lat is None else lm.lat for lm in self.catalog], dtype=np.float64)
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
+
+    @classmethod
+    def for_command(cls, prefix: str, *args, **kwargs) -> Predictor:
+        """A Predictor for a command line: a stale runtime fit is one "{prefix} warning: --model: ..." line on
+        stderr, in the command's words, instead of a Python warning with its source line."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StaleFitWarning)
+            predictor = cls(*args, **kwargs)
+        if predictor.stale_fit:
+            print(f"{prefix} warning: --model: {predictor.stale_fit}", file=sys.stderr, flush=True)
+        return predictor
 
     def _threshold(
         self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None

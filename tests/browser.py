@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,23 +34,26 @@ def require_chromium() -> None:
         pytest.skip("/usr/bin/chromium not installed")
 
 
-def chromium_env(profile: Path) -> dict:
-    """The environment of a Chromium whose profile is ``profile``: its temporary files (the singleton socket's
-    folder among them, left behind when the browser is killed) go inside the profile, removed with it, not /tmp."""
-    profile.mkdir(parents=True, exist_ok=True)
-    return {**os.environ, "TMPDIR": str(profile)}
+@contextlib.contextmanager
+def chromium_env():
+    """The environment of one Chromium: its temporary files (the singleton socket's folder among them, left
+    behind when the browser is killed) in a folder of their own, removed after. A short path under /tmp: the
+    socket's path must fit a Unix socket's 108 bytes, which a pytest tmp_path does not."""
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as tmp:
+        yield {**os.environ, "TMPDIR": tmp}
 
 
 def _run(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(
-            [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
-            env=chromium_env(profile),
-            check=False,
-            timeout=60,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        with chromium_env() as env:
+            return subprocess.run(
+                [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}", *args],
+                env=env,
+                check=False,
+                timeout=60,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
     except subprocess.TimeoutExpired:
         pytest.fail("headless chromium did not finish within 60 s")
     finally:

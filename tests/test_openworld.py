@@ -261,8 +261,8 @@ def test_a_runtime_fit_made_on_another_quantisation_recipe_is_said_not_silently_
     make_tiny_artifact, tmp_path, capsys
 ):
     """An int8 fit records the RECIPE of the model it was made on; one made on another (an artifact from before
-    recipe 2, whose fit carries none) still scores, and the Predictor and `landmark eval` say its threshold was
-    fitted on another model's features."""
+    recipe 2, whose fit carries none) still scores, and the Predictor, `landmark eval` and `landmark predict` say
+    its threshold was fitted on another model's features."""
     from jobs.eval import main as eval_main
     from landmark_core import artifact as artifact_mod
     from landmark_core.predictor import Predictor
@@ -284,6 +284,13 @@ def test_a_runtime_fit_made_on_another_quantisation_recipe_is_said_not_silently_
     out, err = capsys.readouterr()
     assert json.loads(out)["stale_fit"] == int8.stale_fit
     assert f"[eval] warning: --model: {int8.stale_fit}" in err and "StaleFitWarning" not in err
+    from landmark_core.predict_cli import main as predict_main
+
+    photo = next(Path(known).rglob("*.jpg"))
+    assert predict_main(["--model", dest, "--runtime", "onnx-int8", "--json", str(photo)]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["status"] in ("tagged", "no_landmark")
+    assert err.splitlines() == [f"landmark predict: warning: --model: {int8.stale_fit}"]
 
 
 def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_tiny_artifact, tmp_path, capsys):

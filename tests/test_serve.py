@@ -868,7 +868,7 @@ def test_a_full_queue_is_answered_503_with_retry_after(app, model_dir, tmp_path)
 # ---------------------------------------------------------------------------------------------- the page
 
 
-def cdp_browser(tmp_path: Path):
+def cdp_browser(tmp_path: Path, env: dict):
     """Headless Chromium with a DevTools port; returns (process, the DevTools websocket URL of its page)."""
     profile = tmp_path / "chromium-profile"
     proc = subprocess.Popen(
@@ -880,7 +880,7 @@ def cdp_browser(tmp_path: Path):
             "--window-size=1200,900",
             "about:blank",
         ],
-        env=chromium_env(profile),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -900,14 +900,15 @@ def chromium_page(tmp_path: Path):
     """A Cdp session on a fresh headless Chromium's page; the browser killed and its profile removed after."""
     from websockets.sync.client import connect
 
-    proc, ws_url = cdp_browser(tmp_path)
-    try:
-        with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            yield Cdp(ws)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+    with chromium_env() as env:
+        proc, ws_url = cdp_browser(tmp_path, env)
+        try:
+            with connect(ws_url, max_size=None, open_timeout=10) as ws:
+                yield Cdp(ws)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+            shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
 class Cdp:
