@@ -261,8 +261,8 @@ def test_a_runtime_fit_made_on_another_quantisation_recipe_is_said_not_silently_
     make_tiny_artifact, tmp_path, capsys
 ):
     """An int8 fit records the RECIPE of the model it was made on; one made on another (an artifact from before
-    recipe 2, whose fit carries none) still scores, and the Predictor, `landmark eval` and `landmark predict` say
-    its threshold was fitted on another model's features."""
+    recipe 2, whose fit carries none) still scores, and the Predictor, `landmark eval`, `landmark predict` and
+    `landmark tag` say its threshold was fitted on another model's features."""
     from jobs.eval import main as eval_main
     from landmark_core import artifact as artifact_mod
     from landmark_core.predictor import Predictor
@@ -291,6 +291,16 @@ def test_a_runtime_fit_made_on_another_quantisation_recipe_is_said_not_silently_
     out, err = capsys.readouterr()
     assert json.loads(out)["status"] in ("tagged", "no_landmark")
     assert err.splitlines() == [f"landmark predict: warning: --model: {int8.stale_fit}"]
+    # the tag job's driver says it once, after loading the model and before any work (here an --output that
+    # cannot be written stops the run next)
+    from jobs.tag import main as tag_main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = ["--input", known, "--output", str(blocker / "tags"), "--model", dest, "--runtime", "onnx-int8"]
+    assert tag_main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out.count(f"[tag] warning: --model: {int8.stale_fit}") == 1 and "--output" in err, (out, err)
 
 
 def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_tiny_artifact, tmp_path, capsys):
