@@ -56,8 +56,10 @@ def stale_fit(fit: dict, runtime: str) -> str | None:
     """Why ``fit`` (an open-world artifact's score and threshold fitted on ``runtime``'s features) was made on
     another build of that runtime's model than this code makes, or None. Fits record their RECIPE; an
     artifact's fit without one was made by recipe 1."""
-    made = int(fit.get("recipe", 1)) if fit else RECIPE
-    if runtime not in ONNX_RUNTIMES or made == RECIPE:
+    if not fit or runtime not in ONNX_RUNTIMES:
+        return None
+    made = int(fit.get("recipe", 1))
+    if made == RECIPE:
         return None
     return (
         f"this model's {runtime} score and threshold were fitted on quantisation recipe {made}; this version "
