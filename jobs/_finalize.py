@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,115 +43,45 @@ def finalize(
     ev = dict(np.load(ckpt_dir / "eval.npz"))
     history = json.loads((ckpt_dir / "history.json").read_text())
     train_state = json.loads((ckpt_dir / "state.json").read_text())
-    state_dict = load_file(str(ckpt_dir / "best.safetensors"))
     n_classes = len(data.catalog)
-
-    val_logits, val_y = ev["val_logits"], ev["val_labels"]
-    temperature = fit_temperature(val_logits, val_y) if len(val_y) else 1.0
-    open_world = negatives is not None and bool(negatives) and len(ev.get("negfit_labels", ()))
-    method = "openworld" if open_world else (DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method)
-    if open_world:
-        extra, fitted = _fit_open_world(cfg, ev, temperature, n_classes)
-        calibrator = fitted["calibrator"]
-        score = _open_world_scorer(temperature, extra, calibrator)
-    else:
-        extra, calibrator = (
-            abstention.reference_tensors(
-                method, ev["train_emb"].astype(np.float32), ev["train_labels"], n_classes, seed=cfg.seed
-            ),
-            None,
-        )
-        score = _scorer(method, temperature, extra)
-    val_scores = score(val_logits, ev["val_emb"])
-    if open_world:
-        fit_scores, threshold = fitted["neg_fit_scores"], fitted["threshold"]
-        by_group = openworld.scores_by_group(fit_scores, ev["negfit_labels"], negatives.groups)
-        extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
-    else:
-        threshold = threshold_at_accept_rate(val_scores, cfg.accept_rate)
-    gallery = _gallery(cfg, ev, extra, n_classes)
+    temperature = fit_temperature(ev["val_logits"], ev["val_labels"]) if len(ev["val_labels"]) else 1.0
+    fit = _fit_abstention(cfg, ev, temperature, n_classes, negatives)
+    gallery = _gallery(cfg, ev, fit.extra, n_classes)
     # an open-world model's score is fitted on its head's softmax: its recognizer is the head
-    forced = "head" if open_world else (None if cfg.recognizer == "auto" else cfg.recognizer)
+    forced = "head" if fit.open_world else (None if cfg.recognizer == "auto" else cfg.recognizer)
     rec, rec_metrics = recognizer.choose(
-        val_logits,
+        ev["val_logits"],
         ev["val_emb"],
-        val_y,
+        ev["val_labels"],
         temperature=temperature,
-        extra={**extra, **gallery},
+        extra={**fit.extra, **gallery},
         n_classes=n_classes,
         n_head=n_classes,
         forced=forced,
     )
-
-    metrics = {
-        "model": cfg.model,
-        "freeze_backbone": cfg.freeze_backbone,
-        "workers": cfg.workers,
-        # the epoch whose weights the worker kept (TrainState's rule: improved by 1e-4, NaN counts as improved)
-        "epochs": len(history),
-        "best_epoch": int(train_state.get("best_epoch", 0)),
-        "train_seconds": round(train_seconds, 1),
-        "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
-        "temperature": temperature,
-        "abstain_method": method,
-        "abstain_threshold": threshold,
-        "accept_rate": cfg.accept_rate,
-        "resumed_after_epochs": train_state.get("resumed_after") or [],
-        "stopped_early": bool(train_state.get("stopped_early")),
-        "n_train": len(data.train),
-        "n_val": len(data.val),
-        "n_test": len(data.test),
-        "recognizer": rec.mode,
-        "recognizer_val_top1": rec_metrics["val_top1"],
-    }
-    metrics.update(_split_metrics("val", val_logits, val_y, temperature, n_classes))
-    if len(ev["test_labels"]):
-        metrics.update(_split_metrics("test", ev["test_logits"], ev["test_labels"], temperature, n_classes))
-        metrics["test_per_class"] = dict(
-            zip(
-                data.catalog.names,
-                per_class_accuracy(softmax(ev["test_logits"], temperature), ev["test_labels"], n_classes),
-            )
-        )
-        test_scores = score(ev["test_logits"], ev["test_emb"])
-        metrics["test_false_abstain"] = float((test_scores < threshold).mean())
-    if len(ev["unknown_logits"]):
-        metrics.update(_open_set(ev, temperature, threshold, score, cfg, n_classes))
-        named = _recognizer_probs(rec, temperature, {**extra, **gallery}, n_classes)
-        metrics["open_world"] = _open_world_summary(ev, named, threshold, score, open_world)
-    abstain = {"method": method, "threshold": threshold, "accept_rate": cfg.accept_rate, "k": 5}
-    if open_world:
-        abstain.update(
-            calibrator=calibrator, max_wrong_rate=cfg.max_wrong_rate, accept_rate=None, negative_groups=negatives.groups
-        )
-        metrics.update(_fit_metrics(val_scores, val_logits, val_y, temperature, by_group, threshold))
-        metrics["max_wrong_rate"] = cfg.max_wrong_rate
+    metrics = _run_metrics(cfg, data, history, train_state, train_seconds, temperature, fit, rec, rec_metrics)
+    metrics.update(_eval_metrics(cfg, data, ev, temperature, fit, rec, gallery))
     _, eval_preset = presets_for(cfg.image_size)
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
         catalog=data.catalog,
         preprocess=eval_preset,
-        state_dict=state_dict,
+        state_dict=load_file(str(ckpt_dir / "best.safetensors")),
         temperature=temperature,
-        abstain=abstain,
+        abstain=_abstain_block(cfg, fit, negatives),
         metrics=metrics,
         recognizer=rec.to_json(),
         extra_tensors={
-            **{k: _torch(v) for k, v in {**extra, **gallery}.items()},
-            "val_scores": _torch(np.sort(val_scores).astype(np.float32)),
+            **{k: _torch(v) for k, v in {**fit.extra, **gallery}.items()},
+            "val_scores": _torch(np.sort(fit.val_scores).astype(np.float32)),
             **{k: _torch(v) for k, v in _held_out(ev).items()},
         },
         provenance=_provenance(cfg, run_name),
     )
-    blobs = _fit_runtimes(art, cfg, data, negatives, metrics, network or {}) if open_world else {}
-    opts = cfg.s3_options()
-    metrics["model_id"] = save(art, cfg.output, storage_options=opts)
-    for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
-        rt.cache_model(metrics["model_id"], name, blob)
-    storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
-    storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
+    blobs = _fit_runtimes(art, cfg, data, negatives, metrics, network or {}) if fit.open_world else {}
+    _write_outputs(cfg, art, metrics, history, blobs)
     if cfg.report:
-        _write_report(cfg, data, ev, history, temperature, opts)
+        _write_report(cfg, data, ev, history, temperature, cfg.s3_options())
     print(
         f"[train] {done or f'wrote {cfg.output}'} (model_id {metrics['model_id']}): "
         + ", ".join(
@@ -160,6 +92,119 @@ def finalize(
         flush=True,
     )
     return metrics
+
+
+@dataclass(frozen=True)
+class _Abstention:
+    """How the model decides "no landmark": its method, score function, threshold and the tensors they need."""
+
+    method: str
+    open_world: bool
+    extra: dict  # reference tensors (banks, prototypes, distractors, held-back negatives' scores)
+    score: Callable  # (logits, embeddings) -> score
+    val_scores: np.ndarray
+    threshold: float
+    calibrator: dict | None = None  # open world: the fitted P(right)
+    by_group: dict | None = None  # open world: held-back negatives' scores per folder
+
+
+def _fit_abstention(cfg, ev: dict, temperature: float, n_classes: int, negatives) -> _Abstention:
+    """Open world (negatives held back): the fitted P(right) and its --max-wrong-rate threshold; else the chosen
+    --abstain-method's score and its --accept-rate threshold on the validation photos."""
+    open_world = negatives is not None and bool(negatives) and len(ev.get("negfit_labels", ()))
+    if not open_world:
+        method = DEFAULT_METHOD if cfg.abstain_method == "auto" else cfg.abstain_method
+        emb = ev["train_emb"].astype(np.float32)
+        extra = abstention.reference_tensors(method, emb, ev["train_labels"], n_classes, seed=cfg.seed)
+        score = _scorer(method, temperature, extra)
+        val_scores = score(ev["val_logits"], ev["val_emb"])
+        return _Abstention(
+            method, False, extra, score, val_scores, threshold_at_accept_rate(val_scores, cfg.accept_rate)
+        )
+    extra, fitted = _fit_open_world(cfg, ev, temperature, n_classes)
+    score = _open_world_scorer(temperature, extra, fitted["calibrator"])
+    val_scores = score(ev["val_logits"], ev["val_emb"])
+    fit_scores = fitted["neg_fit_scores"]
+    extra.update(neg_fit_scores=fit_scores.astype(np.float32), neg_fit_groups=ev["negfit_labels"].astype(np.int32))
+    return _Abstention(
+        "openworld",
+        True,
+        extra,
+        score,
+        val_scores,
+        fitted["threshold"],
+        calibrator=fitted["calibrator"],
+        by_group=openworld.scores_by_group(fit_scores, ev["negfit_labels"], negatives.groups),
+    )
+
+
+def _abstain_block(cfg, fit: _Abstention, negatives) -> dict:
+    """The artifact's ``abstain``: what the Predictor needs to say "no landmark" as training decided."""
+    abstain = {"method": fit.method, "threshold": fit.threshold, "accept_rate": cfg.accept_rate, "k": 5}
+    if fit.open_world:
+        abstain.update(
+            calibrator=fit.calibrator,
+            max_wrong_rate=cfg.max_wrong_rate,
+            accept_rate=None,
+            negative_groups=negatives.groups,
+        )
+    return abstain
+
+
+def _run_metrics(cfg, data, history, train_state, train_seconds, temperature, fit: _Abstention, rec, rec_metrics):
+    """What the run was and did: model, epochs, speed, the abstention it chose, the recognizer it picked."""
+    return {
+        "model": cfg.model,
+        "freeze_backbone": cfg.freeze_backbone,
+        "workers": cfg.workers,
+        # the epoch whose weights the worker kept (TrainState's rule: improved by 1e-4, NaN counts as improved)
+        "epochs": len(history),
+        "best_epoch": int(train_state.get("best_epoch", 0)),
+        "train_seconds": round(train_seconds, 1),
+        "images_per_second": round(float(np.mean([h["images_per_second"] for h in history])), 2) if history else 0,
+        "temperature": temperature,
+        "abstain_method": fit.method,
+        "abstain_threshold": fit.threshold,
+        "accept_rate": cfg.accept_rate,
+        "resumed_after_epochs": train_state.get("resumed_after") or [],
+        "stopped_early": bool(train_state.get("stopped_early")),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "recognizer": rec.mode,
+        "recognizer_val_top1": rec_metrics["val_top1"],
+    }
+
+
+def _eval_metrics(cfg, data, ev: dict, temperature: float, fit: _Abstention, rec, gallery: dict) -> dict:
+    """The model measured on its validation, test and --unknown photos, and the open-world fit's own figures."""
+    n_classes = len(data.catalog)
+    out = _split_metrics("val", ev["val_logits"], ev["val_labels"], temperature, n_classes)
+    if len(ev["test_labels"]):
+        out.update(_split_metrics("test", ev["test_logits"], ev["test_labels"], temperature, n_classes))
+        probs = softmax(ev["test_logits"], temperature)
+        out["test_per_class"] = dict(zip(data.catalog.names, per_class_accuracy(probs, ev["test_labels"], n_classes)))
+        out["test_false_abstain"] = float((fit.score(ev["test_logits"], ev["test_emb"]) < fit.threshold).mean())
+    if len(ev["unknown_logits"]):
+        out.update(_open_set(ev, temperature, fit.threshold, fit.score, cfg, n_classes))
+        named = _recognizer_probs(rec, temperature, {**fit.extra, **gallery}, n_classes)
+        out["open_world"] = _open_world_summary(ev, named, fit.threshold, fit.score, fit.open_world)
+    if fit.open_world:
+        out.update(
+            _fit_metrics(fit.val_scores, ev["val_logits"], ev["val_labels"], temperature, fit.by_group, fit.threshold)
+        )
+        out["max_wrong_rate"] = cfg.max_wrong_rate
+    return out
+
+
+def _write_outputs(cfg, art: Artifact, metrics: dict, history: list, blobs: dict[str, bytes]) -> None:
+    """The artifact, then metrics.json (with the model_id the save computed) and history.json, at --output."""
+    opts = cfg.s3_options()
+    metrics["model_id"] = save(art, cfg.output, storage_options=opts)
+    for name, blob in blobs.items():  # the ONNX model just built, so that the first Predictor need not rebuild it
+        rt.cache_model(metrics["model_id"], name, blob)
+    storage.write_bytes(storage.join(cfg.output, "metrics.json"), json.dumps(metrics, indent=2).encode(), opts)
+    storage.write_bytes(storage.join(cfg.output, "history.json"), json.dumps(history, indent=2).encode(), opts)
 
 
 def _fit_open_world(cfg, ev, temperature: float, n_classes: int) -> tuple[dict, dict]:
