@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -185,26 +186,7 @@ def run(cfg: TagConfig) -> dict:
     opts = cfg.s3_options()
     _check_reachable(cfg, opts)
     runtime = cfg.resolved_runtime()
-    try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
-        artifact = load_artifact(
-            cfg.model,
-            storage_options=cfg.s3_options(),
-            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
-        )
-    except ArtifactError as e:
-        raise ConfigError(f"--model: {e}") from None
-    if stale := stale_fit(artifact.abstain.get("runtimes", {}).get(runtime, {}), runtime):
-        print(f"[tag] warning: --model: {stale}", flush=True)
-    if cfg.max_wrong_rate is not None and "neg_fit_scores" not in artifact.extra_tensors:
-        raise ConfigError(
-            f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
-            f"use --min-score or --accept-rate"
-        )
-    if cfg.min_score is not None:  # else every actor refuses it, after the table exists
-        try:
-            abstention.check_min_score(artifact.abstain.get("method", "msp"), cfg.min_score)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    artifact = _load_model(cfg, runtime)
     run_id = cfg.run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     dt = cfg.dt or f"{datetime.now(timezone.utc):%Y-%m-%d}"
     fs, root_path = storage.arrow_fs(cfg.output, opts)
@@ -212,23 +194,8 @@ def run(cfg: TagConfig) -> dict:
     _check_writable(fs, out_dir, cfg.output)
     _ensure_table(cfg.output, opts)
 
-    left_out = Counter()  # objects under --input that are not photos by name: said, not silently dropped
-    if cfg.manifest:
-        listing, repeated = unique_uris(read_manifest(cfg.manifest, opts))  # (a listing names each object once)
-        if repeated:
-            print(
-                f"[tag] --manifest {cfg.manifest}: {repeated} row(s) repeat an earlier row's uri; each photo is "
-                "tagged once",
-                flush=True,
-            )
-    else:
-        listing = list_inputs(cfg.input, opts, left_out=left_out)
+    listing, left_out = _list_photos(cfg, opts)
     t_list = time.time()
-    if note := left_out_note(dict(left_out)):
-        print(f"[tag] {note}", flush=True)
-    if not listing.num_rows:  # a night with no uploads is a normal run: committed, but not silently
-        where = f"under --input {cfg.input}" if cfg.input else f"in --manifest {cfg.manifest}"
-        print(f"[tag] no photos {where}: an empty run is committed", flush=True)
     # a catalog change (landmark catalog add/remove) does not re-tag what its parent models settled
     lineage = tuple(artifact.provenance.get("lineage") or ())
     if cfg.retag:
@@ -238,28 +205,12 @@ def run(cfg: TagConfig) -> dict:
     print(f"[tag] run {run_id}: {_pending_line(listing.num_rows, plan, artifact.model_id, lineage)}", flush=True)
     todo = plan.todo
     timings = {"list_seconds": round(t_list - t_start, 2)}
-    if todo.num_rows:
-        onnx_model = None
-        if runtime in ONNX_RUNTIMES:  # built (or read from the cache) once here, shipped to every actor/task
-            from landmark_core.onnx_runtime import model_bytes
-
-            t0 = time.time()
-            onnx_model = model_bytes(artifact, runtime)
-            timings["onnx_model_seconds"] = round(time.time() - t0, 2)
-        try:
-            stages = _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime, onnx_model=onnx_model)
-            if stages:
-                timings["stages"] = stages
-        except Exception:
-            _blame_output(fs, out_dir, cfg.output, run_id)  # a lost output is the likely cause: say so
-            raise
-    timings["pipeline_seconds"] = round(time.time() - t_list, 2)
-    t_verify = time.time()
-    try:
+    with _blaming_output(fs, out_dir, cfg.output, run_id):  # a lost output is the likely cause of a failure: say so
+        if todo.num_rows:
+            timings.update(_tag_photos(cfg, artifact, todo, out_dir, fs, run_id, runtime))
+        timings["pipeline_seconds"] = round(time.time() - t_list, 2)
+        t_verify = time.time()
         counts, files = _verify(fs, out_dir, todo)
-    except Exception:
-        _blame_output(fs, out_dir, cfg.output, run_id)
-        raise
     timings["verify_seconds"] = round(time.time() - t_verify, 2)
     summary = {
         "run_id": run_id,
@@ -280,16 +231,92 @@ def run(cfg: TagConfig) -> dict:
         "timings": timings,
         "images_per_second": round(todo.num_rows / max(timings["pipeline_seconds"], 1e-9), 2),
     }
-    try:
-        summary["version"] = tagstore.commit_run(cfg.output, fs, files, summary, opts)
-    except Exception as e:  # delta-rs raises its own types for storage errors; any of them means "not committed"
-        _blame_output(fs, out_dir, cfg.output, run_id)
-        raise OutputError(
-            f"--output {cfg.output}: could not commit to the Delta table "
-            f"({tagstore.error_text(e, 200)}); run {run_id} was not committed"
-        ) from None
+    summary["version"] = _commit(cfg, fs, out_dir, files, summary, opts)
     _print_summary(summary)
     return summary
+
+
+def _load_model(cfg: TagConfig, runtime: str):
+    """The artifact at --model, and the thresholds flags checked against it: before any table or cluster work."""
+    try:  # numpy tensors for the ONNX runtimes: the driver imports torch only if it has to build the ONNX model
+        artifact = load_artifact(
+            cfg.model,
+            storage_options=cfg.s3_options(),
+            tensors="numpy" if runtime in ONNX_RUNTIMES else "torch",
+        )
+    except ArtifactError as e:
+        raise ConfigError(f"--model: {e}") from None
+    if stale := stale_fit(artifact.abstain.get("runtimes", {}).get(runtime, {}), runtime):
+        print(f"[tag] warning: --model: {stale}", flush=True)
+    if cfg.max_wrong_rate is not None and "neg_fit_scores" not in artifact.extra_tensors:
+        raise ConfigError(
+            f"--max-wrong-rate: the model at --model {cfg.model} was trained without --negatives; "
+            f"use --min-score or --accept-rate"
+        )
+    if cfg.min_score is not None:  # else every actor refuses it, after the table exists
+        try:
+            abstention.check_min_score(artifact.abstain.get("method", "msp"), cfg.min_score)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return artifact
+
+
+def _list_photos(cfg: TagConfig, opts: storage.S3Options):
+    """The photos of this run (--manifest's or --input's), and the objects left out as not photos by name."""
+    left_out = Counter()  # objects under --input that are not photos by name: said, not silently dropped
+    if cfg.manifest:
+        listing, repeated = unique_uris(read_manifest(cfg.manifest, opts))  # (a listing names each object once)
+        if repeated:
+            print(
+                f"[tag] --manifest {cfg.manifest}: {repeated} row(s) repeat an earlier row's uri; each photo is "
+                "tagged once",
+                flush=True,
+            )
+    else:
+        listing = list_inputs(cfg.input, opts, left_out=left_out)
+    if note := left_out_note(dict(left_out)):
+        print(f"[tag] {note}", flush=True)
+    if not listing.num_rows:  # a night with no uploads is a normal run: committed, but not silently
+        where = f"under --input {cfg.input}" if cfg.input else f"in --manifest {cfg.manifest}"
+        print(f"[tag] no photos {where}: an empty run is committed", flush=True)
+    return listing, left_out
+
+
+def _tag_photos(cfg: TagConfig, artifact, todo, out_dir: str, fs, run_id: str, runtime: str) -> dict:
+    """Run the pipeline over ``todo`` into ``out_dir``; returns its timings (the ONNX build, the stages')."""
+    timings = {}
+    onnx_model = None
+    if runtime in ONNX_RUNTIMES:  # built (or read from the cache) once here, shipped to every actor/task
+        from landmark_core.onnx_runtime import model_bytes
+
+        t0 = time.time()
+        onnx_model = model_bytes(artifact, runtime)
+        timings["onnx_model_seconds"] = round(time.time() - t0, 2)
+    if stages := _run_pipeline(cfg, artifact, todo, out_dir, fs, run_id, runtime=runtime, onnx_model=onnx_model):
+        timings["stages"] = stages
+    return timings
+
+
+@contextmanager
+def _blaming_output(fs, out_dir: str, output: str, run_id: str):
+    """Any failure inside: first check whether --output is still there, and say so if not (_blame_output)."""
+    try:
+        yield
+    except Exception:
+        _blame_output(fs, out_dir, output, run_id)
+        raise
+
+
+def _commit(cfg: TagConfig, fs, out_dir: str, files: list[str], summary: dict, opts: storage.S3Options) -> int:
+    """Add the run's files to the Delta table in one commit; its version. Not committed: one line naming --output."""
+    try:
+        return tagstore.commit_run(cfg.output, fs, files, summary, opts)
+    except Exception as e:  # delta-rs raises its own types for storage errors; any of them means "not committed"
+        _blame_output(fs, out_dir, cfg.output, summary["run_id"])
+        raise OutputError(
+            f"--output {cfg.output}: could not commit to the Delta table "
+            f"({tagstore.error_text(e, 200)}); run {summary['run_id']} was not committed"
+        ) from None
 
 
 def _check_reachable(cfg: TagConfig, opts: storage.S3Options) -> None:
@@ -365,18 +392,9 @@ def _run_pipeline(
     (StageClock), else {}."""
     import ray
 
-    from jobs._ray import check_resources, init_ray
-
-    init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
-    if cfg.resolved_compute() == "actors":  # tasks take 1 CPU each, one at a time if need be
-        check_resources(  # the pool's MIN actors must all start before Ray Data sends them a batch
-            cfg.ray_address,
-            "tag",
-            {"CPU": ("--cpus-per-actor", cfg.cpus_per_actor), "GPU": ("--gpus-per-actor", cfg.gpus_per_actor)},
-            at_once=("--actors", cfg.actors[0]),
-        )
+    _start_ray(cfg)
     n_blocks = max(1, -(-todo.num_rows // cfg.decode_batch))
-    predictor_kwargs = {
+    predictor = {
         "model": cfg.model,
         "model_id": artifact.model_id,
         "k": cfg.k,
@@ -387,67 +405,88 @@ def _run_pipeline(
         "runtime": runtime,
         "onnx_model": None if onnx_model is None else ray.put(onnx_model),
     }
-    task_predictor = {**predictor_kwargs, "threads": cfg.threads_per_actor or 1}
     in_tasks = cfg.resolved_compute() == "tasks"
-    if in_tasks and (n_warm := min(n_blocks, int(ray.available_resources().get("CPU", 1)))):
-        start_workers(n_warm, task_predictor)
+    if in_tasks:
+        predictor["threads"] = cfg.threads_per_actor or 1
+        _warm_up_tasks(n_blocks, predictor)
+    import ray.data  # Ray Data's import overlaps the workers' start
+
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    ds = _dataset_of([todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)])
+    # Off by default: the clock is one more worker process to start, and the stages wait for it on first report.
+    clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
+    stage_kwargs = {"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels}
+    if in_tasks:
+        _write_in_tasks(
+            cfg, ds, out_dir, fs, {**stage_kwargs, "run_id": run_id, "clock": clock, "predictor": predictor}
+        )
+    else:
+        _write_in_actors(cfg, ds, out_dir, fs, stage_kwargs, {**predictor, "run_id": run_id, "clock": clock})
+    return ray.get(clock.totals.remote()) if clock else {}
+
+
+def _start_ray(cfg: TagConfig) -> None:
+    """Ray (--ray-address, or a local one), and for actors the resources their pool needs, checked up front."""
+    from jobs._ray import check_resources, init_ray
+
+    init_ray(cfg.ray_address, worker_env=None)  # nothing of WORKER_ENV (Ray Train's) concerns this job
+    if cfg.resolved_compute() == "actors":  # tasks take 1 CPU each, one at a time if need be
+        check_resources(  # the pool's MIN actors must all start before Ray Data sends them a batch
+            cfg.ray_address,
+            "tag",
+            {"CPU": ("--cpus-per-actor", cfg.cpus_per_actor), "GPU": ("--gpus-per-actor", cfg.gpus_per_actor)},
+            at_once=("--actors", cfg.actors[0]),
+        )
+
+
+def _warm_up_tasks(n_blocks: int, predictor: dict) -> None:
+    """Start one worker per free CPU (up to the blocks) with the model loaded, before Ray Data asks for them."""
+    import ray
+
+    if n_warm := min(n_blocks, int(ray.available_resources().get("CPU", 1))):
+        start_workers(n_warm, predictor)
         # The warm-up holds every free CPU for a moment, so Ray Data's start-of-run check would warn on every run
         # that the cluster "does not have any available CPUs" and "will hang": not so, they are this run's own.
         from ray.util.debug import log_once
 
         log_once("cpu_warning")
-    from ray.data import ActorPoolStrategy  # Ray Data's import overlaps the workers' start
 
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
-    blocks = [todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)]
-    ds = _dataset_of(blocks)
-    # Off by default: the clock is one more worker process to start, and the stages wait for it on first report.
-    clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
-    if in_tasks:
-        # One task per block does it all on one core (read + decode, the 1-thread model, the rows): a task per
-        # core leaves no core idle, oversubscribes none, and starts no actor.
-        ds = ds.map_batches(
-            tag_task,
-            batch_size=cfg.decode_batch,
-            batch_format="numpy",
-            num_cpus=1,
-            fn_kwargs={
-                "preset": artifact.preprocess,
-                "opts": cfg.s3_options(),
-                "max_pixels": cfg.max_pixels,
-                "run_id": run_id,
-                "tagged_at": datetime.now(timezone.utc),
-                "clock": clock,
-                "predictor": task_predictor,
-            },
-            udf_modifying_row_count=False,
-        )
-        # Ray Data 2.60 would run a small job one task at a time: its per-operator CPU budget waits for a
-        # resource reservation learnt asynchronously (not needed: the outputs are kilobytes of rows), and a writer
-        # fused into the tasks takes --rows-per-file rows as one task (its other resources keep it apart).
-        if hasattr(ds.context, "op_resource_reservation_enabled"):
-            ds.context.op_resource_reservation_enabled = False
-        ds.write_parquet(
-            out_dir,
-            filesystem=fs,
-            min_rows_per_file=cfg.rows_per_file,
-            compression="zstd",
-            ray_remote_args={"num_cpus": 0.5},
-        )
-        return ray.get(clock.totals.remote()) if clock else {}
+
+def _write_in_tasks(cfg: TagConfig, ds, out_dir: str, fs, task_kwargs: dict) -> None:
+    """One task per block does it all on one core (read + decode, the 1-thread model, the rows): a task per core
+    leaves no core idle, oversubscribes none, and starts no actor."""
+    ds = ds.map_batches(
+        tag_task,
+        batch_size=cfg.decode_batch,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={**task_kwargs, "tagged_at": datetime.now(timezone.utc)},
+        udf_modifying_row_count=False,
+    )
+    # Ray Data 2.60 would run a small job one task at a time: its per-operator CPU budget waits for a resource
+    # reservation learnt asynchronously (not needed: the outputs are kilobytes of rows), and a writer fused into
+    # the tasks takes --rows-per-file rows as one task (its other resources keep it apart).
+    if hasattr(ds.context, "op_resource_reservation_enabled"):
+        ds.context.op_resource_reservation_enabled = False
+    ds.write_parquet(
+        out_dir,
+        filesystem=fs,
+        min_rows_per_file=cfg.rows_per_file,
+        compression="zstd",
+        ray_remote_args={"num_cpus": 0.5},
+    )
+
+
+def _write_in_actors(cfg: TagConfig, ds, out_dir: str, fs, stage_kwargs: dict, actor_kwargs: dict) -> None:
+    """Read + decode in CPU tasks, then a pool of --actors TagActors (the torch runtime, GPUs) tags the batches."""
+    from ray.data import ActorPoolStrategy
+
     ds = ds.map_batches(
         timed_read_and_decode,
         batch_size=cfg.decode_batch,
         batch_format="numpy",
         num_cpus=1,
-        fn_kwargs={
-            "preset": artifact.preprocess,
-            "opts": cfg.s3_options(),
-            "max_pixels": cfg.max_pixels,
-            "clock": clock,
-            "defer_jpeg": cfg.gpu_decode,
-        },
+        fn_kwargs={**stage_kwargs, "clock": actor_kwargs["clock"], "defer_jpeg": cfg.gpu_decode},
         udf_modifying_row_count=False,
     )
     lo, hi = cfg.actors
@@ -459,9 +498,7 @@ def _run_pipeline(
         num_gpus=cfg.gpus_per_actor or None,
         num_cpus=cfg.cpus_per_actor,
         fn_constructor_kwargs={
-            **predictor_kwargs,
-            "run_id": run_id,
-            "clock": clock,
+            **actor_kwargs,
             "gpu_decode": cfg.gpu_decode,
             "max_pixels": cfg.max_pixels,
             "threads": cfg.threads_per_actor or max(1, int(cfg.cpus_per_actor)),
@@ -472,7 +509,6 @@ def _run_pipeline(
         udf_modifying_row_count=False,
     )
     ds.write_parquet(out_dir, filesystem=fs, min_rows_per_file=cfg.rows_per_file, compression="zstd")
-    return ray.get(clock.totals.remote()) if clock else {}
 
 
 def _dataset_of(blocks: list[pa.Table]):
