@@ -95,25 +95,9 @@ class Predictor:
             warnings.warn(self.stale_fit, StaleFitWarning, stacklevel=2)
         self.calibrator = self._fit.get("calibrator", art.abstain.get("calibrator"))
         self.members = members.from_artifact(art.abstain, self.extra, self.runtime)  # --members: pooled
-        self.threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
-        if self.members and min_score is None and (accept_rate is not None or max_wrong_rate is not None):
-            rates = {"accept_rate": accept_rate, "max_wrong_rate": max_wrong_rate}
-            own = [members.threshold(m, **rates) for m in self.members]
-            self.threshold = float(members.pool([self.threshold] + own))
+        self.threshold = self._pooled_threshold(art, min_score, accept_rate, max_wrong_rate)
         self.recognizer = recognizer.Recognizer.from_json(art.recognizer)  # head | gallery | both
-        self.net, self._onnx = None, None
-        if onnx:
-            from . import onnx_runtime as rt
-
-            self._onnx = rt.OrtModel(
-                onnx_model if onnx_model is not None else rt.model_bytes(art, self.runtime), threads=threads
-            )
-        else:
-            import torch
-
-            self.net = build_network(art).to(self.device)
-            if self.device.startswith("cuda"):
-                self.net = self.net.to(memory_format=torch.channels_last)
+        self.net, self._onnx = self._network(onnx_model, threads)
         self._lat = np.array([np.nan if lm.lat is None else lm.lat for lm in self.catalog], dtype=np.float64)
         self._lon = np.array([np.nan if lm.lon is None else lm.lon for lm in self.catalog], dtype=np.float64)
         self._names = np.array(self.catalog.names, dtype=object)
@@ -128,6 +112,32 @@ class Predictor:
         if predictor.stale_fit:
             print(f"{prefix} warning: --model: {predictor.stale_fit}", file=sys.stderr, flush=True)
         return predictor
+
+    def _network(self, onnx_model: bytes | None, threads: int | None):
+        """(torch network, None) or (None, ONNX Runtime session) for this Predictor's runtime and device."""
+        if self.runtime in ONNX_RUNTIMES:
+            from . import onnx_runtime as rt
+
+            blob = onnx_model if onnx_model is not None else rt.model_bytes(self.artifact, self.runtime)
+            return None, rt.OrtModel(blob, threads=threads)
+        import torch
+
+        net = build_network(self.artifact).to(self.device)
+        if self.device.startswith("cuda"):
+            net = net.to(memory_format=torch.channels_last)
+        return net, None
+
+    def _pooled_threshold(
+        self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None
+    ) -> float:
+        """The threshold the flags ask for; a pool (--members) recomputes each member's at the rate asked for and
+        pools them as it pools the scores (a --min-score is on the pooled score already)."""
+        threshold = self._threshold(art, min_score, accept_rate, max_wrong_rate)
+        if not self.members or min_score is not None or (accept_rate is None and max_wrong_rate is None):
+            return threshold
+        rates = {"accept_rate": accept_rate, "max_wrong_rate": max_wrong_rate}
+        own = [members.threshold(m, **rates) for m in self.members]
+        return float(members.pool([threshold] + own))
 
     def _threshold(
         self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None
