@@ -435,10 +435,6 @@ def _allow_origins(api: FastAPI, origins: tuple[str, ...]) -> None:
 
 def make_api(ingress: Tagger) -> FastAPI:
     """The HTTP API, built in each Tagger replica around its model and settings."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-
-    from jobs._serve_page import PAGE
-
     # docs and schema are ordinary routes here, so the token guards them like every route but /healthz
     # redirect_slashes off: /v1/tag/ is a 404 in the API's error shape, not an empty 307 (a POST's body is lost)
     api = FastAPI(
@@ -454,6 +450,14 @@ def make_api(ingress: Tagger) -> FastAPI:
     guarded = ingress.token_sha256 is not None
     authorize = _bearer_check(ingress.token_sha256) if guarded else _open
     auth_errors = (401,) if guarded else ()
+    _add_error_handlers(api)
+    _add_page_and_docs(api, ingress, authorize, auth_errors)
+    _add_tag_routes(api, ingress, authorize, auth_errors)
+    return api
+
+
+def _add_error_handlers(api: FastAPI) -> None:
+    """Every error in the API's one shape (``error_body``), the routing's own 404 and 405 included."""
 
     @api.exception_handler(HttpError)
     async def http_error(_request: Request, e: HttpError):
@@ -466,6 +470,13 @@ def make_api(ingress: Tagger) -> FastAPI:
         return JSONResponse(
             error_body(f"{reason}: {request.method} {request.url.path}"), status_code=e.status_code, headers=e.headers
         )
+
+
+def _add_page_and_docs(api: FastAPI, ingress: Tagger, authorize, auth_errors: tuple) -> None:
+    """/healthz, the upload page, /docs with its assets and schema, /v1/model."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    from jobs._serve_page import PAGE
 
     # HEAD too (load balancers and uptime checks often probe with it), kept out of the schema: one operation each
     @api.get("/healthz", responses=_errors(503))
@@ -506,6 +517,10 @@ def make_api(ingress: Tagger) -> FastAPI:
         """The model's id, its catalog of landmarks with their locations, and its metrics."""
         return ingress.info()
 
+
+def _add_tag_routes(api: FastAPI, ingress: Tagger, authorize, auth_errors: tuple) -> None:
+    """POST /v1/tag (one photo) and /v1/tag/batch (up to MAX_BATCH_FILES)."""
+
     @api.post(
         "/v1/tag",
         dependencies=[Depends(authorize)],
@@ -536,8 +551,6 @@ def make_api(ingress: Tagger) -> FastAPI:
         (too large, too many files, ...) is one object, not a list."""
         files = await uploaded_files(request, ingress.max_upload_bytes, max_files=MAX_BATCH_FILES)
         return JSONResponse(await ingress.tag_all(files))
-
-    return api
 
 
 def _open() -> None:
