@@ -77,6 +77,13 @@ class QueryConfig:
         except storage.StorageError as e:
             raise QueryError(f"--tags: {e}") from None
         self.s3_options().check()  # its message already names --s3-endpoint
+        self._check_filters()
+        self._check_output()
+        self._check_sql()
+        self._check_time_travel()
+
+    def _check_filters(self) -> None:
+        """--landmark, --min-score, --status, --near/--radius-km, --since."""
         if self.landmark is not None and not str(self.landmark).strip():
             raise QueryError("--landmark must not be empty")
         if self.min_score is not None:
@@ -101,6 +108,9 @@ class QueryConfig:
                 raise QueryError(f"--radius-km must be a number > 0, got {self.radius_km!r}")
         if self.since is not None:
             self.since_utc()
+
+    def _check_output(self) -> None:
+        """--limit, --columns, --out, --format, --summary."""
         if self.limit is not None and (
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
         ):
@@ -119,6 +129,9 @@ class QueryConfig:
             raise QueryError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.summary and self.format == "parquet":
             raise QueryError("--summary prints a small table: use --format table, json or csv")
+
+    def _check_sql(self) -> None:
+        """--sql: one SELECT, and none of the flags it replaces."""
         if self.sql is not None:
             if not str(self.sql).strip():
                 raise QueryError("--sql must not be empty")
@@ -143,6 +156,9 @@ class QueryConfig:
                     f"--sql is a whole query: it does not go with {', '.join(used)} "
                     f"(write them into the SQL; the views are tags and tags_history)"
                 )
+
+    def _check_time_travel(self) -> None:
+        """--version or --as-of, at most one."""
         if self.version is not None:
             if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
                 raise QueryError(f"--version must be an integer >= 0, got {self.version!r}")
