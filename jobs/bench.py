@@ -474,6 +474,27 @@ def _sizes(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark bench", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
+    _add_tag_parser(sub)
+    _add_train_parser(sub)
+    _add_store_parser(sub)
+
+    from jobs import _bench_serve as bench_serve
+
+    se = sub.add_parser(
+        "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
+    )
+    bench_serve.add_arguments(se)
+
+    def config(ns: argparse.Namespace) -> BenchConfig:
+        if ns.what == "serve":
+            bench_serve.check_arguments(se, ns)  # exits 2 naming the flag, as `landmark bench serve`
+        return BenchConfig(ns.what, ns)
+
+    # an error while measuring is `landmark bench train: error: ...`, as a bad flag's (the subcommand's parser)
+    return run_cli(p, argv, config=config, run=run, show=_show, prog=lambda cfg: f"landmark bench {cfg.what}")
+
+
+def _add_tag_parser(sub) -> None:
     t = sub.add_parser("tag", help="decode / model / single-process limit / naive / Ray Data pipeline")
     t.add_argument("--images", required=True, help="a folder of photos (recursive)")
     t.add_argument("--model", required=True, help="model artifact")
@@ -512,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
         help="a second artifact (e.g. after `landmark catalog add`): its (b) and (c) beside --model's, "
         "alternating, with their ratios",
     )
+
+
+def _add_train_parser(sub) -> None:
     tr = sub.add_parser("train", help="epoch images/s: fine-tuned vs frozen (cached features), 1 and 2 workers")
     tr.add_argument("--data", required=True, help="class-folder dataset to train on")
     tr.add_argument(
@@ -532,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
         help="Ray Train worker counts to measure, comma-separated (default 1,2)",
     )
     tr.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
+
+
+def _add_store_parser(sub) -> None:
     so = sub.add_parser("store", help="the tag store: landmark query / skip check vs raw DuckDB, seconds and RSS")
     so.add_argument("--rows", type=_sizes, default=[1_000_000, 10_000_000], help="store sizes, e.g. 1000000,10000000")
     so.add_argument("--runs", type=int, default=1, help="repeats of each measurement (the median is reported)")
@@ -543,21 +570,6 @@ def main(argv: list[str] | None = None) -> int:
         help="where the synthetic stores are built (and kept for the next run)",
     )
     so.add_argument("--json", action="store_true", help="last line: a JSON object of the results")
-
-    from jobs import _bench_serve as bench_serve
-
-    se = sub.add_parser(
-        "serve", help="the app over HTTP vs the Predictor in-process; with and without batching; a mixed load test"
-    )
-    bench_serve.add_arguments(se)
-
-    def config(ns: argparse.Namespace) -> BenchConfig:
-        if ns.what == "serve":
-            bench_serve.check_arguments(se, ns)  # exits 2 naming the flag, as `landmark bench serve`
-        return BenchConfig(ns.what, ns)
-
-    # an error while measuring is `landmark bench train: error: ...`, as a bad flag's (the subcommand's parser)
-    return run_cli(p, argv, config=config, run=run, show=_show, prog=lambda cfg: f"landmark bench {cfg.what}")
 
 
 @dataclass(frozen=True)
