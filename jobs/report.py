@@ -392,42 +392,7 @@ def write_report(
     shown = rows[:thumbs]
     problems = _thumbs(shown, out / "thumbs", opts)
 
-    by_status = Counter(r.get("status") for r in rows)
-    stats = [f'<div class="stat"><b>{len(rows)}</b>photos</div>']
-    for s in tagstore.STATUSES + tuple(sorted(k for k in by_status if k not in tagstore.STATUSES and k)):
-        stats.append(f'<div class="stat"><b>{by_status.get(s, 0)}</b>{_badge(s)}</div>')
-    run_ids = sorted({r["run_id"] for r in rows if r.get("run_id")})
-    n_runs = len(runs) if runs is not None else len(run_ids)
-    stats.append(f'<div class="stat"><b>{n_runs}</b>committed runs</div>')
-    model_ids = sorted({r["model_id"] for r in rows if r.get("model_id")})
-    if runs:
-        model_ids = sorted(set(model_ids) | {r["model_id"] for r in runs if r.get("model_id")})
-
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Landmark tags report{(' — ' + esc(tags_uri)) if tags_uri else ''}</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>Landmark tags report</h1>",
-        f'<p class="muted">{("<code>" + esc(tags_uri) + "</code> · ") if tags_uri else ""}latest committed run '
-        f"per photo · generated {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
-        f'<div class="stats">{"".join(stats)}</div>',
-        "<p>model_id(s): " + (", ".join(f"<code>{esc(m)}</code>" for m in model_ids) or "<i>none</i>") + "</p>",
-    ]
-    if runs:
-        trs = "".join(
-            f"<tr><td><code>{esc(r.get('run_id'))}</code></td><td>{esc(r.get('version'))}</td><td>{esc(r.get('dt'))}</td>"
-            f"<td>{esc(r.get('committed_at'))}</td><td><code>{esc(r.get('model_id'))}</code></td>"
-            f"<td>{esc(_counts_text(r.get('counts')))}</td></tr>"
-            for r in reversed(runs[-20:])
-        )
-        parts.append(
-            "<details><summary>runs (newest first"
-            + (", last 20" if len(runs) > 20 else "")
-            + ')</summary><table class="kv"><tr><th>run_id</th><th>version</th><th>dt</th><th>committed_at</th>'
-            f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>"
-        )
+    parts = _header(rows, runs, tags_uri)
     parts += [
         "<h2>Charts</h2>",
         '<div class="charts">',
@@ -449,6 +414,51 @@ def write_report(
     path = out / "report.html"
     storage.write_bytes(str(path), "\n".join(parts).encode("utf-8"))  # atomic: a reader never sees half a page
     return path
+
+
+def _header(rows: list[dict], runs: list[dict] | None, tags_uri: str | None) -> list[str]:
+    """The page's head and the report's opening: photos by status, runs, model ids, the last 20 runs."""
+    by_status = Counter(r.get("status") for r in rows)
+    stats = [f'<div class="stat"><b>{len(rows)}</b>photos</div>']
+    for s in tagstore.STATUSES + tuple(sorted(k for k in by_status if k not in tagstore.STATUSES and k)):
+        stats.append(f'<div class="stat"><b>{by_status.get(s, 0)}</b>{_badge(s)}</div>')
+    run_ids = sorted({r["run_id"] for r in rows if r.get("run_id")})
+    n_runs = len(runs) if runs is not None else len(run_ids)
+    stats.append(f'<div class="stat"><b>{n_runs}</b>committed runs</div>')
+    model_ids = sorted({r["model_id"] for r in rows if r.get("model_id")})
+    if runs:
+        model_ids = sorted(set(model_ids) | {r["model_id"] for r in runs if r.get("model_id")})
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Landmark tags report{(' — ' + esc(tags_uri)) if tags_uri else ''}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>Landmark tags report</h1>",
+        f'<p class="muted">{("<code>" + esc(tags_uri) + "</code> · ") if tags_uri else ""}latest committed run '
+        f"per photo · generated {esc(datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</p>",
+        f'<div class="stats">{"".join(stats)}</div>',
+        "<p>model_id(s): " + (", ".join(f"<code>{esc(m)}</code>" for m in model_ids) or "<i>none</i>") + "</p>",
+    ]
+    if runs:
+        parts.append(_runs_table(runs))
+    return parts
+
+
+def _runs_table(runs: list[dict]) -> str:
+    """The last 20 committed runs, newest first, folded."""
+    trs = "".join(
+        f"<tr><td><code>{esc(r.get('run_id'))}</code></td><td>{esc(r.get('version'))}</td><td>{esc(r.get('dt'))}</td>"
+        f"<td>{esc(r.get('committed_at'))}</td><td><code>{esc(r.get('model_id'))}</code></td>"
+        f"<td>{esc(_counts_text(r.get('counts')))}</td></tr>"
+        for r in reversed(runs[-20:])
+    )
+    return (
+        "<details><summary>runs (newest first"
+        + (", last 20" if len(runs) > 20 else "")
+        + ')</summary><table class="kv"><tr><th>run_id</th><th>version</th><th>dt</th><th>committed_at</th>'
+        f"<th>model_id</th><th>counts</th></tr>{trs}</table></details>"
+    )
 
 
 def _counts_text(counts) -> str:
