@@ -103,8 +103,8 @@ def test_scratch_cnn_learns_the_synthetic_set(ray_local, tmp_path):
     generate_dataset(
         tmp_path / "data", n_classes=5, train_per_class=64, test_per_class=16, image_size=(96, 72), seed=11
     )
-    # 76 of 80 test photos right, in about 80 s (measured; 72 is the line). Most of the time is the run's fixed
-    # cost (Ray Train, export, int8 fit), so small photos and small batches buy the most learning per second.
+    # 76 of 80 test photos right, in 80-90 s (measured; 72 is the line). Most of the time is the run's fixed
+    # cost (Ray Train's start, the evaluation, the artifact), so small photos and batches learn most per second.
     cfg = _cfg(
         str(tmp_path / "data"),
         tmp_path,
