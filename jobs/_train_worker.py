@@ -57,6 +57,7 @@ class Worker:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss_fn = smoothed_ce(self.c.label_smoothing)
         self.state = TrainState(history=[])
+        self.resumed_rng: list | None = None  # each rank's random state at the checkpoint resumed from
         # mixed precision only where the backbone runs in the epochs (fine-tuning on a GPU); its loss scale is
         # checkpointed with the optimiser
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.cuda and not self.c.freeze_backbone)
@@ -124,6 +125,7 @@ class Worker:
         else:
             self.train_ds = self._train_dataset(self.train_preset.transform(), negatives=self._uses_outliers())
             train_epoch = self._finetune_epoch
+        self._continue_random_state()  # after the feature cache, which draws as it did in the first attempt
         while self.state.epoch < epochs and not self.state.stopped_early:
             t0 = time.time()
             loss, correct, seen, bad = train_epoch(self.state.epoch)
@@ -388,9 +390,9 @@ class Worker:
                 flush=True,
             )
         metrics = {k: v for k, v in st.history[-1].items()}
-        self._report(metrics, final=False)
+        self._report(metrics, final=False, rng_states=self._rng_states())
 
-    def _report(self, metrics: dict, *, final: bool, extra_files: dict | None = None):
+    def _report(self, metrics: dict, *, final: bool, extra_files: dict | None = None, rng_states=None):
         import ray.train
         from ray.train import Checkpoint
 
@@ -406,11 +408,43 @@ class Worker:
                     sched_state=None if final else self.scheduler.state_dict(),
                     scaler_state=None if final else self.scaler.state_dict(),
                     state=self.state,
+                    rng_states=rng_states,
                 )
                 for name, blob in (extra_files or {}).items():
                     (d / name).write_bytes(blob)
                 ckpt = Checkpoint.from_directory(tmp)
             ray.train.report({**metrics, "final": final}, checkpoint=ckpt)
+
+    def _rng_states(self) -> list[torch.Tensor]:
+        """Every rank's random state (torch's CPU generator, then CUDA's on a GPU) as uint8 tensors, gathered
+        from all ranks (a collective: every rank calls it) for rank 0's checkpoint."""
+        mine = torch.get_rng_state()
+        if self.cuda:
+            mine = torch.cat([mine, torch.cuda.get_rng_state(self.device)])
+        if self.world == 1:
+            return [mine]
+        everyone = [torch.empty_like(mine, device=self.device) for _ in range(self.world)]
+        dist.all_gather(everyone, mine.to(self.device))
+        return [t.cpu() for t in everyone]
+
+    def _continue_random_state(self) -> None:
+        """A resumed run draws on where its checkpoint left off: the augmentations and dropout masks of the
+        epochs after it are those of the uninterrupted run, so a killed worker or driver changes no weight."""
+        states = self.resumed_rng
+        if not states:
+            return  # a fresh run, or a checkpoint from before random states were kept
+        if len(states) != self.world:
+            if self.rank == 0:
+                print(
+                    f"[train] the checkpoint's random state is of {len(states)} worker(s), this run has "
+                    f"{self.world}: the resumed epochs draw afresh",
+                    flush=True,
+                )
+            return
+        mine, n = states[self.rank], torch.get_rng_state().numel()
+        torch.set_rng_state(mine[:n])
+        if self.cuda and mine.numel() > n:  # (saved on a GPU; a GPU run resumed on CPUs keeps the CPU part)
+            torch.cuda.set_rng_state(mine[n:], self.device)
 
     def _restore(self, ckpt) -> None:
         if ckpt is None:
@@ -424,6 +458,7 @@ class Worker:
             self.scheduler.load_state_dict(optim["scheduler"])
             if optim.get("scaler") and self.scaler.is_enabled():  # empty when saved by a disabled scaler
                 self.scaler.load_state_dict(optim["scaler"])
+            self.resumed_rng = optim.get("rng") or None
         self.state = state
         self.state.resumed_after = (state.resumed_after or []) + [state.epoch]
         if self.rank == 0:

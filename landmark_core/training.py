@@ -245,9 +245,12 @@ def save_checkpoint_dir(
     sched_state: dict | None,
     state: TrainState,
     scaler_state: dict | None = None,
+    rng_states: list | None = None,
 ) -> None:
-    """Weights as safetensors; optimiser, scheduler and AMP GradScaler state through torch.save (plain tensors and
-    numbers, loaded weights_only). The scaler's loss scale is kept so a resumed mixed-precision run goes on with it."""
+    """Weights as safetensors; optimiser, scheduler, AMP GradScaler state and every worker's random state (``rng``:
+    one uint8 tensor per rank) through torch.save (plain tensors and numbers, loaded weights_only). The scaler's loss
+    scale is kept so a resumed mixed-precision run goes on with it; the random states so that it draws the
+    augmentations and dropout masks the uninterrupted run would have."""
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
@@ -255,13 +258,15 @@ def save_checkpoint_dir(
     save_file({k: v.detach().cpu().contiguous() for k, v in best_state.items()}, str(path / "best.safetensors"))
     if optim_state is not None:
         torch.save(
-            {"optimizer": optim_state, "scheduler": sched_state, "scaler": scaler_state or {}}, path / "optim.pt"
+            {"optimizer": optim_state, "scheduler": sched_state, "scaler": scaler_state or {}, "rng": rng_states or []},
+            path / "optim.pt",
         )
     (path / "state.json").write_text(json.dumps(state.to_json()))
 
 
 def load_checkpoint_dir(path: Path) -> tuple[dict, dict, dict | None, TrainState]:
-    """(weights, best weights, {"optimizer", "scheduler", "scaler"} or None for a final checkpoint, TrainState)."""
+    """(weights, best weights, {"optimizer", "scheduler", "scaler", "rng"} or None for a final checkpoint,
+    TrainState). A checkpoint written before "rng" was kept has none: ``optim.get("rng")``."""
     from safetensors.torch import load_file
 
     optim = None

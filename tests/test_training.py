@@ -77,6 +77,64 @@ def test_worker_resumes_with_the_checkpointed_loss_scale(tmp_path):
     assert w.state.epoch == 4 and w.state.resumed_after == [4]
 
 
+def _bare_worker(world: int = 1):
+    """A Worker with what _restore needs, and no Ray Train session."""
+    from jobs._train_worker import Worker
+
+    w = Worker.__new__(Worker)
+    w.rank, w.world, w.cuda, w.resumed_rng, w.net = 0, world, False, None, torch.nn.Linear(3, 1)
+    w.optimizer = torch.optim.SGD(w.net.parameters(), lr=0.1)
+    w.scheduler = torch.optim.lr_scheduler.LambdaLR(w.optimizer, lambda s: 1.0)
+    w.scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return w
+
+
+def _checkpoint(path, w, rng_states):
+    save_checkpoint_dir(
+        path,
+        net_state=w.net.state_dict(),
+        best_state=w.net.state_dict(),
+        optim_state=w.optimizer.state_dict(),
+        sched_state=w.scheduler.state_dict(),
+        state=TrainState(epoch=3, history=[]),
+        rng_states=rng_states,
+    )
+
+
+def test_a_resumed_worker_draws_what_the_uninterrupted_one_would_have(tmp_path, capsys):
+    """The checkpoint keeps the worker's random state; a resumed worker continues from it (after its own start-up
+    draws), so the epochs after a kill get the augmentations and dropout masks of a run that was never killed."""
+    from ray.train import Checkpoint
+
+    torch.manual_seed(7)
+    first = _bare_worker()
+    _checkpoint(tmp_path / "ckpt", first, first._rng_states())
+    uninterrupted = torch.rand(8)
+
+    torch.manual_seed(7)  # a new worker process: seeded alike, then its start-up draws (the feature cache, ...)
+    torch.rand(100)
+    resumed = _bare_worker()
+    resumed._restore(Checkpoint.from_directory(str(tmp_path / "ckpt")))
+    resumed._continue_random_state()
+    assert torch.equal(torch.rand(8), uninterrupted)
+
+    # resumed with another number of workers (their shards differ anyway): said, and the draws go on afresh
+    other = _bare_worker(world=2)
+    other._restore(Checkpoint.from_directory(str(tmp_path / "ckpt")))
+    before = torch.get_rng_state()
+    other._continue_random_state()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert "random state is of 1 worker(s), this run has 2" in capsys.readouterr().out
+
+    # a checkpoint from before random states were kept resumes as it always did
+    _checkpoint(tmp_path / "old", first, None)
+    old = _bare_worker()
+    old._restore(Checkpoint.from_directory(str(tmp_path / "old")))
+    before = torch.get_rng_state()
+    old._continue_random_state()
+    assert torch.equal(torch.get_rng_state(), before) and old.resumed_rng is None
+
+
 def test_final_checkpoint_has_no_optimiser_and_a_disabled_scaler_saves_nothing(tmp_path):
     net = torch.nn.Linear(3, 1)
     save_checkpoint_dir(
