@@ -343,8 +343,9 @@ def _interrupt_says_resume():
 
 def _run_members(cfg: TrainConfig) -> dict:
     """--members K: K runs of seeds seed..seed+K-1 into a scratch folder, then one pooled artifact at --output
-    (landmark_core.members). Each run has its own Ray Train name (NAME-m0, NAME-m1, ...), so --resume continues
-    the one that was cut off and re-finalizes those that had finished."""
+    (landmark_core.members). Each run has its own Ray Train name (NAME-m0, NAME-m1, ...) and keeps its finished
+    artifact in its run folder under --storage, so --resume takes those of the members that had finished (same
+    flags) as they are and continues the one that was cut off."""
     import tempfile
     from dataclasses import replace
 
@@ -358,17 +359,74 @@ def _run_members(cfg: TrainConfig) -> dict:
         for i in range(cfg.members):
             name, resume = f"{base}-m{i}", started[i]
             mcfg = replace(cfg, members=1, seed=cfg.seed + i, output=str(Path(tmp, f"m{i}")), name=name, resume=resume)
+            kept = _finished_member(mcfg) if resume else None
             note = ""
             if cfg.resume:
                 note = ", continuing its run" if resume else ", not started before the cut: from the start"
+                note = ", finished before the cut: its artifact taken as it is" if kept else note
             print(f"[train] member {i + 1} of {cfg.members}: seed {mcfg.seed}{note}", flush=True)
             mcfg.check()
-            runs.append(_train_one(mcfg, member=(i, cfg.members), network=network))
+            if kept:
+                runs.append(kept)
+            else:
+                runs.append(_train_one(mcfg, member=(i, cfg.members), network=network))
+                _keep_member(mcfg)
             if i == 0:
                 network = _first_network(tmp)
         arts = [load(str(Path(tmp, f"m{i}"))) for i in range(cfg.members)]
         pooled = members.combine(arts)
         return _write_pooled(cfg, pooled, runs, Path(tmp, "m0"))
+
+
+# A member's finished artifact, in its Ray Train run folder; the marker is written after every file of it.
+MEMBER_DIR, MEMBER_DONE = "member-artifact", "member-artifact.done"
+# flags that do not change a member's artifact: a resumed pool may differ in these and still take it
+_MEMBER_NEUTRAL = ("resume", "output", "s3_endpoint", "ray_address")
+
+
+def _keep_member(mcfg: TrainConfig) -> None:
+    """Copy a member's finished artifact (at its scratch --output) into its run folder under --storage."""
+    import pyarrow.fs as pafs
+
+    from landmark_core.artifact import load
+
+    run = storage.join(mcfg.storage, load(mcfg.output).provenance["run_name"])
+    fs, path = storage.arrow_fs(storage.join(run, MEMBER_DIR), mcfg.s3_options())
+    _copy_tree(pafs.LocalFileSystem(), mcfg.output, fs, path)
+    storage.write_bytes(storage.join(run, MEMBER_DONE), b"", mcfg.s3_options())
+
+
+def _finished_member(mcfg: TrainConfig) -> dict | None:
+    """--resume: a member whose run had finished, trained with the same flags, copied to its scratch --output;
+    its metrics. None when it has to run (cut off, kept by an earlier version, or its flags differ: said)."""
+    import pyarrow.fs as pafs
+
+    from landmark_core.artifact import load
+
+    opts = mcfg.s3_options()
+    run = storage.join(mcfg.storage, _resumed_run(mcfg))
+    if not storage.exists(storage.join(run, MEMBER_DONE), opts):
+        return None
+    fs, path = storage.arrow_fs(storage.join(run, MEMBER_DIR), opts)
+    _copy_tree(fs, path, pafs.LocalFileSystem(), mcfg.output)
+    then = load(mcfg.output).provenance.get("config", {})
+    now = json.loads(json.dumps({k: v for k, v in mcfg.__dict__.items() if k != "s3_endpoint"}))
+    changed = sorted(k for k in set(then) | set(now) if k not in _MEMBER_NEUTRAL and then.get(k) != now.get(k))
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        print(f"[train] {mcfg.name}: finished with other values of {flags}: its artifact is made again", flush=True)
+        return None
+    return json.loads(Path(mcfg.output, "metrics.json").read_text())
+
+
+def _copy_tree(src_fs, src: str, dst_fs, dst: str) -> None:
+    """A folder's files from one pyarrow filesystem to another (local or S3), its subfolders made first."""
+    import pyarrow.fs as pafs
+
+    infos = src_fs.get_file_info(pafs.FileSelector(src, recursive=True))
+    for d in [dst] + [f"{dst}/{i.path[len(src) :].lstrip('/')}" for i in infos if i.type == pafs.FileType.Directory]:
+        dst_fs.create_dir(d, recursive=True)
+    pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
 def _members_started(cfg: TrainConfig, base: str) -> list[bool]:

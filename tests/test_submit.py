@@ -111,6 +111,8 @@ def _submit(address: str, entrypoint: list[str], timeout: float = 600) -> subpro
 
 @pytest.mark.slow
 def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
+    """`ray job submit` of a frozen-backbone training (the run writes a complete artifact), then of the tag job
+    with that model."""
     model = tmp_path / "model"
     train = _submit(
         ray_head,
@@ -130,18 +132,15 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
             "--workers",
             "2",
             "--epochs",
-            "2",
+            "3",
             "--feature-views",
-            "1",
-            "--no-report",
+            "2",
         ],
     )
-    assert train.returncode == 0, (train.stdout + train.stderr)[-4000:]
-    assert "succeeded" in (train.stdout + train.stderr).lower()
-    from landmark_core.artifact import load
-
-    art = load(str(model))
-    assert len(art.catalog) == 4 and art.metrics["epochs"] == 2
+    printed = train.stdout + train.stderr
+    assert train.returncode == 0, printed[-4000:]
+    assert "succeeded" in printed.lower()
+    _assert_complete_frozen_artifact(model, train_data, printed, epochs=3)
 
     tags = tmp_path / "tags"
     tag = _submit(
@@ -163,6 +162,53 @@ def test_submit_training_then_nightly_tagging(ray_head, train_data, tmp_path):
 
     table = tagstore.read(str(tags))
     assert table.num_rows == 24 and set(table.column("status").to_pylist()) <= {"tagged", "no_landmark"}
+
+
+def _assert_complete_frozen_artifact(out: Path, train_data: dict, printed: str, *, epochs: int) -> None:
+    """metrics.json, the report's plots, the artifact's catalog, abstention, gallery and held-out tensors; one
+    console line per epoch; and the artifact tags the test photos as well as training measured."""
+    import json
+
+    import numpy as np
+
+    from landmark_core.artifact import load as load_artifact
+    from landmark_core.predict import predict_paths
+    from landmark_core.predictor import Predictor
+
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("test_top1", "test_top5", "test_ece", "val_top1", "epochs", "train_seconds", "images_per_second"):
+        assert key in saved, key
+    for key in ("temperature", "abstain_threshold", "model_id"):
+        assert key in saved, key
+    assert saved["epochs"] == epochs
+    assert saved["test_top1"] >= 0.75, saved  # ImageNet features separate the synthetic structures
+    assert 0 <= saved["test_ece"] <= 1
+    for png in ("curves.png", "confusion.png", "reliability.png"):
+        assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    art = load_artifact(str(out))
+    assert art.model_id == saved["model_id"] and art.catalog.folders == train_data["classes"]
+    assert art.catalog[0].lat is not None  # coords.json beside the data was picked up
+    assert "val_scores" in art.extra_tensors and art.abstain["method"] in ("msp", "energy", "proto", "knn")
+    # the gallery (training photos) and held-out tensors for `landmark catalog`, the recognizer measured on val
+    assert art.extra_tensors["gallery"].shape[0] == len(art.extra_tensors["gallery_labels"]) > 0
+    assert {"val_logits", "val_emb", "val_labels"} <= set(art.extra_tensors)
+    assert saved["recognizer"] == art.recognizer["mode"]
+    assert set(saved["recognizer_val_top1"]) == {"head", "both", "gallery"}
+    # one console line per epoch with loss, accuracy and images/s; none of Ray's per-report INFO lines
+    lines = [ln for ln in printed.splitlines() if "[train] epoch" in ln]
+    assert len({ln.split("[train] epoch")[1].split()[0] for ln in lines}) == epochs, printed[-3000:]
+    assert all("loss" in ln and "acc" in ln and "img/s" in ln for ln in lines)
+    assert "Reporting training result" not in printed
+    assert "cached frozen-backbone features" in printed  # computed once, before the epochs
+    assert "have no location" not in printed  # every landmark has one: no warning
+    # its best tag is the photo's class as often as training measured (one photo of slack: the artifact decodes
+    # the JPEGs afresh, training evaluated its own decoded copies)
+    test_files = sorted(Path(train_data["root"], "test").rglob("*.jpg"))
+    results = list(predict_paths([str(p) for p in test_files], Predictor(str(out), k=3)))
+    assert all(r.status != "failed" and len(r.tags) == 3 for r in results), [r.error for r in results]
+    names = dict(zip(art.catalog.folders, art.catalog.names))
+    right = [r.tags[0]["name"] == names[p.parent.name] for p, r in zip(test_files, results)]
+    assert np.mean(right) >= saved["test_top1"] - 1 / len(right), (np.mean(right), saved["test_top1"])
 
 
 @pytest.mark.slow
