@@ -415,11 +415,14 @@ def _run_pipeline(
     ds = _dataset_of([todo.slice(i * cfg.decode_batch, cfg.decode_batch) for i in range(n_blocks)])
     # Off by default: the clock is one more worker process to start, and the stages wait for it on first report.
     clock = ray.remote(num_cpus=0)(StageClock).remote() if cfg.stage_times else None
-    stage_kwargs = {"preset": artifact.preprocess, "opts": cfg.s3_options(), "max_pixels": cfg.max_pixels}
+    stage_kwargs = {
+        "preset": artifact.preprocess,
+        "opts": cfg.s3_options(),
+        "max_pixels": cfg.max_pixels,
+        "clock": clock,
+    }
     if in_tasks:
-        _write_in_tasks(
-            cfg, ds, out_dir, fs, {**stage_kwargs, "run_id": run_id, "clock": clock, "predictor": predictor}
-        )
+        _write_in_tasks(cfg, ds, out_dir, fs, {**stage_kwargs, "run_id": run_id, "predictor": predictor})
     else:
         _write_in_actors(cfg, ds, out_dir, fs, stage_kwargs, {**predictor, "run_id": run_id, "clock": clock})
     return ray.get(clock.totals.remote()) if clock else {}
@@ -486,7 +489,7 @@ def _write_in_actors(cfg: TagConfig, ds, out_dir: str, fs, stage_kwargs: dict, a
         batch_size=cfg.decode_batch,
         batch_format="numpy",
         num_cpus=1,
-        fn_kwargs={**stage_kwargs, "clock": actor_kwargs["clock"], "defer_jpeg": cfg.gpu_decode},
+        fn_kwargs={**stage_kwargs, "defer_jpeg": cfg.gpu_decode},
         udf_modifying_row_count=False,
     )
     lo, hi = cfg.actors
