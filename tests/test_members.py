@@ -3,6 +3,7 @@ real training runs is checked in test_train.py)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -90,3 +91,58 @@ def train_parser():
     p = argparse.ArgumentParser()
     train.add_arguments(p)
     return p
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_finished_members_artifact_is_kept_under_storage_and_taken_on_resume(
+    where, make_tiny_artifact, tmp_path, capsys, request, monkeypatch
+):
+    """A member's finished artifact is copied into its run folder under --storage (local or S3) with a marker
+    after it; --resume with the same flags takes it back whole (its metrics, its files), with other flags it is
+    made again (the flags named), and a run whose marker was never written is continued."""
+    from jobs import train
+    from landmark_core import artifact, storage
+
+    if where == "s3":
+        s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("s3_bucket")
+        for k, v in s3.env().items():
+            monkeypatch.setenv(k, v)
+        runs, endpoint = f"s3://{bucket}/runs", s3.endpoint
+    else:
+        runs, endpoint = str(tmp_path / "runs"), None
+    scratch = tmp_path / "scratch" / "m0"
+    mcfg = TrainConfig(
+        data=str(tmp_path),
+        output=str(scratch),
+        model="efficientnet_lite0",
+        storage=runs,
+        s3_endpoint=endpoint,
+        freeze_backbone=True,
+        negatives=("n",),
+        name="vn-m0",
+    )
+    config = {k: v for k, v in mcfg.__dict__.items() if k != "s3_endpoint"}
+    art = make_tiny_artifact()
+    art.provenance = {"run_name": "vn-m0-20261204-120000", "config": config}
+    model_id = artifact.save(art, str(scratch))
+    metrics = {"model_id": model_id, "abstain_threshold": 0.25}
+    (scratch / "metrics.json").write_text(json.dumps(metrics))
+    (scratch / "report").mkdir()
+    (scratch / "report" / "curves.png").write_bytes(b"\x89PNG not really")
+    opts = mcfg.s3_options()
+    train._keep_member(mcfg)
+    assert storage.exists(f"{runs}/vn-m0-20261204-120000/{train.MEMBER_DONE}", opts)
+    storage.write_bytes(f"{runs}/.vn-m0.latest", b"vn-m0-20261204-120000", opts)
+
+    again = replace(mcfg, resume=True, output=str(tmp_path / "again" / "m0"))
+    assert train._finished_member(again) == metrics
+    for f in ("artifact.json", "model.safetensors", "metrics.json", "report/curves.png"):
+        assert (tmp_path / "again" / "m0" / f).read_bytes() == (scratch / f).read_bytes(), f
+    assert artifact.load(again.output).model_id == model_id
+
+    assert train._finished_member(replace(again, max_wrong_rate=0.05)) is None
+    assert (
+        "vn-m0: finished with other values of --max-wrong-rate: its artifact is made again" in capsys.readouterr().out
+    )
+    storage.write_bytes(f"{runs}/.vn-m0.latest", b"vn-m0-20261205-080000", opts)  # a later run, cut off
+    assert train._finished_member(again) is None
