@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -415,6 +416,7 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         print(f"[train] {mcfg.name}: finished with other values of {flags}: its artifact is made again", flush=True)
+        shutil.rmtree(mcfg.output)  # (nothing of the old artifact, its report included, may end in the new one)
         return None
     return json.loads(Path(mcfg.output, "metrics.json").read_text())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,6 +142,7 @@ def test_a_finished_members_artifact_is_kept_under_storage_and_taken_on_resume(
     assert artifact.load(again.output).model_id == model_id
 
     assert train._finished_member(replace(again, max_wrong_rate=0.05)) is None
+    assert not Path(again.output).exists()  # the old artifact is not left where the new one is made
     assert (
         "vn-m0: finished with other values of --max-wrong-rate: its artifact is made again" in capsys.readouterr().out
     )
