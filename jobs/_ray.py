@@ -49,6 +49,22 @@ def check_address(address: str | None) -> None:
         raise ConfigError(f"{flag}: no Ray cluster answers there ({why}); is it up, and is the port right?") from None
 
 
+def check_local_gpus(address: str | None, flag: str, amount: float) -> None:
+    """Before any work: GPUs asked of a local Ray (no --ray-address, none started by this process yet) on a machine
+    with no GPU are one error line naming the flag now, not after the job's inputs and Ray's start (check_resources
+    says the rest, fractions and counts, once Ray is up)."""
+    import ray
+
+    if amount <= 0 or _address(address) != "local" or ray.is_initialized():
+        return
+    import torch  # (a job asking for GPUs runs torch there)
+
+    if torch.cuda.device_count() == 0:
+        raise ConfigError(
+            f"{flag} {amount:g}: this machine has no GPU, and with no --ray-address the job starts a local Ray on it"
+        )
+
+
 def check_resources(
     address: str | None,
     job: str,

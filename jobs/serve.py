@@ -677,6 +677,9 @@ def _own_serve_listens_on(cfg: ServeConfig) -> bool:
 @checks_config
 def start(cfg: ServeConfig) -> str:
     """Check ``cfg``, start Serve on its host/port (joining or starting Ray) and deploy; returns the base URL."""
+    from jobs._ray import check_local_gpus
+
+    check_local_gpus(cfg.ray_address, "--gpus-per-replica", cfg.gpus_per_replica)
     # joining: the port is the cluster's proxy's, maybe on another node, maybe held by its Serve already; and a
     # Serve this process started on it (bench's rounds) keeps its proxy: serve.start reuses it
     if not (joins_a_cluster(cfg) or _own_serve_listens_on(cfg)):

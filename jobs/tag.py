@@ -180,9 +180,12 @@ class TagConfig:
 @checks_config
 def run(cfg: TagConfig) -> dict:
     """Tag every new photo; returns the summary of the committed run (also in the run's Delta commit)."""
+    from jobs._ray import check_local_gpus
+
     t_start = time.time()
     for warning in cfg.ignored_flags():
         print(f"[tag] warning: {warning}", flush=True)
+    check_local_gpus(cfg.ray_address, "--gpus-per-actor", cfg.gpus_per_actor)
     opts = cfg.s3_options()
     _check_reachable(cfg, opts)
     runtime = cfg.resolved_runtime()

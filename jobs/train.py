@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 
 from jobs._cli import ConfigError, checks_config, fields_of, run_cli
-from jobs._ray import check_resources, init_ray
+from jobs._ray import check_local_gpus, check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
 from landmark_core.catalog import coords_file_beside, coords_file_note, listed
@@ -240,6 +240,7 @@ def run(cfg: TrainConfig) -> dict:
     """Train, calibrate, evaluate and write the artifact; returns metrics."""
     for warning in cfg.ignored_flags():
         print(f"[train] warning: {warning}", flush=True)
+    check_local_gpus(cfg.ray_address, "--gpus-per-worker", cfg.gpus_per_worker)
     if not cfg.resume and (warning := _replaced_model_warning(cfg)):  # --resume: continuing into it is the point
         print(warning, flush=True)
     if cfg.members > 1:

@@ -541,6 +541,30 @@ def test_a_bad_argument_stops_before_ray_starts(job, argv, flag, small_model, tm
     assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
 
 
+@pytest.mark.parametrize(
+    "job, flag", [("train", "--gpus-per-worker"), ("tag", "--gpus-per-actor"), ("serve", "--gpus-per-replica")]
+)
+def test_a_gpu_asked_of_a_machine_without_one_stops_before_ray_starts(job, flag, small_model, train_data, tmp_path):
+    """No --ray-address: the job would start a local Ray on this machine, which has no GPU. One error line naming
+    the flag, exit 2, before the job's inputs are read and before Ray starts (no session folder)."""
+    import torch
+
+    if torch.cuda.device_count():
+        pytest.skip("this machine has a GPU")
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    argv = _job_argv(job, tmp_path, small_model, train_data["root"]) + [flag, "1"]
+    r = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert_error_names(r.stderr, f"{flag} 1: this machine has no GPU")
+    assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
+    assert not (tmp_path / "o").exists()  # tag: before it creates the table
+
+
 def _job_main(job: str):
     from importlib import import_module
 
