@@ -10,6 +10,7 @@ RELIABILITY.md maps every promise to its test here.
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import shutil
@@ -541,12 +542,13 @@ def test_a_bad_argument_stops_before_ray_starts(job, argv, flag, small_model, tm
     assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
 
 
-@pytest.mark.parametrize(
-    "job, flag", [("train", "--gpus-per-worker"), ("tag", "--gpus-per-actor"), ("serve", "--gpus-per-replica")]
-)
-def test_a_gpu_asked_of_a_machine_without_one_stops_before_ray_starts(job, flag, small_model, train_data, tmp_path):
-    """No --ray-address: the job would start a local Ray on this machine, which has no GPU. One error line naming
-    the flag, exit 2, before the job's inputs are read and before Ray starts (no session folder)."""
+_GPU_FLAGS = {"train": "--gpus-per-worker", "tag": "--gpus-per-actor", "serve": "--gpus-per-replica"}
+
+
+def test_a_gpu_asked_of_a_machine_without_one_stops_before_ray_starts(small_model, train_data, tmp_path):
+    """No --ray-address: each job would start a local Ray on this machine, which has no GPU. One error line naming
+    the flag, exit 2, before the job's inputs are read and before Ray starts (no session folder). The three jobs'
+    mains run in one process, as their CLIs would (one interpreter's imports instead of three)."""
     import torch
 
     if torch.cuda.device_count():
@@ -555,12 +557,27 @@ def test_a_gpu_asked_of_a_machine_without_one_stops_before_ray_starts(job, flag,
     ray_tmp.mkdir()
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
     env.pop("RAY_ADDRESS", None)
-    argv = _job_argv(job, tmp_path, small_model, train_data["root"]) + [flag, "1"]
-    r = subprocess.run(
-        [sys.executable, "-m", f"jobs.{job}", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    argvs = {
+        job: _job_argv(job, tmp_path, small_model, train_data["root"]) + [flag, "1"] for job, flag in _GPU_FLAGS.items()
+    }
+    script = (
+        "import importlib, json, sys\n"
+        "for job, argv in json.loads(sys.argv[1]).items():\n"
+        "    print(job, importlib.import_module(f'jobs.{job}').main(argv), flush=True)\n"
     )
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert_error_names(r.stderr, f"{flag} 1: this machine has no GPU")
+    r = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argvs)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.stdout.split() == ["train", "2", "tag", "2", "serve", "2"], (r.stdout, r.stderr[-2000:])
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 3, errors
+    for line, flag in zip(errors, _GPU_FLAGS.values()):
+        assert_error_names(line, f"{flag} 1: this machine has no GPU")
     assert not any(ray_tmp.iterdir()), f"Ray wrote {sorted(p.name for p in ray_tmp.iterdir())}"
     assert not (tmp_path / "o").exists()  # tag: before it creates the table
 
