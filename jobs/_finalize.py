@@ -419,8 +419,12 @@ def _provenance(cfg, run_name: str) -> dict:
         )
     except Exception:
         commit = None
-    safe = {k: v for k, v in cfg.__dict__.items() if k not in ("s3_endpoint",)}
-    return {"run_name": run_name, "git_commit": commit, "python": platform.python_version(), "config": safe}
+    return {"run_name": run_name, "git_commit": commit, "python": platform.python_version(), "config": config_of(cfg)}
+
+
+def config_of(cfg) -> dict:
+    """The run's flags as its artifact records them (``provenance.config``): all but the S3 endpoint."""
+    return {k: v for k, v in cfg.__dict__.items() if k not in ("s3_endpoint",)}
 
 
 def _write_report(cfg, data, ev, history, temperature, opts) -> None:

@@ -53,9 +53,11 @@ def check_local_gpus(address: str | None, flag: str, amount: float) -> None:
     """Before any work: GPUs asked of a local Ray (no --ray-address, none started by this process yet) on a machine
     with no GPU are one error line naming the flag now, not after the job's inputs and Ray's start (check_resources
     says the rest, fractions and counts, once Ray is up)."""
+    if amount <= 0 or _address(address) != "local":
+        return
     import ray
 
-    if amount <= 0 or _address(address) != "local" or ray.is_initialized():
+    if ray.is_initialized():
         return
     import torch  # (a job asking for GPUs runs torch there)
 

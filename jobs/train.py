@@ -403,6 +403,7 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
     its metrics. None when it has to run (cut off, kept by an earlier version, or its flags differ: said)."""
     import pyarrow.fs as pafs
 
+    from jobs._finalize import config_of
     from landmark_core.artifact import load
 
     opts = mcfg.s3_options()
@@ -412,7 +413,7 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
     fs, path = storage.arrow_fs(storage.join(run, MEMBER_DIR), opts)
     _copy_tree(fs, path, pafs.LocalFileSystem(), mcfg.output)
     then = load(mcfg.output).provenance.get("config", {})
-    now = json.loads(json.dumps({k: v for k, v in mcfg.__dict__.items() if k != "s3_endpoint"}))
+    now = json.loads(json.dumps(config_of(mcfg)))  # as the artifact's JSON holds it (tuples as lists)
     changed = sorted(k for k in set(then) | set(now) if k not in _MEMBER_NEUTRAL and then.get(k) != now.get(k))
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)

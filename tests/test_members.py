@@ -102,6 +102,7 @@ def test_a_finished_members_artifact_is_kept_under_storage_and_taken_on_resume(
     after it; --resume with the same flags takes it back whole (its metrics, its files), with other flags it is
     made again (the flags named), and a run whose marker was never written is continued."""
     from jobs import train
+    from jobs._finalize import config_of
     from landmark_core import artifact, storage
 
     if where == "s3":
@@ -122,7 +123,7 @@ def test_a_finished_members_artifact_is_kept_under_storage_and_taken_on_resume(
         negatives=("n",),
         name="vn-m0",
     )
-    config = {k: v for k, v in mcfg.__dict__.items() if k != "s3_endpoint"}
+    config = config_of(mcfg)  # what finalize records
     art = make_tiny_artifact()
     art.provenance = {"run_name": "vn-m0-20261204-120000", "config": config}
     model_id = artifact.save(art, str(scratch))
