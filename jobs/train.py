@@ -390,9 +390,7 @@ def _keep_member(mcfg: TrainConfig) -> None:
     """Copy a member's finished artifact (at its scratch --output) into its run folder under --storage."""
     import pyarrow.fs as pafs
 
-    from landmark_core.artifact import load
-
-    run = storage.join(mcfg.storage, load(mcfg.output).provenance["run_name"])
+    run = storage.join(mcfg.storage, _provenance_at(mcfg.output)["run_name"])
     fs, path = storage.arrow_fs(storage.join(run, MEMBER_DIR), mcfg.s3_options())
     _copy_tree(pafs.LocalFileSystem(), mcfg.output, fs, path)
     storage.write_bytes(storage.join(run, MEMBER_DONE), b"", mcfg.s3_options())
@@ -404,7 +402,6 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
     import pyarrow.fs as pafs
 
     from jobs._finalize import config_of
-    from landmark_core.artifact import load
 
     opts = mcfg.s3_options()
     run = storage.join(mcfg.storage, _resumed_run(mcfg))
@@ -412,7 +409,7 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
         return None
     fs, path = storage.arrow_fs(storage.join(run, MEMBER_DIR), opts)
     _copy_tree(fs, path, pafs.LocalFileSystem(), mcfg.output)
-    then = load(mcfg.output).provenance.get("config", {})
+    then = _provenance_at(mcfg.output).get("config", {})
     now = json.loads(json.dumps(config_of(mcfg)))  # as the artifact's JSON holds it (tuples as lists)
     changed = sorted(k for k in set(then) | set(now) if k not in _MEMBER_NEUTRAL and then.get(k) != now.get(k))
     if changed:
@@ -421,6 +418,13 @@ def _finished_member(mcfg: TrainConfig) -> dict | None:
         shutil.rmtree(mcfg.output)  # (nothing of the old artifact, its report included, may end in the new one)
         return None
     return json.loads(Path(mcfg.output, "metrics.json").read_text())
+
+
+def _provenance_at(folder: str) -> dict:
+    """The provenance in a local artifact folder's artifact.json (no weights read: the pool loads them later)."""
+    from landmark_core.artifact import META_FILE
+
+    return json.loads(Path(folder, META_FILE).read_text()).get("provenance", {})
 
 
 def _copy_tree(src_fs, src: str, dst_fs, dst: str) -> None:
