@@ -313,8 +313,8 @@ def test_removing_a_landmark_from_an_open_world_model_is_refused_by_name(make_ti
     with pytest.raises(enroll.EnrollError, match="--negatives"):
         enroll.remove(artifact_mod.load(path), name)
     code = catalog_main(["remove", "--model", path, "--name", name, "--output", str(tmp_path / "smaller")])
-    assert code != 0 and not (tmp_path / "smaller").exists()
-    assert_error_names(capsys.readouterr().err, "--name")
+    assert code == 2 and not (tmp_path / "smaller").exists()
+    assert_error_names(capsys.readouterr().err, f"--name {name!r}", "open-world", "--negatives")
 
 
 def test_adding_a_landmark_to_an_open_world_model_is_refused_with_what_works(make_tiny_artifact, tmp_path, capsys):
@@ -334,8 +334,9 @@ def test_adding_a_landmark_to_an_open_world_model_is_refused_with_what_works(mak
          "--output", str(out)]
     )  # fmt: skip
     err = capsys.readouterr().err
-    assert code != 0 and not out.exists()
-    assert "--negatives" in err and "--data" in err and "--abstain-method" not in err
+    assert code == 2 and not out.exists()
+    line = assert_error_names(err, "open-world", "--negatives", "--data")
+    assert "--abstain-method" not in err and len(err.strip().splitlines()) == 1, line
 
 
 def _eval_photos(tmp_path: Path, per_class: int) -> tuple[str, dict]:

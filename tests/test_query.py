@@ -213,7 +213,9 @@ def test_old_row_matching_a_filter_does_not_resurface(store, filters, superseded
         superseded
     ]
     s.close()
-    assert "b.jpg" not in uris(q.query(store, **filters))
+    assert "b.jpg" in uris(q.query(store, history=True, **filters))  # the filter does match b's old row
+    want = {"status": ["a.jpg", "e.jpg", "g.jpg"], "min_score": ["a.jpg", "e.jpg"]}.get(next(iter(filters)), [])
+    assert uris(q.query(store, **filters)) == want  # and the current view has b's newer row, which it does not
     assert uris(q.query(store, min_score=0.0)) == ["a.jpg", "b.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]
 
 
@@ -371,6 +373,48 @@ SQL_VALUES = {
 }
 
 
+def _check_parquet_row(row: dict) -> None:
+    """SQL_VALUES as Parquet carries them: Arrow's own types where it has one, DuckDB's text where it has none."""
+    import datetime as dt
+    from decimal import Decimal
+
+    utc = dt.timezone.utc
+    want = {
+        "blob": b"\x01\xffab",
+        "blob_of_a_column": b"photos/a.jpg",
+        "decimal": Decimal("1.23"),
+        "decimal_38": Decimal("12345678901234567890.123456789"),
+        "hugeint": Decimal(2**127 - 1),
+        "uhugeint": str(2**128 - 1),
+        "ubigint": 2**64 - 1,
+        "bignum": str(2**200),
+        "date": dt.date(2026, 11, 24),
+        "timestamp": dt.datetime(2026, 11, 24, 6, 30, 0, 123456),
+        "timestamptz": dt.datetime(2026, 11, 24, 6, 30, tzinfo=utc),
+        "time": dt.time(6, 30, 0, 500000),
+        "timetz": "06:30:00+02",
+        "interval": "1 year 2 months 3 days 04:05:06.000007",
+        "uuid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "list": [1, 2, 3],
+        "struct": {"a": 1, "b": "x"},
+        "map": [("k", 1), ("j", 2)],
+        "map_int_keys": [(1, "a")],
+        "list_of_blobs": [b"\x00", None],
+        "nested_interval": {"d": ["1 day"]},
+        "inf": math.inf,
+        "minus_inf_float": -math.inf,
+        "bit": "0101",
+        "union": "2",
+        "enum": "a",
+        "null": None,
+    }
+    for case, value in want.items():
+        assert row[case] == value, (case, row[case], value)
+    assert str(row["timestamp_ns"]).startswith("2026-11-24 06:30:00.123456789"), row["timestamp_ns"]
+    assert math.isnan(row["nan"]) and math.isnan(row["list_of_nan"][0]) and row["list_of_nan"][1] == 1.5
+    assert isinstance(row["variant"], str) and row["variant"].isdigit(), row["variant"]
+
+
 @pytest.mark.parametrize("fmt", q.FORMATS)
 def test_sql_any_result_type_in_every_format(store, capsys, tmp_path, fmt):
     """Every type of SQL_VALUES in one SELECT, a column each (named by its case): each value reads back as its
@@ -383,7 +427,7 @@ def test_sql_any_result_type_in_every_format(store, capsys, tmp_path, fmt):
     if fmt == "parquet":
         t = pq.read_table(out_file)
         assert t.column_names == list(SQL_VALUES) and t.num_rows == 1
-        assert t.column("blob").to_pylist() == [b"\x01\xffab"]
+        _check_parquet_row(t.to_pylist()[0])
         return
     values = _the_one_row(out, fmt)
     assert list(values) == list(SQL_VALUES), out
@@ -1002,21 +1046,28 @@ def test_query_on_s3(s3, s3_bucket, store, monkeypatch, capsys):
 
 
 def test_sql_on_s3_shows_no_credential(s3, s3_bucket, store, monkeypatch, capsys):
-    """--sql may read DuckDB's own settings and catalog (duckdb_settings() and the like): harmless, as no secret is
-    ever set in the connection. The S3 keys stay in the environment and pyarrow's filesystem, never in DuckDB."""
+    """--sql may read DuckDB's own settings (duckdb_settings() and the like): harmless, as no secret is ever set in
+    the connection; what would look on disk (stored secrets, extensions) is refused, as the connection has no file
+    system. The S3 keys stay in the environment and pyarrow's filesystem, never in DuckDB."""
     _upload_store(s3, s3_bucket, store, monkeypatch)
     tags = ["--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint]
-    for statement in (
-        "SELECT * FROM duckdb_settings()",
-        "SELECT * FROM duckdb_variables()",
-        "SELECT * FROM duckdb_extensions()",
-        "SELECT * FROM duckdb_secrets()",
-        "SELECT * FROM which_secret('s3://x/y', 's3')",
-        "SELECT current_setting('s3_secret_access_key')",
-        "SELECT count(*) FROM tags",
+    refused = "file system operations are disabled by configuration"
+    for statement, want_code, want in (
+        ("SELECT * FROM duckdb_settings()", 0, None),
+        ("SELECT * FROM duckdb_variables()", 0, None),
+        ("SELECT * FROM duckdb_extensions()", 2, refused),
+        ("SELECT * FROM duckdb_secrets()", 2, refused),
+        ("SELECT * FROM which_secret('s3://x/y', 's3')", 2, refused),
+        ("SELECT current_setting('s3_secret_access_key')", 2, "httpfs"),  # not a setting without the extension
+        ("SELECT count(*) FROM tags", 0, None),
     ):
         code, out, err = cli(capsys, *tags, "--sql", statement, "--format", "json")
-        assert code in (0, 2), (statement, err)
+        assert code == want_code, (statement, err)
+        if want:  # one line naming the flag and DuckDB's reason
+            assert err.startswith("landmark query: --sql: ") and want in err and len(err.splitlines()) == 1, err
         for key in (s3.access_key, s3.secret_key):
             assert key not in out + err, statement
+        if "duckdb_settings" in statement:  # there to read, and no S3 setting among them (httpfs is not loaded)
+            settings = [json.loads(line) for line in out.splitlines()]
+            assert len(settings) > 50 and not [r["name"] for r in settings if r["name"].startswith("s3_")]
     assert out.splitlines() == [json.dumps({"count_star()": 7})]  # the table itself reads

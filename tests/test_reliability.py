@@ -183,6 +183,7 @@ def test_killed_predictor_process_is_replaced_and_every_photo_lands_once(compute
         assert ran_model_after - alive_at_kill, "no new process took over the model's work after the kill"
     # tasks: the victim was inside a tag task when it died, so the every-photo-tagged check below is what shows
     # that Ray ran that task again (in another process: the victim is gone); which idle worker ran it is Ray's
+    # (the state API that would list the retried attempt needs the dashboard, which these tests' Ray runs without)
     assert summary["config"]["compute"] == compute
     assert_exactly_once(out, uris)
     assert summary["counts"] == {"tagged": n, "no_landmark": 0, "failed": 0, "total": n}
@@ -273,15 +274,15 @@ def test_output_bucket_lost_mid_run_is_one_clear_error_and_nothing_is_committed(
     client = s3.client()
     client.delete_bucket(Bucket=s3_bucket)  # the output disappears under the running job
     assert job.result(timeout=240) == 1
-    err = capsys.readouterr().err
+    said, err = capsys.readouterr()
+    assert "[tag] run " in said and "[tag] committed run" not in said, said[-2000:]
     line = [ln for ln in err.splitlines() if ln.startswith("landmark tag: error:")]
     assert len(line) == 1 and f"--output {out} is not writable" in line[0] and "not committed" in line[0], err[-2000:]
     assert f"Bucket '{s3_bucket}' not found" in line[0], line[0]  # the cause, named
     print(line[0])
     # nothing is left: no write of the job's brought the bucket back (the store would have made it to hold them)
     assert s3_bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}
-    client.create_bucket(Bucket=s3_bucket)
-    assert tagstore.runs(out, storage.S3Options(endpoint=s3.endpoint)) == []
+    client.create_bucket(Bucket=s3_bucket)  # for the fixture's clean-up
 
 
 def _mount_tmpfs(where: Path, size_kb: int) -> bool:

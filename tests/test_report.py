@@ -393,3 +393,12 @@ def test_a_landmark_name_with_dollar_signs_is_drawn_as_written(tmp_path):
         assert_png(tmp_path / name)
     png = confusion_png(np.eye(2), np.array([0, 1]), names, "confusion")
     assert png[:8] == PNG_MAGIC
+    # "Cash $ Tower $" parses as maths and would not crash: what the figures get is matplotlib's literal text
+    from matplotlib import cbook
+    from matplotlib.text import Text
+
+    from landmark_core.training_report import plot_text
+
+    for n in names:
+        assert cbook.is_math_text(n) and not cbook.is_math_text(plot_text(n))
+        assert Text(text=plot_text(n))._preprocess_math(plot_text(n)) == (n, False)  # drawn as written

@@ -411,14 +411,18 @@ def test_input_that_is_a_file_points_to_manifest(tiny_artifact, tmp_path, capsys
     assert not (tmp_path / "o").exists()
 
 
-def test_an_empty_input_folder_commits_an_empty_run_and_says_so(tiny_artifact, tmp_path, capsys):
+def test_an_empty_input_folder_commits_an_empty_run_and_says_so(tiny_artifact, tmp_path, capsys, monkeypatch):
     """A night with no uploads is a normal run (committed, no Ray started), but not a silent one."""
+    monkeypatch.setattr("jobs._ray.init_ray", lambda *a, **k: pytest.fail("Ray started for a run with no photos"))
     (tmp_path / "in").mkdir()
     argv = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), "--model", tiny_artifact.path]
     assert tag_main(argv) == 0
     out = capsys.readouterr().out
     assert f"[tag] no photos under --input {tmp_path / 'in'}: an empty run is committed" in out, out
     assert "[tag] committed run" in out and "(0 rows;" in out
+    (run,) = tagstore.runs(str(tmp_path / "o"))  # committed: in the table's log, as one run of no rows
+    assert run["rows"] == 0 and run["counts"]["total"] == 0
+    assert tagstore.read(str(tmp_path / "o")).num_rows == 0
 
 
 def test_a_min_score_outside_the_models_score_range_fails_before_the_table_exists(tiny_artifact, tmp_path, capsys):
