@@ -28,7 +28,6 @@ import json
 import math
 import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -209,7 +208,8 @@ def filter_expression(cfg: QueryConfig) -> pc.Expression | None:
     files and row groups whose statistics rule them out are never decoded."""
     parts: list[pc.Expression] = []
     if cfg.landmark is not None:
-        parts.append(_folded(pc.field("landmark")) == pa.scalar(fold_name(cfg.landmark), pa.string()))
+        name = pc.utf8_lower(pa.scalar(str(cfg.landmark).strip(), pa.string())).as_py()
+        parts.append(pc.utf8_lower(pc.field("landmark")) == pa.scalar(name, pa.string()))
     if cfg.min_score is not None:
         # score is float32: compare in float32 so --min-score 0.7 keeps a stored 0.7 (0.69999999 as float64)
         parts.append(pc.field("score") >= pa.scalar(float(cfg.min_score), pa.float32()))
@@ -225,18 +225,6 @@ def filter_expression(cfg: QueryConfig) -> pc.Expression | None:
     for p in parts[1:]:
         expr = expr & p
     return expr
-
-
-def fold_name(name: str) -> str:
-    """A landmark name as --landmark compares it: no case, no accents ("clerigos" finds "Clérigos Tower")."""
-    decomposed = unicodedata.normalize("NFD", str(name).strip().lower())
-    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-
-
-def _folded(column: pc.Expression) -> pc.Expression:
-    """fold_name inside the scan: lower case, decomposed (NFD), combining marks removed."""
-    nfd = pc.utf8_normalize(pc.utf8_lower(column), form="NFD")
-    return pc.replace_substring_regex(nfd, pattern=r"\p{Mn}+", replacement="")
 
 
 def bounding_box(lat: float, lon: float, radius_km: float) -> tuple[float, float, list[tuple[float, float]]]:
@@ -292,8 +280,8 @@ def filter_sql(cfg: QueryConfig) -> tuple[str | None, list]:
     out, and decodes the other columns only for the rows that pass."""
     parts, params = [], []
     if cfg.landmark is not None:
-        parts.append("strip_accents(lower(landmark)) = ?")  # fold_name in DuckDB's words
-        params.append(fold_name(cfg.landmark))
+        parts.append("lower(landmark) = lower(?)")
+        params.append(str(cfg.landmark).strip())
     if cfg.min_score is not None:  # float32, as in filter_expression
         parts.append("score >= CAST(? AS FLOAT)")
         params.append(float(cfg.min_score))
@@ -748,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tags", required=True, metavar="URI", help="tag store root: a local path or s3://bucket/prefix")
     f = p.add_argument_group("filters (all combined with AND)")
-    f.add_argument("--landmark", metavar="NAME", help="top-1 landmark name, exact but for case and accents")
+    f.add_argument("--landmark", metavar="NAME", help="top-1 landmark name, case-insensitive exact match")
     f.add_argument("--min-score", type=float, metavar="X", help="top-1 score >= X, X in [0, 1]")
     f.add_argument("--status", metavar="S", help=f"one of {', '.join(tagstore.STATUSES)}")
     f.add_argument(
@@ -929,8 +917,8 @@ def _hint_landmark_names(cfg: QueryConfig) -> None:
         ]
     finally:
         store.close()
-    wanted = fold_name(cfg.landmark)
-    by_lower = {fold_name(n): n for n in names}
+    wanted = str(cfg.landmark).strip().lower()
+    by_lower = {n.lower(): n for n in names}
     if not names or wanted in by_lower:
         return  # the name is there: the other filters ruled its rows out
     closest = difflib.get_close_matches(wanted, sorted(by_lower), n=10, cutoff=0)
