@@ -215,7 +215,7 @@ def test_old_row_matching_a_filter_does_not_resurface(store, filters, superseded
     s.close()
     assert "b.jpg" in uris(q.query(store, history=True, **filters))  # the filter does match b's old row
     want = {"status": ["a.jpg", "e.jpg", "g.jpg"], "min_score": ["a.jpg", "e.jpg"]}.get(next(iter(filters)), [])
-    assert uris(q.query(store, **filters)) == want  # and the current view has b's newer row, which it does not
+    assert uris(q.query(store, **filters)) == want  # the current view: b has its newer row there, which fails it
     assert uris(q.query(store, min_score=0.0)) == ["a.jpg", "b.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg"]
 
 
