@@ -134,6 +134,7 @@ def cached_features(
 
     net.eval()
     aug = train_preset.transform()
+    embed = _embedder(net, device, amp, eval_preset.size)
     feats = []
     for v in range(views):
         rows = []
@@ -142,13 +143,27 @@ def cached_features(
             for i in range(s, min(s + batch_size, len(dataset))):
                 im = dataset.image(i) or Image.new("RGB", (eval_preset.size, eval_preset.size))
                 batch.append(eval_preset.tensor(im) if v == 0 else aug(im))
-            x = torch.stack(batch).to(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                rows.append(net.embed(x).float().cpu())
+            rows.append(embed(torch.stack(batch)))
             if progress is not None:
                 progress(v * len(dataset) + s + len(batch), views * len(dataset))
         feats.append(torch.cat(rows).numpy() if rows else np.zeros((0, net.embed_dim), np.float32))
     return np.stack(feats)
+
+
+def _embedder(net, device, amp: bool, size: int):
+    """The backbone's forward for the feature pass: on a CPU, ONNX Runtime fp32 (the same embeddings to ~1e-5,
+    about 5x torch's speed on these depthwise convolutions); on a GPU, torch (fp16 autocast with ``amp``)."""
+    if torch.device(device).type == "cpu" and not amp:
+        from .onnx_runtime import backbone_embedder
+
+        ort = backbone_embedder(net, size, threads=torch.get_num_threads())
+        return lambda x: torch.from_numpy(ort(x.numpy()))
+
+    def on_device(x):
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            return net.embed(x.to(device)).float().cpu()
+
+    return on_device
 
 
 def every(seconds: float, report, *, clock=time.monotonic):

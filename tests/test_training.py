@@ -400,6 +400,26 @@ def test_the_feature_pass_reports_progress_now_and_then(synthetic_data):
     assert said == [8, 14, 20]  # 30 s apart, and the end
 
 
+def test_the_cpu_feature_pass_gives_torch_embeddings(synthetic_data):
+    """On a CPU the frozen backbone's pass runs the network exported to ONNX Runtime fp32 (about 5x torch's speed
+    there): the eval-crop view is torch's own embedding of each photo, to float precision."""
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.preprocess import presets_for
+    from landmark_core.storage import S3Options
+    from landmark_core.training import UriImageDataset, cached_features
+
+    uris = sorted(synthetic_data["files"])[:6]
+    train_p, eval_p = presets_for(64)
+    ds = UriImageDataset(uris, [0] * 6, None, opts=S3Options(), draft_to=eval_p.resize, cache_side=80)
+    net = build_model(ModelSpec("efficientnet_lite0", 2, weights="imagenet"))
+    feats = cached_features(net, ds, "cpu", views=2, eval_preset=eval_p, train_preset=train_p, batch_size=4)
+    with torch.no_grad():
+        ref = net.eval().embed(torch.stack([eval_p.tensor(ds.image(i)) for i in range(6)])).numpy()
+    assert feats.shape == (2, 6, ref.shape[1])
+    np.testing.assert_allclose(feats[0], ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+    assert not np.allclose(feats[1], ref, atol=1e-2)  # the second view is an augmented crop, not the eval crop
+
+
 def test_a_bad_training_photo_is_read_and_warned_of_once(synthetic_data, tmp_path, capsys):
     """Four views of the features, then epochs, each ask for every photo: a photo that cannot be decoded is tried
     once, named in one warning, and stays marked bad (label -100 for the loss)."""
