@@ -24,6 +24,7 @@ from landmark_core.training import (
     forward_uint8,
     load_checkpoint_dir,
     make_optimizer,
+    network_runner,
     param_groups,
     save_checkpoint_dir,
     smoothed_ce,
@@ -51,6 +52,7 @@ class Worker:
         torch.manual_seed(self.c.seed + self.rank)
         self.opts = self.c.s3_options()
         self.train_preset, self.eval_preset = presets_for(self.c.image_size)
+        self.val_emb = None  # a frozen backbone's validation embeddings, computed at the first validation
         self.spec = ModelSpec(self.c.model, loop_cfg["n_classes"], dropout=self.c.dropout, weights=self.c.weights)
         self.net = build_model(self.spec, storage_options=self.opts, trust_pickle=self.c.trust_pickle).to(self.device)
         if self.cuda:
@@ -354,12 +356,27 @@ class Worker:
 
     def _validate(self) -> tuple[float, float]:
         images, ok = self.val_images
-        logits, _ = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
+        if self.c.freeze_backbone:  # the backbone never changes: its embeddings once, the head each epoch
+            logits = self._frozen_val_logits(images[ok])
+        else:
+            logits, _ = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
         y = torch.as_tensor(self.val_labels[ok])
         loss = float(torch.nn.functional.cross_entropy(torch.from_numpy(logits), y, reduction="sum")) if len(y) else 0.0
         correct = float((logits.argmax(1) == y.numpy()).sum()) if len(y) else 0.0
         loss, correct, n = self.all_sum(loss, correct, float(len(y)))
         return (loss / n, correct / n) if n else (float("nan"), float("nan"))
+
+    def _frozen_val_logits(self, images: np.ndarray) -> np.ndarray:
+        """What forward_uint8 gives for the validation photos, with their frozen embeddings computed once."""
+        if self.val_emb is None:
+            run = network_runner(self.net, self.eval_preset, self.device, amp=self.cuda)
+            self.val_emb = torch.from_numpy(run(images)[1]).to(self.device)
+        was_training = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            logits = self.net.head(self.val_emb).float().cpu().numpy()
+        self.net.train(was_training)
+        return logits
 
     def _end_epoch(self, loss, acc, val_loss, val_acc, ips):
         st = self.state
@@ -471,16 +488,17 @@ class Worker:
         from landmark_core.training import to_bytes_npz
 
         self.net.load_state_dict(self.best_state)
+        run = network_runner(self.net, self.eval_preset, self.device, amp=self.cuda)
         arrays = {}
         for split in ("val", "test", "train"):
             uris, labels = self.shard(self.loop_cfg[split])
-            self._eval_into(arrays, split, uris, labels)
+            self._eval_into(arrays, run, split, uris, labels)
         unknown = self.loop_cfg["unknown"][self.rank :: self.world]
-        self._eval_into(arrays, "unknown", unknown, [-1] * len(unknown))
+        self._eval_into(arrays, run, "unknown", unknown, [-1] * len(unknown))
         neg_train = (self.loop_cfg.get("neg_train") or [])[self.rank :: self.world]
-        self._eval_into(arrays, "negtrain", neg_train, [-1] * len(neg_train))
+        self._eval_into(arrays, run, "negtrain", neg_train, [-1] * len(neg_train))
         fit_uris, fit_groups = self.loop_cfg.get("neg_fit") or ([], [])
-        self._eval_into(arrays, "negfit", fit_uris[self.rank :: self.world], fit_groups[self.rank :: self.world])
+        self._eval_into(arrays, run, "negfit", fit_uris[self.rank :: self.world], fit_groups[self.rank :: self.world])
         gathered = [None] * self.world
         if self.world > 1:
             dist.all_gather_object(gathered, arrays)
@@ -493,9 +511,9 @@ class Worker:
             extra_files={"eval.npz": to_bytes_npz(**merged), "history.json": json.dumps(self.state.history).encode()},
         )
 
-    def _eval_into(self, arrays: dict, split: str, uris: list, labels: list) -> None:
+    def _eval_into(self, arrays: dict, run, split: str, uris: list, labels: list) -> None:
         images, ok = eval_arrays(uris, self.opts, self.eval_preset)
-        logits, emb = forward_uint8(self.net, images[ok], self.eval_preset, self.device, amp=self.cuda)
+        logits, emb = run(images[ok])
         arrays[f"{split}_logits"] = logits.astype(np.float32)
         arrays[f"{split}_emb"] = emb.astype(np.float16 if split in ("train", "negtrain") else np.float32)
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=np.int64)[ok]

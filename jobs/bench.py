@@ -443,8 +443,8 @@ def run_train(ns) -> dict:
     from jobs._ray import init_ray
     from jobs.train import run as train_run
 
+    out = feature_pass(ns)
     init_ray(None)
-    out = {}
     for workers in ns.workers:
         for frozen in (False, True):
             with tempfile.TemporaryDirectory() as tmp:
@@ -458,6 +458,47 @@ def run_train(ns) -> dict:
     for w in ns.workers:
         out[f"frozen_speedup_{w}w"] = round(out[f"frozen_{w}w_ips"] / out[f"finetune_{w}w_ips"], 1)
     _say(", ".join(f"{k} {v}" for k, v in out.items() if "speedup" in k))
+    return out
+
+
+def feature_pass(ns) -> dict:
+    """The frozen backbone's one pass over --data's photos (the eval crop), in this process on one thread, as a
+    CPU worker runs it: torch against ONNX Runtime fp32, each after a warm-up batch, on photos decoded once before
+    (both read the same cache): seconds and the ratio."""
+    import torch
+
+    from landmark_core.datasets import list_files
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.preprocess import presets_for
+    from landmark_core.storage import S3Options
+    from landmark_core.training import UriImageDataset, cached_features
+
+    torch.set_num_threads(1)
+    uris = list_files(ns.data)
+    train_p, eval_p = presets_for(224)
+    ds = UriImageDataset(uris, [0] * len(uris), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=336)
+    for i in range(len(ds)):
+        ds.image(i)  # decoded once, so that both passes time the network
+    net = build_model(ModelSpec(ns.model, 2, weights="imagenet"))
+    out = {"feature_pass_photos": len(ds)}
+    for runtime in ("torch", "onnx"):
+        kw = dict(views=1, eval_preset=eval_p, train_preset=train_p, runtime=runtime)
+        cached_features(
+            net,
+            UriImageDataset(
+                uris[:8], [0] * min(8, len(uris)), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=336
+            ),
+            "cpu",
+            **kw,
+        )  # warm-up
+        t0 = time.perf_counter()
+        cached_features(net, ds, "cpu", **kw)
+        out[f"feature_pass_{runtime}_s"] = round(time.perf_counter() - t0, 2)
+    out["feature_pass_speedup"] = round(out["feature_pass_torch_s"] / out["feature_pass_onnx_s"], 1)
+    _say(
+        f"feature pass, {len(ds)} photos, 1 thread: torch {out['feature_pass_torch_s']} s, onnx "
+        f"{out['feature_pass_onnx_s']} s (the ONNX export included): {out['feature_pass_speedup']}x"
+    )
     return out
 
 

@@ -154,9 +154,6 @@ def export_onnx(artifact) -> bytes:
 
     The export is checked against torch on synthetic photos: a mismatch raises instead of tagging wrongly.
     """
-    import io
-    import warnings
-
     import torch
 
     from .artifact import build_network
@@ -166,32 +163,46 @@ def export_onnx(artifact) -> bytes:
         from dataclasses import replace
 
         art = replace(art, state_dict={k: torch.from_numpy(np.asarray(v).copy()) for k, v in art.state_dict.items()})
-    net = build_network(art)
-    wrapper = _uint8_model(net, art.preprocess.mean, art.preprocess.std).eval()
-    probe = calibration_images(art.preprocess, n=4)
+    return export_network(build_network(art), art.preprocess, name=art.spec.name)
+
+
+def export_network(net, preset, *, name: str = "the network") -> bytes:
+    """``net`` as ONNX over uint8 photos of ``preset`` (normalised inside): (N, S, S, 3) -> logits, embedding;
+    dynamic N. Checked against torch on synthetic photos: a mismatch raises. ``net``'s train/eval mode is kept."""
+    import io
+    import warnings
+
+    import torch
+
+    was_training = net.training
+    wrapper = _uint8_model(net, preset.mean, preset.std).eval()
+    probe = calibration_images(preset, n=4)
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (torch.from_numpy(probe),),
-            buf,
-            input_names=["image"],
-            output_names=["logits", "embedding"],
-            opset_version=OPSET,
-            dynamo=False,
-            dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}},
-        )
-    wrapper.eval()  # export restores the module's previous mode; make sure nothing stays in training mode
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                (torch.from_numpy(probe),),
+                buf,
+                input_names=["image"],
+                output_names=["logits", "embedding"],
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}},
+            )
+            wrapper.eval()  # export restores the module's previous mode; the reference runs in eval mode
+            ref_logits, _ = wrapper(torch.from_numpy(probe))
+    finally:
+        net.train(was_training)
     blob = buf.getvalue()
-    with torch.no_grad():
-        ref_logits, ref_emb = wrapper(torch.from_numpy(probe))
-    logits, emb = OrtModel(blob, threads=1)(probe)
-    scale = float(ref_logits.abs().max()) + 1e-6
-    if not np.allclose(logits, ref_logits.numpy(), atol=1e-3 * scale, rtol=1e-3):
+    logits, _ = OrtModel(blob, threads=1)(probe)
+    ref = ref_logits.numpy()
+    scale = float(np.abs(ref).max()) + 1e-6
+    if not np.allclose(logits, ref, atol=1e-3 * scale, rtol=1e-3):
         raise RuntimeError(
-            f"ONNX export of {art.spec.name} does not reproduce torch (max logit difference "
-            f"{np.abs(logits - ref_logits.numpy()).max():.3g}); use --runtime torch"
+            f"ONNX export of {name} does not reproduce torch (max logit difference "
+            f"{np.abs(logits - ref).max():.3g}); use --runtime torch"
         )
     return blob
 

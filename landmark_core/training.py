@@ -112,6 +112,25 @@ def forward_uint8(
     return np.concatenate(logits), np.concatenate(embs)
 
 
+def network_runner(net, preset: EvalPreset, device, *, amp: bool = False, batch_size: int = 64):
+    """``run(images) -> (logits, embeddings)`` of uint8 photos with ``net`` as it is now: on a CPU the network
+    exported once to ONNX Runtime fp32 (the same numbers to ~1e-5, about 5x torch's speed for Lite0), on a GPU
+    torch (``forward_uint8``). For passes over many photos with fixed weights, such as a run's final one."""
+    if torch.device(device).type != "cpu" or amp:
+        return lambda images: forward_uint8(net, images, preset, device, batch_size=batch_size, amp=amp)
+    from .onnx_runtime import OrtModel, export_network
+
+    model = OrtModel(export_network(net, preset), threads=torch.get_num_threads())
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(images):
+            return np.zeros((0, net.head.out_features), np.float32), np.zeros((0, net.embed_dim), np.float32)
+        parts = [model(images[s : s + batch_size]) for s in range(0, len(images), batch_size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    return run
+
+
 @torch.inference_mode()
 def cached_features(
     net,
@@ -124,17 +143,19 @@ def cached_features(
     batch_size: int = 64,
     amp: bool = False,
     progress=None,
+    runtime: str = "auto",
 ) -> np.ndarray:
     """Frozen-backbone embeddings computed once: view 0 is the eval crop, views 1.. are augmented crops.
 
     Returns (views, N, D). Epochs then train the head on these, never running the backbone again.
     ``progress(done, total)``, if given, is called after each batch (photo-views done of views x N).
+    ``runtime``: the backbone's forward, ``auto`` (ONNX Runtime on a CPU, torch on a GPU), ``torch`` or ``onnx``.
     """
     from PIL import Image
 
     net.eval()
     aug = train_preset.transform()
-    embed = _embedder(net, device, amp, eval_preset.size)
+    embed = _embedder(net, device, amp, eval_preset.size, runtime)
     feats = []
     for v in range(views):
         rows = []
@@ -150,10 +171,16 @@ def cached_features(
     return np.stack(feats)
 
 
-def _embedder(net, device, amp: bool, size: int):
+def _embedder(net, device, amp: bool, size: int, runtime: str = "auto"):
     """The backbone's forward for the feature pass: on a CPU, ONNX Runtime fp32 (the same embeddings to ~1e-5,
-    about 5x torch's speed on these depthwise convolutions); on a GPU, torch (fp16 autocast with ``amp``)."""
-    if torch.device(device).type == "cpu" and not amp:
+    about 5x torch's speed on Lite0's depthwise convolutions: `landmark bench train`); on a GPU, torch (fp16
+    autocast with ``amp``)."""
+    if runtime not in ("auto", "torch", "onnx"):
+        raise ValueError(f"runtime must be auto, torch or onnx; got {runtime!r}")
+    on_cpu = torch.device(device).type == "cpu" and not amp
+    if runtime == "onnx" or (runtime == "auto" and on_cpu):
+        if not on_cpu:
+            raise ValueError("the onnx feature pass runs on the CPU, without amp")
         from .onnx_runtime import backbone_embedder
 
         ort = backbone_embedder(net, size, threads=torch.get_num_threads())
