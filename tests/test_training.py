@@ -420,6 +420,27 @@ def test_the_cpu_feature_pass_gives_torch_embeddings(synthetic_data):
     assert not np.allclose(feats[1], ref, atol=1e-2)  # the second view is an augmented crop, not the eval crop
 
 
+def test_the_cpu_final_pass_gives_torch_logits_and_embeddings():
+    """A run's last pass over its photos (fixed weights) runs the network exported to ONNX Runtime fp32 on a CPU:
+    torch's logits and embeddings to float precision, the network left in the mode it was in, and no photos in,
+    none out."""
+    from landmark_core.models import ModelSpec, build_model
+    from landmark_core.onnx_runtime import calibration_images
+    from landmark_core.preprocess import presets_for
+    from landmark_core.training import forward_uint8, network_runner
+
+    _, preset = presets_for(64)
+    net = build_model(ModelSpec("efficientnet_lite0", 3, weights="imagenet")).train()
+    images = calibration_images(preset, n=5, seed=7)
+    logits, emb = network_runner(net, preset, "cpu", batch_size=2)(images)
+    assert net.training  # the export evaluates in eval mode and gives the run its mode back
+    ref_logits, ref_emb = forward_uint8(net, images, preset, "cpu")
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4 * float(np.abs(ref_logits).max()))
+    np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-4 * float(np.abs(ref_emb).max()))
+    none = network_runner(net, preset, "cpu")(images[:0])
+    assert none[0].shape == (0, 3) and none[1].shape == (0, emb.shape[1])
+
+
 def test_a_bad_training_photo_is_read_and_warned_of_once(synthetic_data, tmp_path, capsys):
     """Four views of the features, then epochs, each ask for every photo: a photo that cannot be decoded is tried
     once, named in one warning, and stays marked bad (label -100 for the loss)."""
