@@ -169,35 +169,10 @@ def export_onnx(artifact) -> bytes:
 def export_network(net, preset, *, name: str = "the network") -> bytes:
     """``net`` as ONNX over uint8 photos of ``preset`` (normalised inside): (N, S, S, 3) -> logits, embedding;
     dynamic N. Checked against torch on synthetic photos: a mismatch raises. ``net``'s train/eval mode is kept."""
-    import io
-    import warnings
 
-    import torch
-
-    was_training = net.training
-    wrapper = _uint8_model(net, preset.mean, preset.std).eval()
     probe = calibration_images(preset, n=4)
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                (torch.from_numpy(probe),),
-                buf,
-                input_names=["image"],
-                output_names=["logits", "embedding"],
-                opset_version=OPSET,
-                dynamo=False,
-                dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}, "embedding": {0: "n"}},
-            )
-            wrapper.eval()  # export restores the module's previous mode; the reference runs in eval mode
-            ref_logits, _ = wrapper(torch.from_numpy(probe))
-    finally:
-        net.train(was_training)
-    blob = buf.getvalue()
+    blob, (ref, _) = _export(_uint8_model(net, preset.mean, preset.std), net, probe, "image", ["logits", "embedding"])
     logits, _ = OrtModel(blob, threads=1)(probe)
-    ref = ref_logits.numpy()
     scale = float(np.abs(ref).max()) + 1e-6
     if not np.allclose(logits, ref, atol=1e-3 * scale, rtol=1e-3):
         raise RuntimeError(
@@ -211,9 +186,6 @@ def backbone_embedder(net, size: int, *, threads: int | None = None) -> "OrtEmbe
     """``net``'s embedding of normalised (N, 3, size, size) float photos, exported to ONNX and run by ONNX Runtime
     fp32: the frozen backbone's one pass over the training photos, about 5x torch's speed on a CPU core here
     (README: "Throughput"). Checked against torch on two probe inputs: a mismatch raises."""
-    import io
-    import warnings
-
     import torch
 
     class Embed(torch.nn.Module):
@@ -224,31 +196,49 @@ def backbone_embedder(net, size: int, *, threads: int | None = None) -> "OrtEmbe
         def forward(self, x):
             return self.net.embed(x)
 
-    wrapper = Embed(net).eval()
-    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32))
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper,
-            (probe,),
-            buf,
-            input_names=["x"],
-            output_names=["embedding"],
-            opset_version=OPSET,
-            dynamo=False,
-            dynamic_axes={"x": {0: "n"}, "embedding": {0: "n"}},
-        )
-        ref = wrapper(probe).numpy()
-    wrapper.eval()
-    embedder = OrtEmbedder(buf.getvalue(), threads=threads)
-    got = embedder(probe.numpy())
+    probe = np.random.default_rng(0).standard_normal((2, 3, size, size), dtype=np.float32)
+    blob, (ref,) = _export(Embed(net), net, probe, "x", ["embedding"])
+    embedder = OrtEmbedder(blob, threads=threads)
+    got = embedder(probe)
     scale = float(np.abs(ref).max()) + 1e-6
     if not np.allclose(got, ref, atol=1e-3 * scale, rtol=1e-3):
         raise RuntimeError(
             f"ONNX export of the backbone does not reproduce torch (max difference {np.abs(got - ref).max():.3g})"
         )
     return embedder
+
+
+def _export(wrapper, net, probe: np.ndarray, input_name: str, outputs: list[str]) -> tuple[bytes, tuple]:
+    """``wrapper`` (a module around ``net``) as ONNX, batch size dynamic, and its torch outputs on ``probe`` in
+    eval mode (numpy) to check the export against; ``net``'s train/eval mode is given back."""
+    import io
+    import warnings
+
+    import torch
+
+    was_training = net.training
+    buf = io.BytesIO()
+    x = torch.from_numpy(probe)
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")
+            wrapper.eval()
+            torch.onnx.export(
+                wrapper,
+                (x,),
+                buf,
+                input_names=[input_name],
+                output_names=outputs,
+                opset_version=OPSET,
+                dynamo=False,
+                dynamic_axes={name: {0: "n"} for name in [input_name, *outputs]},
+            )
+            wrapper.eval()  # export restores the module's previous mode; the reference runs in eval mode
+            ref = wrapper(x)
+    finally:
+        net.train(was_training)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    return buf.getvalue(), tuple(r.numpy() for r in ref)
 
 
 def _uint8_model(net, mean, std):
