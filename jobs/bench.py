@@ -480,17 +480,13 @@ def feature_pass(ns) -> dict:
     for i in range(len(ds)):
         ds.image(i)  # decoded once, so that both passes time the network
     net = build_model(ModelSpec(ns.model, 2, weights="imagenet"))
+    warm_up = UriImageDataset(
+        uris[:8], [0] * len(uris[:8]), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=336
+    )
     out = {"feature_pass_photos": len(ds)}
     for runtime in ("torch", "onnx"):
         kw = dict(views=1, eval_preset=eval_p, train_preset=train_p, runtime=runtime)
-        cached_features(
-            net,
-            UriImageDataset(
-                uris[:8], [0] * min(8, len(uris)), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=336
-            ),
-            "cpu",
-            **kw,
-        )  # warm-up
+        cached_features(net, warm_up, "cpu", **kw)
         t0 = time.perf_counter()
         cached_features(net, ds, "cpu", **kw)
         out[f"feature_pass_{runtime}_s"] = round(time.perf_counter() - t0, 2)
