@@ -69,7 +69,8 @@ def test_int8_runtime_keeps_real_photo_embeddings_and_top1(tmp_path, monkeypatch
         f"int8 vs fp32 on {len(files)} real photos: embedding cosine min {cos.min():.4f} median "
         f"{np.median(cos):.4f}; top-1 agreement {(ref_logits.argmax(1) == q_logits.argmax(1)).mean():.3f}"
     )
-    # full-range int8 weights on an AVX2-only CPU gave a median 0.93, min 0.80 here (saturation); 7-bit 0.98, 0.93
-    assert np.median(cos) > 0.97 and cos.min() > 0.9
+    # full-range int8 weights on an AVX2-only CPU gave a median 0.93, min 0.80 here (saturation); 7-bit 0.98, 0.93;
+    # with the first two convolutions in float (recipe 3) 0.987, 0.964
+    assert np.median(cos) > 0.98 and cos.min() > 0.95
     assert (ref_logits.argmax(1) == q_logits.argmax(1)).mean() >= 0.9
     assert np.abs(softmax(q_logits) - softmax(ref_logits)).max() < 0.3

@@ -96,6 +96,21 @@ def test_int8_runs_and_stays_close_to_fp32(sharp, images):
     assert agree >= 0.75, agree
 
 
+def test_int8_keeps_the_first_two_convolutions_in_float(sharp):
+    """Recipe 3: the network's first FLOAT_CONVS convolutions take float weights and float inputs (no
+    DequantizeLinear in front of them); every later convolution and the head run quantised."""
+    import onnx
+
+    graph = onnx.load_from_string(rt.model_bytes(sharp, "onnx-int8")).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    convs = [node for node in graph.node if node.op_type in ("Conv", "Gemm")]
+    quantised = [all(made_by.get(x) == "DequantizeLinear" for x in node.input[:2]) for node in convs]
+    assert rt.FLOAT_CONVS == 2 and len(convs) > 4
+    assert quantised == [False] * 2 + [True] * (len(convs) - 2), [n.name for n in convs]
+    first = convs[: rt.FLOAT_CONVS]
+    assert all(made_by.get(x) != "DequantizeLinear" for node in first for x in node.input), [n.name for n in first]
+
+
 def test_efficientnet_lite0_export_matches_torch():
     """The real architecture (TF 'same' padding, ReLU6, ImageNet weights shipped offline): fp32 ONNX == torch."""
     from landmark_core.artifact import Artifact
