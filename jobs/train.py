@@ -116,7 +116,7 @@ class TrainConfig:
     negatives_fit_fraction: float = 0.5  # share of each negatives folder held back to fit the score and threshold
     outlier_weight: float = 0.5  # weight of the outlier-exposure loss on negatives (fine-tuned or frozen)
     negatives_sampling: str = "balanced"  # each epoch's negatives: every folder alike | every photo alike
-    max_wrong_rate: float = 0.02  # with negatives: the threshold tags at most this share of held-back negatives
+    max_wrong_rate: float = 0.01  # with negatives: the threshold tags at most this share of held-back negatives
     members: int = 1  # frozen backbone with negatives: runs of seeds seed..seed+members-1, decision pooled
     abstain_method: str = "auto"
     accept_rate: float = 0.95
