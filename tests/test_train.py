@@ -453,6 +453,11 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     # a rate given at tag time moves every member's threshold, pooled the same way
     strict = Predictor(cfg.output, runtime="onnx-int8", max_wrong_rate=0.0)
     assert strict.threshold >= pred.threshold
+    # the training rate given again is the trained threshold, to the float: the rate enters only the threshold,
+    # so a model is measured at another rate without retraining (the README's rate rows)
+    for runtime, trained in (("onnx-int8", pred.threshold), ("torch", art.abstain["threshold"])):
+        again = Predictor(cfg.output, runtime=runtime, device="cpu", max_wrong_rate=cfg.max_wrong_rate)
+        assert again.threshold == pytest.approx(trained, rel=1e-6), runtime
     at_half = [  # --accept-rate: from each member's own int8 validation scores
         threshold_at_accept_rate(art.extra_tensors[f"{m}val_scores@onnx-int8"].numpy(), 0.5) for m in ("", "member1.")
     ]
