@@ -2,7 +2,8 @@
 
 known DIR (class folders named as the catalog's) + unknown DIR... (any photos, each folder on its own)
   -> decode + Predictor (the tag job's preprocessing, score and threshold)
-  -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve
+  -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve;
+     an open-world model's shares at other --max-wrong-rate values (RATES)
   -> printed table | --json | --out DIR (eval.json, curve.png, reliability.png, report.html)
 """
 
@@ -117,10 +118,31 @@ def run(cfg: EvalConfig) -> dict:
         "failed": failed,
         "summary": summary,
         "curve": evaluation.coverage_curve(outcomes, decision=np.concatenate(decisions)),
+        "rates": _at_rates(predictor, outcomes, np.concatenate(decisions)),
     }
     if cfg.out:
         _write(cfg.out, result)
     return result
+
+
+RATES = (0.005, 0.01, 0.02, 0.05)  # --max-wrong-rate values shown beside the one evaluated
+
+
+def _at_rates(predictor, outcomes, decision) -> list[dict] | None:
+    """An open-world model at other --max-wrong-rate values (RATES): each one's threshold, from the held-back
+    scores in the artifact as `landmark tag --max-wrong-rate` computes it, and what it does on these photos. None
+    for a model trained without negatives (no rate to set)."""
+    from landmark_core import evaluation
+
+    if "neg_fit_scores" not in predictor.extra:
+        return None
+    try:
+        thresholds = [predictor.threshold_at(max_wrong_rate=r) for r in RATES]
+    except ValueError as e:  # (an artifact without this runtime's held-back scores: said, the rest stands)
+        print(f"[eval] no other rates: {e}", file=sys.stderr, flush=True)
+        return None
+    points = evaluation.at_thresholds(outcomes, thresholds, decision=decision)
+    return [{"max_wrong_rate": r, "threshold": t, **p} for r, t, p in zip(RATES, thresholds, points)]
 
 
 class _DecisionScores:
@@ -227,6 +249,16 @@ def format_table(result: dict) -> str:
         + ("-" if ece is None else f"{ece:.3f}")
         + (f" (a calibrated score would show {null['median']:.3f}, 90% under {null['p90']:.3f})" if null else "")
     )
+    if result.get("rates"):
+        lines.append(
+            "at other rates (landmark tag --max-wrong-rate R): rate, threshold, known right, "
+            "unknown tagged (mean over folders)"
+        )
+        lines += [
+            f"  {r['max_wrong_rate']:<6g} {r['threshold']:9.4g} {pct(r['coverage']):>7s} "
+            f"{pct(r['unknown_tagged_mean_over_folders']):>7s}"
+            for r in result["rates"]
+        ]
     if result["failed"]:
         lines.append(
             f"{len(result['failed'])} photo(s) could not be read and are in no share (each named above, and in "

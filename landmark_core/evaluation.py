@@ -165,23 +165,33 @@ def coverage_curve(o: Outcomes, points: int = 200, *, decision: np.ndarray | Non
     ``decision``: the score the threshold applies to, one per photo, when it is not the row's score."""
     s = o.score if decision is None else np.asarray(decision, np.float64)
     thresholds = np.unique(np.quantile(s, np.linspace(0, 1, points))) if len(s) else np.zeros(0)
+    points = at_thresholds(o, thresholds, decision=s)
+    return {"threshold": thresholds.tolist(), **{k: [p[k] for p in points] for k in AT_THRESHOLD}}
+
+
+AT_THRESHOLD = ("coverage", "unknown_tagged_mean_over_folders", "known_wrong")
+
+
+def at_thresholds(o: Outcomes, thresholds, *, decision: np.ndarray | None = None) -> list[dict]:
+    """For each threshold, the photos tagged at it (``decision`` >= threshold): coverage (share of known photos
+    tagged right), the wrong-tag rate (share of unknown photos tagged, mean over unknown folders) and the known
+    photos tagged wrong."""
+    s = o.score if decision is None else np.asarray(decision, np.float64)
     folders = [g for g in dict.fromkeys(o.group[~o.known].tolist())]
-    cov, wrong, known_wrong = [], [], []
+    out = []
     for t in thresholds:
         tagged = s >= t
-        right = tagged & o.known & (o.pred == o.label)
-        cov.append(_share(right[o.known]))
         rates = [float(tagged[o.group == g].mean()) for g in folders]
-        wrong.append(float(np.mean(rates)) if rates else 0.0)
-        known_wrong.append(_share((tagged & (o.pred != o.label))[o.known]))
-    # (named as the summary's mean over folders, not its pooled "unknown_tagged": one folder of many photos would
-    # otherwise set the curve)
-    return {
-        "threshold": thresholds.tolist(),
-        "coverage": cov,
-        "unknown_tagged_mean_over_folders": wrong,
-        "known_wrong": known_wrong,
-    }
+        # (the summary's mean over folders, not its pooled "unknown_tagged": one folder of many photos would
+        # otherwise set it)
+        out.append(
+            {
+                "coverage": _share((tagged & (o.pred == o.label))[o.known]),
+                "unknown_tagged_mean_over_folders": float(np.mean(rates)) if rates else 0.0,
+                "known_wrong": _share((tagged & (o.pred != o.label))[o.known]),
+            }
+        )
+    return out
 
 
 def _share(mask: np.ndarray) -> float | None:
@@ -271,6 +281,18 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         f"<td>{pct(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td><td>{html.escape(wrong_as(r))}</td></tr>"
         for r in s["folders"]
     )
+    rates = "".join(
+        f"<tr><td>{r['max_wrong_rate']:g}</td><td>{r['threshold']:.4g}</td><td>{pct(r['coverage'])}</td>"
+        f"<td>{pct(r['unknown_tagged_mean_over_folders'])}</td><td>{pct(r['known_wrong'])}</td></tr>"
+        for r in result.get("rates") or []
+    )
+    if rates:
+        rates = (
+            "<h2>At other wrong-tag rates</h2><p>the threshold <code>landmark tag --max-wrong-rate R</code> would "
+            "apply, from the held-back negatives' scores in the model</p><table><tr><th>--max-wrong-rate</th>"
+            "<th>threshold</th><th>known right</th><th>unknown tagged (mean over folders)</th><th>known wrong</th></tr>"
+            f"{rates}</table>"
+        )
     imgs = "".join(
         f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
         for n, b in pngs.items()
@@ -284,4 +306,4 @@ left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 {result.get("threshold")}</p>{cards}
 <table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
 <th>failed</th><th>wrong tags as</th></tr>
-{rows}</table>{imgs}</body></html>"""
+{rows}</table>{rates}{imgs}</body></html>"""

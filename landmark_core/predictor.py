@@ -127,6 +127,11 @@ class Predictor:
             net = net.to(memory_format=torch.channels_last)
         return net, None
 
+    def threshold_at(self, *, accept_rate: float | None = None, max_wrong_rate: float | None = None) -> float:
+        """The threshold this model would decide on at another rate (as given to the constructor), from the
+        scores stored in its artifact: what `landmark eval` shows beside the one it runs."""
+        return self._pooled_threshold(self.artifact, None, accept_rate, max_wrong_rate)
+
     def _pooled_threshold(
         self, art: Artifact, min_score: float | None, accept_rate: float | None, max_wrong_rate: float | None
     ) -> float:
@@ -150,6 +155,8 @@ class Predictor:
                 "this model was trained without --negatives, so it has no held-back negatives to "
                 "set a wrong-tag rate on; use min_score or accept_rate"
             )
+        if max_wrong_rate is not None and "neg_fit_scores" + self._neg_key not in self.extra:
+            raise ValueError(f"this artifact stores no held-back negatives' scores for its {self.runtime} fit")
         if accept_rate is not None and max_wrong_rate is None and "val_scores" not in self.extra:
             raise ValueError("this artifact stores no validation scores; use min_score instead of accept_rate")
         stored = {  # one rule for a threshold at a rate from stored scores, this model's as each member's

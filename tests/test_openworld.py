@@ -407,12 +407,35 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path)
 
 
-def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact, tmp_path):
-    """A model trained without negatives tags on its kNN score, not on the softmax its rows carry: the curve's
-    points are what `--min-score` at each of its thresholds gives (the curve was drawn on the softmax)."""
+def test_eval_shows_the_model_at_other_wrong_tag_rates(make_tiny_artifact, tmp_path):
+    """Beside the threshold it runs, eval shows an open-world model at each of RATES: every row is what
+    `--max-wrong-rate R` gives (its threshold and its shares); a model trained without negatives has no rates."""
+    from jobs.eval import RATES, EvalConfig, format_table, run as eval_run
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    known, neg = _eval_photos(tmp_path, 3)
+    unknown = tuple(str(Path(neg["root"], f)) for f in ("scenes", "wheel"))
+    base = EvalConfig(model=path, known=known, unknown=unknown, runtime="torch")
+    result = eval_run(base)
+    rows = result["rates"]
+    assert [r["max_wrong_rate"] for r in rows] == list(RATES)
+    assert [r["threshold"] for r in rows] == sorted((r["threshold"] for r in rows), reverse=True)
+    for r in rows:
+        at = eval_run(replace(base, max_wrong_rate=r["max_wrong_rate"]))
+        assert at["threshold"] == r["threshold"], r
+        s = at["summary"]
+        assert (s["known_right"], s["known_wrong"]) == (pytest.approx(r["coverage"]), pytest.approx(r["known_wrong"]))
+        assert s["unknown_tagged_mean_over_folders"] == pytest.approx(r["unknown_tagged_mean_over_folders"]), r
+    table = format_table(result)
+    assert "landmark tag --max-wrong-rate R" in table and f"{rows[-1]['threshold']:.4g}" in table
+    closed = eval_run(replace(base, model=_knn_artifact(make_tiny_artifact, tmp_path)))
+    assert closed["rates"] is None and "--max-wrong-rate R" not in format_table(closed)
+
+
+def _knn_artifact(make_tiny_artifact, tmp_path: Path) -> str:
+    """The tiny artifact as a model trained without negatives: a kNN bank of its own embeddings."""
     import torch
 
-    from jobs.eval import EvalConfig, run as eval_run
     from landmark_core import abstention, artifact as artifact_mod
     from landmark_core.predictor import Predictor
 
@@ -425,9 +448,18 @@ def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact,
     art.extra_tensors = {k: torch.from_numpy(v) for k, v in bank.items()}
     art.abstain = {"method": "knn", "threshold": 0.0, "k": 5}
     artifact_mod.save(art, str(tmp_path / "knn"))
+    return str(tmp_path / "knn")
+
+
+def test_eval_curve_moves_the_threshold_the_model_decides_on(make_tiny_artifact, tmp_path):
+    """A model trained without negatives tags on its kNN score, not on the softmax its rows carry: the curve's
+    points are what `--min-score` at each of its thresholds gives (the curve was drawn on the softmax)."""
+    from jobs.eval import EvalConfig, run as eval_run
+
+    model = _knn_artifact(make_tiny_artifact, tmp_path)
     known, neg = _eval_photos(tmp_path, 4)
     base = EvalConfig(
-        model=str(tmp_path / "knn"),
+        model=model,
         known=known,
         unknown=(str(Path(neg["root"], "wheel")),),
         runtime="torch",
@@ -485,6 +517,7 @@ def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path) -> None:
         assert f"<td>{folder}</td>" in dom, folder
     assert f"{100 * s['known_right']:.1f}%" in dom and "a calibrated score:" in dom
     assert dom.count("data:image/png;base64,") == 2
+    assert "At other wrong-tag rates" in dom and "<th>--max-wrong-rate</th>" in dom
     pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
     assert pixels.std() > 20, "the report painted blank"
 

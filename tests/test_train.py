@@ -345,6 +345,10 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     if not frozen:  # (a pool tags between its members, photo by photo: checked in _check_members)
         assert s["unknown_tagged_mean_over_folders"] <= 0.5, s
     assert s["ece_tagged"] is None or 0 <= s["ece_tagged"] <= 1
+    # eval's rows at other rates: the trained rate's is the threshold eval ran (a pool's, pooled) and its shares
+    (trained,) = [r for r in result["rates"] if r["max_wrong_rate"] == cfg.max_wrong_rate]
+    assert trained["threshold"] == pytest.approx(result["threshold"], rel=1e-6)
+    assert trained["coverage"] == pytest.approx(s["known_right"])
 
 
 def _check_members_resume(cfg, metrics, capfd) -> None:
