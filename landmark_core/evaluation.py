@@ -165,8 +165,8 @@ def coverage_curve(o: Outcomes, points: int = 200, *, decision: np.ndarray | Non
     ``decision``: the score the threshold applies to, one per photo, when it is not the row's score."""
     s = o.score if decision is None else np.asarray(decision, np.float64)
     thresholds = np.unique(np.quantile(s, np.linspace(0, 1, points))) if len(s) else np.zeros(0)
-    points = at_thresholds(o, thresholds, decision=s)
-    return {"threshold": thresholds.tolist(), **{k: [p[k] for p in points] for k in AT_THRESHOLD}}
+    at = at_thresholds(o, thresholds, decision=s)
+    return {"threshold": thresholds.tolist(), **{k: [p[k] for p in at] for k in AT_THRESHOLD}}
 
 
 AT_THRESHOLD = ("coverage", "unknown_tagged_mean_over_folders", "known_wrong")
