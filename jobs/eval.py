@@ -106,6 +106,7 @@ def run(cfg: EvalConfig) -> dict:
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
         decisions.append(np.concatenate(recorded.batches)[keep])
     outcomes = evaluation.Outcomes.concat(parts)
+    decision = np.concatenate(decisions)
     summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
     _add_failed(summary["folders"], failed)
     result = {
@@ -117,8 +118,8 @@ def run(cfg: EvalConfig) -> dict:
         "failed_photos": len(failed),
         "failed": failed,
         "summary": summary,
-        "curve": evaluation.coverage_curve(outcomes, decision=np.concatenate(decisions)),
-        "rates": _at_rates(predictor, outcomes, np.concatenate(decisions)),
+        "curve": evaluation.coverage_curve(outcomes, decision=decision),
+        "rates": _at_rates(predictor, outcomes, decision),
     }
     if cfg.out:
         _write(cfg.out, result)
