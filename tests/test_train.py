@@ -267,6 +267,18 @@ def test_flags_a_run_does_not_use_are_named_before_it_starts(tmp_path, capsys):
     assert "[train] warning: --probe-epochs 5 has no effect with --freeze-backbone" in out and "--data" in err
 
 
+def test_image_size_defaults_to_the_side_the_backbone_was_pretrained_at(tmp_path):
+    base = dict(data=str(tmp_path), output=str(tmp_path / "o"))
+    sides = {
+        m: TrainConfig(**base, model=m).effective_image_size for m in ("scratch", "efficientnet_lite0", "resnet18")
+    }
+    assert sides == {"scratch": 224, "efficientnet_lite0": 224, "resnet18": 224}
+    assert TrainConfig(**base, model="efficientnet_lite1").effective_image_size == 240
+    assert TrainConfig(**base, model="efficientnet_lite2").effective_image_size == 260
+    assert TrainConfig(**base, model="efficientnet_lite2", image_size=224).effective_image_size == 224
+    TrainConfig(**base, model="efficientnet_lite2")._check_numbers()  # None is "the model's", not a bad value
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen"])
 def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data, tmp_path, capfd, frozen):
