@@ -8,7 +8,8 @@ bench tag, on the same photos with the same model, (b), (c) and (e) on the same 
   (b) the model alone on pre-decoded uint8 batches (and, for reference, the torch fp32 model alone)
   (c) the best single-process loop doing both: the faster of (c1) one decode thread overlapped with the model
       and (c2) a decode thread per core overlapped with the model
-  (d) the seed's naive loop: torch fp32, PIL full decode, Resize(256), CenterCrop(224), one photo at a time
+  (d) the seed's naive loop: torch fp32, PIL full decode, Resize+CenterCrop (256/224 for a 224-px model), one photo
+      at a time
   (e) the real Ray Data tag job end to end (read, decode, model, Parquet write, verify, commit), each time in a
       fresh driver process joining this machine's Ray (a new Ray job, as `ray job submit` runs the nightly job;
       Ray's own start-up and Ray Data's cluster services come first, untimed):
@@ -132,14 +133,14 @@ def bench_limit(predictor, paths: list[str], batch_size: int, decode_threads: in
     return len(paths) / (time.perf_counter() - t0)
 
 
-def bench_naive(net, paths: list[str]) -> float:
-    """The seed project's way: full decode, torchvision Resize/CenterCrop, batch of one."""
+def bench_naive(net, paths: list[str], preset) -> float:
+    """The seed project's way: full decode, torchvision Resize/CenterCrop (at the model's side), batch of one."""
     import torch
     from PIL import Image
     from torchvision import transforms as T
 
     tf = T.Compose(
-        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [T.Resize(preset.resize), T.CenterCrop(preset.size), T.ToTensor(), T.Normalize(preset.mean, preset.std)]
     )
     with torch.inference_mode():
         net(tf(Image.open(paths[0]).convert("RGB"))[None])
@@ -261,7 +262,7 @@ def run_tag(ns) -> dict:
                     out["limit_decode_threads"],
                 )
             )
-        out["naive_ips"] = bench_naive(torch_net, paths)
+        out["naive_ips"] = bench_naive(torch_net, paths, predictor.preset)
         _say(f"(d) seed-style loop (torch fp32, full decode, Resize+CenterCrop, batch 1): {out['naive_ips']:.1f} img/s")
         del predictor, images, torch_net
     out["bench_peak_rss_mb"] = round(mem.peak / 2**20, 1)  # (a)-(d) in this process
@@ -294,13 +295,15 @@ def bench_compare(
         "cpu": [],
         "cpu_cmp": [],
     }
+    # a model of another input side (e.g. efficientnet_lite1 against lite0) times its own crops
+    other_images = images if other.preset == predictor.preset else bench_decode(paths, other.preset, decode_threads)[1]
     for _ in range(rounds):
-        for key, p in (("", predictor), ("_cmp", other)):
+        for key, p, x in (("", predictor, images), ("_cmp", other, other_images)):
             cpu0 = time.process_time()
-            rates["model" + key].append(bench_model(p, images, ns.batch_size))
+            rates["model" + key].append(bench_model(p, x, ns.batch_size))
             # photos per CPU-second of this process: on a machine shared with other jobs the wall clock mostly
             # measures them (bench_model's warm-up batch is counted too, alike for both)
-            rates["cpu" + key].append(len(images) / max(time.process_time() - cpu0, 1e-9))
+            rates["cpu" + key].append(len(x) / max(time.process_time() - cpu0, 1e-9))
             rates["limit" + key].append(bench_limit(p, paths, ns.batch_size, decode_threads=decode_threads))
     med = {k: float(np.median(v)) for k, v in rates.items()}
     out = {

@@ -67,6 +67,41 @@ def test_bench_tag_runs_a_to_e_and_the_job_at_1x_and_scaled(ray_local, synthetic
     assert "has no effect" not in printed  # the bench gives the job no actor flag its tasks would not use
 
 
+def test_bench_compares_models_of_different_input_sides_each_on_its_own_crops(
+    make_tiny_artifact, synthetic_data, tmp_path
+):
+    """--compare-model with another input side (efficientnet_lite1's 240 against lite0's 224): each model is timed
+    on photos cropped to its own side, and the seed-style loop crops to the model's side."""
+    from argparse import Namespace
+
+    from landmark_core import artifact as artifact_mod
+    from landmark_core.models import build_model
+    from landmark_core.predictor import Predictor
+    from landmark_core.preprocess import EvalPreset
+
+    paths = synthetic_data["files"][:6]
+    models = {}
+    for side in (64, 96):
+        models[side] = str(tmp_path / f"m{side}")
+        artifact_mod.save(make_tiny_artifact(preset=EvalPreset(size=side, resize=side + 8)), models[side])
+    base, other = (Predictor(models[side], runtime="torch") for side in (64, 96))
+    seen = {64: set(), 96: set()}
+    for side, p in ((64, base), (96, other)):
+        run = p.logits_and_embeddings
+        p.logits_and_embeddings = lambda x, run=run, side=side: seen[side].add(x.shape[1:3]) or run(x)
+    _, images = bench.bench_decode(paths, base.preset, 1)
+    r = bench.bench_compare(
+        Namespace(batch_size=4, compare_model=models[96]), base, other, paths, images, decode_threads=1, rounds=1
+    )
+    assert seen == {64: {(64, 64)}, 96: {(96, 96)}}
+    assert r["compare_model_ips"] > 0 and r["compare_model_ips_base"] > 0
+    net = build_model(artifact_mod.load(models[96]).spec)
+    shapes = []
+    net.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape[2:])))
+    assert bench.bench_naive(net.eval(), paths, other.preset) > 0
+    assert set(shapes) == {(96, 96)}
+
+
 def test_bench_store_measures_each_form_both_ways_and_the_answers_agree(tmp_path, capsys):
     assert (
         bench.main(
