@@ -120,6 +120,7 @@ def _efficientnet_lite(name: str, weights: str, storage_options: S3Options | dic
     from efficientnet_lite_pytorch import EfficientNet
 
     net = EfficientNet.from_name(name.replace("_", "-"), num_classes=1000)
+    title = f"EfficientNet-Lite{name[-1]}"
     if weights != "none":
         if weights == "imagenet":
             weights = _packaged_lite_weights(name)
@@ -129,19 +130,14 @@ def _efficientnet_lite(name: str, weights: str, storage_options: S3Options | dic
             missing, unexpected = net.load_state_dict(state, strict=False)
         except RuntimeError as e:  # the right names with other shapes: another Lite variant's weights
             first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e)[:200])
-            raise WeightsError(f"{weights}: not {_LITE_TITLES[name]} weights ({first})") from None
+            raise WeightsError(f"{weights}: not {title} weights ({first})") from None
         missing = [k for k in missing if not k.startswith("_fc.")]
         if missing or unexpected:
-            raise WeightsError(
-                f"{weights}: not {_LITE_TITLES[name]} weights (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+            raise WeightsError(f"{weights}: not {title} weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
     dim = net._fc.in_features
     net._fc = nn.Identity()
     net._dropout = nn.Identity()
     return _LiteFeatures(net), dim
-
-
-_LITE_TITLES = {m: "EfficientNet-Lite" + m[-1] for m in LITE_MODELS}
 
 
 # ---------------------------------------------------------------- torchvision
