@@ -17,6 +17,7 @@ from landmark_core.preprocess import presets_for
 from landmark_core.training import (
     TrainState,
     UriImageDataset,
+    cache_side_for,
     cached_features,
     draw_negatives,
     eval_arrays,
@@ -164,7 +165,7 @@ class Worker:
             transform,
             opts=self.opts,
             draft_to=self.eval_preset.resize,
-            cache_side=round(self.c.effective_image_size * 1.5),
+            cache_side=cache_side_for(self.c.effective_image_size),
             cache_mb=self.c.cache_mb,
         )
 

@@ -474,20 +474,20 @@ def feature_pass(ns) -> dict:
     from landmark_core.models import ModelSpec, build_model, native_image_size
     from landmark_core.preprocess import presets_for
     from landmark_core.storage import S3Options
-    from landmark_core.training import UriImageDataset, cached_features
+    from landmark_core.training import UriImageDataset, cache_side_for, cached_features
 
     torch.set_num_threads(1)
     uris = list_files(ns.data)
     side = native_image_size(ns.model)  # as `landmark train` runs it by default
     train_p, eval_p = presets_for(side)
     ds = UriImageDataset(
-        uris, [0] * len(uris), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=round(side * 1.5)
+        uris, [0] * len(uris), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=cache_side_for(side)
     )
     for i in range(len(ds)):
         ds.image(i)  # decoded once, so that both passes time the network
     net = build_model(ModelSpec(ns.model, 2, weights="imagenet"))
     warm_up = UriImageDataset(
-        uris[:8], [0] * len(uris[:8]), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=336
+        uris[:8], [0] * len(uris[:8]), None, opts=S3Options(), draft_to=eval_p.resize, cache_side=cache_side_for(side)
     )
     out = {"feature_pass_photos": len(ds)}
     for runtime in ("torch", "onnx"):

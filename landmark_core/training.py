@@ -22,6 +22,11 @@ from .datasets import NEGATIVE_SAMPLINGS
 from .preprocess import DecodeError, EvalPreset, TrainPreset, decode_image
 
 
+def cache_side_for(image_size: int) -> int:
+    """The short side a training photo is cached at: room for TrainPreset's random crops at ``image_size``."""
+    return round(image_size * 1.5)
+
+
 class UriImageDataset(torch.utils.data.Dataset):
     """(uri, label) pairs -> (tensor, label). Decoded photos are cached shrunk, so later epochs skip decoding.
 
