@@ -865,6 +865,38 @@ def test_a_full_queue_is_answered_503_with_retry_after(app, model_dir, tmp_path)
         serve.delete("full")
 
 
+@pytest.mark.slow
+def test_an_upload_that_stalls_is_answered_503_at_the_proxys_deadline(app):
+    """The proxy's own deadline end to end (`--request-timeout` + 2 s, 22 s in this module): a client that sends
+    its headers and the start of a photo, then nothing more, gets 503 + Retry-After in the API's JSON shape when
+    the deadline passes, neither a connection left hanging nor the proxy's plain-text 408."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(app["url"])
+    deadline = app["cfg"].request_timeout_s + srv.PROXY_GRACE_S
+    head = (
+        f"POST {url.path.rstrip('/')}/v1/tag HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: {app['s'].headers['Authorization']}\r\nContent-Type: image/jpeg\r\n"
+        "Content-Length: 100000\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=deadline + 30) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head.encode() + b"\xff\xd8\xff\xe0" + bytes(996))  # 1 KB of the promised 100 KB
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+        took = time.monotonic() - t0
+    status, _, rest = raw.partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    fields = dict(line.split(b": ", 1) for line in headers.lower().split(b"\r\n"))
+    assert status.split()[1] == b"503", raw[:400]
+    assert fields[b"retry-after"] == b"1" and fields[b"content-type"].startswith(b"application/json"), headers
+    answer = json.loads(body)
+    assert answer["status"] == "failed" and answer["error"].startswith("unavailable: "), answer
+    assert deadline - 1 <= took <= deadline + 10, f"answered after {took:.1f} s; the deadline is {deadline} s"
+    print(f"stalled upload: 503 after {took:.1f} s: {answer['error']}")
+
+
 # ---------------------------------------------------------------------------------------------- the page
 
 
