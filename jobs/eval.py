@@ -4,12 +4,15 @@ known DIR (class folders named as the catalog's) + unknown DIR... (any photos, e
   -> decode + Predictor (the tag job's preprocessing, score and threshold)
   -> per folder: right / abstained / wrong, or tagged; calibration among tagged photos; the coverage curve;
      an open-world model's shares at other --max-wrong-rate values (RATES)
-  -> printed table | --json | --out DIR (eval.json, curve.png, reliability.png, report.html)
+  -> one row per photo (its outcome: right / abstained / wrong, tagged / no_landmark, or failed; the mistakes
+     in the result, every row in photos.csv)
+  -> printed table | --json | --out DIR (eval.json, photos.csv, curve.png, reliability.png, report.html)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections import Counter
@@ -87,14 +90,15 @@ def run(cfg: EvalConfig) -> dict:
         raise ConfigError(f"--model: {e}") from None
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
-    parts, decisions, failed = [], [], []
+    parts, decisions, failed, photos = [], [], [], []
     for group, paths, labels in _photo_sets(cfg, predictor):
         # files, not photos: the table's photos column counts those read, its failed column the rest
         print(f"[eval] {group}: {len(paths)} files", file=sys.stderr, flush=True)
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
-        pred, score, tagged, keep = [], [], [], []
+        pred, score, tagged, keep, results = [], [], [], [], []
         recorded.batches.clear()
         for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size, opts=cfg.s3_options())):
+            results.append(r)
             if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
                 print(f"[eval] failed: {r.path}: {r.error}", file=sys.stderr, flush=True)
                 failed.append({"folder": group, "kind": kind, "path": r.path, "error": r.error})
@@ -104,7 +108,13 @@ def run(cfg: EvalConfig) -> dict:
             score.append(r.score)
             tagged.append(r.status == TAGGED)
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
-        decisions.append(np.concatenate(recorded.batches)[keep])
+        decision = np.concatenate(recorded.batches)
+        decisions.append(decision[keep])
+        names = predictor.catalog.names
+        photos += [
+            _photo_row(group, kind, r, names[y] if y != evaluation.UNKNOWN else None, d)
+            for r, y, d in zip(results, labels, decision)
+        ]
     outcomes = evaluation.Outcomes.concat(parts)
     decision = np.concatenate(decisions)
     summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
@@ -118,12 +128,50 @@ def run(cfg: EvalConfig) -> dict:
         "failed_photos": len(failed),
         "failed": failed,
         "summary": summary,
+        "mistakes": _mistakes(photos),
         "curve": evaluation.coverage_curve(outcomes, decision=decision),
         "rates": _at_rates(predictor, outcomes, decision),
     }
     if cfg.out:
-        _write(cfg.out, result)
+        _write(cfg.out, result, photos)
     return result
+
+
+PHOTO_FIELDS = ("folder", "kind", "path", "expected", "outcome", "top1", "score", "decision_score", "error")
+
+
+def _photo_row(folder: str, kind: str, r, expected: str | None, decision: float) -> dict:
+    """One photo as eval saw it. ``outcome``: right / abstained / wrong (a known photo), tagged / no_landmark (an
+    unknown one), or failed; ``top1`` the model's first landmark, tagged or not; ``score`` the row's, as the tag
+    job writes it; ``decision_score`` the one the threshold is compared with (the same for an open-world model,
+    the kNN score for a model trained without negatives)."""
+    top1 = r.tags[0]["name"] if r.tags else None
+    if r.status == FAILED:
+        outcome = "failed"
+    elif kind == "unknown":
+        outcome = "tagged" if r.status == TAGGED else "no_landmark"
+    else:
+        outcome = "abstained" if r.status != TAGGED else ("right" if top1 == expected else "wrong")
+    ok = r.status != FAILED
+    return {
+        "folder": folder,
+        "kind": kind,
+        "path": r.path,
+        "expected": expected,
+        "outcome": outcome,
+        "top1": top1,
+        "score": float(r.score) if ok and r.score is not None else None,
+        "decision_score": float(decision) if ok else None,
+        "error": r.error if not ok else None,
+    }
+
+
+def _mistakes(photos: list[dict]) -> list[dict]:
+    """The photos to look at: known photos not right (lowest decision score first: the furthest from being
+    tagged), then unknown photos tagged (highest first: the most confident wrong locations)."""
+    missed = sorted((p for p in photos if p["outcome"] in ("abstained", "wrong")), key=lambda p: p["decision_score"])
+    wrong = sorted((p for p in photos if p["outcome"] == "tagged"), key=lambda p: -p["decision_score"])
+    return missed + wrong
 
 
 RATES = (0.005, 0.01, 0.02, 0.05)  # --max-wrong-rate values shown beside the one evaluated
@@ -202,11 +250,15 @@ def _photo_sets(cfg: EvalConfig, predictor):
         yield Path(u.rstrip("/")).name, paths, [UNKNOWN] * len(paths)
 
 
-def _write(out: str, result: dict) -> None:
+def _write(out: str, result: dict, photos: list[dict]) -> None:
     from landmark_core import evaluation
 
     d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)  # an existing folder is written into: its four files replaced
+    d.mkdir(parents=True, exist_ok=True)  # an existing folder is written into: its five files replaced
+    with open(d / "photos.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=PHOTO_FIELDS)
+        w.writeheader()
+        w.writerows(photos)
     s = result["summary"]
     pngs = {
         "curve.png": evaluation.curve_png(result["curve"], operating=s),
@@ -260,12 +312,29 @@ def format_table(result: dict) -> str:
             f"{pct(r['unknown_tagged_mean_over_folders']):>7s}"
             for r in result["rates"]
         ]
+    lines += _mistake_lines(result["mistakes"])
     if result["failed"]:
         lines.append(
             f"{len(result['failed'])} photo(s) could not be read and are in no share (each named above, and in "
             "eval.json's failed with its reason)"
         )
     return "\n".join(lines)
+
+
+def _mistake_lines(mistakes: list[dict], show: int = 5) -> list[str]:
+    """The known photos not right and the unknown photos tagged, the first few of each by name."""
+    lines = []
+    for what, kinds in (("known photos not right", "known"), ("unknown photos tagged", "unknown")):
+        rows = [m for m in mistakes if m["kind"] == kinds]
+        if rows:
+            first = ", ".join(
+                f"{Path(m['path']).name} ({m['outcome']}{'' if m['outcome'] == 'abstained' else ' as ' + m['top1']}, "
+                f"{m['decision_score']:.3g})"
+                for m in rows[:show]
+            )
+            more = f" and {len(rows) - show} more" if len(rows) > show else ""
+            lines.append(f"{len(rows)} {what}: {first}{more} (all in eval.json's mistakes and --out's photos.csv)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="photos of no catalog landmark (recursive; repeat: each folder is reported on its own)",
     )
-    p.add_argument("--out", default=None, help="write eval.json, curve.png, reliability.png and report.html here")
+    p.add_argument(
+        "--out", default=None, help="write eval.json, photos.csv, curve.png, reliability.png and report.html here"
+    )
     p.add_argument("--json", dest="as_json", action="store_true", help="print the result as JSON")
     p.add_argument("--runtime", choices=RUNTIMES, default="auto", help="model runtime, as the tag job's (default auto)")
     p.add_argument("--batch-size", type=int, default=32, help="photos per model call (default 32)")

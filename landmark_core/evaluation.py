@@ -297,6 +297,7 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
         for n, b in pngs.items()
     )
+    imgs += _mistakes_html(result.get("mistakes") or [], html)
     return f"""<!doctype html><html><head><meta charset=utf-8><title>Open-world evaluation</title><style>
 body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
@@ -307,3 +308,25 @@ left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 <table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
 <th>failed</th><th>wrong tags as</th></tr>
 {rows}</table>{rates}{imgs}</body></html>"""
+
+
+def _mistakes_html(mistakes: list[dict], html, cap: int = 200) -> str:
+    """The report's photos to look at: known photos not right, unknown photos tagged (the first ``cap`` of each,
+    in the order eval.json lists them)."""
+    out = []
+    for title, kind in (("Known photos not right", "known"), ("Unknown photos tagged", "unknown")):
+        rows = [m for m in mistakes if m["kind"] == kind]
+        if not rows:
+            continue
+        body = "".join(
+            f"<tr><td title='{html.escape(m['path'])}'>{html.escape(m['path'].rsplit('/', 1)[-1])}</td>"
+            f"<td>{html.escape(m['folder'])}</td><td>{m['outcome']}</td><td>{html.escape(m['top1'] or '-')}</td>"
+            f"<td>{m['decision_score']:.3f}</td></tr>"
+            for m in rows[:cap]
+        )
+        more = f"<p>and {len(rows) - cap} more in photos.csv</p>" if len(rows) > cap else ""
+        out.append(
+            f"<h2>{title} ({len(rows)})</h2><table><tr><th>photo</th><th>folder</th><th>outcome</th>"
+            f"<th>top-1 landmark</th><th>decision score</th></tr>{body}</table>{more}"
+        )
+    return "".join(out)

@@ -404,7 +404,43 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
         assert (tmp_path / "ev" / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
     assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
-    _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path)
+    _check_photo_rows(tmp_path / "ev" / "photos.csv", result)
+    _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path, result["mistakes"])
+
+
+def _check_photo_rows(csv_path: Path, result: dict) -> None:
+    """photos.csv: one row per file, whose outcomes add up to each folder's shares, tagged exactly where the
+    decision score reaches the threshold; eval.json's mistakes are its rows not right, in their order."""
+    import csv
+    from collections import Counter
+
+    from jobs.eval import PHOTO_FIELDS
+
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    s = result["summary"]
+    assert list(rows[0]) == list(PHOTO_FIELDS) and len(rows) == s["known_photos"] + s["unknown_photos"]
+    seen = Counter((r["folder"], r["outcome"]) for r in rows)
+    for fr in s["folders"]:
+        g, n = fr["folder"], fr["photos"]
+        if fr["kind"] == "known":
+            want = {o: round(fr[share] * n) for o, share in (("right", "right"), ("abstained", "abstained"))}
+            want["wrong"] = round(fr["wrong"] * n)
+        else:
+            want = {"tagged": round(fr["tagged"] * n), "no_landmark": n - round(fr["tagged"] * n)}
+        assert {o: seen[(g, o)] for o in want} == want and sum(want.values()) == n, (g, want)
+    for r in rows:
+        tagged = r["outcome"] in ("right", "wrong", "tagged")
+        assert tagged == (float(r["decision_score"]) >= result["threshold"]), r
+        assert (r["expected"] == r["top1"]) == (r["outcome"] == "right") or r["outcome"] == "abstained", r
+    mistakes = result["mistakes"]
+    assert mistakes and {m["path"] for m in mistakes} == {
+        r["path"] for r in rows if r["outcome"] in ("abstained", "wrong", "tagged")
+    }
+    missed = [m["decision_score"] for m in mistakes if m["kind"] == "known"]
+    wrong = [m["decision_score"] for m in mistakes if m["kind"] == "unknown"]
+    assert missed == sorted(missed) and wrong == sorted(wrong, reverse=True)
+    assert [m["kind"] for m in mistakes] == sorted((m["kind"] for m in mistakes), key=("known", "unknown").index)
 
 
 def test_eval_shows_the_model_at_other_wrong_tag_rates(make_tiny_artifact, tmp_path):
@@ -505,10 +541,19 @@ def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_ar
     assert "3 photo(s) could not be read" in table
     assert [ln.split()[-1] for ln in table.splitlines() if ln.startswith(("some_bad", "all_bad"))] == ["1", "2"]
     assert "<td>all_bad</td><td>unknown</td><td>0</td>" in (tmp_path / "ev" / "report.html").read_text()
+    import csv
+
+    with open(tmp_path / "ev" / "photos.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6  # every file has its row, the unreadable ones too, with their reason
+    bad = {(Path(r["path"]).name, r["error"]) for r in rows if r["outcome"] == "failed"}
+    assert bad == {(Path(f["path"]).name, f["error"]) for f in result["failed"]}
+    assert all(r["decision_score"] == "" and r["top1"] == "" for r in rows if r["outcome"] == "failed")
 
 
-def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path) -> None:
-    """The report as a browser shows it: every folder's row, the headline figures, both plots embedded, painted."""
+def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path, mistakes: list[dict] = ()) -> None:
+    """The report as a browser shows it: every folder's row, the headline figures, both plots embedded, the
+    photos to look at, painted."""
     from tests.browser import rendered_dom, require_chromium, screenshot
 
     require_chromium()
@@ -518,6 +563,11 @@ def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path) -> None:
     assert f"{100 * s['known_right']:.1f}%" in dom and "a calibrated score:" in dom
     assert dom.count("data:image/png;base64,") == 2
     assert "At other wrong-tag rates" in dom and "<th>--max-wrong-rate</th>" in dom
+    for m in mistakes:
+        assert f">{Path(m['path']).name}</td><td>{m['folder']}</td><td>{m['outcome']}</td>" in dom, m
+    for title, kind in (("Known photos not right", "known"), ("Unknown photos tagged", "unknown")):
+        n = sum(m["kind"] == kind for m in mistakes)
+        assert (f"{title} ({n})" in dom) == bool(n), title
     pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
     assert pixels.std() > 20, "the report painted blank"
 
