@@ -297,7 +297,7 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
         for n, b in pngs.items()
     )
-    imgs += _mistakes_html(result.get("mistakes") or [], html)
+    imgs += _mistakes_html(result.get("mistakes") or [])
     return f"""<!doctype html><html><head><meta charset=utf-8><title>Open-world evaluation</title><style>
 body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
@@ -310,9 +310,11 @@ left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 {rows}</table>{rates}{imgs}</body></html>"""
 
 
-def _mistakes_html(mistakes: list[dict], html, cap: int = 200) -> str:
+def _mistakes_html(mistakes: list[dict], cap: int = 200) -> str:
     """The report's photos to look at: known photos not right, unknown photos tagged (the first ``cap`` of each,
     in the order eval.json lists them)."""
+    import html
+
     out = []
     for title, kind in (("Known photos not right", "known"), ("Unknown photos tagged", "unknown")):
         rows = [m for m in mistakes if m["kind"] == kind]
