@@ -642,7 +642,31 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
             f"--negatives: no photo can be held back to fit the open-world score and threshold ({negatives.summary()}"
             "): a folder of photos needs at least 2, one to train on and one to hold back"
         )
-    return data, unknown, negatives, data_warnings(data, coords, coords_file)
+    warnings = data_warnings(data, coords, coords_file) + [_coarse_rate_warning(negatives, cfg.max_wrong_rate)]
+    return data, unknown, negatives, [w for w in warnings if w]
+
+
+def _coarse_rate_warning(negatives, rate: float) -> str | None:
+    """Held-back folders too small for --max-wrong-rate: the threshold caps the mean over the folders of each one's
+    share tagged, so one photo of a folder of n held back among G folders is 1 / (G n) of that mean. Where that is
+    more than the rate, no held-back photo of the folder may pass: its highest-scoring photo sets the threshold."""
+    from collections import Counter
+
+    counts = Counter(negatives.fit_groups)
+    coarse = {negatives.groups[g]: n for g, n in sorted(counts.items()) if 1.0 / (len(counts) * n) > rate}
+    if not coarse:
+        return None
+    smallest = sorted(coarse.items(), key=lambda kv: kv[1])
+    shown = ", ".join(f"{name!r} {n}" for name, n in smallest[:5]) + (
+        f" and {len(smallest) - 5} more" if len(smallest) > 5 else ""
+    )
+    return (
+        f"[train] warning: --max-wrong-rate {rate:g} is finer than {len(coarse)} of the {len(counts)} held-back "
+        f"negatives folder(s) can measure (photos held back: {shown}): one photo of such a folder is more "
+        f"than {rate:g} of the mean over the folders, so none of its held-back photos may pass the threshold and "
+        "its highest-scoring photo sets it. Put photos of one kind in fewer, larger folders (every folder below a "
+        "--negatives root is one), or give a higher --max-wrong-rate"
+    )
 
 
 def _refuse_one_landmark(cfg: TrainConfig, data) -> None:

@@ -196,6 +196,29 @@ def test_negatives_with_nothing_to_hold_back_are_refused_before_training(train_d
     assert not (tmp_path / "m").exists()
 
 
+def test_negatives_folders_too_small_for_the_wrong_tag_rate_are_named(train_data, tmp_path):
+    """--max-wrong-rate caps the mean over the held-back folders: a folder so small that one of its photos is more
+    than the rate of that mean lets none pass, and its highest-scoring photo sets the threshold. Said before the
+    run, naming the folders; the README's open-world command (four folders, the smallest 28 held back) warns of nothing."""
+    from jobs.train import _coarse_rate_warning, _load_inputs
+    from landmark_core.datasets import Negatives
+    from landmark_core.synthetic import generate_unknown
+
+    neg = Negatives(groups=["everyday/big", "street/a", "street/b"], fit_groups=[0] * 100 + [1] + [2] * 3)
+    warning = _coarse_rate_warning(neg, 0.01)
+    assert "--max-wrong-rate 0.01 is finer than 2 of the 3 held-back" in warning
+    assert "photos held back: 'street/a' 1, 'street/b' 3)" in warning and "fewer, larger folders" in warning
+    assert _coarse_rate_warning(neg, 0.5) is None  # 1 / (3 x 1) under the rate: measurable
+    readme = Negatives(groups=list("abcd"), fit_groups=[0] * 470 + [1] * 125 + [2] * 27 + [3] * 28)
+    assert _coarse_rate_warning(readme, 0.01) is None  # one photo of c: 1 / 108 = 0.0093
+    assert "'c' 27, 'd' 28)" in _coarse_rate_warning(readme, 0.005)
+    for street in ("s1", "s2", "s3"):  # a --negatives root of small folders, as the job lists it
+        generate_unknown(tmp_path / "neg" / street, n=2)
+    cfg = TrainConfig(data=train_data["root"], output=str(tmp_path / "m"), negatives=(str(tmp_path / "neg"),))
+    *_, warnings = _load_inputs(cfg, cfg.s3_options())
+    assert [w for w in warnings if "is finer than 3 of the 3 held-back" in w], warnings
+
+
 @pytest.mark.parametrize("how", ["inside", "linked"])
 def test_negatives_that_are_the_data_s_own_photos_are_refused(how, train_data, tmp_path, capsys, monkeypatch):
     """The known landmarks' test folder given as --negatives (or links to --data's photos) would train the model
