@@ -199,7 +199,8 @@ def test_negatives_with_nothing_to_hold_back_are_refused_before_training(train_d
 def test_negatives_folders_too_small_for_the_wrong_tag_rate_are_named(train_data, tmp_path):
     """--max-wrong-rate caps the mean over the held-back folders: a folder so small that one of its photos is more
     than the rate of that mean lets none pass, and its highest-scoring photo sets the threshold. Said before the
-    run, naming the folders; the README's open-world command (four folders, the smallest 28 held back) warns of nothing."""
+    run, naming the folders; the README's open-world command (four folders, the smallest 28 held back) warns of
+    nothing."""
     from jobs.train import _coarse_rate_warning, _load_inputs
     from landmark_core.datasets import Negatives
     from landmark_core.synthetic import generate_unknown
