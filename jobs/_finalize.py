@@ -419,7 +419,22 @@ def _provenance(cfg, run_name: str) -> dict:
         )
     except Exception:
         commit = None
-    return {"run_name": run_name, "git_commit": commit, "python": platform.python_version(), "config": config_of(cfg)}
+    return {
+        "run_name": run_name,
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "config": config_of(cfg),
+        "inputs": inputs_of(cfg),
+    }
+
+
+def inputs_of(cfg) -> dict:
+    """The photo folders the run learned from or fitted on, absolute (``provenance.inputs``): `landmark eval`
+    warns when it is asked to measure the model on them, from whatever folder it runs."""
+    return {
+        "data": storage.absolute(cfg.data),
+        "negatives": [storage.absolute(n) for n in cfg.negatives],
+    }
 
 
 def config_of(cfg) -> dict:

@@ -88,6 +88,9 @@ def run(cfg: EvalConfig) -> dict:
         )
     except ArtifactError as e:
         raise ConfigError(f"--model: {e}") from None
+    held_in = not_held_out(cfg, predictor.artifact.provenance)
+    for line in held_in:
+        print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed, photos = [], [], [], []
@@ -125,6 +128,7 @@ def run(cfg: EvalConfig) -> dict:
         "runtime": predictor.runtime,  # an open-world model's threshold is fitted per runtime: say whose
         "method": predictor.method,
         "stale_fit": predictor.stale_fit,  # why the threshold may not keep its wrong-tag rate, or None
+        "not_held_out": held_in,  # folders the model learned from or fitted on: their numbers flatter it
         "failed_photos": len(failed),
         "failed": failed,
         "summary": summary,
@@ -172,6 +176,38 @@ def _mistakes(photos: list[dict]) -> list[dict]:
     missed = sorted((p for p in photos if p["outcome"] in ("abstained", "wrong")), key=lambda p: p["decision_score"])
     wrong = sorted((p for p in photos if p["outcome"] == "tagged"), key=lambda p: -p["decision_score"])
     return missed + wrong
+
+
+def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
+    """The folders asked for that the model learned from or fitted its score on (its training run's --data
+    outside the test split, its --negatives), one line each: numbers measured there are not held out. From the
+    artifact's absolute ``provenance.inputs``; an older artifact's flags are taken as relative to here."""
+    inputs = provenance.get("inputs")
+    if inputs is None:  # an artifact from before they were recorded: its flags as given, relative to here
+        config = provenance.get("config") or {}
+        inputs = {
+            "data": config.get("data") and storage.absolute(config["data"]),
+            "negatives": [storage.absolute(n) for n in config.get("negatives") or []],
+        }
+    data, negatives = inputs.get("data"), inputs.get("negatives") or []
+    lines = []
+    if cfg.known and data:
+        known = storage.absolute(cfg.known)
+        if storage.inside(known, data) and not storage.inside(known, storage.join(data, "test")):
+            lines.append(
+                f"--known {cfg.known}: photos of the model's training data (--data {data}) outside its test split: "
+                "they trained the model or fitted its score, so these numbers are not held out"
+            )
+    for u in cfg.unknown:
+        where = storage.absolute(u)
+        if clash := next((n for n in negatives if storage.inside(where, n) or storage.inside(n, where)), None):
+            lines.append(
+                f"--unknown {u}: the model trained on photos of --negatives {clash} and fitted its threshold on "
+                "the others, so this folder's share tagged is not held out"
+            )
+        elif data and storage.inside(where, data):
+            lines.append(f"--unknown {u}: inside the model's training data (--data {data}): photos of its landmarks")
+    return lines
 
 
 RATES = (0.005, 0.01, 0.02, 0.05)  # --max-wrong-rate values shown beside the one evaluated

@@ -683,12 +683,10 @@ def _refuse_known_negatives(cfg: TrainConfig, data, negatives: list[str]) -> Non
     """Negatives that are --data's own photos (its test folder given as --negatives, links to its photos) would
     train the model to reject its own landmarks and fit the threshold on them: refused, naming the folder."""
 
-    def where(uri: str) -> str:  # a local photo by its real path (links followed), an s3:// one as it is
-        return uri if storage.is_s3(uri) else os.path.realpath(uri)
-
-    inside = where(cfg.data).rstrip("/") + "/"
+    where = storage.absolute  # a local photo by its real path (links followed)
+    root = where(cfg.data)
     known = {where(u) for split in (data.train, data.val, data.test) for u in split.uris}
-    clash = [n for n in negatives if where(n).startswith(inside) or where(n) in known]
+    clash = [n for n in negatives if storage.inside(where(n), root) or where(n) in known]
     if not clash:
         return
     given = {n: n.rstrip("/") if storage.is_s3(n) else str(Path(n).resolve()) for n in cfg.negatives}

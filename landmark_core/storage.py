@@ -102,6 +102,16 @@ def check_locations(flags: dict[str, str | None], opts: "S3Options") -> None:
     opts.check()
 
 
+def absolute(uri: str) -> str:
+    """A local folder as its real absolute path (links followed), an s3:// URI without a trailing slash."""
+    return uri.rstrip("/") if is_s3(uri) else os.path.realpath(uri)
+
+
+def inside(uri: str, folder: str) -> bool:
+    """``uri`` is ``folder`` or below it (both as ``absolute`` gives them)."""
+    return uri == folder or uri.startswith(folder.rstrip("/") + "/")
+
+
 def join(base: str, *parts: str) -> str:
     if is_s3(base):
         return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])

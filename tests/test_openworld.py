@@ -695,6 +695,41 @@ def test_eval_and_predict_read_photos_and_the_model_from_an_s3_compatible_store(
         assert "decode" in rows[3]["error"] or "image" in rows[3]["error"], rows[3]
 
 
+def test_eval_names_folders_the_model_learned_from(tmp_path, monkeypatch):
+    """The training run's --data outside its test split, and its --negatives (a folder of them, or a folder
+    holding them), are named as not held out; its test split, the other folders and other buckets are not. An
+    artifact from before ``provenance.inputs`` is read from its flags, relative to the current folder."""
+    from jobs.eval import EvalConfig, not_held_out
+
+    data, neg = tmp_path / "vn", tmp_path / "negatives"
+    for d in (data / "train" / "a", data / "test" / "a", neg / "everyday" / "pets", neg / "everyday" / "coco"):
+        d.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)  # the same photos under another name
+    inputs = {"data": str(data), "negatives": [str(neg / "everyday" / "pets"), "s3://bucket/neg/streets"]}
+
+    def said(known=None, *unknown, provenance=None):
+        cfg = EvalConfig(model="m", known=known and str(known), unknown=tuple(map(str, unknown)))
+        provenance = {"inputs": inputs} if provenance is None else provenance
+        return [line.split(": ")[0] for line in not_held_out(cfg, provenance)]
+
+    assert said(data / "test", neg / "everyday" / "coco", "s3://bucket/neg/other") == []
+    assert said(data / "train") == [f"--known {data / 'train'}"]
+    assert said(tmp_path / "link" / "train") == [f"--known {tmp_path / 'link' / 'train'}"]
+    assert said(None, neg / "everyday" / "pets", neg, "s3://bucket/neg/streets/") == [
+        f"--unknown {neg / 'everyday' / 'pets'}",
+        f"--unknown {neg}",  # it holds a folder of them
+        "--unknown s3://bucket/neg/streets/",
+    ]
+    assert said(None, data / "test" / "a") == [f"--unknown {data / 'test' / 'a'}"]  # its own landmarks
+    monkeypatch.chdir(tmp_path)
+    old = {"config": {"data": "vn", "negatives": ["negatives/everyday/pets"]}}
+    assert said(data / "train", neg / "everyday" / "pets", provenance=old) == [
+        f"--known {data / 'train'}",
+        f"--unknown {neg / 'everyday' / 'pets'}",
+    ]
+    assert said(data / "train", provenance={}) == []  # nothing recorded: nothing to say
+
+
 def test_eval_known_folders_may_be_named_by_landmark(make_tiny_artifact, tmp_path, capsys):
     """--known class folders named as the model's training folders ("01.Arch") or by the landmark's name
     ("Arch") score alike."""

@@ -346,6 +346,9 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert out.count("(model built first)") == 1, out[-3000:]
     art = load_artifact(cfg.output)
     assert art.abstain["method"] == "openworld" and art.abstain["max_wrong_rate"] == 0.05
+    # what it learned from, absolute: eval warns when asked to measure it there, from any folder
+    real = os.path.realpath
+    assert art.provenance["inputs"] == {"data": real(train_data["root"]), "negatives": [real(neg["root"])]}
     assert art.abstain["negative_groups"] == ["neg/castle", "neg/pyramid", "neg/scenes", "neg/wheel"]
     for name in ("bank", "bank_labels", "distractors", "neg_fit_scores", "neg_fit_groups", "val_scores"):
         assert name in art.extra_tensors, name
@@ -385,6 +388,14 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     (trained,) = [r for r in result["rates"] if r["max_wrong_rate"] == cfg.max_wrong_rate]
     assert trained["threshold"] == pytest.approx(result["threshold"], rel=1e-6)
     assert trained["coverage"] == pytest.approx(s["known_right"])
+    assert result["not_held_out"] == []  # its test split and look-alikes it never saw
+    if frozen:  # its training photos and a folder of its negatives: both named as not held out
+        train_dir, wheel = str(Path(train_data["root"], "train")), str(Path(neg["root"], "wheel"))
+        leaked = eval_run(EvalConfig(model=cfg.output, known=train_dir, unknown=(wheel,), runtime="torch"))
+        assert [line.split(": ")[0] for line in leaked["not_held_out"]] == [
+            f"--known {train_dir}",
+            f"--unknown {wheel}",
+        ]
 
 
 def _check_members_resume(cfg, metrics, capfd) -> None:
