@@ -6,6 +6,7 @@ known DIR (class folders named as the catalog's) + unknown DIR... (any photos, e
      an open-world model's shares at other --max-wrong-rate values (RATES)
   -> one row per photo (its outcome: right / abstained / wrong, tagged / no_landmark, or failed; the mistakes
      in the result, every row in photos.csv)
+  -> --compare-model: the same photos through a second model, compared photo by photo (McNemar)
   -> printed table | --json | --out DIR (eval.json, photos.csv, curve.png, reliability.png, report.html)
 """
 
@@ -28,6 +29,7 @@ from landmark_core.status import FAILED, TAGGED
 @dataclass(frozen=True)
 class EvalConfig:
     model: str
+    compare_model: str | None = None
     known: str | None = None
     unknown: tuple[str, ...] = ()
     out: str | None = None
@@ -69,17 +71,55 @@ class EvalConfig:
 
 @checks_config
 def run(cfg: EvalConfig) -> dict:
-    import numpy as np
-
     from landmark_core import evaluation
+
+    predictor = _predictor(cfg, cfg.model, "--model")
+    other = _predictor(cfg, cfg.compare_model, "--compare-model") if cfg.compare_model else None
+    if other is not None:  # its catalog must know the --known folders too: said before a photo is read
+        list(_photo_sets(cfg, other, "--compare-model"))
+    held_in = not_held_out(cfg, predictor.artifact.provenance)
+    for line in held_in:
+        print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
+    outcomes, decision, failed, photos = _measure(cfg, predictor, "--model")
+    summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
+    _add_failed(summary["folders"], failed)
+    result = {
+        "model_id": predictor.model_id,
+        "threshold": predictor.threshold,
+        "runtime": predictor.runtime,  # an open-world model's threshold is fitted per runtime: say whose
+        "method": predictor.method,
+        "stale_fit": predictor.stale_fit,  # why the threshold may not keep its wrong-tag rate, or None
+        "not_held_out": held_in,  # folders the model learned from or fitted on: their numbers flatter it
+        "failed_photos": len(failed),
+        "failed": failed,
+        "summary": summary,
+        "mistakes": _mistakes(photos),
+        "curve": evaluation.coverage_curve(outcomes, decision=decision),
+        "rates": _at_rates(predictor, outcomes, decision),
+    }
+    if other is not None:
+        other_outcomes, _, other_failed, other_photos = _measure(cfg, other, "--compare-model")
+        other_summary = evaluation.summary(other_outcomes, names=list(other.catalog.names))
+        _add_failed(other_summary["folders"], other_failed)
+        result["compare"] = {
+            "model_id": other.model_id,
+            "threshold": other.threshold,
+            "summary": other_summary,
+            **evaluation.paired(photos, other_photos),
+        }
+    if cfg.out:
+        _write(cfg.out, result, photos)
+    return result
+
+
+def _predictor(cfg: EvalConfig, model: str, flag: str):
     from landmark_core.artifact import ArtifactError
-    from landmark_core.predict import predict_paths
     from landmark_core.predictor import Predictor
 
     try:
-        predictor = Predictor.for_command(
+        return Predictor.for_command(
             "[eval]",
-            cfg.model,
+            model,
             runtime=cfg.runtime,
             min_score=cfg.min_score,
             accept_rate=cfg.accept_rate,
@@ -87,14 +127,21 @@ def run(cfg: EvalConfig) -> dict:
             storage_options=cfg.s3_options(),
         )
     except ArtifactError as e:
-        raise ConfigError(f"--model: {e}") from None
-    held_in = not_held_out(cfg, predictor.artifact.provenance)
-    for line in held_in:
-        print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
+        raise ConfigError(f"{flag}: {e}") from None
+
+
+def _measure(cfg: EvalConfig, predictor, flag: str):
+    """Every folder's photos through ``predictor``: (outcomes of the photos read, their decision scores, the
+    failed ones, one row per photo)."""
+    import numpy as np
+
+    from landmark_core import evaluation
+    from landmark_core.predict import predict_paths
+
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed, photos = [], [], [], []
-    for group, paths, labels in _photo_sets(cfg, predictor):
+    for group, paths, labels in _photo_sets(cfg, predictor, flag):
         # files, not photos: the table's photos column counts those read, its failed column the rest
         print(f"[eval] {group}: {len(paths)} files", file=sys.stderr, flush=True)
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
@@ -118,27 +165,7 @@ def run(cfg: EvalConfig) -> dict:
             _photo_row(group, kind, r, names[y] if y != evaluation.UNKNOWN else None, d)
             for r, y, d in zip(results, labels, decision)
         ]
-    outcomes = evaluation.Outcomes.concat(parts)
-    decision = np.concatenate(decisions)
-    summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
-    _add_failed(summary["folders"], failed)
-    result = {
-        "model_id": predictor.model_id,
-        "threshold": predictor.threshold,
-        "runtime": predictor.runtime,  # an open-world model's threshold is fitted per runtime: say whose
-        "method": predictor.method,
-        "stale_fit": predictor.stale_fit,  # why the threshold may not keep its wrong-tag rate, or None
-        "not_held_out": held_in,  # folders the model learned from or fitted on: their numbers flatter it
-        "failed_photos": len(failed),
-        "failed": failed,
-        "summary": summary,
-        "mistakes": _mistakes(photos),
-        "curve": evaluation.coverage_curve(outcomes, decision=decision),
-        "rates": _at_rates(predictor, outcomes, decision),
-    }
-    if cfg.out:
-        _write(cfg.out, result, photos)
-    return result
+    return evaluation.Outcomes.concat(parts), np.concatenate(decisions), failed, photos
 
 
 PHOTO_FIELDS = ("folder", "kind", "path", "expected", "outcome", "top1", "score", "decision_score", "error")
@@ -256,7 +283,7 @@ def _add_failed(rows: list[dict], failed: list[dict]) -> None:
     rows += [{"folder": g, "kind": k, "photos": 0, "failed": n} for (g, k), n in by_folder.items()]
 
 
-def _photo_sets(cfg: EvalConfig, predictor):
+def _photo_sets(cfg: EvalConfig, predictor, flag: str = "--model"):
     """(folder name, paths, labels) for the known folders (by class) and each unknown folder."""
     from landmark_core.datasets import _class_split, list_files
     from landmark_core.evaluation import UNKNOWN
@@ -275,8 +302,8 @@ def _photo_sets(cfg: EvalConfig, predictor):
         for folder, paths in sorted(by_class.items()):
             if folder not in folders:
                 raise ConfigError(
-                    f"--known {cfg.known}: folder {folder!r} is not a landmark of this model's "
-                    f"catalog ({', '.join(predictor.catalog.folders)})"
+                    f"--known {cfg.known}: folder {folder!r} is not a landmark of the catalog of {flag} "
+                    f"({', '.join(predictor.catalog.folders)})"
                 )
             yield folder, paths, [folders[folder]] * len(paths)
     for u in cfg.unknown:
@@ -349,6 +376,8 @@ def format_table(result: dict) -> str:
             for r in result["rates"]
         ]
     lines += _mistake_lines(result["mistakes"])
+    if result.get("compare"):
+        lines += evaluation.compare_lines(result["compare"])
     if result["failed"]:
         lines.append(
             f"{len(result['failed'])} photo(s) could not be read and are in no share (each named above, and in "
@@ -376,6 +405,11 @@ def _mistake_lines(mistakes: list[dict], show: int = 5) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="landmark eval", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="model artifact directory or s3:// URI")
+    p.add_argument(
+        "--compare-model",
+        default=None,
+        help="a second model on the same photos: photo by photo, what only one of them gets right (McNemar)",
+    )
     p.add_argument("--known", default=None, help="photos of catalog landmarks, in folders named as the catalog's")
     p.add_argument(
         "--unknown",

@@ -298,6 +298,9 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
         for n, b in pngs.items()
     )
     imgs += _mistakes_html(result.get("mistakes") or [])
+    if result.get("compare"):
+        text = html.escape("\n".join(compare_lines(result["compare"])))
+        imgs += f"<h2>Compared with another model</h2><pre>{text}</pre>"
     return f"""<!doctype html><html><head><meta charset=utf-8><title>Open-world evaluation</title><style>
 body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
@@ -332,3 +335,55 @@ def _mistakes_html(mistakes: list[dict], cap: int = 200) -> str:
             f"<th>top-1 landmark</th><th>decision score</th></tr>{body}</table>{more}"
         )
     return "".join(out)
+
+
+def paired(photos: list[dict], other: list[dict]) -> dict:
+    """Two models on the same photos (`landmark eval` rows), photo by photo: per kind, how many each gets right
+    (known: right; unknown: tagged, a wrong location), how many only one of them does, and the exact McNemar
+    p-value of that split (the chance of one at least as uneven were the two as good); ``differ``: the photos
+    they decide differently (another outcome, or a wrong tag to another landmark)."""
+    theirs = {(p["folder"], p["path"]): p for p in other}
+    pairs = [(p, theirs[(p["folder"], p["path"])]) for p in photos]
+    pairs = [(a, b) for a, b in pairs if "failed" not in (a["outcome"], b["outcome"])]
+    out = {}
+    for kind, counted in (("known", "right"), ("unknown", "tagged")):
+        both = [(a["outcome"] == counted, b["outcome"] == counted) for a, b in pairs if a["kind"] == kind]
+        only = [sum(x and not y for x, y in both), sum(y and not x for x, y in both)]
+        out[kind] = {
+            "photos": len(both),
+            counted: [sum(x for x, _ in both), sum(y for _, y in both)],
+            "only": only,
+            "p_value": mcnemar_p(*only),
+        }
+    out["differ"] = [
+        {"folder": a["folder"], "path": a["path"], "outcome": a["outcome"], "compare_outcome": b["outcome"]}
+        for a, b in pairs
+        if a["outcome"] != b["outcome"] or (a["outcome"] in ("wrong", "tagged") and a["top1"] != b["top1"])
+    ]
+    return out
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test: how likely a split of the discordant photos at least this uneven is when each
+    goes either way as a fair coin would."""
+    from math import comb
+
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n)
+
+
+def compare_lines(c: dict) -> list[str]:
+    """`landmark eval --compare-model`: the two models' counts on the same photos, what only one of them gets."""
+    lines = [f"compared with {c['model_id']} (threshold {c['threshold']:.4g}) on the same photos:"]
+    for kind, counted, what in (("known", "right", "known photos right"), ("unknown", "tagged", "unknown tagged")):
+        k = c[kind]
+        if k["photos"]:
+            (a, b), (x, y) = k[counted], k["only"]
+            lines.append(
+                f"  {what}: {a} against {b} of {k['photos']} (only this model {x}, only the other {y}; "
+                f"exact McNemar p = {k['p_value']:.2g})"
+            )
+    lines.append(f"  {len(c['differ'])} photo(s) decided differently (eval.json's compare.differ)")
+    return lines

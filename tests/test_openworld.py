@@ -468,6 +468,45 @@ def test_eval_shows_the_model_at_other_wrong_tag_rates(make_tiny_artifact, tmp_p
     assert closed["rates"] is None and "--max-wrong-rate R" not in format_table(closed)
 
 
+def test_eval_compares_two_models_photo_by_photo(make_tiny_artifact, tmp_path, capsys):
+    """--compare-model: both models on the same photos; each one's counts are its own eval's, what only one of them
+    gets right is counted and tested (exact McNemar), and the photos they decide differently are listed; a model
+    against itself differs nowhere."""
+    from jobs.eval import EvalConfig, format_table, run as eval_run
+    from landmark_core.evaluation import mcnemar_p
+
+    a, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    b = _knn_artifact(make_tiny_artifact, tmp_path)
+    known, neg = _eval_photos(tmp_path, 4)
+    base = EvalConfig(model=a, known=known, unknown=(str(Path(neg["root"], "wheel")),), runtime="torch")
+    both = eval_run(replace(base, compare_model=b, out=str(tmp_path / "cmp")))
+    alone = {m: eval_run(replace(base, model=m)) for m in (a, b)}
+    report = (tmp_path / "cmp" / "report.html").read_text()
+    assert "<h2>Compared with another model</h2>" in report and "exact McNemar p" in report
+    c = both["compare"]
+    assert c["model_id"] == alone[b]["model_id"] and c["summary"] == alone[b]["summary"]
+    for i, m in enumerate((a, b)):
+        s = alone[m]["summary"]
+        assert c["known"]["right"][i] == round(s["known_right"] * s["known_photos"]), m
+        assert c["unknown"]["tagged"][i] == round(s["unknown_tagged"] * s["unknown_photos"]), m
+    for kind, counted in (("known", "right"), ("unknown", "tagged")):
+        k = c[kind]
+        assert k[counted][0] - k[counted][1] == k["only"][0] - k["only"][1], k
+        assert k["p_value"] == mcnemar_p(*k["only"])
+    assert c["differ"] and len(c["differ"]) >= sum(c["known"]["only"]) + sum(c["unknown"]["only"])
+    assert all(d["outcome"] != d["compare_outcome"] or d["outcome"] in ("wrong", "tagged") for d in c["differ"])
+    assert "exact McNemar p" in format_table(both)
+    same = eval_run(replace(base, compare_model=a))["compare"]
+    assert same["differ"] == [] and same["known"]["only"] == [0, 0] and same["known"]["p_value"] == 1.0
+    from jobs.eval import main as eval_main
+
+    assert eval_main(["--model", a, "--compare-model", str(tmp_path / "nope"), "--known", known]) == 2
+    assert_error_names(capsys.readouterr().err, "--compare-model", "nope")
+    # the test itself: 5 against 0 discordant photos is 2 / 2**5; an even split is no evidence
+    assert mcnemar_p(0, 5) == mcnemar_p(5, 0) == 2 / 32 and mcnemar_p(1, 1) == mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(2, 10) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+
+
 def _knn_artifact(make_tiny_artifact, tmp_path: Path) -> str:
     """The tiny artifact as a model trained without negatives: a kNN bank of its own embeddings."""
     import torch
@@ -586,7 +625,7 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
 
     generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)
     assert eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--runtime", "torch"]) == 2
-    assert "not a landmark of this model's catalog" in capsys.readouterr().err
+    assert "not a landmark of the catalog of --model" in capsys.readouterr().err
     # a raw threshold no score of this model can reach: refused, not 100% abstained
     argv = ["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--min-score", "2"]
     assert eval_main(argv) == 2
