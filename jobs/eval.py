@@ -75,12 +75,13 @@ def run(cfg: EvalConfig) -> dict:
 
     predictor = _predictor(cfg, cfg.model, "--model")
     other = _predictor(cfg, cfg.compare_model, "--compare-model") if cfg.compare_model else None
-    if other is not None:  # its catalog must know the --known folders too: said before a photo is read
-        list(_photo_sets(cfg, other, "--compare-model"))
+    listed = _listed(cfg)
+    sets = _labelled(cfg, listed, predictor, "--model")
+    other_sets = _labelled(cfg, listed, other, "--compare-model") if other else None
     held_in = not_held_out(cfg, predictor.artifact.provenance)
     for line in held_in:
         print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
-    outcomes, decision, failed, photos = _measure(cfg, predictor, "--model")
+    outcomes, decision, failed, photos = _measure(cfg, predictor, sets)
     summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
     _add_failed(summary["folders"], failed)
     result = {
@@ -98,7 +99,7 @@ def run(cfg: EvalConfig) -> dict:
         "rates": _at_rates(predictor, outcomes, decision),
     }
     if other is not None:
-        other_outcomes, _, other_failed, other_photos = _measure(cfg, other, "--compare-model")
+        other_outcomes, _, other_failed, other_photos = _measure(cfg, other, other_sets)
         other_summary = evaluation.summary(other_outcomes, names=list(other.catalog.names))
         _add_failed(other_summary["folders"], other_failed)
         result["compare"] = {
@@ -130,9 +131,9 @@ def _predictor(cfg: EvalConfig, model: str, flag: str):
         raise ConfigError(f"{flag}: {e}") from None
 
 
-def _measure(cfg: EvalConfig, predictor, flag: str):
-    """Every folder's photos through ``predictor``: (outcomes of the photos read, their decision scores, the
-    failed ones, one row per photo)."""
+def _measure(cfg: EvalConfig, predictor, sets: list):
+    """Every folder's photos (``_labelled`` sets) through ``predictor``: (outcomes of the photos read, their
+    decision scores, the failed ones, one row per photo)."""
     import numpy as np
 
     from landmark_core import evaluation
@@ -141,7 +142,7 @@ def _measure(cfg: EvalConfig, predictor, flag: str):
     index = {name: i for i, name in enumerate(predictor.catalog.names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed, photos = [], [], [], []
-    for group, paths, labels in _photo_sets(cfg, predictor, flag):
+    for group, paths, labels in sets:
         # files, not photos: the table's photos column counts those read, its failed column the rest
         print(f"[eval] {group}: {len(paths)} files", file=sys.stderr, flush=True)
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
@@ -283,34 +284,44 @@ def _add_failed(rows: list[dict], failed: list[dict]) -> None:
     rows += [{"folder": g, "kind": k, "photos": 0, "failed": n} for (g, k), n in by_folder.items()]
 
 
-def _photo_sets(cfg: EvalConfig, predictor, flag: str = "--model"):
-    """(folder name, paths, labels) for the known folders (by class) and each unknown folder."""
+def _listed(cfg: EvalConfig) -> list[tuple[str, list[str], str | None]]:
+    """(folder name, paths, its class folder or None for an unknown folder): every folder listed once, before
+    a photo is read."""
     from landmark_core.datasets import _class_split, list_files
-    from landmark_core.evaluation import UNKNOWN
 
+    sets = []
     if cfg.known:
-        # a class folder is a landmark's folder as the model was trained on it, or its name
-        folders = {n: i for i, n in enumerate(predictor.catalog.names)}
-        folders.update({f: i for i, f in enumerate(predictor.catalog.folders)})
         by_class = _class_split(list_files(cfg.known, cfg.s3_options()), cfg.known.rstrip("/"))
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
-        if "test" in by_class and "test" not in folders:  # the data set's root, not its test split
-            raise ConfigError(
-                f"--known {cfg.known}: holds splits; give the test split, --known {cfg.known.rstrip('/')}/test"
-            )
-        for folder, paths in sorted(by_class.items()):
-            if folder not in folders:
-                raise ConfigError(
-                    f"--known {cfg.known}: folder {folder!r} is not a landmark of the catalog of {flag} "
-                    f"({', '.join(predictor.catalog.folders)})"
-                )
-            yield folder, paths, [folders[folder]] * len(paths)
+        sets += [(folder, paths, folder) for folder, paths in sorted(by_class.items())]
     for u in cfg.unknown:
         paths = list_files(u, cfg.s3_options())
         if not paths:
             raise ConfigError(f"--unknown {u}: no photos found")
-        yield Path(u.rstrip("/")).name, paths, [UNKNOWN] * len(paths)
+        sets.append((Path(u.rstrip("/")).name, paths, None))
+    return sets
+
+
+def _labelled(cfg: EvalConfig, sets: list, predictor, flag: str) -> list[tuple[str, list[str], list[int]]]:
+    """``sets`` with each photo's class in ``predictor``'s catalog (UNKNOWN for unknown folders); a class folder
+    its catalog lacks is refused, naming the model's flag, before a photo is read."""
+    from landmark_core.evaluation import UNKNOWN
+
+    # a class folder is a landmark's folder as the model was trained on it, or its name
+    folders = {n: i for i, n in enumerate(predictor.catalog.names)}
+    folders.update({f: i for i, f in enumerate(predictor.catalog.folders)})
+    known = [folder for _, _, folder in sets if folder is not None]
+    if "test" in known and "test" not in folders:  # the data set's root, not its test split
+        raise ConfigError(
+            f"--known {cfg.known}: holds splits; give the test split, --known {cfg.known.rstrip('/')}/test"
+        )
+    if stray := next((f for f in known if f not in folders), None):
+        raise ConfigError(
+            f"--known {cfg.known}: folder {stray!r} is not a landmark of the catalog of {flag} "
+            f"({', '.join(predictor.catalog.folders)})"
+        )
+    return [(group, paths, [UNKNOWN if c is None else folders[c]] * len(paths)) for group, paths, c in sets]
 
 
 def _write(out: str, result: dict, photos: list[dict]) -> None:

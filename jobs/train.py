@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -650,8 +651,6 @@ def _coarse_rate_warning(negatives, rate: float) -> str | None:
     """Held-back folders too small for --max-wrong-rate: the threshold caps the mean over the folders of each one's
     share tagged, so one photo of a folder of n held back among G folders is 1 / (G n) of that mean. Where that is
     more than the rate, no held-back photo of the folder may pass: its highest-scoring photo sets the threshold."""
-    from collections import Counter
-
     counts = Counter(negatives.fit_groups)
     coarse = {negatives.groups[g]: n for g, n in sorted(counts.items()) if 1.0 / (len(counts) * n) > rate}
     if not coarse:
@@ -689,7 +688,7 @@ def _refuse_known_negatives(cfg: TrainConfig, data, negatives: list[str]) -> Non
     clash = [n for n in negatives if storage.inside(where(n), root) or where(n) in known]
     if not clash:
         return
-    given = {n: n.rstrip("/") if storage.is_s3(n) else str(Path(n).resolve()) for n in cfg.negatives}
+    given = {n: storage.absolute(n) for n in cfg.negatives}
     flag = next((f"--negatives {n}" for n, top in given.items() if clash[0].startswith(top + "/")), "--negatives")
     raise ConfigError(
         f"{flag}: {len(clash)} of its photos are under --data {cfg.data} or are its photos (e.g. {clash[0]}); "

@@ -624,8 +624,11 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     from landmark_core.synthetic import generate_unknown
 
     generate_unknown(tmp_path / "known" / "not_a_landmark", n=1)
+    generate_unknown(tmp_path / "known" / "00.Tower", n=1)  # a landmark's folder, listed before the stray one
     assert eval_main(["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--runtime", "torch"]) == 2
-    assert "not a landmark of the catalog of --model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'not_a_landmark' is not a landmark of the catalog of --model" in err
+    assert "00.Tower: 1 files" not in err  # refused before any photo was read
     # a raw threshold no score of this model can reach: refused, not 100% abstained
     argv = ["--model", tiny_artifact.path, "--known", str(tmp_path / "known"), "--min-score", "2"]
     assert eval_main(argv) == 2
