@@ -139,7 +139,8 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
     from landmark_core import evaluation
     from landmark_core.predict import predict_paths
 
-    index = {name: i for i, name in enumerate(predictor.catalog.names)}
+    names = predictor.catalog.names
+    index = {name: i for i, name in enumerate(names)}
     recorded = _DecisionScores(predictor)
     parts, decisions, failed, photos = [], [], [], []
     for group, paths, labels in sets:
@@ -161,7 +162,6 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
         decision = np.concatenate(recorded.batches)
         decisions.append(decision[keep])
-        names = predictor.catalog.names
         photos += [
             _photo_row(group, kind, r, names[y] if y != evaluation.UNKNOWN else None, d)
             for r, y, d in zip(results, labels, decision)

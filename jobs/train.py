@@ -689,7 +689,7 @@ def _refuse_known_negatives(cfg: TrainConfig, data, negatives: list[str]) -> Non
     if not clash:
         return
     given = {n: storage.absolute(n) for n in cfg.negatives}
-    flag = next((f"--negatives {n}" for n, top in given.items() if clash[0].startswith(top + "/")), "--negatives")
+    flag = next((f"--negatives {n}" for n, top in given.items() if storage.inside(clash[0], top)), "--negatives")
     raise ConfigError(
         f"{flag}: {len(clash)} of its photos are under --data {cfg.data} or are its photos (e.g. {clash[0]}); "
         "negatives must be photos of no catalog landmark"
