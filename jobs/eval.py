@@ -82,8 +82,7 @@ def run(cfg: EvalConfig) -> dict:
     for line in held_in:
         print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
     outcomes, decision, failed, photos = _measure(cfg, predictor, sets)
-    summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
-    _add_failed(summary["folders"], failed)
+    summary = _summary(predictor, outcomes, failed)
     result = {
         "model_id": predictor.model_id,
         "threshold": predictor.threshold,
@@ -100,17 +99,24 @@ def run(cfg: EvalConfig) -> dict:
     }
     if other is not None:
         other_outcomes, _, other_failed, other_photos = _measure(cfg, other, other_sets)
-        other_summary = evaluation.summary(other_outcomes, names=list(other.catalog.names))
-        _add_failed(other_summary["folders"], other_failed)
         result["compare"] = {
             "model_id": other.model_id,
             "threshold": other.threshold,
-            "summary": other_summary,
+            "summary": _summary(other, other_outcomes, other_failed),
             **evaluation.paired(photos, other_photos),
         }
     if cfg.out:
         _write(cfg.out, result, photos)
     return result
+
+
+def _summary(predictor, outcomes, failed: list[dict]) -> dict:
+    """The per-folder shares of one model's outcomes, its failed photos' folders included."""
+    from landmark_core import evaluation
+
+    summary = evaluation.summary(outcomes, names=list(predictor.catalog.names))
+    _add_failed(summary["folders"], failed)
+    return summary
 
 
 def _predictor(cfg: EvalConfig, model: str, flag: str):
