@@ -6,6 +6,7 @@ known DIR (class folders named as the catalog's) + unknown DIR... (any photos, e
      an open-world model's shares at other --max-wrong-rate values (RATES)
   -> one row per photo (its outcome: right / abstained / wrong, tagged / no_landmark, or failed; the mistakes
      in the result, every row in photos.csv)
+  -> an open-world model's catalog look-alikes: each known folder scored as if its landmark were not in the catalog
   -> --compare-model: the same photos through a second model, compared photo by photo (McNemar)
   -> printed table | --json | --out DIR (eval.json, photos.csv, curve.png, reliability.png, report.html)
 """
@@ -96,6 +97,7 @@ def run(cfg: EvalConfig) -> dict:
         "mistakes": _mistakes(photos),
         "curve": evaluation.coverage_curve(outcomes, decision=decision),
         "rates": _at_rates(predictor, outcomes, decision),
+        "catalog_look_alikes": _catalog_look_alikes(cfg, predictor, sets),
     }
     if other is not None:
         other_outcomes, _, other_failed, other_photos = _measure(cfg, other, other_sets)
@@ -264,6 +266,54 @@ def _at_rates(predictor, outcomes, decision) -> list[dict] | None:
     return [{"max_wrong_rate": r, "threshold": t, **p} for r, t, p in zip(RATES, thresholds, points)]
 
 
+def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] | None:
+    """Each known folder scored as if its landmark were not in the catalog (Predictor.open_world_scores with
+    ``absent``): the share of its photos tagged as another catalog landmark, and as which. A high share says two
+    catalog landmarks look alike to the model, and a sight like them that no folder shows will be tagged too; a
+    low one clears nothing, since it sees only look-alikes inside the catalog. An open-world model's only (None
+    otherwise): the known photos are read a second time, failed ones skipped."""
+    import numpy as np
+
+    from landmark_core.evaluation import UNKNOWN
+
+    if predictor.method != "openworld" or len(predictor.catalog) < 2:
+        return None
+    names, rows = predictor.catalog.names, []
+    for group, paths, labels in sets:
+        absent = labels[0]
+        if absent == UNKNOWN:
+            continue
+        others = [n for i, n in enumerate(names) if i != absent]
+        tagged, shown = Counter(), 0
+        for logits, emb in _model_outputs(cfg, predictor, paths):
+            score = predictor.open_world_scores(logits, emb, absent=absent).astype(np.float32)  # as rows carry it
+            named = np.delete(logits, absent, axis=1).argmax(axis=1)
+            tagged.update(others[i] for i in named[score >= predictor.threshold])
+            shown += len(logits)
+        rows.append(
+            {
+                "folder": group,
+                "landmark": names[absent],
+                "photos": shown,
+                "tagged": sum(tagged.values()) / shown if shown else None,
+                "as": dict(tagged.most_common()),
+            }
+        )
+    return rows
+
+
+def _model_outputs(cfg: EvalConfig, predictor, paths: list[str]):
+    """(logits, embeddings) of the photos that decode, a batch at a time, decoded as the tag job decodes them."""
+    from landmark_core.tagging import read_and_decode
+
+    for start in range(0, len(paths), cfg.batch_size):
+        chunk = paths[start : start + cfg.batch_size]
+        listing = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
+        d = read_and_decode(listing, preset=predictor.preset, opts=cfg.s3_options())
+        if d["ok"].any():
+            yield predictor.logits_and_embeddings(d["image"][d["ok"]])
+
+
 class _DecisionScores:
     """The Predictor, keeping each batch's decision score (``abstain_score``, one per photo, failed ones too): the
     curve moves the threshold on what the model decides on, which for a model trained without negatives is not
@@ -391,6 +441,16 @@ def format_table(result: dict) -> str:
             f"  {r['max_wrong_rate']:<6g} {r['threshold']:9.4g} {pct(r['coverage']):>7s} "
             f"{pct(r['unknown_tagged_mean_over_folders']):>7s}"
             for r in result["rates"]
+        ]
+    if result.get("catalog_look_alikes"):
+        lines.append(
+            "catalog look-alikes: each known folder as if its landmark were not in the catalog, tagged as another "
+            "(high: those look alike, and sights like them get tagged; low clears no sight outside the catalog)"
+        )
+        lines += [
+            f"  {r['folder'][:28]:28s} {pct(r['tagged']):>7s}  "
+            + ", ".join(f"{name} {n}" for name, n in list(r["as"].items())[:3])
+            for r in result["catalog_look_alikes"]
         ]
     lines += _mistake_lines(result["mistakes"])
     if result.get("compare"):

@@ -123,11 +123,14 @@ def from_artifact(abstain: dict, extra: dict, runtime: str) -> list[dict]:
     return out
 
 
-def score(member: dict, emb: np.ndarray) -> np.ndarray:
-    """The member's P(its top-1 is right) for raw embeddings: its head's logits, its banks, its calibrator."""
+def score(member: dict, emb: np.ndarray, *, absent: int | None = None) -> np.ndarray:
+    """The member's P(its top-1 is right) for raw embeddings: its head's logits, its banks, its calibrator
+    (``absent``: as if that landmark were not in the catalog, openworld.without)."""
     t = member["tensors"]
     emb = np.asarray(emb, np.float32)
     logits = emb @ t["weight"].T + t["bias"]
+    if absent is not None:
+        logits, t = openworld.without(logits, t, absent)
     x = openworld.features(logits, emb, temperature=member["temperature"], extra=t)
     return openworld.prob_right(x, member["calibrator"])
 

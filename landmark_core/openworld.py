@@ -32,6 +32,16 @@ def scores_by_group(scores: np.ndarray, groups: np.ndarray, names: list[str] | N
     return {(names[g] if names is not None else g): scores[groups == g] for g in keys if (groups == g).any()}
 
 
+def without(logits: np.ndarray, extra: dict, absent: int) -> tuple[np.ndarray, dict]:
+    """Logits and banks as if landmark ``absent`` were not in the catalog: its head column and its bank photos
+    dropped, the later landmarks' indices moved down one. Its photos then score as a look-alike of it would."""
+    labels = np.asarray(extra["bank_labels"])
+    keep = labels != absent
+    kept = labels[keep]
+    banks = {**extra, "bank": np.asarray(extra["bank"])[keep], "bank_labels": kept - (kept > absent)}
+    return np.delete(logits, absent, axis=1), banks
+
+
 def features(logits: np.ndarray, embeddings: np.ndarray, *, temperature: float, extra: dict) -> np.ndarray:
     """(N, len(FEATURES)) open-set features. ``extra`` holds the artifact's banks: ``center``, ``bank`` (known
     training embeddings, unit, centred), ``bank_labels`` and ``distractors`` (negatives, unit, centred)."""

@@ -185,6 +185,19 @@ class Predictor:
                 logits = self.net.head(emb)
             return logits.float().cpu().numpy(), emb.float().cpu().numpy()
 
+    def open_world_scores(self, logits: np.ndarray, emb: np.ndarray, *, absent: int | None = None) -> np.ndarray:
+        """An open-world model's P(top-1 right), pooled over its members. ``absent``: as if that landmark were not
+        in the catalog (its head column and bank photos dropped), so that its own photos score as a look-alike of
+        it would (`landmark eval`'s catalog look-alikes)."""
+        if self.method != "openworld":
+            raise ValueError(f"not an open-world model (abstain method {self.method!r}): trained without --negatives")
+        lg, banks = (logits, self.extra) if absent is None else openworld.without(logits, self.extra, absent)
+        x = openworld.features(lg, emb, temperature=self.temperature, extra=banks)
+        ab = openworld.prob_right(x, self.calibrator)
+        if self.members:
+            ab = members.pool([ab] + [members.score(m, emb, absent=absent) for m in self.members])
+        return ab
+
     def predict_arrays(self, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
         n = len(images_uint8)
         if n == 0:
@@ -196,12 +209,7 @@ class Predictor:
         top = np.argsort(-probs, axis=1)[:, : self.k]
         top_p = np.take_along_axis(probs, top, axis=1).astype(np.float32)
         if self.method == "openworld":
-            ab = openworld.prob_right(
-                openworld.features(logits, emb, temperature=self.temperature, extra=self.extra), self.calibrator
-            )
-            if self.members:
-                ab = members.pool([ab] + [members.score(m, emb) for m in self.members])
-            ab = ab.astype(np.float32)
+            ab = self.open_world_scores(logits, emb).astype(np.float32)
             top_p = openworld.tag_scores(top_p, ab)
         else:
             ab = abstention.known_score(

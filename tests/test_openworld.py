@@ -408,6 +408,74 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path, result["mistakes"])
 
 
+def test_a_landmark_left_out_takes_its_column_and_bank_photos_and_renumbers_the_rest():
+    logits = np.arange(12, dtype=np.float32).reshape(4, 3)
+    extra = {"bank": np.arange(6, dtype=np.float32)[:, None], "bank_labels": np.array([0, 1, 2, 2, 1, 0]), "center": 7}
+    reduced, banks = openworld.without(logits, extra, 1)
+    assert reduced.tolist() == logits[:, [0, 2]].tolist()
+    assert banks["bank"].ravel().tolist() == [0, 2, 3, 5] and banks["bank_labels"].tolist() == [0, 1, 1, 0]
+    assert banks["center"] == 7 and extra["bank_labels"].tolist() == [0, 1, 2, 2, 1, 0]  # the model's own untouched
+
+
+def test_eval_scores_each_known_folder_as_if_its_landmark_were_not_in_the_catalog(make_tiny_artifact, tmp_path, capsys):
+    """Catalog look-alikes: a known folder's photos through a model without its landmark (head column and bank
+    photos removed here by hand), tagged as another landmark where that model's score reaches the threshold."""
+    from collections import Counter
+
+    from jobs.eval import format_table, main as eval_main
+    from landmark_core.predictor import Predictor
+    from landmark_core.storage import S3Options
+    from landmark_core.training import eval_arrays
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    known, _ = _eval_photos(tmp_path, 3)
+    pred = Predictor(path, runtime="torch", device="cpu")
+    names, hand = pred.catalog.names, {}
+    for absent, folder in enumerate(("00.Tower", "01.Arch", "02.Dome")):
+        images, ok = eval_arrays(sorted(str(p) for p in Path(known, folder).iterdir()), S3Options(), pred.preset)
+        logits, emb = pred.logits_and_embeddings(images[ok])
+        keep = pred.extra["bank_labels"] != absent
+        labels = pred.extra["bank_labels"][keep]
+        banks = {
+            **pred.extra,
+            "bank": pred.extra["bank"][keep],
+            "bank_labels": np.where(labels > absent, labels - 1, labels),
+        }
+        reduced = np.delete(logits, absent, axis=1)
+        x = openworld.features(reduced, emb, temperature=pred.temperature, extra=banks)
+        others = [n for i, n in enumerate(names) if i != absent]
+        hand[folder] = (
+            openworld.prob_right(x, pred.calibrator).astype(np.float32),
+            [others[i] for i in reduced.argmax(1)],
+        )
+        got = pred.open_world_scores(logits, emb, absent=absent)
+        np.testing.assert_allclose(got, hand[folder][0], rtol=1e-5)
+        assert not np.allclose(got, pred.open_world_scores(logits, emb))  # (leaving it out changes the scores)
+    cut = float(np.median(np.concatenate([s for s, _ in hand.values()])))  # some photos pass, some do not
+    argv = ["--model", path, "--known", known, "--min-score", str(cut), "--json", "--runtime", "torch"]
+    assert eval_main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["folder"]: r for r in result["catalog_look_alikes"]}
+    assert sorted(rows) == sorted(hand)
+    passed = 0
+    for absent, (folder, (score, named)) in enumerate(hand.items()):
+        want = Counter(n for n, s in zip(named, score) if s >= result["threshold"])
+        r = rows[folder]
+        assert (r["landmark"], r["photos"]) == (names[absent], 3) and names[absent] not in r["as"]
+        assert r["as"] == dict(want) and r["tagged"] == pytest.approx(sum(want.values()) / 3), (folder, r, score)
+        passed += sum(want.values())
+    assert 0 < passed < 9
+    table = format_table(result)
+    assert "catalog look-alikes" in table and all(f"  {f}" in table for f in hand)
+    # a model trained without negatives has no open-world score to leave a landmark out of
+    plain = tmp_path / "plain"
+    from landmark_core import artifact as artifact_mod
+
+    artifact_mod.save(make_tiny_artifact(), str(plain))
+    assert eval_main(["--model", str(plain), "--known", known, "--json", "--runtime", "torch"]) == 0
+    assert json.loads(capsys.readouterr().out)["catalog_look_alikes"] is None
+
+
 def _check_photo_rows(csv_path: Path, result: dict) -> None:
     """photos.csv: one row per file, whose outcomes add up to each folder's shares, tagged exactly where the
     decision score reaches the threshold; eval.json's mistakes are its rows not right, in their order."""

@@ -471,6 +471,15 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     np.testing.assert_allclose(out["abstain_score"], members.pool([alone, second]), rtol=1e-5)
     tagged = out["status"] == "tagged"
     assert (tagged == (out["abstain_score"] >= pred.threshold)).all()
+    np.testing.assert_allclose(pred.open_world_scores(logits, emb), out["abstain_score"], rtol=1e-5)
+    # a landmark left out (`landmark eval`'s catalog look-alikes) is the pool of models physically without it
+    np.testing.assert_allclose(
+        pred.open_world_scores(logits, emb, absent=1),
+        members.pool(
+            [_without_landmark(pred, 1, logits, emb), members.score(_member_without(pred.members[0], 1), emb)]
+        ),
+        rtol=1e-5,
+    )
     by_member = np.stack([alone >= own[0], second >= own[1]])
     assert by_member.all(axis=0).any() and (~by_member.any(axis=0)).any(), by_member.sum(axis=1)
     assert tagged[by_member.all(axis=0)].all() and not tagged[~by_member.any(axis=0)].any()
@@ -692,3 +701,30 @@ def test_a_pool_s_last_line_is_the_pooled_model_s(capsys):
         "val_top1": 0.9,
         "test_top1": 0.8,
     }
+
+
+def _drop_landmark(banks: dict, absent: int) -> dict:
+    """Banks rebuilt without one landmark's photos, the later landmarks renumbered: what a model that never had
+    it would hold."""
+    keep = np.asarray(banks["bank_labels"]) != absent
+    labels = np.asarray(banks["bank_labels"])[keep]
+    return {
+        **banks,
+        "bank": np.asarray(banks["bank"])[keep],
+        "bank_labels": np.where(labels > absent, labels - 1, labels),
+    }
+
+
+def _without_landmark(pred, absent: int, logits, emb):
+    """The first member's score with the landmark's head column and bank photos removed by hand."""
+    from landmark_core import openworld
+
+    reduced = np.concatenate([logits[:, :absent], logits[:, absent + 1 :]], axis=1)
+    x = openworld.features(reduced, emb, temperature=pred.temperature, extra=_drop_landmark(pred.extra, absent))
+    return openworld.prob_right(x, pred.calibrator)
+
+
+def _member_without(member: dict, absent: int) -> dict:
+    t = _drop_landmark(member["tensors"], absent)
+    rows = np.arange(len(t["weight"])) != absent
+    return {**member, "tensors": {**t, "weight": t["weight"][rows], "bias": t["bias"][rows]}}
