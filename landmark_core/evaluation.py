@@ -293,6 +293,7 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
             "<th>threshold</th><th>known right</th><th>unknown tagged (mean over folders)</th><th>known wrong</th></tr>"
             f"{rates}</table>"
         )
+    rates += _look_alikes_html(result.get("catalog_look_alikes") or [])
     imgs = "".join(
         f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
         for n, b in pngs.items()
@@ -311,6 +312,29 @@ left}} img{{max-width:48%;margin:.5em}}</style></head><body>
 <table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
 <th>failed</th><th>wrong tags as</th></tr>
 {rows}</table>{rates}{imgs}</body></html>"""
+
+
+def _look_alikes_html(rows: list[dict]) -> str:
+    """The catalog look-alikes (`landmark eval`): each known folder as if its landmark were not in the catalog."""
+    import html
+
+    if not rows:
+        return ""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['folder'])}</td><td>{r['photos']}</td><td>{pct(r['tagged'])}</td>"
+        f"<td>{html.escape(', '.join(f'{k} {n}' for k, n in r['as'].items()))}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Catalog look-alikes</h2><p>each known folder scored as if its landmark were not in the catalog: a high "
+        "share says two catalog landmarks look alike to the model, and other sights like them will be tagged; a "
+        "low one clears no sight outside the catalog</p><table><tr><th>folder</th><th>photos</th>"
+        f"<th>tagged as another</th><th>as</th></tr>{body}</table>"
+    )
 
 
 def _mistakes_html(mistakes: list[dict], cap: int = 200) -> str:

@@ -405,7 +405,10 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
     assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
     _check_photo_rows(tmp_path / "ev" / "photos.csv", result)
-    _check_report_in_chromium(tmp_path / "ev" / "report.html", s, tmp_path, result["mistakes"])
+    assert [r["folder"] for r in result["catalog_look_alikes"]] == ["00.Tower", "01.Arch", "02.Dome"]
+    _check_report_in_chromium(
+        tmp_path / "ev" / "report.html", s, tmp_path, result["mistakes"], result["catalog_look_alikes"]
+    )
 
 
 def test_a_landmark_left_out_takes_its_column_and_bank_photos_and_renumbers_the_rest():
@@ -658,9 +661,11 @@ def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_ar
     assert all(r["decision_score"] == "" and r["top1"] == "" for r in rows if r["outcome"] == "failed")
 
 
-def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path, mistakes: list[dict] = ()) -> None:
+def _check_report_in_chromium(
+    page: Path, s: dict, tmp_path: Path, mistakes: list[dict] = (), look_alikes: list[dict] = ()
+) -> None:
     """The report as a browser shows it: every folder's row, the headline figures, both plots embedded, the
-    photos to look at, painted."""
+    photos to look at, the catalog look-alikes, painted."""
     from tests.browser import rendered_dom, require_chromium, screenshot
 
     require_chromium()
@@ -675,6 +680,9 @@ def _check_report_in_chromium(page: Path, s: dict, tmp_path: Path, mistakes: lis
     for title, kind in (("Known photos not right", "known"), ("Unknown photos tagged", "unknown")):
         n = sum(m["kind"] == kind for m in mistakes)
         assert (f"{title} ({n})" in dom) == bool(n), title
+    assert ("Catalog look-alikes" in dom) == bool(look_alikes)
+    for r in look_alikes:
+        assert f"<td>{r['folder']}</td><td>{r['photos']}</td><td>{100 * r['tagged']:.1f}%</td>" in dom, r
     pixels = screenshot(page.as_uri(), tmp_path, size=(1200, 1600))
     assert pixels.std() > 20, "the report painted blank"
 
