@@ -661,6 +661,34 @@ def test_eval_names_each_unreadable_photo_and_counts_it_in_no_share(make_tiny_ar
     assert all(r["decision_score"] == "" and r["top1"] == "" for r in rows if r["outcome"] == "failed")
 
 
+def test_catalog_look_alikes_of_a_known_folder_with_no_readable_photo_say_so(make_tiny_artifact, tmp_path, capsys):
+    from jobs.eval import format_table, main as eval_main
+
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
+    folder = tmp_path / "known" / "00.Tower"
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(b"not a photo")
+    argv = [
+        "--model",
+        path,
+        "--known",
+        str(folder.parent),
+        "--json",
+        "--runtime",
+        "torch",
+        "--out",
+        str(tmp_path / "ev"),
+    ]
+    assert eval_main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["failed_photos"] == 1
+    assert result["catalog_look_alikes"] == [
+        {"folder": "00.Tower", "landmark": "Tower", "photos": 0, "tagged": None, "as": {}}
+    ]
+    assert [ln for ln in format_table(result).splitlines() if ln.startswith("  00.Tower")]
+    assert "<td>00.Tower</td><td>0</td><td>-</td>" in (tmp_path / "ev" / "report.html").read_text()
+
+
 def _check_report_in_chromium(
     page: Path, s: dict, tmp_path: Path, mistakes: list[dict] = (), look_alikes: list[dict] = ()
 ) -> None:
