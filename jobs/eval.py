@@ -274,6 +274,7 @@ def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] |
     otherwise): the known photos are read a second time, failed ones skipped."""
     import numpy as np
 
+    from landmark_core.enroll import embed_uris
     from landmark_core.evaluation import UNKNOWN
 
     if predictor.method != "openworld" or len(predictor.catalog) < 2:
@@ -284,12 +285,13 @@ def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] |
         if absent == UNKNOWN:
             continue
         others = [n for i, n in enumerate(names) if i != absent]
-        tagged, shown = Counter(), 0
-        for logits, emb in _model_outputs(cfg, predictor, paths):
-            score = predictor.open_world_scores(logits, emb, absent=absent).astype(np.float32)  # as rows carry it
-            named = np.delete(logits, absent, axis=1).argmax(axis=1)
-            tagged.update(others[i] for i in named[score >= predictor.threshold])
-            shown += len(logits)
+        read = embed_uris(predictor, paths, cfg.s3_options(), batch_size=cfg.batch_size)
+        shown = len(read.uris)
+        tagged = Counter()
+        if shown:
+            score = predictor.open_world_scores(read.logits, read.emb, absent=absent)
+            named = np.delete(read.logits, absent, axis=1).argmax(axis=1)
+            tagged.update(others[i] for i in named[score.astype(np.float32) >= predictor.threshold])  # as rows carry it
         rows.append(
             {
                 "folder": group,
@@ -300,18 +302,6 @@ def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] |
             }
         )
     return rows
-
-
-def _model_outputs(cfg: EvalConfig, predictor, paths: list[str]):
-    """(logits, embeddings) of the photos that decode, a batch at a time, decoded as the tag job decodes them."""
-    from landmark_core.tagging import read_and_decode
-
-    for start in range(0, len(paths), cfg.batch_size):
-        chunk = paths[start : start + cfg.batch_size]
-        listing = {"uri": chunk, "etag": [None] * len(chunk), "size_bytes": [None] * len(chunk)}
-        d = read_and_decode(listing, preset=predictor.preset, opts=cfg.s3_options())
-        if d["ok"].any():
-            yield predictor.logits_and_embeddings(d["image"][d["ok"]])
 
 
 class _DecisionScores:

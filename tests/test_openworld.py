@@ -429,6 +429,7 @@ def test_eval_scores_each_known_folder_as_if_its_landmark_were_not_in_the_catalo
     from landmark_core.predictor import Predictor
     from landmark_core.storage import S3Options
     from landmark_core.training import eval_arrays
+    from tests.openworld_asserts import banks_without
 
     path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path)
     known, _ = _eval_photos(tmp_path, 3)
@@ -437,15 +438,8 @@ def test_eval_scores_each_known_folder_as_if_its_landmark_were_not_in_the_catalo
     for absent, folder in enumerate(("00.Tower", "01.Arch", "02.Dome")):
         images, ok = eval_arrays(sorted(str(p) for p in Path(known, folder).iterdir()), S3Options(), pred.preset)
         logits, emb = pred.logits_and_embeddings(images[ok])
-        keep = pred.extra["bank_labels"] != absent
-        labels = pred.extra["bank_labels"][keep]
-        banks = {
-            **pred.extra,
-            "bank": pred.extra["bank"][keep],
-            "bank_labels": np.where(labels > absent, labels - 1, labels),
-        }
         reduced = np.delete(logits, absent, axis=1)
-        x = openworld.features(reduced, emb, temperature=pred.temperature, extra=banks)
+        x = openworld.features(reduced, emb, temperature=pred.temperature, extra=banks_without(pred.extra, absent))
         others = [n for i, n in enumerate(names) if i != absent]
         hand[folder] = (
             openworld.prob_right(x, pred.calibrator).astype(np.float32),

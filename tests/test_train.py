@@ -18,6 +18,7 @@ from landmark_core import onnx_runtime as rt
 from landmark_core.artifact import load as load_artifact
 from landmark_core.predictor import Predictor
 from tests.cli_asserts import assert_error_names
+from tests.openworld_asserts import banks_without
 from tests.procs import live_in_session, own_process_titles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -703,28 +704,16 @@ def test_a_pool_s_last_line_is_the_pooled_model_s(capsys):
     }
 
 
-def _drop_landmark(banks: dict, absent: int) -> dict:
-    """Banks rebuilt without one landmark's photos, the later landmarks renumbered: what a model that never had
-    it would hold."""
-    keep = np.asarray(banks["bank_labels"]) != absent
-    labels = np.asarray(banks["bank_labels"])[keep]
-    return {
-        **banks,
-        "bank": np.asarray(banks["bank"])[keep],
-        "bank_labels": np.where(labels > absent, labels - 1, labels),
-    }
-
-
 def _without_landmark(pred, absent: int, logits, emb):
     """The first member's score with the landmark's head column and bank photos removed by hand."""
     from landmark_core import openworld
 
     reduced = np.concatenate([logits[:, :absent], logits[:, absent + 1 :]], axis=1)
-    x = openworld.features(reduced, emb, temperature=pred.temperature, extra=_drop_landmark(pred.extra, absent))
+    x = openworld.features(reduced, emb, temperature=pred.temperature, extra=banks_without(pred.extra, absent))
     return openworld.prob_right(x, pred.calibrator)
 
 
 def _member_without(member: dict, absent: int) -> dict:
-    t = _drop_landmark(member["tensors"], absent)
+    t = banks_without(member["tensors"], absent)
     rows = np.arange(len(t["weight"])) != absent
     return {**member, "tensors": {**t, "weight": t["weight"][rows], "bias": t["bias"][rows]}}
