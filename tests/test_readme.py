@@ -95,3 +95,15 @@ def test_every_flag_the_readme_table_names_exists(command, monkeypatch):
         - {f"{name}: {f}" for name in rows for f in known}
     )
     assert not stale, f"README's table names flags `landmark {command}` does not have: {stale}"
+
+
+@pytest.mark.parametrize("doc", ["README.md", "RELIABILITY.md", "docs/open-world.md"])
+def test_relative_links_resolve(doc):
+    """A link from one of the project's documents to another file of the project names a file that exists (a
+    moved or renamed document fails here, not in a reader's browser)."""
+    text = (ROOT / doc).read_text()
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if not re.match(r"[a-z]+://", t)]
+    assert doc != "README.md" or local, "README.md links no project file: the pattern no longer matches its links"
+    missing = sorted({t for t in local if not ((ROOT / doc).parent / t).exists()})
+    assert not missing, f"{doc} links files that do not exist: {missing}"
