@@ -643,8 +643,22 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
             f"--negatives: no photo can be held back to fit the open-world score and threshold ({negatives.summary()}"
             "): a folder of photos needs at least 2, one to train on and one to hold back"
         )
-    warnings = data_warnings(data, coords, coords_file) + [_coarse_rate_warning(negatives, cfg.max_wrong_rate)]
+    warnings = data_warnings(data, coords, coords_file)
+    warnings += [_coarse_rate_warning(negatives, cfg.max_wrong_rate), _closed_world_note(negatives, data)]
     return data, unknown, negatives, [w for w in warnings if w]
+
+
+def _closed_world_note(negatives, data) -> str | None:
+    """Without negatives the model is closed-world, which is right for sorting photos known to show a catalog
+    landmark and wrong for tagging uploads, where most photos show none: said before the run, not found later."""
+    if negatives:
+        return None
+    return (
+        f"[train] note: no --negatives, so this is a closed-world model: its score is a probability among its "
+        f"{len(data.catalog)} landmarks, and photos of other places pass its threshold too (the README's vietnam "
+        "model tags 46% of other landmarks' photos). To tag uploads, give photos of no catalog landmark with "
+        "--negatives DIR (README: 'Open world')"
+    )
 
 
 def _coarse_rate_warning(negatives, rate: float) -> str | None:

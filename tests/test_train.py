@@ -221,6 +221,22 @@ def test_negatives_folders_too_small_for_the_wrong_tag_rate_are_named(train_data
     assert [w for w in warnings if "is finer than 3 of the 3 held-back" in w], warnings
 
 
+def test_a_run_without_negatives_is_told_it_makes_a_closed_world_model(train_data, tmp_path):
+    """Without --negatives the score is a probability among the catalog's landmarks, and photos of other places get
+    tagged: the run says so before it starts, naming the flag that changes it; with negatives it says nothing."""
+    from jobs.train import _load_inputs
+    from landmark_core.synthetic import generate_unknown
+
+    cfg = TrainConfig(data=train_data["root"], output=str(tmp_path / "m"))
+    data, _, _, warnings = _load_inputs(cfg, cfg.s3_options())
+    notes = [w for w in warnings if "closed-world" in w]
+    assert len(notes) == 1 and f"among its {len(data.catalog)} landmarks" in notes[0] and "--negatives DIR" in notes[0]
+    generate_unknown(tmp_path / "neg" / "everyday", n=4)
+    cfg = TrainConfig(data=train_data["root"], output=str(tmp_path / "m"), negatives=(str(tmp_path / "neg"),))
+    *_, warnings = _load_inputs(cfg, cfg.s3_options())
+    assert not [w for w in warnings if "closed-world" in w], warnings
+
+
 @pytest.mark.parametrize("how", ["inside", "linked"])
 def test_negatives_that_are_the_data_s_own_photos_are_refused(how, train_data, tmp_path, capsys, monkeypatch):
     """The known landmarks' test folder given as --negatives (or links to --data's photos) would train the model
