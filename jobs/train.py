@@ -506,7 +506,7 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
     t = metrics["members"]["test"]
     print(
         f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): {cfg.members} members pooled, threshold "
-        f"{pooled.abstain['threshold']:.4f}"
+        f"{_thresholds_by_runtime(pooled.abstain)}"
         + (f"; test right {t['right']:.4f}, abstained {t['abstained']:.4f}, wrong {t['wrong']:.4f}" if t else ""),
         flush=True,
     )
@@ -644,8 +644,41 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
             "): a folder of photos needs at least 2, one to train on and one to hold back"
         )
     warnings = data_warnings(data, coords, coords_file)
-    warnings += [_coarse_rate_warning(negatives, cfg.max_wrong_rate), _closed_world_note(negatives, data)]
+    warnings += [_coarse_rate_warning(negatives, cfg.max_wrong_rate), _unmeasured_folders_warning(negatives)]
+    warnings += [_closed_world_note(negatives, data), _no_test_warning(data, unknown)]
     return data, unknown, negatives, [w for w in warnings if w]
+
+
+def _thresholds_by_runtime(abstain: dict) -> str:
+    """ "0.1421 (fp32; onnx-int8 0.1651)": each runtime tags at its own fit's threshold, and the tag job on a CPU
+    runs int8, so the fp32 figure alone would not be the one its rows are cut at."""
+    others = [f"{rt} {fit['threshold']:.4f}" for rt, fit in sorted(abstain.get("runtimes", {}).items())]
+    return f"{abstain['threshold']:.4f}" + (f" (fp32; {', '.join(others)})" if others else "")
+
+
+def _unmeasured_folders_warning(negatives) -> str | None:
+    """A negatives folder of one photo trains, but holds nothing back: the threshold's mean over the folders then
+    leaves that kind of photo out, which the run would otherwise not show."""
+    held = Counter(negatives.fit_groups)
+    alone = [g for i, g in enumerate(negatives.groups) if not held[i]] if negatives else []
+    if not alone:
+        return None
+    return (
+        f"[train] warning: {len(alone)} --negatives folder(s) hold one photo ({', '.join(map(repr, alone[:5]))}"
+        f"{' and more' if len(alone) > 5 else ''}): it trains, but none is held back, so the threshold does not "
+        "measure that kind of photo. Give each folder 2 photos or more, or merge it into a larger one"
+    )
+
+
+def _no_test_warning(data, unknown) -> str | None:
+    """Bare class folders (or a root without test/) leave no test split: the run reports validation numbers only."""
+    if len(data.test):
+        return None
+    return (
+        "[train] note: --data has no test/ split (a root of bare class folders is split into training and "
+        "validation photos only): the run reports validation numbers only"
+        + ("" if unknown else "; measure the model on photos it never saw with `landmark eval --known DIR`")
+    )
 
 
 def _closed_world_note(negatives, data) -> str | None:

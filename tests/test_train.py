@@ -237,6 +237,41 @@ def test_a_run_without_negatives_is_told_it_makes_a_closed_world_model(train_dat
     assert not [w for w in warnings if "closed-world" in w], warnings
 
 
+def test_what_a_run_could_not_measure_is_said_before_it_starts(train_data, tmp_path):
+    """A one-photo negatives folder beside good ones trains but holds nothing back, so the threshold leaves its
+    kind of photo out; a --data root of bare class folders has no test split. Both are said before the run."""
+    import shutil
+
+    from jobs.train import _load_inputs
+    from landmark_core.synthetic import generate_unknown
+
+    generate_unknown(tmp_path / "neg" / "everyday", n=6)
+    generate_unknown(tmp_path / "neg" / "tower", n=1)
+    cfg = TrainConfig(data=train_data["root"], output=str(tmp_path / "m"), negatives=(str(tmp_path / "neg"),))
+    data, _, negatives, warnings = _load_inputs(cfg, cfg.s3_options())
+    assert negatives.groups == ["neg/everyday", "neg/tower"] and len(data.test)
+    alone = [w for w in warnings if "hold one photo" in w]
+    assert len(alone) == 1 and "1 --negatives folder(s) hold one photo ('neg/tower')" in alone[0], warnings
+    assert not [w for w in warnings if "no test/ split" in w], warnings
+
+    bare = tmp_path / "bare"
+    shutil.copytree(Path(train_data["root"], "train"), bare)
+    cfg = TrainConfig(data=str(bare), output=str(tmp_path / "m"), negatives=(str(tmp_path / "neg" / "everyday"),))
+    data, _, _, warnings = _load_inputs(cfg, cfg.s3_options())
+    assert not len(data.test) and not [w for w in warnings if "hold one photo" in w], warnings
+    notes = [w for w in warnings if "no test/ split" in w]
+    assert len(notes) == 1 and "landmark eval --known DIR" in notes[0], warnings
+
+
+def test_the_pooled_run_names_each_runtime_s_threshold():
+    """The tag job on a CPU cuts at the int8 fit's threshold, not the fp32 one: the last line names both."""
+    from jobs.train import _thresholds_by_runtime
+
+    abstain = {"threshold": 0.14213, "runtimes": {"onnx-int8": {"threshold": 0.16512}}}
+    assert _thresholds_by_runtime(abstain) == "0.1421 (fp32; onnx-int8 0.1651)"
+    assert _thresholds_by_runtime({"threshold": 0.2}) == "0.2000"
+
+
 @pytest.mark.parametrize("how", ["inside", "linked"])
 def test_negatives_that_are_the_data_s_own_photos_are_refused(how, train_data, tmp_path, capsys, monkeypatch):
     """The known landmarks' test folder given as --negatives (or links to --data's photos) would train the model
