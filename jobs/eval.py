@@ -58,12 +58,9 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
-        names = [Path(u.rstrip("/")).name for u in self.unknown]
-        if twice := sorted({n for n in names if names.count(n) > 1}):
-            raise ConfigError(
-                f"--unknown: {len(names) - len(set(names))} folder(s) share a name with another ({', '.join(twice)}): "
-                "each folder is reported by its name; give folders with distinct names"
-            )
+        folders = [u.rstrip("/") for u in self.unknown]
+        if twice := sorted({u for u in folders if folders.count(u) > 1}):
+            raise ConfigError(f"--unknown: {', '.join(twice)} given more than once")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.out:  # written at the end: a folder that cannot be would cost the whole evaluation
@@ -341,12 +338,37 @@ def _listed(cfg: EvalConfig) -> list[tuple[str, list[str], str | None]]:
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
         sets += [(folder, paths, folder) for folder, paths in sorted(by_class.items())]
-    for u in cfg.unknown:
+    for u, label in zip(cfg.unknown, folder_labels(cfg.unknown)):
         paths = list_files(u, cfg.s3_options())
         if not paths:
             raise ConfigError(f"--unknown {u}: no photos found")
-        sets.append((Path(u.rstrip("/")).name, paths, None))
+        sets.append((label, paths, None))
     return sets
+
+
+SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "images", "photos", "data"}
+
+
+def folder_labels(folders: list[str]) -> list[str]:
+    """Each --unknown folder's name in the rows: its last path part, with as many parent parts as it takes to tell
+    it from the others and to say more than a split's name ("porto/test", not "test")."""
+    parts = [[p for p in f.rstrip("/").split("/") if p] for f in folders]
+    depth = [1] * len(parts)
+
+    def label(i: int) -> str:
+        return "/".join(parts[i][-depth[i] :])
+
+    while True:
+        labels = [label(i) for i in range(len(parts))]
+        vague = [
+            i
+            for i, lab in enumerate(labels)
+            if depth[i] < len(parts[i]) and (labels.count(lab) > 1 or parts[i][-depth[i]].lower() in SPLIT_NAMES)
+        ]
+        if not vague:
+            return labels
+        for i in vague:
+            depth[i] += 1
 
 
 def _labelled(cfg: EvalConfig, sets: list, predictor, flag: str) -> list[tuple[str, list[str], list[int]]]:

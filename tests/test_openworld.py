@@ -740,9 +740,8 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     generate_unknown(tmp_path / "set" / "test" / "x", n=1)
     assert eval_main(model + ["--known", str(tmp_path / "set")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", f"give the test split, --known {tmp_path / 'set'}/test")
-    (tmp_path / "other" / "loose").mkdir(parents=True)  # a second folder named "loose": one row would hold both
-    bad = {
-        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "other" / "loose")],
+    bad = {  # one folder twice: its photos would count twice
+        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "loose") + "/"],
         "--accept-rate": ["--unknown", str(tmp_path / "loose"), "--accept-rate", "1.5"],
         "--max-wrong-rate": ["--unknown", str(tmp_path / "loose"), "--max-wrong-rate", "1"],
         "--min-score": ["--unknown", str(tmp_path / "loose"), "--min-score", "nan"],
@@ -752,6 +751,16 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
             eval_main(model + argv)
         assert e.value.code == 2
         assert_error_names(capsys.readouterr().err, flag)
+
+
+def test_eval_names_each_unknown_folder_apart_from_the_others_and_by_more_than_a_split_name():
+    """A row's folder is the path's last part, with parents added until it differs from every other folder's and
+    is more than a split's name: two folders named coco, or the other city's test split, stay apart and legible."""
+    from jobs.eval import folder_labels
+
+    folders = ["../shared/data/real/porto/test", "/n/everyday/coco", "/m/coco/", "/n/everyday/pets", "s3://b/x/val"]
+    assert folder_labels(folders) == ["porto/test", "everyday/coco", "m/coco", "pets", "x/val"]
+    assert folder_labels(["a/test", "b/test", "test"]) == ["a/test", "b/test", "test"]  # no parent left to add
 
 
 def test_eval_out_that_cannot_be_a_folder_fails_before_any_work(tiny_artifact, tmp_path, capsys, monkeypatch):
