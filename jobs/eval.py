@@ -7,6 +7,7 @@ known DIR (class folders named as the catalog's) + unknown DIR... (any photos, e
   -> one row per photo (its outcome: right / abstained / wrong, tagged / no_landmark, or failed; the mistakes
      in the result, every row in photos.csv)
   -> an open-world model's catalog look-alikes: each known folder scored as if its landmark were not in the catalog
+  -> near-copies: the photos that are copies of the ones the model learned from or fitted on (nearcopy)
   -> --compare-model: the same photos through a second model, compared photo by photo (McNemar)
   -> printed table | --json | --out DIR (eval.json, photos.csv, curve.png, reliability.png, report.html)
 """
@@ -40,6 +41,7 @@ class EvalConfig:
     min_score: float | None = None
     accept_rate: float | None = None
     max_wrong_rate: float | None = None
+    copy_check: bool = True
     s3_endpoint: str | None = None
 
     def s3_options(self) -> storage.S3Options:
@@ -81,6 +83,7 @@ def run(cfg: EvalConfig) -> dict:
         print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
     outcomes, decision, failed, photos = _measure(cfg, predictor, sets)
     summary = _summary(predictor, outcomes, failed)
+    copies = _near_copies(cfg, predictor.artifact.provenance, photos) if cfg.copy_check else None
     result = {
         "model_id": predictor.model_id,
         "threshold": predictor.threshold,
@@ -88,6 +91,7 @@ def run(cfg: EvalConfig) -> dict:
         "method": predictor.method,
         "stale_fit": predictor.stale_fit,  # why the threshold may not keep its wrong-tag rate, or None
         "not_held_out": held_in,  # folders the model learned from or fitted on: their numbers flatter it
+        "near_copies": copies,  # photos that are copies of those: theirs too (None: not checked)
         "failed_photos": len(failed),
         "failed": failed,
         "summary": summary,
@@ -174,7 +178,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
     return evaluation.Outcomes.concat(parts), np.concatenate(decisions), failed, photos
 
 
-PHOTO_FIELDS = ("folder", "kind", "path", "expected", "outcome", "top1", "score", "decision_score", "error")
+PHOTO_FIELDS = ("folder", "kind", "path", "expected", "outcome", "top1", "score", "decision_score", "error", "copy_of")
 
 
 def _photo_row(folder: str, kind: str, r, expected: str | None, decision: float) -> dict:
@@ -200,6 +204,7 @@ def _photo_row(folder: str, kind: str, r, expected: str | None, decision: float)
         "score": float(r.score) if ok and r.score is not None else None,
         "decision_score": float(decision) if ok else None,
         "error": r.error if not ok else None,
+        "copy_of": None,  # set by _near_copies: the training photo this one is a copy of
     }
 
 
@@ -211,10 +216,9 @@ def _mistakes(photos: list[dict]) -> list[dict]:
     return missed + wrong
 
 
-def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
-    """The folders asked for that the model learned from or fitted its score on (its training run's --data
-    outside the test split, its --negatives), one line each: numbers measured there are not held out. From the
-    artifact's absolute ``provenance.inputs``; an older artifact's flags are taken as relative to here."""
+def _training_inputs(provenance: dict) -> tuple[str | None, list[str]]:
+    """The model's training --data and --negatives, absolute, from its ``provenance.inputs``; an older artifact's
+    flags are taken as relative to here."""
     inputs = provenance.get("inputs")
     if inputs is None:  # an artifact from before they were recorded: its flags as given, relative to here
         config = provenance.get("config") or {}
@@ -222,7 +226,13 @@ def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
             "data": config.get("data") and storage.absolute(config["data"]),
             "negatives": [storage.absolute(n) for n in config.get("negatives") or []],
         }
-    data, negatives = inputs.get("data"), inputs.get("negatives") or []
+    return inputs.get("data"), inputs.get("negatives") or []
+
+
+def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
+    """The folders asked for that the model learned from or fitted its score on (its training run's --data
+    outside the test split, its --negatives), one line each: numbers measured there are not held out."""
+    data, negatives = _training_inputs(provenance)
     lines = []
     if cfg.known and data:
         known = storage.absolute(cfg.known)
@@ -241,6 +251,114 @@ def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
         elif data and storage.inside(where, data):
             lines.append(f"--unknown {u}: inside the model's training data (--data {data}): photos of its landmarks")
     return lines
+
+
+def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict | None:
+    """The photos evaluated that are near-copies (landmark_core.nearcopy) of a photo the model learned from or
+    fitted on: its --data outside the test split and its --negatives, as the artifact records them. Each one's
+    row gets ``copy_of``; the known right and unknown tagged shares are also given without them. None, said on
+    stderr, when none of those photos can be listed from here (moved, another machine's paths, no access) or
+    the artifact does not say where they are."""
+    from landmark_core import nearcopy
+
+    data, negatives = _training_inputs(provenance)
+    opts = cfg.s3_options()
+    listed, unlisted = [], []
+    for root in [r for r in [data, *negatives] if r]:
+        found = _listed_or_none(root, opts)
+        listed += found or []
+        unlisted += [] if found else [root]
+    if unlisted:  # a folder of another machine, or gone: the numbers stand, unchecked against it
+        print(
+            f"[eval] note: near-copies not checked against {', '.join(unlisted)}: the model trained or fitted on "
+            "photos there, which cannot be listed from here",
+            file=sys.stderr,
+            flush=True,
+        )
+    if not listed:
+        if not unlisted:  # an artifact from before its inputs were recorded
+            print(
+                "[eval] note: near-copies not checked: the model does not record its training photos", file=sys.stderr
+            )
+        return None
+    test = data and storage.join(data, "test")
+    reference = [u for u in listed if not (test and storage.inside(u, test))]
+    read = [p["path"] for p in photos if p["outcome"] != "failed"]
+    print(
+        f"[eval] near-copies: {len(read)} photos against the model's {len(reference)} training photos",
+        file=sys.stderr,
+        flush=True,
+    )
+    ref_hashes, ref_uris = nearcopy.hash_uris(reference, opts)
+    hashes, uris = nearcopy.hash_uris(read, opts)
+    found = {uris[i]: (ref_uris[j], bits) for i, (j, bits) in nearcopy.copies(hashes, ref_hashes).items()}
+    rows = []
+    for p in photos:
+        if p["path"] in found:
+            p["copy_of"], bits = found[p["path"]]
+            rows.append(
+                {"folder": p["folder"], "kind": p["kind"], "path": p["path"], "copy_of": p["copy_of"], "bits": bits}
+            )
+    result = {
+        "reference_photos": len(ref_uris),
+        "max_bits": nearcopy.MAX_BITS,
+        "photos": rows,
+        "known_right_without_copies": _share_of(photos, KNOWN_OUTCOMES, "right", skip=found),
+        "unknown_tagged_without_copies": _share_of(photos, UNKNOWN_OUTCOMES, "tagged", skip=found),
+        "not_checked": unlisted,  # training folders that could not be listed from here
+    }
+    result["warning"] = copies_line(result, photos) if rows else None
+    if rows:
+        print(f"[eval] warning: {result['warning']}", file=sys.stderr, flush=True)
+    return result
+
+
+def _listed_or_none(root: str, opts: storage.S3Options) -> list[str] | None:
+    from landmark_core.datasets import list_files
+
+    if not storage.is_s3(root) and not Path(root).is_dir():
+        return None
+    try:
+        return list_files(root, opts) or None
+    except Exception:  # no access, no such bucket: said by the caller, with the other roots
+        return None
+
+
+KNOWN_OUTCOMES, UNKNOWN_OUTCOMES = ("right", "abstained", "wrong"), ("tagged", "no_landmark")
+
+
+def _share_of(photos: list[dict], outcomes: tuple, which: str, *, skip=()) -> float | None:
+    rows = [p for p in photos if p["outcome"] in outcomes and p["path"] not in skip]
+    return sum(p["outcome"] == which for p in rows) / len(rows) if rows else None
+
+
+def copies_line(copies: dict, photos: list[dict]) -> str:
+    """What the near-copies do to the headline shares, in one line (printed, and in report.html)."""
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    by_kind = Counter(r["kind"] for r in copies["photos"])
+    by_folder = Counter(r["folder"] for r in copies["photos"])
+    n_kind = Counter(p["kind"] for p in photos if p["outcome"] != "failed")
+    shares = [
+        f"known right {pct(_share_of(photos, KNOWN_OUTCOMES, 'right'))}, "
+        f"{pct(copies['known_right_without_copies'])} without them"
+        if by_kind["known"]
+        else "",
+        f"unknown tagged {pct(_share_of(photos, UNKNOWN_OUTCOMES, 'tagged'))}, "
+        f"{pct(copies['unknown_tagged_without_copies'])} without them"
+        if by_kind["unknown"]
+        else "",
+    ]
+    return (
+        f"{by_kind['known']} of the {n_kind['known']} known photos and {by_kind['unknown']} of the "
+        f"{n_kind['unknown']} unknown ones are near-copies of photos the model learned from or fitted on ("
+        + ", ".join(f"{f} {n}" for f, n in by_folder.most_common(5))
+        + (" and more" if len(by_folder) > 5 else "")
+        + f"; a difference hash within {copies['max_bits']} of 256 bits; photos.csv copy_of): "
+        + "; ".join(x for x in shares if x)
+    )
 
 
 RATES = (0.005, 0.01, 0.02, 0.05)  # --max-wrong-rate values shown beside the one evaluated
@@ -516,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-score", type=float, default=None, help="evaluate at this threshold instead")
     p.add_argument("--accept-rate", type=float, default=None, help="threshold by known validation photos")
     p.add_argument("--max-wrong-rate", type=float, default=None, help="threshold by held-back negatives")
+    p.add_argument(
+        "--no-copy-check",
+        dest="copy_check",
+        action="store_false",
+        help="skip the search for near-copies of the model's training photos (it reads them once more)",
+    )
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint for s3:// photos and --model")
     from landmark_core.artifact import ArtifactError
 

@@ -299,6 +299,9 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
             f"{rates}</table>"
         )
     rates += _look_alikes_html(result.get("catalog_look_alikes") or [])
+    warnings = [*(result.get("not_held_out") or []), (result.get("near_copies") or {}).get("warning")]
+    warned = "".join(f"<li>{html.escape(w)}</li>" for w in warnings if w)
+    warned = f"<h2>Not held out</h2><ul class=warn>{warned}</ul>" if warned else ""
     imgs = "".join(
         f"<img alt='{html.escape(n)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'>"
         for n, b in pngs.items()
@@ -311,9 +314,9 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
 body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block;border:1px solid #ccc;
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
 collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} td:first-child{{text-align:
-left}} img{{max-width:48%;margin:.5em}}</style></head><body>
+left}} img{{max-width:48%;margin:.5em}} .warn{{color:#a40}}</style></head><body>
 <h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, threshold
-{result.get("threshold")}</p>{cards}
+{result.get("threshold")}</p>{warned}{cards}
 <table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
 <th>failed</th><th>wrong tags as</th></tr>
 {rows}</table>{rates}{imgs}</body></html>"""

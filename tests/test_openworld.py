@@ -164,8 +164,9 @@ def test_plots_and_report_are_real_files():
     assert f"a calibrated score: {s['ece_if_calibrated']['median']:.3f}" in page
 
 
-def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
-    """The tiny artifact made open-world: banks from its own embeddings of synthetic photos."""
+def _open_world_artifact(make_tiny_artifact, tmp_path: Path, provenance: dict | None = None):
+    """The tiny artifact made open-world: banks from its own embeddings of synthetic photos (``provenance``: what
+    its training run would have recorded, e.g. its inputs)."""
     import torch
 
     from landmark_core import artifact as artifact_mod
@@ -195,6 +196,7 @@ def _open_world_artifact(make_tiny_artifact, tmp_path: Path):
     extra["val_scores"] = np.sort(openworld.prob_right(x[:6], cal)).astype(np.float32)
     art.extra_tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extra.items()}
     art.abstain = {"method": "openworld", "threshold": 0.5, "calibrator": cal, "max_wrong_rate": 0.02}
+    art.provenance = {**art.provenance, **(provenance or {})}
     dest = tmp_path / "ow-model"
     artifact_mod.save(art, str(dest))
     return str(dest), imgs, openworld.prob_right(x, cal)

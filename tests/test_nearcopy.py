@@ -1,0 +1,159 @@
+"""Near-copies of training photos (landmark_core.nearcopy) and what `landmark eval` says of them (no Ray)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from landmark_core import nearcopy
+
+
+def _photo(dest: Path, seed: int, *, size=(320, 240), orientation: int | None = None) -> Path:
+    """A photo-like picture (smooth random colours: a photo's 17x16 thumbnail is smooth too, unlike the synthetic
+    landmarks' noise). ``orientation``: stored turned, with the EXIF tag that turns it upright again."""
+    rng = np.random.default_rng(seed)
+    im = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if orientation == 6:  # "rotate 90 CW to view": the stored pixels are the upright ones turned 90 CCW
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        im.transpose(Image.Transpose.ROTATE_90).save(dest, quality=90, exif=exif)
+    else:
+        im.save(dest, quality=90)
+    return dest
+
+
+def _copy(src: Path, dest: Path, *, scale: float = 1.0, crop: float = 0.0, quality: int = 70) -> Path:
+    """``src`` as another site would hold it: upright, resized, cropped by ``crop`` of each side, recompressed."""
+    im = ImageOps.exif_transpose(Image.open(src)).convert("RGB")
+    w, h = im.size
+    im = im.crop((int(crop * w), int(crop * h), w - int(crop * w), h - int(crop * h)))
+    im = im.resize((max(8, int(im.width * scale)), max(8, int(im.height * scale))), Image.BILINEAR)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    im.save(dest, quality=quality)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A training run's --data: train/ and test/ class folders of photo-like pictures, one of them turned."""
+    root = tmp_path_factory.mktemp("nearcopy")
+    made = []
+    for i in range(12):
+        split, folder = ("train" if i < 9 else "test"), f"0{i % 3}.place"
+        made.append(_photo(root / "data" / split / folder / f"p{i}.jpg", i, orientation=6 if i == 4 else None))
+    return root, made
+
+
+def test_a_resized_recompressed_or_turned_copy_is_found_and_other_photos_are_not(photos):
+    """Every copy of a photo (half size, JPEG 60; a quarter size; 2% cropped off each side; stored upright where
+    the original was turned by its EXIF tag) is within MAX_BITS of it, and no two different photos are."""
+    root, originals = photos
+    hashes = np.stack([nearcopy.dhash(p.read_bytes()) for p in originals])
+    assert hashes.shape == (len(originals), nearcopy.HASH_BITS) and hashes.dtype == bool
+    _, bits = nearcopy.nearest(hashes, hashes)
+    assert (bits == 0).all()  # each its own nearest
+    apart = [int((hashes[i] != hashes[j]).sum()) for i, j in combinations(range(len(hashes)), 2)]
+    assert min(apart) > nearcopy.MAX_BITS, sorted(apart)[:5]
+    for k, kind in enumerate([dict(scale=0.5, quality=60), dict(scale=0.25), dict(crop=0.02)]):
+        copies = [_copy(p, root / f"copies{k}" / f"{i}.jpg", **kind) for i, p in enumerate(originals)]
+        found = nearcopy.copies(np.stack([nearcopy.dhash(c.read_bytes()) for c in copies]), hashes)
+        assert sorted(found) == list(range(len(originals))), (kind, found)
+        assert all(j == i and b <= nearcopy.MAX_BITS for i, (j, b) in found.items()), (kind, found)
+    turned = Image.open(originals[4])
+    assert turned.getexif().get(0x0112) == 6 and turned.size == (240, 320)  # (the fixture's turned photo)
+
+
+def test_what_is_no_photo_is_left_out_of_the_hashes(photos, tmp_path):
+    _, originals = photos
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    uris = [str(originals[0]), str(tmp_path / "empty.jpg"), str(tmp_path / "noise.jpg"), str(tmp_path / "gone.jpg")]
+    hashes, kept = nearcopy.hash_uris(uris)
+    assert kept == [str(originals[0])] and hashes.shape == (1, nearcopy.HASH_BITS)
+    assert nearcopy.copies(hashes, np.zeros((0, nearcopy.HASH_BITS), bool)) == {}
+
+
+def _row(folder, kind, path, outcome):
+    return {"folder": folder, "kind": kind, "path": str(path), "outcome": outcome, "copy_of": None}
+
+
+def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(photos, tmp_path, capsys):
+    """The training run's --data outside its test split and its --negatives are what a copy is looked for in: a
+    copy of a training photo among the known ones, of a training negative among the unknown ones, are named with
+    the photo they copy; a photo of the test split is no one's copy, nor is a failed photo; the shares are also
+    given without the copies. A training folder that cannot be listed from here is said, and the rest checked."""
+    from jobs.eval import EvalConfig, _near_copies
+
+    root, _ = photos
+    data, neg = root / "data", tmp_path / "neg" / "streets"
+    train = sorted((data / "train").rglob("*.jpg"))
+    test = sorted((data / "test").rglob("*.jpg"))
+    negatives = [_photo(neg / f"n{i}.jpg", 100 + i) for i in range(2)]
+    known_copy = _copy(train[0], tmp_path / "eval" / "a" / "k0.jpg", scale=0.5)
+    unknown_copy = _copy(negatives[0], tmp_path / "eval" / "u" / "u0.jpg", crop=0.03)
+    rows = [
+        _row("a", "known", known_copy, "right"),
+        _row("a", "known", test[0], "right"),
+        _row("a", "known", test[1], "abstained"),
+        _row("u", "unknown", unknown_copy, "tagged"),
+        _row("u", "unknown", tmp_path / "eval" / "u" / "bad.jpg", "failed"),
+    ]
+    gone = str(tmp_path / "elsewhere")
+    inputs = {"inputs": {"data": str(data), "negatives": [str(neg), gone]}}
+    result = _near_copies(EvalConfig(model="m"), inputs, rows)
+    err = capsys.readouterr().err
+    assert {(r["path"], r["copy_of"]) for r in result["photos"]} == {
+        (str(known_copy), str(train[0])),
+        (str(unknown_copy), str(negatives[0])),
+    }
+    assert [r["copy_of"] for r in rows] == [str(train[0]), None, None, str(negatives[0]), None]
+    assert result["reference_photos"] == len(train) + len(negatives) and result["not_checked"] == [gone]
+    assert result["known_right_without_copies"] == 0.5 and result["unknown_tagged_without_copies"] is None
+    assert f"near-copies not checked against {gone}" in err
+    assert "1 of the 3 known photos and 1 of the 1 unknown ones are near-copies" in result["warning"]
+    assert "known right 66.7%, 50.0% without them" in result["warning"] and result["warning"] in err
+    # nothing recorded (an older artifact), or every folder gone: not checked, and said
+    assert _near_copies(EvalConfig(model="m"), {}, rows) is None
+    assert "the model does not record its training photos" in capsys.readouterr().err
+    assert _near_copies(EvalConfig(model="m"), {"inputs": {"data": gone, "negatives": []}}, rows) is None
+    assert f"not checked against {gone}" in capsys.readouterr().err
+
+
+def test_eval_command_writes_the_copies_into_its_rows_json_and_report(photos, make_tiny_artifact, tmp_path, capsys):
+    """Through `landmark eval`: photos.csv's copy_of, eval.json's near_copies and the report's warning, shown
+    by a browser; --no-copy-check skips it (None)."""
+    from jobs.eval import main as eval_main
+    from tests.browser import rendered_dom, require_chromium
+    from tests.test_openworld import _open_world_artifact
+
+    root, _ = photos
+    data = root / "data"
+    train = sorted((data / "train").rglob("*.jpg"))
+    path, _, _ = _open_world_artifact(make_tiny_artifact, tmp_path, provenance={"inputs": {"data": str(data)}})
+    unknown = tmp_path / "uploads"
+    copy = _copy(train[0], unknown / "c.jpg", scale=0.5)
+    _copy(sorted((data / "test").rglob("*.jpg"))[0], unknown / "t.jpg")
+    argv = ["--model", path, "--unknown", str(unknown), "--runtime", "torch", "--json"]
+    assert eval_main(argv + ["--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    (found,) = result["near_copies"]["photos"]
+    assert (found["path"], found["copy_of"], found["kind"]) == (str(copy), str(train[0]), "unknown")
+    assert "1 of the 2 unknown ones are near-copies" in out.err
+    with open(tmp_path / "ev" / "photos.csv", newline="") as f:
+        by_path = {r["path"]: r["copy_of"] for r in csv.DictReader(f)}
+    assert by_path == {str(copy): str(train[0]), str(unknown / "t.jpg"): ""}
+    report = tmp_path / "ev" / "report.html"
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["near_copies"] == result["near_copies"]
+    require_chromium()
+    dom = rendered_dom(report.as_uri(), tmp_path)
+    assert "Not held out" in dom and "near-copies of photos the model learned from" in dom
+    assert eval_main(argv + ["--no-copy-check"]) == 0
+    assert json.loads(capsys.readouterr().out)["near_copies"] is None
