@@ -334,30 +334,24 @@ def _share_of(photos: list[dict], outcomes: tuple, which: str, *, skip=()) -> fl
 
 def copies_line(copies: dict, photos: list[dict]) -> str:
     """What the near-copies do to the headline shares, in one line (printed, and in report.html)."""
-
-    def pct(v):
-        return "-" if v is None else f"{100 * v:.1f}%"
+    from landmark_core.evaluation import share_text
 
     by_kind = Counter(r["kind"] for r in copies["photos"])
     by_folder = Counter(r["folder"] for r in copies["photos"])
-    n_kind = Counter(p["kind"] for p in photos if p["outcome"] != "failed")
+    read = Counter(p["kind"] for p in photos if p["outcome"] != "failed")
     shares = [
-        f"known right {pct(_share_of(photos, KNOWN_OUTCOMES, 'right'))}, "
-        f"{pct(copies['known_right_without_copies'])} without them"
-        if by_kind["known"]
-        else "",
-        f"unknown tagged {pct(_share_of(photos, UNKNOWN_OUTCOMES, 'tagged'))}, "
-        f"{pct(copies['unknown_tagged_without_copies'])} without them"
-        if by_kind["unknown"]
-        else "",
+        f"{label} {share_text(_share_of(photos, outcomes, which))}, {share_text(copies[key])} without them"
+        for kind, label, outcomes, which, key in (
+            ("known", "known right", KNOWN_OUTCOMES, "right", "known_right_without_copies"),
+            ("unknown", "unknown tagged", UNKNOWN_OUTCOMES, "tagged", "unknown_tagged_without_copies"),
+        )
+        if by_kind[kind]
     ]
+    folders = ", ".join(f"{f} {n}" for f, n in by_folder.most_common(5)) + (" and more" if len(by_folder) > 5 else "")
     return (
-        f"{by_kind['known']} of the {n_kind['known']} known photos and {by_kind['unknown']} of the "
-        f"{n_kind['unknown']} unknown ones are near-copies of photos the model learned from or fitted on ("
-        + ", ".join(f"{f} {n}" for f, n in by_folder.most_common(5))
-        + (" and more" if len(by_folder) > 5 else "")
-        + f"; a difference hash within {copies['max_bits']} of 256 bits; photos.csv copy_of): "
-        + "; ".join(x for x in shares if x)
+        f"{by_kind['known']} of the {read['known']} known photos and {by_kind['unknown']} of the {read['unknown']} "
+        f"unknown ones are near-copies of photos the model learned from or fitted on ({folders}; a difference hash "
+        f"within {copies['max_bits']} of 256 bits; photos.csv copy_of): " + "; ".join(shares)
     )
 
 

@@ -253,7 +253,7 @@ def reliability_png(rel: dict) -> bytes:
     return _png(fig)
 
 
-def _pct(v) -> str:
+def share_text(v) -> str:
     """A share as the report shows it: one decimal, "-" where no photo counts towards it."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -267,13 +267,13 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
     lo_hi, floor = s.get("known_right_interval"), s.get("ece_if_calibrated")
     heads = [
         (
-            "known photos right" + (f" (95%: {_pct(lo_hi[0])}-{_pct(lo_hi[1])})" if lo_hi else ""),
-            _pct(s["known_right"]),
+            "known photos right" + (f" (95%: {share_text(lo_hi[0])}-{share_text(lo_hi[1])})" if lo_hi else ""),
+            share_text(s["known_right"]),
         ),
-        ("known abstained", _pct(s["known_abstained"])),
-        ("known wrong", _pct(s["known_wrong"])),
-        ("unknown tagged (all photos)", _pct(s["unknown_tagged"])),
-        ("unknown tagged (mean over folders: the curve)", _pct(s["unknown_tagged_mean_over_folders"])),
+        ("known abstained", share_text(s["known_abstained"])),
+        ("known wrong", share_text(s["known_wrong"])),
+        ("unknown tagged (all photos)", share_text(s["unknown_tagged"])),
+        ("unknown tagged (mean over folders: the curve)", share_text(s["unknown_tagged_mean_over_folders"])),
         (
             "ECE (tagged)" + (f"; a calibrated score: {floor['median']:.3f}" if floor else ""),
             "-" if s["ece_tagged"] is None else f"{s['ece_tagged']:.3f}",
@@ -282,13 +282,13 @@ def html_report(result: dict, pngs: dict[str, bytes]) -> str:
     cards = "".join(f"<div class=card><b>{v}</b><span>{html.escape(k)}</span></div>" for k, v in heads)
     rows = "".join(
         f"<tr><td>{html.escape(r['folder'])}</td><td>{r['kind']}</td><td>{r['photos']}</td>"
-        f"<td>{_pct(r.get('right'))}</td><td>{_pct(r.get('abstained'))}</td><td>{_pct(r.get('wrong'))}</td>"
-        f"<td>{_pct(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td><td>{html.escape(wrong_as(r))}</td></tr>"
+        f"<td>{share_text(r.get('right'))}</td><td>{share_text(r.get('abstained'))}</td><td>{share_text(r.get('wrong'))}</td>"
+        f"<td>{share_text(r.get('tagged'))}</td><td>{r.get('failed', 0)}</td><td>{html.escape(wrong_as(r))}</td></tr>"
         for r in s["folders"]
     )
     rates = "".join(
-        f"<tr><td>{r['max_wrong_rate']:g}</td><td>{r['threshold']:.4g}</td><td>{_pct(r['coverage'])}</td>"
-        f"<td>{_pct(r['unknown_tagged_mean_over_folders'])}</td><td>{_pct(r['known_wrong'])}</td></tr>"
+        f"<tr><td>{r['max_wrong_rate']:g}</td><td>{r['threshold']:.4g}</td><td>{share_text(r['coverage'])}</td>"
+        f"<td>{share_text(r['unknown_tagged_mean_over_folders'])}</td><td>{share_text(r['known_wrong'])}</td></tr>"
         for r in result.get("rates") or []
     )
     if rates:
@@ -329,7 +329,7 @@ def _look_alikes_html(rows: list[dict]) -> str:
     if not rows:
         return ""
     body = "".join(
-        f"<tr><td>{html.escape(r['folder'])}</td><td>{r['photos']}</td><td>{_pct(r['tagged'])}</td>"
+        f"<tr><td>{html.escape(r['folder'])}</td><td>{r['photos']}</td><td>{share_text(r['tagged'])}</td>"
         f"<td>{html.escape(', '.join(f'{k} {n}' for k, n in r['as'].items()))}</td></tr>"
         for r in rows
     )
