@@ -146,13 +146,34 @@ def _brief_errors(parser: argparse.ArgumentParser) -> None:
     line, which for a job of 40 flags fills the screen above the one line that matters."""
 
     def error(message: str, p: argparse.ArgumentParser = parser):
-        p.exit(2, f"{p.prog}: error: {message}\n({p.prog} --help lists its flags)\n")
+        p.exit(2, f"{p.prog}: error: {message}{_did_you_mean(message, p)}\n({p.prog} --help lists its flags)\n")
 
     parser.error = error
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _brief_errors(sub)
+
+
+def _did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
+    """For argparse's "unrecognized arguments": the flags each misspelt one is closest to, among the command's and
+    its subcommands' (`--negatvies`: did you mean --negatives?)."""
+    import difflib
+
+    if not message.startswith("unrecognized arguments: "):
+        return ""
+    flags, todo = set(), [parser]
+    while todo:
+        for action in todo.pop()._actions:
+            flags.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    guesses = []
+    for arg in message.removeprefix("unrecognized arguments: ").split():
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and (close := difflib.get_close_matches(name, sorted(flags), n=1, cutoff=0.75)):
+            guesses.append(f"{name}: did you mean {close[0]}?")
+    return f" ({'; '.join(guesses)})" if guesses else ""
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:

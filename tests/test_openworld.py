@@ -753,6 +753,12 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
             eval_main(model + argv)
         assert e.value.code == 2
         assert_error_names(capsys.readouterr().err, flag)
+    # a misspelt flag: argparse's error, with the flag it is closest to (none for one like no flag at all)
+    with pytest.raises(SystemExit) as e:
+        eval_main(model + ["--unknown", str(tmp_path / "loose"), "--knwon", "x", "--max-wrng-rate=0.1", "--zzz"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --knwon x --max-wrng-rate=0.1 --zzz" in err
+    assert "(--knwon: did you mean --known?; --max-wrng-rate: did you mean --max-wrong-rate?)" in err, err
 
 
 def test_eval_names_each_unknown_folder_apart_from_the_others_and_by_more_than_a_split_name():
