@@ -675,8 +675,8 @@ def _no_test_warning(data, unknown) -> str | None:
     if len(data.test):
         return None
     return (
-        "[train] note: --data has no test/ split (a root of bare class folders is split into training and "
-        "validation photos only): the run reports validation numbers only"
+        "[train] note: --data has no test/ split (a root of bare class folders is split for training and "
+        "validation only): the run reports validation numbers only"
         + ("" if unknown else "; measure the model on photos it never saw with `landmark eval --known DIR`")
     )
 

@@ -690,7 +690,7 @@ def test_a_landmark_with_one_photo_is_warned_of(tmp_path, capsys, monkeypatch):
     _no_ray(monkeypatch)
     data = _tiny_data(tmp_path / "data", folders=("00.Tower", "01.Arch", "03.Lone"))
     assert train_main(["--data", data, "--output", str(tmp_path / "m")]) == 2
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if "validation photo" in ln]
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "no validation photo" in ln]
     assert len(lines) == 1 and "1 of 3 landmarks have no validation photo ('03.Lone'" in lines[0], lines
 
 
