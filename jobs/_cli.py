@@ -122,7 +122,7 @@ def run_cli(
     code)`` of ``failures`` one such line and that code. ``show(result, cfg)`` prints the result and may return the exit
     code; without ``show``, an int result is the exit code.
     """
-    _brief_errors(parser)
+    _brief_errors(parser, sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
     try:
         cfg = config(ns)
@@ -141,23 +141,24 @@ def run_cli(
     return int(code or 0)
 
 
-def _brief_errors(parser: argparse.ArgumentParser) -> None:
+def _brief_errors(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None:
     """A bad argument is told in two lines, the error and where the flags are listed, not after argparse's usage
     line, which for a job of 40 flags fills the screen above the one line that matters."""
 
     def error(message: str, p: argparse.ArgumentParser = parser):
-        p.exit(2, f"{p.prog}: error: {message}{_did_you_mean(message, p)}\n({p.prog} --help lists its flags)\n")
+        hint = _did_you_mean(message, p, argv)
+        p.exit(2, f"{p.prog}: error: {message}{hint}\n({p.prog} --help lists its flags)\n")
 
     parser.error = error
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                _brief_errors(sub)
+                _brief_errors(sub, argv)
 
 
-def _did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
-    """For argparse's "unrecognized arguments": the flags each misspelt one is closest to, among the command's and
-    its subcommands' (`--negatvies`: did you mean --negatives?)."""
+def _did_you_mean(message: str, parser: argparse.ArgumentParser, argv: list[str]) -> str:
+    """For argparse's "unrecognized arguments": the flag each misspelt one is closest to, among those of the command
+    and of the subcommand ``argv`` names (`--negatvies`: did you mean --negatives?)."""
     import difflib
 
     if not message.startswith("unrecognized arguments: "):
@@ -166,8 +167,8 @@ def _did_you_mean(message: str, parser: argparse.ArgumentParser) -> str:
     while todo:
         for action in todo.pop()._actions:
             flags.update(action.option_strings)
-            if isinstance(action, argparse._SubParsersAction):
-                todo.extend(action.choices.values())
+            if isinstance(action, argparse._SubParsersAction):  # the chosen one's, not its siblings'
+                todo += [action.choices[a] for a in argv if a in action.choices][:1]
     guesses = []
     for arg in message.removeprefix("unrecognized arguments: ").split():
         name = arg.split("=", 1)[0]

@@ -60,7 +60,7 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
-        folders = [u.rstrip("/") for u in self.unknown]
+        folders = [storage.absolute(u) for u in self.unknown]  # ./u and u, or a link to it: one folder
         if twice := sorted({u for u in folders if folders.count(u) > 1}):
             raise ConfigError(f"--unknown: {', '.join(twice)} given more than once")
         if self.runtime not in RUNTIMES:
@@ -271,7 +271,7 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
     if unlisted:  # a folder of another machine, or gone: the numbers stand, unchecked against it
         print(
             f"[eval] note: near-copies not checked against {', '.join(unlisted)}: the model trained or fitted on "
-            "photos there, which cannot be listed from here",
+            "photos there, and no photo there can be listed from here",
             file=sys.stderr,
             flush=True,
         )
@@ -281,8 +281,7 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
                 "[eval] note: near-copies not checked: the model does not record its training photos", file=sys.stderr
             )
         return None
-    test = data and storage.join(data, "test")
-    reference = [u for u in listed if not (test and storage.inside(u, test))]
+    reference = _training_photos(listed, data)
     read = [p["path"] for p in photos if p["outcome"] != "failed"]
     print(
         f"[eval] near-copies: {len(read)} photos against the model's {len(reference)} training photos",
@@ -290,6 +289,8 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
         flush=True,
     )
     ref_hashes, ref_uris = nearcopy.hash_uris(reference, opts)
+    if unread := len(reference) - len(ref_uris):  # no photo (or gone since): it cannot have trained the model
+        print(f"[eval] note: near-copies: {unread} of the training photos could not be read", file=sys.stderr)
     hashes, uris = nearcopy.hash_uris(read, opts)
     found = {uris[i]: (ref_uris[j], bits) for i, (j, bits) in nearcopy.copies(hashes, ref_hashes).items()}
     rows = []
@@ -301,6 +302,7 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
             )
     result = {
         "reference_photos": len(ref_uris),
+        "reference_unreadable": len(reference) - len(ref_uris),
         "max_bits": nearcopy.MAX_BITS,
         "photos": rows,
         "known_right_without_copies": _share_of(photos, KNOWN_OUTCOMES, "right", skip=found),
@@ -311,6 +313,22 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
     if rows:
         print(f"[eval] warning: {result['warning']}", file=sys.stderr, flush=True)
     return result
+
+
+def _training_photos(listed: list[str], data: str | None) -> list[str]:
+    """Of the photos listed under the training roots, those training read: under --data, its train/ and val/
+    when it has train/ (as datasets.load_labelled reads it; a GLDv2 root's images are in train/ too), else all
+    but test/; every photo under a --negatives root."""
+    if not data:
+        return listed
+    train, val, test = (storage.join(data, part) for part in ("train", "val", "test"))
+    has_train = any(storage.inside(u, train) for u in listed)
+    return [
+        u
+        for u in listed
+        if not storage.inside(u, data)
+        or (storage.inside(u, train) or storage.inside(u, val) if has_train else not storage.inside(u, test))
+    ]
 
 
 def _listed_or_none(root: str, opts: storage.S3Options) -> list[str] | None:
@@ -348,10 +366,10 @@ def copies_line(copies: dict, photos: list[dict]) -> str:
         if by_kind[kind]
     ]
     folders = ", ".join(f"{f} {n}" for f, n in by_folder.most_common(5)) + (" and more" if len(by_folder) > 5 else "")
+    counts = " and ".join(f"{by_kind[k]} of the {read[k]} {k} photos" for k in ("known", "unknown") if read[k])
     return (
-        f"{by_kind['known']} of the {read['known']} known photos and {by_kind['unknown']} of the {read['unknown']} "
-        f"unknown ones are near-copies of photos the model learned from or fitted on ({folders}; a difference hash "
-        f"within {copies['max_bits']} of 256 bits; photos.csv copy_of): " + "; ".join(shares)
+        f"{counts} are near-copies of photos the model learned from or fitted on ({folders}; a difference hash "
+        f"within {copies['max_bits']} of 256 bits: eval.json near_copies, photos.csv copy_of): " + "; ".join(shares)
     )
 
 
@@ -458,13 +476,20 @@ def _listed(cfg: EvalConfig) -> list[tuple[str, list[str], str | None]]:
     return sets
 
 
+def _parts(folder: str) -> list[str]:
+    """A folder's path parts, an s3:// bucket kept whole with its scheme ("s3://b", "x", "test")."""
+    scheme, sep, rest = folder.rstrip("/").rpartition("://")
+    parts = [p for p in rest.split("/") if p]
+    return [f"{scheme}{sep}{parts[0]}", *parts[1:]] if sep and parts else parts
+
+
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "images", "photos", "data"}
 
 
 def folder_labels(folders: list[str]) -> list[str]:
     """Each --unknown folder's name in the rows: its last path part, with as many parent parts as it takes to tell
     it from the others and to say more than a split's name ("porto/test", not "test")."""
-    parts = [[p for p in f.rstrip("/").split("/") if p] for f in folders]
+    parts = [_parts(f) for f in folders]
     depth = [1] * len(parts)
 
     def label(i: int) -> str:

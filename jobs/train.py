@@ -645,7 +645,7 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
         )
     warnings = data_warnings(data, coords, coords_file)
     warnings += [_coarse_rate_warning(negatives, cfg.max_wrong_rate), _unmeasured_folders_warning(negatives)]
-    warnings += [_closed_world_note(negatives, data), _no_test_warning(data, unknown)]
+    warnings += [_closed_world_note(negatives, data), _no_test_warning(data)]
     return data, unknown, negatives, [w for w in warnings if w]
 
 
@@ -659,25 +659,26 @@ def _thresholds_by_runtime(abstain: dict) -> str:
 def _unmeasured_folders_warning(negatives) -> str | None:
     """A negatives folder of one photo trains, but holds nothing back: the threshold's mean over the folders then
     leaves that kind of photo out, which the run would otherwise not show."""
+    if not negatives:
+        return None
     held = Counter(negatives.fit_groups)
-    alone = [g for i, g in enumerate(negatives.groups) if not held[i]] if negatives else []
+    alone = [g for i, g in enumerate(negatives.groups) if not held[i]]
     if not alone:
         return None
     return (
-        f"[train] warning: {len(alone)} --negatives folder(s) hold one photo ({', '.join(map(repr, alone[:5]))}"
-        f"{' and more' if len(alone) > 5 else ''}): it trains, but none is held back, so the threshold does not "
-        "measure that kind of photo. Give each folder 2 photos or more, or merge it into a larger one"
+        f"[train] warning: {len(alone)} --negatives folder(s) hold one photo ({listed(alone)}): it trains, but none "
+        "is held back, so the threshold does not measure that kind of photo. Give each folder 2 photos or more, or "
+        "merge it into a larger one"
     )
 
 
-def _no_test_warning(data, unknown) -> str | None:
-    """Bare class folders (or a root without test/) leave no test split: the run reports validation numbers only."""
+def _no_test_warning(data) -> str | None:
+    """A --data without test/ (bare class folders, a GLDv2 root) leaves no test split: validation numbers only."""
     if len(data.test):
         return None
     return (
-        "[train] note: --data has no test/ split (a root of bare class folders is split for training and "
-        "validation only): the run reports validation numbers only"
-        + ("" if unknown else "; measure the model on photos it never saw with `landmark eval --known DIR`")
+        "[train] note: --data has no test/ split, so its photos are split for training and validation only: the "
+        "run reports validation numbers; measure the model on photos it never saw with `landmark eval --known DIR`"
     )
 
 

@@ -48,18 +48,23 @@ def hash_uris(uris: list[str], opts: storage.S3Options = storage.S3Options(), *,
     return hashes, [u for u, _ in kept]
 
 
-def nearest(query: np.ndarray, reference: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def nearest(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each query hash, the index of the nearest reference hash and the bits they differ in."""
-    if not len(reference):
+    if not len(reference) or not len(query):
         return np.full(len(query), -1), np.full(len(query), HASH_BITS + 1)
     ref = reference.astype(np.float32)
+    ref_ones = ref.sum(1)
+    chunk = max(1, min(1024, _MATRIX_CELLS // len(ref)))  # the distance matrix stays about 256 MB however many
     idx, bits = [], []
     for s in range(0, len(query), chunk):  # bits differing = |a| + |b| - 2 a.b, one matrix product a chunk
         q = query[s : s + chunk].astype(np.float32)
-        d = q.sum(1)[:, None] + ref.sum(1)[None, :] - 2.0 * (q @ ref.T)
+        d = q.sum(1)[:, None] + ref_ones[None, :] - 2.0 * (q @ ref.T)
         idx.append(d.argmin(1))
         bits.append(np.rint(d.min(1)).astype(np.int64))
     return np.concatenate(idx), np.concatenate(bits)
+
+
+_MATRIX_CELLS = 64_000_000
 
 
 def copies(query: np.ndarray, reference: np.ndarray, *, max_bits: int = MAX_BITS) -> dict[int, tuple[int, int]]:

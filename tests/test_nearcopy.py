@@ -103,7 +103,7 @@ def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(ph
         _row("a", "known", test[0], "right"),
         _row("a", "known", test[1], "abstained"),
         _row("u", "unknown", unknown_copy, "tagged"),
-        _row("u", "unknown", tmp_path / "eval" / "u" / "bad.jpg", "failed"),
+        _row("u", "unknown", _copy(negatives[1], tmp_path / "eval" / "u" / "failed.jpg"), "failed"),
     ]
     gone = str(tmp_path / "elsewhere")
     inputs = {"inputs": {"data": str(data), "negatives": [str(neg), gone]}}
@@ -115,10 +115,16 @@ def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(ph
     }
     assert [r["copy_of"] for r in rows] == [str(train[0]), None, None, str(negatives[0]), None]
     assert result["reference_photos"] == len(train) + len(negatives) and result["not_checked"] == [gone]
+    assert result["reference_unreadable"] == 0
     assert result["known_right_without_copies"] == 0.5 and result["unknown_tagged_without_copies"] is None
     assert f"near-copies not checked against {gone}" in err
-    assert "1 of the 3 known photos and 1 of the 1 unknown ones are near-copies" in result["warning"]
+    assert "1 of the 3 known photos and 1 of the 1 unknown photos are near-copies" in result["warning"]
     assert "known right 66.7%, 50.0% without them" in result["warning"] and result["warning"] in err
+    # no photo read (every one failed): nothing is a copy, and no share to give without them
+    failed = [{**r, "outcome": "failed", "copy_of": None} for r in rows]
+    none = _near_copies(EvalConfig(model="m"), inputs, failed)
+    assert none["photos"] == [] and none["warning"] is None and none["known_right_without_copies"] is None
+    capsys.readouterr()
     # nothing recorded (an older artifact), or every folder gone: not checked, and said
     assert _near_copies(EvalConfig(model="m"), {}, rows) is None
     assert "the model does not record its training photos" in capsys.readouterr().err
@@ -146,7 +152,7 @@ def test_eval_command_writes_the_copies_into_its_rows_json_and_report(photos, ma
     result = json.loads(out.out)
     (found,) = result["near_copies"]["photos"]
     assert (found["path"], found["copy_of"], found["kind"]) == (str(copy), str(train[0]), "unknown")
-    assert "1 of the 2 unknown ones are near-copies" in out.err
+    assert "1 of the 2 unknown photos are near-copies" in out.err and " known photos" not in out.err
     with open(tmp_path / "ev" / "photos.csv", newline="") as f:
         by_path = {r["path"]: r["copy_of"] for r in csv.DictReader(f)}
     assert by_path == {str(copy): str(train[0]), str(unknown / "t.jpg"): ""}
@@ -157,3 +163,17 @@ def test_eval_command_writes_the_copies_into_its_rows_json_and_report(photos, ma
     assert "Not held out" in dom and "near-copies of photos the model learned from" in dom
     assert eval_main(argv + ["--no-copy-check"]) == 0
     assert json.loads(capsys.readouterr().out)["near_copies"] is None
+
+
+def test_the_training_photos_are_those_training_read():
+    """Under --data: train/ and val/ when it has train/ (a folder beside them was never read), else all but test/;
+    under a --negatives root, every photo."""
+    from jobs.eval import _training_photos
+
+    listed = ["/d/train/a/1.jpg", "/d/val/a/2.jpg", "/d/test/a/3.jpg", "/d/extra/4.jpg", "/n/x/5.jpg"]
+    assert _training_photos(listed, "/d") == ["/d/train/a/1.jpg", "/d/val/a/2.jpg", "/n/x/5.jpg"]
+    bare = ["/d/a/1.jpg", "/d/test/a/3.jpg", "/n/x/5.jpg"]
+    assert _training_photos(bare, "/d") == ["/d/a/1.jpg", "/n/x/5.jpg"]
+    assert _training_photos(bare, None) == bare
+    empty = np.zeros((0, nearcopy.HASH_BITS), bool)
+    assert [len(a) for a in nearcopy.nearest(empty, np.ones((2, nearcopy.HASH_BITS), bool))] == [0, 0]

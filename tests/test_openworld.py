@@ -742,8 +742,8 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     generate_unknown(tmp_path / "set" / "test" / "x", n=1)
     assert eval_main(model + ["--known", str(tmp_path / "set")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", f"give the test split, --known {tmp_path / 'set'}/test")
-    bad = {  # one folder twice: its photos would count twice
-        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "loose") + "/"],
+    bad = {  # one folder twice, however spelt: its photos would count twice
+        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "set" / ".." / "loose") + "/"],
         "--accept-rate": ["--unknown", str(tmp_path / "loose"), "--accept-rate", "1.5"],
         "--max-wrong-rate": ["--unknown", str(tmp_path / "loose"), "--max-wrong-rate", "1"],
         "--min-score": ["--unknown", str(tmp_path / "loose"), "--min-score", "nan"],

@@ -595,3 +595,17 @@ def test_history_into_a_reader_that_closes_after_the_first_line_ends_quietly(tmp
         assert line.split() == [b"version", b"committed", b"(UTC)", b"operation", b"run_id", b"/", b"details"], err
         assert "Traceback" not in err and "BrokenPipeError" not in err, (unbuffered, err[-3000:])
         assert code == 0, (unbuffered, err[-3000:])
+
+
+def test_a_misspelt_flag_is_suggested_from_the_chosen_action_only(tmp_path, capsys):
+    """`landmark store optimize --retain-hour`: vacuum has --retain-hours, optimize has not, so nothing is
+    suggested; `--traget-mb` is close to one of optimize's own and is."""
+    for argv, hint in (
+        (["optimize", "--table", str(tmp_path), "--retain-hour", "3"], None),
+        (["optimize", "--table", str(tmp_path), "--traget-mb", "9"], "(--traget-mb: did you mean --target-mb?)"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            st.main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "unrecognized arguments" in err, err
+        assert ("did you mean" in err) == bool(hint) and (hint is None or hint in err), err
