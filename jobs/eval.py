@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 from collections import Counter
@@ -60,13 +61,24 @@ class EvalConfig:
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         check_threshold_flags(self.min_score, self.accept_rate, self.max_wrong_rate)
-        folders = [storage.absolute(u) for u in self.unknown]  # ./u and u, or a link to it: one folder
-        if twice := sorted({u for u in folders if folders.count(u) > 1}):
-            raise ConfigError(f"--unknown: {', '.join(twice)} given more than once")
+        _check_folders_apart(self.known, self.unknown)
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.out:  # written at the end: a folder that cannot be would cost the whole evaluation
             check_output_dir("--out", self.out)
+
+
+def _check_folders_apart(known: str | None, unknown: tuple[str, ...]) -> None:
+    """Each photo in one row: an --unknown folder given twice (however spelt: ./u, u/, a link), or inside another
+    folder given (or holding it), --known's included, would count its photos twice, as known and unknown alike."""
+    folders = [("--known", known)] * bool(known) + [("--unknown", u) for u in unknown]
+    where = [storage.absolute(f) for _, f in folders]
+    for i, j in itertools.combinations(range(len(folders)), 2):
+        (fa, a), (fb, b) = folders[i], folders[j]
+        if where[i] == where[j]:
+            raise ConfigError(f"{fb} {b}: the folder of {fa} {a} again, so its photos would count twice")
+        if storage.inside(where[i], where[j]) or storage.inside(where[j], where[i]):
+            raise ConfigError(f"{fb} {b} and {fa} {a}: one holds the other, so its photos would count twice")
 
 
 @checks_config
@@ -249,7 +261,7 @@ def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
                 "the others, so this folder's share tagged is not held out"
             )
         elif data and storage.inside(where, data):
-            lines.append(f"--unknown {u}: inside the model's training data (--data {data}): photos of its landmarks")
+            lines.append(f"--unknown {u}: inside the model's --data {data}: photos of its own landmarks")
     return lines
 
 
@@ -468,7 +480,8 @@ def _listed(cfg: EvalConfig) -> list[tuple[str, list[str], str | None]]:
         if not by_class:
             raise ConfigError(f"--known {cfg.known}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
         sets += [(folder, paths, folder) for folder, paths in sorted(by_class.items())]
-    for u, label in zip(cfg.unknown, folder_labels(cfg.unknown)):
+    known = {folder for _, _, folder in sets}  # an unknown folder's row must not be a landmark's
+    for u, label in zip(cfg.unknown, folder_labels(cfg.unknown, taken=known)):
         paths = list_files(u, cfg.s3_options())
         if not paths:
             raise ConfigError(f"--unknown {u}: no photos found")
@@ -486,9 +499,10 @@ def _parts(folder: str) -> list[str]:
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "images", "photos", "data"}
 
 
-def folder_labels(folders: list[str]) -> list[str]:
+def folder_labels(folders: list[str], *, taken: set[str] = frozenset()) -> list[str]:
     """Each --unknown folder's name in the rows: its last path part, with as many parent parts as it takes to tell
-    it from the others and to say more than a split's name ("porto/test", not "test")."""
+    it from the others and from the ``taken`` names (the known folders' rows), and to say more than a split's name
+    ("porto/test", not "test")."""
     parts = [_parts(f) for f in folders]
     depth = [1] * len(parts)
 
@@ -500,7 +514,8 @@ def folder_labels(folders: list[str]) -> list[str]:
         vague = [
             i
             for i, lab in enumerate(labels)
-            if depth[i] < len(parts[i]) and (labels.count(lab) > 1 or parts[i][-depth[i]].lower() in SPLIT_NAMES)
+            if depth[i] < len(parts[i])
+            and (labels.count(lab) > 1 or lab in taken or parts[i][-depth[i]].lower() in SPLIT_NAMES)
         ]
         if not vague:
             return labels

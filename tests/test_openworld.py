@@ -736,14 +736,22 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     # photos with no class folder above them: nothing to score as known (it crashed on an empty concatenation)
     generate_unknown(tmp_path / "loose", n=2)
     model = ["--model", tiny_artifact.path, "--runtime", "torch"]
-    assert eval_main(model + ["--known", str(tmp_path / "loose"), "--unknown", str(tmp_path / "loose")]) == 2
+    assert eval_main(model + ["--known", str(tmp_path / "loose")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", "no class folders")
     # the data set's root (train/ and test/ above the class folders): pointed at its test split
     generate_unknown(tmp_path / "set" / "test" / "x", n=1)
     assert eval_main(model + ["--known", str(tmp_path / "set")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", f"give the test split, --known {tmp_path / 'set'}/test")
-    bad = {  # one folder twice, however spelt: its photos would count twice
-        "--unknown": ["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "set" / ".." / "loose") + "/"],
+    for argv, said in (  # one folder twice, however spelt, or one inside another: its photos would count twice
+        (["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "set" / ".." / "loose") + "/"], "again"),
+        (["--known", str(tmp_path / "set"), "--unknown", str(tmp_path / "set" / "test" / "x")], "holds the other"),
+        (["--unknown", str(tmp_path / "set" / "test"), "--unknown", str(tmp_path / "set")], "holds the other"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            eval_main(model + argv)
+        assert e.value.code == 2
+        assert_error_names(capsys.readouterr().err, f"{argv[-2]} {argv[-1]}", said, "count twice")
+    bad = {
         "--accept-rate": ["--unknown", str(tmp_path / "loose"), "--accept-rate", "1.5"],
         "--max-wrong-rate": ["--unknown", str(tmp_path / "loose"), "--max-wrong-rate", "1"],
         "--min-score": ["--unknown", str(tmp_path / "loose"), "--min-score", "nan"],
@@ -769,6 +777,20 @@ def test_eval_names_each_unknown_folder_apart_from_the_others_and_by_more_than_a
     folders = ["../shared/data/real/porto/test", "/n/everyday/coco", "/m/coco/", "/n/everyday/pets", "s3://b/x/val"]
     assert folder_labels(folders) == ["porto/test", "everyday/coco", "m/coco", "pets", "x/val"]
     assert folder_labels(["a/test", "b/test", "test"]) == ["a/test", "b/test", "test"]  # no parent left to add
+
+
+def test_an_unknown_folder_named_as_a_landmark_keeps_a_row_of_its_own(tmp_path):
+    """--unknown .../halong_bay beside --known's halong_bay folder: one row held both, known and unknown photos
+    mixed, and the unknown folder's share was lost."""
+    from jobs.eval import EvalConfig, _listed
+    from landmark_core.synthetic import generate_unknown
+
+    known, neg = _eval_photos(tmp_path, 1)
+    generate_unknown(tmp_path / "uploads" / "00.Tower", n=2)
+    cfg = EvalConfig(model="m", known=known, unknown=(str(tmp_path / "uploads" / "00.Tower"), neg["root"]))
+    rows = [(name, len(paths), folder) for name, paths, folder in _listed(cfg)]
+    assert rows[:3] == [("00.Tower", 1, "00.Tower"), ("01.Arch", 1, "01.Arch"), ("02.Dome", 1, "02.Dome")]
+    assert rows[3] == ("uploads/00.Tower", 2, None) and rows[4][0] == "neg" and rows[4][2] is None
 
 
 def test_eval_out_that_cannot_be_a_folder_fails_before_any_work(tiny_artifact, tmp_path, capsys, monkeypatch):
