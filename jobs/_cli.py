@@ -157,12 +157,11 @@ def _brief_errors(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None
 
 
 def _did_you_mean(message: str, parser: argparse.ArgumentParser, argv: list[str]) -> str:
-    """For argparse's "unrecognized arguments": the flag each misspelt one is closest to, among those of the command
-    and of the subcommand ``argv`` names (`--negatvies`: did you mean --negatives?)."""
+    """The flag each misspelt one is closest to, among those of the command and of the subcommand ``argv`` names
+    (`--negatvies`: did you mean --negatives?): for argparse's "unrecognized arguments", and for its "required"
+    error, which argparse gives first when the misspelt flag is a required one (`--outptu X`: --output missing)."""
     import difflib
 
-    if not message.startswith("unrecognized arguments: "):
-        return ""
     flags, todo = set(), [parser]
     while todo:
         for action in todo.pop()._actions:
@@ -170,11 +169,22 @@ def _did_you_mean(message: str, parser: argparse.ArgumentParser, argv: list[str]
             if isinstance(action, argparse._SubParsersAction):  # the chosen one's, not its siblings'
                 todo += [action.choices[a] for a in argv if a in action.choices][:1]
     guesses = []
-    for arg in message.removeprefix("unrecognized arguments: ").split():
-        name = arg.split("=", 1)[0]
-        if name.startswith("--") and (close := difflib.get_close_matches(name, sorted(flags), n=1, cutoff=0.75)):
+    for name in _unknown_flags(message, flags, argv):
+        if close := difflib.get_close_matches(name, sorted(flags), n=1, cutoff=0.75):
             guesses.append(f"{name}: did you mean {close[0]}?")
     return f" ({'; '.join(guesses)})" if guesses else ""
+
+
+def _unknown_flags(message: str, flags: set[str], argv: list[str]) -> list[str]:
+    """The --flags the error is about that the parser does not know (an unambiguous prefix of one is known)."""
+    if message.startswith("unrecognized arguments: "):
+        given = message.removeprefix("unrecognized arguments: ").split()
+    elif message.startswith("the following arguments are required: "):
+        given = argv
+    else:
+        return []
+    names = (a.split("=", 1)[0] for a in given if a.startswith("--") and a != "--")
+    return list(dict.fromkeys(n for n in names if not any(f.startswith(n) for f in flags)))
 
 
 def _chosen_parser(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.ArgumentParser:

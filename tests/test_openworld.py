@@ -767,6 +767,13 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     err = capsys.readouterr().err
     assert e.value.code == 2 and "unrecognized arguments: --knwon x --max-wrng-rate=0.1 --zzz" in err
     assert "(--knwon: did you mean --known?; --max-wrng-rate: did you mean --max-wrong-rate?)" in err, err
+    # a misspelt required flag: argparse says the flag is missing before it says the other is unknown; the
+    # hint names it all the same, and an unambiguous prefix of a flag (--unk) is no misspelling
+    with pytest.raises(SystemExit) as e:
+        eval_main(["--modle", str(tmp_path), "--unk", str(tmp_path / "loose"), "--known", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "the following arguments are required: --model (--modle: did you mean --model?)" in err
+    assert "--unk:" not in err, err
 
 
 def test_eval_names_each_unknown_folder_apart_from_the_others_and_by_more_than_a_split_name():
