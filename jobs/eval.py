@@ -18,6 +18,7 @@ import argparse
 import csv
 import itertools
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -90,12 +91,15 @@ def run(cfg: EvalConfig) -> dict:
     listed = _listed(cfg)
     sets = _labelled(cfg, listed, predictor, "--model")
     other_sets = _labelled(cfg, listed, other, "--compare-model") if other else None
-    held_in = not_held_out(cfg, predictor.artifact.provenance)
+    provenance = predictor.artifact.provenance
+    reference, unlisted = _training_listing(cfg, provenance)
+    held_in = not_held_out(cfg, provenance)
+    held_in += linked_training_photos(_by_flag(cfg, listed), reference, named=held_in)
     for line in held_in:
         print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
     outcomes, decision, failed, photos = _measure(cfg, predictor, sets)
     summary = _summary(predictor, outcomes, failed)
-    copies = _near_copies(cfg, predictor.artifact.provenance, photos) if cfg.copy_check else None
+    copies = _near_copies(cfg, reference, unlisted, photos) if cfg.copy_check else None
     result = {
         "model_id": predictor.model_id,
         "threshold": predictor.threshold,
@@ -257,29 +261,71 @@ def not_held_out(cfg: EvalConfig, provenance: dict) -> list[str]:
         where = storage.absolute(u)
         if clash := next((n for n in negatives if storage.inside(where, n) or storage.inside(n, where)), None):
             lines.append(
-                f"--unknown {u}: the model trained on photos of --negatives {clash} and fitted its threshold on "
-                "the others, so this folder's share tagged is not held out"
+                f"--unknown {u}: the model trained on part of the photos of --negatives {clash} and fitted its "
+                "score and threshold on the rest (held back), so this folder's share tagged is not held out"
             )
         elif data and storage.inside(where, data):
             lines.append(f"--unknown {u}: inside the model's --data {data}: photos of its own landmarks")
     return lines
 
 
-def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict | None:
-    """The photos evaluated that are near-copies (landmark_core.nearcopy) of a photo the model learned from or
-    fitted on: its --data outside the test split and its --negatives, as the artifact records them. Each one's
-    row gets ``copy_of``; the known right and unknown tagged shares are also given without them. None, said on
-    stderr, when none of those photos can be listed from here (moved, another machine's paths, no access) or
-    the artifact does not say where they are."""
-    from landmark_core import nearcopy
-
+def _training_listing(cfg: EvalConfig, provenance: dict) -> tuple[list[str], list[str]]:
+    """(the photos the model learned from or fitted on, as the artifact records its --data and --negatives, that
+    can be listed from here; the recorded folders that cannot: moved, another machine's paths, no access)."""
     data, negatives = _training_inputs(provenance)
-    opts = cfg.s3_options()
     listed, unlisted = [], []
     for root in [r for r in [data, *negatives] if r]:
-        found = _listed_or_none(root, opts)
+        found = _listed_or_none(root, cfg.s3_options())
         listed += found or []
         unlisted += [] if found else [root]
+    return _training_photos(listed, data), unlisted
+
+
+def _by_flag(cfg: EvalConfig, listed: list) -> dict[str, list[str]]:
+    """The photos of each folder flag given ("--known DIR" or "--unknown DIR"), from ``_listed``'s sets."""
+    known = [p for _, paths, folder in listed if folder is not None for p in paths]
+    unknown = [paths for _, paths, folder in listed if folder is None]
+    folders = {f"--known {cfg.known}": known} if known else {}
+    return folders | {f"--unknown {u}": ps for u, ps in zip(cfg.unknown, unknown)}
+
+
+def linked_training_photos(folders: dict[str, list[str]], reference: list[str], *, named=()) -> list[str]:
+    """One line for each folder (``{flag value: its photos}``) holding local files that are photos the model
+    learned from or fitted on, reached through a link (symbolic or hard) from another folder: the folder rule
+    of ``not_held_out`` compares paths and does not see them. Folders ``named`` by a line already are skipped."""
+    ids = {i for i in map(_file_id, reference) if i is not None}
+    lines = []
+    for flag, paths in folders.items():
+        if not ids or any(line.startswith(f"{flag}: ") for line in named):
+            continue
+        if n := sum(_file_id(p) in ids for p in paths):
+            lines.append(
+                f"{flag}: {n} of its {len(paths)} photos are files the model learned from or fitted on, reached "
+                "through links, so these numbers are not held out"
+            )
+    return lines
+
+
+def _file_id(uri: str) -> tuple[int, int] | None:
+    """A local file's identity, links followed (device and inode); None for s3:// or a file that is gone."""
+    if storage.is_s3(uri):
+        return None
+    try:
+        st = os.stat(uri)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _near_copies(cfg: EvalConfig, reference: list[str], unlisted: list[str], photos: list[dict]) -> dict | None:
+    """The photos evaluated that are near-copies (landmark_core.nearcopy) of a photo the model learned from or
+    fitted on (``reference``, from ``_training_listing``): its --data outside the test split and its --negatives,
+    as the artifact records them. Each one's row gets ``copy_of``; the known right and unknown tagged shares are
+    also given without them. None, said on stderr, when none of those photos can be listed from here (moved,
+    another machine's paths, no access) or the artifact does not say where they are."""
+    from landmark_core import nearcopy
+
+    opts = cfg.s3_options()
     if unlisted:  # a folder of another machine, or gone: the numbers stand, unchecked against it
         print(
             f"[eval] note: near-copies not checked against {', '.join(unlisted)}: the model trained or fitted on "
@@ -287,13 +333,12 @@ def _near_copies(cfg: EvalConfig, provenance: dict, photos: list[dict]) -> dict 
             file=sys.stderr,
             flush=True,
         )
-    if not listed:
+    if not reference:
         if not unlisted:  # an artifact from before its inputs were recorded
             print(
                 "[eval] note: near-copies not checked: the model does not record its training photos", file=sys.stderr
             )
         return None
-    reference = _training_photos(listed, data)
     read = [p["path"] for p in photos if p["outcome"] != "failed"]
     print(
         f"[eval] near-copies: {len(read)} photos against the model's {len(reference)} training photos",

@@ -89,7 +89,7 @@ def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(ph
     copy of a training photo among the known ones, of a training negative among the unknown ones, are named with
     the photo they copy; a photo of the test split is no one's copy, nor is a failed photo; the shares are also
     given without the copies. A training folder that cannot be listed from here is said, and the rest checked."""
-    from jobs.eval import EvalConfig, _near_copies
+    from jobs.eval import EvalConfig, _near_copies, _training_listing
 
     root, _ = photos
     data, neg = root / "data", tmp_path / "neg" / "streets"
@@ -105,9 +105,9 @@ def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(ph
         _row("u", "unknown", unknown_copy, "tagged"),
         _row("u", "unknown", _copy(negatives[1], tmp_path / "eval" / "u" / "failed.jpg"), "failed"),
     ]
-    gone = str(tmp_path / "elsewhere")
+    gone, cfg = str(tmp_path / "elsewhere"), EvalConfig(model="m")
     inputs = {"inputs": {"data": str(data), "negatives": [str(neg), gone]}}
-    result = _near_copies(EvalConfig(model="m"), inputs, rows)
+    result = _near_copies(cfg, *_training_listing(cfg, inputs), rows)
     err = capsys.readouterr().err
     assert {(r["path"], r["copy_of"]) for r in result["photos"]} == {
         (str(known_copy), str(train[0])),
@@ -122,13 +122,13 @@ def test_eval_names_the_copies_of_training_photos_and_the_shares_without_them(ph
     assert "known right 66.7%, 50.0% without them" in result["warning"] and result["warning"] in err
     # no photo read (every one failed): nothing is a copy, and no share to give without them
     failed = [{**r, "outcome": "failed", "copy_of": None} for r in rows]
-    none = _near_copies(EvalConfig(model="m"), inputs, failed)
+    none = _near_copies(cfg, *_training_listing(cfg, inputs), failed)
     assert none["photos"] == [] and none["warning"] is None and none["known_right_without_copies"] is None
     capsys.readouterr()
     # nothing recorded (an older artifact), or every folder gone: not checked, and said
-    assert _near_copies(EvalConfig(model="m"), {}, rows) is None
+    assert _near_copies(cfg, *_training_listing(cfg, {}), rows) is None
     assert "the model does not record its training photos" in capsys.readouterr().err
-    assert _near_copies(EvalConfig(model="m"), {"inputs": {"data": gone, "negatives": []}}, rows) is None
+    assert _near_copies(cfg, *_training_listing(cfg, {"inputs": {"data": gone, "negatives": []}}), rows) is None
     assert f"not checked against {gone}" in capsys.readouterr().err
 
 

@@ -916,6 +916,39 @@ def test_eval_names_folders_the_model_learned_from(tmp_path, monkeypatch):
     assert said(data / "train", provenance={}) == []  # nothing recorded: nothing to say
 
 
+def test_eval_names_folders_holding_training_photos_through_links(tmp_path):
+    """A folder whose files are the model's training photos reached through links (a split made of symbolic
+    links, a hard link) is named as not held out, though its path is nowhere near the training folders; a copy
+    of a photo is not the same file (the near-copies check finds those), and a folder named already is left."""
+    import os
+
+    from jobs.eval import linked_training_photos
+
+    photos, split, other = tmp_path / "photos" / "louvre", tmp_path / "split" / "train" / "louvre", tmp_path / "other"
+    for d in (photos, split, other):
+        d.mkdir(parents=True)
+    for i in range(4):
+        (photos / f"{i}.jpg").write_bytes(b"jpeg %d" % i)
+    for i in range(3):  # the user's own training split: links to three of the photos
+        (split / f"{i}.jpg").symlink_to(photos / f"{i}.jpg")
+    os.link(photos / "3.jpg", other / "hard.jpg")
+    (other / "copy.jpg").write_bytes((photos / "0.jpg").read_bytes())
+    reference = sorted(str(p) for p in split.iterdir())  # what training read
+    folders = {
+        f"--known {photos.parent}": sorted(str(p) for p in photos.iterdir()),
+        f"--unknown {other}": sorted(str(p) for p in other.iterdir()),
+        f"--unknown {tmp_path / 'gone'}": [str(tmp_path / "gone" / "x.jpg"), "s3://bucket/x.jpg"],
+    }
+    lines = linked_training_photos(folders, reference)
+    assert [line.split(": ")[0] for line in lines] == [f"--known {photos.parent}"], lines
+    assert "3 of its 4 photos are files the model learned from" in lines[0], lines
+    hard = linked_training_photos(folders, reference + [str(photos / "3.jpg")])
+    assert [line.split(": ")[0] for line in hard] == [f"--known {photos.parent}", f"--unknown {other}"], hard
+    assert "1 of its 2 photos" in hard[1], hard  # the hard link, not the copy
+    assert linked_training_photos(folders, reference, named=[f"--known {photos.parent}: inside --data"]) == []
+    assert linked_training_photos(folders, []) == []
+
+
 def test_eval_known_folders_may_be_named_by_landmark(make_tiny_artifact, tmp_path, capsys):
     """--known class folders named as the model's training folders ("01.Arch") or by the landmark's name
     ("Arch") score alike."""
