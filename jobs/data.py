@@ -1,9 +1,11 @@
-"""`landmark data fetch udacity --dest DIR` and `landmark data synthetic DEST` (no Ray)."""
+"""`landmark data fetch udacity --dest DIR`, `landmark data synthetic DEST` and `landmark data split SOURCE --dest
+DIR` (no Ray)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import time
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs._cli import ConfigError, check_output_dir, checks_config, fields_of, run_cli
+from landmark_core.splitting import SplitError
 
 UDACITY_URL = "https://udacity-dlnfd.s3-us-west-1.amazonaws.com/datasets/landmark_images.zip"
 
@@ -83,8 +86,11 @@ def fetch_udacity(dest: Path, *, url: str = UDACITY_URL, timeout: float = 15.0) 
 
 @dataclass(frozen=True)
 class DataConfig:
-    action: str  # fetch | synthetic
+    action: str  # fetch | synthetic | split
     dest: str
+    source: str | None = None  # split: the folder of class folders
+    test_fraction: float = 0.25
+    copy: bool = False
     name: str = "udacity"  # fetch: which public dataset
     url: str = UDACITY_URL
     timeout: float = 15.0
@@ -95,7 +101,9 @@ class DataConfig:
     bad: bool = False
 
     def check(self) -> None:
-        check_output_dir("--dest" if self.action == "fetch" else "DEST", self.dest)
+        check_output_dir("DEST" if self.action == "synthetic" else "--dest", self.dest)
+        if self.action == "split":
+            self._check_split()
         if self.action == "fetch" and not self.timeout > 0:
             raise ConfigError(f"--timeout must be > 0, got {self.timeout}")
         if self.action == "synthetic":
@@ -108,11 +116,32 @@ class DataConfig:
             if self.test_per_class < 0:
                 raise ConfigError(f"--test-per-class must be >= 0, got {self.test_per_class}")
 
+    def _check_split(self) -> None:
+        """A local folder of class folders, not split already, apart from an empty --dest: a split written into
+        an old one would mix their photos, and one inside its source would be listed as a landmark next time."""
+        from landmark_core.storage import inside, is_s3
+
+        src, dest = os.path.realpath(self.source), os.path.realpath(self.dest)
+        if is_s3(self.source) or not os.path.isdir(src):
+            raise ConfigError(f"SOURCE {self.source}: no such local folder (a folder of <landmark>/ photo folders)")
+        if os.path.isdir(os.path.join(src, "train")):
+            raise ConfigError(f"SOURCE {self.source}: it has train/ already (split); give its class folders' parent")
+        if inside(dest, src) or inside(src, dest):
+            raise ConfigError(f"--dest {self.dest}: inside SOURCE {self.source}, or holding it; give a folder apart")
+        if os.path.isdir(dest) and os.listdir(dest):
+            raise ConfigError(f"--dest {self.dest}: not empty; give a new folder (a split is written whole)")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+
 
 @checks_config
 def run(cfg: DataConfig) -> dict:
     if cfg.action == "fetch":
         return {"root": str(fetch_udacity(Path(cfg.dest), url=cfg.url, timeout=cfg.timeout))}
+    if cfg.action == "split":
+        summary = split(cfg)
+        print(json.dumps(summary, indent=2))
+        return summary
     from landmark_core import synthetic
 
     summary = synthetic.write_dataset(
@@ -124,6 +153,42 @@ def run(cfg: DataConfig) -> dict:
         bad=cfg.bad,
     )
     print(json.dumps(summary, indent=2))
+    return summary
+
+
+def split(cfg: DataConfig) -> dict:
+    """SOURCE's class folders -> --dest train/ and test/, with a line per landmark and the next commands."""
+    from landmark_core import splitting
+
+    plan = splitting.plan(cfg.source, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    splitting.write(plan, cfg.source, cfg.dest, copy=cfg.copy)
+    for name in plan.train:
+        print(f"[data] {name}: train {len(plan.train[name])}, test {len(plan.test[name])}", file=sys.stderr)
+    if plan.unreadable:
+        shown = ", ".join(plan.unreadable[:5]) + (" ..." if len(plan.unreadable) > 5 else "")
+        print(
+            f"[data] warning: {len(plan.unreadable)} file(s) are no readable photo, left out: {shown}", file=sys.stderr
+        )
+    if one := [n for n in plan.train if not plan.test[n]]:
+        print(
+            f"[data] warning: no test photo for {', '.join(one)} (fewer than 2 photos, or all copies of one)",
+            file=sys.stderr,
+        )
+    summary = {
+        "dest": cfg.dest,
+        "train": sum(map(len, plan.train.values())),
+        "test": sum(map(len, plan.test.values())),
+        "landmarks": len(plan.train),
+        "copies_kept_together": plan.copies_kept_together,
+        "unreadable": plan.unreadable,
+        "files": "copies" if cfg.copy else "symbolic links",
+    }
+    print(
+        f"[data] {summary['train']} training and {summary['test']} test photos of {summary['landmarks']} landmarks in "
+        f"{cfg.dest} ({summary['files']}; {plan.copies_kept_together} photos kept on the side of a near-copy). Next: "
+        f"landmark train --data {cfg.dest} ..., then landmark eval --known {Path(cfg.dest, 'test')} ...",
+        file=sys.stderr,
+    )
     return summary
 
 
@@ -142,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--test-per-class", type=int, default=10, help="test photos per landmark, default 10")
     s.add_argument("--seed", type=int, default=0, help="the same seed writes the same photos, default 0")
     s.add_argument("--bad", action="store_true", help="also write the bad-file corpus to DEST/bad/")
+    sp = sub.add_parser("split", help="split a folder of class folders into train/ and test/ (seeded, per landmark)")
+    sp.add_argument("source", metavar="SOURCE", help="a local folder of <landmark>/ photo folders (a coords file kept)")
+    sp.add_argument("--dest", required=True, help="a new folder: DEST/train/<landmark>/, DEST/test/<landmark>/")
+    sp.add_argument("--test-fraction", type=float, default=0.25, help="each landmark's share held out, default 0.25")
+    sp.add_argument("--seed", type=int, default=0, help="the same seed draws the same split, default 0")
+    sp.add_argument("--copy", action="store_true", help="copy the photos (default: symbolic links to them)")
     return p
 
 
@@ -152,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         config=lambda ns: fields_of(DataConfig, ns),
         run=run,
         show=lambda _result, _cfg: 0,
-        failures=((FetchError, 1),),
+        failures=((FetchError, 1), (SplitError, 2)),
         prog=lambda cfg: f"landmark data {cfg.action}",
     )
 

@@ -71,3 +71,26 @@ def copies(query: np.ndarray, reference: np.ndarray, *, max_bits: int = MAX_BITS
     """{query index: (reference index, bits)} for the queries that are a copy of a reference photo."""
     idx, bits = nearest(query, reference)
     return {i: (int(j), int(b)) for i, (j, b) in enumerate(zip(idx, bits)) if b <= max_bits}
+
+
+def groups(hashes: np.ndarray, *, max_bits: int = MAX_BITS) -> np.ndarray:
+    """(N,) group ids: photos joined by a chain of near-copies (within ``max_bits`` of each other) share one, so
+    that a split can keep each group on one side (`landmark data split`)."""
+    parent = np.arange(len(hashes))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    h = hashes.astype(np.float32)
+    ones = h.sum(1)
+    chunk = max(1, min(1024, _MATRIX_CELLS // max(1, len(h))))
+    for s in range(0, len(h), chunk):
+        d = ones[s : s + chunk, None] + ones[None, :] - 2.0 * (h[s : s + chunk] @ h.T)
+        for i, j in zip(*np.nonzero(np.rint(d) <= max_bits)):
+            a, b = root(s + int(i)), root(int(j))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(len(h))])

@@ -1,0 +1,105 @@
+"""`landmark data split`: a folder of class folders -> train/ and test/, seeded, near-copies on one side (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from jobs.data import main as data_main
+from landmark_core import nearcopy
+from landmark_core.catalog import coords_file_beside, load_coords
+from landmark_core.datasets import list_files, load_labelled
+from tests.cli_asserts import assert_error_names
+from tests.photos import copy, photo
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    """Three landmarks of 12, 8 and 1 photos; in the first, two resized copies of one photo (a group of three);
+    a file that is no photo; a coords file at the root, as train reads it."""
+    src = tmp_path / "mine"
+    for name, n, first in (("arch", 12, 0), ("tower", 8, 100), ("lone", 1, 200)):
+        for i in range(n):
+            photo(src / name / f"{i:02d}.jpg", first + i)
+    copy(src / "arch" / "00.jpg", src / "arch" / "00-small.jpg", scale=0.5)
+    copy(src / "arch" / "00.jpg", src / "arch" / "nested" / "00-again.jpg", scale=0.8)
+    (src / "tower" / "broken.jpg").write_bytes(b"not a photo")
+    (src / "coords.csv").write_text("folder,lat,lon\narch,1,2\ntower,3,4\nlone,5,6\n")
+    return src
+
+
+def _split(src: Path, dest: Path, *extra: str) -> dict[str, list[str]]:
+    """`landmark data split SOURCE --dest DEST ...`: each side's photos, relative to it ("arch/01.jpg")."""
+    assert data_main(["split", str(src), "--dest", str(dest), *extra]) == 0
+    return {side: sorted(str(Path(f).relative_to(dest / side)) for f in list_files(str(dest / side))) for side in SIDES}
+
+
+SIDES = ("train", "test")
+GROUP = {"arch/00.jpg", "arch/00-small.jpg", "arch/nested/00-again.jpg"}  # one photo and its two copies
+
+
+def test_split_holds_out_each_landmarks_share_with_its_near_copies_on_one_side(source, tmp_path, capsys):
+    dest = tmp_path / "split"
+    sides = _split(source, dest)
+    summary = json.loads(capsys.readouterr().out)  # (before the other seeds' summaries)
+    readable = sorted(str(Path(f).relative_to(source)) for f in list_files(str(source)) if "broken" not in f)
+    assert sorted(sides["train"] + sides["test"]) == readable  # every photo on exactly one side
+    assert not set(sides["train"]) & set(sides["test"])
+    by_class = {side: [p.split("/")[0] for p in sides[side]] for side in sides}
+    # arch: 14 photos, 4 held out (a share of 3.5, rounded, is 4 and the group of three fits beside one more or
+    # not at all); tower: 8 readable of 9 files, 2; lone: 1 photo, kept for training
+    assert by_class["test"].count("tower") == 2 and by_class["test"].count("arch") in (3, 4)
+    assert "lone" not in by_class["test"] and by_class["train"].count("lone") == 1
+    for seed in range(6):  # the group of copies lands on one side whatever the draw
+        drawn = sides if seed == 0 else _split(source, tmp_path / f"seed{seed}", "--seed", str(seed))
+        assert GROUP <= set(drawn["train"]) or GROUP <= set(drawn["test"]), (seed, drawn)
+    assert summary["copies_kept_together"] == 2 and summary["unreadable"] == [str(source / "tower" / "broken.jpg")]
+    one = sides["train"][0]
+    assert (dest / "train" / one).is_symlink() and (dest / "coords.csv").is_symlink()
+    assert os.path.realpath(dest / "train" / one) == str(source / one)
+    # no test photo is a near-copy of a training photo; train reads the split with the locations of coords.csv
+    test_h, _ = nearcopy.hash_uris(list_files(str(dest / "test")))
+    train_h, _ = nearcopy.hash_uris(list_files(str(dest / "train")))
+    assert nearcopy.copies(test_h, train_h) == {}
+    data = load_labelled(str(dest), coords=load_coords(coords_file_beside(str(dest))))  # as train reads them
+    assert len(data.test) == len(sides["test"]) and len(data.train) + len(data.val) == len(sides["train"])
+    assert {lm.folder: (lm.lat, lm.lon) for lm in data.catalog} == {"arch": (1, 2), "tower": (3, 4), "lone": (5, 6)}
+
+
+def test_split_is_seeded_per_landmark_and_copies_on_request(source, tmp_path, capsys):
+    first = _split(source, tmp_path / "a", "--seed", "3")
+    assert _split(source, tmp_path / "b", "--seed", "3") == first  # the same seed, the same split
+    assert _split(source, tmp_path / "c", "--seed", "4") != first
+    # a landmark's draw is its own: adding one moves no other's photos
+    for i in range(6):
+        photo(source / "bridge" / f"{i}.jpg", 300 + i)
+    grown = _split(source, tmp_path / "d", "--seed", "3")
+    assert [p for p in grown["test"] if not p.startswith("bridge/")] == first["test"]
+    copied = _split(source, tmp_path / "e", "--seed", "3", "--copy", "--test-fraction", "0.5")
+    assert not any(p.is_symlink() for p in (tmp_path / "e").rglob("*"))
+    assert sum(p.startswith("tower/") for p in copied["test"]) == 4  # half of its 8 photos
+    capsys.readouterr()
+
+
+def test_split_refuses_what_would_mix_or_lose_photos(source, tmp_path, capsys):
+    (tmp_path / "used" / "x").mkdir(parents=True)
+    (tmp_path / "already" / "train" / "arch").mkdir(parents=True)
+    cases = [
+        ([str(tmp_path / "nowhere"), "--dest", str(tmp_path / "o1")], "SOURCE", "no such local folder"),
+        ([str(tmp_path / "already"), "--dest", str(tmp_path / "o2")], "SOURCE", "train/ already"),
+        ([str(source), "--dest", str(tmp_path / "used")], "--dest", "not empty"),
+        ([str(source), "--dest", str(source / "split")], "--dest", "inside SOURCE"),
+        ([str(source), "--dest", str(tmp_path / "o3"), "--test-fraction", "1"], "--test-fraction", "(0, 1)"),
+    ]
+    for argv, flag, needle in cases:
+        with pytest.raises(SystemExit) as e:
+            data_main(["split", *argv])
+        assert e.value.code == 2, argv
+        assert_error_names(capsys.readouterr().err, flag, needle)
+    # found only once the folder is listed: the same one line and exit 2, nothing written
+    assert data_main(["split", str(tmp_path / "used"), "--dest", str(tmp_path / "o4")]) == 2
+    assert "no class folders with photos" in capsys.readouterr().err
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5)) and not (source / "split").exists()
