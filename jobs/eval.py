@@ -627,6 +627,10 @@ def format_table(result: dict) -> str:
             f"{pct(r.get('abstained')):>7s} {pct(r.get('wrong')):>7s} {pct(r.get('tagged')):>7s} {r['failed']:6d}"
             f"  {evaluation.wrong_as(r)}"
         )
+    lines.append(
+        "(right, abstain, wrong: shares of a known folder's photos; tagged: of an unknown folder's, each one a "
+        "wrong location)"
+    )
 
     def share(v):  # a headline figure: "-" where no photo counts towards it
         return "-" if v is None else pct(v).strip()

@@ -398,7 +398,7 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
 
     table = format_table(result).splitlines()
     assert table[0].endswith("on torch)") and result["runtime"] == "torch"  # whose threshold it is
-    assert table[1].endswith("wrong tags as")
+    assert table[1].endswith("wrong tags as") and table[2 + len(s["folders"])].startswith("(right, abstain, wrong:")
     for r in s["folders"]:
         (line,) = [ln for ln in table if ln.startswith(r["folder"])]
         assert line.rstrip().endswith(wrong_as(r)), (line, r)
