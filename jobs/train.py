@@ -678,7 +678,8 @@ def _no_test_warning(data) -> str | None:
         return None
     return (
         "[train] note: --data has no test/ split, so its photos are split for training and validation only: the "
-        "run reports validation numbers; measure the model on photos it never saw with `landmark eval --known DIR`"
+        "run reports validation numbers; measure the model on photos it never saw with `landmark eval --known DIR` "
+        "(`landmark data split DIR --dest NEW` holds out a test split of class folders for it)"
     )
 
 

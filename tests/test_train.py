@@ -260,7 +260,7 @@ def test_what_a_run_could_not_measure_is_said_before_it_starts(train_data, tmp_p
     data, _, _, warnings = _load_inputs(cfg, cfg.s3_options())
     assert not len(data.test) and not [w for w in warnings if "hold one photo" in w], warnings
     notes = [w for w in warnings if "no test/ split" in w]
-    assert len(notes) == 1 and "landmark eval --known DIR" in notes[0], warnings
+    assert len(notes) == 1 and "landmark eval --known DIR" in notes[0] and "landmark data split" in notes[0], warnings
 
 
 def test_the_pooled_run_names_each_runtime_s_threshold():
