@@ -156,14 +156,19 @@ def run(cfg: DataConfig) -> dict:
     return summary
 
 
+SHOWN = 30  # landmarks listed one a line by `data split`
+
+
 def split(cfg: DataConfig) -> dict:
     """SOURCE's class folders -> --dest train/ and test/, with a line per landmark and the next commands."""
     from landmark_core import splitting
 
     plan = splitting.plan(cfg.source, test_fraction=cfg.test_fraction, seed=cfg.seed)
     splitting.write(plan, cfg.source, cfg.dest, copy=cfg.copy)
-    for name in plan.train:
+    for name in list(plan.train)[:SHOWN]:  # (a GLDv2 set has thousands: the summary counts them all)
         print(f"[data] {name}: train {len(plan.train[name])}, test {len(plan.test[name])}", file=sys.stderr)
+    if len(plan.train) > SHOWN:
+        print(f"[data] ... and {len(plan.train) - SHOWN} more landmarks", file=sys.stderr)
     if plan.unreadable:
         shown = ", ".join(plan.unreadable[:5]) + (" ..." if len(plan.unreadable) > 5 else "")
         print(

@@ -44,7 +44,10 @@ def plan(source: str, *, test_fraction: float, seed: int) -> Plan:
         hashes, read = nearcopy.hash_uris(by_class[name])
         out.unreadable += sorted(set(by_class[name]) - set(read))
         ids = nearcopy.groups(hashes) if read else np.zeros(0, int)
-        groups = [[u for u, i in zip(read, ids) if i == g] for g in dict.fromkeys(ids.tolist())]
+        by_group: dict[int, list[str]] = {}
+        for uri, g in zip(read, ids.tolist()):
+            by_group.setdefault(g, []).append(uri)
+        groups = list(by_group.values())
         out.copies_kept_together += sum(len(g) - 1 for g in groups)
         # a landmark's draw depends on the seed and its own name only: adding a landmark moves no other's photos
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
