@@ -146,6 +146,8 @@ def _brief_errors(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None
     line, which for a job of 40 flags fills the screen above the one line that matters."""
 
     def error(message: str, p: argparse.ArgumentParser = parser):
+        if message.startswith("unrecognized arguments: "):  # said by the top parser: name the subcommand's
+            p = _named_in(p, argv)
         hint = _did_you_mean(message, p, argv)
         p.exit(2, f"{p.prog}: error: {message}{hint}\n({p.prog} --help lists its flags)\n")
 
@@ -154,6 +156,15 @@ def _brief_errors(parser: argparse.ArgumentParser, argv: list[str] = ()) -> None
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 _brief_errors(sub, argv)
+
+
+def _named_in(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)command ``argv`` chooses (`landmark data split ...`: split's parser), the parser itself if none."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = next((action.choices[a] for a in argv if a in action.choices), None)
+            return _named_in(chosen, argv) if chosen else parser
+    return parser
 
 
 def _did_you_mean(message: str, parser: argparse.ArgumentParser, argv: list[str]) -> str:

@@ -124,8 +124,11 @@ class DataConfig:
         src, dest = os.path.realpath(self.source), os.path.realpath(self.dest)
         if is_s3(self.source) or not os.path.isdir(src):
             raise ConfigError(f"SOURCE {self.source}: no such local folder (a folder of <landmark>/ photo folders)")
-        if os.path.isdir(os.path.join(src, "train")):
-            raise ConfigError(f"SOURCE {self.source}: it has train/ already (split); give its class folders' parent")
+        if split := [d for d in ("train", "val", "test") if os.path.isdir(os.path.join(src, d))]:
+            raise ConfigError(
+                f"SOURCE {self.source}: it holds {'/, '.join(split)}/, a split's folders: it is split already (give "
+                "it to landmark train --data as it is), or give the folder of landmark folders it was made from"
+            )
         if inside(dest, src) or inside(src, dest):
             raise ConfigError(f"--dest {self.dest}: inside SOURCE {self.source}, or holding it; give a folder apart")
         if os.path.isdir(dest) and os.listdir(dest):
@@ -169,11 +172,8 @@ def split(cfg: DataConfig) -> dict:
         print(f"[data] {name}: train {len(plan.train[name])}, test {len(plan.test[name])}", file=sys.stderr)
     if len(plan.train) > SHOWN:
         print(f"[data] ... and {len(plan.train) - SHOWN} more landmarks", file=sys.stderr)
-    if plan.unreadable:
-        shown = ", ".join(plan.unreadable[:5]) + (" ..." if len(plan.unreadable) > 5 else "")
-        print(
-            f"[data] warning: {len(plan.unreadable)} file(s) are no readable photo, left out: {shown}", file=sys.stderr
-        )
+    for line in _left_out_lines(plan, cfg.source):
+        print(f"[data] warning: {line}", file=sys.stderr)
     if one := [n for n in plan.train if not plan.test[n]]:
         print(
             f"[data] warning: no test photo for {', '.join(one)} (fewer than 2 photos, or all copies of one)",
@@ -184,17 +184,38 @@ def split(cfg: DataConfig) -> dict:
         "train": sum(map(len, plan.train.values())),
         "test": sum(map(len, plan.test.values())),
         "landmarks": len(plan.train),
-        "copies_kept_together": plan.copies_kept_together,
+        "near_copy_groups": plan.copy_groups,
+        "near_copy_photos": plan.copy_photos,
         "unreadable": plan.unreadable,
+        "not_photos": plan.not_photos,
+        "outside_landmark_folders": plan.outside,
+        "empty_landmark_folders": plan.empty,
         "files": "copies" if cfg.copy else "symbolic links",
     }
     print(
         f"[data] {summary['train']} training and {summary['test']} test photos of {summary['landmarks']} landmarks in "
-        f"{cfg.dest} ({summary['files']}; {plan.copies_kept_together} photos kept on the side of a near-copy). Next: "
-        f"landmark train --data {cfg.dest} ..., then landmark eval --known {Path(cfg.dest, 'test')} ...",
+        f"{cfg.dest} ({summary['files']}; {plan.copy_groups} group(s) of near-copies, {plan.copy_photos} photos, each "
+        f"kept on one side). Next: landmark train --data {cfg.dest} ..., then landmark eval --known "
+        f"{Path(cfg.dest, 'test')} ...",
         file=sys.stderr,
     )
     return summary
+
+
+def _left_out_lines(plan, source: str) -> list[str]:
+    """What SOURCE holds that is in no split, one line a kind: nothing is left out unsaid."""
+    lines = []
+    if plan.unreadable:
+        shown = ", ".join(plan.unreadable[:5]) + (" ..." if len(plan.unreadable) > 5 else "")
+        lines.append(f"{len(plan.unreadable)} file(s) named as photos are no readable photo, left out: {shown}")
+    if plan.not_photos:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in plan.not_photos.items())
+        lines.append(f"{sum(plan.not_photos.values())} file(s) are not photos by name, left out ({kinds})")
+    if plan.outside:
+        lines.append(f"{len(plan.outside)} photo(s) at {source}'s root are in no landmark's folder, left out")
+    if plan.empty:
+        lines.append(f"{len(plan.empty)} folder(s) hold no photo, no landmark made of them: {', '.join(plan.empty)}")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

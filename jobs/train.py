@@ -849,7 +849,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig(data="", output="")
     p.add_argument("--data", required=True, help="class-folder dataset or GLDv2 CSV layout (path or s3://)")
     p.add_argument("--output", required=True, help="artifact directory to write (path or s3://)")
-    p.add_argument("--model", default=d.model, help=f"one of: {', '.join(KNOWN_MODELS)}")
+    p.add_argument("--model", default=d.model, help=f"default {d.model}; one of: {', '.join(KNOWN_MODELS)}")
     p.add_argument(
         "--weights",
         default=d.weights,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import nearcopy
 from .catalog import coords_file_beside
-from .datasets import _class_split, list_files
+from .datasets import _class_split, image_objects
 
 
 class SplitError(ValueError):
@@ -30,16 +31,26 @@ class Plan:
     train: dict[str, list[str]] = field(default_factory=dict)
     test: dict[str, list[str]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # no photo: left out (train would fail them anyway)
-    copies_kept_together: int = 0  # photos placed with a near-copy of theirs rather than drawn alone
+    copy_groups: int = 0  # groups of near-copies, each placed whole on one side
+    copy_photos: int = 0  # the photos in them
+    not_photos: dict[str, int] = field(default_factory=dict)  # other files by extension, left out
+    outside: list[str] = field(default_factory=list)  # photos at SOURCE's root, in no landmark's folder
+    empty: list[str] = field(default_factory=list)  # landmark folders with no photo
 
 
 def plan(source: str, *, test_fraction: float, seed: int) -> Plan:
     """Draw each class folder's test photos: whole groups of near-copies (landmark_core.nearcopy), in a seeded
     order, until the class's share is reached (rounded; at least one photo when it has two, never all)."""
-    by_class = _class_split(list_files(source), source.rstrip("/"))
+    left_out: Counter = Counter()
+    photos = [uri for uri, _, _ in image_objects(source, left_out=left_out)]
+    by_class = _class_split(photos, source.rstrip("/"))
     if not by_class:
         raise SplitError(f"{source}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
-    out = Plan()
+    if coords := coords_file_beside(source):  # (placed beside the split, not left out)
+        left_out[Path(coords).suffix.lower()] -= 1
+    out = Plan(not_photos={ext: n for ext, n in left_out.most_common() if n > 0})
+    out.outside = [u for u in photos if Path(u).parent == Path(source)]
+    out.empty = sorted(d.name for d in Path(source).iterdir() if d.is_dir() and d.name not in by_class)
     for name in sorted(by_class):
         hashes, read = nearcopy.hash_uris(by_class[name])
         out.unreadable += sorted(set(by_class[name]) - set(read))
@@ -48,7 +59,8 @@ def plan(source: str, *, test_fraction: float, seed: int) -> Plan:
         for uri, g in zip(read, ids.tolist()):
             by_group.setdefault(g, []).append(uri)
         groups = list(by_group.values())
-        out.copies_kept_together += sum(len(g) - 1 for g in groups)
+        together = [g for g in groups if len(g) > 1]
+        out.copy_groups, out.copy_photos = out.copy_groups + len(together), out.copy_photos + sum(map(len, together))
         # a landmark's draw depends on the seed and its own name only: adding a landmark moves no other's photos
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         test = _draw(groups, _test_size(len(read), test_fraction), rng)

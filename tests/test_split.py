@@ -27,6 +27,9 @@ def source(tmp_path) -> Path:
     copy(src / "arch" / "00.jpg", src / "arch" / "00-small.jpg", scale=0.5)
     copy(src / "arch" / "00.jpg", src / "arch" / "nested" / "00-again.jpg", scale=0.8)
     (src / "tower" / "broken.jpg").write_bytes(b"not a photo")
+    (src / "tower" / "notes.txt").write_text("taken in May")
+    (src / "empty").mkdir()  # a landmark folder with no photo yet
+    photo(src / "loose.jpg", 300)  # a photo of no landmark's folder
     (src / "coords.csv").write_text("folder,lat,lon\narch,1,2\ntower,3,4\nlone,5,6\n")
     return src
 
@@ -44,8 +47,11 @@ GROUP = {"arch/00.jpg", "arch/00-small.jpg", "arch/nested/00-again.jpg"}  # one 
 def test_split_holds_out_each_landmarks_share_with_its_near_copies_on_one_side(source, tmp_path, capsys):
     dest = tmp_path / "split"
     sides = _split(source, dest)
-    summary = json.loads(capsys.readouterr().out)  # (before the other seeds' summaries)
-    readable = sorted(str(Path(f).relative_to(source)) for f in list_files(str(source)) if "broken" not in f)
+    out = capsys.readouterr()
+    summary = json.loads(out.out)
+    readable = sorted(
+        str(Path(f).relative_to(source)) for f in list_files(str(source)) if "broken" not in f and "loose" not in f
+    )
     assert sorted(sides["train"] + sides["test"]) == readable  # every photo on exactly one side
     assert not set(sides["train"]) & set(sides["test"])
     by_class = {side: [p.split("/")[0] for p in sides[side]] for side in sides}
@@ -56,7 +62,20 @@ def test_split_holds_out_each_landmarks_share_with_its_near_copies_on_one_side(s
     for seed in range(6):  # the group of copies lands on one side whatever the draw
         drawn = sides if seed == 0 else _split(source, tmp_path / f"seed{seed}", "--seed", str(seed))
         assert GROUP <= set(drawn["train"]) or GROUP <= set(drawn["test"]), (seed, drawn)
-    assert summary["copies_kept_together"] == 2 and summary["unreadable"] == [str(source / "tower" / "broken.jpg")]
+    assert summary["near_copy_groups"] == 1 and summary["near_copy_photos"] == 3
+    # nothing left out unsaid: the unreadable photo, the other file, the photo outside any landmark, the empty folder
+    assert summary["unreadable"] == [str(source / "tower" / "broken.jpg")] and summary["not_photos"] == {".txt": 1}
+    assert summary["outside_landmark_folders"] == [str(source / "loose.jpg")]
+    assert summary["empty_landmark_folders"] == ["empty"] and summary["landmarks"] == 3
+    err = out.err
+    for said in (
+        "1 file(s) named as photos are no readable photo",
+        "1 file(s) are not photos by name, left out (.txt 1)",
+        "1 photo(s) at",
+        "1 folder(s) hold no photo, no landmark made of them: empty",
+        "no test photo for lone",
+    ):
+        assert said in err, err
     one = sides["train"][0]
     assert (dest / "train" / one).is_symlink() and (dest / "coords.csv").is_symlink()
     assert os.path.realpath(dest / "train" / one) == str(source / one)
@@ -87,9 +106,11 @@ def test_split_is_seeded_per_landmark_and_copies_on_request(source, tmp_path, ca
 def test_split_refuses_what_would_mix_or_lose_photos(source, tmp_path, capsys):
     (tmp_path / "used" / "x").mkdir(parents=True)
     (tmp_path / "already" / "train" / "arch").mkdir(parents=True)
+    (tmp_path / "half" / "test" / "arch").mkdir(parents=True)  # a split's test/ alone is no landmark "test"
     cases = [
         ([str(tmp_path / "nowhere"), "--dest", str(tmp_path / "o1")], "SOURCE", "no such local folder"),
-        ([str(tmp_path / "already"), "--dest", str(tmp_path / "o2")], "SOURCE", "train/ already"),
+        ([str(tmp_path / "already"), "--dest", str(tmp_path / "o2")], "SOURCE", "it is split already"),
+        ([str(tmp_path / "half"), "--dest", str(tmp_path / "o2")], "SOURCE", "it holds test/, a split's folders"),
         ([str(source), "--dest", str(tmp_path / "used")], "--dest", "not empty"),
         ([str(source), "--dest", str(source / "split")], "--dest", "inside SOURCE"),
         ([str(source), "--dest", str(tmp_path / "o3"), "--test-fraction", "1"], "--test-fraction", "(0, 1)"),

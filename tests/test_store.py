@@ -607,5 +607,6 @@ def test_a_misspelt_flag_is_suggested_from_the_chosen_action_only(tmp_path, caps
         with pytest.raises(SystemExit) as e:
             st.main(argv)
         err = capsys.readouterr().err
-        assert e.value.code == 2 and "unrecognized arguments" in err, err
+        assert e.value.code == 2 and "landmark store optimize: error: unrecognized arguments" in err, err
+        assert "(landmark store optimize --help lists its flags)" in err, err
         assert ("did you mean" in err) == bool(hint) and (hint is None or hint in err), err
