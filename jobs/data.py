@@ -124,7 +124,8 @@ class DataConfig:
         src, dest = os.path.realpath(self.source), os.path.realpath(self.dest)
         if is_s3(self.source) or not os.path.isdir(src):
             raise ConfigError(f"SOURCE {self.source}: no such local folder (a folder of <landmark>/ photo folders)")
-        if split := [d for d in ("train", "val", "test") if os.path.isdir(os.path.join(src, d))]:
+        gldv2 = os.path.isfile(os.path.join(src, "train.csv"))  # its photos are under train/, by id
+        if split := [d for d in ("train", "val", "test") if os.path.isdir(os.path.join(src, d)) and not gldv2]:
             raise ConfigError(
                 f"SOURCE {self.source}: it holds {'/, '.join(split)}/, a split's folders: it is split already (give "
                 "it to landmark train --data as it is), or give the folder of landmark folders it was made from"
@@ -190,6 +191,7 @@ def split(cfg: DataConfig) -> dict:
         "not_photos": plan.not_photos,
         "outside_landmark_folders": plan.outside,
         "empty_landmark_folders": plan.empty,
+        "missing": plan.missing,  # GLDv2: listed in train.csv, no file
         "files": "copies" if cfg.copy else "symbolic links",
     }
     print(
@@ -213,6 +215,10 @@ def _left_out_lines(plan, source: str) -> list[str]:
         lines.append(f"{sum(plan.not_photos.values())} file(s) are not photos by name, left out ({kinds})")
     if plan.outside:
         lines.append(f"{len(plan.outside)} photo(s) at {source}'s root are in no landmark's folder, left out")
+    if plan.missing:
+        lines.append(
+            f"{len(plan.missing)} photo(s) that train.csv lists are not there, left out: {plan.missing[0]} ..."
+        )
     if plan.empty:
         lines.append(f"{len(plan.empty)} folder(s) hold no photo, no landmark made of them: {', '.join(plan.empty)}")
     return lines
@@ -234,7 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="the same seed writes the same photos, default 0")
     s.add_argument("--bad", action="store_true", help="also write the bad-file corpus to DEST/bad/")
     sp = sub.add_parser("split", help="split a folder of class folders into train/ and test/ (seeded, per landmark)")
-    sp.add_argument("source", metavar="SOURCE", help="a local folder of <landmark>/ photo folders (a coords file kept)")
+    sp.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a local folder of <landmark>/ photo folders (a coords file kept), or a GLDv2 root (train.csv)",
+    )
     sp.add_argument("--dest", required=True, help="a new folder: DEST/train/<landmark>/, DEST/test/<landmark>/")
     sp.add_argument("--test-fraction", type=float, default=0.25, help="each landmark's share held out, default 0.25")
     sp.add_argument("--seed", type=int, default=0, help="the same seed draws the same split, default 0")

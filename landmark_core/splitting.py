@@ -1,11 +1,13 @@
-"""`landmark data split`: a folder of class folders -> DEST/train/<class>/ and DEST/test/<class>/, seeded, per
-landmark, with near-copies of one photo kept on one side (a test photo that is a resized copy of a training photo
-measures nothing: the publisher's splits in ../shared hold such pairs, see README "Open world"). The files are
-symbolic links to the originals by default (train and eval follow them), or copies.
+"""`landmark data split`: a folder of class folders (or a GLDv2 root: train.csv and train/a/b/c/<id>.jpg) ->
+DEST/train/<class>/ and DEST/test/<class>/, seeded, per landmark, with near-copies of one photo kept on one side (a
+test photo that is a resized copy of a training photo measures nothing: the publisher's splits in ../shared hold
+such pairs, see README "Open world"). The files are symbolic links to the originals by default (train and eval
+follow them), or copies.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import zlib
@@ -36,21 +38,14 @@ class Plan:
     not_photos: dict[str, int] = field(default_factory=dict)  # other files by extension, left out
     outside: list[str] = field(default_factory=list)  # photos at SOURCE's root, in no landmark's folder
     empty: list[str] = field(default_factory=list)  # landmark folders with no photo
+    missing: list[str] = field(default_factory=list)  # GLDv2: photos train.csv lists that are not there
+    place: dict[str, str] = field(default_factory=dict)  # each photo's path below its landmark's folder in DEST
 
 
 def plan(source: str, *, test_fraction: float, seed: int) -> Plan:
     """Draw each class folder's test photos: whole groups of near-copies (landmark_core.nearcopy), in a seeded
     order, until the class's share is reached (rounded; at least one photo when it has two, never all)."""
-    left_out: Counter = Counter()
-    photos = [uri for uri, _, _ in image_objects(source, left_out=left_out)]
-    by_class = _class_split(photos, source.rstrip("/"))
-    if not by_class:
-        raise SplitError(f"{source}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
-    if coords := coords_file_beside(source):  # (placed beside the split, not left out)
-        left_out[Path(coords).suffix.lower()] -= 1
-    out = Plan(not_photos={ext: n for ext, n in left_out.most_common() if n > 0})
-    out.outside = [u for u in photos if Path(u).parent == Path(source)]
-    out.empty = sorted(d.name for d in Path(source).iterdir() if d.is_dir() and d.name not in by_class)
+    out, by_class = _listed(source)
     for name in sorted(by_class):
         hashes, read = nearcopy.hash_uris(by_class[name])
         out.unreadable += sorted(set(by_class[name]) - set(read))
@@ -67,6 +62,45 @@ def plan(source: str, *, test_fraction: float, seed: int) -> Plan:
         out.test[name] = sorted(test)
         out.train[name] = sorted(set(read) - set(test))
     return out
+
+
+def _listed(source: str) -> tuple[Plan, dict[str, list[str]]]:
+    """(a Plan with what is left out and where each photo goes, the photos of each landmark)."""
+    if os.path.isfile(os.path.join(source, "train.csv")):
+        return _listed_gldv2(source)
+    left_out: Counter = Counter()
+    photos = [uri for uri, _, _ in image_objects(source, left_out=left_out)]
+    by_class = _class_split(photos, source.rstrip("/"))
+    if not by_class:
+        raise SplitError(f"{source}: no class folders with photos (expected <folder>/<landmark>/*.jpg)")
+    if coords := coords_file_beside(source):  # (placed beside the split, not left out)
+        left_out[Path(coords).suffix.lower()] -= 1
+    out = Plan(not_photos={ext: n for ext, n in left_out.most_common() if n > 0})
+    out.outside = [u for u in photos if Path(u).parent == Path(source)]
+    out.empty = sorted(d.name for d in Path(source).iterdir() if d.is_dir() and d.name not in by_class)
+    out.place = {u: str(Path(u).relative_to(Path(source, name))) for name, us in by_class.items() for u in us}
+    return out, by_class
+
+
+def _listed_gldv2(source: str) -> tuple[Plan, dict[str, list[str]]]:
+    """A GLDv2 root, as `landmark train --data` reads it: train.csv (id, landmark_id) and train/a/b/c/<id>.jpg;
+    each landmark_id becomes a class folder."""
+    with open(os.path.join(source, "train.csv"), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"id", "landmark_id"} <= set(rows[0]):
+        raise SplitError(f"{source}/train.csv: expected columns id,url,landmark_id")
+    out, by_class = Plan(), {}
+    for r in rows:
+        i = r["id"]
+        uri = os.path.join(source, "train", i[0], i[1], i[2], f"{i}.jpg")
+        if not os.path.isfile(uri):
+            out.missing.append(uri)
+            continue
+        by_class.setdefault(r["landmark_id"], []).append(uri)
+        out.place[uri] = f"{i}.jpg"
+    if not by_class:
+        raise SplitError(f"{source}/train.csv: none of its {len(rows)} photos is under {source}/train/")
+    return out, by_class
 
 
 def _test_size(n: int, fraction: float) -> int:
@@ -94,7 +128,7 @@ def write(p: Plan, source: str, dest: str, *, copy: bool = False) -> None:
     for side, by_class in (("train", p.train), ("test", p.test)):
         for name, uris in by_class.items():
             for uri in uris:
-                _place(Path(uri).resolve(), Path(dest, side, name, Path(uri).relative_to(Path(source, name))), copy)
+                _place(Path(uri).resolve(), Path(dest, side, name, p.place[uri]), copy)
     if coords := coords_file_beside(str(src)):
         _place(Path(coords), Path(dest, Path(coords).name), copy)
 

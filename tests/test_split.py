@@ -124,3 +124,25 @@ def test_split_refuses_what_would_mix_or_lose_photos(source, tmp_path, capsys):
     assert data_main(["split", str(tmp_path / "used"), "--dest", str(tmp_path / "o4")]) == 2
     assert "no class folders with photos" in capsys.readouterr().err
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5)) and not (source / "split").exists()
+
+
+def test_split_of_a_gldv2_root_makes_class_folders_eval_can_read(tmp_path, capsys):
+    """A GLDv2 root (train.csv; train/a/b/c/<id>.jpg, as `landmark train --data` reads it) has no test split and
+    no class folders for `landmark eval --known`: split makes both, a folder per landmark_id; a photo the CSV
+    lists that is not there is said and left out."""
+    root, rows = tmp_path / "gld", ["id,url,landmark_id"]
+    for k, lm in enumerate(["7"] * 6 + ["12"] * 5):
+        img_id = f"{k:x}a{k % 3}f0123456789"
+        photo(root / "train" / img_id[0] / img_id[1] / img_id[2] / f"{img_id}.jpg", 400 + k)
+        rows.append(f"{img_id},http://example/{k},{lm}")
+    rows.append("fffgone000000000,http://example/x,12")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "coords.csv").write_text("folder,lat,lon\n7,1,2\n12,3,4\n")
+    sides = _split(root, tmp_path / "split")
+    summary = json.loads(capsys.readouterr().out)
+    assert [p.split("/")[0] for p in sides["test"]].count("7") == 2  # round(6 * 0.25)
+    assert [p.split("/")[0] for p in sides["test"]].count("12") == 1  # round(5 * 0.25)
+    assert len(sides["train"]) + len(sides["test"]) == 11 and summary["missing"][0].endswith("fffgone000000000.jpg")
+    data = load_labelled(str(tmp_path / "split"), coords=load_coords(coords_file_beside(str(tmp_path / "split"))))
+    assert sorted(data.catalog.folders) == ["12", "7"] and len(data.test) == 3
+    assert {lm.folder: lm.lat for lm in data.catalog} == {"7": 1, "12": 3}
