@@ -403,9 +403,9 @@ def test_a_bad_argument_of_an_action_is_told_with_that_actions_name(enrolled, ca
     with pytest.raises(SystemExit) as exit_:  # argparse's own error (an unknown flag, told by the top parser)
         job.main(["remove", "--model", enrolled["path"], "--name", "X", "--output", "o", "--bogus"])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.splitlines() == [
-        "landmark catalog: error: unrecognized arguments: --bogus",
-        "(landmark catalog --help lists its flags)",
+    assert exit_.value.code == 2 and err.splitlines() == [  # named by the action all the same, and its --help
+        "landmark catalog remove: error: unrecognized arguments: --bogus",
+        "(landmark catalog remove --help lists its flags)",
     ]
 
 
