@@ -210,21 +210,26 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
     return data.take(sorted(train_idx)), data.take(sorted(val_idx))
 
 
-def _load_gldv2(
-    root: str, *, val_fraction: float, seed: int, coords: dict | None, opts: storage.S3Options
-) -> LabelledData:
+def gldv2_photos(root: str, opts: storage.S3Options = storage.S3Options()) -> list[tuple[str, str]]:
+    """(photo uri, landmark_id) for each row of a GLDv2 root's train.csv: its photos are train/a/b/c/<id>.jpg."""
     text = storage.read_bytes(storage.join(root, "train.csv"), opts).decode("utf-8")
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or not {"id", "landmark_id"} <= set(rows[0]):
         raise DatasetError(f"{root}/train.csv: expected columns id,url,landmark_id")
-    folders = sorted({r["landmark_id"] for r in rows}, key=lambda s: (len(s), s))
+    return [(storage.join(root, "train", *r["id"][:3], f"{r['id']}.jpg"), r["landmark_id"]) for r in rows]
+
+
+def _load_gldv2(
+    root: str, *, val_fraction: float, seed: int, coords: dict | None, opts: storage.S3Options
+) -> LabelledData:
+    rows = gldv2_photos(root, opts)
+    folders = sorted({landmark for _, landmark in rows}, key=lambda s: (len(s), s))
     catalog = _distinct(Catalog.from_folders(folders, coords=coords, name="gldv2"))
     index = {f: i for i, f in enumerate(catalog.folders)}
     data = Split()
-    for r in rows:
-        i = r["id"]
-        data.uris.append(storage.join(root, "train", i[0], i[1], i[2], f"{i}.jpg"))
-        data.labels.append(index[r["landmark_id"]])
+    for uri, landmark in rows:
+        data.uris.append(uri)
+        data.labels.append(index[landmark])
     train, val = stratified_split(data, val_fraction, seed)
     return LabelledData(catalog, train, val, Split(), "gldv2")
 

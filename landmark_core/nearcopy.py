@@ -52,16 +52,22 @@ def nearest(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.nd
     """For each query hash, the index of the nearest reference hash and the bits they differ in."""
     if not len(reference) or not len(query):
         return np.full(len(query), -1), np.full(len(query), HASH_BITS + 1)
-    ref = reference.astype(np.float32)
-    ref_ones = ref.sum(1)
-    chunk = max(1, min(1024, _MATRIX_CELLS // len(ref)))  # the distance matrix stays about 256 MB however many
     idx, bits = [], []
-    for s in range(0, len(query), chunk):  # bits differing = |a| + |b| - 2 a.b, one matrix product a chunk
-        q = query[s : s + chunk].astype(np.float32)
-        d = q.sum(1)[:, None] + ref_ones[None, :] - 2.0 * (q @ ref.T)
+    for _, d in _bit_distances(query, reference):
         idx.append(d.argmin(1))
         bits.append(np.rint(d.min(1)).astype(np.int64))
     return np.concatenate(idx), np.concatenate(bits)
+
+
+def _bit_distances(query: np.ndarray, reference: np.ndarray):
+    """(first query row, the bits each of a chunk of query hashes differs from every reference hash), chunk by
+    chunk: the distance matrix stays about 256 MB however many hashes there are."""
+    ref = reference.astype(np.float32)
+    ref_ones = ref.sum(1)
+    chunk = max(1, min(1024, _MATRIX_CELLS // max(1, len(ref))))
+    for s in range(0, len(query), chunk):  # bits differing = |a| + |b| - 2 a.b, one matrix product a chunk
+        q = query[s : s + chunk].astype(np.float32)
+        yield s, q.sum(1)[:, None] + ref_ones[None, :] - 2.0 * (q @ ref.T)
 
 
 _MATRIX_CELLS = 64_000_000
@@ -84,13 +90,9 @@ def groups(hashes: np.ndarray, *, max_bits: int = MAX_BITS) -> np.ndarray:
             i = parent[i]
         return i
 
-    h = hashes.astype(np.float32)
-    ones = h.sum(1)
-    chunk = max(1, min(1024, _MATRIX_CELLS // max(1, len(h))))
-    for s in range(0, len(h), chunk):
-        d = ones[s : s + chunk, None] + ones[None, :] - 2.0 * (h[s : s + chunk] @ h.T)
+    for s, d in _bit_distances(hashes, hashes):
         for i, j in zip(*np.nonzero(np.rint(d) <= max_bits)):
             a, b = root(s + int(i)), root(int(j))
             if a != b:
                 parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(len(h))])
+    return np.array([root(i) for i in range(len(hashes))])

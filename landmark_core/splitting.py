@@ -7,7 +7,6 @@ follow them), or copies.
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import zlib
@@ -19,7 +18,7 @@ import numpy as np
 
 from . import nearcopy
 from .catalog import coords_file_beside
-from .datasets import _class_split, image_objects
+from .datasets import DatasetError, _class_split, gldv2_photos, image_objects
 
 
 class SplitError(ValueError):
@@ -85,19 +84,17 @@ def _listed(source: str) -> tuple[Plan, dict[str, list[str]]]:
 def _listed_gldv2(source: str) -> tuple[Plan, dict[str, list[str]]]:
     """A GLDv2 root, as `landmark train --data` reads it: train.csv (id, landmark_id) and train/a/b/c/<id>.jpg;
     each landmark_id becomes a class folder."""
-    with open(os.path.join(source, "train.csv"), newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"id", "landmark_id"} <= set(rows[0]):
-        raise SplitError(f"{source}/train.csv: expected columns id,url,landmark_id")
+    try:
+        rows = gldv2_photos(source)
+    except DatasetError as e:
+        raise SplitError(str(e)) from None
     out, by_class = Plan(), {}
-    for r in rows:
-        i = r["id"]
-        uri = os.path.join(source, "train", i[0], i[1], i[2], f"{i}.jpg")
+    for uri, landmark in rows:
         if not os.path.isfile(uri):
             out.missing.append(uri)
             continue
-        by_class.setdefault(r["landmark_id"], []).append(uri)
-        out.place[uri] = f"{i}.jpg"
+        by_class.setdefault(landmark, []).append(uri)
+        out.place[uri] = Path(uri).name
     if not by_class:
         raise SplitError(f"{source}/train.csv: none of its {len(rows)} photos is under {source}/train/")
     return out, by_class
