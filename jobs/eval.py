@@ -375,7 +375,8 @@ def _near_copies(cfg: EvalConfig, reference: list[str], unlisted: list[str], pho
 def _training_photos(listed: list[str], data: str | None) -> list[str]:
     """Of the photos listed under the training roots, those training read: under --data, its train/ and val/
     when it has train/ (as datasets.load_labelled reads it; a GLDv2 root's images are in train/ too), else all
-    but test/; every photo under a --negatives root."""
+    but a test/ made since (load_labelled refuses a root with test/ or val/ but no train/); every photo under a
+    --negatives root."""
     if not data:
         return listed
     train, val, test = (storage.join(data, part) for part in ("train", "val", "test"))

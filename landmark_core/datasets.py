@@ -158,6 +158,11 @@ def load_labelled(
         chosen = [f for f in files if f.startswith(sub.rstrip("/") + "/")]
         if chosen:
             splits[name] = _class_split(chosen, sub)
+    if "train" not in splits and splits:  # else its test/ photos would train, as a landmark called "test"
+        raise DatasetError(
+            f"--data {root}: has {'/ and '.join(splits)}/ but no train/: put the training photos in "
+            "train/<landmark>/, or give a folder of landmark folders (`landmark data split` makes train/ and test/)"
+        )
     if "train" not in splits:  # a bare root of class folders
         splits = {"train": _class_split(files, root)}
     catalog = _distinct(

@@ -104,6 +104,17 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
         load_labelled(str(tmp_path))
 
 
+@pytest.mark.parametrize("parts", [("test",), ("val", "test")])
+def test_a_data_root_with_test_but_no_train_is_refused(tmp_path, parts):
+    """Read as a bare root, its test/ photos would have trained as a landmark called "test"."""
+    for part in parts:
+        (tmp_path / part / "hoian_town").mkdir(parents=True)
+        (tmp_path / part / "hoian_town" / "a.jpg").write_bytes(_jpeg())
+    with pytest.raises(DatasetError) as e:
+        load_labelled(str(tmp_path))
+    assert f"has {'/ and '.join(parts)}/ but no train/" in str(e.value) and "landmark data split" in str(e.value)
+
+
 def test_class_folders_from_s3(s3, s3_bucket, monkeypatch):
     for k, v in s3.env().items():
         monkeypatch.setenv(k, v)
