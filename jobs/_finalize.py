@@ -61,7 +61,7 @@ def finalize(
     )
     metrics = _run_metrics(cfg, data, history, train_state, train_seconds, temperature, fit, rec, rec_metrics)
     metrics.update(_eval_metrics(cfg, data, ev, temperature, fit, rec, gallery))
-    _, eval_preset = presets_for(cfg.effective_image_size)
+    _, eval_preset = presets_for(cfg.effective_image_size, cfg.crop_fraction)
     art = Artifact(
         spec=ModelSpec(cfg.model, n_classes, dropout=cfg.dropout, weights=cfg.weights),
         catalog=data.catalog,

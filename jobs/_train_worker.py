@@ -52,7 +52,7 @@ class Worker:
         torch.set_num_threads(max(1, int(self.c.cpus_per_worker)))
         torch.manual_seed(self.c.seed + self.rank)
         self.opts = self.c.s3_options()
-        self.train_preset, self.eval_preset = presets_for(self.c.effective_image_size)
+        self.train_preset, self.eval_preset = presets_for(self.c.effective_image_size, self.c.crop_fraction)
         self.val_emb = None  # a frozen backbone's validation embeddings, computed at the first validation
         self.spec = ModelSpec(self.c.model, loop_cfg["n_classes"], dropout=self.c.dropout, weights=self.c.weights)
         self.net = build_model(self.spec, storage_options=self.opts, trust_pickle=self.c.trust_pickle).to(self.device)

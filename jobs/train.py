@@ -34,6 +34,7 @@ from landmark_core.catalog import coords_file_beside, coords_file_note, listed
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.modelspec import native_image_size
+from landmark_core.preprocess import CROP_FRACTION
 from landmark_core.recognizer import RECOGNIZERS
 
 HEAD_LR = 3e-3  # a new head on frozen features: --freeze-backbone's default, and the linear probe's (LP-FT)
@@ -64,6 +65,7 @@ NUMBER_RANGES = {
     # the worker stops after this many epochs without a better validation loss: 0 would act as 1, not as "off"
     "patience": (">= 1 (to never stop early, give the --epochs value)", lambda v: v >= 1),
     "image_size": (f"at least {MIN_IMAGE_SIZE} (the networks downsample by 32)", lambda v: v >= MIN_IMAGE_SIZE),
+    "crop_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
     "feature_views": _POSITIVE,
     "probe_epochs": _NOT_NEGATIVE,
     # every run fits its temperature, recognizer and threshold on validation photos: val/, else this share of train/
@@ -104,6 +106,7 @@ class TrainConfig:
     dropout: float = 0.2
     patience: int = 3
     image_size: int | None = None  # default: the model's pretraining side, see effective_image_size
+    crop_fraction: float = CROP_FRACTION  # the eval crop's side over the resized short side (1: the whole square)
     feature_views: int = 4  # frozen backbone: eval crop + augmented crops, computed once
     probe_epochs: int = 20  # fine-tuning a pretrained backbone: head fitted on frozen features first (LP-FT)
     val_fraction: float = 0.15
@@ -923,6 +926,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d.image_size,
         help="model input side in pixels (default: the backbone's pretraining side, 224; efficientnet_lite1 240, "
         "efficientnet_lite2 260)",
+    )
+    p.add_argument(
+        "--crop-fraction",
+        type=float,
+        default=d.crop_fraction,
+        help="the eval crop's share of the photo's short side, resized to --image-size / this (default 0.875, the "
+        "ImageNet convention; 1: the whole centre square). Recorded in the artifact: tag, serve and eval use it",
     )
     p.add_argument(
         "--feature-views",

@@ -118,9 +118,12 @@ class TrainPreset:
         return T.Compose(ops)
 
 
-def presets_for(size: int = 224) -> tuple[TrainPreset, EvalPreset]:
-    """The train/eval pair for an input size (resize = size / 0.875, the ImageNet convention)."""
-    return TrainPreset(size=size), EvalPreset(size=size, resize=round(size / 0.875))
+CROP_FRACTION = 0.875  # the ImageNet convention: 224 of 256
+
+
+def presets_for(size: int = 224, crop_fraction: float = CROP_FRACTION) -> tuple[TrainPreset, EvalPreset]:
+    """The train/eval pair for an input size: the eval crop is ``crop_fraction`` of the resized short side."""
+    return TrainPreset(size=size), EvalPreset(size=size, resize=round(size / crop_fraction))
 
 
 def normalize_batch(batch_uint8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD, device=None):

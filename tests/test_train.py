@@ -130,6 +130,9 @@ def test_scratch_cnn_learns_through_a_killed_worker_and_a_killed_driver(tmp_path
         (["--negatives", ".", "--recognizer", "gallery"], "--recognizer"),
         (["--image-size", "5"], "--image-size"),  # workers crashed three times on a conv "Kernel size" error
         (["--image-size", "31"], "--image-size"),
+        (["--crop-fraction", "0"], "--crop-fraction must be in (0, 1]"),
+        (["--crop-fraction", "1.5"], "--crop-fraction must be in (0, 1]"),
+        (["--crop-fraction", "nan"], "--crop-fraction must be a finite number in (0, 1]"),
         # each numeric flag in its range, named with it (these started Ray Train and failed in the workers, were
         # told as another flag's error, or trained on nonsense)
         (["--seed", "-1"], "--seed must be >= 0"),  # was numpy's "expected non-negative integer" under --data
@@ -387,6 +390,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         freeze_backbone=frozen,
         feature_views=2,
         members=2 if frozen else 1,  # the open-world command's shape: frozen, its decision pooled over runs
+        crop_fraction=1.0 if frozen else 0.875,  # and its whole-square eval crop
         coords=str(tmp_path / "coords.json"),
         unknown=str(held_out["root"]) if frozen else None,
     )
@@ -398,6 +402,8 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
     assert out.count("(model built first)") == 1, out[-3000:]
     art = load_artifact(cfg.output)
     assert art.abstain["method"] == "openworld" and art.abstain["max_wrong_rate"] == 0.05
+    # the eval crop the run trained on is the one the artifact's users (tag, serve, eval) read photos with
+    assert (art.preprocess.size, art.preprocess.resize) == ((96, 96) if frozen else (96, 110))
     # what it learned from, absolute: eval warns when asked to measure it there, from any folder
     real = os.path.realpath
     assert art.provenance["inputs"] == {"data": real(train_data["root"]), "negatives": [real(neg["root"])]}
