@@ -163,7 +163,7 @@ def load_labelled(
             f"--data {root}: has {'/ and '.join(splits)}/ but no train/: put the training photos in "
             "train/<landmark>/, or give a folder of landmark folders (`landmark data split` makes train/ and test/)"
         )
-    if "train" not in splits:  # a bare root of class folders
+    if not splits:  # a bare root of class folders
         splits = {"train": _class_split(files, root)}
     catalog = _distinct(
         Catalog.from_folders(splits["train"], coords=coords, name=Path(root.rstrip("/")).name or "custom")

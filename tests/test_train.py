@@ -390,7 +390,7 @@ def test_training_with_negatives_makes_an_open_world_model(ray_local, train_data
         freeze_backbone=frozen,
         feature_views=2,
         members=2 if frozen else 1,  # the open-world command's shape: frozen, its decision pooled over runs
-        crop_fraction=1.0 if frozen else 0.875,  # and its whole-square eval crop
+        crop_fraction=1.0 if frozen else 0.875,  # the whole square README measures beside the default crop
         coords=str(tmp_path / "coords.json"),
         unknown=str(held_out["root"]) if frozen else None,
     )
