@@ -1,5 +1,6 @@
 """The CLI as the README describes it: its "Commands and flags" table names every flag of every command
-(`landmark COMMAND --help`) and no flag that does not exist, and every option has a help string."""
+(`landmark COMMAND --help`), neither the table nor a command's details section below it names a flag that does
+not exist, and every option has a help string."""
 
 from __future__ import annotations
 
@@ -15,15 +16,24 @@ from jobs.cli import COMMANDS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _table_rows() -> dict[str, str]:
+def _commands_section() -> str:
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Commands and flags") :]
-    table = table[: table.index("\n## ")]
+    section = text[text.index("## Commands and flags") :]
+    return section[: section.index("\n## ")]
+
+
+def _table_rows() -> dict[str, str]:
     rows = {}
-    for line in table.splitlines():
+    for line in _commands_section().splitlines():
         if m := re.match(r"\| `landmark ([a-z]+(?: [a-z]+)?)[^`]*` \|(.*)\|\s*$", line):
             rows[m.group(1)] = m.group(2)
     return rows
+
+
+def _details_sections() -> dict[str, str]:
+    """The text under each `### `landmark COMMAND`` heading of the section: the longer commands' details."""
+    parts = re.split(r"^### `landmark ([a-z]+)[^`]*`\s*$", _commands_section(), flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
 
 
 def _parsers_of(command: str, monkeypatch) -> list[argparse.ArgumentParser]:
@@ -90,11 +100,13 @@ def test_every_flag_the_readme_table_names_exists(command, monkeypatch):
     known |= OTHER_COMMANDS_FLAGS.get(command, set())
     rows = {name: row for name, row in _table_rows().items() if name.split()[0] == command}
     assert rows, f"README's table has no row for `landmark {command}`"
+    if command in _details_sections():
+        rows[f"{command} (details)"] = _details_sections()[command]
     stale = sorted(
         {f"{name}: {f}" for name, row in rows.items() for f in re.findall(r"--[a-z][a-z0-9-]*", row)}
         - {f"{name}: {f}" for name in rows for f in known}
     )
-    assert not stale, f"README's table names flags `landmark {command}` does not have: {stale}"
+    assert not stale, f"README's table or details names flags `landmark {command}` does not have: {stale}"
 
 
 @pytest.mark.parametrize("doc", ["README.md", "RELIABILITY.md", "docs/open-world.md"])
@@ -107,3 +119,15 @@ def test_relative_links_resolve(doc):
     assert doc != "README.md" or local, "README.md links no project file: the pattern no longer matches its links"
     missing = sorted({t for t in local if not ((ROOT / doc).parent / t).exists()})
     assert not missing, f"{doc} links files that do not exist: {missing}"
+
+
+def test_details_sections_are_linked_from_their_rows():
+    """Each details section has a command's row linking to it, and only commands with a row have one (a details
+    section under a misspelt heading would otherwise escape the stale-flag check above)."""
+    rows, sections = _table_rows(), _details_sections()
+    assert sections, "no details section found: the heading pattern no longer matches the README"
+    for command in sections:
+        assert command in COMMANDS, f"details section for an unknown command `landmark {command}`"
+        assert f"(#landmark-{command})" in rows.get(command, ""), (
+            f"`landmark {command}`'s row does not link its details"
+        )
