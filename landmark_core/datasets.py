@@ -20,7 +20,8 @@ import numpy as np
 from . import storage
 from .catalog import Catalog, same_name_folders
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".heic", ".heif")
+# .jfif: a JPEG as Windows browsers save one; .avif: what web downloads and some phones give (Pillow decodes it)
+IMAGE_EXTENSIONS = tuple(".jpg .jpeg .jfif .png .webp .bmp .gif .tif .tiff .heic .heif .avif".split())
 
 
 # how each training epoch, fine-tuned or frozen, draws its negatives (landmark_core.training.draw_negatives)

@@ -131,7 +131,7 @@ def test_class_folders_from_s3(s3, s3_bucket, monkeypatch):
 
 
 def _left_out_cases(put) -> None:
-    for name in ("a.jpg", "b.JPEG", "c.heic", "clip.MOV", "clip2.mov", "IMG_0001", "notes.txt", "sub/d.png"):
+    for name in "a.jpg b.JPEG c.heic clip.MOV clip2.mov IMG_0001 notes.txt sub/d.png e.avif f.JFIF".split():
         put(name, _jpeg(0))
 
 
@@ -157,7 +157,7 @@ def test_the_tag_listing_counts_what_it_leaves_out_by_name(tmp_path, s3, s3_buck
         left_out = Counter()
         listing = list_inputs(root, opts, left_out=left_out)
         names = sorted(u.rsplit("/", 1)[-1] for u in listing.column("uri").to_pylist())
-        assert names == ["a.jpg", "b.JPEG", "c.heic", "d.png"], root
+        assert names == ["a.jpg", "b.JPEG", "c.heic", "d.png", "e.avif", "f.JFIF"], root
         assert left_out == {".mov": 2, "(no extension)": 1, ".txt": 1}, root
         note = left_out_note(dict(left_out))
         assert note.startswith("4 object(s) under --input are not photos by name") and "--manifest" in note

@@ -316,10 +316,12 @@ def test_synthetic_gps_photos_carry_their_class_coordinates(synthetic_data):
     assert seen == round(0.5 * 12) + round(0.5 * 6)  # gps_fraction 0.5 of train (12) and test (6)
 
 
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 @pytest.mark.parametrize("orientation", [1, 6])
-def test_an_iphone_heic_decodes_upright_with_its_location_and_time(orientation):
-    """HEIC, most phone uploads: decoded (pillow-heif is a dependency), upright (the container's rotation, written
-    from the EXIF orientation, applied once), its GPS and capture time read as from a JPEG."""
+def test_a_phone_heic_or_avif_decodes_upright_with_its_location_and_time(orientation, fmt):
+    """HEIC, most phone uploads, and AVIF: decoded (pillow-heif is a dependency; Pillow reads AVIF), upright (the
+    container's rotation, written from the EXIF orientation, applied once), GPS and capture time read as from a
+    JPEG."""
     exif = Image.Exif()
     exif[274] = orientation
     gps = exif.get_ifd(0x8825)
@@ -327,8 +329,8 @@ def test_an_iphone_heic_decodes_upright_with_its_location_and_time(orientation):
     exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
     upright = _quadrants(120, 80)
     stored = upright.transpose(STORE_ROTATED[orientation]) if orientation != 1 else upright
-    d = decode_image(encode(stored, "HEIF", quality=95, exif=exif.tobytes()))
-    assert d.format == "HEIF" and d.image.size == (120, 80) and (d.width, d.height) == (120, 80)
+    d = decode_image(encode(stored, fmt, quality=95, exif=exif.tobytes()))
+    assert d.format == fmt and d.image.size == (120, 80) and (d.width, d.height) == (120, 80)
     assert _corner_colours(d.image) == UPRIGHT_CORNERS
     assert (round(d.exif_lat, 4), round(d.exif_lon, 4)) == (48.8584, 2.2945)
     assert d.exif_time == datetime(2024, 5, 6, 7, 8, 9)
