@@ -97,7 +97,8 @@ def run(cfg: EvalConfig) -> dict:
     held_in += linked_training_photos(_by_flag(cfg, listed), reference, named=held_in)
     for line in held_in:
         print(f"[eval] warning: {line}", file=sys.stderr, flush=True)
-    outcomes, decision, failed, photos = _measure(cfg, predictor, sets)
+    known_features = {}
+    outcomes, decision, failed, photos = _measure(cfg, predictor, sets, known_features)
     summary = _summary(predictor, outcomes, failed)
     copies = _near_copies(cfg, reference, unlisted, photos) if cfg.copy_check else None
     result = {
@@ -114,7 +115,7 @@ def run(cfg: EvalConfig) -> dict:
         "mistakes": _mistakes(photos),
         "curve": evaluation.coverage_curve(outcomes, decision=decision),
         "rates": _at_rates(predictor, outcomes, decision),
-        "catalog_look_alikes": _catalog_look_alikes(cfg, predictor, sets),
+        "catalog_look_alikes": _catalog_look_alikes(predictor, sets, known_features),
     }
     if other is not None:
         other_outcomes, _, other_failed, other_photos = _measure(cfg, other, other_sets)
@@ -156,9 +157,11 @@ def _predictor(cfg: EvalConfig, model: str, flag: str):
         raise ConfigError(f"{flag}: {e}") from None
 
 
-def _measure(cfg: EvalConfig, predictor, sets: list):
+def _measure(cfg: EvalConfig, predictor, sets: list, known_features: dict | None = None):
     """Every folder's photos (``_labelled`` sets) through ``predictor``: (outcomes of the photos read, their
-    decision scores, the failed ones, one row per photo)."""
+    decision scores, the failed ones, one row per photo). ``known_features``, if given, gets each known folder's
+    (logits, embeddings) of the photos read, in order, for the catalog look-alikes to score without reading them
+    again."""
     import numpy as np
 
     from landmark_core import evaluation
@@ -166,7 +169,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
 
     names = predictor.catalog.names
     index = {name: i for i, name in enumerate(names)}
-    recorded = _DecisionScores(predictor)
+    recorded = _DecisionScores(predictor, keep_features=known_features is not None)
     parts, decisions, failed, photos = [], [], [], []
     for group, paths, labels in sets:
         # files, not photos: the table's photos column counts those read, its failed column the rest
@@ -174,6 +177,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
         kind = "unknown" if labels[0] == evaluation.UNKNOWN else "known"
         pred, score, tagged, keep, results = [], [], [], [], []
         recorded.batches.clear()
+        recorded.features.clear()
         for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size, opts=cfg.s3_options())):
             results.append(r)
             if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
@@ -187,6 +191,8 @@ def _measure(cfg: EvalConfig, predictor, sets: list):
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
         decision = np.concatenate(recorded.batches)
         decisions.append(decision[keep])
+        if known_features is not None and kind == "known":
+            known_features[group] = recorded.stacked_features()
         photos += [
             _photo_row(group, kind, r, names[y] if y != evaluation.UNKNOWN else None, d)
             for r, y, d in zip(results, labels, decision)
@@ -451,31 +457,30 @@ def _at_rates(predictor, outcomes, decision) -> list[dict] | None:
     return [{"max_wrong_rate": r, "threshold": t, **p} for r, t, p in zip(RATES, thresholds, points)]
 
 
-def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] | None:
+def _catalog_look_alikes(predictor, sets: list, known_features: dict) -> list[dict] | None:
     """Each known folder scored as if its landmark were not in the catalog (Predictor.open_world_scores with
     ``absent``): the share of its photos tagged as another catalog landmark, and as which. A high share says two
     catalog landmarks look alike to the model, and a sight like them that no folder shows will be tagged too; a
     low one clears nothing, since it sees only look-alikes inside the catalog. An open-world model's only (None
-    otherwise): the known photos are read a second time, failed ones skipped."""
+    otherwise), on the features ``_measure`` kept of the photos it read (``known_features``)."""
     import numpy as np
 
-    from landmark_core.enroll import embed_uris
     from landmark_core.evaluation import UNKNOWN
 
     if predictor.method != "openworld" or len(predictor.catalog) < 2:
         return None
     names, rows = predictor.catalog.names, []
-    for group, paths, labels in sets:
+    for group, _paths, labels in sets:
         absent = labels[0]
         if absent == UNKNOWN:
             continue
         others = [n for i, n in enumerate(names) if i != absent]
-        read = embed_uris(predictor, paths, cfg.s3_options(), batch_size=cfg.batch_size)
-        shown = len(read.uris)
+        logits, emb = known_features[group]
+        shown = len(logits)
         tagged = Counter()
         if shown:
-            score = predictor.open_world_scores(read.logits, read.emb, absent=absent)
-            named = np.delete(read.logits, absent, axis=1).argmax(axis=1)
+            score = predictor.open_world_scores(logits, emb, absent=absent)
+            named = np.delete(logits, absent, axis=1).argmax(axis=1)
             tagged.update(others[i] for i in named[score.astype(np.float32) >= predictor.threshold])  # as rows carry it
         rows.append(
             {
@@ -492,18 +497,29 @@ def _catalog_look_alikes(cfg: EvalConfig, predictor, sets: list) -> list[dict] |
 class _DecisionScores:
     """The Predictor, keeping each batch's decision score (``abstain_score``, one per photo, failed ones too): the
     curve moves the threshold on what the model decides on, which for a model trained without negatives is not
-    the row's score (its kNN score against the softmax)."""
+    the row's score (its kNN score against the softmax). ``keep_features``: also the (logits, embeddings) of each
+    batch's decoded photos."""
 
-    def __init__(self, predictor):
-        self._predictor, self.batches = predictor, []
+    def __init__(self, predictor, *, keep_features: bool = False):
+        self._predictor, self.batches, self.features, self._keep = predictor, [], [], keep_features
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
 
     def __call__(self, batch: dict) -> dict:
-        out = self._predictor(batch)
+        out = self._predictor(batch, features=self._keep)
         self.batches.append(out["abstain_score"])
+        if self._keep and (kept := out.pop("features")) is not None:
+            self.features.append(kept)
         return out
+
+    def stacked_features(self):
+        """The kept batches' (logits, embeddings), one row per decoded photo in order; empty arrays if none."""
+        import numpy as np
+
+        if not self.features:
+            return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+        return tuple(np.concatenate([f[i] for f in self.features]) for i in (0, 1))
 
 
 def _add_failed(rows: list[dict], failed: list[dict]) -> None:

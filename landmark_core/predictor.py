@@ -198,7 +198,9 @@ class Predictor:
             ab = members.pool([ab] + [members.score(m, emb, absent=absent) for m in self.members])
         return ab
 
-    def predict_arrays(self, images_uint8: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_arrays(self, images_uint8: np.ndarray, *, features: bool = False) -> dict[str, np.ndarray]:
+        """The tag columns of a batch of decoded photos; ``features``: also the network's ``logits`` and
+        ``embeddings`` they were made from (for a caller that scores the same photos again another way)."""
         n = len(images_uint8)
         if n == 0:
             return self._empty()
@@ -217,7 +219,8 @@ class Predictor:
             ).astype(np.float32)
         accepted = ab >= self.threshold
         first = top[:, 0]
-        return {
+        out = {"logits": logits, "embeddings": emb} if features else {}
+        return out | {
             "status": np.where(accepted, TAGGED, NO_LANDMARK).astype(object),
             "landmark": np.where(accepted, self._names[first], None).astype(object),
             "score": top_p[:, 0],
@@ -228,11 +231,15 @@ class Predictor:
             "topk_score": top_p,
         }
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict, *, features: bool = False) -> dict:
+        """The tag columns of a decoded batch, failed rows kept as they are. ``features``: also ``features``, the
+        (logits, embeddings) of the batch's decoded rows in order (see predict_arrays), None if none decoded."""
         images = batch["image"]
         ok = np.asarray(batch.get("ok", np.ones(len(images), dtype=bool)), dtype=bool)
         out = {k: v for k, v in batch.items() if k != "image"}
         cols = self._empty(len(images))
+        if features:  # never a column of the tag job's batches
+            out["features"] = None
         if ok.any():
             if isinstance(images, np.ndarray) or not hasattr(images, "device"):
                 images = np.asarray(images)[ok]
@@ -240,7 +247,9 @@ class Predictor:
                 import torch
 
                 images = images[torch.from_numpy(ok).to(images.device)]
-            pred = self.predict_arrays(images)
+            pred = self.predict_arrays(images, features=features)
+            if features:
+                out["features"] = (pred.pop("logits"), pred.pop("embeddings"))
             for name, col in pred.items():
                 cols[name][ok] = col
         if "status" in batch:  # failed rows keep their status

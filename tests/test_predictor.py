@@ -117,6 +117,20 @@ def test_empty_batch(sharp_predictor):
     assert out["topk_idx"].shape == (0, 3)
 
 
+def test_features_are_the_decoded_rows_network_outputs_and_only_when_asked(sharp_predictor, images):
+    """`landmark eval` scores its known photos a second way on the features of the pass that tagged them: they are
+    the network's logits and embeddings of the decoded rows, in order; without ``features`` no such key exists (a
+    tag job batch gets no extra column)."""
+    ok = np.array([True, False, True, True])
+    batch = {"image": images[:4], "ok": ok}
+    out = sharp_predictor(batch, features=True)
+    logits, emb = sharp_predictor.logits_and_embeddings(images[:4][ok])
+    np.testing.assert_array_equal(out["features"][0], logits)
+    np.testing.assert_array_equal(out["features"][1], emb)
+    assert "features" not in sharp_predictor(batch)
+    assert sharp_predictor({"image": images[:2], "ok": np.array([False, False])}, features=True)["features"] is None
+
+
 # ------------------------------------------------------------------------------------------------ failed rows
 
 
