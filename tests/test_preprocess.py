@@ -555,7 +555,7 @@ def test_training_eval_and_predictor_inputs_are_identical(photo_files, tiny_arti
     # the predictor route, as `landmark predict` really runs it: spy on what reaches predict_arrays
     seen = []
     real = predictor.predict_arrays
-    predictor.predict_arrays = lambda images: (seen.append(images.copy()), real(images))[1]
+    predictor.predict_arrays = lambda images, **kw: (seen.append(images.copy()), real(images, **kw))[1]
     results = list(predict_paths(photo_files, predictor, batch_size=5))
     pred_u8 = np.concatenate(seen)
     assert pred_u8.shape == eval_u8.shape == (len(photo_files), 224, 224, 3)
