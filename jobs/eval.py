@@ -169,7 +169,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list, known_features: dict | None
 
     names = predictor.catalog.names
     index = {name: i for i, name in enumerate(names)}
-    recorded = _DecisionScores(predictor, keep_features=known_features is not None)
+    recorded = _DecisionScores(predictor)
     parts, decisions, failed, photos = [], [], [], []
     for group, paths, labels in sets:
         # files, not photos: the table's photos column counts those read, its failed column the rest
@@ -178,6 +178,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list, known_features: dict | None
         pred, score, tagged, keep, results = [], [], [], [], []
         recorded.batches.clear()
         recorded.features.clear()
+        recorded.keep_features = known_features is not None and kind == "known"  # unknown folders' are not scored again
         for i, r in enumerate(predict_paths(paths, recorded, batch_size=cfg.batch_size, opts=cfg.s3_options())):
             results.append(r)
             if r.status == FAILED:  # not in the shares: named, with its reason, here and in the result
@@ -191,7 +192,7 @@ def _measure(cfg: EvalConfig, predictor, sets: list, known_features: dict | None
         parts.append(evaluation.Outcomes.of(group, np.asarray(labels)[keep], pred, score, tagged))
         decision = np.concatenate(recorded.batches)
         decisions.append(decision[keep])
-        if known_features is not None and kind == "known":
+        if recorded.keep_features:
             known_features[group] = recorded.stacked_features()
         photos += [
             _photo_row(group, kind, r, names[y] if y != evaluation.UNKNOWN else None, d)
@@ -501,15 +502,15 @@ class _DecisionScores:
     batch's decoded photos."""
 
     def __init__(self, predictor, *, keep_features: bool = False):
-        self._predictor, self.batches, self.features, self._keep = predictor, [], [], keep_features
+        self._predictor, self.batches, self.features, self.keep_features = predictor, [], [], keep_features
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
 
     def __call__(self, batch: dict) -> dict:
-        out = self._predictor(batch, features=self._keep)
+        out = self._predictor(batch, features=self.keep_features)
         self.batches.append(out["abstain_score"])
-        if self._keep and (kept := out.pop("features")) is not None:
+        if self.keep_features and (kept := out.pop("features")) is not None:
             self.features.append(kept)
         return out
 
