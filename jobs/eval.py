@@ -498,11 +498,11 @@ def _catalog_look_alikes(predictor, sets: list, known_features: dict) -> list[di
 class _DecisionScores:
     """The Predictor, keeping each batch's decision score (``abstain_score``, one per photo, failed ones too): the
     curve moves the threshold on what the model decides on, which for a model trained without negatives is not
-    the row's score (its kNN score against the softmax). ``keep_features``: also the (logits, embeddings) of each
-    batch's decoded photos."""
+    the row's score (its kNN score against the softmax). While ``keep_features`` is set (``_measure`` sets it per
+    folder), also the (logits, embeddings) of each batch's decoded photos."""
 
-    def __init__(self, predictor, *, keep_features: bool = False):
-        self._predictor, self.batches, self.features, self.keep_features = predictor, [], [], keep_features
+    def __init__(self, predictor):
+        self._predictor, self.batches, self.features, self.keep_features = predictor, [], [], False
 
     def __getattr__(self, name):
         return getattr(self._predictor, name)
