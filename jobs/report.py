@@ -268,9 +268,11 @@ def _members_rows(members: dict | None) -> list[str]:
     if not isinstance(members, dict):
         return []
     rows = [("members (seeds)", f"{members.get('count')} ({', '.join(map(str, members.get('seeds', [])))})")]
-    if test := members.get("test"):
+    by_runtime = members.get("test_by_runtime") or ({"torch": members["test"]} if members.get("test") else {})
+    for runtime, test in by_runtime.items():  # int8's decision is the CPU tag job's: its own fit, a photo apart
         shares = ", ".join(f"{k} {100 * test[k]:.1f}%" for k in ("right", "abstained", "wrong") if k in test)
-        rows.append(("test, pooled decision", f"{shares} of {test.get('photos')} photos"))
+        on = "fp32" if runtime == "torch" else runtime
+        rows.append((f"test, pooled decision ({on})", f"{shares} of {test.get('photos')} photos"))
     # (test_ece and reliability.png describe the first member's head alone, not the pooled score)
     rows.append(("test_ece, reliability.png", "the first member's head (fp32); the pooled decision is above"))
     return [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows]

@@ -498,6 +498,10 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
             rt.cache_model(metrics["model_id"], runtime, blob)
     test, open_world = _pooled_decision(cfg)
     metrics["members"]["test"] = test
+    if test:  # the tag job's CPU runtime has its own fit: its decision, beside fp32's
+        metrics["members"]["test_by_runtime"] = {"torch": test} | {
+            runtime: _test_shares(cfg, runtime) for runtime in pooled.abstain.get("runtimes", {})
+        }
     if test:
         metrics["test_false_abstain"] = test["abstained"]
     if open_world:
@@ -506,14 +510,25 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
     for f in sorted(first.rglob("*")):
         if f.is_file() and (f.name == "history.json" or f.parent.name == "report"):
             storage.write_bytes(storage.join(cfg.output, str(f.relative_to(first))), f.read_bytes(), opts)
-    t = metrics["members"]["test"]
     print(
         f"[train] wrote {cfg.output} (model_id {metrics['model_id']}): {cfg.members} members pooled, threshold "
-        f"{_thresholds_by_runtime(pooled.abstain)}"
-        + (f"; test right {t['right']:.4f}, abstained {t['abstained']:.4f}, wrong {t['wrong']:.4f}" if t else ""),
+        f"{_thresholds_by_runtime(pooled.abstain)}{_test_text(metrics['members'].get('test_by_runtime'))}",
         flush=True,
     )
     return metrics
+
+
+def _test_text(by_runtime: dict | None) -> str:
+    """The pooled decision on the test split, each runtime named: the tag job on a CPU runs int8, whose
+    decision can differ from fp32's by a photo or two (its own features, score and threshold)."""
+    if not by_runtime:
+        return ""
+    parts = [
+        f"{'fp32' if runtime == 'torch' else runtime} right {t['right']:.4f}, abstained {t['abstained']:.4f}, "
+        f"wrong {t['wrong']:.4f}"
+        for runtime, t in by_runtime.items()
+    ]
+    return "; test " + "; ".join(parts)
 
 
 # a run's metrics of its own tag decision: in the pooled model's metrics.json under members.runs only
@@ -526,31 +541,48 @@ def _pooled_decision(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
     and unknown photos, as one run's metrics have them (``open_world``)."""
     import numpy as np
 
-    from landmark_core.datasets import load_labelled, load_unlabelled
+    from landmark_core.datasets import load_unlabelled
     from landmark_core.evaluation import UNKNOWN, Outcomes, summary
-    from landmark_core.predictor import Predictor
 
     opts = cfg.s3_options()
-    test = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, opts=opts).test
+    pred, known = _test_outcomes(cfg, "torch")
+    test_shares = _shares(known)
     unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
-    pred = Predictor(cfg.output, storage_options=opts, runtime="torch")
-    known = _decide(pred, "test", list(test.uris), np.asarray(test.labels), opts)
-    right = known.tagged & (known.pred == known.label)
-    test_shares = (
-        {
-            "photos": len(known.label),
-            "right": float(right.mean()),
-            "abstained": float((~known.tagged).mean()),
-            "wrong": float((known.tagged & ~right).mean()),
-        }
-        if len(known.label)
-        else None
-    )
     if not unknown:
         return test_shares, None
     both = summary(Outcomes.concat([known, _decide(pred, "unknown", unknown, np.full(len(unknown), UNKNOWN), opts)]))
     both.pop("reliability")
     return test_shares, both
+
+
+def _test_outcomes(cfg: TrainConfig, runtime: str):
+    """The pooled model at --output on ``runtime`` and its decisions on the test split."""
+    import numpy as np
+
+    from landmark_core.datasets import load_labelled
+    from landmark_core.predictor import Predictor
+
+    opts = cfg.s3_options()
+    test = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, opts=opts).test
+    pred = Predictor(cfg.output, storage_options=opts, runtime=runtime)
+    return pred, _decide(pred, "test", list(test.uris), np.asarray(test.labels), opts)
+
+
+def _test_shares(cfg: TrainConfig, runtime: str) -> dict | None:
+    return _shares(_test_outcomes(cfg, runtime)[1])
+
+
+def _shares(known) -> dict | None:
+    """Shares of the known photos right (tagged with their landmark), abstained and wrong."""
+    if not len(known.label):
+        return None
+    right = known.tagged & (known.pred == known.label)
+    return {
+        "photos": len(known.label),
+        "right": float(right.mean()),
+        "abstained": float((~known.tagged).mean()),
+        "wrong": float((known.tagged & ~right).mean()),
+    }
 
 
 def _decide(pred, group: str, uris: list[str], labels, opts):

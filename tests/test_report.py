@@ -402,3 +402,17 @@ def test_a_landmark_name_with_dollar_signs_is_drawn_as_written(tmp_path):
     for n in names:
         assert cbook.is_math_text(n) and not cbook.is_math_text(plot_text(n))
         assert Text(text=plot_text(n))._preprocess_math(plot_text(n)) == (n, False)  # drawn as written
+
+
+def test_a_pooled_model_s_test_decision_is_shown_per_runtime():
+    """The CPU tag job decides on int8's own fit: the page names each runtime's pooled decision, not one
+    unlabelled fp32 share (a model from before test_by_runtime shows its fp32 one, labelled)."""
+    fp32 = {"photos": 40, "right": 0.9, "abstained": 0.1, "wrong": 0.0}
+    int8 = {"photos": 40, "right": 0.85, "abstained": 0.125, "wrong": 0.025}
+    rows = rep._members_rows(
+        {"count": 5, "seeds": [0, 1, 2, 3, 4], "test": fp32, "test_by_runtime": {"torch": fp32, "onnx-int8": int8}}
+    )
+    assert "<th>test, pooled decision (fp32)</th><td>right 90.0%, abstained 10.0%, wrong 0.0% of 40 photos" in rows[1]
+    assert "<th>test, pooled decision (onnx-int8)</th><td>right 85.0%, abstained 12.5%, wrong 2.5% of 40" in rows[2]
+    older = rep._members_rows({"count": 3, "seeds": [0, 1, 2], "test": fp32})
+    assert "test, pooled decision (fp32)" in older[1] and len(older) == 3

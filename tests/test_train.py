@@ -275,6 +275,18 @@ def test_the_pooled_run_names_each_runtime_s_threshold():
     assert _thresholds_by_runtime({"threshold": 0.2}) == "0.2000"
 
 
+def test_the_pooled_test_line_names_each_runtime():
+    from jobs.train import _test_text
+
+    fp32 = {"photos": 40, "right": 0.9, "abstained": 0.1, "wrong": 0.0}
+    int8 = {"photos": 40, "right": 0.85, "abstained": 0.125, "wrong": 0.025}
+    assert _test_text({"torch": fp32, "onnx-int8": int8}) == (
+        "; test fp32 right 0.9000, abstained 0.1000, wrong 0.0000; "
+        "onnx-int8 right 0.8500, abstained 0.1250, wrong 0.0250"
+    )
+    assert _test_text(None) == ""
+
+
 @pytest.mark.parametrize("how", ["inside", "linked"])
 def test_negatives_that_are_the_data_s_own_photos_are_refused(how, train_data, tmp_path, capsys, monkeypatch):
     """The known landmarks' test folder given as --negatives (or links to --data's photos) would train the model
@@ -509,6 +521,11 @@ def _check_members(cfg, art, metrics, photos_root) -> None:
     t = metrics["members"]["test"]
     assert t["photos"] > 0 and t["right"] + t["abstained"] + t["wrong"] == pytest.approx(1.0)
     assert metrics["test_false_abstain"] == t["abstained"] and "fit_wrong_rate" not in metrics  # the pool's, only
+    by_runtime = metrics["members"]["test_by_runtime"]  # the CPU tag job's decision, beside fp32's
+    assert list(by_runtime) == ["torch", "onnx-int8"] and by_runtime["torch"] == t
+    int8_test = by_runtime["onnx-int8"]
+    assert int8_test["photos"] == t["photos"]
+    assert int8_test["right"] + int8_test["abstained"] + int8_test["wrong"] == pytest.approx(1.0)
     ow = metrics["open_world"]  # --unknown: eval's numbers, for the pooled decision
     assert (ow["known_photos"], ow["known_right"], ow["known_abstained"]) == (t["photos"], t["right"], t["abstained"])
     assert ow["unknown_photos"] == len(list(Path(photos_root).rglob("*.jpg")))
