@@ -7,6 +7,7 @@ import os
 import sys
 
 from .artifact import ArtifactError
+from .cli_errors import brief_errors
 from .closed_pipe import quiet_on_closed_pipe
 from .onnx_runtime import RUNTIMES, RuntimeChoiceError
 from .predict import PhotoResult, predict_paths
@@ -164,6 +165,7 @@ def _main(argv: list[str] | None) -> int:
         help="decode JPEGs on the GPU (nvJPEG via torchvision); needs CUDA and the torch runtime",
     )
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint for s3:// photos and --model")
+    brief_errors(p, sys.argv[1:] if argv is None else argv)  # two lines and a did-you-mean, as every command
     ns = p.parse_args(argv)
     if ns.k < 1:
         p.error(f"-k/--top-k must be >= 1, got {ns.k}")

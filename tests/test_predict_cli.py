@@ -228,6 +228,17 @@ def test_k_below_one_exit_2_naming_k(tiny_artifact, photos, capsys, no_model_env
     assert_error_names(err, "-k")
 
 
+@pytest.mark.parametrize(("typo", "meant"), [("--jsn", "--json"), ("--mdoel", "--model")])
+def test_a_misspelt_flag_is_told_with_the_one_it_is_closest_to(photos, capsys, no_model_env, typo, meant):
+    """As every other command: two lines, not the usage block, and the flag meant."""
+    code, out, err = _main([typo, "x", photos["a"]], capsys)
+    assert code == 2 and out == "" and "usage:" not in err, err
+    assert err.splitlines() == [
+        f"landmark predict: error: unrecognized arguments: {typo} ({typo}: did you mean {meant}?)",
+        "(landmark predict --help lists its flags)",
+    ], err
+
+
 def test_top_k_limits_the_tags(tiny_artifact, photos, capsys, no_model_env):
     code, out, _ = _main(["--json", "-k", "2", "--model", tiny_artifact.path, photos["a"]], capsys)
     assert code == 0
