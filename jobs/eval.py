@@ -599,12 +599,25 @@ def _labelled(cfg: EvalConfig, sets: list, predictor, flag: str) -> list[tuple[s
         raise ConfigError(
             f"--known {cfg.known}: holds splits; give the test split, --known {cfg.known.rstrip('/')}/test"
         )
+    if "train" in known and "train" not in folders and _is_gldv2_root(cfg):
+        raise ConfigError(
+            f"--known {cfg.known}: a GLDv2 root (train.csv, train/a/b/c/<id>.jpg) has no test split and no class "
+            f"folders; make both with `landmark data split {cfg.known} --dest DIR` (before training on DIR) and "
+            "give --known DIR/test"
+        )
     if stray := next((f for f in known if f not in folders), None):
         raise ConfigError(
             f"--known {cfg.known}: folder {stray!r} is not a landmark of the catalog of {flag} "
             f"({', '.join(predictor.catalog.folders)})"
         )
     return [(group, paths, [UNKNOWN if c is None else folders[c]] * len(paths)) for group, paths, c in sets]
+
+
+def _is_gldv2_root(cfg: EvalConfig) -> bool:
+    try:
+        return storage.exists(storage.join(cfg.known, "train.csv"), cfg.s3_options())
+    except Exception:  # unreachable: the plain "not a landmark" error says enough
+        return False
 
 
 def _write(out: str, result: dict, photos: list[dict]) -> None:

@@ -217,12 +217,27 @@ def stratified_split(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
 
 
 def gldv2_photos(root: str, opts: storage.S3Options = storage.S3Options()) -> list[tuple[str, str]]:
-    """(photo uri, landmark_id) for each row of a GLDv2 root's train.csv: its photos are train/a/b/c/<id>.jpg."""
-    text = storage.read_bytes(storage.join(root, "train.csv"), opts).decode("utf-8")
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows or not {"id", "landmark_id"} <= set(rows[0]):
-        raise DatasetError(f"{root}/train.csv: expected columns id,url,landmark_id")
-    return [(storage.join(root, "train", *r["id"][:3], f"{r['id']}.jpg"), r["landmark_id"]) for r in rows]
+    """(photo uri, landmark_id) for each row of a GLDv2 root's train.csv: its photos are train/a/b/c/<id>.jpg,
+    a/b/c the id's first three characters. A spreadsheet's byte-order mark and spaces around fields are read
+    past (a header that reads `id,url,landmark_id` on screen must not be refused)."""
+    text = storage.read_bytes(storage.join(root, "train.csv"), opts).decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    header = [h.strip() for h in next(reader, [])]
+    if not {"id", "landmark_id"} <= set(header):
+        raise DatasetError(
+            f"{root}/train.csv: expected the columns id,url,landmark_id (GLDv2's train.csv), found "
+            f"{','.join(header) or 'no header'}"
+        )
+    i, j = header.index("id"), header.index("landmark_id")
+    rows = [(r[i].strip(), r[j].strip()) for r in reader if len(r) > max(i, j) and r[i].strip()]
+    if not rows:
+        raise DatasetError(f"{root}/train.csv: no rows under its header")
+    return [(gldv2_path(root, photo_id), landmark) for photo_id, landmark in rows]
+
+
+def gldv2_path(root: str, photo_id: str) -> str:
+    """Where GLDv2 keeps a photo: train/<first 3 characters of its id, one folder each>/<id>.jpg."""
+    return storage.join(root, "train", *photo_id[:3], f"{photo_id}.jpg")
 
 
 def _load_gldv2(

@@ -96,7 +96,11 @@ def _listed_gldv2(source: str) -> tuple[Plan, dict[str, list[str]]]:
         by_class.setdefault(landmark, []).append(uri)
         out.place[uri] = Path(uri).name
     if not by_class:
-        raise SplitError(f"{source}/train.csv: none of its {len(rows)} photos is under {source}/train/")
+        first = os.path.relpath(rows[0][0], source)
+        raise SplitError(
+            f"{source}/train.csv: none of its {len(rows)} photos is where GLDv2 keeps it, train/a/b/c/<id>.jpg with "
+            f"a/b/c the id's first three characters (its first row: {first})"
+        )
     return out, by_class
 
 

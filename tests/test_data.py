@@ -16,7 +16,7 @@ import pytest
 
 from jobs.data import FetchError, fetch_udacity, main as data_main
 from landmark_core import storage
-from landmark_core.datasets import DatasetError, Split, load_labelled, stratified_split
+from landmark_core.datasets import DatasetError, Split, gldv2_photos, load_labelled, stratified_split
 from landmark_core.synthetic import generate_dataset, render_scene
 from tests.cli_asserts import assert_error_names
 
@@ -97,6 +97,21 @@ def test_gldv2_csv_layout(tmp_path):
     assert data.layout == "gldv2" and len(data.catalog) == 2
     assert len(data.train) + len(data.val) == 6 and len(data.val) == 2
     assert all(Path(u).exists() for u in data.train.uris + data.val.uris)
+
+
+def test_a_gldv2_csv_from_a_spreadsheet_reads_and_a_wrong_header_is_shown(tmp_path):
+    """Excel writes a byte-order mark and some tools pad fields: the header still reads id,url,landmark_id on
+    screen, so it is read; a header without those columns is refused showing the columns it has."""
+    img_id = "abc0ef0123456789"
+    p = tmp_path / "train" / "a" / "b" / "c" / f"{img_id}.jpg"
+    p.parent.mkdir(parents=True)
+    p.write_bytes(_jpeg())
+    (tmp_path / "train.csv").write_bytes(f"\ufeffid, url, landmark_id\n{img_id}, http://x, 7\n".encode())
+    assert gldv2_photos(str(tmp_path)) == [(str(p), "7")]
+    (tmp_path / "train.csv").write_text("image,landmark\nabc,7\n")
+    with pytest.raises(DatasetError) as e:
+        gldv2_photos(str(tmp_path))
+    assert "expected the columns id,url,landmark_id" in str(e.value) and "found image,landmark" in str(e.value)
 
 
 def test_empty_dataset_is_a_clear_error(tmp_path):

@@ -742,6 +742,11 @@ def test_eval_command_fails_fast_naming_the_flag(tiny_artifact, tmp_path, capsys
     generate_unknown(tmp_path / "set" / "test" / "x", n=1)
     assert eval_main(model + ["--known", str(tmp_path / "set")]) == 2
     assert_error_names(capsys.readouterr().err, "--known", f"give the test split, --known {tmp_path / 'set'}/test")
+    # a GLDv2 root (train.csv, train/a/b/c/<id>.jpg): no test split and no class folders; data split makes both
+    generate_unknown(tmp_path / "gld" / "train" / "a" / "b" / "c", n=1)
+    (tmp_path / "gld" / "train.csv").write_text("id,url,landmark_id\n")
+    assert eval_main(model + ["--known", str(tmp_path / "gld")]) == 2
+    assert_error_names(capsys.readouterr().err, "--known", "a GLDv2 root", f"landmark data split {tmp_path / 'gld'}")
     for argv, said in (  # one folder twice, however spelt, or one inside another: its photos would count twice
         (["--unknown", str(tmp_path / "loose"), "--unknown", str(tmp_path / "set" / ".." / "loose") + "/"], "again"),
         (["--known", str(tmp_path / "set"), "--unknown", str(tmp_path / "set" / "test" / "x")], "holds the other"),

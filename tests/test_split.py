@@ -126,6 +126,16 @@ def test_split_refuses_what_would_mix_or_lose_photos(source, tmp_path, capsys):
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5)) and not (source / "split").exists()
 
 
+def test_a_gldv2_root_with_its_photos_elsewhere_is_told_where_they_belong(tmp_path, capsys):
+    """Photos laid flat in train/ are not where GLDv2 keeps them: the error names the place of the first row."""
+    root = tmp_path / "gld"
+    photo(root / "train" / "c698aa0123456789.jpg", 401)
+    (root / "train.csv").write_text("id,url,landmark_id\nc698aa0123456789,,7\n")
+    assert data_main(["split", str(root), "--dest", str(tmp_path / "split")]) == 2
+    err = capsys.readouterr().err
+    assert "train/a/b/c/<id>.jpg" in err and "(its first row: train/c/6/9/c698aa0123456789.jpg)" in err, err
+
+
 def test_split_of_a_gldv2_root_makes_class_folders_eval_can_read(tmp_path, capsys):
     """A GLDv2 root (train.csv; train/a/b/c/<id>.jpg, as `landmark train --data` reads it) has no test split and
     no class folders for `landmark eval --known`: split makes both, a folder per landmark_id; a photo the CSV
