@@ -173,7 +173,7 @@ def split(cfg: DataConfig) -> dict:
         print(f"[data] {name}: train {len(plan.train[name])}, test {len(plan.test[name])}", file=sys.stderr)
     if len(plan.train) > SHOWN:
         print(f"[data] ... and {len(plan.train) - SHOWN} more landmarks", file=sys.stderr)
-    for line in _left_out_lines(plan, cfg.source):
+    for line in _left_out_lines(plan, cfg.source) + _coords_lines(plan, cfg.source):
         print(f"[data] warning: {line}", file=sys.stderr)
     if one := [n for n in plan.train if not plan.test[n]]:
         print(
@@ -224,6 +224,21 @@ def _left_out_lines(plan, source: str) -> list[str]:
     return lines
 
 
+def _coords_lines(plan, source: str) -> list[str]:
+    """The coords file placed beside the split, read as train will read it: rows that name no landmark folder
+    (a GLDv2 root's folders are its landmark_ids) are said now, not after the split is trained on."""
+    from landmark_core.catalog import Catalog, CatalogError, coords_file_beside, coords_file_note, load_coords
+
+    if not (path := coords_file_beside(source)):
+        return []
+    try:
+        coords = load_coords(path)
+    except CatalogError as e:  # train refuses it, naming the row
+        return [f"{e} (landmark train will refuse it)"]
+    note = coords_file_note(coords, Catalog.from_folders(plan.train), path, "landmark folder")
+    return [note] if note else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="landmark data", description="Fetch or generate datasets.")
     sub = p.add_subparsers(dest="action", required=True)
@@ -243,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "source",
         metavar="SOURCE",
-        help="a local folder of <landmark>/ photo folders (a coords file kept), or a GLDv2 root (train.csv)",
+        help="a local folder of <landmark>/ photo folders (a coords file kept), or a GLDv2 root: train.csv "
+        "(id,url,landmark_id) and train/a/b/c/<id>.jpg, a/b/c the id's first three characters",
     )
     sp.add_argument("--dest", required=True, help="a new folder: DEST/train/<landmark>/, DEST/test/<landmark>/")
     sp.add_argument("--test-fraction", type=float, default=0.25, help="each landmark's share held out, default 0.25")

@@ -30,7 +30,7 @@ from jobs._cli import ConfigError, checks_config, fields_of, run_cli
 from jobs._ray import check_local_gpus, check_resources, init_ray
 from landmark_core import storage
 from landmark_core.abstention import METHODS
-from landmark_core.catalog import coords_file_beside, coords_file_note, listed
+from landmark_core.catalog import coords_file_beside, coords_file_note, listed, unmatched_coords
 from landmark_core.datasets import NEGATIVE_SAMPLINGS
 from landmark_core.models import KNOWN_MODELS, check_model_name
 from landmark_core.modelspec import native_image_size
@@ -645,6 +645,18 @@ def _coords_warning(data, coords: dict | None, coords_file: str | None) -> str |
     return note and f"[train] warning: {note}"
 
 
+def _refuse_coords_of_other_folders(data, coords: dict | None, coords_file: str | None) -> None:
+    """A coordinates file none of whose rows names a landmark of --data is the wrong file, or keyed by names
+    where the folders are ids (a GLDv2 split's): the model would know no landmark's location, which is its point,
+    so it is refused before Ray, not warned of after ten minutes of training."""
+    if coords and len(unmatched_coords(coords, data.catalog)) == len(coords):
+        raise ConfigError(
+            f"{coords_file}: none of its {len(coords)} rows names a class folder of --data ({listed(list(coords))}; "
+            f"the folders: {listed(data.catalog.folders)}): a row's folder column is the landmark's folder name "
+            "(a GLDv2 split's folders are its landmark_ids; a name column beside it names the landmark)"
+        )
+
+
 def _no_val_warning(data) -> str | None:
     """A landmark with one photo trains on it and has none held back: the temperature and the threshold, fitted
     on validation photos, never see it."""
@@ -668,6 +680,7 @@ def _load_inputs(cfg: TrainConfig, opts: storage.S3Options):
     with _names_flag("--data"):
         data = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, coords=coords, opts=opts)
     _refuse_one_landmark(cfg, data)
+    _refuse_coords_of_other_folders(data, coords, coords_file)
     with _names_flag("--unknown"):
         unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
     with _names_flag("--negatives"):

@@ -136,6 +136,22 @@ def test_a_gldv2_root_with_its_photos_elsewhere_is_told_where_they_belong(tmp_pa
     assert "train/a/b/c/<id>.jpg" in err and "(its first row: train/c/6/9/c698aa0123456789.jpg)" in err, err
 
 
+def test_a_coords_file_whose_rows_name_no_landmark_folder_is_said(tmp_path, capsys):
+    """Keyed by names where the folders are ids (GLDv2's), its rows would give no landmark a location: said when
+    the split is made (train refuses a file none of whose rows matches)."""
+    src = tmp_path / "src"
+    for k in range(4):
+        photo(src / "7" / f"{k}.jpg", 500 + k)
+        photo(src / "12" / f"{k}.jpg", 600 + k)
+    (src / "coords.csv").write_text("folder,lat,lon\n7,1,2\nlouvre,48.86,2.34\n")
+    _split(src, tmp_path / "split")
+    err = capsys.readouterr().err
+    assert (
+        f"[data] warning: {src / 'coords.csv'}: 1 of its 2 rows names no landmark folder, ignored: 'louvre' "
+        "(the folders: '12', '7')" in err
+    ), err
+
+
 def test_split_of_a_gldv2_root_makes_class_folders_eval_can_read(tmp_path, capsys):
     """A GLDv2 root (train.csv; train/a/b/c/<id>.jpg, as `landmark train --data` reads it) has no test split and
     no class folders for `landmark eval --known`: split makes both, a folder per landmark_id; a photo the CSV

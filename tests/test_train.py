@@ -683,6 +683,14 @@ def test_coords_rows_that_match_no_folder_are_named_in_one_warning(tmp_path, cap
         "(the folders: '00.Tower', '01.Arch')\n" in out
     ), out
     assert "1 of 2 landmarks have no location ('01.Arch'): " in out and f"their rows in --coords {coords}" in out
+    # no row names a folder (names where the folders are ids, or another data set's file): refused before Ray
+    coords.write_text("folder,lat,lon\nEiffel Tower,48.86,2.29\n1004,1,2\n")
+    assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
+    assert_error_names(
+        capsys.readouterr().err,
+        f"--coords {coords}: none of its 2 rows names a class folder of --data ('Eiffel Tower', '1004'; the folders: "
+        "'00.Tower', '01.Arch')",
+    )
     coords.write_text("00.Tower,10,20\n")  # no header line: its one row is taken for the header, no rows left
     assert train_main(["--data", data, "--output", str(tmp_path / "m"), "--coords", str(coords)]) == 2
     assert_error_names(capsys.readouterr().err, f"--coords {coords} line 1: header '00.Tower,10,20'")
