@@ -315,8 +315,8 @@ body{{font-family:sans-serif;margin:2em;color:#222}} .card{{display:inline-block
 border-radius:6px;padding:.6em 1em;margin:.3em}} .card b{{display:block;font-size:1.4em}} table{{border-collapse:
 collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} td:first-child{{text-align:
 left}} img{{max-width:48%;margin:.5em}} .warn{{color:#a40}}</style></head><body>
-<h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, threshold
-{result.get("threshold")}</p>{warned}{cards}
+<h1>Open-world evaluation</h1><p>model {html.escape(str(result.get("model_id")))}, on
+{html.escape(str(result.get("runtime")))}, threshold {result.get("threshold")}</p>{warned}{cards}
 <table><tr><th>folder</th><th>kind</th><th>photos</th><th>right</th><th>abstained</th><th>wrong</th><th>tagged</th>
 <th>failed</th><th>wrong tags as</th></tr>
 {rows}</table>{rates}{imgs}</body></html>"""

@@ -405,7 +405,8 @@ def test_eval_command_reports_folders_and_writes_its_files(make_tiny_artifact, t
     for name in ("curve.png", "reliability.png"):
         assert (tmp_path / "ev" / name).read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["model_id"] == result["model_id"]
-    assert "Open-world evaluation" in (tmp_path / "ev" / "report.html").read_text()
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "Open-world evaluation" in page and f"{result['model_id']}, on\ntorch, threshold" in page  # whose fit
     _check_photo_rows(tmp_path / "ev" / "photos.csv", result)
     assert [r["folder"] for r in result["catalog_look_alikes"]] == ["00.Tower", "01.Arch", "02.Dome"]
     _check_report_in_chromium(
