@@ -367,6 +367,8 @@ def _run_members(cfg: TrainConfig) -> dict:
 
     base = _base_name(cfg)
     started = _members_started(cfg, base)
+    _check_sources(cfg, cfg.s3_options())  # a bad input is one error line, not one under "member 1 of K"
+    _load_inputs(cfg, cfg.s3_options())
     with tempfile.TemporaryDirectory(prefix="landmark-members-") as tmp:
         runs, network = [], None
         for i in range(cfg.members):

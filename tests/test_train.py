@@ -699,6 +699,18 @@ def test_coords_rows_that_match_no_folder_are_named_in_one_warning(tmp_path, cap
     assert f"warning: --coords {coords} has no rows: expected the header line folder,lat,lon" in capsys.readouterr().out
 
 
+def test_a_pool_s_bad_input_is_one_error_before_any_member(tmp_path, capsys, monkeypatch):
+    """--members K: an empty --negatives folder was refused under a "member 1 of K" line, as if a run had begun."""
+    monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
+    data = _tiny_data(tmp_path / "data")
+    (tmp_path / "empty").mkdir()
+    argv = ["--data", data, "--output", str(tmp_path / "m"), "--freeze-backbone", "--members", "3"]
+    assert train_main([*argv, "--negatives", str(tmp_path / "empty")]) == 2
+    out, err = capsys.readouterr()
+    assert "member" not in out, out
+    assert_error_names(err, "--negatives", "no images found")
+
+
 @pytest.mark.parametrize("second", ["Sapa_Rice_Terraces", "Sa Pa Rice Terraces"])
 def test_two_folders_of_one_landmark_name_are_refused_before_ray(second, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("jobs.train.init_ray", lambda *a, **k: pytest.fail("reached Ray"))
