@@ -36,8 +36,8 @@ def resolve_model(model: str | None) -> str:
 def format_human(r: PhotoResult) -> str:
     if r.status == FAILED:
         return f"{r.path}: FAILED ({r.error})"
-    head = f"{r.path}: " + (
-        f"{r.landmark} ({r.score:.1%})"
+    head = f"{r.path}: " + (  # "tagged" said: a tag's score can be low (the chance it is right) and still pass
+        f"{r.landmark} (tagged, score {r.score:.1%})"
         if r.landmark
         else f"no landmark recognised (best guess {r.tags[0]['name']}, {r.score:.1%})"
     )

@@ -261,7 +261,7 @@ def test_human_output_lists_top_k_with_percentages(tiny_artifact, photos, capsys
     assert sorted(names) == ["Arch", "Dome", "Tower"]
     pcts = [float(ln.split("%")[0]) for ln in tag_lines]
     assert pcts == sorted(pcts, reverse=True) and sum(pcts) == pytest.approx(100, abs=0.2)
-    assert names[0] in lines[0]  # the headline names the top-1
+    assert names[0] in lines[0] and "(tagged, score " in lines[0]  # the headline names the top-1, tagged
     assert lines[4].strip().startswith("photo's own GPS: -33.8")
     assert lines[5].startswith(f"{photos['bad']}: FAILED (not_an_image")
     assert not any(ln.lstrip().startswith("{") for ln in lines)  # not JSON
