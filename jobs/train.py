@@ -504,7 +504,6 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
         metrics["members"]["test_by_runtime"] = {"torch": test} | {
             runtime: _test_shares(cfg, runtime) for runtime in pooled.abstain.get("runtimes", {})
         }
-    if test:
         metrics["test_false_abstain"] = test["abstained"]
     if open_world:
         metrics["open_world"] = open_world
