@@ -849,6 +849,9 @@ def answer(cfg: QueryConfig) -> int:
                 file=sys.stderr,
             )
             return 1
+        if why := storage.unreachable_reason("--tags", cfg.tags, cfg.s3_options()):
+            print(f"landmark query: error: {why}", file=sys.stderr)  # the store's own error is a page of XML
+            return 2
         if not isinstance(e, duckdb_errors()):
             print(f"landmark query: cannot read {cfg.tags}: {storage.redact(str(e))}", file=sys.stderr)
             return 1

@@ -549,6 +549,8 @@ def run(cfg: ReportConfig) -> Path:
             require_table(cfg.tags, opts, "--tags")
         table = tagstore.read(cfg.tags, columns=REPORT_COLUMNS, opts=opts)
     except (OSError, storage.StorageError, tagstore.StoreError) as e:
+        if why := storage.unreachable_reason("--tags", cfg.tags, opts):  # not the store's page of XML
+            raise ConfigError(why) from None
         raise tagstore.StoreError(f"cannot read {cfg.tags}: {storage.redact(str(e))}") from None
     if not runs:
         print(f"landmark report: no committed runs under {cfg.tags}; writing an empty report", file=sys.stderr)

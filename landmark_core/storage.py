@@ -297,6 +297,18 @@ def check_reachable(flag: str, uri: str | None, opts: S3Options) -> None:
         ) from None
 
 
+def unreachable_reason(flag: str, uri: str, opts: S3Options = S3Options()) -> str | None:
+    """After a read of s3:// ``uri`` failed: check_reachable's one line (refused credentials, a missing bucket,
+    no endpoint) when that is why, else None (the read's own error then says more than a listing can)."""
+    if not is_s3(uri):
+        return None
+    try:
+        check_reachable(flag, uri, opts)
+    except StorageError as e:
+        return str(e)
+    return None
+
+
 def arrow_fs(uri: str, opts: S3Options = S3Options()):
     """(pyarrow FileSystem, path inside it) for ``uri``; credentials resolved by pyarrow from the environment."""
     import pyarrow.fs as pafs

@@ -775,6 +775,20 @@ def test_wrong_credentials_and_missing_buckets_are_one_clear_line(
     assert "--output /proc/landmark-tags is not writable" in line, line
     assert not Path("/proc/landmark-tags").exists() and not (tmp_path / "o").exists()
     assert "no-such-bucket-here" not in [b["Name"] for b in s3.client().list_buckets()["Buckets"]]
+    # the readers of the table say the same line, not the store's XML cut off mid-tag
+    from jobs.query import main as query_main
+    from jobs.report import main as report_main
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    tags = ["--tags", f"s3://{s3_bucket}/tags", "--s3-endpoint", s3.endpoint]
+    for name, main, argv in (
+        ("query", query_main, [*tags, "--summary"]),
+        ("report", report_main, [*tags, "--out", str(tmp_path / "r")]),
+    ):
+        assert main(argv) == 2, name
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"landmark {name}: error: --tags s3://{s3_bucket}/tags: S3 endpoint"), line
+        assert "refused the credentials (SignatureDoesNotMatch)" in line and wrong not in line, line
 
 
 # ---------------------------------------------------------------- secrets never leak
