@@ -467,9 +467,23 @@ def _add_error_handlers(api: FastAPI) -> None:
     async def routing_error(request: Request, e: StarletteHTTPException):
         """No such route (404) or method (405, with Allow): the API's error shape too, not FastAPI's {"detail"}."""
         reason = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "unsupported")
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # Starlette names the first route's methods only (HEAD, where GET serves too)
+            headers["Allow"] = ", ".join(_methods_of_path(request))
         return JSONResponse(
-            error_body(f"{reason}: {request.method} {request.url.path}"), status_code=e.status_code, headers=e.headers
+            error_body(f"{reason}: {request.method} {request.url.path}"), status_code=e.status_code, headers=headers
         )
+
+
+def _methods_of_path(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path."""
+    from starlette.routing import Match
+
+    methods = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods)
+    return sorted(methods)
 
 
 def _add_page_and_docs(api: FastAPI, ingress: Tagger, authorize, auth_errors: tuple) -> None:

@@ -1185,3 +1185,18 @@ def test_replica_killed_under_load(app, expected):
     assert reps.get("RUNNING") == 2, reps
     p = photos[0]
     assert same_answer(post_photo(app, p).json(), expected[p])
+
+
+def test_a_method_a_path_does_not_serve_is_answered_with_every_method_it_does():
+    """405's Allow named only the first route's methods: DELETE /healthz said `allow: HEAD` though GET serves."""
+    import types
+
+    api = srv.make_api(types.SimpleNamespace(allow_origins=(), token_sha256="x", max_upload_bytes=10**7))
+    for method, path, allow in (
+        ("DELETE", "/healthz", "GET, HEAD"),
+        ("POST", "/", "GET, HEAD"),
+        ("DELETE", "/v1/tag", "POST"),
+    ):
+        status, headers, body = _asgi(api, method, path, {})
+        assert status == 405 and headers["allow"] == allow, (method, path, headers)
+        assert json.loads(body) == srv.error_body(f"method_not_allowed: {method} {path}")
