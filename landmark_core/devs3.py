@@ -559,7 +559,9 @@ def _stop_leftovers() -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(description="Run a throw-away SeaweedFS S3 server on 127.0.0.1.")
+    ap = argparse.ArgumentParser(
+        prog="python -m landmark_core.devs3", description="Run a throw-away SeaweedFS S3 server on 127.0.0.1."
+    )
     ap.add_argument("dir", nargs="?", help="data directory (default: a temp dir, deleted at exit)")
     args = ap.parse_args(argv)
 

@@ -140,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(
-        prog="landmark predict", description="Tag photos with the landmark they show, and where it is."
+        prog="landmark predict",
+        description="Tag photos with the landmark they show, and where it is.",
+        epilog="Exit status: 0; 1 when any photo failed (the others are answered all the same); 2 for a bad "
+        "argument or model.",
     )
     p.add_argument(
         "photos",
