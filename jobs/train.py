@@ -498,12 +498,11 @@ def _write_pooled(cfg: TrainConfig, pooled, runs: list[dict], first: Path) -> di
         blob = rt.cached_model(runs[0]["model_id"], runtime)
         if blob is not None:
             rt.cache_model(metrics["model_id"], runtime, blob)
-    test, open_world = _pooled_decision(cfg)
-    metrics["members"]["test"] = test
-    if test:  # the tag job's CPU runtime has its own fit: its decision, beside fp32's
-        metrics["members"]["test_by_runtime"] = {"torch": test} | {
-            runtime: _test_shares(cfg, runtime) for runtime in pooled.abstain.get("runtimes", {})
-        }
+    # the tag job's CPU runtime has its own fit: its decision, beside fp32's
+    by_runtime, open_world = _pooled_decision(cfg, list(pooled.abstain.get("runtimes", {})))
+    test = metrics["members"]["test"] = by_runtime["torch"]
+    if test:
+        metrics["members"]["test_by_runtime"] = by_runtime
         metrics["test_false_abstain"] = test["abstained"]
     if open_world:
         metrics["open_world"] = open_world
@@ -536,41 +535,30 @@ def _test_text(by_runtime: dict | None) -> str:
 DECISION_METRICS = ("abstain_threshold", "test_false_abstain", "fit_", "open_", "n_unknown")
 
 
-def _pooled_decision(cfg: TrainConfig) -> tuple[dict | None, dict | None]:
-    """The pooled decision (the torch runtime, as the members' own metrics) on the test split: shares right
-    (tagged with its landmark), abstained and wrong; and with --unknown, eval's open-world numbers on the test
-    and unknown photos, as one run's metrics have them (``open_world``)."""
+def _pooled_decision(cfg: TrainConfig, runtimes: list[str]) -> tuple[dict | None, dict | None]:
+    """The pooled decision on the test split on torch (as the members' own metrics) and on each of ``runtimes``,
+    each test photo read once: {runtime: shares right (tagged with its landmark), abstained and wrong}; and with
+    --unknown, eval's open-world numbers on the test and unknown photos (torch), as one run's metrics have them
+    (``open_world``)."""
     import numpy as np
 
-    from landmark_core.datasets import load_unlabelled
+    from landmark_core.datasets import load_labelled, load_unlabelled
     from landmark_core.evaluation import UNKNOWN, Outcomes, summary
-
-    opts = cfg.s3_options()
-    pred, known = _test_outcomes(cfg, "torch")
-    test_shares = _shares(known)
-    unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
-    if not unknown:
-        return test_shares, None
-    both = summary(Outcomes.concat([known, _decide(pred, "unknown", unknown, np.full(len(unknown), UNKNOWN), opts)]))
-    both.pop("reliability")
-    return test_shares, both
-
-
-def _test_outcomes(cfg: TrainConfig, runtime: str):
-    """The pooled model at --output on ``runtime`` and its decisions on the test split."""
-    import numpy as np
-
-    from landmark_core.datasets import load_labelled
     from landmark_core.predictor import Predictor
 
     opts = cfg.s3_options()
+    preds = {rt: Predictor(cfg.output, storage_options=opts, runtime=rt) for rt in ("torch", *runtimes)}
     test = load_labelled(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed, opts=opts).test
-    pred = Predictor(cfg.output, storage_options=opts, runtime=runtime)
-    return pred, _decide(pred, "test", list(test.uris), np.asarray(test.labels), opts)
-
-
-def _test_shares(cfg: TrainConfig, runtime: str) -> dict | None:
-    return _shares(_test_outcomes(cfg, runtime)[1])
+    known = _decide(preds, "test", list(test.uris), np.asarray(test.labels), opts)
+    by_runtime = {rt: _shares(o) for rt, o in known.items()}  # (None each when no test photo was read)
+    unknown = load_unlabelled(cfg.unknown, opts) if cfg.unknown else []
+    if not unknown:
+        return by_runtime, None
+    torch_only = {"torch": preds["torch"]}
+    unknown_outcomes = _decide(torch_only, "unknown", unknown, np.full(len(unknown), UNKNOWN), opts)["torch"]
+    both = summary(Outcomes.concat([known["torch"], unknown_outcomes]))
+    both.pop("reliability")
+    return by_runtime, both
 
 
 def _shares(known) -> dict | None:
@@ -586,20 +574,24 @@ def _shares(known) -> dict | None:
     }
 
 
-def _decide(pred, group: str, uris: list[str], labels, opts):
-    """The Predictor's decision on ``uris`` as eval's Outcomes (photos that do not decode left out), 64 photos
-    at a time: a large split must not be one forward pass."""
+def _decide(preds: dict, group: str, uris: list[str], labels, opts) -> dict:
+    """Each Predictor's decision on ``uris`` as eval's Outcomes, {runtime: Outcomes} (photos that do not decode
+    left out), 64 photos at a time, each decoded once for all (one artifact: one preprocessing): a large split
+    must not be one forward pass."""
     from landmark_core.evaluation import Outcomes
     from landmark_core.status import TAGGED
     from landmark_core.training import eval_arrays
 
-    parts = []
+    parts = {rt: [] for rt in preds}
+    preset = next(iter(preds.values())).preset
     for s in range(0, len(uris), 64):
-        images, ok = eval_arrays(uris[s : s + 64], opts, pred.preset)
-        out = pred.predict_arrays(images[ok])
-        top = out["topk_idx"][:, 0]
-        parts.append(Outcomes.of(group, labels[s : s + 64][ok], top, out["score"], out["status"] == TAGGED))
-    return Outcomes.concat(parts) if parts else Outcomes.of(group, [], [], [], [])
+        images, ok = eval_arrays(uris[s : s + 64], opts, preset)
+        for rt, pred in preds.items():
+            out = pred.predict_arrays(images[ok])
+            top = out["topk_idx"][:, 0]
+            parts[rt].append(Outcomes.of(group, labels[s : s + 64][ok], top, out["score"], out["status"] == TAGGED))
+    empty = Outcomes.of(group, [], [], [], [])
+    return {rt: Outcomes.concat(p) if p else empty for rt, p in parts.items()}
 
 
 def _check_sources(cfg: TrainConfig, opts: storage.S3Options) -> None:
